@@ -1,0 +1,91 @@
+// fastbert._C: every op schema, in one TORCH_LIBRARY block, plus the small Python module that carries it.
+//
+// Layouts (T = real tokens of a packed batch, H = hidden, nh = heads, d = H / nh, I = intermediate):
+//   qkv      (T, 3H)  the fused QKV GEMM output, [q | k | v], head h at columns h*d .. h*d+d of each third
+//   cu_seqlens (B+1,) int32, sequence b owns packed rows cu_seqlens[b] .. cu_seqlens[b+1]
+//   lse      (nh, T) float32, log-sum-exp of each softmax row (for the backward), -inf for an empty row
+// Every op has a CPU kernel (csrc/cpu/<op>.cpp), a CUDA kernel (csrc/cuda/<op>.cu), a fake implementation
+// and a plain-PyTorch reference (fastbert/ops.py, fastbert/reference.py).
+#include <Python.h>
+#include <torch/library.h>
+
+#include "cpu/isa.h"
+
+TORCH_LIBRARY(fastbert, m) {
+  // Real tokens of a (B, L) batch by its mask (nonzero = keep): flat indices b*L+l (int64, row-major order),
+  // cu_seqlens (B+1, int32) and each token's position in its row (int64).
+  m.def("pack(Tensor attention_mask) -> (Tensor indices, Tensor cu_seqlens, Tensor positions)");
+  // Scatter packed rows (T, H) back to (batch, seqlen, H); positions not in indices are zero.
+  m.def("unpack(Tensor x, Tensor indices, int batch, int seqlen) -> Tensor");
+  // LayerNorm(word[ids] + position[pos] + token_type[type]) for ids of any shape -> ids.shape + (H,),
+  // with the fp32 LayerNorm statistics (mean, rstd) of each row.
+  m.def(
+      "embeddings(Tensor input_ids, Tensor position_ids, Tensor? token_type_ids, Tensor word_weight, "
+      "Tensor position_weight, Tensor? token_type_weight, Tensor ln_weight, Tensor ln_bias, float eps) "
+      "-> (Tensor out, Tensor mean, Tensor rstd)");
+  // softmax(Q K^T * scale) V per sequence of a ragged packed batch, from the fused QKV output plus its bias.
+  // max_seqlen bounds the sequence lengths. Dropout on the probabilities when dropout_p > 0, its mask a
+  // pure function of (seed, offset, head, query row, key index); see fastbert/reference.py.
+  m.def(
+      "attention(Tensor qkv, Tensor? qkv_bias, Tensor cu_seqlens, int max_seqlen, int num_heads, float scale, "
+      "float dropout_p=0., int seed=0, int offset=0) -> (Tensor out, Tensor lse)");
+  // The padded variant for explicit masks: qkv (B, L, 3H), mask broadcastable to (B, nh, L, L), bool
+  // (True = keep) or additive float. out (B, L, H), lse (B, nh, L).
+  m.def(
+      "attention_masked(Tensor qkv, Tensor? qkv_bias, Tensor mask, int num_heads, float scale, "
+      "float dropout_p=0., int seed=0, int offset=0) -> (Tensor out, Tensor lse)");
+  // act(x + bias) over the last dim; activation is one of fastbert.reference.ACTIVATIONS.
+  m.def("bias_act(Tensor x, Tensor bias, str activation) -> Tensor");
+  // LayerNorm(x + bias + residual) over the last dim, fp32 statistics returned as (mean, rstd).
+  m.def(
+      "bias_residual_layernorm(Tensor x, Tensor? bias, Tensor residual, Tensor ln_weight, Tensor ln_bias, "
+      "float eps) -> (Tensor out, Tensor mean, Tensor rstd)");
+}
+
+// ---- the Python module: build facts and the CPU instruction-set switch ----
+
+static PyObject* py_cpu_isa(PyObject*, PyObject*) {
+  return PyUnicode_FromString(fastbert::cpu::isa_name(fastbert::cpu::active_isa()));
+}
+
+static PyObject* py_set_cpu_isa(PyObject*, PyObject* arg) {
+  const char* name = PyUnicode_AsUTF8(arg);
+  if (name == nullptr) return nullptr;
+  try {
+    fastbert::cpu::set_active_isa(fastbert::cpu::parse_isa(name));
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_ValueError, e.what());
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+static PyObject* py_supported_cpu_isas(PyObject*, PyObject*) {
+  PyObject* list = PyList_New(0);
+  for (auto isa : fastbert::cpu::supported_isas()) {
+    PyObject* s = PyUnicode_FromString(fastbert::cpu::isa_name(isa));
+    PyList_Append(list, s);
+    Py_DECREF(s);
+  }
+  return list;
+}
+
+static PyObject* py_cuda_archs(PyObject*, PyObject*) {
+#ifdef FASTBERT_CUDA_ARCHS
+  return PyUnicode_FromString(FASTBERT_CUDA_ARCHS);
+#else
+  Py_RETURN_NONE;
+#endif
+}
+
+static PyMethodDef methods[] = {
+    {"cpu_isa", py_cpu_isa, METH_NOARGS, "The CPU instruction set the kernels run now."},
+    {"set_cpu_isa", py_set_cpu_isa, METH_O, "Choose the CPU kernels' instruction set: avx512, avx2 or scalar."},
+    {"supported_cpu_isas", py_supported_cpu_isas, METH_NOARGS, "Instruction sets this processor runs."},
+    {"cuda_archs", py_cuda_archs, METH_NOARGS, "CUDA archs compiled in, or None for a CPU-only build."},
+    {nullptr, nullptr, 0, nullptr}};
+
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "fastbert's compiled kernels", -1, methods};
+  return PyModule_Create(&module);
+}

@@ -1,0 +1,181 @@
+"""The Python face of ``torch.ops.fastbert``: loading the extension, fake (meta) implementations for
+torch.compile, and one function per op that runs the compiled kernel when it can and the reference
+(fastbert/reference.py) when it cannot.
+
+The reference runs instead of the kernel when the extension is not built, when it has no kernel for the
+tensors' device, or when autograd must record the op and no backward kernel is registered for it.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import reference
+
+OPS = ("pack", "unpack", "embeddings", "attention", "attention_masked", "bias_act", "bias_residual_layernorm")
+
+_C = None
+LOAD_ERROR: Optional[str] = None
+try:
+    from . import _C  # noqa: F811  (registers torch.ops.fastbert.*)
+except (ImportError, OSError) as exc:  # not built, or built against another torch
+    LOAD_ERROR = str(exc)
+    if os.environ.get("FASTBERT_QUIET") != "1":
+        warnings.warn(
+            f"fastbert: compiled kernels unavailable ({exc.__class__.__name__}: {str(exc).splitlines()[0]}); "
+            "running the reference ops. Rebuild with: pip install --no-build-isolation -e .",
+            RuntimeWarning, stacklevel=2)
+
+HAS_EXTENSION = _C is not None
+
+
+def _kernel_table():
+    table = {}
+    if HAS_EXTENSION:
+        for name in OPS:
+            for key in ("CPU", "CUDA"):
+                table[(name, key.lower())] = torch._C._dispatch_has_kernel_for_dispatch_key(f"fastbert::{name}", key)
+    return table
+
+
+# (op name, device type) -> whether a compiled kernel exists; a plain dict so torch.compile can read it.
+KERNELS = _kernel_table()
+# Ops whose backward is registered (torch.library.register_autograd); the others fall back while training.
+DIFFERENTIABLE: set = set()
+
+
+def has_kernel(name: str, device: torch.device | str) -> bool:
+    return KERNELS.get((name, torch.device(device).type), False)
+
+
+def _use_kernel(name: str, device: torch.device, *tensors: Optional[Tensor]) -> bool:
+    if not KERNELS.get((name, device.type), False):
+        return False
+    if name not in DIFFERENTIABLE and torch.is_grad_enabled():
+        if any(t is not None and t.requires_grad for t in tensors):
+            return False
+    return True
+
+
+# ---------------------------------------------------------------- fake implementations
+
+def _acc_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+if HAS_EXTENSION:
+    @torch.library.register_fake("fastbert::pack")
+    def _pack_fake(attention_mask):
+        B = attention_mask.shape[0]
+        T = torch.library.get_ctx().new_dynamic_size()
+        indices = attention_mask.new_empty(T, dtype=torch.int64)
+        return indices, attention_mask.new_empty(B + 1, dtype=torch.int32), attention_mask.new_empty(T, dtype=torch.int64)
+
+    @torch.library.register_fake("fastbert::unpack")
+    def _unpack_fake(x, indices, batch, seqlen):
+        return x.new_empty(batch, seqlen, *x.shape[1:])
+
+    @torch.library.register_fake("fastbert::embeddings")
+    def _embeddings_fake(input_ids, position_ids, token_type_ids, word_weight, position_weight, token_type_weight,
+                         ln_weight, ln_bias, eps):
+        H = word_weight.shape[1]
+        stats = input_ids.new_empty(input_ids.shape, dtype=_acc_dtype(word_weight.dtype))
+        return word_weight.new_empty(*input_ids.shape, H), stats, torch.empty_like(stats)
+
+    @torch.library.register_fake("fastbert::attention")
+    def _attention_fake(qkv, qkv_bias, cu_seqlens, max_seqlen, num_heads, scale, dropout_p=0.0, seed=0, offset=0):
+        T = qkv.shape[0]
+        H = qkv.shape[1] // 3
+        return qkv.new_empty(T, H), qkv.new_empty(num_heads, T, dtype=torch.float32)
+
+    @torch.library.register_fake("fastbert::attention_masked")
+    def _attention_masked_fake(qkv, qkv_bias, mask, num_heads, scale, dropout_p=0.0, seed=0, offset=0):
+        B, L, H3 = qkv.shape
+        return qkv.new_empty(B, L, H3 // 3), qkv.new_empty(B, num_heads, L, dtype=torch.float32)
+
+    @torch.library.register_fake("fastbert::bias_act")
+    def _bias_act_fake(x, bias, activation):
+        return torch.empty_like(x)
+
+    @torch.library.register_fake("fastbert::bias_residual_layernorm")
+    def _bias_residual_layernorm_fake(x, bias, residual, ln_weight, ln_bias, eps):
+        stats = x.new_empty(x.shape[:-1], dtype=_acc_dtype(x.dtype))
+        return torch.empty_like(x), stats, torch.empty_like(stats)
+
+
+# ---------------------------------------------------------------- the ops
+
+def pack(attention_mask: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """(indices, cu_seqlens, positions) of the real tokens of a (B, L) mask; see reference.pack."""
+    if _use_kernel("pack", attention_mask.device):
+        return torch.ops.fastbert.pack(attention_mask)
+    return reference.pack(attention_mask)
+
+
+def unpack(x: Tensor, indices: Tensor, batch: int, seqlen: int) -> Tensor:
+    if _use_kernel("unpack", x.device, x):
+        return torch.ops.fastbert.unpack(x, indices, batch, seqlen)
+    return reference.unpack(x, indices, batch, seqlen)
+
+
+def embeddings(input_ids: Tensor, position_ids: Tensor, token_type_ids: Optional[Tensor], word_weight: Tensor,
+               position_weight: Tensor, token_type_weight: Optional[Tensor], ln_weight: Tensor, ln_bias: Tensor,
+               eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+    args = (input_ids, position_ids, token_type_ids, word_weight, position_weight, token_type_weight,
+            ln_weight, ln_bias, eps)
+    if _use_kernel("embeddings", word_weight.device, word_weight, position_weight, token_type_weight,
+                   ln_weight, ln_bias):
+        return torch.ops.fastbert.embeddings(*args)
+    return reference.embeddings(*args)
+
+
+def attention(qkv: Tensor, qkv_bias: Optional[Tensor], cu_seqlens: Tensor, max_seqlen: int, num_heads: int,
+              scale: float, dropout_p: float = 0.0, seed: int = 0, offset: int = 0) -> Tuple[Tensor, Tensor]:
+    args = (qkv, qkv_bias, cu_seqlens, max_seqlen, num_heads, scale, dropout_p, seed, offset)
+    if _use_kernel("attention", qkv.device, qkv, qkv_bias):
+        return torch.ops.fastbert.attention(*args)
+    return reference.attention(*args)
+
+
+def attention_masked(qkv: Tensor, qkv_bias: Optional[Tensor], mask: Tensor, num_heads: int, scale: float,
+                     dropout_p: float = 0.0, seed: int = 0, offset: int = 0) -> Tuple[Tensor, Tensor]:
+    args = (qkv, qkv_bias, mask, num_heads, scale, dropout_p, seed, offset)
+    if _use_kernel("attention_masked", qkv.device, qkv, qkv_bias, mask):
+        return torch.ops.fastbert.attention_masked(*args)
+    return reference.attention_masked(*args)
+
+
+def bias_act(x: Tensor, bias: Tensor, activation: str) -> Tensor:
+    if activation in reference.ACTIVATIONS and _use_kernel("bias_act", x.device, x, bias):
+        return torch.ops.fastbert.bias_act(x, bias, activation)
+    return reference.bias_act(x, bias, activation)
+
+
+def bias_residual_layernorm(x: Tensor, bias: Optional[Tensor], residual: Tensor, ln_weight: Tensor,
+                            ln_bias: Tensor, eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+    args = (x, bias, residual, ln_weight, ln_bias, eps)
+    if _use_kernel("bias_residual_layernorm", x.device, x, bias, residual, ln_weight, ln_bias):
+        return torch.ops.fastbert.bias_residual_layernorm(*args)
+    return reference.bias_residual_layernorm(*args)
+
+
+# ---------------------------------------------------------------- build facts
+
+def cpu_isa() -> Optional[str]:
+    """The instruction set the CPU kernels run now ("avx512", "avx2", "scalar"), None without the extension."""
+    return _C.cpu_isa() if HAS_EXTENSION else None
+
+
+def set_cpu_isa(isa: str) -> None:
+    """Choose the CPU kernels' instruction set (as FASTBERT_CPU_ISA does at start-up)."""
+    if not HAS_EXTENSION:
+        raise RuntimeError("fastbert: the compiled extension is not loaded")
+    _C.set_cpu_isa(isa)
+
+
+def supported_cpu_isas() -> list:
+    return list(_C.supported_cpu_isas()) if HAS_EXTENSION else []

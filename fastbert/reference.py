@@ -1,0 +1,218 @@
+"""Plain-PyTorch versions of every fastbert op: the specification the C++/CUDA kernels are tested against.
+
+Each function here has the same arguments and results as the op of the same name in ``torch.ops.fastbert``
+(see csrc/fastbert.cpp). They are written for clarity, not speed, compute in fp32 (float64 for float64
+inputs) and cast back, and are differentiable, so the model falls back to them when gradients are needed
+and no backward kernel exists.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "ACTIVATIONS", "pack", "unpack", "embeddings", "attention", "attention_masked", "bias_act",
+    "bias_residual_layernorm", "dropout_keep_mask", "activation",
+]
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ---------------------------------------------------------------- activations
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def _gelu_fast(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
+
+
+# The activations BERT-family configs name (transformers' ACT2FN keys), each as HF computes it.
+ACTIVATIONS = {
+    "gelu": lambda x: F.gelu(x),                      # exact erf GELU
+    "gelu_new": _gelu_tanh,                           # tanh approximation (GPT-2)
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": _gelu_fast,
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+def activation(name: str):
+    """The callable for an activation name, or a ValueError naming the known ones."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"activation: unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}") from None
+
+
+# ---------------------------------------------------------------- pack / unpack
+
+def pack(attention_mask: torch.Tensor):
+    """Real tokens of a (B, L) batch: flat indices b*L+l (int64), cu_seqlens (B+1, int32), positions l (int64)."""
+    keep = attention_mask != 0
+    B, L = keep.shape
+    indices = keep.reshape(-1).nonzero().reshape(-1)
+    lengths = keep.sum(dim=1, dtype=torch.int32)
+    cu_seqlens = torch.zeros(B + 1, dtype=torch.int32, device=attention_mask.device)
+    cu_seqlens[1:] = torch.cumsum(lengths, 0)
+    return indices, cu_seqlens, indices % L
+
+
+def unpack(x: torch.Tensor, indices: torch.Tensor, batch: int, seqlen: int) -> torch.Tensor:
+    out = x.new_zeros(batch * seqlen, *x.shape[1:])
+    out[indices] = x
+    return out.reshape(batch, seqlen, *x.shape[1:])
+
+
+# ---------------------------------------------------------------- LayerNorm family
+
+def _layernorm_stats(s: torch.Tensor, weight, bias, eps: float, out_dtype):
+    mean = s.mean(-1, keepdim=True)
+    var = (s - mean).pow(2).mean(-1, keepdim=True)          # two-pass: stable for eps = 1e-12
+    rstd = torch.rsqrt(var + eps)
+    out = (s - mean) * rstd * weight.to(s.dtype) + bias.to(s.dtype)
+    return out.to(out_dtype), mean.squeeze(-1), rstd.squeeze(-1)
+
+
+def embeddings(input_ids, position_ids, token_type_ids, word_weight, position_weight, token_type_weight,
+               ln_weight, ln_bias, eps: float):
+    acc = _acc_dtype(word_weight.dtype)
+    s = word_weight[input_ids.long()].to(acc) + position_weight[position_ids.long()].to(acc)
+    if token_type_weight is not None:
+        types = token_type_ids.long() if token_type_ids is not None else torch.zeros_like(input_ids, dtype=torch.long)
+        s = s + token_type_weight[types].to(acc)
+    return _layernorm_stats(s, ln_weight, ln_bias, eps, word_weight.dtype)
+
+
+def bias_residual_layernorm(x, bias, residual, ln_weight, ln_bias, eps: float):
+    acc = _acc_dtype(x.dtype)
+    s = x.to(acc) + residual.to(acc)
+    if bias is not None:
+        s = s + bias.to(acc)
+    return _layernorm_stats(s, ln_weight, ln_bias, eps, x.dtype)
+
+
+def bias_act(x: torch.Tensor, bias: torch.Tensor, activation_name: str) -> torch.Tensor:
+    fn = activation(activation_name)
+    acc = _acc_dtype(x.dtype)
+    return fn(x.to(acc) + bias.to(acc)).to(x.dtype)
+
+
+# ---------------------------------------------------------------- dropout mask (counter-based)
+
+_M32 = 0xFFFFFFFF
+
+
+def _fmix32(h: torch.Tensor) -> torch.Tensor:
+    """MurmurHash3's 32-bit finalizer on int64 tensors holding uint32 values (products wrap mod 2^64;
+    masking keeps the low 32 bits exact)."""
+    h = h ^ (h >> 16)
+    h = (h * 0x85EBCA6B) & _M32
+    h = h ^ (h >> 13)
+    h = (h * 0xC2B2AE35) & _M32
+    return h ^ (h >> 16)
+
+
+def dropout_keep_mask(seed: int, offset: int, row: torch.Tensor, col: torch.Tensor, p: float) -> torch.Tensor:
+    """Which attention probabilities survive dropout: a pure function of (seed, offset, row, col).
+
+    row: head * T + query token (packed attention) or (b * nh + h) * L + query (masked attention);
+    col: the key's index within its sequence. Kernels compute exactly this, in uint32 arithmetic:
+        x = fmix32((row + offset) * 0x9E3779B1 + seed_lo)
+        x = fmix32(x ^ (col * 0x85EBCA77 + seed_hi))
+        keep = (x >> 8) >= round(p * 2^24)
+    """
+    seed_lo, seed_hi = seed & _M32, (seed >> 32) & _M32
+    a = (row.long() + offset) & _M32
+    x = _fmix32((a * 0x9E3779B1 + seed_lo) & _M32)
+    b = (col.long() * 0x85EBCA77 + seed_hi) & _M32
+    x = _fmix32(x ^ b)
+    return (x >> 8) >= dropout_threshold(p)
+
+
+def dropout_threshold(p: float) -> int:
+    return int(round(p * (1 << 24)))
+
+
+# ---------------------------------------------------------------- attention
+
+def _split_qkv(qkv, qkv_bias, num_heads):
+    acc = _acc_dtype(qkv.dtype)
+    x = qkv.to(acc)
+    if qkv_bias is not None:
+        x = x + qkv_bias.to(acc)
+    H = x.shape[-1] // 3
+    d = H // num_heads
+    q, k, v = x.split(H, dim=-1)
+    # (..., L, H) -> (..., nh, L, d)
+    def heads(t):
+        return t.unflatten(-1, (num_heads, d)).transpose(-3, -2)
+    return heads(q), heads(k), heads(v)
+
+
+def _softmax_dropout_pv(scores, v, dropout_p, keep):
+    """softmax over the last dim with an empty-row guard, optional dropout, then @ v; returns (out, lse)."""
+    lse = torch.logsumexp(scores, dim=-1)
+    finite = torch.isfinite(lse)
+    probs = torch.where(finite.unsqueeze(-1), torch.exp(scores - lse.unsqueeze(-1).where(finite.unsqueeze(-1), 0)),
+                        torch.zeros_like(scores))
+    if dropout_p > 0:
+        probs = probs * keep / (1.0 - dropout_p)
+    return probs @ v, lse
+
+
+def attention(qkv, qkv_bias, cu_seqlens, max_seqlen: int, num_heads: int, scale: float,
+              dropout_p: float = 0.0, seed: int = 0, offset: int = 0):
+    T = qkv.shape[0]
+    H = qkv.shape[1] // 3
+    acc = _acc_dtype(qkv.dtype)
+    out = torch.zeros(T, H, dtype=acc, device=qkv.device)
+    lse = torch.full((num_heads, T), float("-inf"), dtype=torch.float32, device=qkv.device)
+    bounds = cu_seqlens.tolist()
+    for b in range(len(bounds) - 1):
+        s, e = bounds[b], bounds[b + 1]
+        if e == s:
+            continue
+        q, k, v = _split_qkv(qkv[s:e], qkv_bias, num_heads)         # (nh, n, d)
+        scores = (q @ k.transpose(-1, -2)) * scale                  # (nh, n, n)
+        keep = None
+        if dropout_p > 0:
+            heads = torch.arange(num_heads, device=qkv.device).view(-1, 1, 1)
+            rows = heads * T + torch.arange(s, e, device=qkv.device).view(1, -1, 1)
+            cols = torch.arange(e - s, device=qkv.device).view(1, 1, -1)
+            keep = dropout_keep_mask(seed, offset, rows, cols, dropout_p)
+        o, l = _softmax_dropout_pv(scores, v, dropout_p, keep)
+        out[s:e] = o.transpose(0, 1).reshape(e - s, H)
+        lse[:, s:e] = l.float()
+    return out.to(qkv.dtype), lse
+
+
+def attention_masked(qkv, qkv_bias, mask, num_heads: int, scale: float,
+                     dropout_p: float = 0.0, seed: int = 0, offset: int = 0):
+    B, L, H3 = qkv.shape
+    H = H3 // 3
+    q, k, v = _split_qkv(qkv, qkv_bias, num_heads)                 # (B, nh, L, d)
+    scores = (q @ k.transpose(-1, -2)) * scale                      # (B, nh, L, L)
+    if mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    else:
+        scores = scores + mask.to(scores.dtype)
+    keep = None
+    if dropout_p > 0:
+        b = torch.arange(B, device=qkv.device).view(-1, 1, 1, 1)
+        h = torch.arange(num_heads, device=qkv.device).view(1, -1, 1, 1)
+        i = torch.arange(L, device=qkv.device).view(1, 1, -1, 1)
+        rows = (b * num_heads + h) * L + i
+        cols = torch.arange(L, device=qkv.device).view(1, 1, 1, -1)
+        keep = dropout_keep_mask(seed, offset, rows, cols, dropout_p)
+    o, lse = _softmax_dropout_pv(scores, v, dropout_p, keep)
+    return o.transpose(1, 2).reshape(B, L, H).to(qkv.dtype), lse.float()

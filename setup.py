@@ -1,0 +1,133 @@
+"""Build fastbert._C: C++ CPU kernels always, CUDA kernels when nvcc and a CUDA build of torch are present.
+
+Switches (environment):
+  FASTBERT_CUDA=0|1         skip / force the CUDA kernels (default: build them when possible)
+  FASTBERT_CUDA_ARCHS       e.g. "7.5;8.0;8.6;9.0+PTX" (default)
+  FASTBERT_PTXAS_VERBOSE=1  print ptxas registers/spills per kernel
+  FASTBERT_DEBUG=1          -O0 -g
+
+The CPU kernels (csrc/cpu/*.cpp) are compiled three times, once per instruction set (AVX-512, AVX2,
+plain C++), each into its own namespace (CPU_CAPABILITY); csrc/cpu/isa.h picks one at run time.
+Build against the torch that is installed: pip install --no-build-isolation .
+"""
+import glob
+import os
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+try:
+    import torch
+    from torch.utils import cpp_extension
+except ImportError:  # pragma: no cover - build-time message
+    sys.exit("fastbert needs torch installed before it is built: pip install torch, "
+             "then pip install --no-build-isolation .")
+
+from packaging.version import Version
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+MIN_TORCH = Version("2.11")
+
+# One entry per CPU instruction set: (CPU_CAPABILITY name, extra compiler flags).
+CPU_ISAS = [
+    ("DEFAULT", []),
+    ("AVX2", ["-mavx2", "-mfma", "-mf16c", "-mbmi2"]),
+    ("AVX512", ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c", "-mbmi2"]),
+]
+
+
+def note(msg):
+    print(f"fastbert setup: {msg}", file=sys.stderr)
+
+
+def check_cxx_compiler():
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None and shutil.which("g++") is None:
+        sys.exit("fastbert setup: no C++ compiler found. Install one (Debian/Ubuntu: apt-get install g++; "
+                 "Fedora: dnf install gcc-c++; macOS: xcode-select --install) and build again.")
+
+
+def want_cuda():
+    flag = os.environ.get("FASTBERT_CUDA", "").strip()
+    if flag == "0":
+        return False
+    reasons = []
+    if torch.version.cuda is None:
+        reasons.append("the installed torch is a CPU-only build")
+    if cpp_extension.CUDA_HOME is None or shutil.which(os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")) is None:
+        reasons.append("no CUDA toolkit found (set CUDA_HOME to the toolkit root)")
+    if flag == "1":
+        if reasons:
+            sys.exit("fastbert setup: FASTBERT_CUDA=1 but " + "; ".join(reasons))
+        return True
+    if reasons:
+        note("building the CPU kernels only: " + "; ".join(reasons) + ".")
+        return False
+    return True
+
+
+def cuda_arch_flags():
+    archs = os.environ.get("FASTBERT_CUDA_ARCHS", "7.5;8.0;8.6;9.0+PTX")
+    flags = []
+    for arch in filter(None, (a.strip() for a in archs.replace(",", ";").split(";"))):
+        ptx = arch.endswith("+PTX")
+        num = arch.replace("+PTX", "").replace(".", "")
+        flags.append(f"-gencode=arch=compute_{num},code=sm_{num}")
+        if ptx:
+            flags.append(f"-gencode=arch=compute_{num},code=compute_{num}")
+    # Explicit -gencode flags keep torch from asking a (possibly absent) GPU for its arch.
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", archs)
+    return flags
+
+
+class BuildExtension(cpp_extension.BuildExtension):
+    """torch's BuildExtension, plus one compile of csrc/cpu/*.cpp per CPU instruction set."""
+
+    def build_extension(self, ext):
+        isa_sources = getattr(ext, "isa_sources", [])
+        base = list(ext.extra_compile_args["cxx"]) if isinstance(ext.extra_compile_args, dict) else list(ext.extra_compile_args)
+        for isa, flags in CPU_ISAS:
+            objects = self.compiler.compile(
+                isa_sources,
+                output_dir=os.path.join(self.build_temp, f"isa_{isa.lower()}"),
+                include_dirs=ext.include_dirs,
+                extra_postargs={"cxx": base + [f"-DCPU_CAPABILITY={isa}", f"-DCPU_CAPABILITY_{isa}"] + flags,
+                                "nvcc": []},
+                depends=ext.depends,
+            )
+            ext.extra_objects = list(ext.extra_objects or []) + [o for o in objects if o not in (ext.extra_objects or [])]
+        super().build_extension(ext)
+
+
+def make_extension():
+    if Version(Version(torch.__version__).base_version) < MIN_TORCH:
+        sys.exit(f"fastbert needs torch >= {MIN_TORCH}; found {torch.__version__}")
+    check_cxx_compiler()
+    debug = os.environ.get("FASTBERT_DEBUG") == "1"
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+    cxx = opt + ["-std=c++20", "-fopenmp", "-Wall", "-Wno-unused-function", "-Wno-unknown-pragmas"]
+    isa_sources = sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = ["csrc/fastbert.cpp"]
+    depends = glob.glob("csrc/**/*.h", recursive=True) + glob.glob("csrc/**/*.cuh", recursive=True)
+    kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"], depends=depends)
+    if want_cuda():
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        nvcc = opt + ["-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"] + cuda_arch_flags()
+        if os.environ.get("FASTBERT_PTXAS_VERBOSE") == "1":
+            nvcc.append("-Xptxas=-v")
+        ext = cpp_extension.CUDAExtension("fastbert._C", sources,
+                                          extra_compile_args={"cxx": cxx + ["-DFASTBERT_WITH_CUDA"],
+                                                              "nvcc": nvcc + ["-DFASTBERT_WITH_CUDA"]},
+                                          **kwargs)
+    else:
+        ext = cpp_extension.CppExtension("fastbert._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)
+    ext.isa_sources = isa_sources
+    return ext
+
+
+setup(
+    packages=find_packages(include=["fastbert", "fastbert.*"]),
+    ext_modules=[make_extension()],
+    cmdclass={"build_ext": BuildExtension},
+)
