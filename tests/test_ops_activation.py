@@ -56,6 +56,6 @@ def test_unknown_activation_takes_reference_path(gen):
         ops.bias_act(x, b, "mish")
 
 
-def test_opcheck(gen):
+def test_opcheck(cpu_isa, gen):
     for act in ("gelu", "relu"):
         torch.library.opcheck(torch.ops.fastbert.bias_act.default, (randn(5, 33, gen=gen), randn(33, gen=gen), act))

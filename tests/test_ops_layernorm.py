@@ -142,7 +142,7 @@ def test_embeddings_bad_args(gen):
         torch.ops.fastbert.embeddings(ids, pos, types, word, position, None, w, b, 1e-5)
 
 
-def test_opcheck(gen):
+def test_opcheck(cpu_isa, gen):
     x, r = randn(5, 33, gen=gen), randn(5, 33, gen=gen)
     vecs = [randn(33, gen=gen) for _ in range(3)]
     torch.library.opcheck(torch.ops.fastbert.bias_residual_layernorm.default, (x, vecs[0], r, vecs[1], vecs[2], 1e-5))

@@ -54,7 +54,7 @@ def test_bad_args():
         torch.ops.fastbert.unpack(torch.randn(0, 4), torch.zeros(0, dtype=torch.long), -1, 3)
 
 
-def test_opcheck(gen):
+def test_opcheck(cpu_isa, gen):
     mask = torch.rand(3, 9, generator=gen) > 0.3
     torch.library.opcheck(torch.ops.fastbert.pack.default, (mask,))
     indices = reference.pack(mask)[0]
