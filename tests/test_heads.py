@@ -235,3 +235,19 @@ def test_trainer_fine_tunes_unchanged(tmp_path):
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) >= 3 and losses[-1] < 0.5 * losses[0], losses
     assert type(trainer.model.bert).__name__ == "BertModel" and trainer.model.bert.pad_outputs == "zero"
+
+
+@pytest.mark.parametrize("name", PAD_FREE_PARITY)
+def test_from_hf_and_optimize_accept_every_head(name):
+    import fastbert
+    ref, _ = _pair(name, "zero")
+    kw = _batch(name, ref.config)
+    with torch.no_grad():
+        want = ref.eval()(**kw).loss.item()
+        converted = fastbert.from_hf(ref)
+        assert type(converted) is type(ref) and fastbert.is_optimized(converted)
+        assert math.isclose(converted(**kw).loss.item(), want, rel_tol=REL)
+        fastbert.optimize(ref)
+        assert math.isclose(ref(**kw).loss.item(), want, rel_tol=REL)
+        fastbert.restore(ref)
+        assert not fastbert.is_optimized(ref)
