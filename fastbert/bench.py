@@ -9,7 +9,8 @@ medians:
              HF's embeddings in front (the engine under BetterTransformer)
   fastbert   fastbert.BertModel (padding-free, fused ops)
 
-Roofline: the fp32 ``torch.mm`` rate measured on the model's own GEMM shapes for the batch's real tokens, and
+Roofline: the fp32 ``torch.mm`` rate measured on the model's own GEMM shapes for the batch's real tokens (a probe
+timed inside the same interleaved rounds as the models), and
 the forward's FLOPs on real tokens (GEMMs + attention's QK^T and PV); a row's fraction of the roofline is its
 real tokens/s over rate / (FLOPs per real token).
 """
@@ -213,22 +214,23 @@ def forward_flops(config, lengths: Sequence[int]) -> float:
     return float(n_layers * (gemm + attn))
 
 
-def gemm_rate(config, tokens: int, dtype=torch.float32, device="cpu", repeats: int = 5) -> float:
-    """FLOP/s of torch.mm on the model's GEMM shapes for ``tokens`` rows (median of repeats)."""
+def gemm_probe(config, tokens: int, dtype=torch.float32, device="cpu"):
+    """(fn, flops): fn runs torch.mm once on each of one layer's GEMM shapes for ``tokens`` rows."""
     H, I = config.hidden_size, config.intermediate_size
     shapes = [(tokens, H, 3 * H), (tokens, H, H), (tokens, H, I), (tokens, I, H)]
     mats = [(torch.randn(m, k, dtype=dtype, device=device), torch.randn(k, n, dtype=dtype, device=device))
             for m, k, n in shapes]
-    flops = sum(2 * m * k * n for m, k, n in shapes)
-    times = []
-    for r in range(repeats + 1):
-        _sync(device)
-        t = time.perf_counter()
+
+    def fn():
         for a, b in mats:
             torch.mm(a, b)
-        _sync(device)
-        if r:
-            times.append(time.perf_counter() - t)
+    return fn, float(sum(2 * m * k * n for m, k, n in shapes))
+
+
+def gemm_rate(config, tokens: int, dtype=torch.float32, device="cpu", repeats: int = 5) -> float:
+    """FLOP/s of torch.mm on the model's GEMM shapes for ``tokens`` rows (median of repeats)."""
+    fn, flops = gemm_probe(config, tokens, dtype, device)
+    times = time_interleaved({"mm": fn}, repeats, 1, device)["mm"]
     return flops / statistics.median(times)
 
 
@@ -287,16 +289,20 @@ def bench_shape(models: Dict[str, Callable], config, batch: int, seq_len: int, m
     """One row per implementation for one batch shape; see the module docstring for the columns."""
     ids, mask, lengths = make_batch(batch, seq_len, min_len, max_len, config.vocab_size, seed, device)
     T = sum(lengths)
-    if rate is None:
-        rate = gemm_rate(config, T, dtype=torch.float32, device=device)
     flops = forward_flops(config, lengths)
-    roof_tps = rate / (flops / T)
     real = mask.bool()
     with torch.inference_mode():
         outs = {name: f(ids, mask) for name, f in models.items()}
     ref = outs.get("hf_eager")
-    times = time_interleaved({name: (lambda f=f: f(ids, mask)) for name, f in models.items()}, repeats, warmup,
-                             device)
+    fns = {name: (lambda f=f: f(ids, mask)) for name, f in models.items()}
+    if rate is None:
+        # The roofline's torch.mm probe runs inside the same interleaved rounds, so load drift hits it too.
+        probe, probe_flops = gemm_probe(config, T, dtype=torch.float32, device=device)
+        fns["_gemm"] = probe
+    times = time_interleaved(fns, repeats, warmup, device)
+    if rate is None:
+        rate = probe_flops / statistics.median(times.pop("_gemm"))
+    roof_tps = rate / (flops / T)
     base_med = statistics.median(times["hf_eager"]) if "hf_eager" in times else None
     rows = []
     for name, ts in times.items():
