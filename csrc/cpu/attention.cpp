@@ -36,6 +36,10 @@
 #include "cpu/isa.h"
 #include "cpu/vec.h"
 
+// GCC 12 warns "may be used uninitialized" inside ATen's AVX-512 intrinsics wrappers (masked loads, exp);
+// those are the headers' placeholders, not reads of uninitialised data.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 namespace fastbert::cpu {
 
 // What one call computes; shared by the packed and the masked op (plain data, the same in every ISA).
@@ -151,23 +155,37 @@ inline Vectorized<acc> vexp(const Vectorized<acc>& x) {
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// Per-thread scratch, 64-byte aligned, uninitialised, kept between calls (grown when too small) so that
-// repeated calls do not page-fault fresh memory in.
-inline char* thread_scratch(size_t bytes) {
-  struct Buf {
-    char* p = nullptr;
+// Per-thread scratch, 64-byte aligned, uninitialised. Up to kKeepBytes it is kept between calls (grown when
+// too small), so that repeated calls do not page-fault fresh memory in; larger requests (very long
+// sequences) are allocated for the call and freed after it.
+constexpr size_t kKeepBytes = size_t(32) << 20;
+
+struct ScratchLease {
+  struct Free { void operator()(char* p) const { std::free(p); } };
+  std::unique_ptr<char, Free> owned;
+  char* ptr = nullptr;
+};
+
+inline void lease_scratch(ScratchLease& lease, size_t bytes) {
+  struct Kept {
+    std::unique_ptr<char, ScratchLease::Free> p;
     size_t n = 0;
-    ~Buf() { std::free(p); }
   };
-  thread_local Buf buf;
+  thread_local Kept kept;
   bytes = (bytes + 63) / 64 * 64;
-  if (bytes > buf.n) {
-    std::free(buf.p);
-    buf.p = static_cast<char*>(std::aligned_alloc(64, bytes));
-    buf.n = buf.p ? bytes : 0;
-    TORCH_CHECK(buf.p != nullptr, "attention: out of memory allocating ", bytes, " bytes of scratch");
+  if (bytes <= kept.n) {
+    lease.ptr = kept.p.get();
+    return;
   }
-  return buf.p;
+  char* p = static_cast<char*>(std::aligned_alloc(64, bytes));
+  TORCH_CHECK(p != nullptr, "attention: out of memory allocating ", bytes, " bytes of scratch");
+  if (bytes <= kKeepBytes) {
+    kept.p.reset(p);
+    kept.n = bytes;
+  } else {
+    lease.owned.reset(p);
+  }
+  lease.ptr = p;
 }
 
 // Stage one (token, head) slice: dst[0 .. d) = (src + bias) * mul in acc, dst[d .. dp) = 0.
@@ -260,7 +278,9 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
       const int64_t sizes[6] = {d * ldk, ldk * dp, ldk * dp, q_rows * dp, kBQ * kBK, kBQ * dp};
       int64_t total = 0;
       for (int64_t x : sizes) total += round_up(x, 64);
-      acc* base = reinterpret_cast<acc*>(thread_scratch(total * sizeof(acc)));
+      ScratchLease lease;
+      lease_scratch(lease, total * sizeof(acc));
+      acc* base = reinterpret_cast<acc*>(lease.ptr);
       acc* KT = base;                           // (d, ldk)    K^T, bias added
       acc* Kr = KT + round_up(sizes[0], 64);    // (ldk, dp)   K rows, bias added (staging)
       acc* Vb = Kr + round_up(sizes[1], 64);    // (ldk, dp)   V, bias added
