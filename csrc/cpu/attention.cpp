@@ -268,7 +268,9 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
   const uint32_t off32 = static_cast<uint32_t>(static_cast<uint64_t>(P.offset));
   const acc out_scale = static_cast<acc>(1.0 / (1.0 - P.dropout_p));
 
-  const int64_t ldk = round_up(std::max<int64_t>(P.max_seqlen, 1), kBK);  // K^T leading dimension
+  // K^T leading dimension, plus one cache line: with a power-of-two-ish row stride the d rows of a K^T panel
+  // would fall into a few L1 sets and evict each other between the query row groups.
+  const int64_t ldk = round_up(std::max<int64_t>(P.max_seqlen, 1), kBK) + 64 / static_cast<int64_t>(sizeof(acc));
   const int64_t q_rows = round_up(chunk, kMR);
   std::atomic<int64_t> next{0};
   const int64_t ntasks = static_cast<int64_t>(tasks.size());
