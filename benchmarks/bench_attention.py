@@ -111,4 +111,12 @@ if pytest is not None:
 
 
 if __name__ == "__main__":
-    print(table())
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--repeats", type=int, default=30)
+    opts = ap.parse_args()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    print(table(repeats=opts.repeats))
