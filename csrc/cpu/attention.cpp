@@ -7,9 +7,10 @@
 //
 // Parallel decomposition: one task per (sequence, head), split further into query chunks only when there are
 // too few tasks for the threads; tasks are handed out longest first from an atomic counter (sequences of a
-// ragged batch differ in cost by n^2). A task first stages its head in per-thread scratch, in the
-// accumulation type: K^T (d, n) with the bias added, V (n, dp) and Q * scale (rows, dp), dp = d rounded up to
-// the vector width, zero padded. Then, per block of BQ query rows and BK keys:
+// ragged batch differ in cost by n^2). A task first stages its head in per-thread scratch (kept between calls),
+// in the accumulation type, bias added: K^T (d, n) (rows staged, then transposed in 16 x 16 register tiles),
+// V (n, dp) and Q * scale (rows, dp), dp = d rounded up to the vector width, zero padded; qkv rows are 3H apart,
+// so they are software-prefetched. Then, per block of BQ = 48 query rows and BK = 256 keys:
 //   S = Q K^T        register-blocked micro-GEMM: MR query rows x NR vectors of keys, FMA over d
 //   mask, online softmax (running max m, running sum l, O rescaled when m grows), dropout
 //   O += P V         the same micro-GEMM: MR rows x NR vectors of head dims, FMA over keys
@@ -22,7 +23,6 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
