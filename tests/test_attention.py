@@ -283,6 +283,20 @@ def test_masked_half_storage(isa, dtype):
     check_masked(B, L, nh, 32, bool_mask((B, 1, 1, L), seed=2), dtype=dtype)
 
 
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+def test_masked_rows_empty_in_one_key_block(isa, kind):
+    # 300 keys = two key blocks (256 + 44). Rows whose first block is fully masked (running max -inf, then
+    # finite), rows whose second block is fully masked, and a row with nothing kept.
+    B, L, nh, d = 1, 300, 2, 32
+    keep = bool_mask((B, nh, L, L), seed=11)
+    keep[0, :, 0::3, :256] = False
+    keep[0, :, 1::3, 256:] = False
+    keep[0, 1, 5, :] = False
+    mask = keep if kind == "bool" else torch.zeros(B, nh, L, L).masked_fill(~keep, float("-inf"))
+    out, lse = check_masked(B, L, nh, d, mask)
+    assert torch.isneginf(lse[0, 1, 5]) and torch.isfinite(lse[0, 0]).all()
+
+
 def test_masked_long_and_no_bias(isa):
     check_masked(1, 300, 2, 64, bool_mask((1, 1, 1, 300), seed=7), bias=False, scale=0.3)
 
@@ -395,3 +409,21 @@ BAD_MASKED = [
 def test_masked_bad_arguments(over, exc, name):
     with pytest.raises(exc, match=r"attention_masked: .*" + name):
         torch.ops.fastbert.attention_masked(*masked_args(**over))
+
+
+def test_same_bits_at_any_thread_count(isa):
+    # each softmax row is computed by one task in a fixed order: results do not depend on the thread count
+    # (which changes how the work is split into tasks)
+    lengths, nh, d = [70, 0, 9], 1, 32
+    cu = cu_of(lengths)
+    qkv, b = make_qkv((79, 3 * nh * d), torch.float32, seed=12)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append(torch.ops.fastbert.attention(qkv, b, cu, 70, nh, 0.2, 0.2, 9, 1))
+    finally:
+        torch.set_num_threads(before)
+    for out, lse in results[1:]:
+        assert torch.equal(out, results[0][0]) and torch.equal(lse, results[0][1])
