@@ -85,7 +85,7 @@ LENGTHS = [
 
 @pytest.mark.parametrize("lengths", LENGTHS, ids=lambda l: "-".join(map(str, l)))
 @pytest.mark.parametrize("d", [16, 24, 32, 64, 80, 128])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_packed_matches_reference(isa, lengths, d, dtype):
     nh = 3 if d <= 64 else 2
     out, lse = check_packed(lengths, nh, d, dtype)
@@ -93,7 +93,7 @@ def test_packed_matches_reference(isa, lengths, d, dtype):
     assert torch.isfinite(out).all() and torch.isfinite(lse).all()
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("d", [24, 64])
 def test_packed_half_storage(isa, dtype, d):
     check_packed([19, 0, 140, 1], 2, d, dtype)
@@ -104,6 +104,12 @@ def test_packed_long_sequence_online_softmax(isa):
     # order 70 and values of order 10: fp32 rounding of the scores alone moves out by ~1e-4 (tolerance x 10).
     check_packed([700, 3], 2, 64, torch.float32, spread=3.0, tol_scale=10)
     check_packed([600], 1, 32, torch.float64, spread=3.0)
+
+
+def test_packed_head_dim_beyond_128(isa):
+    # no cap on the head size: d = 256 and an odd 130
+    check_packed([50, 3], 1, 256, torch.float32)
+    check_packed([17], 2, 130, torch.float64)
 
 
 def test_packed_no_bias_other_scale_one_head(isa):
@@ -255,7 +261,7 @@ def test_masked_fully_masked_rows(isa):
     check_masked(B, L, nh, d, add)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_masked_dtype_min_gives_uniform_rows(isa, dtype):
     # HF's extended mask: (1 - keep) * finfo.min. A row with every key at finfo.min is a uniform softmax (HF's
     # numbers), not a zero row. Compared with the reference in the kernel's own dtype, where that rounding lives.
@@ -269,12 +275,26 @@ def test_masked_dtype_min_gives_uniform_rows(isa, dtype):
     torch.testing.assert_close(out[1], v.mean(0, keepdim=True).expand(L, -1), **TOL[dtype])
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_masked_half_storage(isa, dtype):
     B, L, nh = 2, 33, 2
     mask = torch.randn(B, 1, L, L).to(dtype)
     check_masked(B, L, nh, 32, mask, dtype=dtype)
     check_masked(B, L, nh, 32, bool_mask((B, 1, 1, L), seed=2), dtype=dtype)
+
+
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+def test_masked_rows_empty_in_one_key_block(isa, kind):
+    # 300 keys = two key blocks (256 + 44). Rows whose first block is fully masked (running max -inf, then
+    # finite), rows whose second block is fully masked, and a row with nothing kept.
+    B, L, nh, d = 1, 300, 2, 32
+    keep = bool_mask((B, nh, L, L), seed=11)
+    keep[0, :, 0::3, :256] = False
+    keep[0, :, 1::3, 256:] = False
+    keep[0, 1, 5, :] = False
+    mask = keep if kind == "bool" else torch.zeros(B, nh, L, L).masked_fill(~keep, float("-inf"))
+    out, lse = check_masked(B, L, nh, d, mask)
+    assert torch.isneginf(lse[0, 1, 5]) and torch.isfinite(lse[0, 0]).all()
 
 
 def test_masked_long_and_no_bias(isa):
@@ -389,3 +409,21 @@ BAD_MASKED = [
 def test_masked_bad_arguments(over, exc, name):
     with pytest.raises(exc, match=r"attention_masked: .*" + name):
         torch.ops.fastbert.attention_masked(*masked_args(**over))
+
+
+def test_same_bits_at_any_thread_count(isa):
+    # each softmax row is computed by one task in a fixed order: results do not depend on the thread count
+    # (which changes how the work is split into tasks)
+    lengths, nh, d = [70, 0, 9], 1, 32
+    cu = cu_of(lengths)
+    qkv, b = make_qkv((79, 3 * nh * d), torch.float32, seed=12)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append(torch.ops.fastbert.attention(qkv, b, cu, 70, nh, 0.2, 0.2, 9, 1))
+    finally:
+        torch.set_num_threads(before)
+    for out, lse in results[1:]:
+        assert torch.equal(out, results[0][0]) and torch.equal(lse, results[0][1])
