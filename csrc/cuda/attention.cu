@@ -41,10 +41,11 @@ void check_dropout(double p, const char* op) {
 
 template <typename T>
 void launch(const AttentionParams<T>& p, int64_t B, int64_t max_seqlen, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(ceil_div(max_seqlen, kBr)), static_cast<unsigned>(p.nh),
+  const int dmax = attention_dmax(p.d);
+  const dim3 grid(static_cast<unsigned>(ceil_div(max_seqlen, attention_rows(dmax))), static_cast<unsigned>(p.nh),
                   static_cast<unsigned>(B));
   const size_t smem = static_cast<size_t>(attention_smem_bytes(p.d));
-  if (p.d <= 64) attention_kernel<T, 64><<<grid, kAttnThreads, smem, stream>>>(p);
+  if (dmax == 64) attention_kernel<T, 64><<<grid, kAttnThreads, smem, stream>>>(p);
   else attention_kernel<T, 128><<<grid, kAttnThreads, smem, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -5,11 +5,12 @@
 // broadcast to (B, nh, L, L) by strides). Q, K and V are read straight from the GEMM output with the QKV bias
 // added on load: no split/transpose copies, no (B, nh, L, L) scores tensor.
 //
-// Decomposition: one block of 128 threads per (block of kBr = 32 queries, head, sequence); blocks past a
-// sequence's end exit at once. Four consecutive lanes own one query row, each a quarter of its head dims
-// (columns sub, sub+4, ...), holding that quarter of q and of the output accumulator in registers. The block
+// Decomposition: one block of 128 threads per (block of queries, head, sequence); blocks past a sequence's
+// end exit at once. SUB = DMAX / 16 consecutive lanes (4 for head dims <= 64, 8 up to 128) own one query row,
+// so a block holds 128 / SUB rows (32 or 16); each lane holds 16 of the row's head dims (columns sub,
+// sub + SUB, ...) of q and of the output accumulator in registers (no spills at 128 dims). The block
 // walks the keys kBc = 32 at a time: it stages K and V of the key block (bias added, fp32) in shared memory,
-// each thread forms partial dot products for the 32 keys over its columns, two xor-shuffles complete them,
+// each thread forms partial dot products for the 32 keys over its columns, log2(SUB) xor-shuffles complete them,
 // and an online softmax (running max m, running sum l, accumulator rescaled by exp(m_old - m_new)) folds the
 // block in, so every thread of a row holds every probability and needs no shared P tile. Rows whose running
 // max is still -inf (fully masked so far) use 0 as the max, so they add nothing and give lse = -inf, out = 0.
@@ -23,9 +24,15 @@
 namespace fastbert::cuda {
 
 constexpr int kAttnThreads = 128;
-constexpr int kBr = 32;  // query rows per block
-constexpr int kBc = 32;  // keys per shared-memory block
-constexpr int kSub = kAttnThreads / kBr;  // lanes per query row
+constexpr int kBc = 32;        // keys per shared-memory block
+constexpr int kAttnCols = 16;  // head dims per lane
+constexpr int kChunk = 16;     // keys scored at a time
+
+// Lanes per query row and query rows per block for head dims up to DMAX.
+FB_HOST_DEVICE constexpr int attention_sub(int dmax) { return dmax / kAttnCols; }
+FB_HOST_DEVICE constexpr int attention_rows(int dmax) { return kAttnThreads / attention_sub(dmax); }
+// The DMAX (64 or 128) the launcher instantiates for head dim d.
+FB_HOST_DEVICE constexpr int attention_dmax(int64_t d) { return d <= 64 ? 64 : 128; }
 
 template <typename T>
 struct AttentionParams {
@@ -45,13 +52,14 @@ struct AttentionParams {
   bool vec;                   // d % (16 / sizeof(T)) == 0 and qkv, bias 16-byte aligned
 };
 
-// grid (ceil(max_seqlen / kBr), nh, B), block kAttnThreads, dynamic shared memory attention_smem_bytes(d).
+// grid (ceil(max_seqlen / attention_rows(DMAX)), nh, B), block kAttnThreads, dynamic shared memory
+// attention_smem_bytes(d).
 FB_HOST_DEVICE int64_t attention_smem_bytes(int64_t d) { return 2 * kBc * d * int64_t(sizeof(float)); }
 
 template <typename T, int DMAX>
 __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttentionParams<T> p) {
-  static_assert(DMAX % kSub == 0, "DMAX must be a multiple of kSub");
-  constexpr int C = DMAX / kSub;  // columns per thread
+  constexpr int kSub = attention_sub(DMAX), kBr = attention_rows(DMAX), C = kAttnCols;
+  static_assert(kSub * C == DMAX && kWarp % kSub == 0, "bad DMAX");
   const int64_t b = blockIdx.z;
   const int h = blockIdx.y;
   int64_t start, n;
@@ -144,53 +152,55 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttentionParams
     }
     __syncthreads();
 
-    float s[kBc];
+    // The staged keys in chunks of kChunk: fewer live scores, no register spills at 128 head dims.
+    for (int j0 = 0; j0 < kBc; j0 += kChunk) {
+      float s[kChunk];
 #pragma unroll
-    for (int j = 0; j < kBc; ++j) {
-      float acc = 0.f;
+      for (int j = 0; j < kChunk; ++j) {
+        float acc = 0.f;
 #pragma unroll
-      for (int m = 0; m < C; ++m) {
-        const int c = sub + kSub * m;
-        if (c < d) acc = fmaf(q[m], Ks[j * d + c], acc);
+        for (int m = 0; m < C; ++m) {
+          const int c = sub + kSub * m;
+          if (c < d) acc = fmaf(q[m], Ks[(j0 + j) * d + c], acc);
+        }
+        s[j] = acc;
       }
-      s[j] = acc;
-    }
 #pragma unroll
-    for (int j = 0; j < kBc; ++j) {
-      s[j] += __shfl_xor_sync(kFullMask, s[j], 1);
-      s[j] += __shfl_xor_sync(kFullMask, s[j], 2);
-    }
-    float tile_max = -INFINITY;
+      for (int j = 0; j < kChunk; ++j)
 #pragma unroll
-    for (int j = 0; j < kBc; ++j) {
-      const int64_t key = k0 + j;
-      float v = -INFINITY;
-      if (key < n) {
-        v = s[j] * p.scale;
-        if (mask_row) v += mask_row[key * p.ms_j];
+        for (int o = 1; o < kSub; o <<= 1) s[j] += __shfl_xor_sync(kFullMask, s[j], o);
+      float tile_max = -INFINITY;
+#pragma unroll
+      for (int j = 0; j < kChunk; ++j) {
+        const int64_t key = k0 + j0 + j;
+        float v = -INFINITY;
+        if (key < n) {
+          v = s[j] * p.scale;
+          if (mask_row) v += mask_row[key * p.ms_j];
+        }
+        s[j] = v;
+        tile_max = fmaxf(tile_max, v);
       }
-      s[j] = v;
-      tile_max = fmaxf(tile_max, v);
-    }
-    const float m_new = fmaxf(m_run, tile_max);
-    const float m_use = m_new == -INFINITY ? 0.f : m_new;
-    const float alpha = expf(m_run - m_use);
-    l_run *= alpha;
+      const float m_new = fmaxf(m_run, tile_max);
+      const float m_use = m_new == -INFINITY ? 0.f : m_new;
+      const float alpha = expf(m_run - m_use);
+      l_run *= alpha;
 #pragma unroll
-    for (int m = 0; m < C; ++m) o[m] *= alpha;
+      for (int m = 0; m < C; ++m) o[m] *= alpha;
 #pragma unroll
-    for (int j = 0; j < kBc; ++j) {
-      const float pj = expf(s[j] - m_use);
-      l_run += pj;
-      float pk = pj;
-      if (p.dropout.threshold != 0 && !dropout_keep(p.dropout, uint64_t(lse_row), uint32_t(k0 + j))) pk = 0.f;
+      for (int j = 0; j < kChunk; ++j) {
+        const float pj = expf(s[j] - m_use);
+        l_run += pj;
+        float pk = pj;
+        if (p.dropout.threshold != 0 && !dropout_keep(p.dropout, uint64_t(lse_row), uint32_t(k0 + j0 + j))) pk = 0.f;
 #pragma unroll
-      for (int m = 0; m < C; ++m) {
-        const int c = sub + kSub * m;
-        if (c < d) o[m] = fmaf(pk, Vs[j * d + c], o[m]);
+        for (int m = 0; m < C; ++m) {
+          const int c = sub + kSub * m;
+          if (c < d) o[m] = fmaf(pk, Vs[(j0 + j) * d + c], o[m]);
+        }
       }
+      m_run = m_new;
     }
-    m_run = m_new;
   }
 
   if (valid) {

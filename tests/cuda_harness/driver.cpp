@@ -239,9 +239,10 @@ void run_embeddings(Case& c) {
 
 template <typename T>
 void launch_attention(const AttentionParams<T>& p, int64_t B, int64_t max_seqlen) {
-  const dim3 grid(unsigned(ceil_div(max_seqlen, kBr)), unsigned(p.nh), unsigned(B));
+  const int dmax = attention_dmax(p.d);
+  const dim3 grid(unsigned(ceil_div(max_seqlen, attention_rows(dmax))), unsigned(p.nh), unsigned(B));
   const size_t smem = size_t(attention_smem_bytes(p.d));
-  if (p.d <= 64) fbh::launch(grid, dim3(kAttnThreads), smem, attention_kernel<T, 64>, p);
+  if (dmax == 64) fbh::launch(grid, dim3(kAttnThreads), smem, attention_kernel<T, 64>, p);
   else fbh::launch(grid, dim3(kAttnThreads), smem, attention_kernel<T, 128>, p);
 }
 
