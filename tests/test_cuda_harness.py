@@ -443,3 +443,39 @@ def test_planted_fault_is_caught_every_time(kind, build, drivers, tmp_path):
         outcome = _fault_outcome(exe, kind, tmp_path / str(rep))
         assert outcome is not None, f"planted fault {kind} passed the {build} harness (repetition {rep})"
         assert expect in outcome, f"planted fault {kind} caught, but not as expected ({expect!r}): {outcome}"
+
+
+# ---------------------------------------------------------------- device-side argument checks
+
+def _bad_embeddings_case():
+    g = _gen(9)
+    H, V, P = 16, 10, 8
+    ids = torch.tensor([1, 2, V])  # V is out of range
+    return Case("bad_embeddings", "embeddings", "f32",
+                {"ids": ids, "pos_ids": torch.tensor([0, 1, 2]), "word": torch.randn(V, H, generator=g),
+                 "pos": torch.randn(P, H, generator=g), "gamma": torch.ones(H), "beta": torch.zeros(H)},
+                {"N": 3, "H": H, "V": V, "P": P, "TT": 0, "eps": 1e-12, "idtype": "i64"})
+
+
+def _bad_unpack_case():
+    x = torch.randn(3, 8)
+    return Case("bad_unpack", "unpack", "f32", {"x": x, "indices": torch.tensor([0, 5, 6])},
+                {"B": 2, "L": 3, "C": 8, "T": 3, "elem_size": 4})
+
+
+def _bad_attention_case():
+    qkv = torch.randn(10, 3 * 32)
+    cu = torch.tensor([0, 4, 9], dtype=torch.int32)  # cu_seqlens[B] = 9 != T = 10
+    return Case("bad_attention", "attention", "f32", {"qkv": qkv, "cu_seqlens": cu},
+                {"B": 2, "T": 10, "max_seqlen": 5, "nh": 2, "H": 32, "scale": 0.25, "dropout_p": 0.0, "seed": 0,
+                 "offset": 0})
+
+
+@pytest.mark.parametrize("make", [_bad_embeddings_case, _bad_unpack_case, _bad_attention_case],
+                         ids=["embeddings_id_out_of_range", "unpack_index_out_of_range", "attention_cu_seqlens_short"])
+def test_kernel_assert_stops_bad_input(make, drivers, tmp_path):
+    case = make()
+    manifest = tmp_path / "m.txt"
+    manifest.write_text(case.write(tmp_path) + "\n")
+    res = run_driver(drivers[0], manifest, timeout=60)
+    assert res.returncode == 2 and "kernel assertion failed" in res.stderr, res.stderr[-2000:]
