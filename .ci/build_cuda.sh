@@ -43,6 +43,9 @@ tar -C "$ROOT" --exclude=.git --exclude=./build --exclude='*.so' --exclude=__pyc
 
 echo "== building (archs $FASTBERT_CUDA_ARCHS, MAX_JOBS=$MAX_JOBS)"
 cd "$BUILD"
+# The spill check reads ptxas' output, which only a compile prints: always recompile the CUDA objects
+# (the C++ objects stay incremental).
+rm -f build/temp*/csrc/cuda/*.o
 log="$BUILD/build.log"
 b0=$(date +%s)
 if ! FASTBERT_CUDA=1 FASTBERT_PTXAS_VERBOSE=1 "$PY" setup.py build_ext --inplace >"$log" 2>&1; then
