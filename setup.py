@@ -116,8 +116,11 @@ def make_extension():
         nvcc = opt + ["-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"] + cuda_arch_flags()
         if os.environ.get("FASTBERT_PTXAS_VERBOSE") == "1":
             nvcc.append("-Xptxas=-v")
+        # fastbert._C.cuda_archs() reports the list (torch shell-quotes each flag in its ninja file).
+        archs = os.environ.get("FASTBERT_CUDA_ARCHS", "7.5;8.0;8.6;9.0+PTX").replace(";", ",")
         ext = cpp_extension.CUDAExtension("fastbert._C", sources,
-                                          extra_compile_args={"cxx": cxx + ["-DFASTBERT_WITH_CUDA"],
+                                          extra_compile_args={"cxx": cxx + ["-DFASTBERT_WITH_CUDA",
+                                                                            f'-DFASTBERT_CUDA_ARCHS="{archs}"'],
                                                               "nvcc": nvcc + ["-DFASTBERT_WITH_CUDA"]},
                                           **kwargs)
     else:

