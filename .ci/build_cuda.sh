@@ -3,7 +3,7 @@
 #
 #   .ci/build_cuda.sh            (from the repository root; .ci/run calls it)
 #
-# 1. a venv with the CUDA build of torch (FASTBERT_CUDA_VENV, default /work/venv-cuda; created when missing);
+# 1. a venv with the CUDA build of torch (FASTBERT_CUDA_VENV, default .venv-cuda in the repository; created when missing);
 # 2. a copy of the tree (FASTBERT_CUDA_BUILD_DIR, default /tmp/fastbert-cuda-build), so the CPU build's
 #    fastbert/_C*.so and build/ are never overwritten; ninja keeps the copy's objects between runs;
 # 3. FASTBERT_CUDA=1 FASTBERT_PTXAS_VERBOSE=1 build for FASTBERT_CUDA_ARCHS (default 7.5;8.0;8.6;9.0+PTX);
@@ -12,7 +12,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${FASTBERT_CUDA_VENV:-/work/venv-cuda}"
+VENV="${FASTBERT_CUDA_VENV:-$ROOT/.venv-cuda}"
 BUILD="${FASTBERT_CUDA_BUILD_DIR:-/tmp/fastbert-cuda-build}"
 TORCH_SPEC="${FASTBERT_CUDA_TORCH:-torch==2.14.1}"
 export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda-13.0}"

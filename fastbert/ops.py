@@ -61,6 +61,8 @@ def has_kernel(name: str, device: torch.device | str) -> bool:
 def _use_kernel(name: str, device: torch.device, *tensors: Optional[Tensor]) -> bool:
     if not KERNELS.get((name, device.type), False):
         return False
+    if device.type == "cuda" and any(t is not None and t.dtype == torch.float64 for t in tensors):
+        return False  # the CUDA kernels store fp32/fp16/bf16; float64 (gradcheck) takes the reference
     if name not in DIFFERENTIABLE and torch.is_grad_enabled():
         if any(t is not None and t.requires_grad for t in tensors):
             return False
