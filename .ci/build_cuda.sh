@@ -38,7 +38,7 @@ mkdir -p "$BUILD"
 # Fresh sources; the copy's own build/ (ninja objects) survives, so rebuilds are incremental. The worktree's
 # build/ and _C*.so are never copied.
 find "$BUILD" -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
-tar -C "$ROOT" --exclude=.git --exclude=./build --exclude='*.so' --exclude=__pycache__ --exclude=.pytest_cache \
+tar -C "$ROOT" --exclude=.git --exclude='./.venv*' --exclude=./build --exclude='*.so' --exclude=__pycache__ --exclude=.pytest_cache \
   -cf - . | tar -C "$BUILD" -xf -
 
 echo "== building (archs $FASTBERT_CUDA_ARCHS, MAX_JOBS=$MAX_JOBS)"
