@@ -1,0 +1,361 @@
+"""Backward ops (csrc/cpu/*_backward.cpp) and their autograd registration (fastbert/autograd.py).
+
+Each op is checked three ways: torch.autograd.gradcheck in float64 through the forward op (the backward
+kernel against finite differences of the forward kernel), the gradients through autograd against the
+reference's own autograd (fastbert/reference.py) in float32/float64/bfloat16, and torch.library.opcheck on
+the forward op with inputs that require grad (autograd registration, fake tensors, AOT autograd) and on the
+backward op. Tolerances (atol, rtol) of gradients against the reference's autograd, same inputs:
+float64 1e-10; float32 2e-5 on elementwise gradients, 1e-4 on gradients summed over rows (different
+summation order); bfloat16 3e-2 (one bf16 rounding of the result, plus a sum of rounded terms).
+"""
+import pytest
+import torch
+
+from fastbert import autograd as fb_autograd
+from fastbert import ops, reference
+from conftest import randn, requires_extension
+
+pytestmark = requires_extension
+
+GRAD_TOL = {
+    torch.float64: dict(atol=1e-10, rtol=1e-10),
+    torch.float32: dict(atol=2e-5, rtol=2e-5),
+    torch.bfloat16: dict(atol=3e-2, rtol=3e-2),
+}
+SUM_TOL = {
+    torch.float64: dict(atol=1e-10, rtol=1e-10),
+    torch.float32: dict(atol=1e-4, rtol=1e-4),
+    torch.bfloat16: dict(atol=1e-1, rtol=3e-2),
+}
+
+
+def _grads(fn, inputs, grad_out):
+    """Gradients of fn(*inputs)[0] (or fn(*inputs)) for the inputs that require grad, with grad_out."""
+    out = fn(*inputs)
+    out = out[0] if isinstance(out, tuple) else out
+    leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    return torch.autograd.grad(out, leaves, grad_out)
+
+
+def _leaf(t):
+    return t.detach().clone().requires_grad_(True)
+
+
+def _check_grads(got, want, tols, names):
+    for g, w, name in zip(got, want, names):
+        assert torch.isfinite(g).all(), name
+        torch.testing.assert_close(g, w, **tols[name], msg=lambda m: f"{name}\n{m}")
+
+
+def _threads(n):
+    class _Ctx:
+        def __enter__(self):
+            self.prev = torch.get_num_threads()
+            torch.set_num_threads(n)
+
+        def __exit__(self, *exc):
+            torch.set_num_threads(self.prev)
+    return _Ctx()
+
+
+# ================================================================ bias_act
+
+ACTS = sorted(reference.ACTIVATIONS)
+
+
+@pytest.mark.parametrize("activation", ACTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 1), (37, 7), (5, 389), (2, 3, 768)])
+def test_bias_act_grads_match_reference(cpu_isa, gen, activation, dtype, shape):
+    x = _leaf(randn(*shape, dtype=dtype, gen=gen, scale=2.0))
+    b = _leaf(randn(shape[-1], dtype=dtype, gen=gen))
+    g = randn(*shape, dtype=dtype, gen=gen)
+    got = _grads(lambda x, b: torch.ops.fastbert.bias_act(x, b, activation), (x, b), g)
+    want = _grads(lambda x, b: reference.bias_act(x, b, activation), (_leaf(x), _leaf(b)), g)
+    _check_grads(got, want, {"x": GRAD_TOL[dtype], "bias": SUM_TOL[dtype]}, ["x", "bias"])
+
+
+@pytest.mark.parametrize("activation", ACTS)
+def test_bias_act_gradcheck(cpu_isa, gen, activation):
+    x = _leaf(randn(3, 17, dtype=torch.float64, gen=gen, scale=2.0))
+    b = _leaf(randn(17, dtype=torch.float64, gen=gen))
+    assert torch.autograd.gradcheck(lambda x, b: torch.ops.fastbert.bias_act(x, b, activation), (x, b))
+    # only x requires grad; a 1-element row
+    x1 = _leaf(randn(1, 1, dtype=torch.float64, gen=gen))
+    b1 = randn(1, dtype=torch.float64, gen=gen)
+    assert torch.autograd.gradcheck(lambda x: torch.ops.fastbert.bias_act(x, b1, activation), (x1,))
+
+
+def test_bias_act_relu_derivative_at_zero_is_zero():
+    x = _leaf(torch.tensor([[-1.0, 0.0, 1.0]]))
+    b = _leaf(torch.zeros(3))
+    gx, gb = _grads(lambda x, b: torch.ops.fastbert.bias_act(x, b, "relu"), (x, b), torch.ones(1, 3))
+    assert gx.tolist() == [[0.0, 0.0, 1.0]] and gb.tolist() == [0.0, 0.0, 1.0]
+
+
+def test_bias_act_backward_empty_rows():
+    x, b = _leaf(torch.empty(0, 8)), _leaf(torch.randn(8))
+    gx, gb = _grads(lambda x, b: torch.ops.fastbert.bias_act(x, b, "gelu"), (x, b), torch.empty(0, 8))
+    assert gx.shape == (0, 8) and torch.equal(gb, torch.zeros(8))
+
+
+def test_bias_act_opcheck(gen):
+    x = _leaf(randn(5, 33, gen=gen))
+    b = _leaf(randn(33, gen=gen))
+    torch.library.opcheck(torch.ops.fastbert.bias_act.default, (x, b, "gelu"))
+    torch.library.opcheck(torch.ops.fastbert.bias_act_backward.default,
+                          (randn(5, 33, gen=gen), x.detach(), b.detach(), "silu"))
+
+
+@pytest.mark.parametrize("bad, match, exc", [
+    (dict(grad=torch.randn(4, 7)), "grad", RuntimeError),
+    (dict(grad=torch.randn(4, 8, dtype=torch.float64)), "grad", RuntimeError),
+    (dict(bias=torch.randn(7)), "bias", RuntimeError),
+    (dict(activation="tanh"), "activation", ValueError),
+    (dict(x=torch.randint(0, 3, (4, 8)), grad=torch.randint(0, 3, (4, 8)), bias=torch.randint(0, 3, (8,))),
+     "floating", RuntimeError),
+])
+def test_bias_act_backward_bad_args(bad, match, exc):
+    args = dict(grad=torch.randn(4, 8), x=torch.randn(4, 8), bias=torch.randn(8), activation="gelu")
+    args.update(bad)
+    with pytest.raises(exc, match=match):
+        torch.ops.fastbert.bias_act_backward(**args)
+
+
+# ================================================================ bias_residual_layernorm
+
+def _brln_inputs(gen, dtype, shape, with_bias):
+    H = shape[-1]
+    x = _leaf(randn(*shape, dtype=dtype, gen=gen))
+    residual = _leaf(randn(*shape, dtype=dtype, gen=gen, scale=3.0))
+    bias = _leaf(randn(H, dtype=dtype, gen=gen)) if with_bias else None
+    w = _leaf(randn(H, dtype=dtype, gen=gen))
+    b = _leaf(randn(H, dtype=dtype, gen=gen))
+    return x, bias, residual, w, b
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 7), (37, 33), (300, 389), (2, 5, 768), (3, 1029)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_bias_residual_layernorm_grads_match_reference(cpu_isa, gen, dtype, shape, with_bias):
+    inputs = _brln_inputs(gen, dtype, shape, with_bias)
+    g = randn(*shape, dtype=dtype, gen=gen)
+    got = _grads(lambda *a: torch.ops.fastbert.bias_residual_layernorm(*a, 1e-12), inputs, g)
+    ref_inputs = [_leaf(t) if t is not None else None for t in inputs]
+    want = _grads(lambda *a: reference.bias_residual_layernorm(*a, 1e-12), ref_inputs, g)
+    names = ["x"] + (["bias"] if with_bias else []) + ["residual", "ln_weight", "ln_bias"]
+    tols = {"x": GRAD_TOL[dtype], "residual": GRAD_TOL[dtype], "bias": SUM_TOL[dtype], "ln_weight": SUM_TOL[dtype],
+            "ln_bias": SUM_TOL[dtype]}
+    if dtype == torch.float32:   # grad_s: rstd * (g w - mean(g w) - xhat mean(g w xhat)), sums over H
+        tols["x"] = tols["residual"] = dict(atol=5e-5, rtol=5e-5)
+    _check_grads(got, want, tols, names)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (2, 2, 17)])
+def test_bias_residual_layernorm_gradcheck(cpu_isa, gen, shape, with_bias):
+    inputs = _brln_inputs(gen, torch.float64, shape, with_bias)
+    assert torch.autograd.gradcheck(lambda *a: torch.ops.fastbert.bias_residual_layernorm(*a, 1e-5)[0], inputs)
+
+
+def test_bias_residual_layernorm_backward_deterministic_across_threads(gen):
+    inputs = _brln_inputs(gen, torch.float32, (1000, 389), True)
+    g = randn(1000, 389, gen=gen)
+    with _threads(1):
+        one = _grads(lambda *a: torch.ops.fastbert.bias_residual_layernorm(*a, 1e-12), inputs, g)
+    with _threads(2):
+        two = _grads(lambda *a: torch.ops.fastbert.bias_residual_layernorm(*a, 1e-12), inputs, g)
+        again = _grads(lambda *a: torch.ops.fastbert.bias_residual_layernorm(*a, 1e-12), inputs, g)
+    for a, b, c in zip(one, two, again):
+        assert torch.equal(a, b) and torch.equal(b, c)
+
+
+def test_bias_residual_layernorm_backward_empty_rows():
+    x, bias, residual, w, b = (_leaf(torch.empty(0, 16)), _leaf(torch.randn(16)), _leaf(torch.empty(0, 16)),
+                               _leaf(torch.randn(16)), _leaf(torch.randn(16)))
+    grads = _grads(lambda *a: torch.ops.fastbert.bias_residual_layernorm(*a, 1e-12), (x, bias, residual, w, b),
+                   torch.empty(0, 16))
+    assert grads[0].shape == (0, 16)
+    for gr in grads[1:]:
+        assert torch.isfinite(gr).all() and not gr.any()
+
+
+def test_bias_residual_layernorm_opcheck(gen):
+    for with_bias in (True, False):
+        inputs = _brln_inputs(gen, torch.float32, (6, 40), with_bias)
+        torch.library.opcheck(torch.ops.fastbert.bias_residual_layernorm.default, (*inputs, 1e-12))
+    x, bias, residual, w, _ = [t.detach() for t in _brln_inputs(gen, torch.float32, (6, 40), True)]
+    _, mean, rstd = torch.ops.fastbert.bias_residual_layernorm(x, bias, residual, w, w, 1e-12)
+    torch.library.opcheck(torch.ops.fastbert.bias_residual_layernorm_backward.default,
+                          (randn(6, 40, gen=gen), x, bias, residual, w, mean, rstd))
+    torch.library.opcheck(torch.ops.fastbert.bias_residual_layernorm_backward.default,
+                          (randn(6, 40, gen=gen), x, None, residual, w, mean, rstd))
+
+
+def test_bias_residual_layernorm_stats_not_differentiable(gen):
+    x, bias, residual, w, b = _brln_inputs(gen, torch.float32, (4, 8), True)
+    out, mean, rstd = torch.ops.fastbert.bias_residual_layernorm(x, bias, residual, w, b, 1e-12)
+    assert out.requires_grad and not mean.requires_grad and not rstd.requires_grad
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(grad_out=torch.randn(4, 7)), "grad_out"),
+    (dict(residual=torch.randn(3, 8)), "residual"),
+    (dict(bias=torch.randn(7)), "bias"),
+    (dict(ln_weight=torch.randn(8, dtype=torch.float64)), "ln_weight"),
+    (dict(mean=torch.randn(5)), "mean"),
+    (dict(rstd=torch.randn(4, dtype=torch.float64)), "rstd"),
+])
+def test_bias_residual_layernorm_backward_bad_args(bad, match):
+    args = dict(grad_out=torch.randn(4, 8), x=torch.randn(4, 8), bias=torch.randn(8), residual=torch.randn(4, 8),
+                ln_weight=torch.randn(8), mean=torch.randn(4), rstd=torch.rand(4))
+    args.update(bad)
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.fastbert.bias_residual_layernorm_backward(**args)
+
+
+# ================================================================ embeddings
+
+def _emb_inputs(gen, dtype, n, H, V=13, P=11, TV=3, index_dtype=torch.long, types="ids"):
+    """Small tables so that ids repeat (the scatter-add must sum them). types: "ids", "zeros" (table, no
+    ids) or None (no token-type table)."""
+    ids = torch.randint(0, V, (n,), generator=gen).to(index_dtype)
+    pos = torch.randint(0, P, (n,), generator=gen).to(index_dtype)
+    tt_ids = torch.randint(0, TV, (n,), generator=gen).to(index_dtype) if types == "ids" else None
+    word = _leaf(randn(V, H, dtype=dtype, gen=gen))
+    position = _leaf(randn(P, H, dtype=dtype, gen=gen))
+    tt = _leaf(randn(TV, H, dtype=dtype, gen=gen)) if types is not None else None
+    w = _leaf(randn(H, dtype=dtype, gen=gen))
+    b = _leaf(randn(H, dtype=dtype, gen=gen))
+    return [ids, pos, tt_ids, word, position, tt, w, b]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("n, H", [(1, 7), (37, 33), (200, 389), (5, 768)])
+@pytest.mark.parametrize("types", ["ids", "zeros", None])
+def test_embeddings_grads_match_reference(cpu_isa, gen, dtype, n, H, types):
+    inputs = _emb_inputs(gen, dtype, n, H, types=types)
+    g = randn(n, H, dtype=dtype, gen=gen)
+    got = _grads(lambda *a: torch.ops.fastbert.embeddings(*a, 1e-12), inputs, g)
+    names = ["word", "position"] + (["token_type"] if types is not None else []) + ["ln_weight", "ln_bias"]
+    if dtype == torch.bfloat16:
+        # The reference's bf16 backward scatters bf16-rounded rows in bf16 (nn.Embedding's); the kernel sums in
+        # fp32 and rounds once. Compare both with the float64 reference on the same inputs: ours must be within
+        # bf16 resolution of the largest gradient, and no further from it than the bf16 reference.
+        ref64 = [_leaf(t.double()) if isinstance(t, torch.Tensor) and t.requires_grad else t for t in inputs]
+        want = _grads(lambda *a: reference.embeddings(*a, 1e-12), ref64, g.double())
+        ref16 = [_leaf(t) if isinstance(t, torch.Tensor) and t.requires_grad else t for t in inputs]
+        ref_bf16 = _grads(lambda *a: reference.embeddings(*a, 1e-12), ref16, g)
+        for a, w, r, name in zip(got, want, ref_bf16, names):
+            err, ref_err = (a.double() - w).abs().max(), (r.double() - w).abs().max()
+            assert err <= 1.6e-2 * w.abs().max() and err <= ref_err + 1e-12, (name, err, ref_err)
+        return
+    ref_inputs = [_leaf(t) if isinstance(t, torch.Tensor) and t.requires_grad else t for t in inputs]
+    want = _grads(lambda *a: reference.embeddings(*a, 1e-12), ref_inputs, g)
+    _check_grads(got, want, {name: SUM_TOL[dtype] for name in names}, names)
+
+
+def test_embeddings_2d_int32_ids(cpu_isa, gen):
+    inputs = _emb_inputs(gen, torch.float32, 12, 40, index_dtype=torch.int32)
+    inputs[:3] = [t.reshape(3, 4) for t in inputs[:3]]
+    g = randn(3, 4, 40, gen=gen)
+    got = _grads(lambda *a: torch.ops.fastbert.embeddings(*a, 1e-12), inputs, g)
+    ref_inputs = [_leaf(t) if isinstance(t, torch.Tensor) and t.requires_grad else t for t in inputs]
+    want = _grads(lambda *a: reference.embeddings(*a, 1e-12), ref_inputs, g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **SUM_TOL[torch.float32])
+
+
+@pytest.mark.parametrize("types", ["ids", None])
+def test_embeddings_gradcheck(cpu_isa, gen, types):
+    inputs = _emb_inputs(gen, torch.float64, 9, 6, V=4, P=5, TV=2, types=types)
+    assert torch.autograd.gradcheck(lambda *a: torch.ops.fastbert.embeddings(*a, 1e-5)[0], inputs)
+
+
+def test_embeddings_padding_idx_follows_hf(gen):
+    """With zero_row_grad(word, pad) the word table's gradient is nn.Embedding(padding_idx=pad)'s; the position,
+    token-type and LayerNorm gradients still see the pad tokens (as in HF)."""
+    pad = 0
+    inputs = _emb_inputs(gen, torch.float32, 40, 24, V=6)
+    ids = inputs[0]
+    assert (ids == pad).any()
+    g = randn(40, 24, gen=gen)
+
+    def ours(word, position, tt, w, b):
+        return ops.embeddings(ids, inputs[1], inputs[2], fb_autograd.zero_row_grad(word, pad), position, tt, w, b,
+                              1e-12)
+
+    def hf_like(word, position, tt, w, b):
+        s = (torch.nn.functional.embedding(ids, word, padding_idx=pad) + position[inputs[1]] + tt[inputs[2]])
+        return torch.nn.functional.layer_norm(s, (24,), w, b, 1e-12)
+
+    leaves = inputs[3:]
+    got = _grads(ours, leaves, g)
+    want = _grads(hf_like, [_leaf(t) for t in leaves], g)
+    assert not got[0][pad].any() and got[0].any()
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **SUM_TOL[torch.float32])
+    # without zero_row_grad the pad row gets its tokens' gradient (no padding_idx in the formula)
+    plain = _grads(lambda *a: ops.embeddings(ids, inputs[1], inputs[2], *a, 1e-12), leaves, g)
+    assert plain[0][pad].abs().sum() > 0
+
+
+def test_embeddings_backward_deterministic_across_threads(gen):
+    inputs = _emb_inputs(gen, torch.float32, 2000, 389, V=50)
+    g = randn(2000, 389, gen=gen)
+    with _threads(1):
+        one = _grads(lambda *a: torch.ops.fastbert.embeddings(*a, 1e-12), inputs, g)
+    with _threads(2):
+        two = _grads(lambda *a: torch.ops.fastbert.embeddings(*a, 1e-12), inputs, g)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+
+
+def test_embeddings_backward_empty():
+    inputs = _emb_inputs(torch.Generator().manual_seed(0), torch.float32, 0, 16)
+    grads = _grads(lambda *a: torch.ops.fastbert.embeddings(*a, 1e-12), inputs, torch.empty(0, 16))
+    for gr in grads:
+        assert torch.isfinite(gr).all() and not gr.any()
+
+
+def test_embeddings_opcheck(gen):
+    for types in ("ids", "zeros", None):
+        inputs = _emb_inputs(gen, torch.float32, 10, 20, types=types)
+        torch.library.opcheck(torch.ops.fastbert.embeddings.default, (*inputs, 1e-12))
+    ids, pos, tt_ids, word, position, tt, w, b = [t.detach() if t is not None else None
+                                                   for t in _emb_inputs(gen, torch.float32, 10, 20)]
+    _, mean, rstd = torch.ops.fastbert.embeddings(ids, pos, tt_ids, word, position, tt, w, b, 1e-12)
+    g = randn(10, 20, gen=gen)
+    torch.library.opcheck(torch.ops.fastbert.embeddings_backward.default,
+                          (g, ids, pos, tt_ids, word, position, tt, w, mean, rstd))
+    torch.library.opcheck(torch.ops.fastbert.embeddings_backward.default,
+                          (g, ids, pos, None, word, position, None, w, mean, rstd))
+
+
+@pytest.mark.parametrize("bad, match, exc", [
+    (dict(input_ids=torch.tensor([0, 1, 99])), "input_ids", IndexError),
+    (dict(position_ids=torch.tensor([0, -1, 2])), "position_ids", IndexError),
+    (dict(token_type_ids=torch.tensor([0, 5, 1])), "token_type_ids", IndexError),
+    (dict(grad_out=torch.randn(3, 7)), "grad_out", RuntimeError),
+    (dict(mean=torch.randn(4)), "mean", RuntimeError),
+    (dict(position_weight=torch.randn(11, 7)), "position_weight", RuntimeError),
+    (dict(ln_weight=torch.randn(7)), "ln_weight", RuntimeError),
+])
+def test_embeddings_backward_bad_args(bad, match, exc):
+    args = dict(grad_out=torch.randn(3, 8), input_ids=torch.tensor([0, 1, 2]), position_ids=torch.tensor([0, 1, 2]),
+                token_type_ids=torch.tensor([0, 1, 0]), word_weight=torch.randn(13, 8),
+                position_weight=torch.randn(11, 8), token_type_weight=torch.randn(2, 8), ln_weight=torch.randn(8),
+                mean=torch.randn(3), rstd=torch.rand(3))
+    args.update(bad)
+    with pytest.raises(exc, match=match):
+        torch.ops.fastbert.embeddings_backward(**args)
+
+
+# ================================================================ the ops.py wrappers
+
+def test_differentiable_ops_run_the_kernel_while_training(gen):
+    """ops.<op> takes the kernel (not the reference) when inputs require grad, for each op in DIFFERENTIABLE."""
+    assert {"bias_act", "bias_residual_layernorm", "embeddings"} <= ops.DIFFERENTIABLE
+    x, b = _leaf(randn(4, 8, gen=gen)), _leaf(randn(8, gen=gen))
+    y = ops.bias_act(x, b, "gelu")
+    assert "fastbert" in type(y.grad_fn).__name__.lower() or "bias_act" in y.grad_fn.name().lower()
