@@ -359,3 +359,196 @@ def test_differentiable_ops_run_the_kernel_while_training(gen):
     x, b = _leaf(randn(4, 8, gen=gen)), _leaf(randn(8, gen=gen))
     y = ops.bias_act(x, b, "gelu")
     assert "fastbert" in type(y.grad_fn).__name__.lower() or "bias_act" in y.grad_fn.name().lower()
+
+
+# ================================================================ attention (packed) and attention_masked
+
+@pytest.fixture(scope="module")
+def attention_forward():
+    """Until the forward CPU kernels of attention / attention_masked are on this branch, the reference stands in
+    as their CPU kernel, so that autograd through torch.ops.fastbert.attention runs the forward's (out, lse)
+    into the backward kernel under test. With the real kernels present this does nothing."""
+    lib = None
+    for name, fn in (("attention", reference.attention), ("attention_masked", reference.attention_masked)):
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(f"fastbert::{name}", "CPU"):
+            lib = lib or torch.library.Library("fastbert", "IMPL")
+            lib.impl(name, fn, "CPU")
+    yield
+    if lib is not None:
+        lib._destroy()
+
+
+def _cu(lens):
+    return torch.tensor([0] + torch.tensor(lens, dtype=torch.long).cumsum(0).tolist(), dtype=torch.int32)
+
+
+def _attn_inputs(gen, dtype, lens, nh, d, with_bias=True):
+    T, H = sum(lens), nh * d
+    qkv = _leaf(randn(T, 3 * H, dtype=dtype, gen=gen))
+    bias = _leaf(randn(3 * H, dtype=dtype, gen=gen, scale=0.5)) if with_bias else None
+    return qkv, bias, _cu(lens), max(lens + [0])
+
+
+# float32: sums over up to 128 keys and d head dims in a different order, P from the saved lse; float64
+# recomputes the softmax (its saved lse is float32 by the op's contract).
+ATTN_TOL = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float32: dict(atol=5e-5, rtol=5e-5),
+            torch.bfloat16: dict(atol=5e-2, rtol=5e-2)}
+ATTN_CASES = [([1], 1, 16), ([5, 0, 17, 1], 3, 32), ([33, 7], 2, 80), ([64, 3, 40], 2, 64), ([20, 9], 1, 128)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("lens, nh, d", ATTN_CASES)
+@pytest.mark.parametrize("dropout_p", [0.0, 0.25])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_attention_grads_match_reference(attention_forward, cpu_isa, gen, dtype, lens, nh, d, dropout_p, with_bias):
+    qkv, bias, cu, max_seqlen = _attn_inputs(gen, dtype, lens, nh, d, with_bias)
+    g = randn(sum(lens), nh * d, dtype=dtype, gen=gen)
+    args = (cu, max_seqlen, nh, d ** -0.5, dropout_p, 1234567890123, 77)
+    inputs = (qkv, bias) if with_bias else (qkv,)
+    fwd = (lambda q, b: torch.ops.fastbert.attention(q, b, *args)) if with_bias else \
+        (lambda q: torch.ops.fastbert.attention(q, None, *args))
+    ref = (lambda q, b: reference.attention(q, b, *args)) if with_bias else (lambda q: reference.attention(q, None, *args))
+    got = _grads(fwd, inputs, g)
+    want = _grads(ref, [_leaf(t) for t in inputs], g)
+    names = ["qkv", "qkv_bias"][:len(inputs)]
+    tols = {"qkv": ATTN_TOL[dtype], "qkv_bias": ATTN_TOL[dtype] if dtype != torch.float32 else SUM_TOL[dtype]}
+    _check_grads(got, want, tols, names)
+
+
+def test_attention_dropout_changes_gradients(attention_forward, gen):
+    """The dropout mask is really applied in the backward (a test of the test: p > 0 differs from p = 0)."""
+    qkv, bias, cu, max_seqlen = _attn_inputs(gen, torch.float32, [12, 5], 2, 16)
+    g = randn(17, 32, gen=gen)
+    grads = [_grads(lambda q: torch.ops.fastbert.attention(q, bias.detach(), cu, max_seqlen, 2, 0.25, p, 1, 0),
+                    (qkv,), g)[0] for p in (0.0, 0.3)]
+    assert not torch.allclose(grads[0], grads[1])
+    other_seed = _grads(lambda q: torch.ops.fastbert.attention(q, bias.detach(), cu, max_seqlen, 2, 0.25, 0.3, 2, 0),
+                        (qkv,), g)[0]
+    assert not torch.allclose(grads[1], other_seed)
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3])
+def test_attention_gradcheck(attention_forward, cpu_isa, gen, dropout_p):
+    qkv, bias, cu, max_seqlen = _attn_inputs(gen, torch.float64, [3, 0, 4, 1], 2, 5)
+    fn = lambda q, b: torch.ops.fastbert.attention(q, b, cu, max_seqlen, 2, 0.7, dropout_p, 42, 5)[0]
+    assert torch.autograd.gradcheck(fn, (qkv, bias))
+
+
+def test_attention_empty_batch_no_nan(attention_forward):
+    for lens in ([0], [0, 0, 0]):
+        qkv, bias = _leaf(torch.randn(0, 48)), _leaf(torch.randn(48))
+        grads = _grads(lambda q, b: torch.ops.fastbert.attention(q, b, _cu(lens), 0, 2, 0.25, 0.1, 3, 0),
+                       (qkv, bias), torch.empty(0, 16))
+        assert grads[0].shape == (0, 48) and torch.equal(grads[1], torch.zeros(48))
+
+
+def test_attention_opcheck(attention_forward, gen):
+    qkv, bias, cu, max_seqlen = _attn_inputs(gen, torch.float32, [6, 0, 3], 2, 8)
+    torch.library.opcheck(torch.ops.fastbert.attention.default, (qkv, bias, cu, max_seqlen, 2, 0.35, 0.2, 9, 1))
+    torch.library.opcheck(torch.ops.fastbert.attention.default, (qkv, None, cu, max_seqlen, 2, 0.35))
+    out, lse = reference.attention(qkv.detach(), bias.detach(), cu, max_seqlen, 2, 0.35, 0.2, 9, 1)
+    g = randn(9, 16, gen=gen)
+    torch.library.opcheck(torch.ops.fastbert.attention_backward.default,
+                          (g, qkv.detach(), bias.detach(), out, lse, cu, max_seqlen, 2, 0.35, 0.2, 9, 1))
+    torch.library.opcheck(torch.ops.fastbert.attention_backward.default,
+                          (g, qkv.detach(), None, out, lse, cu, max_seqlen, 2, 0.35))
+
+
+@pytest.mark.parametrize("bad, match, exc", [
+    (dict(grad_out=torch.randn(9, 15)), "grad_out", RuntimeError),
+    (dict(out=torch.randn(9, 16, dtype=torch.float64)), "out", RuntimeError),
+    (dict(qkv=torch.randn(9, 47)), "qkv", RuntimeError),
+    (dict(qkv_bias=torch.randn(47)), "qkv_bias", RuntimeError),
+    (dict(lse=torch.randn(3, 9)), "lse", RuntimeError),
+    (dict(lse=torch.randn(2, 9, dtype=torch.float64)), "lse", RuntimeError),
+    (dict(cu_seqlens=torch.tensor([0, 6, 9], dtype=torch.int64)), "cu_seqlens", RuntimeError),
+    (dict(cu_seqlens=torch.tensor([0, 6, 8], dtype=torch.int32)), "cu_seqlens", ValueError),
+    (dict(max_seqlen=5), "max_seqlen", ValueError),
+    (dict(num_heads=0), "num_heads", ValueError),
+    (dict(dropout_p=1.0), "dropout_p", ValueError),
+])
+def test_attention_backward_bad_args(bad, match, exc):
+    args = dict(grad_out=torch.randn(9, 16), qkv=torch.randn(9, 48), qkv_bias=torch.randn(48), out=torch.randn(9, 16),
+                lse=torch.randn(2, 9), cu_seqlens=torch.tensor([0, 6, 9], dtype=torch.int32), max_seqlen=6,
+                num_heads=2, scale=0.35, dropout_p=0.0, seed=0, offset=0)
+    args.update(bad)
+    with pytest.raises(exc, match=match):
+        torch.ops.fastbert.attention_backward(**args)
+
+
+def _masks(gen, B, nh, L):
+    lengths = torch.tensor([L, max(L - 3, 1)] + [1] * (B - 2))[:B]
+    keep = torch.arange(L).view(1, L) < lengths.view(B, 1)                         # (B, L) padding
+    return {
+        "bool_padding": keep.view(B, 1, 1, L),
+        "hf_additive": (~keep).view(B, 1, 1, L).float() * torch.finfo(torch.float32).min,
+        "float_full": randn(B, nh, L, L, gen=gen),
+        "bool_random_rows": torch.rand(B, 1, L, L, generator=gen) > 0.4,         # some rows fully masked
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mask_kind", ["bool_padding", "hf_additive", "float_full", "bool_random_rows"])
+@pytest.mark.parametrize("B, L, nh, d", [(2, 7, 2, 16), (1, 1, 1, 32), (3, 20, 3, 80)])
+@pytest.mark.parametrize("dropout_p", [0.0, 0.2])
+def test_attention_masked_grads_match_reference(attention_forward, cpu_isa, gen, dtype, mask_kind, B, L, nh, d,
+                                                dropout_p):
+    H = nh * d
+    qkv = _leaf(randn(B, L, 3 * H, dtype=dtype, gen=gen))
+    bias = _leaf(randn(3 * H, dtype=dtype, gen=gen, scale=0.5))
+    mask = _masks(gen, B, nh, L)[mask_kind]
+    if mask.is_floating_point():
+        mask = mask.to(dtype) if mask_kind == "float_full" else mask
+    g = randn(B, L, H, dtype=dtype, gen=gen)
+    args = (nh, d ** -0.5, dropout_p, 99, 7)
+    got = _grads(lambda q, b: torch.ops.fastbert.attention_masked(q, b, mask, *args), (qkv, bias), g)
+    want = _grads(lambda q, b: reference.attention_masked(q, b, mask, *args), (_leaf(qkv), _leaf(bias)), g)
+    tol = dict(atol=1e-10, rtol=1e-10) if dtype == torch.float64 else ATTN_TOL[dtype]   # softmax recomputed
+    _check_grads(got, want, {"qkv": tol, "qkv_bias": tol if dtype == torch.float64 else SUM_TOL[dtype]},
+                 ["qkv", "qkv_bias"])
+
+
+def test_attention_masked_gradcheck(attention_forward, cpu_isa, gen):
+    B, L, nh, d = 2, 5, 2, 3
+    qkv = _leaf(randn(B, L, 3 * nh * d, dtype=torch.float64, gen=gen))
+    bias = _leaf(randn(3 * nh * d, dtype=torch.float64, gen=gen))
+    for mask in (torch.rand(B, 1, L, L, generator=gen) > 0.3, randn(B, nh, L, L, dtype=torch.float64, gen=gen)):
+        for p in (0.0, 0.3):
+            fn = lambda q, b: torch.ops.fastbert.attention_masked(q, b, mask, nh, 0.6, p, 5, 2)[0]
+            assert torch.autograd.gradcheck(fn, (qkv, bias))
+
+
+def test_attention_masked_fully_masked_rows_no_nan(attention_forward, gen):
+    qkv, bias = _leaf(randn(2, 4, 24, gen=gen)), _leaf(randn(24, gen=gen))
+    mask = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
+    mask[0] = True                                                   # batch 1: every row empty
+    gq, gb = _grads(lambda q, b: torch.ops.fastbert.attention_masked(q, b, mask, 2, 0.5), (qkv, bias),
+                    randn(2, 4, 8, gen=gen))
+    assert torch.isfinite(gq).all() and torch.isfinite(gb).all() and not gq[1].any()
+
+
+def test_attention_masked_opcheck(attention_forward, gen):
+    qkv = _leaf(randn(2, 5, 24, gen=gen))
+    bias = _leaf(randn(24, gen=gen))
+    mask = torch.rand(2, 1, 1, 5, generator=gen) > 0.3
+    torch.library.opcheck(torch.ops.fastbert.attention_masked.default, (qkv, bias, mask, 2, 0.5, 0.1, 3, 4))
+    out, lse = reference.attention_masked(qkv.detach(), bias.detach(), mask, 2, 0.5, 0.1, 3, 4)
+    torch.library.opcheck(torch.ops.fastbert.attention_masked_backward.default,
+                          (randn(2, 5, 8, gen=gen), qkv.detach(), bias.detach(), mask, out, lse, 2, 0.5, 0.1, 3, 4))
+
+
+@pytest.mark.parametrize("bad, match, exc", [
+    (dict(grad_out=torch.randn(2, 5, 7)), "grad_out", RuntimeError),
+    (dict(qkv=torch.randn(10, 24)), "qkv", RuntimeError),
+    (dict(mask=torch.ones(2, 1, 3, 5, dtype=torch.bool)), "mask", RuntimeError),
+    (dict(mask=torch.ones(2, 1, 1, 5, dtype=torch.int32)), "mask", RuntimeError),
+    (dict(lse=torch.randn(2, 5)), "lse", RuntimeError),
+    (dict(dropout_p=-0.1), "dropout_p", ValueError),
+])
+def test_attention_masked_backward_bad_args(bad, match, exc):
+    args = dict(grad_out=torch.randn(2, 5, 8), qkv=torch.randn(2, 5, 24), qkv_bias=torch.randn(24),
+                mask=torch.ones(2, 1, 1, 5, dtype=torch.bool), out=torch.randn(2, 5, 8), lse=torch.randn(2, 2, 5),
+                num_heads=2, scale=0.5, dropout_p=0.0, seed=0, offset=0)
+    args.update(bad)
+    with pytest.raises(exc, match=match):
+        torch.ops.fastbert.attention_masked_backward(**args)
