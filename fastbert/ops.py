@@ -51,7 +51,7 @@ def _kernel_table():
 # (op name, device type) -> whether a compiled kernel exists; a plain dict so torch.compile can read it.
 KERNELS = _kernel_table()
 # Ops whose backward is registered (torch.library.register_autograd); the others fall back while training.
-DIFFERENTIABLE: set = {"bias_act", "bias_residual_layernorm", "embeddings"}
+DIFFERENTIABLE: set = {"bias_act", "bias_residual_layernorm", "embeddings", "attention", "attention_masked"}
 
 
 def has_kernel(name: str, device: torch.device | str) -> bool:

@@ -355,28 +355,13 @@ def test_embeddings_backward_bad_args(bad, match, exc):
 
 def test_differentiable_ops_run_the_kernel_while_training(gen):
     """ops.<op> takes the kernel (not the reference) when inputs require grad, for each op in DIFFERENTIABLE."""
-    assert {"bias_act", "bias_residual_layernorm", "embeddings"} <= ops.DIFFERENTIABLE
+    assert set(fb_autograd.DIFFERENTIABLE_OPS) <= ops.DIFFERENTIABLE
     x, b = _leaf(randn(4, 8, gen=gen)), _leaf(randn(8, gen=gen))
     y = ops.bias_act(x, b, "gelu")
     assert "fastbert" in type(y.grad_fn).__name__.lower() or "bias_act" in y.grad_fn.name().lower()
 
 
 # ================================================================ attention (packed) and attention_masked
-
-@pytest.fixture(scope="module")
-def attention_forward():
-    """Until the forward CPU kernels of attention / attention_masked are on this branch, the reference stands in
-    as their CPU kernel, so that autograd through torch.ops.fastbert.attention runs the forward's (out, lse)
-    into the backward kernel under test. With the real kernels present this does nothing."""
-    lib = None
-    for name, fn in (("attention", reference.attention), ("attention_masked", reference.attention_masked)):
-        if not torch._C._dispatch_has_kernel_for_dispatch_key(f"fastbert::{name}", "CPU"):
-            lib = lib or torch.library.Library("fastbert", "IMPL")
-            lib.impl(name, fn, "CPU")
-    yield
-    if lib is not None:
-        lib._destroy()
-
 
 def _cu(lens):
     return torch.tensor([0] + torch.tensor(lens, dtype=torch.long).cumsum(0).tolist(), dtype=torch.int32)
@@ -400,7 +385,7 @@ ATTN_CASES = [([1], 1, 16), ([5, 0, 17, 1], 3, 32), ([33, 7], 2, 80), ([64, 3, 4
 @pytest.mark.parametrize("lens, nh, d", ATTN_CASES)
 @pytest.mark.parametrize("dropout_p", [0.0, 0.25])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_attention_grads_match_reference(attention_forward, cpu_isa, gen, dtype, lens, nh, d, dropout_p, with_bias):
+def test_attention_grads_match_reference(cpu_isa, gen, dtype, lens, nh, d, dropout_p, with_bias):
     qkv, bias, cu, max_seqlen = _attn_inputs(gen, dtype, lens, nh, d, with_bias)
     g = randn(sum(lens), nh * d, dtype=dtype, gen=gen)
     args = (cu, max_seqlen, nh, d ** -0.5, dropout_p, 1234567890123, 77)
@@ -415,7 +400,7 @@ def test_attention_grads_match_reference(attention_forward, cpu_isa, gen, dtype,
     _check_grads(got, want, tols, names)
 
 
-def test_attention_dropout_changes_gradients(attention_forward, gen):
+def test_attention_dropout_changes_gradients(gen):
     """The dropout mask is really applied in the backward (a test of the test: p > 0 differs from p = 0)."""
     qkv, bias, cu, max_seqlen = _attn_inputs(gen, torch.float32, [12, 5], 2, 16)
     g = randn(17, 32, gen=gen)
@@ -428,13 +413,13 @@ def test_attention_dropout_changes_gradients(attention_forward, gen):
 
 
 @pytest.mark.parametrize("dropout_p", [0.0, 0.3])
-def test_attention_gradcheck(attention_forward, cpu_isa, gen, dropout_p):
+def test_attention_gradcheck(cpu_isa, gen, dropout_p):
     qkv, bias, cu, max_seqlen = _attn_inputs(gen, torch.float64, [3, 0, 4, 1], 2, 5)
     fn = lambda q, b: torch.ops.fastbert.attention(q, b, cu, max_seqlen, 2, 0.7, dropout_p, 42, 5)[0]
     assert torch.autograd.gradcheck(fn, (qkv, bias))
 
 
-def test_attention_empty_batch_no_nan(attention_forward):
+def test_attention_empty_batch_no_nan():
     for lens in ([0], [0, 0, 0]):
         qkv, bias = _leaf(torch.randn(0, 48)), _leaf(torch.randn(48))
         grads = _grads(lambda q, b: torch.ops.fastbert.attention(q, b, _cu(lens), 0, 2, 0.25, 0.1, 3, 0),
@@ -442,7 +427,7 @@ def test_attention_empty_batch_no_nan(attention_forward):
         assert grads[0].shape == (0, 48) and torch.equal(grads[1], torch.zeros(48))
 
 
-def test_attention_opcheck(attention_forward, gen):
+def test_attention_opcheck(gen):
     qkv, bias, cu, max_seqlen = _attn_inputs(gen, torch.float32, [6, 0, 3], 2, 8)
     torch.library.opcheck(torch.ops.fastbert.attention.default, (qkv, bias, cu, max_seqlen, 2, 0.35, 0.2, 9, 1))
     torch.library.opcheck(torch.ops.fastbert.attention.default, (qkv, None, cu, max_seqlen, 2, 0.35))
@@ -491,7 +476,7 @@ def _masks(gen, B, nh, L):
 @pytest.mark.parametrize("mask_kind", ["bool_padding", "hf_additive", "float_full", "bool_random_rows"])
 @pytest.mark.parametrize("B, L, nh, d", [(2, 7, 2, 16), (1, 1, 1, 32), (3, 20, 3, 80)])
 @pytest.mark.parametrize("dropout_p", [0.0, 0.2])
-def test_attention_masked_grads_match_reference(attention_forward, cpu_isa, gen, dtype, mask_kind, B, L, nh, d,
+def test_attention_masked_grads_match_reference(cpu_isa, gen, dtype, mask_kind, B, L, nh, d,
                                                 dropout_p):
     H = nh * d
     qkv = _leaf(randn(B, L, 3 * H, dtype=dtype, gen=gen))
@@ -508,7 +493,7 @@ def test_attention_masked_grads_match_reference(attention_forward, cpu_isa, gen,
                  ["qkv", "qkv_bias"])
 
 
-def test_attention_masked_gradcheck(attention_forward, cpu_isa, gen):
+def test_attention_masked_gradcheck(cpu_isa, gen):
     B, L, nh, d = 2, 5, 2, 3
     qkv = _leaf(randn(B, L, 3 * nh * d, dtype=torch.float64, gen=gen))
     bias = _leaf(randn(3 * nh * d, dtype=torch.float64, gen=gen))
@@ -518,7 +503,7 @@ def test_attention_masked_gradcheck(attention_forward, cpu_isa, gen):
             assert torch.autograd.gradcheck(fn, (qkv, bias))
 
 
-def test_attention_masked_fully_masked_rows_no_nan(attention_forward, gen):
+def test_attention_masked_fully_masked_rows_no_nan(gen):
     qkv, bias = _leaf(randn(2, 4, 24, gen=gen)), _leaf(randn(24, gen=gen))
     mask = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
     mask[0] = True                                                   # batch 1: every row empty
@@ -527,7 +512,7 @@ def test_attention_masked_fully_masked_rows_no_nan(attention_forward, gen):
     assert torch.isfinite(gq).all() and torch.isfinite(gb).all() and not gq[1].any()
 
 
-def test_attention_masked_opcheck(attention_forward, gen):
+def test_attention_masked_opcheck(gen):
     qkv = _leaf(randn(2, 5, 24, gen=gen))
     bias = _leaf(randn(24, gen=gen))
     mask = torch.rand(2, 1, 1, 5, generator=gen) > 0.3
