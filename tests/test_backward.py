@@ -540,3 +540,47 @@ def test_attention_masked_backward_bad_args(bad, match, exc):
     args.update(bad)
     with pytest.raises(exc, match=match):
         torch.ops.fastbert.attention_masked_backward(**args)
+
+
+# ================================================================ torch.compile
+
+def test_compile_fullgraph_backward_matches_eager(gen):
+    """The backward ops trace (fake implementations, AOT autograd) and give eager's gradients."""
+    T, H, nh = 20, 32, 2
+    cu = torch.tensor([0, 7, 7, 20], dtype=torch.int32)
+    ids, pos, types = (torch.randint(0, 13, (T,), generator=gen), torch.randint(0, 11, (T,), generator=gen),
+                       torch.randint(0, 2, (T,), generator=gen))
+    leaves = [_leaf(randn(*s, gen=gen)) for s in
+              [(13, H), (11, H), (2, H), (H,), (H,), (H, 3 * H), (3 * H,), (H,), (H,), (H,)]]
+
+    def step(word, position, tt, lw, lb, wqkv, bqkv, b2, w2, beta2):
+        x, _, _ = ops.embeddings(ids, pos, types, word, position, tt, lw, lb, 1e-12)
+        ctx, _ = ops.attention(x @ wqkv, bqkv, cu, 13, nh, 0.25, 0.1, 5, 0)
+        y, _, _ = ops.bias_residual_layernorm(ctx, b2, x, w2, beta2, 1e-12)
+        return ops.bias_act(y, b2, "gelu").square().sum()
+
+    eager = torch.autograd.grad(step(*leaves), leaves)
+    compiled = torch.autograd.grad(torch.compile(step, fullgraph=True)(*leaves), leaves)
+    for a, c in zip(eager, compiled):
+        torch.testing.assert_close(c, a, atol=1e-5, rtol=1e-5)
+
+
+def test_backward_with_expanded_grad_outputs(gen):
+    """loss = out.sum() hands the backward a stride-0 (expanded) gradient."""
+    x, b = _leaf(randn(6, 40, gen=gen)), _leaf(randn(40, gen=gen))
+    res, w, beta = _leaf(randn(6, 40, gen=gen)), _leaf(randn(40, gen=gen)), _leaf(randn(40, gen=gen))
+    qkv, cu = _leaf(randn(6, 120, gen=gen)), _cu([2, 4])
+    cases = [
+        (lambda x, b: torch.ops.fastbert.bias_act(x, b, "gelu"), lambda x, b: reference.bias_act(x, b, "gelu"),
+         (x, b)),
+        (lambda *a: torch.ops.fastbert.bias_residual_layernorm(*a, 1e-12)[0] * torch.arange(40.0),
+         lambda *a: reference.bias_residual_layernorm(*a, 1e-12)[0] * torch.arange(40.0), (x, b, res, w, beta)),
+        (lambda q, b: torch.ops.fastbert.attention(q, b, cu, 4, 2, 0.3)[0],
+         lambda q, b: reference.attention(q, b, cu, 4, 2, 0.3)[0], (qkv, _leaf(randn(120, gen=gen)))),
+    ]
+    for fused, ref, inputs in cases:
+        got = torch.autograd.grad(fused(*inputs).sum(), inputs)
+        copies = [_leaf(t) for t in inputs]
+        want = torch.autograd.grad(ref(*copies).sum(), copies)
+        for a, c in zip(got, want):
+            torch.testing.assert_close(a, c, **SUM_TOL[torch.float32])
