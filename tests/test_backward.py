@@ -584,3 +584,28 @@ def test_backward_with_expanded_grad_outputs(gen):
         want = torch.autograd.grad(ref(*copies).sum(), copies)
         for a, c in zip(got, want):
             torch.testing.assert_close(a, c, **SUM_TOL[torch.float32])
+
+
+def test_reference_fallback_when_no_backward_kernel(monkeypatch, gen):
+    """Where a device has the forward kernel but no backward kernel (CUDA today), the registered backward runs
+    the reference under autograd; forced here on CPU, it must give the kernels' gradients."""
+    x, b = _leaf(randn(5, 24, gen=gen)), _leaf(randn(24, gen=gen))
+    res, w, beta = _leaf(randn(5, 24, gen=gen)), _leaf(randn(24, gen=gen)), _leaf(randn(24, gen=gen))
+    emb = _emb_inputs(gen, torch.float32, 9, 24)
+    qkv, bqkv, cu = _leaf(randn(5, 72, gen=gen)), _leaf(randn(72, gen=gen)), _cu([3, 2])
+    qkv_pad, mask = _leaf(randn(2, 3, 72, gen=gen)), torch.tensor([[True, True, False], [True, True, True]])
+    g, g_pad = randn(5, 24, gen=gen), randn(2, 3, 24, gen=gen)
+    cases = [
+        (lambda x, b: torch.ops.fastbert.bias_act(x, b, "gelu_new"), (x, b), g),
+        (lambda *a: torch.ops.fastbert.bias_residual_layernorm(*a, 1e-12), (x, b, res, w, beta), g),
+        (lambda *a: torch.ops.fastbert.embeddings(*emb[:3], *a, 1e-12), emb[3:], randn(9, 24, gen=gen)),
+        (lambda q, b: torch.ops.fastbert.attention(q, b, cu, 3, 2, 0.3, 0.2, 11, 1), (qkv, bqkv), g),
+        (lambda q, b: torch.ops.fastbert.attention_masked(q, b, mask.view(2, 1, 1, 3), 2, 0.3, 0.2, 11, 1),
+         (qkv_pad, bqkv), g_pad),
+    ]
+    kernel = [_grads(fn, inputs, go) for fn, inputs, go in cases]
+    monkeypatch.setattr(fb_autograd, "has_backward_kernel", lambda name, device: False)
+    for (fn, inputs, go), want in zip(cases, kernel):
+        got = _grads(fn, inputs, go)
+        for a, c in zip(got, want):
+            torch.testing.assert_close(a, c, **SUM_TOL[torch.float32])
