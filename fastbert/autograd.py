@@ -204,28 +204,17 @@ def _attention_masked_backward(ctx, grad_out, _grad_lse):
     return tuple(grads)
 
 
-# ---------------------------------------------------------------- registration
+# ---------------------------------------------------------------- fake implementations of the backward ops
 
-torch.library.register_autograd("fastbert::bias_act", _bias_act_backward, setup_context=_bias_act_setup)
-torch.library.register_autograd("fastbert::bias_residual_layernorm", _brln_backward, setup_context=_brln_setup)
-torch.library.register_autograd("fastbert::embeddings", _embeddings_backward, setup_context=_embeddings_setup)
-torch.library.register_autograd("fastbert::attention", _attention_backward, setup_context=_attention_setup)
-torch.library.register_autograd("fastbert::attention_masked", _attention_masked_backward,
-                                setup_context=_attention_masked_setup)
-
-
-@torch.library.register_fake("fastbert::bias_act_backward")
 def _bias_act_backward_fake(grad, x, bias, activation):
     return x.new_empty(x.shape)
 
 
-@torch.library.register_fake("fastbert::bias_residual_layernorm_backward")
 def _brln_backward_fake(grad_out, x, bias, residual, ln_weight, mean, rstd):
     H = x.shape[-1]
     return x.new_empty(x.shape), ln_weight.new_empty(H), ln_weight.new_empty(H)
 
 
-@torch.library.register_fake("fastbert::embeddings_backward")
 def _embeddings_backward_fake(grad_out, input_ids, position_ids, token_type_ids, word_weight, position_weight,
                               token_type_weight, ln_weight, mean, rstd):
     H = word_weight.shape[1]
@@ -235,13 +224,28 @@ def _embeddings_backward_fake(grad_out, input_ids, position_ids, token_type_ids,
             ln_weight.new_empty(H), ln_weight.new_empty(H))
 
 
-@torch.library.register_fake("fastbert::attention_backward")
 def _attention_backward_fake(grad_out, qkv, qkv_bias, out, lse, cu_seqlens, max_seqlen, num_heads, scale,
                              dropout_p=0.0, seed=0, offset=0):
     return qkv.new_empty(qkv.shape)
 
 
-@torch.library.register_fake("fastbert::attention_masked_backward")
 def _attention_masked_backward_fake(grad_out, qkv, qkv_bias, mask, out, lse, num_heads, scale, dropout_p=0.0,
                                     seed=0, offset=0):
     return qkv.new_empty(qkv.shape)
+
+
+# ---------------------------------------------------------------- registration (only with the extension loaded;
+# without it the ops do not exist, the reference runs, and zero_row_grad above still works)
+
+if hasattr(torch.ops.fastbert, "bias_act_backward"):
+    torch.library.register_autograd("fastbert::bias_act", _bias_act_backward, setup_context=_bias_act_setup)
+    torch.library.register_autograd("fastbert::bias_residual_layernorm", _brln_backward, setup_context=_brln_setup)
+    torch.library.register_autograd("fastbert::embeddings", _embeddings_backward, setup_context=_embeddings_setup)
+    torch.library.register_autograd("fastbert::attention", _attention_backward, setup_context=_attention_setup)
+    torch.library.register_autograd("fastbert::attention_masked", _attention_masked_backward,
+                                    setup_context=_attention_masked_setup)
+    torch.library.register_fake("fastbert::bias_act_backward", _bias_act_backward_fake)
+    torch.library.register_fake("fastbert::bias_residual_layernorm_backward", _brln_backward_fake)
+    torch.library.register_fake("fastbert::embeddings_backward", _embeddings_backward_fake)
+    torch.library.register_fake("fastbert::attention_backward", _attention_backward_fake)
+    torch.library.register_fake("fastbert::attention_masked_backward", _attention_masked_backward_fake)
