@@ -40,6 +40,34 @@ TORCH_LIBRARY(fastbert, m) {
   m.def(
       "bias_residual_layernorm(Tensor x, Tensor? bias, Tensor residual, Tensor ln_weight, Tensor ln_bias, "
       "float eps) -> (Tensor out, Tensor mean, Tensor rstd)");
+
+  // ---- backward ops (registered as the forward ops' autograd formulas in fastbert/autograd.py) ----
+  // bias_act: grad_input = grad * act'(x + bias), the gradient of x and of the broadcast bias (x's shape).
+  m.def("bias_act_backward(Tensor grad, Tensor x, Tensor bias, str activation) -> Tensor");
+  // bias_residual_layernorm: recomputes s = x + bias + residual and uses the forward's (mean, rstd).
+  // grad_s (x's shape) is the gradient of x, of residual and (summed over rows) of bias; grad_ln_weight and
+  // grad_ln_bias (H,) are reduced over rows deterministically.
+  m.def(
+      "bias_residual_layernorm_backward(Tensor grad_out, Tensor x, Tensor? bias, Tensor residual, "
+      "Tensor ln_weight, Tensor mean, Tensor rstd) -> (Tensor grad_s, Tensor grad_ln_weight, Tensor grad_ln_bias)");
+  // embeddings: LayerNorm backward on the recomputed gathered sum, then the tables' gradients (dense, the
+  // tables' shapes) by a deterministic scatter-add. No padding_idx: the caller zeroes that row if it wants.
+  // grad_token_type is (0, H) when token_type_weight is None.
+  m.def(
+      "embeddings_backward(Tensor grad_out, Tensor input_ids, Tensor position_ids, Tensor? token_type_ids, "
+      "Tensor word_weight, Tensor position_weight, Tensor? token_type_weight, Tensor ln_weight, Tensor mean, "
+      "Tensor rstd) -> (Tensor grad_word, Tensor grad_position, Tensor grad_token_type, Tensor grad_ln_weight, "
+      "Tensor grad_ln_bias)");
+  // attention: grad_qkv (T, 3H), the gradient of qkv and (summed over rows) of qkv_bias. Recomputes the
+  // probabilities from the saved lse and regenerates the dropout mask from (seed, offset).
+  m.def(
+      "attention_backward(Tensor grad_out, Tensor qkv, Tensor? qkv_bias, Tensor out, Tensor lse, "
+      "Tensor cu_seqlens, int max_seqlen, int num_heads, float scale, float dropout_p=0., int seed=0, "
+      "int offset=0) -> Tensor");
+  // attention_masked: grad_qkv (B, L, 3H), as attention_backward for the padded, explicitly masked variant.
+  m.def(
+      "attention_masked_backward(Tensor grad_out, Tensor qkv, Tensor? qkv_bias, Tensor mask, Tensor out, "
+      "Tensor lse, int num_heads, float scale, float dropout_p=0., int seed=0, int offset=0) -> Tensor");
 }
 
 // ---- the Python module: build facts and the CPU instruction-set switch ----

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ops, reference
+from .autograd import zero_row_grad
 
 __all__ = ["EncoderConfig", "Encoder", "EncoderOutput", "load_encoder", "run", "PAD_OUTPUTS"]
 
@@ -450,7 +451,8 @@ def _embed(emb, ids, positions, types, inputs_embeds, need_grad: bool) -> Tensor
     ln = emb.LayerNorm
     tt_w = emb.token_type_embeddings.weight if getattr(emb, "token_type_embeddings", None) is not None else None
     if inputs_embeds is None and (not need_grad or "embeddings" in ops.DIFFERENTIABLE):
-        out, _, _ = ops.embeddings(ids, positions, types, emb.word_embeddings.weight,
+        word = zero_row_grad(emb.word_embeddings.weight, emb.word_embeddings.padding_idx)  # padding_idx, as HF
+        out, _, _ = ops.embeddings(ids, positions, types, word,
                                    emb.position_embeddings.weight, tt_w, ln.weight, ln.bias, ln.eps)
         return out
     # Differentiable path, as HF sums (padding_idx keeps the pad id's gradient zero).

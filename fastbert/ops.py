@@ -51,7 +51,7 @@ def _kernel_table():
 # (op name, device type) -> whether a compiled kernel exists; a plain dict so torch.compile can read it.
 KERNELS = _kernel_table()
 # Ops whose backward is registered (torch.library.register_autograd); the others fall back while training.
-DIFFERENTIABLE: set = set()
+DIFFERENTIABLE: set = {"bias_act", "bias_residual_layernorm", "embeddings", "attention", "attention_masked"}
 
 
 def has_kernel(name: str, device: torch.device | str) -> bool:
@@ -113,6 +113,8 @@ if HAS_EXTENSION:
     def _bias_residual_layernorm_fake(x, bias, residual, ln_weight, ln_bias, eps):
         stats = x.new_empty(x.shape[:-1], dtype=_acc_dtype(x.dtype))
         return torch.empty_like(x), stats, torch.empty_like(stats)
+
+    from . import autograd as _autograd  # noqa: E402,F401  (backward formulas of the ops in DIFFERENTIABLE)
 
 
 # ---------------------------------------------------------------- the ops
