@@ -380,16 +380,27 @@ def test_kernel_vs_reference_asan(case, asan_run):
     case.check(d)
 
 
-def test_every_op_is_covered():
-    """Every op of csrc/fastbert.cpp has harness cases in every dtype it takes."""
+def _schema_names():
     import re
-    names = re.findall(r'm\.def\(\s*"(\w+)\(', (ROOT / "csrc" / "fastbert.cpp").read_text())
+    return re.findall(r'm\.def\(\s*"(\w+)\(', (ROOT / "csrc" / "fastbert.cpp").read_text())
+
+
+def test_every_op_is_covered():
+    """Every forward op of csrc/fastbert.cpp has harness cases in every dtype it takes."""
     covered = {(c.op, c.dtype) for c in ALL_CASES}
-    for n in names:
+    for n in [n for n in _schema_names() if not n.endswith("_backward")]:
         dts = ["f32"] if n == "pack" else list(DTYPES)
         for dt in dts:
             assert (n, dt) in covered, f"no harness case for {n} / {dt}"
 
+
+
+@pytest.mark.xfail(strict=True, reason="CUDA backward kernels are not written yet (issue 6); remove this mark "
+                                       "when they are, so the harness must cover them")
+def test_every_backward_op_is_covered():
+    covered = {c.op for c in ALL_CASES}
+    missing = [n for n in _schema_names() if n.endswith("_backward") and n not in covered]
+    assert not missing, f"no harness case for {missing}"
 
 # ---------------------------------------------------------------- planted faults
 
