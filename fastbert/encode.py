@@ -206,9 +206,13 @@ def load_model(model_dir: str, dtype: str = "float32", device: str = "cpu") -> M
     from .encoder import load_encoder
     torch_dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
                    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
-    enc = load_encoder(model_dir, dtype=torch_dtype, device=device)
-    hidden = int(_read_json(Path(model_dir) / "config.json")["hidden_size"])
-    return Model(enc.forward, hidden, getattr(enc, "pool", None), device, "fastbert")
+    check_model_dir(model_dir)
+    try:
+        enc = load_encoder(model_dir, dtype=torch_dtype, device=device)
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise InputError(f"cannot load the model: {exc}") from None
+    hidden = int(enc.config.hidden_size)
+    return Model(enc.forward, hidden, enc.pool if enc.pooler is not None else None, device, "fastbert")
 
 
 def pool_embeddings(hidden, mask, mode: str, model: Model, normalize: bool):
