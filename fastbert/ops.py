@@ -32,6 +32,12 @@ except (ImportError, OSError) as exc:  # not built, or built against another tor
 
 HAS_EXTENSION = _C is not None
 
+if HAS_EXTENSION and os.environ.get("FASTBERT_CPU_ISA"):
+    try:
+        _C.set_cpu_isa(os.environ["FASTBERT_CPU_ISA"])
+    except ValueError as exc:
+        raise ValueError(f"FASTBERT_CPU_ISA={os.environ['FASTBERT_CPU_ISA']!r}: {exc}") from None
+
 
 def _kernel_table():
     table = {}

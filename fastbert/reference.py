@@ -162,9 +162,10 @@ def _split_qkv(qkv, qkv_bias, num_heads):
 def _softmax_dropout_pv(scores, v, dropout_p, keep):
     """softmax over the last dim with an empty-row guard, optional dropout, then @ v; returns (out, lse)."""
     lse = torch.logsumexp(scores, dim=-1)
-    finite = torch.isfinite(lse)
-    probs = torch.where(finite.unsqueeze(-1), torch.exp(scores - lse.unsqueeze(-1).where(finite.unsqueeze(-1), 0)),
-                        torch.zeros_like(scores))
+    finite = torch.isfinite(lse).unsqueeze(-1)
+    # softmax, not exp(scores - lse): with a dtype-min mask lse = min + log(n) rounds to min, and a fully masked
+    # row must come out uniform (HF's numbers), not n times uniform.
+    probs = torch.softmax(scores.masked_fill(~finite, 0), dim=-1) * finite
     if dropout_p > 0:
         probs = probs * keep / (1.0 - dropout_p)
     return probs @ v, lse

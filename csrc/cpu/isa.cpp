@@ -3,7 +3,6 @@
 
 #ifdef CPU_CAPABILITY_DEFAULT
 #include <atomic>
-#include <cstdlib>
 #include <stdexcept>
 
 namespace fastbert::cpu {
@@ -27,14 +26,8 @@ bool processor_has(Isa isa) {
 #endif
 }
 
+// FASTBERT_CPU_ISA is validated (with a clear error) by fastbert/ops.py at import; here a bad value is ignored.
 Isa initial_isa() {
-  if (const char* env = std::getenv("FASTBERT_CPU_ISA"); env != nullptr && *env != '\0') {
-    Isa isa = parse_isa(env);
-    if (!processor_has(isa)) {
-      throw std::runtime_error(std::string("FASTBERT_CPU_ISA=") + env + " but this processor lacks it");
-    }
-    return isa;
-  }
   for (Isa isa : {Isa::AVX512, Isa::AVX2}) {
     if (processor_has(isa)) return isa;
   }

@@ -1,0 +1,114 @@
+"""Attention speed: fastbert's packed CPU kernel vs torch SDPA run per sequence vs the plain-PyTorch reference.
+
+All three do the same job: from the fused QKV output (T, 3H), its bias and cu_seqlens of a ragged batch, to
+the context (T, H). bert-base heads (12 x 64), fp32, lengths drawn uniformly with a fixed seed.
+
+    python benchmarks/bench_attention.py            # the side-by-side table (interleaved runs, medians)
+    python -m pytest benchmarks/bench_attention.py  # the same cases under pytest-benchmark
+"""
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import fastbert  # noqa: E402
+from fastbert import reference  # noqa: E402
+
+NUM_HEADS, HEAD_DIM = 12, 64
+# name -> (batch, low, high): lengths uniform in [low, high]
+CASES = {"8x128": (8, 32, 128), "2x512": (2, 128, 512)}
+
+
+def make_case(name: str, dtype=torch.float32, seed: int = 0):
+    batch, low, high = CASES[name]
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(low, high + 1, (batch,), generator=g)
+    cu = torch.zeros(batch + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(lengths, 0)
+    T, H = int(cu[-1]), NUM_HEADS * HEAD_DIM
+    qkv = torch.randn(T, 3 * H, generator=g).to(dtype)
+    bias = torch.randn(3 * H, generator=g).to(dtype) * 0.1
+    return qkv, bias, cu, int(lengths.max())
+
+
+def flops(cu: torch.Tensor) -> float:
+    """4 n^2 d per head per sequence (QK^T and PV)."""
+    n = (cu[1:] - cu[:-1]).double()
+    return float((4 * n * n * HEAD_DIM * NUM_HEADS).sum())
+
+
+def run_fastbert(qkv, bias, cu, max_seqlen):
+    return torch.ops.fastbert.attention(qkv, bias, cu, max_seqlen, NUM_HEADS, 1 / math.sqrt(HEAD_DIM))[0]
+
+
+def run_sdpa(qkv, bias, cu, max_seqlen):
+    """What a user writes without a varlen kernel: bias add, then SDPA on each sequence."""
+    x = qkv + bias
+    T, H = x.shape[0], x.shape[1] // 3
+    outs = []
+    bounds = cu.tolist()
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        q, k, v = (t.view(1, e - s, NUM_HEADS, HEAD_DIM).transpose(1, 2) for t in x[s:e].split(H, dim=1))
+        outs.append(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(e - s, H))
+    return torch.cat(outs) if outs else x.new_empty(0, H)
+
+
+def run_reference(qkv, bias, cu, max_seqlen):
+    return reference.attention(qkv, bias, cu, max_seqlen, NUM_HEADS, 1 / math.sqrt(HEAD_DIM))[0]
+
+
+IMPLS = {"fastbert": run_fastbert, "sdpa per sequence": run_sdpa, "reference": run_reference}
+
+
+def table(repeats: int = 30, warmup: int = 3) -> str:
+    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, bert-base heads "
+             f"({NUM_HEADS} x {HEAD_DIM}), CPU ISA {fastbert.ops.cpu_isa()}; median of {repeats} interleaved runs",
+             "", "| batch | tokens | impl | ms | GFLOP/s | vs fastbert |", "| --- | --- | --- | --- | --- | --- |"]
+    for name in CASES:
+        qkv, bias, cu, mx = make_case(name)
+        args = (qkv, bias, cu, mx)
+        with torch.inference_mode():
+            for fn in IMPLS.values():
+                for _ in range(warmup):
+                    fn(*args)
+            times = {k: [] for k in IMPLS}
+            for _ in range(repeats):
+                for k, fn in IMPLS.items():
+                    t0 = time.perf_counter()
+                    fn(*args)
+                    times[k].append(time.perf_counter() - t0)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        for k, t in med.items():
+            lines.append(f"| {name} | {qkv.shape[0]} | {k} | {t * 1e3:.3f} | {flops(cu) / t / 1e9:.1f} | "
+                         f"{t / med['fastbert']:.2f}x |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- pytest-benchmark
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover
+    pytest = None
+
+if pytest is not None:
+    @pytest.mark.parametrize("case", list(CASES))
+    @pytest.mark.parametrize("impl", list(IMPLS))
+    def test_attention_speed(benchmark, case, impl):
+        if impl == "fastbert" and not fastbert.ops.has_kernel("attention", "cpu"):
+            pytest.skip("fastbert._C not built")
+        args = make_case(case)
+        benchmark.extra_info["gflop"] = flops(args[2]) / 1e9
+        with torch.inference_mode():
+            benchmark(IMPLS[impl], *args)
+
+
+if __name__ == "__main__":
+    print(table())

@@ -1,0 +1,527 @@
+// attention / attention_masked: softmax(Q K^T * scale [+ mask]) V per (sequence, head), from the fused QKV
+// GEMM output plus its bias, streaming over key blocks with an online softmax; never a (B, nh, L, L) tensor.
+//
+// Fuses: the QKV bias add, the split into heads, the scale, QK^T, the mask, the softmax (fp32 statistics; fp64
+// for float64), the counter-based dropout of the probabilities, PV, and the merge of heads back into (T, H).
+// Memory traffic: qkv is read once per (sequence, head) task; out (T, H) and lse are written once.
+//
+// Parallel decomposition: one task per (sequence, head), split further into query chunks only when there are
+// too few tasks for the threads; tasks are handed out longest first from an atomic counter (sequences of a
+// ragged batch differ in cost by n^2). A task first stages its head in per-thread scratch, in the
+// accumulation type: K^T (d, n) with the bias added, V (n, dp) and Q * scale (rows, dp), dp = d rounded up to
+// the vector width, zero padded. Then, per block of BQ query rows and BK keys:
+//   S = Q K^T        register-blocked micro-GEMM: MR query rows x NR vectors of keys, FMA over d
+//   mask, online softmax (running max m, running sum l, O rescaled when m grows), dropout
+//   O += P V         the same micro-GEMM: MR rows x NR vectors of head dims, FMA over keys
+// and finally out = O / (l (1 - p)), lse = m + log l (-inf and a zero row when nothing was kept).
+//
+// Row index of a softmax row (the dropout counter and the lse position): packed: head * T + token;
+// masked: (b * nh + head) * L + query. See fastbert/reference.py (dropout_keep_mask).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <memory>
+#include <vector>
+
+#include "cpu/isa.h"
+#include "cpu/vec.h"
+
+namespace fastbert::cpu {
+
+// What one call computes; shared by the packed and the masked op (plain data, the same in every ISA).
+struct AttnParams {
+  int64_t T = 0;           // tokens: packed T, or B * L for the masked layout
+  int64_t num_heads = 0;   // nh
+  int64_t head_dim = 0;    // d
+  int64_t hidden = 0;      // H = nh * d
+  int64_t batch = 0;       // B (sequences)
+  const int32_t* cu_seqlens = nullptr;  // packed: (B + 1,); masked: nullptr (sequence b owns b*L .. b*L+L)
+  int64_t seqlen = 0;      // masked: L
+  int64_t max_seqlen = 0;  // the longest sequence
+  double scale = 1.0;
+  double dropout_p = 0.0;
+  int64_t seed = 0;
+  int64_t offset = 0;
+  // Mask (masked op only), viewed as (B, nh, L, L) through its strides; kind 0 none, 1 bool, 2 additive.
+  int mask_kind = 0;
+  const void* mask = nullptr;
+  int64_t mask_stride[4] = {0, 0, 0, 0};
+};
+
+namespace CPU_CAPABILITY {
+
+using at::vec::Vectorized;
+
+// ---------------------------------------------------------------- counter-based dropout (uint32)
+
+inline uint32_t fmix32(uint32_t h) {
+  h ^= h >> 16;
+  h *= 0x85EBCA6Bu;
+  h ^= h >> 13;
+  h *= 0xC2B2AE35u;
+  return h ^ (h >> 16);
+}
+
+// ---------------------------------------------------------------- the micro-GEMM
+
+// Register blocking: MR rows of A (broadcast) x NR vectors of B's row; NR_MAX vectors fit the register file
+// beside MR * NR_MAX accumulators (AVX-512: 6 x 4 = 24 of 32 zmm; AVX2: 6 x 2 = 12 of 16 ymm).
+template <typename acc>
+constexpr int kNRMax = sizeof(Vectorized<acc>) >= 64 ? 4 : 2;
+constexpr int kMR = 6;
+
+// C[MR x NR*W] (+)= A[MR x K] B[K x NR*W]; A row-major (lda), B row-major (ldb), C row-major (ldc).
+template <typename acc, int NR>
+inline void micro_gemm(int64_t K, const acc* A, int64_t lda, const acc* B, int64_t ldb, acc* C, int64_t ldc,
+                       bool accumulate) {
+  using V = Vectorized<acc>;
+  constexpr int W = V::size();
+  V c[kMR][NR];
+  if (accumulate) {
+#pragma GCC unroll 8
+    for (int m = 0; m < kMR; ++m)
+#pragma GCC unroll 4
+      for (int n = 0; n < NR; ++n) c[m][n] = V::loadu(C + m * ldc + n * W);
+  } else {
+#pragma GCC unroll 8
+    for (int m = 0; m < kMR; ++m)
+#pragma GCC unroll 4
+      for (int n = 0; n < NR; ++n) c[m][n] = V(acc(0));
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    V b[NR];
+#pragma GCC unroll 4
+    for (int n = 0; n < NR; ++n) b[n] = V::loadu(B + k * ldb + n * W);
+#pragma GCC unroll 8
+    for (int m = 0; m < kMR; ++m) {
+      const V a(A[m * lda + k]);
+#pragma GCC unroll 4
+      for (int n = 0; n < NR; ++n) c[m][n] = at::vec::fmadd(a, b[n], c[m][n]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < kMR; ++m)
+#pragma GCC unroll 4
+    for (int n = 0; n < NR; ++n) c[m][n].store(C + m * ldc + n * W);
+}
+
+// C[rows x cols] (+)= A[rows x K] B[K x cols], rows a multiple of kMR, cols a multiple of W; column panels
+// outermost so a K x NR*W panel of B stays in L1 across the row groups.
+template <typename acc>
+void block_gemm(int64_t rows, int64_t cols, int64_t K, const acc* A, int64_t lda, const acc* B, int64_t ldb,
+                acc* C, int64_t ldc, bool accumulate) {
+  constexpr int W = Vectorized<acc>::size();
+  constexpr int NRM = kNRMax<acc>;
+  for (int64_t c0 = 0; c0 < cols; c0 += NRM * W) {
+    const int nr = static_cast<int>(std::min<int64_t>(NRM, (cols - c0) / W));
+    for (int64_t r0 = 0; r0 < rows; r0 += kMR) {
+      const acc* a = A + r0 * lda;
+      const acc* b = B + c0;
+      acc* c = C + r0 * ldc + c0;
+      switch (nr) {
+        case 4: if constexpr (NRM >= 4) { micro_gemm<acc, 4>(K, a, lda, b, ldb, c, ldc, accumulate); } break;
+        case 3: if constexpr (NRM >= 3) { micro_gemm<acc, 3>(K, a, lda, b, ldb, c, ldc, accumulate); } break;
+        case 2: micro_gemm<acc, 2>(K, a, lda, b, ldb, c, ldc, accumulate); break;
+        default: micro_gemm<acc, 1>(K, a, lda, b, ldb, c, ldc, accumulate); break;
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- vector helpers
+
+template <typename acc>
+inline Vectorized<acc> vexp(const Vectorized<acc>& x) {
+  if constexpr (std::is_same_v<acc, float>) {
+    return x.exp_u20();  // max error ~20 ulp (~1e-6 relative), well inside the kernel's tolerance
+  } else {
+    return x.exp();
+  }
+}
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// 64-byte aligned scratch, uninitialised.
+template <typename T>
+struct Scratch {
+  struct Free { void operator()(T* p) const { std::free(p); } };
+  std::unique_ptr<T, Free> ptr;
+  explicit Scratch(int64_t n) {
+    const size_t bytes = static_cast<size_t>(round_up(std::max<int64_t>(n, 1) * sizeof(T), 64));
+    ptr.reset(static_cast<T*>(std::aligned_alloc(64, bytes)));
+    TORCH_CHECK(ptr != nullptr, "attention: out of memory allocating ", bytes, " bytes of scratch");
+  }
+  T* get() const { return ptr.get(); }
+};
+
+// ---------------------------------------------------------------- the kernel
+
+struct Task {
+  int64_t seq, head, q0, q1;
+};
+
+// Block sizes (query rows, keys). BQ is a multiple of kMR; BK a multiple of every NR * W.
+constexpr int64_t kBQ = 48;
+constexpr int64_t kBK = 256;
+
+template <typename scalar_t>
+void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnParams& P, at::Tensor& out,
+                      at::Tensor& lse) {
+  using acc = acc_t<scalar_t>;
+  using V = Vectorized<acc>;
+  constexpr int64_t W = V::size();
+  const int64_t T = P.T, nh = P.num_heads, d = P.head_dim, H = P.hidden;
+  const int64_t dp = round_up(d, W);
+  const scalar_t* qkv_p = qkv.const_data_ptr<scalar_t>();
+  const scalar_t* bias_p = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
+  scalar_t* out_p = out.mutable_data_ptr<scalar_t>();
+  float* lse_p = lse.mutable_data_ptr<float>();
+  const acc scale = static_cast<acc>(P.scale);
+  const acc neg_inf = -std::numeric_limits<acc>::infinity();
+
+  auto seq_start = [&](int64_t b) -> int64_t { return P.cu_seqlens ? P.cu_seqlens[b] : b * P.seqlen; };
+  auto seq_len = [&](int64_t b) -> int64_t {
+    return P.cu_seqlens ? P.cu_seqlens[b + 1] - P.cu_seqlens[b] : P.seqlen;
+  };
+
+  // Tasks: (sequence, head), split into query chunks when there are fewer than 4 per thread.
+  const int64_t nthreads = std::max<int64_t>(1, at::in_parallel_region() ? 1 : at::get_num_threads());
+  int64_t nonempty = 0;
+  for (int64_t b = 0; b < P.batch; ++b) nonempty += seq_len(b) > 0;
+  if (nonempty == 0) return;
+  const int64_t base_tasks = nonempty * nh;
+  int64_t chunk = round_up(std::max<int64_t>(P.max_seqlen, 1), kBQ);
+  if (base_tasks < 4 * nthreads) {
+    const int64_t split = (4 * nthreads + base_tasks - 1) / base_tasks;
+    chunk = std::max<int64_t>(kBQ, round_up((P.max_seqlen + split - 1) / split, kBQ));
+  }
+  std::vector<Task> tasks;
+  for (int64_t b = 0; b < P.batch; ++b) {
+    const int64_t n = seq_len(b);
+    for (int64_t h = 0; h < nh; ++h)
+      for (int64_t q0 = 0; q0 < n; q0 += chunk) tasks.push_back({b, h, q0, std::min(n, q0 + chunk)});
+  }
+  // Longest work first (cost ~ rows * keys), so the last tasks to start are the short ones.
+  std::stable_sort(tasks.begin(), tasks.end(), [&](const Task& x, const Task& y) {
+    return (x.q1 - x.q0) * seq_len(x.seq) > (y.q1 - y.q0) * seq_len(y.seq);
+  });
+
+  const bool dropout = P.dropout_p > 0;
+  const uint32_t thr = static_cast<uint32_t>(std::nearbyint(P.dropout_p * 16777216.0));
+  const uint32_t seed_lo = static_cast<uint32_t>(static_cast<uint64_t>(P.seed));
+  const uint32_t seed_hi = static_cast<uint32_t>(static_cast<uint64_t>(P.seed) >> 32);
+  const uint32_t off32 = static_cast<uint32_t>(static_cast<uint64_t>(P.offset));
+  const acc out_scale = static_cast<acc>(1.0 / (1.0 - P.dropout_p));
+
+  const int64_t ldk = round_up(std::max<int64_t>(P.max_seqlen, 1), kBK);  // K^T leading dimension
+  const int64_t q_rows = round_up(chunk, kMR);
+  std::atomic<int64_t> next{0};
+  const int64_t ntasks = static_cast<int64_t>(tasks.size());
+
+  at::parallel_for(0, std::min(nthreads, ntasks), 1, [&](int64_t tb, int64_t te) {
+    for (int64_t tid = tb; tid < te; ++tid) {
+      Scratch<acc> kt_s(d * ldk), v_s(ldk * dp), q_s(q_rows * dp), s_s(kBQ * kBK), o_s(kBQ * dp);
+      acc* KT = kt_s.get();  // (d, ldk)
+      acc* Vb = v_s.get();   // (ldk, dp)
+      acc* Q = q_s.get();    // (q_rows, dp)
+      acc* S = s_s.get();    // (BQ, BK)
+      acc* O = o_s.get();    // (BQ, dp)
+      acc m_run[kBQ], l_run[kBQ];
+      for (int64_t k = next.fetch_add(1); k < ntasks; k = next.fetch_add(1)) {
+        const Task& task = tasks[k];
+        const int64_t b = task.seq, h = task.head, s0 = seq_start(b), n = seq_len(b);
+        const int64_t nW = round_up(n, W);
+        // Stage K^T (bias added), V and Q * scale of head h for this sequence / query chunk.
+        const scalar_t* qb = bias_p ? bias_p + h * d : nullptr;
+        const scalar_t* kb = bias_p ? bias_p + H + h * d : nullptr;
+        const scalar_t* vb = bias_p ? bias_p + 2 * H + h * d : nullptr;
+        for (int64_t j = 0; j < n; ++j) {
+          const scalar_t* row = qkv_p + (s0 + j) * 3 * H;
+          const scalar_t* kr = row + H + h * d;
+          const scalar_t* vr = row + 2 * H + h * d;
+          acc* vd = Vb + j * dp;
+          for (int64_t c = 0; c < d; ++c) {
+            KT[c * ldk + j] = static_cast<acc>(kr[c]) + (kb ? static_cast<acc>(kb[c]) : acc(0));
+            vd[c] = static_cast<acc>(vr[c]) + (vb ? static_cast<acc>(vb[c]) : acc(0));
+          }
+          for (int64_t c = d; c < dp; ++c) vd[c] = 0;
+        }
+        for (int64_t c = 0; c < d; ++c)
+          for (int64_t j = n; j < nW; ++j) KT[c * ldk + j] = 0;
+        const int64_t rows_all = task.q1 - task.q0;
+        for (int64_t i = 0; i < round_up(rows_all, kMR); ++i) {
+          acc* qd = Q + i * dp;
+          if (i < rows_all) {
+            const scalar_t* qr = qkv_p + (s0 + task.q0 + i) * 3 * H + h * d;
+            for (int64_t c = 0; c < d; ++c)
+              qd[c] = (static_cast<acc>(qr[c]) + (qb ? static_cast<acc>(qb[c]) : acc(0))) * scale;
+            for (int64_t c = d; c < dp; ++c) qd[c] = 0;
+          } else {
+            for (int64_t c = 0; c < dp; ++c) qd[c] = 0;
+          }
+        }
+
+        for (int64_t i0 = task.q0; i0 < task.q1; i0 += kBQ) {
+          const int64_t rows = std::min(kBQ, task.q1 - i0);
+          const int64_t rows_r = round_up(rows, kMR);
+          const acc* Qb = Q + (i0 - task.q0) * dp;
+          for (int64_t r = 0; r < rows; ++r) {
+            m_run[r] = neg_inf;
+            l_run[r] = 0;
+          }
+          std::fill(O, O + rows_r * dp, acc(0));
+          for (int64_t j0 = 0; j0 < n; j0 += kBK) {
+            const int64_t nk = std::min(kBK, n - j0);
+            const int64_t nkW = round_up(nk, W);
+            // S = (Q * scale) K^T over this key block: (rows_r, nkW).
+            block_gemm<acc>(rows_r, nkW, d, Qb, dp, KT + j0, ldk, S, kBK, false);
+            for (int64_t r = 0; r < rows_r; ++r) {
+              acc* s = S + r * kBK;
+              if (r >= rows) {  // padding rows: P = 0
+                std::fill(s, s + nk, acc(0));
+                continue;
+              }
+              const int64_t i = i0 + r;  // query index within the sequence
+              if (P.mask_kind != 0) {
+                const int64_t* ms = P.mask_stride;
+                const int64_t moff = b * ms[0] + h * ms[1] + i * ms[2] + j0 * ms[3];
+                if (P.mask_kind == 1) {
+                  const bool* mp = static_cast<const bool*>(P.mask) + moff;
+                  for (int64_t j = 0; j < nk; ++j) s[j] = mp[j * ms[3]] ? s[j] : neg_inf;
+                } else {
+                  const acc* mp = static_cast<const acc*>(P.mask) + moff;
+                  if (ms[3] == 1) {
+                    for (int64_t j = 0; j < nk; ++j) s[j] += mp[j];
+                  } else {
+                    for (int64_t j = 0; j < nk; ++j) s[j] += mp[j * ms[3]];
+                  }
+                }
+              }
+              for (int64_t j = nk; j < nkW; ++j) s[j] = neg_inf;
+              V vmax(neg_inf);
+              for (int64_t j = 0; j < nkW; j += W) vmax = at::vec::maximum(vmax, V::loadu(s + j));
+              const acc bmax = at::vec::vec_reduce_all<acc>(
+                  [](const V& x, const V& y) { return at::vec::maximum(x, y); }, vmax);
+              const acc m_new = std::max(m_run[r], bmax);
+              if (m_new == neg_inf) {  // nothing kept so far in this row
+                std::fill(s, s + nkW, acc(0));
+                continue;
+              }
+              const V vm(m_new);
+              V vsum(acc(0));
+              for (int64_t j = 0; j < nkW; j += W) {
+                V e = vexp<acc>(V::loadu(s + j) - vm);
+                e.store(s + j);
+                vsum = vsum + e;
+              }
+              const acc bsum = at::vec::vec_reduce_all<acc>([](const V& x, const V& y) { return x + y; }, vsum);
+              if (m_run[r] != m_new) {
+                const acc alpha = std::exp(m_run[r] - m_new);  // 0 when m_run was -inf
+                l_run[r] *= alpha;
+                const V va(alpha);
+                acc* o = O + r * dp;
+                for (int64_t c = 0; c < dp; c += W) (V::loadu(o + c) * va).store(o + c);
+                m_run[r] = m_new;
+              }
+              l_run[r] += bsum;
+              if (dropout) {
+                const uint64_t row = static_cast<uint64_t>(
+                    P.cu_seqlens ? h * T + s0 + i : (b * nh + h) * P.seqlen + i);
+                const uint32_t x1 = fmix32((static_cast<uint32_t>(row) + off32) * 0x9E3779B1u + seed_lo);
+                for (int64_t j = 0; j < nk; ++j) {
+                  const uint32_t col = static_cast<uint32_t>(j0 + j);
+                  const uint32_t x = fmix32(x1 ^ (col * 0x85EBCA77u + seed_hi));
+                  s[j] = (x >> 8) >= thr ? s[j] : acc(0);
+                }
+              }
+            }
+            // O += P V over this key block: (rows_r, dp).
+            block_gemm<acc>(rows_r, dp, nk, S, kBK, Vb + j0 * dp, dp, O, dp, true);
+          }
+          // out = O / (l (1 - p)); lse = m + log l.
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t i = i0 + r;
+            const int64_t row = P.cu_seqlens ? h * T + s0 + i : (b * nh + h) * P.seqlen + i;
+            scalar_t* od = out_p + (s0 + i) * H + h * d;
+            const acc* o = O + r * dp;
+            if (m_run[r] == neg_inf) {
+              for (int64_t c = 0; c < d; ++c) od[c] = scalar_t(0);
+              lse_p[row] = -std::numeric_limits<float>::infinity();
+              continue;
+            }
+            const acc inv = out_scale / l_run[r];
+            const V vinv(inv);
+            int64_t c = 0;
+            for (; c + W <= d; c += W) store_acc(od + c, V::loadu(o + c) * vinv);
+            if (c < d) store_acc(od + c, V::loadu(o + c) * vinv, d - c);
+            lse_p[row] = static_cast<float>(m_run[r] + std::log(l_run[r]));
+          }
+        }
+      }
+    }
+  });
+}
+
+void attention_forward(const at::Tensor& qkv, const at::Tensor& bias, const AttnParams& P, at::Tensor& out,
+                       at::Tensor& lse) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, qkv.scalar_type(), "attention", [&] {
+    attention_kernel<scalar_t>(qkv, bias, P, out, lse);
+  });
+}
+
+}  // namespace CPU_CAPABILITY
+
+#ifdef CPU_CAPABILITY_DEFAULT
+FASTBERT_CPU_DECLARE(void attention_forward(const at::Tensor&, const at::Tensor&, const AttnParams&,
+                                            at::Tensor&, at::Tensor&))
+
+namespace {
+
+bool is_supported_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
+}
+
+// Checks shared by both ops: qkv's last dim, the bias, num_heads, dropout_p. Returns the head dim.
+int64_t check_common(const char* op, const at::Tensor& qkv, const std::optional<at::Tensor>& qkv_bias,
+                     int64_t num_heads, double dropout_p) {
+  TORCH_CHECK(qkv.device().is_cpu(), op, ": qkv must be a CPU tensor, got ", qkv.device());
+  TORCH_CHECK(is_supported_float(qkv.scalar_type()), op,
+              ": qkv must be float32, float64, bfloat16 or float16, got ", qkv.scalar_type());
+  TORCH_CHECK_VALUE(num_heads > 0, op, ": num_heads must be > 0, got ", num_heads);
+  const int64_t H3 = qkv.size(-1);
+  TORCH_CHECK(H3 > 0 && H3 % (3 * num_heads) == 0, op, ": qkv's last dimension (", H3,
+              ") must be 3 * hidden with hidden divisible by num_heads = ", num_heads);
+  if (qkv_bias.has_value() && qkv_bias->defined()) {
+    const auto& bias = *qkv_bias;
+    TORCH_CHECK(bias.device().is_cpu(), op, ": qkv_bias must be a CPU tensor, got ", bias.device());
+    TORCH_CHECK(bias.dim() == 1 && bias.size(0) == H3, op, ": qkv_bias must have shape (", H3,
+                ",) to match qkv's last dimension, got ", bias.sizes());
+    TORCH_CHECK(bias.scalar_type() == qkv.scalar_type(), op, ": qkv_bias dtype ", bias.scalar_type(),
+                " must match qkv dtype ", qkv.scalar_type());
+  }
+  TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, op, ": dropout_p must be in [0, 1), got ", dropout_p);
+  return H3 / (3 * num_heads);
+}
+
+at::Tensor bias_or_undefined(const std::optional<at::Tensor>& qkv_bias) {
+  return qkv_bias.has_value() && qkv_bias->defined() ? qkv_bias->contiguous() : at::Tensor();
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& qkv, const std::optional<at::Tensor>& qkv_bias,
+                                                 const at::Tensor& cu_seqlens, int64_t max_seqlen,
+                                                 int64_t num_heads, double scale, double dropout_p, int64_t seed,
+                                                 int64_t offset) {
+  TORCH_CHECK(qkv.dim() == 2, "attention: qkv must have shape (T, 3 * hidden), got ", qkv.sizes());
+  const int64_t d = check_common("attention", qkv, qkv_bias, num_heads, dropout_p);
+  TORCH_CHECK(cu_seqlens.device().is_cpu(), "attention: cu_seqlens must be a CPU tensor, got ",
+              cu_seqlens.device());
+  TORCH_CHECK(cu_seqlens.dim() == 1 && cu_seqlens.size(0) >= 1,
+              "attention: cu_seqlens must have shape (batch + 1,), got ", cu_seqlens.sizes());
+  TORCH_CHECK(cu_seqlens.scalar_type() == at::kInt, "attention: cu_seqlens must be int32, got ",
+              cu_seqlens.scalar_type());
+  TORCH_CHECK_VALUE(max_seqlen >= 0, "attention: max_seqlen must be >= 0, got ", max_seqlen);
+  const int64_t T = qkv.size(0);
+  auto cu = cu_seqlens.contiguous();
+  const int32_t* cp = cu.const_data_ptr<int32_t>();
+  const int64_t B = cu.size(0) - 1;
+  TORCH_CHECK_VALUE(cp[0] == 0, "attention: cu_seqlens[0] must be 0, got ", cp[0]);
+  int64_t longest = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t n = static_cast<int64_t>(cp[b + 1]) - cp[b];
+    TORCH_CHECK_VALUE(n >= 0, "attention: cu_seqlens must be nondecreasing, but cu_seqlens[", b + 1, "] = ",
+                      cp[b + 1], " < cu_seqlens[", b, "] = ", cp[b]);
+    TORCH_CHECK_VALUE(n <= max_seqlen, "attention: sequence ", b, " has length ", n, " > max_seqlen = ",
+                      max_seqlen, " (cu_seqlens[", b + 1, "] - cu_seqlens[", b, "])");
+    longest = std::max(longest, n);
+  }
+  TORCH_CHECK_VALUE(cp[B] == T, "attention: cu_seqlens[-1] = ", cp[B], " must equal qkv.size(0) = T = ", T);
+
+  const int64_t H = qkv.size(1) / 3;
+  auto q = qkv.contiguous();
+  auto bias = bias_or_undefined(qkv_bias);
+  auto out = at::empty({T, H}, q.options());
+  auto lse = at::empty({num_heads, T}, q.options().dtype(at::kFloat));
+  AttnParams P;
+  P.T = T;
+  P.num_heads = num_heads;
+  P.head_dim = d;
+  P.hidden = H;
+  P.batch = B;
+  P.cu_seqlens = cp;
+  P.max_seqlen = longest;
+  P.scale = scale;
+  P.dropout_p = dropout_p;
+  P.seed = seed;
+  P.offset = offset;
+  lse.fill_(-std::numeric_limits<float>::infinity());  // rows of empty sequences stay -inf
+  if (T > 0) FASTBERT_CPU_DISPATCH(attention_forward, q, bias, P, out, lse);
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_masked_cpu(const at::Tensor& qkv,
+                                                        const std::optional<at::Tensor>& qkv_bias,
+                                                        const at::Tensor& mask, int64_t num_heads, double scale,
+                                                        double dropout_p, int64_t seed, int64_t offset) {
+  TORCH_CHECK(qkv.dim() == 3, "attention_masked: qkv must have shape (batch, seqlen, 3 * hidden), got ",
+              qkv.sizes());
+  const int64_t d = check_common("attention_masked", qkv, qkv_bias, num_heads, dropout_p);
+  const int64_t B = qkv.size(0), L = qkv.size(1), H = qkv.size(2) / 3;
+  TORCH_CHECK(mask.device().is_cpu(), "attention_masked: mask must be a CPU tensor, got ", mask.device());
+  TORCH_CHECK(mask.scalar_type() == at::kBool || is_supported_float(mask.scalar_type()),
+              "attention_masked: mask must be bool (True = keep) or floating (additive), got ",
+              mask.scalar_type());
+  const int64_t target[4] = {B, num_heads, L, L};
+  bool broadcastable = mask.dim() <= 4;
+  for (int64_t i = 0; broadcastable && i < mask.dim(); ++i) {
+    const int64_t s = mask.size(mask.dim() - 1 - i);
+    broadcastable = s == 1 || s == target[3 - i];
+  }
+  TORCH_CHECK(broadcastable, "attention_masked: mask of shape ", mask.sizes(),
+              " is not broadcastable to (batch, num_heads, seqlen, seqlen) = (", B, ", ", num_heads, ", ", L, ", ",
+              L, ")");
+  const auto acc_type = qkv.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor m = mask.scalar_type() == at::kBool ? mask : mask.to(acc_type);
+  m = m.expand({B, num_heads, L, L});  // strides only, no copy
+
+  auto q = qkv.contiguous();
+  auto bias = bias_or_undefined(qkv_bias);
+  auto out = at::empty({B, L, H}, q.options());
+  auto lse = at::empty({B, num_heads, L}, q.options().dtype(at::kFloat));
+  AttnParams P;
+  P.T = B * L;
+  P.num_heads = num_heads;
+  P.head_dim = d;
+  P.hidden = H;
+  P.batch = B;
+  P.seqlen = L;
+  P.max_seqlen = L;
+  P.scale = scale;
+  P.dropout_p = dropout_p;
+  P.seed = seed;
+  P.offset = offset;
+  P.mask_kind = mask.scalar_type() == at::kBool ? 1 : 2;
+  P.mask = m.const_data_ptr();
+  for (int i = 0; i < 4; ++i) P.mask_stride[i] = m.stride(i);
+  if (B * L > 0) FASTBERT_CPU_DISPATCH(attention_forward, q, bias, P, out, lse);
+  return {out, lse};
+}
+
+TORCH_LIBRARY_IMPL(fastbert, CPU, m) {
+  m.impl("attention", &attention_cpu);
+  m.impl("attention_masked", &attention_masked_cpu);
+}
+#endif
+
+}  // namespace fastbert::cpu

@@ -1,0 +1,61 @@
+"""bias_act kernel against fastbert/reference.py, every activation, dtype and instruction set."""
+import pytest
+import torch
+
+from fastbert import ops, reference
+from conftest import assert_close, randn, requires_extension
+
+pytestmark = requires_extension
+
+
+@pytest.mark.parametrize("activation", sorted(reference.ACTIVATIONS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (37, 389), (2, 5, 3072)])
+def test_bias_act(cpu_isa, gen, activation, dtype, shape):
+    x = randn(*shape, dtype=dtype, gen=gen, scale=3.0)
+    bias = randn(shape[-1], dtype=dtype, gen=gen)
+    out = torch.ops.fastbert.bias_act(x, bias, activation)
+    assert out.shape == x.shape and out.dtype == dtype
+    assert_close(out, reference.bias_act(x, bias, activation), msg=activation)
+
+
+def test_reference_matches_transformers_activations(gen):
+    """Our reference computes each activation as transformers' ACT2FN does."""
+    from transformers.activations import ACT2FN
+    x = randn(1000, gen=gen, scale=4.0)
+    zero = torch.zeros(1000)
+    for name in reference.ACTIVATIONS:
+        torch.testing.assert_close(reference.bias_act(x, zero, name), ACT2FN[name](x), atol=1e-6, rtol=1e-6,
+                                   msg=name)
+
+
+def test_bias_act_noncontiguous(gen):
+    x = randn(64, 33, gen=gen).t()
+    bias = randn(64, gen=gen)
+    assert_close(torch.ops.fastbert.bias_act(x, bias, "gelu"), reference.bias_act(x, bias, "gelu"))
+
+
+def test_bias_act_empty():
+    assert torch.ops.fastbert.bias_act(torch.empty(0, 8), torch.zeros(8), "gelu").shape == (0, 8)
+
+
+def test_bias_act_bad_args():
+    x = torch.randn(4, 8)
+    with pytest.raises(ValueError, match="unknown activation 'tanhh'"):
+        torch.ops.fastbert.bias_act(x, torch.randn(8), "tanhh")
+    with pytest.raises(RuntimeError, match=r"bias must have shape \(8,\)"):
+        torch.ops.fastbert.bias_act(x, torch.randn(7), "gelu")
+    with pytest.raises(RuntimeError, match="bias dtype"):
+        torch.ops.fastbert.bias_act(x, torch.randn(8, dtype=torch.float64), "gelu")
+
+
+def test_unknown_activation_takes_reference_path(gen):
+    """An activation the kernels do not fuse is still answered (by the reference) through fastbert.ops."""
+    x, b = randn(3, 5, gen=gen), randn(5, gen=gen)
+    with pytest.raises(ValueError, match="unknown activation"):
+        ops.bias_act(x, b, "mish")
+
+
+def test_opcheck(cpu_isa, gen):
+    for act in ("gelu", "relu"):
+        torch.library.opcheck(torch.ops.fastbert.bias_act.default, (randn(5, 33, gen=gen), randn(33, gen=gen), act))
