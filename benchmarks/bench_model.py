@@ -1,0 +1,60 @@
+"""Model benchmark: fastbert vs HF eager, HF sdpa and PyTorch's native fast path, side by side in one process.
+
+    PYTHONPATH=. python benchmarks/bench_model.py                 # bert-base, the issue's ragged shapes
+    PYTHONPATH=. python benchmarks/bench_model.py --model bert-large --layers 6 --repeats 5
+    PYTHONPATH=. python benchmarks/bench_model.py --json out.json
+
+Rows: real tokens/s, fraction of the fp32 roofline (torch.mm rate on the model's own GEMM shapes, forward FLOPs on
+real tokens), speedup over HF eager, max |diff| vs HF eager at real positions. fp32, random weights.
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from fastbert import bench  # noqa: E402
+
+DEFAULT_SHAPES = ["8x128:32-128", "2x512:128-512", "8x128"]
+
+
+def parse_shape(s: str):
+    """'8x128:32-128' -> (8, 128, 32, 128); '8x128' -> full length."""
+    dims, _, rng = s.partition(":")
+    b, l = (int(x) for x in dims.split("x"))
+    if rng:
+        lo, hi = (int(x) for x in rng.split("-"))
+        return (b, l, lo, hi)
+    return (b, l, None, None)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="bert-base", help="bert-base, bert-large, minilm-l6 or an HF folder")
+    ap.add_argument("--layers", type=int, default=None, help="override num_hidden_layers (faster runs)")
+    ap.add_argument("--shapes", nargs="+", default=DEFAULT_SHAPES, help="BxL[:min-max] ragged lengths")
+    ap.add_argument("--impls", nargs="+", default=list(bench.IMPLS))
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shapes = [parse_shape(s) for s in args.shapes]
+    info = bench.machine_info()
+    print(json.dumps(info))
+    rows = bench.run_bench(args.model, shapes, args.impls, args.repeats, args.warmup, args.seed,
+                           num_layers=args.layers)
+    print(bench.format_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "args": vars(args), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

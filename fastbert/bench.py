@@ -1,0 +1,336 @@
+"""Side-by-side BERT forward benchmarks (library code for benchmarks/bench_model.py and `fastbert bench`).
+
+Implementations, all carrying the same weights, timed in one process with warm-up, interleaved repeats and
+medians:
+
+  hf_eager   transformers BertModel, attn_implementation="eager"   (the baseline: speedup 1.0)
+  hf_sdpa    transformers BertModel, attn_implementation="sdpa"
+  native     PyTorch's padding-free fast path: nn.TransformerEncoder over nested tensors (eval, no_grad),
+             HF's embeddings in front (the engine under BetterTransformer)
+  fastbert   fastbert.BertModel (padding-free, fused ops)
+
+Roofline: the fp32 ``torch.mm`` rate measured on the model's own GEMM shapes for the batch's real tokens, and
+the forward's FLOPs on real tokens (GEMMs + attention's QK^T and PV); a row's fraction of the roofline is its
+real tokens/s over rate / (FLOPs per real token).
+"""
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import statistics
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+IMPLS = ("hf_eager", "hf_sdpa", "native", "fastbert")
+
+MODEL_CONFIGS = {
+    "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "bert-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+    "minilm-l6": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+}
+
+
+def machine_info() -> dict:
+    import fastbert
+    info = {
+        "machine": platform.machine(),
+        "processor": _cpu_name(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "fastbert": fastbert.__version__,
+        "fastbert_isa": fastbert.ops.cpu_isa(),
+        "fastbert_kernels": sorted(f"{n}/{d}" for (n, d), ok in fastbert.ops.KERNELS.items() if ok),
+    }
+    try:
+        import transformers
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+# ---------------------------------------------------------------- models
+
+def make_hf_config(model: str = "bert-base", num_layers: Optional[int] = None, **overrides):
+    """A transformers BertConfig for a named size ("bert-base", "bert-large", "minilm-l6") or an HF folder."""
+    from transformers import BertConfig
+    if os.path.isdir(model):
+        cfg = BertConfig.from_pretrained(model)
+    elif model in MODEL_CONFIGS:
+        cfg = BertConfig(**MODEL_CONFIGS[model])
+    else:
+        raise ValueError(f"model: expected one of {sorted(MODEL_CONFIGS)} or a model folder, got {model!r}")
+    if num_layers is not None:
+        cfg.num_hidden_layers = num_layers
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+class NativeFastPath(nn.Module):
+    """HF's embeddings + nn.TransformerEncoder (post-norm, batch_first) holding the same weights as an HF
+    BertModel; in eval + no_grad with a key padding mask it runs PyTorch's fused nested-tensor fast path."""
+
+    def __init__(self, hf_model):
+        super().__init__()
+        c = hf_model.config
+        act = c.hidden_act if c.hidden_act in ("gelu", "relu") else None
+        if act is None:
+            raise ValueError(f"hidden_act: the native fast path supports gelu/relu, got {c.hidden_act!r}")
+        layer = nn.TransformerEncoderLayer(c.hidden_size, c.num_attention_heads, c.intermediate_size, dropout=0.0,
+                                           activation=act, layer_norm_eps=c.layer_norm_eps, batch_first=True,
+                                           norm_first=False, device="meta")
+        self.encoder = nn.TransformerEncoder(layer, c.num_hidden_layers, enable_nested_tensor=True,
+                                             mask_check=False)
+        self.embeddings = hf_model.embeddings
+        sd = {}
+        for i, hl in enumerate(hf_model.encoder.layer):
+            sa, p = hl.attention.self, f"layers.{i}."
+            sd[p + "self_attn.in_proj_weight"] = torch.cat([sa.query.weight, sa.key.weight, sa.value.weight]).detach()
+            sd[p + "self_attn.in_proj_bias"] = torch.cat([sa.query.bias, sa.key.bias, sa.value.bias]).detach()
+            sd[p + "self_attn.out_proj.weight"] = hl.attention.output.dense.weight.detach()
+            sd[p + "self_attn.out_proj.bias"] = hl.attention.output.dense.bias.detach()
+            sd[p + "linear1.weight"] = hl.intermediate.dense.weight.detach()
+            sd[p + "linear1.bias"] = hl.intermediate.dense.bias.detach()
+            sd[p + "linear2.weight"] = hl.output.dense.weight.detach()
+            sd[p + "linear2.bias"] = hl.output.dense.bias.detach()
+            sd[p + "norm1.weight"] = hl.attention.output.LayerNorm.weight.detach()
+            sd[p + "norm1.bias"] = hl.attention.output.LayerNorm.bias.detach()
+            sd[p + "norm2.weight"] = hl.output.LayerNorm.weight.detach()
+            sd[p + "norm2.bias"] = hl.output.LayerNorm.bias.detach()
+        self.encoder.load_state_dict(sd, strict=True, assign=True)
+        self.eval()
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        x = self.embeddings(input_ids=input_ids)
+        out = self.encoder(x, src_key_padding_mask=attention_mask == 0)
+        if out.is_nested:
+            out = out.to_padded_tensor(0.0, x.shape)
+        return out
+
+
+def build_models(model: str = "bert-base", impls: Sequence[str] = IMPLS, dtype=torch.float32, device="cpu",
+                 seed: int = 0, num_layers: Optional[int] = None) -> Dict[str, Callable[[Tensor, Tensor], Tensor]]:
+    """name -> f(input_ids, attention_mask) -> last_hidden_state (B, L, H), all sharing one set of weights
+    (random, seeded, LayerNorm parameters perturbed, unless ``model`` is a folder)."""
+    from transformers import BertModel
+
+    import fastbert
+    unknown = set(impls) - set(IMPLS)
+    if unknown:
+        raise ValueError(f"impls: unknown {sorted(unknown)}; expected some of {IMPLS}")
+    cfg = make_hf_config(model, num_layers)
+    torch.manual_seed(seed)
+    if os.path.isdir(model):
+        base = BertModel.from_pretrained(model, attn_implementation="eager", torch_dtype=dtype)
+        if num_layers is not None:
+            base.encoder.layer = base.encoder.layer[:num_layers]
+            base.config.num_hidden_layers = num_layers
+    else:
+        cfg._attn_implementation = "eager"
+        base = BertModel(cfg)
+        with torch.no_grad():
+            for m in base.modules():
+                if isinstance(m, nn.LayerNorm):
+                    m.weight.uniform_(0.7, 1.3)
+                    m.bias.normal_(0.0, 0.05)
+    base = base.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    out: Dict[str, Callable] = {}
+
+    def hf_fn(m):
+        def f(ids, mask):
+            return m(input_ids=ids, attention_mask=mask).last_hidden_state
+        return f
+
+    for name in impls:
+        if name == "hf_eager":
+            out[name] = hf_fn(base)
+        elif name == "hf_sdpa":
+            sdpa = _share(base, BertModel, "sdpa")
+            out[name] = hf_fn(sdpa)
+        elif name == "native":
+            out[name] = NativeFastPath(base)
+        elif name == "fastbert":
+            fb = _share(base, fastbert.BertModel, "eager")
+            out[name] = hf_fn(fb)
+    return out
+
+
+def _share(base, cls, attn: str):
+    """A model of ``cls`` whose parameters are base's tensors (no copy)."""
+    import copy
+    cfg = copy.deepcopy(base.config)
+    cfg._attn_implementation = attn
+    with torch.device("meta"):
+        m = cls(cfg, add_pooling_layer=base.pooler is not None)
+    m.load_state_dict(base.state_dict(), strict=True, assign=True)
+    for name, buf in base.named_buffers():           # non-persistent buffers (position_ids) stay on meta
+        mod_name, _, leaf = name.rpartition(".")
+        m.get_submodule(mod_name).register_buffer(leaf, buf, persistent=False)
+    return m.eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------- batches, FLOPs, roofline
+
+def make_batch(batch: int, seq_len: int, min_len: Optional[int] = None, max_len: Optional[int] = None,
+               vocab_size: int = 30522, seed: int = 0, device="cpu"):
+    """(input_ids, attention_mask, lengths): lengths uniform in [min_len, max_len] (default all seq_len), seeded,
+    right padding with id 0."""
+    lo = seq_len if min_len is None else min_len
+    hi = seq_len if max_len is None else max_len
+    if not 1 <= lo <= hi <= seq_len:
+        raise ValueError(f"min_len/max_len: expected 1 <= min_len <= max_len <= seq_len={seq_len}, got {lo}, {hi}")
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(lo, hi + 1, (batch,), generator=g)
+    ids = torch.randint(1000, vocab_size, (batch, seq_len), generator=g)
+    mask = (torch.arange(seq_len).unsqueeze(0) < lengths.unsqueeze(1)).long()
+    ids = ids * mask
+    return ids.to(device), mask.to(device), lengths.tolist()
+
+
+def forward_flops(config, lengths: Sequence[int]) -> float:
+    """FLOPs of the encoder forward on the real tokens: GEMMs (2 per multiply-add) + QK^T + PV per sequence."""
+    H, I, n_layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    T = sum(lengths)
+    gemm = 2 * T * H * (3 * H + H + 2 * I)
+    attn = sum(4 * n * n * H for n in lengths)
+    return float(n_layers * (gemm + attn))
+
+
+def gemm_rate(config, tokens: int, dtype=torch.float32, device="cpu", repeats: int = 5) -> float:
+    """FLOP/s of torch.mm on the model's GEMM shapes for ``tokens`` rows (median of repeats)."""
+    H, I = config.hidden_size, config.intermediate_size
+    shapes = [(tokens, H, 3 * H), (tokens, H, H), (tokens, H, I), (tokens, I, H)]
+    mats = [(torch.randn(m, k, dtype=dtype, device=device), torch.randn(k, n, dtype=dtype, device=device))
+            for m, k, n in shapes]
+    flops = sum(2 * m * k * n for m, k, n in shapes)
+    times = []
+    for r in range(repeats + 1):
+        _sync(device)
+        t = time.perf_counter()
+        for a, b in mats:
+            torch.mm(a, b)
+        _sync(device)
+        if r:
+            times.append(time.perf_counter() - t)
+    return flops / statistics.median(times)
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------- timing
+
+def time_interleaved(fns: Dict[str, Callable[[], object]], repeats: int = 10, warmup: int = 2,
+                     device="cpu") -> Dict[str, List[float]]:
+    """Seconds per call of each fn, run round-robin (warm-up rounds discarded) so drift hits all alike."""
+    times: Dict[str, List[float]] = {k: [] for k in fns}
+    with torch.inference_mode():
+        for r in range(warmup + repeats):
+            for name, fn in fns.items():
+                _sync(device)
+                t = time.perf_counter()
+                fn()
+                _sync(device)
+                if r >= warmup:
+                    times[name].append(time.perf_counter() - t)
+    return times
+
+
+def _peak_memory(fn, device) -> Optional[float]:
+    if torch.device(device).type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    with torch.inference_mode():
+        fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2 ** 20
+
+
+def bench_shape(models: Dict[str, Callable], config, batch: int, seq_len: int, min_len: Optional[int] = None,
+                max_len: Optional[int] = None, repeats: int = 10, warmup: int = 2, seed: int = 0, device="cpu",
+                dtype=torch.float32, rate: Optional[float] = None, model_name: str = "") -> List[dict]:
+    """One row per implementation for one batch shape; see the module docstring for the columns."""
+    ids, mask, lengths = make_batch(batch, seq_len, min_len, max_len, config.vocab_size, seed, device)
+    T = sum(lengths)
+    if rate is None:
+        rate = gemm_rate(config, T, dtype=torch.float32, device=device)
+    flops = forward_flops(config, lengths)
+    roof_tps = rate / (flops / T)
+    real = mask.bool()
+    with torch.inference_mode():
+        outs = {name: f(ids, mask) for name, f in models.items()}
+    ref = outs.get("hf_eager")
+    times = time_interleaved({name: (lambda f=f: f(ids, mask)) for name, f in models.items()}, repeats, warmup,
+                             device)
+    base_med = statistics.median(times["hf_eager"]) if "hf_eager" in times else None
+    rows = []
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [med, med, med]
+        diff = None
+        if ref is not None:
+            diff = float((outs[name].float() - ref.float())[real].abs().max())
+        rows.append({
+            "impl": name, "model": model_name, "dtype": str(dtype).replace("torch.", ""), "device": str(device),
+            "batch": batch, "seq_len": seq_len, "min_len": min(lengths), "max_len": max(lengths),
+            "real_tokens": T, "padding_frac": 1.0 - T / (batch * seq_len),
+            "ms_median": med * 1e3, "ms_p25": q[0] * 1e3, "ms_p75": q[2] * 1e3,
+            "tokens_per_s": T / med, "roofline_tokens_per_s": roof_tps, "roofline_frac": (T / med) / roof_tps,
+            "speedup_vs_hf_eager": (base_med / med) if base_med else None,
+            "max_abs_diff_vs_hf_eager": diff,
+            "peak_mem_mb": _peak_memory(lambda f=models[name]: f(ids, mask), device),
+            "gemm_gflops": rate / 1e9,
+        })
+    del outs
+    gc.collect()
+    return rows
+
+
+def run_bench(model: str = "bert-base", shapes: Sequence[tuple] = ((8, 128, 32, 128),), impls=IMPLS,
+              repeats: int = 10, warmup: int = 2, seed: int = 0, dtype=torch.float32, device="cpu",
+              num_layers: Optional[int] = None) -> List[dict]:
+    """Rows for each (batch, seq_len, min_len, max_len) shape; models built once."""
+    models = build_models(model, impls, dtype, device, seed, num_layers)
+    cfg = make_hf_config(model, num_layers)
+    rows = []
+    for shape in shapes:
+        b, l, lo, hi = (tuple(shape) + (None, None))[:4]
+        rows += bench_shape(models, cfg, b, l, lo, hi, repeats, warmup, seed, device, dtype,
+                            model_name=os.path.basename(str(model).rstrip("/")))
+    return rows
+
+
+def format_table(rows: List[dict]) -> str:
+    cols = [("impl", "{}"), ("model", "{}"), ("batch", "{}"), ("seq_len", "{}"), ("padding_frac", "{:.0%}"),
+            ("ms_median", "{:.1f}"), ("ms_p25", "{:.1f}"), ("ms_p75", "{:.1f}"), ("tokens_per_s", "{:.0f}"),
+            ("roofline_frac", "{:.0%}"), ("speedup_vs_hf_eager", "{:.2f}x"), ("max_abs_diff_vs_hf_eager", "{:.1e}")]
+    head = "| " + " | ".join(c for c, _ in cols) + " |"
+    sep = "|" + "|".join("---" for _ in cols) + "|"
+    lines = [head, sep]
+    for r in rows:
+        cells = []
+        for c, fmt in cols:
+            v = r.get(c)
+            cells.append("-" if v is None else fmt.format(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,44 @@
+"""torch.compile(fastbert_model, fullgraph=True) gives the eager outputs (the Python input checks are skipped
+while tracing; pack's data-dependent size traces through its fake implementation)."""
+import pytest
+import torch
+from model_common import TOL, make_hf, max_diff, ragged
+
+import fastbert
+from fastbert import ops
+
+needs_kernels = pytest.mark.skipif(
+    not all(ops.has_kernel(op, "cpu") for op in ("attention", "attention_masked", "pack")),
+    reason="the reference attention loops over sequences in Python (cu_seqlens.tolist()); fullgraph needs the "
+           "compiled CPU attention kernels")
+
+
+@needs_kernels
+@pytest.mark.parametrize("pad_outputs", ["zero", "hf"])
+def test_compile_fullgraph_parity(pad_outputs):
+    torch._dynamo.reset()
+    hf = make_hf(num_hidden_layers=2)
+    fb = fastbert.from_hf(hf, pad_outputs=pad_outputs)
+    compiled = torch.compile(fb, fullgraph=True, dynamic=True)
+    for seed, (B, L) in enumerate([(3, 13), (2, 21), (4, 7)]):
+        ids, mask, tt = ragged(B, L, hf.config.vocab_size, seed=seed, types=2)
+        with torch.no_grad():
+            out = compiled(ids, attention_mask=mask, token_type_ids=tt)
+            eager = fb(ids, attention_mask=mask, token_type_ids=tt)
+            ref = hf(ids, attention_mask=mask, token_type_ids=tt)
+        keep = mask if pad_outputs == "zero" else None
+        assert max_diff(out.last_hidden_state, eager.last_hidden_state) <= TOL
+        assert max_diff(out.last_hidden_state, ref.last_hidden_state, keep) <= TOL
+        assert max_diff(out.pooler_output, eager.pooler_output) <= TOL
+
+
+@needs_kernels
+def test_compile_lean_encoder():
+    torch._dynamo.reset()
+    hf = make_hf(num_hidden_layers=2)
+    enc = fastbert.Encoder(fastbert.EncoderConfig.from_dict(hf.config.to_dict()))
+    enc.load_state_dict(hf.state_dict())
+    enc.requires_grad_(False)
+    compiled = torch.compile(enc, fullgraph=True)
+    ids, mask, _ = ragged(3, 11, hf.config.vocab_size)
+    assert max_diff(compiled(ids, mask), enc(ids, mask)) <= TOL
