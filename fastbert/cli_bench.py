@@ -68,7 +68,13 @@ def cmd_bench(args) -> int:
         args.layers = args.layers or 2
         args.batch, args.seq_len, args.padding = [8], [64, 128], [0.0, 0.5]
         args.repeats, args.warmup = min(args.repeats, 5), 1
+    import warnings
+
     import torch
+    # the TorchScript exporter's tracer and the nested-tensor prototype notice are expected here, not news
+    warnings.filterwarnings("ignore", message=".*nested tensors is in prototype.*")
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx.*")
+    warnings.filterwarnings("ignore", module=r"transformers\.masking_utils")
     try:
         from . import bench
     except ImportError as exc:
