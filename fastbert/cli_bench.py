@@ -81,7 +81,8 @@ def cmd_bench(args) -> int:
         return _die("bench", f"the benchmark library is unavailable ({exc})")
     from . import cli_ort
     try:
-        import transformers  # noqa: F401
+        import transformers
+        transformers.utils.logging.disable_progress_bar()
     except ImportError:
         return _die("bench", "bench compares with transformers: pip install transformers")
     if args.threads:

@@ -103,6 +103,7 @@ def cmd_validate(args, default_model) -> int:
     except ImportError:
         return _die("validate", "validate compares with transformers: pip install transformers")
     import fastbert
+    transformers.utils.logging.disable_progress_bar()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
     atol, min_cos = TOLERANCES[args.dtype]
