@@ -55,6 +55,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--no-warm", action="store_true", help="skip the untimed first run of each")
     ap.add_argument("--fastbert-args", default="", help="extra arguments for fastbert encode")
     args = ap.parse_args()
     if args.model is None:
@@ -71,7 +72,8 @@ def main() -> int:
                   "--output", out_fb, "--no-progress", "--quiet"] + args.fastbert_args.split()
         st_cmd = [sys.executable, "-c", ST_SCRIPT, args.model, inp, out_st]
         # one untimed run each: file-system caches and .pyc files warm for both
-        timed(fb_cmd, env), timed(st_cmd, env)
+        if not args.no_warm:
+            timed(fb_cmd, env), timed(st_cmd, env)
         fb, st = [], []
         for r in range(args.repeats):
             fb.append(timed(fb_cmd, env))

@@ -279,8 +279,8 @@ def check_pairs(window: List[Row], path: str) -> None:
 class Progress:
     """A one-line progress bar on stderr (rows, percent, rate, ETA), redrawn at most 8 times a second."""
 
-    def __init__(self, enabled: bool, fraction: Callable[[], Optional[float]]):
-        self.enabled, self.fraction = enabled, fraction
+    def __init__(self, enabled: bool, total: Callable[[], Optional[float]], share: float = 1.0):
+        self.enabled, self.total, self.share = enabled, total, share
         self.t0 = time.perf_counter()
         self.rows = self.tokens = 0
         self._last = 0.0
@@ -295,7 +295,8 @@ class Progress:
 
     def _draw(self, now: float) -> None:
         el = max(now - self.t0, 1e-9)
-        frac = self.fraction()
+        total = self.total()
+        frac = self.rows / (total * self.share) if total else None
         bar = ""
         eta = "--:--"
         if frac is not None:
@@ -411,7 +412,8 @@ def run_encode(opts: EncodeOptions, model: Model, tokenizer: TextTokenizer, pool
     if opts.window < 1 or opts.batch_tokens < 1:
         raise InputError("--window and --batch-tokens must be positive")
     show = opts.progress if opts.progress is not None else sys.stderr.isatty()
-    progress = Progress(bool(show) and not opts.quiet and dist.rank == 0, reader.fraction)
+    # rank 0 encodes about 1/world of the rows: its share of the estimated total drives percent and ETA
+    progress = Progress(bool(show) and not opts.quiet and dist.rank == 0, reader.estimated_rows, 1.0 / dist.world)
     stats = EncodeStats(dim=model.hidden_size)
     t0 = time.perf_counter()
     tag = dist.tag()

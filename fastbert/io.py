@@ -70,8 +70,8 @@ def _require_pyarrow(what: str):
 # ---------------------------------------------------------------------------------------------- readers
 
 class Reader:
-    """Iterate over (text, pair) rows of one input file. `fraction()` tells how far the reading has got
-    (0..1, None when unknown); `rows` counts the rows yielded so far."""
+    """Iterate over (text, pair) rows of one input file; `rows` counts the rows yielded so far and
+    `estimated_rows()` guesses the total (for the progress bar's percent and ETA)."""
 
     def __init__(self, path: str, fmt: Optional[str] = None, text_field: Optional[str] = None,
                  pair_field: Optional[str] = None, header: bool = True):
@@ -104,11 +104,12 @@ class Reader:
                     raise InputError(f"{self.path}: no column {f!r} (columns: {', '.join(names)}); "
                                      "pass --text-field/--pair-field")
 
-    def fraction(self) -> Optional[float]:
-        if self.total_rows:
-            return self.rows / self.total_rows
-        if self.total_bytes:
-            return self.bytes_read / self.total_bytes
+    def estimated_rows(self) -> Optional[float]:
+        """Rows in the whole file: exact for Parquet, else extrapolated from the bytes read so far."""
+        if self.total_rows is not None:
+            return float(self.total_rows)
+        if self.bytes_read and self.total_bytes:
+            return self.rows * self.total_bytes / self.bytes_read
         return None
 
     def __iter__(self) -> Iterator[Row]:
@@ -221,7 +222,6 @@ class Reader:
                 if self.pair_field:
                     p = "" if p is None else str(p)
                 yield ("" if t is None else str(t)), p
-            self.bytes_read = self.total_bytes * (self.rows + len(texts)) / max(1, self.total_rows or 1)
 
 
 # ---------------------------------------------------------------------------------------------- writers
