@@ -11,6 +11,9 @@ _LAZY = {
     "optimize": "convert",
     "restore": "convert",
     "is_optimized": "convert",
+    **{name: "heads" for name in (
+        "BertForSequenceClassification", "BertForTokenClassification", "BertForQuestionAnswering",
+        "BertForMaskedLM", "BertForNextSentencePrediction", "BertForPreTraining", "BertForMultipleChoice")},
 }
 
 
