@@ -301,3 +301,28 @@ def test_torchrun_two_processes_one_file_in_order(tmp_path, capsys, expected):
     np.testing.assert_allclose(np.load(tmp_path / "o.npy"), expected, atol=2e-5)
     assert "8 rows" in r.stderr and "2 processes" in r.stderr
     assert sorted(os.listdir(tmp_path)) == ["in.txt", "o.npy"]
+
+
+def test_memory_is_bounded_by_the_window(tmp_path, capsys, monkeypatch):
+    write_txt(tmp_path / "in.txt", [f"row {i}" for i in range(23)])
+    seen = []
+    real = enc.TextTokenizer.__call__
+
+    def spy(self, rows):
+        seen.append(len(rows))
+        return real(self, rows)
+
+    monkeypatch.setattr(enc.TextTokenizer, "__call__", spy)
+    code, _, err = run(capsys, "encode", "--model", MODEL, "-i", str(tmp_path / "in.txt"), "-o",
+                       str(tmp_path / "o.npy"), "--window", "5")
+    assert code == 0, err
+    assert seen == [5, 5, 5, 5, 3]
+    assert np.load(tmp_path / "o.npy").shape == (23, 384)
+
+
+def test_empty_input_gives_zero_rows(tmp_path, capsys):
+    (tmp_path / "in.txt").write_bytes(b"")
+    code, _, err = run(capsys, "encode", "--model", MODEL, "-i", str(tmp_path / "in.txt"), "-o",
+                       str(tmp_path / "o.npy"))
+    assert code == 0, err
+    assert np.load(tmp_path / "o.npy").shape == (0, 384)
