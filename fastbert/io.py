@@ -156,7 +156,9 @@ class Reader:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+                hint = ("; this looks like one JSON array, encode reads JSON lines (one object per line)"
+                        if lineno == 1 and line.lstrip().startswith("[") else "")
+                raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}){hint}") from None
             if not isinstance(obj, dict):
                 raise InputError(f"{where}: expected a JSON object with a {text_field!r} field, "
                                  f"got {type(obj).__name__}")
