@@ -110,6 +110,9 @@ def cmd_encode(args) -> int:
         defaults = model_defaults(model_dir)
         Reader(args.input, args.input_format, args.text_field, args.pair_field, args.header)  # fail fast
         output_format(args.output, args.output_format)
+        out_dir = os.path.dirname(os.path.abspath(args.output))
+        if not os.path.isdir(out_dir):
+            raise InputError(f"{args.output}: the output folder {out_dir!r} does not exist")
         pooling = args.pooling or defaults.pooling
         normalize = defaults.normalize if args.normalize is None else args.normalize
         max_length = args.max_length or defaults.max_length
