@@ -43,10 +43,19 @@ def make_input(path: str, rows: int, model_dir: str, seed: int = 0) -> None:
             f.write(" ".join(words).capitalize() + ".\n")
 
 
+CPU = {}
+
+
 def timed(cmd, env) -> float:
+    """Wall seconds of one whole process; its CPU seconds (user + sys) go to CPU[cmd[-1]]."""
+    import resource
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU.setdefault(cmd[-1], []).append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
+    return wall
 
 
 def main() -> int:
@@ -78,7 +87,8 @@ def main() -> int:
         for r in range(args.repeats):
             fb.append(timed(fb_cmd, env))
             st.append(timed(st_cmd, env))
-            print(f"repeat {r}: fastbert {fb[-1]:.2f} s, sentence-transformers {st[-1]:.2f} s", flush=True)
+            print(f"repeat {r}: fastbert {fb[-1]:.2f} s (CPU {CPU[fb_cmd[-1]][-1]:.1f} s), sentence-transformers "
+                  f"{st[-1]:.2f} s (CPU {CPU[st_cmd[-1]][-1]:.1f} s)", flush=True)
         a, b = np.load(out_fb), np.load(out_st)
         cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
         sys.path.insert(0, root)
@@ -96,11 +106,16 @@ def main() -> int:
         "compiled_kernels_cpu": sorted(n for (n, d), v in ops.KERNELS.items() if v and d == "cpu"),
         "fastbert_s": statistics.median(fb), "st_s": statistics.median(st), "fastbert_runs": fb, "st_runs": st,
         "speedup": statistics.median(st) / statistics.median(fb),
+        "fastbert_cpu_s": statistics.median(CPU[fb_cmd[-1]][-args.repeats:]),
+        "st_cpu_s": statistics.median(CPU[st_cmd[-1]][-args.repeats:]),
+        "load_average": os.getloadavg(),
         "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
     }
     print(f"{args.rows} sentences, {tokens:,} tokens, all-MiniLM-L6-v2 fp32, whole process, median of {args.repeats}:")
     print(f"  fastbert encode         {res['fastbert_s']:6.2f} s  {tokens / res['fastbert_s']:8,.0f} tokens/s")
     print(f"  sentence-transformers   {res['st_s']:6.2f} s  {tokens / res['st_s']:8,.0f} tokens/s")
+    print(f"  CPU seconds (user+sys): fastbert {res['fastbert_cpu_s']:.1f}, sentence-transformers {res['st_cpu_s']:.1f}; "
+          f"load average at the end {res['load_average'][0]:.1f}")
     print(f"  speedup {res['speedup']:.2f}x; cosine min {res['cosine_min']:.6f}, mean {res['cosine_mean']:.6f}")
     print(f"  compiled CPU kernels: {', '.join(res['compiled_kernels_cpu']) or 'none'}")
     if args.json:
