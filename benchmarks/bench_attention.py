@@ -67,9 +67,12 @@ def run_reference(qkv, bias, cu, max_seqlen):
 IMPLS = {"fastbert": run_fastbert, "sdpa per sequence": run_sdpa, "reference": run_reference}
 
 
-def table(repeats: int = 30, warmup: int = 3) -> str:
+def table(repeats: int = 30, warmup: int = 3, clock=time.perf_counter) -> str:
+    """clock: time.perf_counter (wall) or, at 1 thread on a shared machine, time.thread_time (this thread's CPU
+    time, which other processes' load does not inflate)."""
     lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, bert-base heads "
-             f"({NUM_HEADS} x {HEAD_DIM}), CPU ISA {fastbert.ops.cpu_isa()}; median of {repeats} interleaved runs",
+             f"({NUM_HEADS} x {HEAD_DIM}), CPU ISA {fastbert.ops.cpu_isa()}; median of {repeats} interleaved runs, "
+             f"clock {clock.__name__}",
              "", "| batch | tokens | impl | ms | GFLOP/s | vs fastbert |", "| --- | --- | --- | --- | --- | --- |"]
     for name in CASES:
         qkv, bias, cu, mx = make_case(name)
@@ -81,9 +84,9 @@ def table(repeats: int = 30, warmup: int = 3) -> str:
             times = {k: [] for k in IMPLS}
             for _ in range(repeats):
                 for k, fn in IMPLS.items():
-                    t0 = time.perf_counter()
+                    t0 = clock()
                     fn(*args)
-                    times[k].append(time.perf_counter() - t0)
+                    times[k].append(clock() - t0)
         med = {k: statistics.median(v) for k, v in times.items()}
         for k, t in med.items():
             lines.append(f"| {name} | {qkv.shape[0]} | {k} | {t * 1e3:.3f} | {flops(cu) / t / 1e9:.1f} | "
@@ -111,4 +114,16 @@ if pytest is not None:
 
 
 if __name__ == "__main__":
-    print(table())
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--clock", choices=["wall", "thread"], default="wall",
+                    help="thread: CPU time of this thread (needs --threads 1), for a machine shared with other load")
+    opts = ap.parse_args()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    if opts.clock == "thread" and torch.get_num_threads() != 1:
+        ap.error("--clock thread measures one thread: add --threads 1")
+    print(table(repeats=opts.repeats, clock=time.thread_time if opts.clock == "thread" else time.perf_counter))

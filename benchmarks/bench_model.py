@@ -48,8 +48,15 @@ def main(argv=None):
     shapes = [parse_shape(s) for s in args.shapes]
     info = bench.machine_info()
     print(json.dumps(info))
-    rows = bench.run_bench(args.model, shapes, args.impls, args.repeats, args.warmup, args.seed,
-                           num_layers=args.layers)
+    models = bench.build_models(args.model, args.impls, seed=args.seed, num_layers=args.layers)
+    cfg = bench.make_hf_config(args.model, args.layers)
+    name = os.path.basename(args.model.rstrip("/"))
+    rows = []
+    for b, l, lo, hi in shapes:                      # one table per shape, printed as soon as it is measured
+        shape_rows = bench.bench_shape(models, cfg, b, l, lo, hi, args.repeats, args.warmup, args.seed,
+                                       model_name=name)
+        print(bench.format_table(shape_rows), flush=True)
+        rows += shape_rows
     print(bench.format_table(rows))
     if args.json:
         with open(args.json, "w") as f:

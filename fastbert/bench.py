@@ -9,7 +9,8 @@ medians:
              HF's embeddings in front (the engine under BetterTransformer)
   fastbert   fastbert.BertModel (padding-free, fused ops)
 
-Roofline: the fp32 ``torch.mm`` rate measured on the model's own GEMM shapes for the batch's real tokens, and
+Roofline: the fp32 ``torch.mm`` rate measured on the model's own GEMM shapes for the batch's real tokens (a probe
+timed inside the same interleaved rounds as the models), and
 the forward's FLOPs on real tokens (GEMMs + attention's QK^T and PV); a row's fraction of the roofline is its
 real tokens/s over rate / (FLOPs per real token).
 """
@@ -198,7 +199,7 @@ def make_batch(batch: int, seq_len: int, min_len: Optional[int] = None, max_len:
         raise ValueError(f"min_len/max_len: expected 1 <= min_len <= max_len <= seq_len={seq_len}, got {lo}, {hi}")
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(lo, hi + 1, (batch,), generator=g)
-    ids = torch.randint(1000, vocab_size, (batch, seq_len), generator=g)
+    ids = torch.randint(min(1000, vocab_size - 1), vocab_size, (batch, seq_len), generator=g)
     mask = (torch.arange(seq_len).unsqueeze(0) < lengths.unsqueeze(1)).long()
     ids = ids * mask
     return ids.to(device), mask.to(device), lengths.tolist()
@@ -213,22 +214,23 @@ def forward_flops(config, lengths: Sequence[int]) -> float:
     return float(n_layers * (gemm + attn))
 
 
-def gemm_rate(config, tokens: int, dtype=torch.float32, device="cpu", repeats: int = 5) -> float:
-    """FLOP/s of torch.mm on the model's GEMM shapes for ``tokens`` rows (median of repeats)."""
+def gemm_probe(config, tokens: int, dtype=torch.float32, device="cpu"):
+    """(fn, flops): fn runs torch.mm once on each of one layer's GEMM shapes for ``tokens`` rows."""
     H, I = config.hidden_size, config.intermediate_size
     shapes = [(tokens, H, 3 * H), (tokens, H, H), (tokens, H, I), (tokens, I, H)]
     mats = [(torch.randn(m, k, dtype=dtype, device=device), torch.randn(k, n, dtype=dtype, device=device))
             for m, k, n in shapes]
-    flops = sum(2 * m * k * n for m, k, n in shapes)
-    times = []
-    for r in range(repeats + 1):
-        _sync(device)
-        t = time.perf_counter()
+
+    def fn():
         for a, b in mats:
             torch.mm(a, b)
-        _sync(device)
-        if r:
-            times.append(time.perf_counter() - t)
+    return fn, float(sum(2 * m * k * n for m, k, n in shapes))
+
+
+def gemm_rate(config, tokens: int, dtype=torch.float32, device="cpu", repeats: int = 5) -> float:
+    """FLOP/s of torch.mm on the model's GEMM shapes for ``tokens`` rows (median of repeats)."""
+    fn, flops = gemm_probe(config, tokens, dtype, device)
+    times = time_interleaved({"mm": fn}, repeats, 1, device)["mm"]
     return flops / statistics.median(times)
 
 
@@ -256,14 +258,29 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], repeats: int = 10, wa
 
 
 def _peak_memory(fn, device) -> Optional[float]:
-    if torch.device(device).type != "cuda":
+    """Peak MiB allocated during one forward, above what was allocated before it: CUDA's allocator stats, or
+    on CPU the profiler's allocation events (sorted by time, summed)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        with torch.inference_mode():
+            fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - start) / 2 ** 20
+    try:
+        from torch.profiler import ProfilerActivity, profile
+        with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+        events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                        key=lambda e: e.start_ns())
+    except Exception:  # profiler internals differ across torch versions: no figure rather than a wrong one
         return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    with torch.inference_mode():
-        fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() / 2 ** 20
+    cur = peak = 0
+    for e in events:
+        cur += e.nbytes()
+        peak = max(peak, cur)
+    return peak / 2 ** 20
 
 
 def bench_shape(models: Dict[str, Callable], config, batch: int, seq_len: int, min_len: Optional[int] = None,
@@ -272,16 +289,20 @@ def bench_shape(models: Dict[str, Callable], config, batch: int, seq_len: int, m
     """One row per implementation for one batch shape; see the module docstring for the columns."""
     ids, mask, lengths = make_batch(batch, seq_len, min_len, max_len, config.vocab_size, seed, device)
     T = sum(lengths)
-    if rate is None:
-        rate = gemm_rate(config, T, dtype=torch.float32, device=device)
     flops = forward_flops(config, lengths)
-    roof_tps = rate / (flops / T)
     real = mask.bool()
     with torch.inference_mode():
         outs = {name: f(ids, mask) for name, f in models.items()}
     ref = outs.get("hf_eager")
-    times = time_interleaved({name: (lambda f=f: f(ids, mask)) for name, f in models.items()}, repeats, warmup,
-                             device)
+    fns = {name: (lambda f=f: f(ids, mask)) for name, f in models.items()}
+    if rate is None:
+        # The roofline's torch.mm probe runs inside the same interleaved rounds, so load drift hits it too.
+        probe, probe_flops = gemm_probe(config, T, dtype=torch.float32, device=device)
+        fns["_gemm"] = probe
+    times = time_interleaved(fns, repeats, warmup, device)
+    if rate is None:
+        rate = probe_flops / statistics.median(times.pop("_gemm"))
+    roof_tps = rate / (flops / T)
     base_med = statistics.median(times["hf_eager"]) if "hf_eager" in times else None
     rows = []
     for name, ts in times.items():
@@ -323,7 +344,8 @@ def run_bench(model: str = "bert-base", shapes: Sequence[tuple] = ((8, 128, 32, 
 def format_table(rows: List[dict]) -> str:
     cols = [("impl", "{}"), ("model", "{}"), ("batch", "{}"), ("seq_len", "{}"), ("padding_frac", "{:.0%}"),
             ("ms_median", "{:.1f}"), ("ms_p25", "{:.1f}"), ("ms_p75", "{:.1f}"), ("tokens_per_s", "{:.0f}"),
-            ("roofline_frac", "{:.0%}"), ("speedup_vs_hf_eager", "{:.2f}x"), ("max_abs_diff_vs_hf_eager", "{:.1e}")]
+            ("roofline_frac", "{:.0%}"), ("speedup_vs_hf_eager", "{:.2f}x"), ("max_abs_diff_vs_hf_eager", "{:.1e}"),
+            ("peak_mem_mb", "{:.0f}")]
     head = "| " + " | ".join(c for c, _ in cols) + " |"
     sep = "|" + "|".join("---" for _ in cols) + "|"
     lines = [head, sep]

@@ -449,7 +449,7 @@ def _embed(emb, ids, positions, types, inputs_embeds, need_grad: bool) -> Tensor
     """LayerNorm(word + position + type) for ids/positions/types of any shape -> shape + (H,)."""
     ln = emb.LayerNorm
     tt_w = emb.token_type_embeddings.weight if getattr(emb, "token_type_embeddings", None) is not None else None
-    if inputs_embeds is None and not need_grad:
+    if inputs_embeds is None and (not need_grad or "embeddings" in ops.DIFFERENTIABLE):
         out, _, _ = ops.embeddings(ids, positions, types, emb.word_embeddings.weight,
                                    emb.position_embeddings.weight, tt_w, ln.weight, ln.bias, ln.eps)
         return out
@@ -498,6 +498,53 @@ def _attention_probs(qkv: Tensor, bias: Optional[Tensor], mask: Tensor, nh: int,
     return ctx, probs
 
 
+def _geometry(config):
+    nh = config.num_attention_heads
+    return nh, 1.0 / math.sqrt(config.hidden_size // nh)
+
+
+def _packed_layer(config, layer, x: Tensor, cu_seqlens: Tensor, max_seqlen: int, need_grad: bool,
+                  training: bool) -> Tensor:
+    """One BERT layer on packed tokens x (T, H)."""
+    sa, o_dense, o_ln, _, _, _ = _layer_parts(layer)
+    nh, scale = _geometry(config)
+    p_hidden = float(config.hidden_dropout_prob) if training else 0.0
+    p_attn = float(config.attention_probs_dropout_prob) if training else 0.0
+    w, b = fused_qkv(sa, need_grad)
+    qkv = F.linear(x, w)                                                       # (T, 3H), bias left to attention
+    seed = _dropout_seed() if p_attn > 0 else 0
+    ctx, _ = ops.attention(qkv, b, cu_seqlens, max_seqlen, nh, scale, p_attn, seed, 0)   # (T, H)
+    x = _dense_residual_ln(ctx, o_dense, o_ln, x, p_hidden, training)
+    return _mlp(config, layer, x, training, p_hidden)
+
+
+def _padded_layer(config, layer, x: Tensor, mask: Tensor, need_grad: bool, training: bool, with_probs: bool):
+    """One BERT layer on padded x (B, L, H) under a mask broadcastable to (B, nh, L, L)."""
+    sa, o_dense, o_ln, _, _, _ = _layer_parts(layer)
+    nh, scale = _geometry(config)
+    p_hidden = float(config.hidden_dropout_prob) if training else 0.0
+    p_attn = float(config.attention_probs_dropout_prob) if training else 0.0
+    w, b = fused_qkv(sa, need_grad)
+    qkv = F.linear(x, w)                                                       # (B, L, 3H)
+    probs = None
+    if with_probs:
+        ctx, probs = _attention_probs(qkv, b, mask, nh, scale, p_attn, training)
+    else:
+        seed = _dropout_seed() if p_attn > 0 else 0
+        ctx, _ = ops.attention_masked(qkv, b, mask, nh, scale, p_attn, seed, 0)    # (B, L, H)
+    x = _dense_residual_ln(ctx, o_dense, o_ln, x, p_hidden, training)
+    x = _mlp(config, layer, x, training, p_hidden)
+    return (x, probs) if with_probs else x
+
+
+def _checkpointed(layer, need_grad: bool, fn, *args):
+    """fn(*args), under activation checkpointing when HF's gradient_checkpointing_enable() marked the layer."""
+    if need_grad and layer.training and getattr(layer, "gradient_checkpointing", False):
+        from torch.utils.checkpoint import checkpoint
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
 def _select(hidden_sel, n: int):
     if hidden_sel is None or isinstance(hidden_sel, bool):
         return None
@@ -523,10 +570,8 @@ def run(model: nn.Module, config: Any, input_ids: Optional[Tensor] = None, atten
     need_grad = _params_need_grad(model) or (inputs_embeds is not None and inputs_embeds.requires_grad
                                              and torch.is_grad_enabled())
     p_hidden = float(config.hidden_dropout_prob) if training else 0.0
-    p_attn = float(config.attention_probs_dropout_prob) if training else 0.0
     nh = config.num_attention_heads
     H = config.hidden_size
-    scale = 1.0 / math.sqrt(H // nh)
     dtype = emb.word_embeddings.weight.dtype if inputs_embeds is None else inputs_embeds.dtype
     src = input_ids if input_ids is not None else inputs_embeds
     device = src.device
@@ -579,13 +624,7 @@ def run(model: nn.Module, config: Any, input_ids: Optional[Tensor] = None, atten
             x = F.dropout(x, p_hidden, True)
         keep_state(0, lambda: ops.unpack(x, indices, B, L))
         for i, layer in enumerate(layers):
-            sa, o_dense, o_ln, _, _, _ = _layer_parts(layer)
-            w, b = fused_qkv(sa, need_grad)
-            qkv = F.linear(x, w)                                               # (T, 3H)
-            seed = _dropout_seed() if p_attn > 0 else 0
-            ctx, _ = ops.attention(qkv, b, cu_seqlens, L, nh, scale, p_attn, seed, 0)   # (T, H)
-            x = _dense_residual_ln(ctx, o_dense, o_ln, x, p_hidden, training)
-            x = _mlp(config, layer, x, training, p_hidden)
+            x = _checkpointed(layer, need_grad, _packed_layer, config, layer, x, cu_seqlens, L, need_grad, training)
             keep_state(i + 1, lambda: ops.unpack(x, indices, B, L))
         out = ops.unpack(x, indices, B, L)
         if hidden is not None and hidden[-1] is not None:
@@ -618,17 +657,11 @@ def run(model: nn.Module, config: Any, input_ids: Optional[Tensor] = None, atten
 
     keep_state(0, lambda: state(x))
     for i, layer in enumerate(layers):
-        sa, o_dense, o_ln, _, _, _ = _layer_parts(layer)
-        w, b = fused_qkv(sa, need_grad)
-        qkv = F.linear(x, w)                                                   # (B, L, 3H)
         if output_attentions:
-            ctx, probs = _attention_probs(qkv, b, mask, nh, scale, p_attn, training)
+            x, probs = _padded_layer(config, layer, x, mask, need_grad, training, True)
             attentions.append(probs)
         else:
-            seed = _dropout_seed() if p_attn > 0 else 0
-            ctx, _ = ops.attention_masked(qkv, b, mask, nh, scale, p_attn, seed, 0)  # (B, L, H)
-        x = _dense_residual_ln(ctx, o_dense, o_ln, x, p_hidden, training)
-        x = _mlp(config, layer, x, training, p_hidden)
+            x = _checkpointed(layer, need_grad, _padded_layer, config, layer, x, mask, need_grad, training, False)
         keep_state(i + 1, lambda: state(x))
     out = state(x)
     if hidden is not None and hidden[-1] is not None:

@@ -12,27 +12,14 @@ import torch
 
 import fastbert
 from fastbert import reference
+from conftest import TOLERANCES
 
 if not fastbert.ops.has_kernel("attention", "cpu"):
     pytest.skip("fastbert._C is not built (python setup.py build_ext --inplace)", allow_module_level=True)
 
-ISAS = fastbert.ops.supported_cpu_isas()
-TOL = {
-    torch.float64: dict(atol=1e-10, rtol=1e-10),
-    torch.float32: dict(atol=2e-5, rtol=2e-5),
-    torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
-    torch.float16: dict(atol=2e-3, rtol=2e-3),
-}
+TOL = {dtype: dict(atol=a, rtol=r) for dtype, (a, r) in TOLERANCES.items()}
 LSE_TOL = {torch.float64: dict(atol=1e-6, rtol=1e-6), torch.float32: dict(atol=2e-5, rtol=2e-5),
            torch.bfloat16: dict(atol=1e-4, rtol=1e-4), torch.float16: dict(atol=1e-4, rtol=1e-4)}
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    before = fastbert.ops.cpu_isa()
-    fastbert.ops.set_cpu_isa(request.param)
-    yield request.param
-    fastbert.ops.set_cpu_isa(before)
 
 
 def cu_of(lengths):
@@ -85,44 +72,50 @@ LENGTHS = [
 
 @pytest.mark.parametrize("lengths", LENGTHS, ids=lambda l: "-".join(map(str, l)))
 @pytest.mark.parametrize("d", [16, 24, 32, 64, 80, 128])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_packed_matches_reference(isa, lengths, d, dtype):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_packed_matches_reference(cpu_isa, lengths, d, dtype):
     nh = 3 if d <= 64 else 2
     out, lse = check_packed(lengths, nh, d, dtype)
     # empty sequences write nothing; rows of real tokens are finite
     assert torch.isfinite(out).all() and torch.isfinite(lse).all()
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("d", [24, 64])
-def test_packed_half_storage(isa, dtype, d):
+def test_packed_half_storage(cpu_isa, dtype, d):
     check_packed([19, 0, 140, 1], 2, d, dtype)
 
 
-def test_packed_long_sequence_online_softmax(isa):
+def test_packed_long_sequence_online_softmax(cpu_isa):
     # 700 keys = three key blocks; a large spread makes the running max grow from block to block. Scores of
     # order 70 and values of order 10: fp32 rounding of the scores alone moves out by ~1e-4 (tolerance x 10).
     check_packed([700, 3], 2, 64, torch.float32, spread=3.0, tol_scale=10)
     check_packed([600], 1, 32, torch.float64, spread=3.0)
 
 
-def test_packed_no_bias_other_scale_one_head(isa):
+def test_packed_head_dim_beyond_128(cpu_isa):
+    # no cap on the head size: d = 256 and an odd 130
+    check_packed([50, 3], 1, 256, torch.float32)
+    check_packed([17], 2, 130, torch.float64)
+
+
+def test_packed_no_bias_other_scale_one_head(cpu_isa):
     check_packed([9, 40, 2], 1, 48, torch.float32, bias=False, scale=0.37)
     check_packed([9, 40, 2], 4, 8, torch.float64, bias=False, scale=-1.3)
 
 
-def test_packed_max_seqlen_larger_than_needed(isa):
+def test_packed_max_seqlen_larger_than_needed(cpu_isa):
     check_packed([4, 11], 2, 16, torch.float32, max_seqlen=512)
 
 
 @pytest.mark.parametrize("cu", [[0], [0, 0], [0, 0, 0]])
-def test_packed_no_tokens(isa, cu):
+def test_packed_no_tokens(cpu_isa, cu):
     qkv = torch.randn(0, 3 * 32)
     out, lse = torch.ops.fastbert.attention(qkv, None, torch.tensor(cu, dtype=torch.int32), 0, 2, 0.25)
     assert out.shape == (0, 32) and lse.shape == (2, 0)
 
 
-def test_packed_noncontiguous_inputs(isa):
+def test_packed_noncontiguous_inputs(cpu_isa):
     lengths, nh, d = [6, 0, 21], 2, 32
     cu = cu_of(lengths)
     qkv, b = make_qkv((27, 3 * nh * d), torch.float32, seed=3)
@@ -149,7 +142,7 @@ def test_ops_wrapper_uses_kernel():
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
 @pytest.mark.parametrize("seed,offset", [(0, 0), (1234, 99), (2**40 + 17, 2**33 + 5), (-7, 3)])
-def test_packed_dropout_matches_reference(isa, p, seed, offset):
+def test_packed_dropout_matches_reference(cpu_isa, p, seed, offset):
     check_packed([37, 0, 300, 1], 2, 32, torch.float32, dropout_p=p, seed=seed, offset=offset)
     check_packed([37, 5], 3, 16, torch.float64, dropout_p=p, seed=seed, offset=offset)
 
@@ -178,7 +171,7 @@ def reveal_mask(lengths, nh, p, seed, offset):
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
-def test_dropout_mask_bit_exact(isa, p):
+def test_dropout_mask_bit_exact(cpu_isa, p):
     masks = reveal_mask([37, 1, 64, 0, 20], 2, p, seed=2**35 + 3, offset=11)
     for got, want in masks:
         assert torch.equal(got, want)
@@ -186,7 +179,7 @@ def test_dropout_mask_bit_exact(isa, p):
     assert abs(kept - (1 - p)) < 0.05
 
 
-def test_dropout_mask_depends_on_seed_and_offset(isa):
+def test_dropout_mask_depends_on_seed_and_offset(cpu_isa):
     a = reveal_mask([40], 1, 0.5, seed=1, offset=0)[0][0]
     b = reveal_mask([40], 1, 0.5, seed=2, offset=0)[0][0]
     c = reveal_mask([40], 1, 0.5, seed=1, offset=1)[0][0]
@@ -226,14 +219,14 @@ def shape_of(name, B, nh, L):
 
 @pytest.mark.parametrize("shape", MASK_SHAPES)
 @pytest.mark.parametrize("d", [16, 64, 80])
-def test_masked_bool(isa, shape, d):
+def test_masked_bool(cpu_isa, shape, d):
     B, L, nh = 3, 37, 2
     mask = bool_mask(shape_of(shape, B, nh, L), seed=d)
     check_masked(B, L, nh, d, mask)
 
 
 @pytest.mark.parametrize("shape", MASK_SHAPES)
-def test_masked_additive(isa, shape):
+def test_masked_additive(cpu_isa, shape):
     B, L, nh, d = 2, 29, 3, 24
     g = torch.Generator().manual_seed(1)
     s = shape_of(shape, B, nh, L)
@@ -243,7 +236,7 @@ def test_masked_additive(isa, shape):
     check_masked(B, L, nh, d, mask.double(), dtype=torch.float64)
 
 
-def test_masked_fully_masked_rows(isa):
+def test_masked_fully_masked_rows(cpu_isa):
     B, L, nh, d = 2, 19, 2, 32
     keep = bool_mask((B, nh, L, L), seed=4)
     keep[0, 1, 3] = False          # one query row of one head sees nothing
@@ -255,8 +248,8 @@ def test_masked_fully_masked_rows(isa):
     check_masked(B, L, nh, d, add)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_masked_dtype_min_gives_uniform_rows(isa, dtype):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_masked_dtype_min_gives_uniform_rows(cpu_isa, dtype):
     # HF's extended mask: (1 - keep) * finfo.min. A row with every key at finfo.min is a uniform softmax (HF's
     # numbers), not a zero row. Compared with the reference in the kernel's own dtype, where that rounding lives.
     B, L, nh, d = 2, 23, 2, 16
@@ -269,27 +262,41 @@ def test_masked_dtype_min_gives_uniform_rows(isa, dtype):
     torch.testing.assert_close(out[1], v.mean(0, keepdim=True).expand(L, -1), **TOL[dtype])
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_masked_half_storage(isa, dtype):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_masked_half_storage(cpu_isa, dtype):
     B, L, nh = 2, 33, 2
     mask = torch.randn(B, 1, L, L).to(dtype)
     check_masked(B, L, nh, 32, mask, dtype=dtype)
     check_masked(B, L, nh, 32, bool_mask((B, 1, 1, L), seed=2), dtype=dtype)
 
 
-def test_masked_long_and_no_bias(isa):
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+def test_masked_rows_empty_in_one_key_block(cpu_isa, kind):
+    # 300 keys = two key blocks (256 + 44). Rows whose first block is fully masked (running max -inf, then
+    # finite), rows whose second block is fully masked, and a row with nothing kept.
+    B, L, nh, d = 1, 300, 2, 32
+    keep = bool_mask((B, nh, L, L), seed=11)
+    keep[0, :, 0::3, :256] = False
+    keep[0, :, 1::3, 256:] = False
+    keep[0, 1, 5, :] = False
+    mask = keep if kind == "bool" else torch.zeros(B, nh, L, L).masked_fill(~keep, float("-inf"))
+    out, lse = check_masked(B, L, nh, d, mask)
+    assert torch.isneginf(lse[0, 1, 5]) and torch.isfinite(lse[0, 0]).all()
+
+
+def test_masked_long_and_no_bias(cpu_isa):
     check_masked(1, 300, 2, 64, bool_mask((1, 1, 1, 300), seed=7), bias=False, scale=0.3)
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
-def test_masked_dropout_matches_reference(isa, p):
+def test_masked_dropout_matches_reference(cpu_isa, p):
     B, L, nh, d = 2, 45, 3, 16
     mask = bool_mask((B, 1, L, L), seed=8)
     check_masked(B, L, nh, d, mask, dropout_p=p, seed=2**33 + 1, offset=77)
     check_masked(B, L, nh, d, mask, dtype=torch.float64, dropout_p=p, seed=5, offset=0)
 
 
-def test_masked_noncontiguous(isa):
+def test_masked_noncontiguous(cpu_isa):
     B, L, nh, d = 2, 17, 2, 16
     qkv, b = make_qkv((B, L, 3 * nh * d), torch.float32, seed=9)
     mask = torch.randn(B, nh, L, L)
@@ -301,7 +308,7 @@ def test_masked_noncontiguous(isa):
 
 
 @pytest.mark.parametrize("B,L", [(0, 5), (2, 0)])
-def test_masked_empty(isa, B, L):
+def test_masked_empty(cpu_isa, B, L):
     out, lse = torch.ops.fastbert.attention_masked(torch.randn(B, L, 48), None, torch.ones(B, 1, 1, L, dtype=torch.bool),
                                                    2, 0.25)
     assert out.shape == (B, L, 16) and lse.shape == (B, 2, L)
@@ -389,3 +396,21 @@ BAD_MASKED = [
 def test_masked_bad_arguments(over, exc, name):
     with pytest.raises(exc, match=r"attention_masked: .*" + name):
         torch.ops.fastbert.attention_masked(*masked_args(**over))
+
+
+def test_same_bits_at_any_thread_count(cpu_isa):
+    # each softmax row is computed by one task in a fixed order: results do not depend on the thread count
+    # (which changes how the work is split into tasks)
+    lengths, nh, d = [70, 0, 9], 1, 32
+    cu = cu_of(lengths)
+    qkv, b = make_qkv((79, 3 * nh * d), torch.float32, seed=12)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append(torch.ops.fastbert.attention(qkv, b, cu, 70, nh, 0.2, 0.2, 9, 1))
+    finally:
+        torch.set_num_threads(before)
+    for out, lse in results[1:]:
+        assert torch.equal(out, results[0][0]) and torch.equal(lse, results[0][1])

@@ -251,3 +251,20 @@ def test_optimize_sentence_transformers():
     assert float(cos.min()) >= 0.99999 and max_diff(out, ref) <= 1e-4
     fastbert.restore(model)
     assert torch.allclose(model.encode(texts, convert_to_tensor=True, batch_size=3), ref, atol=1e-6)
+
+
+def test_gradient_checkpointing_matches_hf():
+    hf = make_hf(BertForSequenceClassification, attention_probs_dropout_prob=0.0, hidden_dropout_prob=0.0)
+    fb = fastbert.from_hf(hf)
+    fb.gradient_checkpointing_enable()
+    assert fb.bert.encoder.layer[0].gradient_checkpointing
+    hf.train()
+    fb.train()
+    batch = _batch(hf, seed=4)
+    labels = torch.tensor([0, 1, 1])
+    hf(**batch, labels=labels).loss.backward()
+    fb(**batch, labels=labels).loss.backward()
+    for (name, a), b in zip(fb.named_parameters(), hf.parameters()):
+        if b.grad is None:
+            continue
+        assert max_diff(a.grad, b.grad) <= 1e-3 * max(1.0, float(b.grad.abs().max())), name

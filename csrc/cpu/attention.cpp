@@ -7,9 +7,10 @@
 //
 // Parallel decomposition: one task per (sequence, head), split further into query chunks only when there are
 // too few tasks for the threads; tasks are handed out longest first from an atomic counter (sequences of a
-// ragged batch differ in cost by n^2). A task first stages its head in per-thread scratch, in the
-// accumulation type: K^T (d, n) with the bias added, V (n, dp) and Q * scale (rows, dp), dp = d rounded up to
-// the vector width, zero padded. Then, per block of BQ query rows and BK keys:
+// ragged batch differ in cost by n^2). A task first stages its head in per-thread scratch (kept between calls),
+// in the accumulation type, bias added: K^T (d, n) (rows staged, then transposed in 16 x 16 register tiles),
+// V (n, dp) and Q * scale (rows, dp), dp = d rounded up to the vector width, zero padded; qkv rows are 3H apart,
+// so they are software-prefetched. Then, per block of BQ = 48 query rows and BK = 256 keys:
 //   S = Q K^T        register-blocked micro-GEMM: MR query rows x NR vectors of keys, FMA over d
 //   mask, online softmax (running max m, running sum l, O rescaled when m grows), dropout
 //   O += P V         the same micro-GEMM: MR rows x NR vectors of head dims, FMA over keys
@@ -22,7 +23,6 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -35,6 +35,10 @@
 
 #include "cpu/isa.h"
 #include "cpu/vec.h"
+
+// GCC 12 warns "may be used uninitialized" inside ATen's AVX-512 intrinsics wrappers (masked loads, exp);
+// those are the headers' placeholders, not reads of uninitialised data.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 namespace fastbert::cpu {
 
@@ -151,18 +155,59 @@ inline Vectorized<acc> vexp(const Vectorized<acc>& x) {
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// 64-byte aligned scratch, uninitialised.
-template <typename T>
-struct Scratch {
-  struct Free { void operator()(T* p) const { std::free(p); } };
-  std::unique_ptr<T, Free> ptr;
-  explicit Scratch(int64_t n) {
-    const size_t bytes = static_cast<size_t>(round_up(std::max<int64_t>(n, 1) * sizeof(T), 64));
-    ptr.reset(static_cast<T*>(std::aligned_alloc(64, bytes)));
-    TORCH_CHECK(ptr != nullptr, "attention: out of memory allocating ", bytes, " bytes of scratch");
-  }
-  T* get() const { return ptr.get(); }
+// Per-thread scratch, 64-byte aligned, uninitialised. Up to kKeepBytes it is kept between calls (grown when
+// too small), so that repeated calls do not page-fault fresh memory in; larger requests (very long
+// sequences) are allocated for the call and freed after it.
+constexpr size_t kKeepBytes = size_t(32) << 20;
+
+struct ScratchLease {
+  struct Free { void operator()(char* p) const { std::free(p); } };
+  std::unique_ptr<char, Free> owned;
+  char* ptr = nullptr;
 };
+
+inline void lease_scratch(ScratchLease& lease, size_t bytes) {
+  struct Kept {
+    std::unique_ptr<char, ScratchLease::Free> p;
+    size_t n = 0;
+  };
+  thread_local Kept kept;
+  bytes = (bytes + 63) / 64 * 64;
+  if (bytes <= kept.n) {
+    lease.ptr = kept.p.get();
+    return;
+  }
+  char* p = static_cast<char*>(std::aligned_alloc(64, bytes));
+  TORCH_CHECK(p != nullptr, "attention: out of memory allocating ", bytes, " bytes of scratch");
+  if (bytes <= kKeepBytes) {
+    kept.p.reset(p);
+    kept.n = bytes;
+  } else {
+    lease.owned.reset(p);
+  }
+  lease.ptr = p;
+}
+
+// Stage one (token, head) slice: dst[0 .. d) = (src + bias) * mul in acc, dst[d .. dp) = 0.
+template <typename scalar_t, typename acc>
+inline void stage_row(const scalar_t* src, const scalar_t* bias, acc mul, bool scaled, acc* dst, int64_t d,
+                      int64_t dp) {
+  using V = Vectorized<acc>;
+  constexpr int64_t W = V::size();
+  int64_t c = 0;
+  for (; c < d; c += W) {
+    const int64_t m = std::min(W, d - c);
+    V x = load_acc(src + c, m);
+    if (bias) x = x + load_acc(bias + c, m);
+    if (scaled) x = x * V(mul);
+    if (m == W) x.store(dst + c); else { V(acc(0)).store(dst + c); x.store(dst + c, m); }
+  }
+}
+
+inline void prefetch_bytes(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 3);
+}
 
 // ---------------------------------------------------------------- the kernel
 
@@ -223,53 +268,56 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
   const uint32_t off32 = static_cast<uint32_t>(static_cast<uint64_t>(P.offset));
   const acc out_scale = static_cast<acc>(1.0 / (1.0 - P.dropout_p));
 
-  const int64_t ldk = round_up(std::max<int64_t>(P.max_seqlen, 1), kBK);  // K^T leading dimension
+  // K^T leading dimension, plus one cache line: with a power-of-two-ish row stride the d rows of a K^T panel
+  // would fall into a few L1 sets and evict each other between the query row groups.
+  const int64_t ldk = round_up(std::max<int64_t>(P.max_seqlen, 1), kBK) + 64 / static_cast<int64_t>(sizeof(acc));
   const int64_t q_rows = round_up(chunk, kMR);
   std::atomic<int64_t> next{0};
   const int64_t ntasks = static_cast<int64_t>(tasks.size());
 
   at::parallel_for(0, std::min(nthreads, ntasks), 1, [&](int64_t tb, int64_t te) {
     for (int64_t tid = tb; tid < te; ++tid) {
-      Scratch<acc> kt_s(d * ldk), v_s(ldk * dp), q_s(q_rows * dp), s_s(kBQ * kBK), o_s(kBQ * dp);
-      acc* KT = kt_s.get();  // (d, ldk)
-      acc* Vb = v_s.get();   // (ldk, dp)
-      acc* Q = q_s.get();    // (q_rows, dp)
-      acc* S = s_s.get();    // (BQ, BK)
-      acc* O = o_s.get();    // (BQ, dp)
+      const int64_t sizes[6] = {d * ldk, ldk * dp, ldk * dp, q_rows * dp, kBQ * kBK, kBQ * dp};
+      int64_t total = 0;
+      for (int64_t x : sizes) total += round_up(x, 64);
+      ScratchLease lease;
+      lease_scratch(lease, total * sizeof(acc));
+      acc* base = reinterpret_cast<acc*>(lease.ptr);
+      acc* KT = base;                           // (d, ldk)    K^T, bias added
+      acc* Kr = KT + round_up(sizes[0], 64);    // (ldk, dp)   K rows, bias added (staging)
+      acc* Vb = Kr + round_up(sizes[1], 64);    // (ldk, dp)   V, bias added
+      acc* Q = Vb + round_up(sizes[2], 64);     // (q_rows, dp) Q * scale, bias added
+      acc* S = Q + round_up(sizes[3], 64);      // (BQ, BK)    scores, then probabilities
+      acc* O = S + round_up(sizes[4], 64);      // (BQ, dp)    unnormalised output
       acc m_run[kBQ], l_run[kBQ];
       for (int64_t k = next.fetch_add(1); k < ntasks; k = next.fetch_add(1)) {
         const Task& task = tasks[k];
         const int64_t b = task.seq, h = task.head, s0 = seq_start(b), n = seq_len(b);
         const int64_t nW = round_up(n, W);
-        // Stage K^T (bias added), V and Q * scale of head h for this sequence / query chunk.
+        // Stage K (bias added), V and Q * scale of head h for this sequence / query chunk, prefetching the
+        // rows ahead (the rows are 3H apart: too far for the hardware prefetcher to follow on its own).
         const scalar_t* qb = bias_p ? bias_p + h * d : nullptr;
         const scalar_t* kb = bias_p ? bias_p + H + h * d : nullptr;
         const scalar_t* vb = bias_p ? bias_p + 2 * H + h * d : nullptr;
+        const int64_t row_bytes = d * static_cast<int64_t>(sizeof(scalar_t));
+        constexpr int64_t kAhead = 16;
         for (int64_t j = 0; j < n; ++j) {
-          const scalar_t* row = qkv_p + (s0 + j) * 3 * H;
-          const scalar_t* kr = row + H + h * d;
-          const scalar_t* vr = row + 2 * H + h * d;
-          acc* vd = Vb + j * dp;
-          for (int64_t c = 0; c < d; ++c) {
-            KT[c * ldk + j] = static_cast<acc>(kr[c]) + (kb ? static_cast<acc>(kb[c]) : acc(0));
-            vd[c] = static_cast<acc>(vr[c]) + (vb ? static_cast<acc>(vb[c]) : acc(0));
+          if (j + kAhead < n) {
+            const scalar_t* ahead = qkv_p + (s0 + j + kAhead) * 3 * H + h * d;
+            if (j + kAhead >= task.q0 && j + kAhead < task.q1) prefetch_bytes(ahead, row_bytes);
+            prefetch_bytes(ahead + H, row_bytes);
+            prefetch_bytes(ahead + 2 * H, row_bytes);
           }
-          for (int64_t c = d; c < dp; ++c) vd[c] = 0;
+          const scalar_t* row = qkv_p + (s0 + j) * 3 * H + h * d;
+          if (j >= task.q0 && j < task.q1) stage_row(row, qb, scale, true, Q + (j - task.q0) * dp, d, dp);
+          stage_row(row + H, kb, acc(1), false, Kr + j * dp, d, dp);
+          stage_row(row + 2 * H, vb, acc(1), false, Vb + j * dp, d, dp);
         }
-        for (int64_t c = 0; c < d; ++c)
-          for (int64_t j = n; j < nW; ++j) KT[c * ldk + j] = 0;
         const int64_t rows_all = task.q1 - task.q0;
-        for (int64_t i = 0; i < round_up(rows_all, kMR); ++i) {
-          acc* qd = Q + i * dp;
-          if (i < rows_all) {
-            const scalar_t* qr = qkv_p + (s0 + task.q0 + i) * 3 * H + h * d;
-            for (int64_t c = 0; c < d; ++c)
-              qd[c] = (static_cast<acc>(qr[c]) + (qb ? static_cast<acc>(qb[c]) : acc(0))) * scale;
-            for (int64_t c = d; c < dp; ++c) qd[c] = 0;
-          } else {
-            for (int64_t c = 0; c < dp; ++c) qd[c] = 0;
-          }
-        }
+        std::fill(Q + rows_all * dp, Q + round_up(rows_all, kMR) * dp, acc(0));
+        std::fill(Kr + n * dp, Kr + nW * dp, acc(0));
+        // K^T: (nW, d) -> (d, nW), 16 x 16 register tiles on AVX-512 (float), scalar elsewhere.
+        at::vec::transpose_mxn<acc>(Kr, dp, KT, ldk, static_cast<int>(nW), static_cast<int>(d));
 
         for (int64_t i0 = task.q0; i0 < task.q1; i0 += kBQ) {
           const int64_t rows = std::min(kBQ, task.q1 - i0);
@@ -325,8 +373,10 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
                 vsum = vsum + e;
               }
               const acc bsum = at::vec::vec_reduce_all<acc>([](const V& x, const V& y) { return x + y; }, vsum);
-              if (m_run[r] != m_new) {
-                const acc alpha = std::exp(m_run[r] - m_new);  // 0 when m_run was -inf
+              if (m_run[r] == neg_inf) {  // first kept block of this row: O and l are still 0
+                m_run[r] = m_new;
+              } else if (m_run[r] != m_new) {
+                const acc alpha = std::exp(m_run[r] - m_new);
                 l_run[r] *= alpha;
                 const V va(alpha);
                 acc* o = O + r * dp;
