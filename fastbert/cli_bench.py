@@ -64,7 +64,6 @@ def padding_range(seq_len: int, p: float):
 def cmd_bench(args) -> int:
     from .cli import _die
     if args.quick:
-        args.model = args.model if args.model != ["bert-base"] else ["bert-base"]
         args.layers = args.layers or 2
         args.batch, args.seq_len, args.padding = [8], [64, 128], [0.0, 0.5]
         args.repeats, args.warmup = min(args.repeats, 5), 1
