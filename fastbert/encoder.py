@@ -465,9 +465,9 @@ def _embed(emb, ids, positions, types, inputs_embeds, need_grad: bool) -> Tensor
     return F.layer_norm(x, (x.shape[-1],), ln.weight, ln.bias, ln.eps)
 
 
-def _dense_residual_ln(x_in: Tensor, dense: nn.Module, ln: nn.Module, residual: Tensor, p_drop: float,
-                       training: bool) -> Tensor:
-    y = F.linear(x_in, dense.weight)
+def _residual_ln(y: Tensor, dense: nn.Module, ln: nn.Module, residual: Tensor, p_drop: float,
+                 training: bool) -> Tensor:
+    """LayerNorm(y + dense.bias + residual), y = input @ dense.weight^T (dropout on y + bias when training)."""
     bias = dense.bias
     if training and p_drop > 0:
         y = F.dropout(y if bias is None else y + bias, p_drop, True)
@@ -476,10 +476,16 @@ def _dense_residual_ln(x_in: Tensor, dense: nn.Module, ln: nn.Module, residual: 
     return out
 
 
+def _attn_out(ctx: Tensor, dense: nn.Module, ln: nn.Module, x: Tensor, p_drop: float, training: bool) -> Tensor:
+    return _residual_ln(F.linear(ctx, dense.weight), dense, ln, x, p_drop, training)
+
+
 def _mlp(config, layer, x: Tensor, training: bool, p_hidden: float) -> Tensor:
     _, _, _, inter, out_dense, out_ln = _layer_parts(layer)
-    h = _act(config, layer, F.linear(x, inter.weight), inter.bias)
-    return _dense_residual_ln(h, out_dense, out_ln, x, p_hidden, training)
+    h = _act(config, layer, F.linear(x, inter.weight), inter.bias)          # (T, I)
+    y = F.linear(h, out_dense.weight)                                        # (T, H)
+    del h                                                                    # free (T, I) before the LayerNorm
+    return _residual_ln(y, out_dense, out_ln, x, p_hidden, training)
 
 
 def _attention_probs(qkv: Tensor, bias: Optional[Tensor], mask: Tensor, nh: int, scale: float,
@@ -516,7 +522,9 @@ def _packed_layer(config, layer, x: Tensor, cu_seqlens: Tensor, max_seqlen: int,
     qkv = F.linear(x, w)                                                       # (T, 3H), bias left to attention
     seed = _dropout_seed() if p_attn > 0 else 0
     ctx, _ = ops.attention(qkv, b, cu_seqlens, max_seqlen, nh, scale, p_attn, seed, 0)   # (T, H)
-    x = _dense_residual_ln(ctx, o_dense, o_ln, x, p_hidden, training)
+    del qkv                                                   # free (T, 3H) before the MLP: lower peak memory
+    x = _attn_out(ctx, o_dense, o_ln, x, p_hidden, training)
+    del ctx
     return _mlp(config, layer, x, training, p_hidden)
 
 
@@ -534,7 +542,9 @@ def _padded_layer(config, layer, x: Tensor, mask: Tensor, need_grad: bool, train
     else:
         seed = _dropout_seed() if p_attn > 0 else 0
         ctx, _ = ops.attention_masked(qkv, b, mask, nh, scale, p_attn, seed, 0)    # (B, L, H)
-    x = _dense_residual_ln(ctx, o_dense, o_ln, x, p_hidden, training)
+    del qkv
+    x = _attn_out(ctx, o_dense, o_ln, x, p_hidden, training)
+    del ctx
     x = _mlp(config, layer, x, training, p_hidden)
     return (x, probs) if with_probs else x
 
