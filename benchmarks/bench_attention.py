@@ -51,7 +51,7 @@ def run_fastbert(qkv, bias, cu, max_seqlen):
 def run_sdpa(qkv, bias, cu, max_seqlen):
     """What a user writes without a varlen kernel: bias add, then SDPA on each sequence."""
     x = qkv + bias
-    T, H = x.shape[0], x.shape[1] // 3
+    H = x.shape[1] // 3
     outs = []
     bounds = cu.tolist()
     for s, e in zip(bounds[:-1], bounds[1:]):

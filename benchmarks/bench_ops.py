@@ -8,7 +8,6 @@ Shapes are bert-base's on a packed batch of T = 640 real tokens (8 x 128 at ~38%
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 

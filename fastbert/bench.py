@@ -20,11 +20,12 @@ import gc
 import os
 import platform
 import statistics
-import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from .timing import compare
 
 IMPLS = ("hf_eager", "hf_sdpa", "native", "fastbert")
 
@@ -243,18 +244,10 @@ def _sync(device):
 
 def time_interleaved(fns: Dict[str, Callable[[], object]], repeats: int = 10, warmup: int = 2,
                      device="cpu") -> Dict[str, List[float]]:
-    """Seconds per call of each fn, run round-robin (warm-up rounds discarded) so drift hits all alike."""
-    times: Dict[str, List[float]] = {k: [] for k in fns}
+    """Seconds per call of each fn (inference mode), run in interleaved rounds (fastbert.timing.compare)."""
     with torch.inference_mode():
-        for r in range(warmup + repeats):
-            for name, fn in fns.items():
-                _sync(device)
-                t = time.perf_counter()
-                fn()
-                _sync(device)
-                if r >= warmup:
-                    times[name].append(time.perf_counter() - t)
-    return times
+        timings = compare(fns, repeats=repeats, warmup=warmup, sync=lambda: _sync(device))
+    return {name: t.samples for name, t in timings.items()}
 
 
 def _peak_memory(fn, device) -> Optional[float]:

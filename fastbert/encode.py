@@ -14,7 +14,6 @@ encodes slice r of every window into its own part file, and rank 0 stitches the 
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -24,7 +23,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .io import (InputError, NpyWriter, Reader, Row, atomic_output, eprint, open_writer, output_format,
+from .io import (InputError, NpyWriter, Reader, Row, atomic_output, open_writer, output_format,
                  sigterm_as_interrupt, temp_name)
 
 POOLINGS = ("cls", "mean", "max", "pooler")

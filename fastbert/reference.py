@@ -8,7 +8,7 @@ and no backward kernel exists.
 from __future__ import annotations
 
 import math
-from typing import Optional
+
 
 import torch
 import torch.nn.functional as F

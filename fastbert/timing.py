@@ -13,7 +13,7 @@ class Timing:
     median: float  # seconds
     low: float     # 10th percentile
     high: float    # 90th percentile
-    repeats: int
+    samples: list  # every timed repeat, seconds, in run order
 
     def spread(self) -> float:
         """(p90 - p10) / median: how noisy the measurement was."""
@@ -47,6 +47,6 @@ def compare(fns: Dict[str, Callable[[], object]], repeats: int = 15, warmup: int
                 samples[name].append(time.perf_counter() - start)
     out = {}
     for name, values in samples.items():
-        values.sort()
-        out[name] = Timing(statistics.median(values), _quantile(values, 0.1), _quantile(values, 0.9), len(values))
+        ordered = sorted(values)
+        out[name] = Timing(statistics.median(ordered), _quantile(ordered, 0.1), _quantile(ordered, 0.9), values)
     return out
