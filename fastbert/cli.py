@@ -189,12 +189,14 @@ def cmd_info(args) -> int:
         lines.append(f"CPU kernel path: {ops.cpu_isa()} (supported here: {', '.join(ops.supported_cpu_isas())})")
     except Exception as exc:
         lines.append(f"CPU kernel path: unknown ({exc})")
-    lines.append("ops (compiled kernel per device; '-' runs the reference):")
+    lines.append("ops (compiled forward kernel per device, '-' runs the reference; backward: 'kernel' when the op "
+                 "trains on its own backward kernel on CPU):")
     width = max(len(n) for n in ops.OPS)
     for name in ops.OPS:
         cpu = "cpu" if ops.KERNELS.get((name, "cpu")) else "-"
         cuda = "cuda" if ops.KERNELS.get((name, "cuda")) else "-"
-        lines.append(f"  {name:<{width}}  {cpu:<4} {cuda}")
+        backward = "kernel" if name in ops.DIFFERENTIABLE and ops.HAS_EXTENSION else "-"
+        lines.append(f"  {name:<{width}}  {cpu:<4} {cuda:<5} backward: {backward}")
     print("\n".join(lines))
     return 0
 
