@@ -69,7 +69,8 @@ def main(argv=None):
     mem = {"hf_eager": peak_memory_mib(lambda: step(ref)), "fastbert": peak_memory_mib(lambda: step(ours))}
     T = sum(lengths)
     info = bench.machine_info()
-    print(f"machine: {info.get('cpu', '?')}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"machine: {info['processor']} ({info['cpus']} CPUs), {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"fastbert CPU path {info['fastbert_isa']}")
     print(f"{args.model} ({config.num_hidden_layers} layers), fp32, batch {args.batch} x {args.seq_len}, lengths "
           f"uniform in [{args.min_len}, {args.seq_len}]: {T} real tokens, padding {1 - T / ids.numel():.0%}; "
           f"forward + backward, dropout off")
