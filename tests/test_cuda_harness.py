@@ -341,8 +341,100 @@ def attention_masked_cases():
     return out
 
 
+# Backward tolerances (grad_qkv vs autograd through the reference, same inputs; atol = rtol), max |grad| ~ 10.
+# fp32 2e-5: sums over up to 70 keys and 128 head dims in another order, P from the saved fp32 lse (seen: 4e-6).
+# fp16 5e-3, bf16 4e-2: both sides round the result to the dtype (one ulp at |g| in [4, 8) is 3.9e-3 / 3.1e-2)
+# and the kernel's D_i = dO_i . O_i uses the forward's rounded out, as the CPU op and FlashAttention do (seen:
+# at most 0.6 of the bound).
+BWD_TOL = {"f32": 2e-5, "f16": 5e-3, "bf16": 4e-2}
+
+
+def _ref_grad_qkv(fn, qkv, grad_out):
+    """d out / d qkv . grad_out by autograd through a reference function of qkv (fp32 inside, qkv's dtype out)."""
+    q = qkv.clone().requires_grad_(True)
+    out, _ = fn(q)
+    out.backward(grad_out)
+    return q.grad
+
+
+def attention_backward_cases():
+    g = _gen(10)
+    out = []
+    specs = [  # (lengths, nh, d, bias, dropout_p, misalign)
+        ([5, 0, 37], 2, 64, True, 0.0, 0),
+        ([1], 1, 32, False, 0.0, 0),
+        ([70, 33], 1, 16, True, 0.1, 0),
+        ([37, 3], 2, 80, True, 0.0, 0),
+        ([19, 6], 1, 128, True, 0.2, 0),
+        ([20, 41], 3, 24, True, 0.0, 2),   # odd head dim and misaligned buffers: the scalar staging path
+        ([33, 12], 2, 64, False, 0.1, 0),
+    ]
+    for dt in DTYPES:
+        for k, (lengths, nh, d, with_bias, p, misalign) in enumerate(specs):
+            H, T = nh * d, sum(lengths)
+            qkv = torch.randn(T, 3 * H, generator=g).to(DTYPES[dt])
+            bias = torch.randn(3 * H, generator=g).to(DTYPES[dt]) if with_bias else None
+            grad_out = torch.randn(T, H, generator=g).to(DTYPES[dt])
+            cu = torch.tensor([0] + list(np.cumsum(lengths)), dtype=torch.int32)
+            args = (cu, max(lengths), nh, 1 / math.sqrt(d), p, 0x1234_5678_9ABC, 17)
+            o, lse = reference.attention(qkv, bias, *args)
+            want = _ref_grad_qkv(lambda q: reference.attention(q, bias, *args), qkv, grad_out)
+            inputs = {"qkv": qkv, "cu_seqlens": cu, "out": o, "lse": lse, "grad_out": grad_out}
+            if bias is not None:
+                inputs["bias"] = bias
+            out.append(Case(f"attention_backward_{dt}_{k}_d{d}", "attention_backward", dt, inputs,
+                            {"B": len(lengths), "T": T, "max_seqlen": max(lengths), "nh": nh, "H": H,
+                             "scale": repr(args[3]), "dropout_p": p, "seed": args[5], "offset": args[6],
+                             "misalign": misalign},
+                            {"grad_qkv": want}, tol=BWD_TOL[dt]))
+    return out
+
+
+def attention_masked_backward_cases():
+    g = _gen(11)
+    out = []
+    for dt in DTYPES:
+        for k, (B, L, nh, d, kind, p) in enumerate([(2, 37, 2, 32, "bool_keys", 0.0), (2, 21, 2, 80, "float_full", 0.1),
+                                                    (1, 40, 3, 16, "bool_per_head", 0.1), (2, 9, 1, 64, "float_min", 0.0),
+                                                    (1, 20, 1, 128, "bool_rows", 0.2)]):
+            H = nh * d
+            qkv = torch.randn(B, L, 3 * H, generator=g).to(DTYPES[dt])
+            bias = torch.randn(3 * H, generator=g).to(DTYPES[dt])
+            grad_out = torch.randn(B, L, H, generator=g).to(DTYPES[dt])
+            if kind == "bool_keys":        # (B, 1, 1, L) padding mask; batch 1 fully masked: zero gradient
+                mask = torch.rand(B, 1, 1, L, generator=g) > 0.3
+                mask[1] = False
+            elif kind == "float_full":     # (B, nh, L, L) additive per head, one row fully -inf
+                mask = torch.randn(B, nh, L, L, generator=g)
+                mask[0, 1, 3] = float("-inf")
+            elif kind == "bool_per_head":  # (B, nh, L, L) causal
+                mask = torch.ones(L, L, dtype=torch.bool).tril().expand(B, nh, L, L).clone()
+            elif kind == "float_min":      # HF's finfo.min additive mask (B, 1, 1, L); batch 1 fully masked rows
+                mask = torch.zeros(B, 1, 1, L)   # come out uniform (lse rounds to min: statistics recomputed)
+                mask[:, :, :, L - 3:] = torch.finfo(torch.float32).min
+                mask[1] = torch.finfo(torch.float32).min
+            else:                          # (B, 1, L, L) bool, random, rows 0 and 5 fully masked
+                mask = torch.rand(B, 1, L, L, generator=g) > 0.4
+                mask[:, :, 0] = False
+                mask[:, :, 5] = False
+            scale = 1 / math.sqrt(d)
+            args = (nh, scale, p, 99, 5)
+            o, lse = reference.attention_masked(qkv, bias, mask, *args)
+            want = _ref_grad_qkv(lambda q: reference.attention_masked(q, bias, mask, *args), qkv, grad_out)
+            add = torch.where(mask, 0.0, float("-inf")) if mask.dtype == torch.bool else mask.float()
+            add = add.contiguous()
+            st = add.expand(B, nh, L, L).stride()
+            out.append(Case(f"attention_masked_backward_{dt}_{k}_{kind}", "attention_masked_backward", dt,
+                            {"qkv": qkv, "bias": bias, "mask": add, "out": o, "grad_out": grad_out},
+                            {"B": B, "L": L, "nh": nh, "H": H, "scale": repr(scale), "dropout_p": p, "seed": 99,
+                             "offset": 5, "ms_b": st[0], "ms_h": st[1], "ms_i": st[2], "ms_j": st[3]},
+                            {"grad_qkv": want}, tol=BWD_TOL[dt]))
+    return out
+
+
 ALL_CASES = (pack_cases() + unpack_cases() + embeddings_cases() + brln_cases() + bias_act_cases()
-             + attention_cases() + attention_masked_cases())
+             + attention_cases() + attention_masked_cases() + attention_backward_cases()
+             + attention_masked_backward_cases())
 ASAN_CASES = ALL_CASES  # the ASan build is ~2x slower than the plain one; both run every case
 
 

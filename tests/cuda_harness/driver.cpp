@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "cuda/attention.cuh"
+#include "cuda/attention_backward.cuh"
 #include "cuda/bias_act.cuh"
 #include "cuda/bias_residual_layernorm.cuh"
 #include "cuda/embeddings.cuh"
@@ -282,6 +283,59 @@ void run_attention(Case& c, bool masked) {
   launch_attention(p, B, max_seqlen);
 }
 
+template <typename T>
+void launch_attention_backward(const AttentionBwdParams<T>& p, int64_t B, int64_t max_seqlen) {
+  const int dmax = attention_bwd_dmax(p.d);
+  const dim3 grid(unsigned(ceil_div(max_seqlen, attention_bwd_rows(dmax))), unsigned(p.nh), unsigned(B));
+  const size_t smem_dq = size_t(attention_bwd_dq_smem_bytes(p.d)), smem_dkdv = size_t(attention_bwd_dkdv_smem_bytes(p.d));
+  if (dmax == 64) {
+    fbh::launch(grid, dim3(kBwdThreads), smem_dq, attention_bwd_dq_kernel<T, 64>, p);
+    fbh::launch(grid, dim3(kBwdThreads), smem_dkdv, attention_bwd_dkdv_kernel<T, 64>, p);
+  } else {
+    fbh::launch(grid, dim3(kBwdThreads), smem_dq, attention_bwd_dq_kernel<T, 128>, p);
+    fbh::launch(grid, dim3(kBwdThreads), smem_dkdv, attention_bwd_dkdv_kernel<T, 128>, p);
+  }
+}
+
+// attention_backward / attention_masked_backward: inputs qkv, bias (optional), out, grad_out, and lse +
+// cu_seqlens (packed) or the additive fp32 mask + its broadcast strides (masked); the workspace is an output
+// ("ws") so its guard zones are checked too.
+template <typename T>
+void run_attention_backward(Case& c, bool masked) {
+  AttentionBwdParams<T> p{};
+  p.nh = int(c.i("nh"));
+  p.H = int(c.i("H"));
+  p.d = p.H / p.nh;
+  p.scale = float(c.f("scale"));
+  p.qkv = c.input<T>("qkv");
+  p.bias = c.opt_input<T>("bias");
+  p.out = c.input<T>("out");
+  p.grad_out = c.input<T>("grad_out");
+  p.dropout = make_dropout_params(c.f("dropout_p"), c.i("seed"), c.i("offset"));
+  const int64_t B = c.i("B");
+  int64_t max_seqlen;
+  if (!masked) {
+    p.total = c.i("T");
+    p.max_seqlen = max_seqlen = c.i("max_seqlen");
+    p.cu_seqlens = c.input<int32_t>("cu_seqlens");
+    p.lse = c.input<float>("lse");
+  } else {
+    p.L = c.i("L");
+    p.total = B * p.L;
+    max_seqlen = p.L;
+    p.mask = c.input<float>("mask");
+    p.ms_b = c.i("ms_b");
+    p.ms_h = c.i("ms_h");
+    p.ms_i = c.i("ms_i");
+    p.ms_j = c.i("ms_j");
+  }
+  p.grad_qkv = c.output<T>("grad_qkv", size_t(p.total * 3 * p.H));
+  p.ws = c.output<float>("ws", size_t(3 * p.nh * p.total));
+  if (p.total == 0 || B == 0 || max_seqlen == 0) return;
+  p.vec = p.d % Vec16<T>::n == 0 && aligned(p.qkv) && aligned(p.grad_out) && (!p.bias || aligned(p.bias));
+  launch_attention_backward(p, B, max_seqlen);
+}
+
 // ---------------------------------------------------------------- planted faults (faults.cuh)
 
 void run_fault(Case& c) {
@@ -329,6 +383,10 @@ void run_case(Case& c) {
     const bool m = op == "attention_masked";
     dispatch([&] { run_attention<float>(c, m); }, [&] { run_attention<c10::Half>(c, m); },
              [&] { run_attention<c10::BFloat16>(c, m); });
+  } else if (op == "attention_backward" || op == "attention_masked_backward") {
+    const bool m = op == "attention_masked_backward";
+    dispatch([&] { run_attention_backward<float>(c, m); }, [&] { run_attention_backward<c10::Half>(c, m); },
+             [&] { run_attention_backward<c10::BFloat16>(c, m); });
   } else die("unknown op " + op);
   c.check_guards();
 }

@@ -1,0 +1,210 @@
+// attention_backward / attention_masked_backward on CUDA: argument checks and the two launches of
+// csrc/cuda/attention_backward.cuh (dQ + row statistics, then dK/dV), on the current stream.
+//
+// The kernels need a (3, nh * rows) fp32 workspace (D, shift, norm per query row) that kernel 1 writes and
+// kernel 2 reads. attention_masked_backward turns its mask into an additive fp32 mask at the mask's own
+// (broadcastable) shape, as the forward launcher does, and passes the strides of its (B, nh, L, L) broadcast;
+// its saved lse is checked but not used (the statistics are recomputed, see the .cuh).
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <limits>
+#include <vector>
+
+#include "cuda/attention_backward.cuh"
+#include "cuda/host.h"
+
+namespace fastbert::cuda {
+
+namespace {
+
+void check_qkv(const at::Tensor& qkv, const std::optional<at::Tensor>& qkv_bias, int64_t num_heads, const char* op) {
+  check_cuda(qkv, op, "qkv");
+  check_float_dtype(qkv, op, "qkv");
+  TORCH_CHECK_VALUE(num_heads > 0, op, ": num_heads must be > 0, got ", num_heads);
+  const int64_t H3 = qkv.size(-1);
+  TORCH_CHECK(H3 > 0 && H3 % (3 * num_heads) == 0, op, ": qkv's last dimension ", H3,
+              " must be 3 * num_heads * head_dim (num_heads = ", num_heads, ")");
+  const int64_t d = H3 / 3 / num_heads;
+  TORCH_CHECK(d <= 128, op, ": head_dim ", d, " is not supported by the CUDA kernel (1 to 128)");
+  if (qkv_bias) {
+    TORCH_CHECK(qkv_bias->dim() == 1 && qkv_bias->size(0) == H3, op, ": qkv_bias must have shape (", H3, ",), got ",
+                qkv_bias->sizes());
+    TORCH_CHECK(qkv_bias->scalar_type() == qkv.scalar_type(), op, ": qkv_bias dtype ", qkv_bias->scalar_type(),
+                " must match qkv dtype ", qkv.scalar_type());
+    check_same_device(*qkv_bias, qkv, op, "qkv_bias");
+  }
+}
+
+// grad_out and out: qkv's dtype and device, shape `shape`.
+void check_like_qkv(const at::Tensor& t, const at::Tensor& qkv, at::IntArrayRef shape, const char* op,
+                    const char* name) {
+  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == qkv.scalar_type(), op, ": ", name, " dtype ", t.scalar_type(),
+              " must match qkv dtype ", qkv.scalar_type());
+  check_same_device(t, qkv, op, name);
+}
+
+void check_lse(const at::Tensor& lse, const at::Tensor& qkv, at::IntArrayRef shape, const char* op) {
+  TORCH_CHECK(lse.sizes() == shape, op, ": lse must have shape ", shape, ", got ", lse.sizes());
+  TORCH_CHECK(lse.scalar_type() == at::kFloat, op, ": lse must be float32, got ", lse.scalar_type());
+  check_same_device(lse, qkv, op, "lse");
+}
+
+void check_dropout(double p, const char* op) {
+  TORCH_CHECK_VALUE(p >= 0.0 && p < 1.0, op, ": dropout_p must be in [0, 1), got ", p);
+}
+
+template <typename T>
+void launch(const AttentionBwdParams<T>& p, int64_t B, int64_t max_seqlen, cudaStream_t stream) {
+  const int dmax = attention_bwd_dmax(p.d);
+  const dim3 grid(static_cast<unsigned>(ceil_div(max_seqlen, attention_bwd_rows(dmax))),
+                  static_cast<unsigned>(p.nh), static_cast<unsigned>(B));
+  const size_t smem_dq = static_cast<size_t>(attention_bwd_dq_smem_bytes(p.d));
+  const size_t smem_dkdv = static_cast<size_t>(attention_bwd_dkdv_smem_bytes(p.d));
+  if (dmax == 64) {
+    attention_bwd_dq_kernel<T, 64><<<grid, kBwdThreads, smem_dq, stream>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    attention_bwd_dkdv_kernel<T, 64><<<grid, kBwdThreads, smem_dkdv, stream>>>(p);
+  } else {
+    attention_bwd_dq_kernel<T, 128><<<grid, kBwdThreads, smem_dq, stream>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    attention_bwd_dkdv_kernel<T, 128><<<grid, kBwdThreads, smem_dkdv, stream>>>(p);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// The parameters both ops share; the caller sets the layout-specific ones.
+template <typename T>
+AttentionBwdParams<T> common_params(const at::Tensor& qc, const at::Tensor& bc, bool has_bias, const at::Tensor& oc,
+                                    const at::Tensor& gc, at::Tensor& grad_qkv, at::Tensor& ws, int64_t H,
+                                    int64_t num_heads, double scale, double dropout_p, int64_t seed, int64_t offset) {
+  AttentionBwdParams<T> p{};
+  p.qkv = qc.const_data_ptr<T>();
+  p.bias = has_bias ? bc.const_data_ptr<T>() : nullptr;
+  p.out = oc.const_data_ptr<T>();
+  p.grad_out = gc.const_data_ptr<T>();
+  p.grad_qkv = grad_qkv.mutable_data_ptr<T>();
+  p.ws = ws.mutable_data_ptr<float>();
+  p.H = static_cast<int>(H);
+  p.nh = static_cast<int>(num_heads);
+  p.d = static_cast<int>(H / num_heads);
+  p.scale = static_cast<float>(scale);
+  p.dropout = make_dropout_params(dropout_p, seed, offset);
+  p.vec = p.d % Vec16<T>::n == 0 && is_aligned16(p.qkv) && is_aligned16(p.grad_out) &&
+          (!p.bias || is_aligned16(p.bias));
+  return p;
+}
+
+}  // namespace
+
+at::Tensor attention_backward_cuda(const at::Tensor& grad_out, const at::Tensor& qkv,
+                                   const std::optional<at::Tensor>& qkv_bias, const at::Tensor& out,
+                                   const at::Tensor& lse, const at::Tensor& cu_seqlens, int64_t max_seqlen,
+                                   int64_t num_heads, double scale, double dropout_p, int64_t seed, int64_t offset) {
+  const char* op = "attention_backward";
+  TORCH_CHECK(qkv.dim() == 2, op, ": qkv must have shape (tokens, 3 * H), got ", qkv.sizes());
+  check_qkv(qkv, qkv_bias, num_heads, op);
+  const int64_t T = qkv.size(0), H = qkv.size(1) / 3, B = cu_seqlens.dim() == 1 ? cu_seqlens.size(0) - 1 : -1;
+  check_like_qkv(grad_out, qkv, {T, H}, op, "grad_out");
+  check_like_qkv(out, qkv, {T, H}, op, "out");
+  check_lse(lse, qkv, {num_heads, T}, op);
+  TORCH_CHECK(cu_seqlens.dim() == 1 && cu_seqlens.size(0) >= 1 && cu_seqlens.scalar_type() == at::kInt, op,
+              ": cu_seqlens must be an int32 tensor of shape (batch + 1,), got ", cu_seqlens.scalar_type(), " ",
+              cu_seqlens.sizes());
+  check_same_device(cu_seqlens, qkv, op, "cu_seqlens");
+  TORCH_CHECK_VALUE(max_seqlen >= 0, op, ": max_seqlen must be >= 0, got ", max_seqlen);
+  check_dropout(dropout_p, op);
+  TORCH_CHECK(B <= 65535, op, ": at most 65535 sequences per call on CUDA, got ", B);
+  TORCH_CHECK(num_heads <= 65535, op, ": at most 65535 heads on CUDA, got ", num_heads);
+  TORCH_CHECK(T <= INT32_MAX, op, ": at most 2^31-1 tokens, got ", T);
+  if (T == 0) return at::empty({0, 3 * H}, qkv.options());
+  // T > 0 with no sequence or max_seqlen 0 is a cu_seqlens / max_seqlen mismatch the kernel would catch; the
+  // kernels do not run then, so no row is written: return zeros, never uninitialised memory.
+  if (B == 0 || max_seqlen == 0) return at::zeros({T, 3 * H}, qkv.options());
+  const c10::cuda::CUDAGuard guard(qkv.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  auto grad_qkv = at::empty({T, 3 * H}, qkv.options());
+  auto ws = at::empty({3, num_heads * T}, qkv.options().dtype(at::kFloat));
+  auto qc = qkv.contiguous(), oc = out.contiguous(), gc = grad_out.contiguous(), lc = lse.contiguous();
+  auto bc = qkv_bias ? qkv_bias->contiguous() : at::Tensor();
+  auto cc = cu_seqlens.contiguous();
+  FASTBERT_DISPATCH_FLOAT(qkv.scalar_type(), op, [&] {
+    auto p = common_params<scalar_t>(qc, bc, qkv_bias.has_value(), oc, gc, grad_qkv, ws, H, num_heads, scale,
+                                     dropout_p, seed, offset);
+    p.lse = lc.const_data_ptr<float>();
+    p.cu_seqlens = cc.const_data_ptr<int32_t>();
+    p.total = T;
+    p.max_seqlen = max_seqlen;
+    launch(p, B, max_seqlen, stream);
+  });
+  return grad_qkv;
+}
+
+at::Tensor attention_masked_backward_cuda(const at::Tensor& grad_out, const at::Tensor& qkv,
+                                          const std::optional<at::Tensor>& qkv_bias, const at::Tensor& mask,
+                                          const at::Tensor& out, const at::Tensor& lse, int64_t num_heads,
+                                          double scale, double dropout_p, int64_t seed, int64_t offset) {
+  const char* op = "attention_masked_backward";
+  TORCH_CHECK(qkv.dim() == 3, op, ": qkv must have shape (batch, seqlen, 3 * H), got ", qkv.sizes());
+  check_qkv(qkv, qkv_bias, num_heads, op);
+  const int64_t B = qkv.size(0), L = qkv.size(1), H = qkv.size(2) / 3;
+  check_like_qkv(grad_out, qkv, {B, L, H}, op, "grad_out");
+  check_like_qkv(out, qkv, {B, L, H}, op, "out");
+  check_lse(lse, qkv, {B, num_heads, L}, op);
+  check_same_device(mask, qkv, op, "mask");
+  check_dropout(dropout_p, op);
+  TORCH_CHECK(mask.dim() <= 4, op, ": mask must be broadcastable to (", B, ", ", num_heads, ", ", L, ", ", L,
+              "), got ", mask.sizes());
+  std::vector<int64_t> full = {B, num_heads, L, L};
+  for (int64_t k = 0; k < mask.dim(); ++k) {
+    const int64_t have = mask.size(mask.dim() - 1 - k), want = full[3 - k];
+    TORCH_CHECK(have == want || have == 1, op, ": mask must be broadcastable to (", B, ", ", num_heads, ", ", L,
+                ", ", L, "), got ", mask.sizes());
+  }
+  TORCH_CHECK(mask.scalar_type() == at::kBool || at::isFloatingType(mask.scalar_type()), op,
+              ": mask must be bool or floating point, got ", mask.scalar_type());
+  TORCH_CHECK(B <= 65535, op, ": at most 65535 sequences per call on CUDA, got ", B);
+  TORCH_CHECK(num_heads <= 65535, op, ": at most 65535 heads on CUDA, got ", num_heads);
+  auto grad_qkv = at::empty({B, L, 3 * H}, qkv.options());
+  if (B == 0 || L == 0) return grad_qkv;
+  const c10::cuda::CUDAGuard guard(qkv.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  at::Tensor additive;
+  if (mask.scalar_type() == at::kBool) {
+    additive = at::where(mask, at::zeros({}, qkv.options().dtype(at::kFloat)),
+                         at::full({}, -std::numeric_limits<float>::infinity(), qkv.options().dtype(at::kFloat)));
+  } else {
+    additive = mask.to(at::kFloat);
+  }
+  additive = additive.expand(full);  // strides 0 on broadcast dims; no copy
+  auto ws = at::empty({3, B * num_heads * L}, qkv.options().dtype(at::kFloat));
+  auto qc = qkv.contiguous(), oc = out.contiguous(), gc = grad_out.contiguous();
+  auto bc = qkv_bias ? qkv_bias->contiguous() : at::Tensor();
+  FASTBERT_DISPATCH_FLOAT(qkv.scalar_type(), op, [&] {
+    auto p = common_params<scalar_t>(qc, bc, qkv_bias.has_value(), oc, gc, grad_qkv, ws, H, num_heads, scale,
+                                     dropout_p, seed, offset);
+    p.lse = nullptr;  // recomputed
+    p.cu_seqlens = nullptr;
+    p.total = B * L;
+    p.L = L;
+    p.max_seqlen = L;
+    p.mask = additive.const_data_ptr<float>();
+    p.ms_b = additive.stride(0);
+    p.ms_h = additive.stride(1);
+    p.ms_i = additive.stride(2);
+    p.ms_j = additive.stride(3);
+    launch(p, B, L, stream);
+  });
+  return grad_qkv;
+}
+
+TORCH_LIBRARY_IMPL(fastbert, CUDA, m) {
+  m.impl("attention_backward", &attention_backward_cuda);
+  m.impl("attention_masked_backward", &attention_masked_backward_cuda);
+}
+
+}  // namespace fastbert::cuda
