@@ -145,6 +145,133 @@ def test_attention_masked(dtype, mask_kind):
     close(got[1], want[1], 5e-5)
 
 
+# ---------------------------------------------------------------- attention backward
+
+# grad_qkv vs autograd through the reference on the CPU (atol = rtol), |grad| up to ~10: fp32 5e-5 (sums over
+# up to 130 keys in another order, P from the GPU forward's fp32 lse); fp16 1e-2 and bf16 6e-2 (both sides
+# round to the dtype, and D_i = dO_i . O_i uses the forward's rounded out: test_backward.py's CPU bounds).
+BWD_TOL = {torch.float32: 5e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}
+
+
+def _ref_grad_qkv(fn, qkv, grad_out):
+    q = qkv.clone().requires_grad_(True)
+    fn(q)[0].backward(grad_out)
+    return q.grad
+
+
+def _packed_inputs(dtype, d, lengths, nh=3, with_bias=True):
+    g = _gen()
+    H, T = nh * d, sum(lengths)
+    qkv = torch.randn(T, 3 * H, generator=g).to(dtype)
+    bias = torch.randn(3 * H, generator=g).to(dtype) if with_bias else None
+    grad_out = torch.randn(T, H, generator=g).to(dtype)
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
+    return qkv, bias, grad_out, cu
+
+
+def _dev(t):
+    return None if t is None else t.to(DEV)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", [16, 24, 32, 64, 80, 128])
+@pytest.mark.parametrize("dropout_p", [0.0, 0.1])
+def test_attention_backward(dtype, d, dropout_p):
+    lengths = [5, 0, 33, 130, 1]
+    qkv, bias, grad_out, cu = _packed_inputs(dtype, d, lengths, with_bias=d != 24)
+    args = (max(lengths), 3, 1 / math.sqrt(d), dropout_p, 1234, 7)
+    out, lse = torch.ops.fastbert.attention(_dev(qkv), _dev(bias), cu.to(DEV), *args)  # the GPU forward's out, lse
+    got = torch.ops.fastbert.attention_backward(grad_out.to(DEV), qkv.to(DEV), _dev(bias), out, lse, cu.to(DEV), *args)
+    want = _ref_grad_qkv(lambda q: reference.attention(q, bias, cu, *args), qkv, grad_out)
+    assert got.shape == qkv.shape and got.dtype == dtype
+    close(got, want, BWD_TOL[dtype])
+    again = torch.ops.fastbert.attention_backward(grad_out.to(DEV), qkv.to(DEV), _dev(bias), out, lse, cu.to(DEV),
+                                                  *args)
+    assert torch.equal(got, again), "attention_backward is not deterministic"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mask_kind", ["bool", "float", "per_head", "hf_min", "bool_rows"])
+@pytest.mark.parametrize("dropout_p", [0.0, 0.2])
+def test_attention_masked_backward(dtype, mask_kind, dropout_p):
+    g = _gen()
+    B, L, nh, d = 2, 45, 2, 64 if mask_kind != "bool_rows" else 80
+    H = nh * d
+    qkv = torch.randn(B, L, 3 * H, generator=g).to(dtype)
+    bias = torch.randn(3 * H, generator=g).to(dtype)
+    grad_out = torch.randn(B, L, H, generator=g).to(dtype)
+    if mask_kind == "bool":
+        mask = torch.rand(B, 1, 1, L, generator=g) > 0.3
+        mask[1] = False  # a fully masked sequence: zero gradient
+    elif mask_kind == "float":
+        mask = torch.randn(B, 1, L, L, generator=g)
+        mask[0, 0, 4] = float("-inf")  # a fully masked row
+    elif mask_kind == "per_head":
+        mask = torch.ones(L, L, dtype=torch.bool).tril().expand(B, nh, L, L)
+    elif mask_kind == "hf_min":  # HF's additive finfo.min mask; sequence 1 fully masked: uniform probabilities
+        mask = torch.zeros(B, 1, 1, L)
+        mask[0, :, :, L - 7:] = torch.finfo(torch.float32).min
+        mask[1] = torch.finfo(torch.float32).min
+    else:
+        mask = torch.rand(B, 1, L, L, generator=g) > 0.4
+        mask[:, :, 2] = False
+    args = (nh, 1 / math.sqrt(d), dropout_p, 99, 3)
+    out, lse = torch.ops.fastbert.attention_masked(qkv.to(DEV), bias.to(DEV), mask.to(DEV), *args)
+    got = torch.ops.fastbert.attention_masked_backward(grad_out.to(DEV), qkv.to(DEV), bias.to(DEV), mask.to(DEV),
+                                                       out, lse, *args)
+    want = _ref_grad_qkv(lambda q: reference.attention_masked(q, bias, mask, *args), qkv, grad_out)
+    assert got.shape == qkv.shape and got.dtype == dtype
+    close(got, want, BWD_TOL[dtype])
+    if mask_kind == "bool":
+        assert not got[1].any()
+
+
+def test_attention_backward_through_autograd():
+    """ops.attention with requires_grad on CUDA trains through the CUDA backward kernel."""
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("fastbert::attention_backward", "CUDA")
+    lengths = [7, 40, 1]
+    qkv, bias, grad_out, cu = _packed_inputs(torch.float32, 32, lengths, nh=2)
+    q, b = qkv.to(DEV).requires_grad_(True), bias.to(DEV).requires_grad_(True)
+    args = (max(lengths), 2, 1 / math.sqrt(32), 0.1, 5, 0)
+    out, _ = ops.attention(q, b, cu.to(DEV), *args)
+    out.backward(grad_out.to(DEV))
+    qr, br = qkv.clone().requires_grad_(True), bias.clone().requires_grad_(True)
+    reference.attention(qr, br, cu, *args)[0].backward(grad_out)
+    close(q.grad, qr.grad, 5e-5)
+    close(b.grad, br.grad, 2e-4)  # summed over 48 rows
+
+
+def test_attention_backward_errors_name_the_argument():
+    qkv = torch.randn(9, 48, device=DEV)
+    cu = torch.tensor([0, 6, 9], dtype=torch.int32, device=DEV)
+    good = dict(grad_out=torch.randn(9, 16, device=DEV), qkv=qkv, qkv_bias=None, out=torch.randn(9, 16, device=DEV),
+                lse=torch.randn(2, 9, device=DEV), cu_seqlens=cu, max_seqlen=6, num_heads=2, scale=0.35)
+    for bad, match in [(dict(grad_out=torch.randn(9, 15, device=DEV)), "grad_out"),
+                       (dict(out=torch.randn(9, 16, device=DEV, dtype=torch.half)), "out"),
+                       (dict(lse=torch.randn(3, 9, device=DEV)), "lse"),
+                       (dict(qkv_bias=torch.randn(47, device=DEV)), "qkv_bias"),
+                       (dict(cu_seqlens=cu.long()), "cu_seqlens")]:
+        with pytest.raises(RuntimeError, match=match):
+            torch.ops.fastbert.attention_backward(**{**good, **bad})
+    with pytest.raises(RuntimeError, match="mask"):
+        torch.ops.fastbert.attention_masked_backward(torch.randn(2, 5, 16, device=DEV), torch.randn(2, 5, 48, device=DEV),
+                                                     None, torch.ones(3, 1, 5, 5, dtype=torch.bool, device=DEV),
+                                                     torch.randn(2, 5, 16, device=DEV), torch.randn(2, 2, 5, device=DEV),
+                                                     2, 0.35)
+
+
+def test_attention_backward_empty_inputs():
+    g = torch.ops.fastbert.attention_backward(torch.randn(0, 8, device=DEV), torch.randn(0, 24, device=DEV), None,
+                                              torch.randn(0, 8, device=DEV), torch.randn(2, 0, device=DEV),
+                                              torch.zeros(3, dtype=torch.int32, device=DEV), 0, 2, 1.0)
+    assert g.shape == (0, 24)
+    g = torch.ops.fastbert.attention_masked_backward(torch.randn(0, 4, 8, device=DEV), torch.randn(0, 4, 24, device=DEV),
+                                                     None, torch.ones(0, 1, 1, 4, dtype=torch.bool, device=DEV),
+                                                     torch.randn(0, 4, 8, device=DEV),
+                                                     torch.randn(0, 2, 4, device=DEV), 2, 1.0)
+    assert g.shape == (0, 4, 24)
+
+
 def test_errors_name_the_argument():
     x = torch.randn(4, 8, device=DEV)
     with pytest.raises(RuntimeError, match="bias"):
