@@ -132,7 +132,7 @@ at::Tensor attention_backward_cuda(const at::Tensor& grad_out, const at::Tensor&
   auto qc = qkv.contiguous(), oc = out.contiguous(), gc = grad_out.contiguous(), lc = lse.contiguous();
   auto bc = qkv_bias ? qkv_bias->contiguous() : at::Tensor();
   auto cc = cu_seqlens.contiguous();
-  FASTBERT_DISPATCH_FLOAT(qkv.scalar_type(), op, [&] {
+  FASTBERT_DISPATCH_FLOAT(qkv.scalar_type(), "attention_backward", [&] {
     auto p = common_params<scalar_t>(qc, bc, qkv_bias.has_value(), oc, gc, grad_qkv, ws, H, num_heads, scale,
                                      dropout_p, seed, offset);
     p.lse = lc.const_data_ptr<float>();
@@ -184,7 +184,7 @@ at::Tensor attention_masked_backward_cuda(const at::Tensor& grad_out, const at::
   auto ws = at::empty({3, B * num_heads * L}, qkv.options().dtype(at::kFloat));
   auto qc = qkv.contiguous(), oc = out.contiguous(), gc = grad_out.contiguous();
   auto bc = qkv_bias ? qkv_bias->contiguous() : at::Tensor();
-  FASTBERT_DISPATCH_FLOAT(qkv.scalar_type(), op, [&] {
+  FASTBERT_DISPATCH_FLOAT(qkv.scalar_type(), "attention_masked_backward", [&] {
     auto p = common_params<scalar_t>(qc, bc, qkv_bias.has_value(), oc, gc, grad_qkv, ws, H, num_heads, scale,
                                      dropout_p, seed, offset);
     p.lse = nullptr;  // recomputed
