@@ -22,7 +22,10 @@
 //   2. attention_bwd_dkdv_kernel, per block of keys: walks the queries (Q, dO and the query rows' D, shift,
 //      norm staged in shared memory) accumulating dK and dV in registers.
 // Each element of grad_qkv is written by exactly one thread, once. Rows with nothing to attend to (norm 0)
-// give P = 0 and so zero gradient. Arithmetic is fp32 FMA; DMAX = 64 or 128 picks the register budget.
+// give P = 0 and so zero gradient. Arithmetic is fp32 FMA; DMAX = 64 or 128 picks the lanes per row.
+// Registers: each lane keeps 3 (dQ) or 4 (dK/dV) 16-float rows plus the chunk's shared-memory operands (reused
+// by the dot products and the updates); ptxas' own limit at 128 threads (168) spilled, so both kernels declare
+// __launch_bounds__(128, 2): 180 to 223 registers, no spills, 2 blocks (8 warps) per SM.
 #pragma once
 #include "cuda/common.cuh"
 
@@ -31,7 +34,7 @@ namespace fastbert::cuda {
 constexpr int kBwdThreads = 128;
 constexpr int kBwdCols = 16;   // head dims per lane
 constexpr int kBwdTile = 32;   // keys (dQ kernel) or queries (dK/dV kernel) per shared-memory block
-constexpr int kBwdChunk = 8;   // tile rows scored at a time (fewer live registers)
+constexpr int kBwdChunk = 4;   // tile rows scored at a time (their shared values stay in registers)
 
 // Lanes per row and rows (queries or keys) per block for head dims up to DMAX; the DMAX for head dim d.
 FB_HOST_DEVICE constexpr int attention_bwd_sub(int dmax) { return dmax / kBwdCols; }
@@ -183,7 +186,7 @@ FB_DEVICE void load_row(const T* src, const T* bias, bool valid, int d, int sub,
 
 // Kernel 1: per (block of queries, head, sequence): D, the softmax statistics, and dQ.
 template <typename T, int DMAX>
-__global__ void __launch_bounds__(kBwdThreads) attention_bwd_dq_kernel(AttentionBwdParams<T> p) {
+__global__ void __launch_bounds__(kBwdThreads, 2) attention_bwd_dq_kernel(AttentionBwdParams<T> p) {
   using namespace bwd_detail;
   constexpr int kSub = attention_bwd_sub(DMAX), kRows = attention_bwd_rows(DMAX), C = kBwdCols;
   static_assert(kSub * C == DMAX && kWarp % kSub == 0, "bad DMAX");
@@ -315,7 +318,7 @@ __global__ void __launch_bounds__(kBwdThreads) attention_bwd_dq_kernel(Attention
 
 // Kernel 2: per (block of keys, head, sequence): dK and dV, from the workspace kernel 1 wrote.
 template <typename T, int DMAX>
-__global__ void __launch_bounds__(kBwdThreads) attention_bwd_dkdv_kernel(AttentionBwdParams<T> p) {
+__global__ void __launch_bounds__(kBwdThreads, 2) attention_bwd_dkdv_kernel(AttentionBwdParams<T> p) {
   using namespace bwd_detail;
   constexpr int kSub = attention_bwd_sub(DMAX), kRows = attention_bwd_rows(DMAX), C = kBwdCols;
   static_assert(kSub * C == DMAX && kWarp % kSub == 0, "bad DMAX");
