@@ -155,7 +155,7 @@ BWD_TOL = {torch.float32: 5e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}
 
 
 def _ref_grad_qkv(fn, qkv, grad_out):
-    q = qkv.clone().requires_grad_(True)
+    q = qkv.detach().clone().requires_grad_(True)
     fn(q)[0].backward(grad_out)
     return q.grad
 
@@ -232,11 +232,11 @@ def test_attention_backward_through_autograd():
     assert torch._C._dispatch_has_kernel_for_dispatch_key("fastbert::attention_backward", "CUDA")
     lengths = [7, 40, 1]
     qkv, bias, grad_out, cu = _packed_inputs(torch.float32, 32, lengths, nh=2)
-    q, b = qkv.to(DEV).requires_grad_(True), bias.to(DEV).requires_grad_(True)
+    q, b = (t.to(DEV).detach().clone().requires_grad_(True) for t in (qkv, bias))
     args = (max(lengths), 2, 1 / math.sqrt(32), 0.1, 5, 0)
     out, _ = ops.attention(q, b, cu.to(DEV), *args)
     out.backward(grad_out.to(DEV))
-    qr, br = qkv.clone().requires_grad_(True), bias.clone().requires_grad_(True)
+    qr, br = (t.detach().clone().requires_grad_(True) for t in (qkv, bias))
     reference.attention(qr, br, cu, *args)[0].backward(grad_out)
     close(q.grad, qr.grad, 5e-5)
     close(b.grad, br.grad, 2e-4)  # summed over 48 rows
