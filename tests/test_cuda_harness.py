@@ -40,6 +40,11 @@ pytestmark = pytest.mark.skipif(shutil.which(CXX) is None, reason=f"no C++ compi
 
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 TOL = {"f32": 2e-5, "f16": 2e-3, "bf16": 1.6e-2}
+# The tensor-core attention kernel rounds q + bias, k + bias, v + bias and the probabilities to the storage
+# dtype before its products (fp32 accumulation), as cuBLAS-based attention does: a few ulps more than the
+# reference, which adds the bias and multiplies in fp32.
+MMA_TOL = {"f16": 4e-3, "bf16": 3e-2}
+MMA_STAT_TOL = {"f16": 2e-3, "bf16": 1.6e-2}  # its lse (|lse| ~ 1-10), relative and absolute
 ACT_ENUM = {"gelu": 0, "gelu_new": 1, "gelu_pytorch_tanh": 1, "gelu_fast": 2, "quick_gelu": 3, "relu": 4,
             "silu": 5, "swish": 5}  # csrc/activation.h's Activation enum
 
@@ -113,8 +118,10 @@ def _read(path: Path, dtype: torch.dtype, shape) -> torch.Tensor:
 
 
 class Case:
-    def __init__(self, name, op, dtype="f32", inputs=None, scalars=None, expected=None, tol=None, exact=False):
+    def __init__(self, name, op, dtype="f32", inputs=None, scalars=None, expected=None, tol=None, exact=False,
+                 stat_tol=2e-5):
         self.name, self.op, self.dtype = name, op, dtype
+        self.stat_tol = stat_tol
         self.inputs = inputs or {}
         self.scalars = scalars or {}
         self.expected = expected or {}  # output name -> expected tensor (shape and dtype of the kernel's output)
@@ -140,7 +147,7 @@ class Case:
             else:
                 tol = self.tol or (TOL[self.dtype] if want.dtype != torch.float32 or name == "out" else 2e-5)
                 if name in ("mean", "rstd", "lse"):
-                    tol = 2e-5
+                    tol = self.stat_tol
                 torch.testing.assert_close(got["fwd"].float(), want.float(), atol=tol, rtol=tol, equal_nan=False,
                                            msg=lambda m: f"{self.name}.{name}: {m}")
 
@@ -285,10 +292,15 @@ def attention_cases():
         for k, (lengths, nh, d, with_bias, p, misalign) in enumerate(specs):
             out.append(_attention_case(f"attention_{dt}_{k}_d{d}", dt, lengths, nh, d, with_bias, p, misalign, g))
     out.append(_attention_case("attention_f32_long_d64", "f32", [300, 130], 1, 64, True, 0.0, 0, g))
+    # The tensor-core kernel (attention_mma.cuh, fp16/bf16): the same shapes, plus several key tiles of 64.
+    for dt in ("f16", "bf16"):
+        for k, (lengths, nh, d, with_bias, p, misalign) in enumerate(specs + [([130, 64, 65], 1, 32, True, 0.1, 0)]):
+            out.append(_attention_case(f"attention_mma_{dt}_{k}_d{d}", dt, lengths, nh, d, with_bias, p, misalign, g,
+                                       impl="mma"))
     return out
 
 
-def _attention_case(name, dt, lengths, nh, d, with_bias, p, misalign, g):
+def _attention_case(name, dt, lengths, nh, d, with_bias, p, misalign, g, impl=None):
     H = nh * d
     T = sum(lengths)
     qkv = torch.randn(T, 3 * H, generator=g).to(DTYPES[dt])
@@ -300,18 +312,24 @@ def _attention_case(name, dt, lengths, nh, d, with_bias, p, misalign, g):
     inputs = {"qkv": qkv, "cu_seqlens": cu}
     if bias is not None:
         inputs["bias"] = bias
-    return Case(name, "attention", dt, inputs,
-                {"B": len(lengths), "T": T, "max_seqlen": max(lengths), "nh": nh, "H": H, "scale": repr(scale),
-                 "dropout_p": p, "seed": seed, "offset": offset, "misalign": misalign},
-                {"out": o, "lse": lse}, tol=5e-5 if dt == "f32" else None)
+    scalars = {"B": len(lengths), "T": T, "max_seqlen": max(lengths), "nh": nh, "H": H, "scale": repr(scale),
+               "dropout_p": p, "seed": seed, "offset": offset, "misalign": misalign}
+    if impl:
+        scalars["impl"] = impl
+    return Case(name, "attention", dt, inputs, scalars, {"out": o, "lse": lse},
+                tol=5e-5 if dt == "f32" else MMA_TOL[dt] if impl == "mma" else None,
+                stat_tol=MMA_STAT_TOL[dt] if impl == "mma" else 2e-5)
 
 
 def attention_masked_cases():
     g = _gen(7)
     out = []
-    for dt in DTYPES:
-        for k, (B, L, nh, d, kind, p) in enumerate([(2, 37, 2, 32, "bool_keys", 0.0), (2, 37, 2, 80, "float_full", 0.0),
-                                                    (1, 40, 3, 16, "bool_per_head", 0.1), (2, 9, 1, 64, "float_min", 0.0)]):
+    specs = [(2, 37, 2, 32, "bool_keys", 0.0), (2, 37, 2, 80, "float_full", 0.0), (1, 40, 3, 16, "bool_per_head", 0.1),
+             (2, 9, 1, 64, "float_min", 0.0)]
+    runs = [(dt, spec, None) for dt in DTYPES for spec in specs]
+    runs += [(dt, spec, "mma") for dt in ("f16", "bf16") for spec in specs + [(1, 70, 1, 128, "float_full", 0.0)]]
+    for k, (dt, (B, L, nh, d, kind, p), impl) in enumerate(runs):
+        if True:
             H = nh * d
             qkv = torch.randn(B, L, 3 * H, generator=g).to(DTYPES[dt])
             bias = torch.randn(3 * H, generator=g).to(DTYPES[dt])
@@ -333,11 +351,14 @@ def attention_masked_cases():
             add = torch.where(mask, 0.0, float("-inf")) if mask.dtype == torch.bool else mask.float()
             add = add.contiguous()
             st = add.expand(B, nh, L, L).stride()
-            out.append(Case(f"attention_masked_{dt}_{k}_{kind}", "attention_masked", dt,
-                            {"qkv": qkv, "bias": bias, "mask": add},
-                            {"B": B, "L": L, "nh": nh, "H": H, "scale": repr(scale), "dropout_p": p, "seed": seed,
-                             "offset": offset, "ms_b": st[0], "ms_h": st[1], "ms_i": st[2], "ms_j": st[3]},
-                            {"out": o, "lse": lse}, tol=5e-5 if dt == "f32" else None))
+            scalars = {"B": B, "L": L, "nh": nh, "H": H, "scale": repr(scale), "dropout_p": p, "seed": seed,
+                       "offset": offset, "ms_b": st[0], "ms_h": st[1], "ms_i": st[2], "ms_j": st[3]}
+            if impl:
+                scalars["impl"] = impl
+            out.append(Case(f"attention_masked_{impl or 'fma'}_{dt}_{k}_{kind}", "attention_masked", dt,
+                            {"qkv": qkv, "bias": bias, "mask": add}, scalars,
+                            {"out": o, "lse": lse}, tol=5e-5 if dt == "f32" else MMA_TOL[dt] if impl else None,
+                            stat_tol=MMA_STAT_TOL[dt] if impl else 2e-5))
     return out
 
 

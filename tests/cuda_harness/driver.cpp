@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "cuda/attention.cuh"
+#include "cuda/attention_mma.cuh"
 #include "cuda/bias_act.cuh"
 #include "cuda/bias_residual_layernorm.cuh"
 #include "cuda/embeddings.cuh"
@@ -238,7 +239,19 @@ void run_embeddings(Case& c) {
 }
 
 template <typename T>
-void launch_attention(const AttentionParams<T>& p, int64_t B, int64_t max_seqlen) {
+void launch_attention(const AttentionParams<T>& p, int64_t B, int64_t max_seqlen, bool mma) {
+  if constexpr (!std::is_same_v<T, float>) {
+    if (mma) {  // as csrc/cuda/attention.cu launches attention_mma.cuh
+      const dim3 grid(unsigned(ceil_div(max_seqlen, kMmaRows)), unsigned(p.nh), unsigned(B));
+      const size_t smem = size_t(attention_mma_smem_bytes(p.d));
+      const int dmax = attention_mma_dmax(p.d);
+      if (dmax == 32) fbh::launch(grid, dim3(kMmaThreads), smem, attention_mma_kernel<T, 32>, p);
+      else if (dmax == 64) fbh::launch(grid, dim3(kMmaThreads), smem, attention_mma_kernel<T, 64>, p);
+      else fbh::launch(grid, dim3(kMmaThreads), smem, attention_mma_kernel<T, 128>, p);
+      return;
+    }
+  }
+  if (mma) die("attention impl=mma takes f16 or bf16");
   const int dmax = attention_dmax(p.d);
   const dim3 grid(unsigned(ceil_div(max_seqlen, attention_rows(dmax))), unsigned(p.nh), unsigned(B));
   const size_t smem = size_t(attention_smem_bytes(p.d));
@@ -279,7 +292,7 @@ void run_attention(Case& c, bool masked) {
   }
   if (p.total == 0 || B == 0 || max_seqlen == 0) return;
   p.vec = p.d % Vec16<T>::n == 0 && aligned(p.qkv) && (!p.bias || aligned(p.bias));
-  launch_attention(p, B, max_seqlen);
+  launch_attention(p, B, max_seqlen, c.has("impl") && c.str("impl") == "mma");
 }
 
 // ---------------------------------------------------------------- planted faults (faults.cuh)
