@@ -5,7 +5,7 @@ on the CPU, in tests/test_cuda_harness.py). Runs with torch >= 2.11 and no netwo
 local all-MiniLM-L6-v2 package when installed, else a small random BertConfig).
 
 Tolerances: ops, kernel vs reference on the same inputs: fp32 2e-5 (attention 5e-5), fp16 2e-3, bf16 1.6e-2
-(about two ulps), fp32 statistics 2e-5. Model: fp32 <= 1e-4 max |diff| vs HF fp32 at real positions;
+(about two ulps), fp32 statistics 2e-5; the tensor-core attention: see ATTN_TOL. Model: fp32 <= 1e-4 max |diff| vs HF fp32 at real positions;
 fp16 <= 2e-2 and bf16 <= 6e-2 max |diff| vs HF fp32 (last hidden state of a LayerNorm'd model, |x| ~ 1).
 """
 from __future__ import annotations
@@ -26,6 +26,11 @@ pytestmark = [
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+# Attention in fp16/bf16 runs on the tensor cores from sm_80 on (csrc/cuda/attention_mma.cuh), which round
+# q, k, v (bias added) and the probabilities to the storage dtype before the products: out within these, and
+# lse (|lse| ~ 1-10) within ATTN_LSE_TOL, relative and absolute. fp32 attention: 5e-5 for both.
+ATTN_TOL = {torch.float32: 5e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+ATTN_LSE_TOL = {torch.float32: 5e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 DEV = "cuda"
 
 
@@ -120,8 +125,8 @@ def test_attention(dtype, d, dropout_p):
     args = (max(lengths), nh, 1 / math.sqrt(d), dropout_p, 1234, 7)
     got = torch.ops.fastbert.attention(qkv.to(DEV), bias.to(DEV), cu.to(DEV), *args)
     want = reference.attention(qkv, bias, cu, *args)
-    close(got[0], want[0], 5e-5 if dtype == torch.float32 else TOL[dtype])
-    close(got[1], want[1], 5e-5)
+    close(got[0], want[0], ATTN_TOL[dtype])
+    close(got[1], want[1], ATTN_LSE_TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -141,8 +146,8 @@ def test_attention_masked(dtype, mask_kind):
     args = (nh, 1 / math.sqrt(d), 0.0, 0, 0)
     got = torch.ops.fastbert.attention_masked(qkv.to(DEV), bias.to(DEV), mask.to(DEV), *args)
     want = reference.attention_masked(qkv, bias, mask, *args)
-    close(got[0], want[0], 5e-5 if dtype == torch.float32 else TOL[dtype])
-    close(got[1], want[1], 5e-5)
+    close(got[0], want[0], ATTN_TOL[dtype])
+    close(got[1], want[1], ATTN_LSE_TOL[dtype])
 
 
 def test_errors_name_the_argument():
