@@ -1,6 +1,7 @@
-// One warp-wide tensor-core product, D (16x8, fp32) += A (16x16) * B (16x8), A and B in fp16 or bf16: the
-// PTX instruction mma.sync.aligned.m16n8k16 (sm_80 and newer), and under the CPU test harness an exact
-// emulation of it, so kernels built on it run in tests/test_cuda_harness.py too.
+// Warp-wide tensor-core building blocks: the product D (16x8, fp32) += A (16x16) * B (16x8), A and B in fp16 or
+// bf16 (PTX mma.sync.aligned.m16n8k16, sm_80 and newer), and the shared-memory loads that feed it (ldmatrix).
+// Under the CPU test harness each has an exact emulation, so kernels built on them run in
+// tests/test_cuda_harness.py too.
 //
 // Fragment layout (PTX ISA, "Matrix Fragments for mma.m16n8k16"), lane = 4 * g + t (g = lane / 4, t = lane % 4);
 // a 32-bit register holds two 16-bit values, the lower column / row first:
@@ -34,6 +35,41 @@ inline float half_bits_to_float(uint32_t bits) {
 }
 }  // namespace mma_detail
 #endif
+
+// Four 8x8 matrices of 16-bit elements from shared memory, one register of each per lane: ldmatrix.x4
+// (sm_75 and newer). Lane l names row l % 8 of matrix l / 8 (`row`: 8 consecutive elements, 16-byte
+// aligned). Lane 4g + t receives in r[j] elements (g, 2t) and (g, 2t + 1) of matrix j, or with kTrans
+// elements (2t, g) and (2t + 1, g): the A / B fragments of mma_16816 straight from row-major tiles.
+template <bool kTrans>
+FB_DEVICE void ldmatrix_x4(uint32_t r[4], const void* row) {
+#if defined(__CUDA_ARCH__)
+#if __CUDA_ARCH__ >= 750
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  if constexpr (kTrans) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+  }
+#else
+  __trap();
+#endif
+#elif defined(FASTBERT_CUDA_HARNESS)
+  FB_KERNEL_ASSERT((reinterpret_cast<uintptr_t>(row) & 15u) == 0);  // the hardware's alignment rule
+  uint64_t rows[32];
+  ::fbh::warp_gather(reinterpret_cast<uint64_t>(row), rows);
+  const int lane = int(threadIdx.x % kWarp), g = lane / 4, t = lane % 4;
+  for (int j = 0; j < 4; ++j) {
+    auto at = [&](int rr, int cc) {
+      return uint32_t(reinterpret_cast<const uint16_t*>(rows[8 * j + rr])[cc]);
+    };
+    r[j] = kTrans ? (at(2 * t, g) | at(2 * t + 1, g) << 16) : (at(g, 2 * t) | at(g, 2 * t + 1) << 16);
+  }
+#endif
+}
 
 template <typename T>
 FB_DEVICE void mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2]) {
