@@ -52,9 +52,8 @@ __global__ void __launch_bounds__(kLnBwdWarps * kWarp)
   const int64_t warps_total = int64_t(gridDim.x) * (blockDim.x / kWarp);
   for (int64_t row = int64_t(blockIdx.x) * (blockDim.x / kWarp) + warp; row < p.N; row += warps_total) {
     const int64_t id = p.ids[row], pid = p.pos_ids[row], tid = p.type_ids ? int64_t(p.type_ids[row]) : 0;
-    FB_KERNEL_ASSERT(id >= 0 && id < p.V);
-    FB_KERNEL_ASSERT(pid >= 0 && pid < p.P);
-    FB_KERNEL_ASSERT(!p.type || (tid >= 0 && tid < p.TT));
+    // One assert for the three ids: each assert is a call site whose saved registers can spill.
+    FB_KERNEL_ASSERT(id >= 0 && id < p.V && pid >= 0 && pid < p.P && (!p.type || (tid >= 0 && tid < p.TT)));
     if (lane == 0) {
       p.keys[row] = id;
       p.keys[p.N + row] = p.V + pid;
