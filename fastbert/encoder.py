@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import weakref
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple, Optional, Tuple
 
@@ -36,10 +35,15 @@ from torch import Tensor, nn
 
 from . import ops, reference
 from .autograd import zero_row_grad
+from . import inference
+from .fused_qkv import clear_fused_cache, fused_qkv  # noqa: F401 (clear_fused_cache: re-exported)
 
 __all__ = ["EncoderConfig", "Encoder", "EncoderOutput", "load_encoder", "run", "PAD_OUTPUTS"]
 
 PAD_OUTPUTS = ("zero", "hf")
+# Whether eval-mode forwards that need no gradient take fastbert.inference's loop (same arithmetic, less
+# Python); tests switch it off to compare the two paths.
+FAST_INFERENCE = True
 
 
 def _compiling() -> bool:
@@ -224,114 +228,6 @@ class Encoder(nn.Module):
 
 def pool(pooler: nn.Module, last_hidden_state: Tensor) -> Tensor:
     return torch.tanh(F.linear(last_hidden_state[:, 0], pooler.dense.weight, pooler.dense.bias))
-
-
-# ---------------------------------------------------------------- fused QKV weights (cached, never saved)
-
-class _FusedCache:
-    """Holds (key, weight, bias) of a layer's fused QKV projection. Not copied by deepcopy or pickle (a copy
-    rebuilds its own), and never a parameter or buffer, so state_dict stays HF's."""
-    __slots__ = ("entry", "__weakref__")
-
-    def __init__(self):
-        self.entry = None
-
-    def __deepcopy__(self, memo):
-        return _FusedCache()
-
-    def __reduce__(self):
-        return (_FusedCache, ())
-
-
-def _version(t: Tensor) -> int:
-    try:
-        return t._version
-    except RuntimeError:  # inference tensors have no version counter
-        return -1
-
-
-def _key(ts) -> tuple:
-    return tuple((weakref.ref(t), t.data_ptr(), _version(t), t.dtype, t.device, tuple(t.shape)) if t is not None
-                 else None for t in ts)
-
-
-def _key_valid(key, ts) -> bool:
-    if key is None or len(key) != len(ts):
-        return False
-    for k, t in zip(key, ts):
-        if t is None or k is None:
-            if not (t is None and k is None):
-                return False
-            continue
-        ref, ptr, ver, dtype, device, shape = k
-        if ref() is not t or ptr != t.data_ptr() or ver != _version(t) or dtype != t.dtype or shape != tuple(t.shape):
-            return False
-    return True
-
-
-def _adjacent_view(ts) -> Optional[Tensor]:
-    """The (3n, ...) tensor q|k|v already form in memory when they are consecutive views of one storage."""
-    t0 = ts[0]
-    if not all(t.is_contiguous() and t.dtype == t0.dtype and t.device == t0.device and t.shape == t0.shape
-               for t in ts):
-        return None
-    try:
-        base = t0.untyped_storage().data_ptr()
-        if any(t.untyped_storage().data_ptr() != base for t in ts):
-            return None
-    except RuntimeError:
-        return None
-    step = t0.numel() * t0.element_size()
-    if any(t.data_ptr() != t0.data_ptr() + i * step for i, t in enumerate(ts)):
-        return None
-    shape = (t0.shape[0] * len(ts),) + tuple(t0.shape[1:])
-    return t0.detach().as_strided(shape, torch.empty(shape, device="meta").stride())
-
-
-def _cat_bias(sa, like: Tensor) -> Optional[Tensor]:
-    bs = [sa.query.bias, sa.key.bias, sa.value.bias]
-    if all(b is None for b in bs):
-        return None
-    n = like.shape[0] // 3
-    return torch.cat([b if b is not None else like.new_zeros(n) for b in bs])
-
-
-def fused_qkv(sa: nn.Module, need_grad: bool) -> Tuple[Tensor, Optional[Tensor]]:
-    """(Wqkv (3H, H), bqkv (3H,) or None) of a self-attention module with query/key/value Linears.
-
-    With gradients or while compiling: torch.cat in the graph (differentiable). Otherwise a cached copy,
-    rebuilt whenever a weight changes (object, storage or in-place version), or a view when the weights
-    already lie side by side."""
-    ws = (sa.query.weight, sa.key.weight, sa.value.weight)
-    if need_grad or _compiling():
-        w = torch.cat(ws)
-        return w, _cat_bias(sa, w)
-    bs = (sa.query.bias, sa.key.bias, sa.value.bias)
-    cache = sa.__dict__.get("_fastbert_fused")
-    if cache is None:
-        cache = _FusedCache()
-        sa.__dict__["_fastbert_fused"] = cache
-    entry = cache.entry
-    if entry is not None and _key_valid(entry[0], ws + bs):
-        return entry[1], entry[2]
-    with torch.no_grad():
-        w = _adjacent_view(ws)
-        if w is None:
-            w = torch.cat([t.detach() for t in ws])
-        b = None
-        if all(t is not None for t in bs):
-            b = _adjacent_view(bs)
-            if b is None:
-                b = torch.cat([t.detach() for t in bs])
-        elif any(t is not None for t in bs):
-            b = _cat_bias(sa, w).detach()
-    cache.entry = (_key(ws + bs), w, b)   # one assignment: threads see the old or the new entry, never a mix
-    return w, b
-
-
-def clear_fused_cache(model: nn.Module) -> None:
-    for m in model.modules():
-        m.__dict__.pop("_fastbert_fused", None)
 
 
 # ---------------------------------------------------------------- input checks
@@ -635,9 +531,19 @@ def run(model: nn.Module, config: Any, input_ids: Optional[Tensor] = None, atten
         if training and p_hidden > 0:
             x = F.dropout(x, p_hidden, True)
         keep_state(0, lambda: ops.unpack(x, indices, B, L))
-        for i, layer in enumerate(layers):
-            x = _checkpointed(layer, need_grad, _packed_layer, config, layer, x, cu_seqlens, L, need_grad, training)
-            keep_state(i + 1, lambda: ops.unpack(x, indices, B, L))
+        weights = None
+        if not need_grad and not training and FAST_INFERENCE and not _compiling():
+            weights = inference.layer_weights(layers, config.hidden_act, x)
+        if weights is not None:
+            nh_, scale = _geometry(config)
+            x = inference.run_layers(weights, x, cu_seqlens, L, nh_, scale, config.hidden_act,
+                                     None if hidden is None else
+                                     lambda i, y: keep_state(i + 1, lambda: ops.unpack(y, indices, B, L)))
+        else:
+            for i, layer in enumerate(layers):
+                x = _checkpointed(layer, need_grad, _packed_layer, config, layer, x, cu_seqlens, L, need_grad,
+                                  training)
+                keep_state(i + 1, lambda: ops.unpack(x, indices, B, L))
         out = ops.unpack(x, indices, B, L)
         if hidden is not None and hidden[-1] is not None:
             hidden[-1] = out

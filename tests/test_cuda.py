@@ -5,8 +5,9 @@ on the CPU, in tests/test_cuda_harness.py). Runs with torch >= 2.11 and no netwo
 local all-MiniLM-L6-v2 package when installed, else a small random BertConfig).
 
 Tolerances: ops, kernel vs reference on the same inputs: fp32 2e-5 (attention 5e-5), fp16 2e-3, bf16 1.6e-2
-(about two ulps), fp32 statistics 2e-5; attention backward (grad_qkv vs autograd through the reference): fp32
-5e-5, fp16 1e-2, bf16 6e-2 (see BWD_TOL). Model: fp32 <= 1e-4 max |diff| vs HF fp32 at real positions;
+(about two ulps), fp32 statistics 2e-5; the tensor-core attention: see ATTN_TOL; attention backward
+(grad_qkv vs autograd through the reference): fp32 5e-5, fp16 1e-2, bf16 6e-2 (see ATTN_BWD_TOL). Model: fp32 <= 1e-4
+max |diff| vs HF fp32 at real positions;
 fp16 <= 2e-2 and bf16 <= 6e-2 max |diff| vs HF fp32 (last hidden state of a LayerNorm'd model, |x| ~ 1).
 """
 from __future__ import annotations
@@ -27,6 +28,11 @@ pytestmark = [
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+# Attention in fp16/bf16 runs on the tensor cores from sm_80 on (csrc/cuda/attention_mma.cuh), which round
+# q, k, v (bias added) and the probabilities to the storage dtype before the products: out within these, and
+# lse (|lse| ~ 1-10) within ATTN_LSE_TOL, relative and absolute. fp32 attention: 5e-5 for both.
+ATTN_TOL = {torch.float32: 5e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+ATTN_LSE_TOL = {torch.float32: 5e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 DEV = "cuda"
 
 
@@ -121,8 +127,8 @@ def test_attention(dtype, d, dropout_p):
     args = (max(lengths), nh, 1 / math.sqrt(d), dropout_p, 1234, 7)
     got = torch.ops.fastbert.attention(qkv.to(DEV), bias.to(DEV), cu.to(DEV), *args)
     want = reference.attention(qkv, bias, cu, *args)
-    close(got[0], want[0], 5e-5 if dtype == torch.float32 else TOL[dtype])
-    close(got[1], want[1], 5e-5)
+    close(got[0], want[0], ATTN_TOL[dtype])
+    close(got[1], want[1], ATTN_LSE_TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -142,8 +148,8 @@ def test_attention_masked(dtype, mask_kind):
     args = (nh, 1 / math.sqrt(d), 0.0, 0, 0)
     got = torch.ops.fastbert.attention_masked(qkv.to(DEV), bias.to(DEV), mask.to(DEV), *args)
     want = reference.attention_masked(qkv, bias, mask, *args)
-    close(got[0], want[0], 5e-5 if dtype == torch.float32 else TOL[dtype])
-    close(got[1], want[1], 5e-5)
+    close(got[0], want[0], ATTN_TOL[dtype])
+    close(got[1], want[1], ATTN_LSE_TOL[dtype])
 
 
 # ---------------------------------------------------------------- attention backward
@@ -151,7 +157,7 @@ def test_attention_masked(dtype, mask_kind):
 # grad_qkv vs autograd through the reference on the CPU (atol = rtol), |grad| up to ~10: fp32 5e-5 (sums over
 # up to 130 keys in another order, P from the GPU forward's fp32 lse); fp16 1e-2 and bf16 6e-2 (both sides
 # round to the dtype, and D_i = dO_i . O_i uses the forward's rounded out: test_backward.py's CPU bounds).
-BWD_TOL = {torch.float32: 5e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}
+ATTN_BWD_TOL = {torch.float32: 5e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}
 
 
 def _ref_grad_qkv(fn, qkv, grad_out):
@@ -170,7 +176,7 @@ def _packed_inputs(dtype, d, lengths, nh=3, with_bias=True):
     return qkv, bias, grad_out, cu
 
 
-def _dev(t):
+def _opt_dev(t):
     return None if t is None else t.to(DEV)
 
 
@@ -181,12 +187,12 @@ def test_attention_backward(dtype, d, dropout_p):
     lengths = [5, 0, 33, 130, 1]
     qkv, bias, grad_out, cu = _packed_inputs(dtype, d, lengths, with_bias=d != 24)
     args = (max(lengths), 3, 1 / math.sqrt(d), dropout_p, 1234, 7)
-    out, lse = torch.ops.fastbert.attention(_dev(qkv), _dev(bias), cu.to(DEV), *args)  # the GPU forward's out, lse
-    got = torch.ops.fastbert.attention_backward(grad_out.to(DEV), qkv.to(DEV), _dev(bias), out, lse, cu.to(DEV), *args)
+    out, lse = torch.ops.fastbert.attention(_opt_dev(qkv), _opt_dev(bias), cu.to(DEV), *args)  # the GPU forward's out, lse
+    got = torch.ops.fastbert.attention_backward(grad_out.to(DEV), qkv.to(DEV), _opt_dev(bias), out, lse, cu.to(DEV), *args)
     want = _ref_grad_qkv(lambda q: reference.attention(q, bias, cu, *args), qkv, grad_out)
     assert got.shape == qkv.shape and got.dtype == dtype
-    close(got, want, BWD_TOL[dtype])
-    again = torch.ops.fastbert.attention_backward(grad_out.to(DEV), qkv.to(DEV), _dev(bias), out, lse, cu.to(DEV),
+    close(got, want, ATTN_BWD_TOL[dtype])
+    again = torch.ops.fastbert.attention_backward(grad_out.to(DEV), qkv.to(DEV), _opt_dev(bias), out, lse, cu.to(DEV),
                                                   *args)
     assert torch.equal(got, again), "attention_backward is not deterministic"
 
@@ -222,7 +228,7 @@ def test_attention_masked_backward(dtype, mask_kind, dropout_p):
                                                        out, lse, *args)
     want = _ref_grad_qkv(lambda q: reference.attention_masked(q, bias, mask, *args), qkv, grad_out)
     assert got.shape == qkv.shape and got.dtype == dtype
-    close(got, want, BWD_TOL[dtype])
+    close(got, want, ATTN_BWD_TOL[dtype])
     if mask_kind == "bool":
         assert not got[1].any()
 
@@ -300,6 +306,162 @@ def test_uses_current_stream():
         out = torch.ops.fastbert.bias_act(x, b, "gelu")
     s.synchronize()
     close(out, reference.bias_act(x.cpu(), b.cpu(), "gelu"), 2e-5)
+
+
+# ---------------------------------------------------------------- backward ops
+# Expected: torch.autograd through the reference forward in float64 on the same (rounded) inputs, cast to the
+# kernel's dtype; the kernels get the forward's fp32 statistics. fp32 5e-5 (sums over H and over rows in another
+# order), 16-bit as the forward ops (one rounding of the result).
+
+BWD_TOL = {torch.float32: 5e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def _grads64(fn, leaves, grad_out):
+    xs = [t.double().requires_grad_(True) for t in leaves]
+    out = fn(*xs)
+    out = out[0] if isinstance(out, tuple) else out
+    return torch.autograd.grad(out, xs, grad_out.double())
+
+
+def _dev(*ts):
+    return [t.to(DEV) if isinstance(t, torch.Tensor) else t for t in ts]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", sorted(reference.ACTIVATIONS))
+@pytest.mark.parametrize("C", [37, 3072])
+def test_bias_act_backward(dtype, act, C):
+    g = _gen()
+    x = (3 * torch.randn(9, C, generator=g)).to(dtype)
+    bias = torch.randn(C, generator=g).to(dtype)
+    grad = torch.randn(9, C, generator=g).to(dtype)
+    got = torch.ops.fastbert.bias_act_backward(*_dev(grad, x, bias), act)
+    (want,) = _grads64(lambda x: reference.bias_act(x, bias.double(), act), [x], grad)
+    assert got.dtype == dtype and got.shape == x.shape
+    close(got, want, BWD_TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 37), (3, 64), (17, 100), (2, 9, 768), (5, 1030), (3, 5000), (3000, 64)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_bias_residual_layernorm_backward(dtype, shape, with_bias):
+    g = _gen()
+    H = shape[-1]
+    x = (torch.randn(*shape, generator=g) + 20).to(dtype)
+    r = torch.randn(*shape, generator=g).to(dtype)
+    bias = torch.randn(H, generator=g).to(dtype) if with_bias else None
+    w, b = (1 + 0.1 * torch.randn(H, generator=g)).to(dtype), (0.1 * torch.randn(H, generator=g)).to(dtype)
+    grad_out = torch.randn(*shape, generator=g).to(dtype)
+    _, mean, rstd = torch.ops.fastbert.bias_residual_layernorm(*_dev(x, bias, r, w, b), 1e-12)
+    got = torch.ops.fastbert.bias_residual_layernorm_backward(*_dev(grad_out, x, bias, r, w), mean, rstd)
+    bias64 = None if bias is None else bias.double()
+    want = _grads64(lambda x, w, b: reference.bias_residual_layernorm(x, bias64, r.double(), w, b, 1e-12),
+                    [x, w, b], grad_out)
+    for a, e in zip(got, want):
+        assert a.dtype == dtype and a.shape == e.shape
+        tol = BWD_TOL[dtype]
+        if dtype == torch.float32 and e.dim() == 1:  # row sums over up to 3000 rows
+            tol = 1e-4
+        close(a, e, tol)
+    again = torch.ops.fastbert.bias_residual_layernorm_backward(*_dev(grad_out, x, bias, r, w), mean, rstd)
+    for a, c in zip(got, again):  # deterministic: the same bits
+        assert torch.equal(a, c)
+
+
+def _emb_case(dtype, shape, H, V, P, TT, types, index_dtype=torch.long):
+    g = _gen()
+    ids = torch.randint(0, V, shape, generator=g).to(index_dtype)
+    pids = torch.randint(0, P, shape, generator=g).to(index_dtype)
+    tids = torch.randint(0, TT, shape, generator=g).to(index_dtype) if types == "ids" else None
+    word, pos = torch.randn(V, H, generator=g).to(dtype), torch.randn(P, H, generator=g).to(dtype)
+    typ = torch.randn(TT, H, generator=g).to(dtype) if types is not None else None
+    w, b = (1 + 0.1 * torch.randn(H, generator=g)).to(dtype), (0.1 * torch.randn(H, generator=g)).to(dtype)
+    grad_out = torch.randn(*shape, H, generator=g).to(dtype)
+    return ids, pids, tids, word, pos, typ, w, b, grad_out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,H,V,P,TT", [((1,), 37, 5, 4, 2), ((3, 17), 64, 100, 20, 2), ((7, 13), 100, 9, 13, 2),
+                                            ((4, 128), 768, 1000, 512, 2), ((20000,), 64, 30000, 512, 1)])
+@pytest.mark.parametrize("types", ["ids", "zeros", None])
+def test_embeddings_backward(dtype, shape, H, V, P, TT, types):
+    ids, pids, tids, word, pos, typ, w, b, grad_out = _emb_case(dtype, shape, H, V, P, TT, types,
+                                                                torch.int32 if H == 64 else torch.long)
+    _, mean, rstd = torch.ops.fastbert.embeddings(*_dev(ids, pids, tids, word, pos, typ, w, b), 1e-12)
+    got = torch.ops.fastbert.embeddings_backward(*_dev(grad_out, ids, pids, tids, word, pos, typ, w), mean, rstd)
+    leaves = [word, pos, w, b] + ([typ] if typ is not None else [])
+    want = list(_grads64(lambda word, pos, w, b, *t: reference.embeddings(ids, pids, tids, word, pos,
+                                                                          t[0] if t else None, w, b, 1e-12),
+                         leaves, grad_out))
+    want_tt = want.pop() if typ is not None else torch.zeros(0, H)
+    want = [want[0], want[1], want_tt, want[2], want[3]]
+    names = ["word", "position", "token_type", "ln_weight", "ln_bias"]
+    for a, e, name in zip(got, want, names):
+        assert a.dtype == dtype and a.shape == e.shape, name
+        tol = BWD_TOL[dtype] if dtype != torch.float32 else 2e-4  # fp32 sums over up to 20000 rows
+        torch.testing.assert_close(a.float().cpu(), e.float(), atol=tol, rtol=tol, msg=lambda m: f"{name}: {m}")
+    again = torch.ops.fastbert.embeddings_backward(*_dev(grad_out, ids, pids, tids, word, pos, typ, w), mean, rstd)
+    for a, c in zip(got, again):  # deterministic: the same bits
+        assert torch.equal(a, c)
+
+
+def test_backward_kernels_train_on_cuda():
+    """The autograd formulas (fastbert/autograd.py) take the CUDA backward kernels; gradients match the CPU ops'."""
+    from fastbert import autograd as fb_autograd
+    for name in ("bias_act", "bias_residual_layernorm", "embeddings"):
+        assert fb_autograd.has_backward_kernel(name, torch.device(DEV)), name
+    g = _gen()
+    x, bias = torch.randn(6, 40, generator=g), torch.randn(40, generator=g)
+    r, w, b = torch.randn(6, 40, generator=g), torch.randn(40, generator=g), torch.randn(40, generator=g)
+    grad = torch.randn(6, 40, generator=g)
+
+    def run(device):
+        leaves = [t.to(device).requires_grad_(True) for t in (x, bias, r, w, b)]
+        h = ops.bias_act(leaves[0], leaves[1], "gelu")
+        out = ops.bias_residual_layernorm(h, leaves[1], leaves[2], leaves[3], leaves[4], 1e-12)[0]
+        return torch.autograd.grad(out, leaves, grad.to(device))
+
+    for a, e in zip(run(DEV), run("cpu")):
+        close(a, e, 1e-4)
+
+
+def test_backward_errors_name_the_argument():
+    x = torch.randn(4, 8, device=DEV)
+    with pytest.raises(RuntimeError, match="grad"):
+        torch.ops.fastbert.bias_act_backward(torch.randn(4, 7, device=DEV), x, torch.randn(8, device=DEV), "gelu")
+    with pytest.raises(ValueError, match="activation"):
+        torch.ops.fastbert.bias_act_backward(x, x, torch.randn(8, device=DEV), "nope")
+    mean, rstd = torch.zeros(4, device=DEV), torch.ones(4, device=DEV)
+    with pytest.raises(RuntimeError, match="residual"):
+        torch.ops.fastbert.bias_residual_layernorm_backward(x, x, None, torch.randn(3, 8, device=DEV),
+                                                            torch.randn(8, device=DEV), mean, rstd)
+    with pytest.raises(RuntimeError, match="rstd"):
+        torch.ops.fastbert.bias_residual_layernorm_backward(x, x, None, x, torch.randn(8, device=DEV), mean,
+                                                            torch.ones(4, device=DEV, dtype=torch.float64))
+    ids = torch.tensor([0, 1, 2], device=DEV)
+    word, pos = torch.randn(5, 8, device=DEV), torch.randn(4, 8, device=DEV)
+    with pytest.raises(RuntimeError, match="position_weight"):
+        torch.ops.fastbert.embeddings_backward(torch.randn(3, 8, device=DEV), ids, ids, None, word,
+                                               torch.randn(4, 7, device=DEV), None, torch.randn(8, device=DEV),
+                                               torch.zeros(3, device=DEV), torch.ones(3, device=DEV))
+    with pytest.raises(RuntimeError, match="grad_out"):
+        torch.ops.fastbert.embeddings_backward(torch.randn(3, 7, device=DEV), ids, ids, None, word, pos, None,
+                                               torch.randn(8, device=DEV), torch.zeros(3, device=DEV),
+                                               torch.ones(3, device=DEV))
+
+
+def test_backward_empty_inputs():
+    e = torch.randn(0, 8, device=DEV)
+    assert torch.ops.fastbert.bias_act_backward(e, e, torch.randn(8, device=DEV), "gelu").shape == (0, 8)
+    gs, gw, gb = torch.ops.fastbert.bias_residual_layernorm_backward(
+        e, e, None, e, torch.randn(8, device=DEV), torch.empty(0, device=DEV), torch.empty(0, device=DEV))
+    assert gs.shape == (0, 8) and gw.shape == gb.shape == (8,) and not gw.any() and not gb.any()
+    ids = torch.zeros(0, dtype=torch.long, device=DEV)
+    grads = torch.ops.fastbert.embeddings_backward(e, ids, ids, None, torch.randn(5, 8, device=DEV),
+                                                   torch.randn(4, 8, device=DEV), None, torch.randn(8, device=DEV),
+                                                   torch.empty(0, device=DEV), torch.empty(0, device=DEV))
+    assert [tuple(t.shape) for t in grads] == [(5, 8), (4, 8), (0, 8), (8,), (8,)]
+    assert not any(t.any() for t in grads)
 
 
 # ---------------------------------------------------------------- the model against HF

@@ -40,6 +40,11 @@ pytestmark = pytest.mark.skipif(shutil.which(CXX) is None, reason=f"no C++ compi
 
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 TOL = {"f32": 2e-5, "f16": 2e-3, "bf16": 1.6e-2}
+# The tensor-core attention kernel rounds q + bias, k + bias, v + bias and the probabilities to the storage
+# dtype before its products (fp32 accumulation), as cuBLAS-based attention does: a few ulps more than the
+# reference, which adds the bias and multiplies in fp32.
+MMA_TOL = {"f16": 4e-3, "bf16": 3e-2}
+MMA_STAT_TOL = {"f16": 2e-3, "bf16": 1.6e-2}  # its lse (|lse| ~ 1-10), relative and absolute
 ACT_ENUM = {"gelu": 0, "gelu_new": 1, "gelu_pytorch_tanh": 1, "gelu_fast": 2, "quick_gelu": 3, "relu": 4,
             "silu": 5, "swish": 5}  # csrc/activation.h's Activation enum
 
@@ -113,8 +118,10 @@ def _read(path: Path, dtype: torch.dtype, shape) -> torch.Tensor:
 
 
 class Case:
-    def __init__(self, name, op, dtype="f32", inputs=None, scalars=None, expected=None, tol=None, exact=False):
+    def __init__(self, name, op, dtype="f32", inputs=None, scalars=None, expected=None, tol=None, exact=False,
+                 stat_tol=2e-5):
         self.name, self.op, self.dtype = name, op, dtype
+        self.stat_tol = stat_tol
         self.inputs = inputs or {}
         self.scalars = scalars or {}
         self.expected = expected or {}  # output name -> expected tensor (shape and dtype of the kernel's output)
@@ -140,7 +147,7 @@ class Case:
             else:
                 tol = self.tol or (TOL[self.dtype] if want.dtype != torch.float32 or name == "out" else 2e-5)
                 if name in ("mean", "rstd", "lse"):
-                    tol = 2e-5
+                    tol = self.stat_tol
                 torch.testing.assert_close(got["fwd"].float(), want.float(), atol=tol, rtol=tol, equal_nan=False,
                                            msg=lambda m: f"{self.name}.{name}: {m}")
 
@@ -285,10 +292,15 @@ def attention_cases():
         for k, (lengths, nh, d, with_bias, p, misalign) in enumerate(specs):
             out.append(_attention_case(f"attention_{dt}_{k}_d{d}", dt, lengths, nh, d, with_bias, p, misalign, g))
     out.append(_attention_case("attention_f32_long_d64", "f32", [300, 130], 1, 64, True, 0.0, 0, g))
+    # The tensor-core kernel (attention_mma.cuh, fp16/bf16): the same shapes, plus several key tiles of 64.
+    for dt in ("f16", "bf16"):
+        for k, (lengths, nh, d, with_bias, p, misalign) in enumerate(specs + [([130, 64, 65], 1, 32, True, 0.1, 0)]):
+            out.append(_attention_case(f"attention_mma_{dt}_{k}_d{d}", dt, lengths, nh, d, with_bias, p, misalign, g,
+                                       impl="mma"))
     return out
 
 
-def _attention_case(name, dt, lengths, nh, d, with_bias, p, misalign, g):
+def _attention_case(name, dt, lengths, nh, d, with_bias, p, misalign, g, impl=None):
     H = nh * d
     T = sum(lengths)
     qkv = torch.randn(T, 3 * H, generator=g).to(DTYPES[dt])
@@ -300,18 +312,24 @@ def _attention_case(name, dt, lengths, nh, d, with_bias, p, misalign, g):
     inputs = {"qkv": qkv, "cu_seqlens": cu}
     if bias is not None:
         inputs["bias"] = bias
-    return Case(name, "attention", dt, inputs,
-                {"B": len(lengths), "T": T, "max_seqlen": max(lengths), "nh": nh, "H": H, "scale": repr(scale),
-                 "dropout_p": p, "seed": seed, "offset": offset, "misalign": misalign},
-                {"out": o, "lse": lse}, tol=5e-5 if dt == "f32" else None)
+    scalars = {"B": len(lengths), "T": T, "max_seqlen": max(lengths), "nh": nh, "H": H, "scale": repr(scale),
+               "dropout_p": p, "seed": seed, "offset": offset, "misalign": misalign}
+    if impl:
+        scalars["impl"] = impl
+    return Case(name, "attention", dt, inputs, scalars, {"out": o, "lse": lse},
+                tol=5e-5 if dt == "f32" else MMA_TOL[dt] if impl == "mma" else None,
+                stat_tol=MMA_STAT_TOL[dt] if impl == "mma" else 2e-5)
 
 
 def attention_masked_cases():
     g = _gen(7)
     out = []
-    for dt in DTYPES:
-        for k, (B, L, nh, d, kind, p) in enumerate([(2, 37, 2, 32, "bool_keys", 0.0), (2, 37, 2, 80, "float_full", 0.0),
-                                                    (1, 40, 3, 16, "bool_per_head", 0.1), (2, 9, 1, 64, "float_min", 0.0)]):
+    specs = [(2, 37, 2, 32, "bool_keys", 0.0), (2, 37, 2, 80, "float_full", 0.0), (1, 40, 3, 16, "bool_per_head", 0.1),
+             (2, 9, 1, 64, "float_min", 0.0)]
+    runs = [(dt, spec, None) for dt in DTYPES for spec in specs]
+    runs += [(dt, spec, "mma") for dt in ("f16", "bf16") for spec in specs + [(1, 70, 1, 128, "float_full", 0.0)]]
+    for k, (dt, (B, L, nh, d, kind, p), impl) in enumerate(runs):
+        if True:
             H = nh * d
             qkv = torch.randn(B, L, 3 * H, generator=g).to(DTYPES[dt])
             bias = torch.randn(3 * H, generator=g).to(DTYPES[dt])
@@ -333,11 +351,125 @@ def attention_masked_cases():
             add = torch.where(mask, 0.0, float("-inf")) if mask.dtype == torch.bool else mask.float()
             add = add.contiguous()
             st = add.expand(B, nh, L, L).stride()
-            out.append(Case(f"attention_masked_{dt}_{k}_{kind}", "attention_masked", dt,
-                            {"qkv": qkv, "bias": bias, "mask": add},
-                            {"B": B, "L": L, "nh": nh, "H": H, "scale": repr(scale), "dropout_p": p, "seed": seed,
-                             "offset": offset, "ms_b": st[0], "ms_h": st[1], "ms_i": st[2], "ms_j": st[3]},
-                            {"out": o, "lse": lse}, tol=5e-5 if dt == "f32" else None))
+            scalars = {"B": B, "L": L, "nh": nh, "H": H, "scale": repr(scale), "dropout_p": p, "seed": seed,
+                       "offset": offset, "ms_b": st[0], "ms_h": st[1], "ms_i": st[2], "ms_j": st[3]}
+            if impl:
+                scalars["impl"] = impl
+            out.append(Case(f"attention_masked_{impl or 'fma'}_{dt}_{k}_{kind}", "attention_masked", dt,
+                            {"qkv": qkv, "bias": bias, "mask": add}, scalars,
+                            {"out": o, "lse": lse}, tol=5e-5 if dt == "f32" else MMA_TOL[dt] if impl else None,
+                            stat_tol=MMA_STAT_TOL[dt] if impl else 2e-5))
+    return out
+
+
+# ---------------------------------------------------------------- backward ops
+# Expected gradients: torch.autograd through the reference forward in float64 on the same (rounded) inputs,
+# cast to the kernel's output dtype. The kernels get the forward's fp32 statistics (mean, rstd), as in training.
+# fp32 tolerance 5e-5 (test_backward.py's for LayerNorm gradients: grad_s sums over H, the parameter and table
+# gradients over rows, in another order than float64's); 16-bit outputs as above (one rounding of the result).
+BWD_F32_TOL = 5e-5
+
+
+def _grads64(fn, leaves, others, grad_out):
+    """float64 gradients of fn(**leaves, **others)[0] w.r.t. the tensors in `leaves` (dict), in their order."""
+    xs = {k: v.double().requires_grad_(True) for k, v in leaves.items()}
+    out = fn(**xs, **others)
+    out = out[0] if isinstance(out, tuple) else out
+    return dict(zip(xs, torch.autograd.grad(out, list(xs.values()), grad_out.double())))
+
+
+def bias_act_backward_cases():
+    g = _gen(10)
+    out = []
+    for dt in DTYPES:
+        for act in reference.ACTIVATIONS:
+            for N, C, misalign in ((17, 64, 0), (3, 37, 0), (1, 100, 2)):
+                x = (3 * torch.randn(N, C, generator=g)).to(DTYPES[dt])
+                bias = torch.randn(C, generator=g).to(DTYPES[dt])
+                grad = torch.randn(N, C, generator=g).to(DTYPES[dt])
+                want = _grads64(lambda x, bias: reference.bias_act(x, bias, act), {"x": x}, {"bias": bias.double()},
+                                grad)["x"].to(DTYPES[dt])
+                out.append(Case(f"bias_act_backward_{dt}_{act}_n{N}_c{C}_m{misalign}", "bias_act_backward", dt,
+                                {"grad": grad, "x": x, "bias": bias},
+                                {"N": N, "C": C, "act": ACT_ENUM[act], "misalign": misalign}, {"grad_input": want},
+                                tol=BWD_F32_TOL if dt == "f32" else None))
+    return out
+
+
+def brln_backward_cases():
+    g = _gen(11)
+    out = []
+    specs = [(1, 37, False, 0), (3, 64, True, 0), (17, 100, True, 0), (7, 64, True, 2), (5, 768, True, 0),
+             (2, 1030, False, 0), (2, 3100, True, 0)]
+    for dt in DTYPES:
+        for N, H, with_bias, misalign in specs + ([(2100, 40, True, 0)] if dt == "f32" else []):
+            x = (torch.randn(N, H, generator=g) + 20.0).to(DTYPES[dt])  # a large mean, as BERT's outliers
+            r = torch.randn(N, H, generator=g).to(DTYPES[dt])
+            bias = torch.randn(H, generator=g).to(DTYPES[dt]) if with_bias else None
+            w, b = _ln_params(H, dt, g)
+            grad_out = torch.randn(N, H, generator=g).to(DTYPES[dt])
+            _, mean, rstd = reference.bias_residual_layernorm(x, bias, r, w, b, 1e-12)
+            want = _grads64(lambda x, ln_weight, ln_bias: reference.bias_residual_layernorm(
+                x, None if bias is None else bias.double(), r.double(), ln_weight, ln_bias, 1e-12),
+                {"x": x, "ln_weight": w, "ln_bias": b}, {}, grad_out)
+            inputs = {"grad_out": grad_out, "x": x, "residual": r, "gamma": w, "mean": mean, "rstd": rstd}
+            if with_bias:
+                inputs["bias"] = bias
+            expected = {"grad_s": want["x"], "grad_w": want["ln_weight"], "grad_b": want["ln_bias"]}
+            out.append(Case(f"brln_backward_{dt}_n{N}_h{H}_b{int(with_bias)}_m{misalign}",
+                            "bias_residual_layernorm_backward", dt, inputs, {"N": N, "H": H, "misalign": misalign},
+                            {k: v.to(DTYPES[dt]) for k, v in expected.items()},
+                            tol=BWD_F32_TOL if dt == "f32" else None))
+    return out
+
+
+def embeddings_backward_cases():
+    """Small tables so that ids repeat: runs of equal row keys inside one scatter chunk (32 sorted keys), across
+    chunk boundaries, starting exactly at one (64 tokens, 3 words, 1 position), and spanning many (300 tokens
+    of one token type)."""
+    g = _gen(12)
+    out = []
+    specs = [  # (N, H, V, P, TT, types, idtype, shift, misalign); types: "ids", "zeros" (table, no ids), None
+        (1, 37, 5, 4, 2, "ids", "i64", 0.0, 0),
+        (3, 64, 5, 4, 2, "zeros", "i32", 0.0, 0),
+        (17, 100, 6, 5, 2, None, "i64", 0.0, 0),
+        (100, 64, 7, 40, 2, "ids", "i32", 0.0, 0),
+        (64, 16, 3, 1, 2, None, "i64", 0.0, 0),
+        (300, 40, 50, 3, 1, "zeros", "i64", 0.0, 0),
+        (13, 64, 50, 40, 2, "ids", "i64", 0.0, 2),
+        (5, 768, 50, 40, 2, "ids", "i32", 30.0, 0),
+    ]
+    for dt in DTYPES:
+        for N, H, V, P, TT, types, idtype, shift, misalign in specs:
+            ids = torch.randint(0, V, (N,), generator=g)
+            pids = torch.randint(0, P, (N,), generator=g)
+            tids = torch.randint(0, TT, (N,), generator=g) if types == "ids" else None
+            word = (torch.randn(V, H, generator=g) + shift).to(DTYPES[dt])
+            pos = torch.randn(P, H, generator=g).to(DTYPES[dt])
+            typ = torch.randn(TT, H, generator=g).to(DTYPES[dt]) if types is not None else None
+            w, b = _ln_params(H, dt, g)
+            grad_out = torch.randn(N, H, generator=g).to(DTYPES[dt])
+            _, mean, rstd = reference.embeddings(ids, pids, tids, word, pos, typ, w, b, 1e-12)
+            leaves = {"word_weight": word, "position_weight": pos, "ln_weight": w, "ln_bias": b}
+            if typ is not None:
+                leaves["token_type_weight"] = typ
+            want = _grads64(lambda **kw: reference.embeddings(ids, pids, tids, eps=1e-12, **kw),
+                            leaves, {} if typ is not None else {"token_type_weight": None}, grad_out)
+            itype = torch.int32 if idtype == "i32" else torch.int64
+            inputs = {"grad_out": grad_out, "ids": ids.to(itype), "pos_ids": pids.to(itype), "word": word,
+                      "pos": pos, "gamma": w, "mean": mean, "rstd": rstd}
+            expected = {"grad_word": want["word_weight"], "grad_pos": want["position_weight"],
+                        "grad_w": want["ln_weight"], "grad_b": want["ln_bias"]}
+            if typ is not None:
+                inputs["type"] = typ
+                expected["grad_type"] = want["token_type_weight"]
+            if tids is not None:
+                inputs["type_ids"] = tids.to(itype)
+            out.append(Case(f"embeddings_backward_{dt}_n{N}_h{H}_{types}_{idtype}_m{misalign}", "embeddings_backward",
+                            dt, inputs, {"N": N, "H": H, "V": V, "P": P, "TT": TT if typ is not None else 0,
+                                         "idtype": idtype, "misalign": misalign},
+                            {k: v.to(DTYPES[dt]) for k, v in expected.items()},
+                            tol=BWD_F32_TOL if dt == "f32" else None))
     return out
 
 
@@ -346,7 +478,7 @@ def attention_masked_cases():
 # fp16 5e-3, bf16 4e-2: both sides round the result to the dtype (one ulp at |g| in [4, 8) is 3.9e-3 / 3.1e-2)
 # and the kernel's D_i = dO_i . O_i uses the forward's rounded out, as the CPU op and FlashAttention do (seen:
 # at most 0.6 of the bound).
-BWD_TOL = {"f32": 2e-5, "f16": 5e-3, "bf16": 4e-2}
+ATTN_BWD_TOL = {"f32": 2e-5, "f16": 5e-3, "bf16": 4e-2}
 
 
 def _ref_grad_qkv(fn, qkv, grad_out):
@@ -386,7 +518,7 @@ def attention_backward_cases():
                             {"B": len(lengths), "T": T, "max_seqlen": max(lengths), "nh": nh, "H": H,
                              "scale": repr(args[3]), "dropout_p": p, "seed": args[5], "offset": args[6],
                              "misalign": misalign},
-                            {"grad_qkv": want}, tol=BWD_TOL[dt]))
+                            {"grad_qkv": want}, tol=ATTN_BWD_TOL[dt]))
     return out
 
 
@@ -428,13 +560,14 @@ def attention_masked_backward_cases():
                             {"qkv": qkv, "bias": bias, "mask": add, "out": o, "grad_out": grad_out},
                             {"B": B, "L": L, "nh": nh, "H": H, "scale": repr(scale), "dropout_p": p, "seed": 99,
                              "offset": 5, "ms_b": st[0], "ms_h": st[1], "ms_i": st[2], "ms_j": st[3]},
-                            {"grad_qkv": want}, tol=BWD_TOL[dt]))
+                            {"grad_qkv": want}, tol=ATTN_BWD_TOL[dt]))
     return out
 
 
 ALL_CASES = (pack_cases() + unpack_cases() + embeddings_cases() + brln_cases() + bias_act_cases()
              + attention_cases() + attention_masked_cases() + attention_backward_cases()
-             + attention_masked_backward_cases())
+             + attention_masked_backward_cases()
+             + bias_act_backward_cases() + brln_backward_cases() + embeddings_backward_cases())
 ASAN_CASES = ALL_CASES  # the ASan build is ~2x slower than the plain one; both run every case
 
 
@@ -574,8 +707,21 @@ def _bad_attention_case():
                  "offset": 0})
 
 
-@pytest.mark.parametrize("make", [_bad_embeddings_case, _bad_unpack_case, _bad_attention_case],
-                         ids=["embeddings_id_out_of_range", "unpack_index_out_of_range", "attention_cu_seqlens_short"])
+def _bad_embeddings_backward_case():
+    g = _gen(13)
+    H, V, P = 16, 10, 8
+    return Case("bad_embeddings_backward", "embeddings_backward", "f32",
+                {"grad_out": torch.randn(3, H, generator=g), "ids": torch.tensor([1, 2, 3]),
+                 "pos_ids": torch.tensor([0, P, 2]),  # P is out of range
+                 "word": torch.randn(V, H, generator=g), "pos": torch.randn(P, H, generator=g), "gamma": torch.ones(H),
+                 "mean": torch.zeros(3), "rstd": torch.ones(3)},
+                {"N": 3, "H": H, "V": V, "P": P, "TT": 0, "idtype": "i64"})
+
+
+@pytest.mark.parametrize("make", [_bad_embeddings_case, _bad_unpack_case, _bad_attention_case,
+                                  _bad_embeddings_backward_case],
+                         ids=["embeddings_id_out_of_range", "unpack_index_out_of_range", "attention_cu_seqlens_short",
+                              "embeddings_backward_position_out_of_range"])
 def test_kernel_assert_stops_bad_input(make, drivers, tmp_path):
     case = make()
     manifest = tmp_path / "m.txt"

@@ -155,3 +155,47 @@ def test_minilm_checkpoint():
         cos = torch.nn.functional.cosine_similarity(o[keep], ref[keep], dim=-1)
         assert float(cos.min()) >= 0.99999
         assert max_diff(o, ref, keep) <= 1e-4
+
+
+@pytest.mark.parametrize("act", ["gelu", "relu", "tanh"])
+@pytest.mark.parametrize("grad_ctx", ["no_grad", "inference_mode"])
+def test_inference_loop_is_bit_identical(monkeypatch, act, grad_ctx):
+    """fastbert.inference's loop (eval, no gradient) and the general per-layer path give the same bits, hidden
+    states included; an activation without a fused kernel ("tanh") falls back to the general path."""
+    from fastbert import encoder, inference
+    hf = make_hf(seed=2, hidden_act=act)
+    fb = fastbert.from_hf(hf).eval()
+    ids, mask, tt = ragged(3, 21, hf.config.vocab_size, seed=3, types=2)
+    calls = []
+    real_run_layers = inference.run_layers
+    monkeypatch.setattr(inference, "run_layers", lambda *a, **k: calls.append(1) or real_run_layers(*a, **k))
+    ctx = torch.no_grad if grad_ctx == "no_grad" else torch.inference_mode
+    outs = {}
+    for fast in (True, False):
+        monkeypatch.setattr(encoder, "FAST_INFERENCE", fast)
+        with ctx():
+            outs[fast] = fb(ids, attention_mask=mask, token_type_ids=tt, output_hidden_states=True)
+    assert len(calls) == (0 if act == "tanh" else 1)
+    assert torch.equal(outs[True].last_hidden_state, outs[False].last_hidden_state)
+    for a, b in zip(outs[True].hidden_states, outs[False].hidden_states, strict=True):
+        assert torch.equal(a, b)
+    assert max_diff(outs[True].last_hidden_state, hf(ids, attention_mask=mask, token_type_ids=tt).last_hidden_state,
+                    mask) <= TOL
+
+
+def test_inference_loop_sees_weight_changes(monkeypatch):
+    """The loop reads weights afresh each forward: after an in-place update and a replaced Linear it still
+    gives the general path's bits."""
+    from fastbert import encoder
+    hf = make_hf(seed=4)
+    fb = fastbert.from_hf(hf).eval()
+    ids, mask, _ = ragged(2, 9, hf.config.vocab_size, seed=5)
+    with torch.no_grad():
+        before = fb(ids, attention_mask=mask).last_hidden_state
+        fb.encoder.layer[0].attention.self.query.weight.mul_(1.5)
+        fb.encoder.layer[1].output.dense = torch.nn.Linear(hf.config.intermediate_size, hf.config.hidden_size)
+        after = fb(ids, attention_mask=mask).last_hidden_state
+        monkeypatch.setattr(encoder, "FAST_INFERENCE", False)
+        general = fb(ids, attention_mask=mask).last_hidden_state
+    assert not torch.equal(before, after)
+    assert torch.equal(after, general)

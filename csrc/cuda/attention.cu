@@ -1,4 +1,5 @@
-// attention / attention_masked on CUDA: argument checks and the launch of csrc/cuda/attention.cuh.
+// attention / attention_masked on CUDA: argument checks and the launch of csrc/cuda/attention_mma.cuh (fp16/bf16,
+// sm_80+) or csrc/cuda/attention.cuh (fp32, or older GPUs).
 //
 // attention_masked turns its mask into an additive fp32 mask first (bool: 0 / -inf; float16/bfloat16: cast),
 // at the mask's own (broadcastable) shape, then passes the kernel the strides of its (B, nh, L, L) broadcast.
@@ -8,9 +9,13 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <cstdlib>
 #include <limits>
+#include <string>
+#include <type_traits>
 
 #include "cuda/attention.cuh"
+#include "cuda/attention_mma.cuh"
 #include "cuda/host.h"
 
 namespace fastbert::cuda {
@@ -39,8 +44,35 @@ void check_dropout(double p, const char* op) {
   TORCH_CHECK_VALUE(p >= 0.0 && p < 1.0, op, ": dropout_p must be in [0, 1), got ", p);
 }
 
+// fp16/bf16 run on the tensor cores (attention_mma.cuh) from sm_80 on, unless FASTBERT_CUDA_ATTENTION=fma asks
+// for the fp32-FMA kernel (attention.cuh), which serves fp32 and older GPUs.
+bool use_tensor_cores() {
+  static const bool forced_fma = [] {
+    const char* v = std::getenv("FASTBERT_CUDA_ATTENTION");
+    return v != nullptr && std::string(v) == "fma";
+  }();
+  if (forced_fma) return false;
+  int device = 0, major = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  return major >= 8;
+}
+
 template <typename T>
 void launch(const AttentionParams<T>& p, int64_t B, int64_t max_seqlen, cudaStream_t stream) {
+  if constexpr (!std::is_same_v<T, float>) {
+    if (use_tensor_cores()) {
+      const dim3 grid(static_cast<unsigned>(ceil_div(max_seqlen, kMmaRows)), static_cast<unsigned>(p.nh),
+                      static_cast<unsigned>(B));
+      const size_t smem = static_cast<size_t>(attention_mma_smem_bytes(p.d));
+      const int dmax = attention_mma_dmax(p.d);
+      if (dmax == 32) attention_mma_kernel<T, 32><<<grid, kMmaThreads, smem, stream>>>(p);
+      else if (dmax == 64) attention_mma_kernel<T, 64><<<grid, kMmaThreads, smem, stream>>>(p);
+      else attention_mma_kernel<T, 128><<<grid, kMmaThreads, smem, stream>>>(p);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
+  }
   const int dmax = attention_dmax(p.d);
   const dim3 grid(static_cast<unsigned>(ceil_div(max_seqlen, attention_rows(dmax))), static_cast<unsigned>(p.nh),
                   static_cast<unsigned>(B));

@@ -17,7 +17,8 @@
 // Dropout multiplies the probabilities in the accumulator by keep / (1 - p) with the counter-based mask of
 // fastbert/reference.py (l keeps the undropped sum, as the reference normalises before dropping).
 // Outputs: out in the storage dtype, lse = m + log(l) (fp32, natural log) for the backward.
-// Arithmetic is fp32 FMA (no tensor cores), DMAX = 64 or 128 picks the register budget for head dims.
+// Arithmetic is fp32 FMA (no tensor cores), DMAX = 64 or 128 picks the register budget for head dims. This kernel
+// serves fp32, and fp16/bf16 below sm_80; attention_mma.cuh is the tensor-core kernel for fp16/bf16 on sm_80+.
 #pragma once
 #include "cuda/common.cuh"
 
@@ -56,6 +57,30 @@ struct AttentionParams {
 // attention_smem_bytes(d).
 FB_HOST_DEVICE int64_t attention_smem_bytes(int64_t d) { return 2 * kBc * d * int64_t(sizeof(float)); }
 
+// The rows of sequence b = blockIdx.z: first row `start` of the (T, 3H) / (B * L, 3H) rows and length `n`
+// (grid (query blocks, nh, B)); the packed op's cu_seqlens are checked on the device by one thread.
+template <typename T>
+FB_DEVICE void attention_sequence(const AttentionParams<T>& p, int64_t* start, int64_t* n) {
+  const int64_t b = blockIdx.z;
+  if (p.cu_seqlens) {
+    *start = p.cu_seqlens[b];
+    *n = p.cu_seqlens[b + 1] - *start;
+    if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) {
+      FB_KERNEL_ASSERT(*n >= 0 && *n <= p.max_seqlen && *start + *n <= p.total);
+      if (b == gridDim.z - 1) FB_KERNEL_ASSERT(*start + *n == p.total);  // cu_seqlens[B] == T
+    }
+  } else {
+    *start = b * p.L;
+    *n = p.L;
+  }
+}
+
+// The lse / dropout row of query i of head h in sequence b (see DropoutParams' `row`).
+template <typename T>
+FB_DEVICE int64_t attention_row(const AttentionParams<T>& p, int64_t b, int h, int64_t start, int64_t i) {
+  return p.cu_seqlens ? int64_t(h) * p.total + start + i : (b * p.nh + h) * p.L + i;
+}
+
 template <typename T, int DMAX>
 __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttentionParams<T> p) {
   constexpr int kSub = attention_sub(DMAX), kBr = attention_rows(DMAX), C = kAttnCols;
@@ -63,17 +88,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttentionParams
   const int64_t b = blockIdx.z;
   const int h = blockIdx.y;
   int64_t start, n;
-  if (p.cu_seqlens) {
-    start = p.cu_seqlens[b];
-    n = p.cu_seqlens[b + 1] - start;
-    if (blockIdx.x == 0 && h == 0 && threadIdx.x == 0) {
-      FB_KERNEL_ASSERT(n >= 0 && n <= p.max_seqlen && start + n <= p.total);
-      if (b == gridDim.z - 1) FB_KERNEL_ASSERT(start + n == p.total);  // cu_seqlens[B] == T
-    }
-  } else {
-    start = b * p.L;
-    n = p.L;
-  }
+  attention_sequence(p, &start, &n);
   const int64_t q0 = int64_t(blockIdx.x) * kBr;
   if (q0 >= n) return;  // uniform over the block
 
@@ -96,7 +111,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttentionParams
     q[m] = v;
     o[m] = 0.f;
   }
-  const int64_t lse_row = p.cu_seqlens ? int64_t(h) * p.total + start + i : (b * p.nh + h) * p.L + i;
+  const int64_t lse_row = attention_row(p, b, h, start, i);
   const float* mask_row = (p.mask && valid) ? p.mask + b * p.ms_b + h * p.ms_h + i * p.ms_i : nullptr;
 
   float* Ks = dynamic_smem<float>();  // (kBc, d)

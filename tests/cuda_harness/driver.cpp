@@ -22,11 +22,18 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <numeric>
+
 #include "cuda/attention.cuh"
 #include "cuda/attention_backward.cuh"
+#include "cuda/attention_mma.cuh"
 #include "cuda/bias_act.cuh"
+#include "cuda/bias_act_backward.cuh"
 #include "cuda/bias_residual_layernorm.cuh"
+#include "cuda/bias_residual_layernorm_backward.cuh"
 #include "cuda/embeddings.cuh"
+#include "cuda/embeddings_backward.cuh"
 #include "cuda/pack.cuh"
 #include "faults.cuh"
 
@@ -239,7 +246,19 @@ void run_embeddings(Case& c) {
 }
 
 template <typename T>
-void launch_attention(const AttentionParams<T>& p, int64_t B, int64_t max_seqlen) {
+void launch_attention(const AttentionParams<T>& p, int64_t B, int64_t max_seqlen, bool mma) {
+  if constexpr (!std::is_same_v<T, float>) {
+    if (mma) {  // as csrc/cuda/attention.cu launches attention_mma.cuh
+      const dim3 grid(unsigned(ceil_div(max_seqlen, kMmaRows)), unsigned(p.nh), unsigned(B));
+      const size_t smem = size_t(attention_mma_smem_bytes(p.d));
+      const int dmax = attention_mma_dmax(p.d);
+      if (dmax == 32) fbh::launch(grid, dim3(kMmaThreads), smem, attention_mma_kernel<T, 32>, p);
+      else if (dmax == 64) fbh::launch(grid, dim3(kMmaThreads), smem, attention_mma_kernel<T, 64>, p);
+      else fbh::launch(grid, dim3(kMmaThreads), smem, attention_mma_kernel<T, 128>, p);
+      return;
+    }
+  }
+  if (mma) die("attention impl=mma takes f16 or bf16");
   const int dmax = attention_dmax(p.d);
   const dim3 grid(unsigned(ceil_div(max_seqlen, attention_rows(dmax))), unsigned(p.nh), unsigned(B));
   const size_t smem = size_t(attention_smem_bytes(p.d));
@@ -280,7 +299,151 @@ void run_attention(Case& c, bool masked) {
   }
   if (p.total == 0 || B == 0 || max_seqlen == 0) return;
   p.vec = p.d % Vec16<T>::n == 0 && aligned(p.qkv) && (!p.bias || aligned(p.bias));
-  launch_attention(p, B, max_seqlen);
+  launch_attention(p, B, max_seqlen, c.has("impl") && c.str("impl") == "mma");
+}
+
+// ---------------------------------------------------------------- backward ops
+
+template <typename T>
+void run_bias_act_backward(Case& c) {
+  BiasActBackwardParams<T> p;
+  p.C = c.i("C");
+  p.numel = c.i("N") * p.C;
+  p.act = static_cast<Activation>(c.i("act"));
+  p.grad = c.input<T>("grad");
+  p.x = c.input<T>("x");
+  p.bias = c.input<T>("bias");
+  p.grad_input = c.output<T>("grad_input", size_t(p.numel));
+  if (p.numel == 0) return;
+  p.vec = p.C % Vec16<T>::n == 0 && aligned(p.grad) && aligned(p.x) && aligned(p.bias) && aligned(p.grad_input);
+  fbh::launch(dim3(bias_act_grid(p.numel, p.vec, Vec16<T>::n)), dim3(kBiasActThreads), 0, bias_act_backward_kernel<T>,
+              p);
+}
+
+// The row kernel's config as csrc/cuda/ln_backward_host.h picks it (the harness has 48 KiB of shared memory).
+inline int harness_ln_backward_warps(int64_t H) {
+  const int warps = ln_backward_warps(H, kSmemDefault);
+  if (warps == 0) die("H too large for the harness");
+  return warps;
+}
+
+template <typename T>
+void launch_ln_reduce(const float* partials, unsigned blocks, int64_t H, T* grad_w, T* grad_b) {
+  fbh::launch(dim3(ln_reduce_grid(H)), dim3(kLnReduceThreads), 0, ln_backward_reduce_kernel<T>, partials,
+              int64_t(blocks), H, grad_w, grad_b);
+}
+
+template <typename T>
+void run_brln_backward(Case& c) {
+  BrlnBackwardParams<T> p;
+  p.N = c.i("N");
+  p.H = c.i("H");
+  p.grad_out = c.input<T>("grad_out");
+  p.x = c.input<T>("x");
+  p.bias = c.opt_input<T>("bias");
+  p.residual = c.input<T>("residual");
+  p.gamma = c.input<T>("gamma");
+  p.mean = c.input<float>("mean");
+  p.rstd = c.input<float>("rstd");
+  p.grad_s = c.output<T>("grad_s", size_t(p.N * p.H));
+  T* grad_w = c.output<T>("grad_w", size_t(p.H));
+  T* grad_b = c.output<T>("grad_b", size_t(p.H));
+  if (p.N == 0) {  // the launcher returns zeros
+    std::fill(grad_w, grad_w + p.H, T(0.f));
+    std::fill(grad_b, grad_b + p.H, T(0.f));
+    return;
+  }
+  const int warps = harness_ln_backward_warps(p.H);
+  const unsigned grid = ln_backward_grid(p.N, warps);
+  Buf partials(size_t(grid) * 2 * size_t(p.H) * sizeof(float));
+  p.partials = partials.as<float>();
+  p.vec = p.H % Vec16<T>::n == 0 && aligned(p.grad_out) && aligned(p.x) && (!p.bias || aligned(p.bias)) &&
+          aligned(p.residual) && aligned(p.gamma) && aligned(p.grad_s);
+  fbh::launch(dim3(grid), dim3(warps * kWarp), size_t(ln_backward_smem(p.H, warps)), brln_backward_kernel<T>, p);
+  launch_ln_reduce<T>(p.partials, grid, p.H, grad_w, grad_b);
+  if (!partials.guards_ok()) die("out-of-range write next to the partials", 2);
+}
+
+template <typename T, typename I>
+void run_embeddings_backward_typed(Case& c) {
+  EmbeddingsBackwardParams<T, I> p;
+  p.N = c.i("N");
+  p.H = c.i("H");
+  p.V = c.i("V");
+  p.P = c.i("P");
+  p.TT = c.has("TT") ? c.i("TT") : 0;
+  p.grad_out = c.input<T>("grad_out");
+  p.ids = c.input<I>("ids");
+  p.pos_ids = c.input<I>("pos_ids");
+  p.type_ids = c.opt_input<I>("type_ids");
+  p.word = c.input<T>("word");
+  p.pos = c.input<T>("pos");
+  p.type = c.opt_input<T>("type");
+  p.gamma = c.input<T>("gamma");
+  p.mean = c.input<float>("mean");
+  p.rstd = c.input<float>("rstd");
+  // The launcher's outputs: zero-filled tables (the type table only when there is one), then the LN gradients.
+  T* g_word = c.output<T>("grad_word", size_t(p.V * p.H));
+  T* g_pos = c.output<T>("grad_pos", size_t(p.P * p.H));
+  T* g_type = p.type ? c.output<T>("grad_type", size_t(p.TT * p.H)) : nullptr;
+  T* g_w = c.output<T>("grad_w", size_t(p.H));
+  T* g_b = c.output<T>("grad_b", size_t(p.H));
+  std::fill(g_word, g_word + p.V * p.H, T(0.f));
+  std::fill(g_pos, g_pos + p.P * p.H, T(0.f));
+  if (g_type) std::fill(g_type, g_type + p.TT * p.H, T(0.f));
+  std::fill(g_w, g_w + p.H, T(0.f));
+  std::fill(g_b, g_b + p.H, T(0.f));
+  if (p.N == 0) return;
+  const int warps = harness_ln_backward_warps(p.H);
+  const unsigned grid = ln_backward_grid(p.N, warps);
+  const int64_t tables = p.type ? 3 : 2, K = tables * p.N;
+  Buf grad_s(size_t(p.N * p.H) * sizeof(float)), keys(size_t(K) * sizeof(int64_t)),
+      partials(size_t(grid) * 2 * size_t(p.H) * sizeof(float));
+  p.grad_s = grad_s.as<float>();
+  p.keys = keys.as<int64_t>();
+  p.partials = partials.as<float>();
+  p.vec = p.H % Vec16<T>::n == 0 && aligned(p.grad_out) && aligned(p.word) && aligned(p.pos) &&
+          (!p.type || aligned(p.type)) && aligned(p.gamma);
+  fbh::launch(dim3(grid), dim3(warps * kWarp), size_t(ln_backward_smem(p.H, warps)),
+              embeddings_backward_rows_kernel<T, I>, p);
+  launch_ln_reduce<T>(p.partials, grid, p.H, g_w, g_b);
+
+  // at::sort(keys, stable=true) on the host
+  const int64_t* kp = keys.as<int64_t>();
+  std::vector<int64_t> perm(static_cast<size_t>(K));
+  std::iota(perm.begin(), perm.end(), int64_t(0));
+  std::stable_sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) { return kp[a] < kp[b]; });
+  Buf sorted(size_t(K) * sizeof(int64_t)), perm_buf(size_t(K) * sizeof(int64_t));
+  for (int64_t i = 0; i < K; ++i) {
+    sorted.as<int64_t>()[i] = kp[perm[size_t(i)]];
+    perm_buf.as<int64_t>()[i] = perm[size_t(i)];
+  }
+  const dim3 sgrid = embeddings_scatter_grid(K, p.H);
+  Buf ws(size_t(sgrid.x) * 2 * size_t(p.H) * sizeof(float));
+  EmbeddingsScatterParams<T> s;
+  s.sorted = sorted.as<int64_t>();
+  s.perm = perm_buf.as<int64_t>();
+  s.grad_s = grad_s.as<float>();
+  s.ws = ws.as<float>();
+  s.word = g_word;
+  s.pos = g_pos;
+  s.type = g_type;
+  s.K = K;
+  s.N = p.N;
+  s.H = p.H;
+  s.V = p.V;
+  s.P = p.P;
+  s.TT = p.TT;
+  fbh::launch(sgrid, dim3(kScatterThreads), 0, embeddings_scatter_kernel<T>, s);
+  fbh::launch(sgrid, dim3(kScatterThreads), 0, embeddings_scatter_combine_kernel<T>, s);
+  for (const Buf* b : {&grad_s, &keys, &partials, &sorted, &perm_buf, &ws})
+    if (!b->guards_ok()) die("out-of-range write next to an intermediate buffer", 2);
+}
+
+template <typename T>
+void run_embeddings_backward(Case& c) {
+  if (c.str("idtype") == "i32") run_embeddings_backward_typed<T, int32_t>(c);
+  else run_embeddings_backward_typed<T, int64_t>(c);
 }
 
 template <typename T>
@@ -379,6 +542,15 @@ void run_case(Case& c) {
   else if (op == "embeddings")
     dispatch([&] { run_embeddings<float>(c); }, [&] { run_embeddings<c10::Half>(c); },
              [&] { run_embeddings<c10::BFloat16>(c); });
+  else if (op == "bias_act_backward")
+    dispatch([&] { run_bias_act_backward<float>(c); }, [&] { run_bias_act_backward<c10::Half>(c); },
+             [&] { run_bias_act_backward<c10::BFloat16>(c); });
+  else if (op == "bias_residual_layernorm_backward")
+    dispatch([&] { run_brln_backward<float>(c); }, [&] { run_brln_backward<c10::Half>(c); },
+             [&] { run_brln_backward<c10::BFloat16>(c); });
+  else if (op == "embeddings_backward")
+    dispatch([&] { run_embeddings_backward<float>(c); }, [&] { run_embeddings_backward<c10::Half>(c); },
+             [&] { run_embeddings_backward<c10::BFloat16>(c); });
   else if (op == "attention" || op == "attention_masked") {
     const bool m = op == "attention_masked";
     dispatch([&] { run_attention<float>(c, m); }, [&] { run_attention<c10::Half>(c, m); },

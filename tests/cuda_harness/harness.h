@@ -3,7 +3,8 @@
 // Include this header before a kernel header and compile with the host compiler (g++ -std=c++20). It gives
 // the kernel source what CUDA gives it:
 //   threadIdx / blockIdx / blockDim / gridDim / warpSize, dim3, uint2 / uint4 / float4;
-//   __syncthreads, __syncwarp, __shfl{,_xor,_up,_down}_sync, __ballot_sync, __all_sync, __any_sync;
+//   __syncthreads, __syncwarp, __shfl{,_xor,_up,_down}_sync, __ballot_sync, __all_sync, __any_sync, and
+//   fbh::warp_gather for the warp-wide tensor-core mma (emulated in csrc/cuda/mma.cuh);
 //   static shared memory through FB_SHARED(type, name, count) (csrc/cuda/common.cuh; plain `__shared__ x`
 //   also compiles, as a `static`, but is neither NaN-filled nor bounds-checked: kernels use FB_SHARED) and
 //   dynamic shared memory through fastbert::cuda::dynamic_smem<T>();
@@ -268,6 +269,14 @@ inline const WarpSlots* warp_collective(unsigned mask, uint64_t bits, unsigned* 
     if ((mask >> l & 1u) && w.mask[r][l] != mask) fail("lanes of one warp collective passed different masks");
   *row = r;
   return &w;
+}
+
+// Every lane's `bits`, in one warp collective of the whole warp: what the emulated warp-wide instructions
+// (the tensor-core mma of csrc/cuda/mma.cuh) read of the other lanes' registers.
+inline void warp_gather(uint64_t bits, uint64_t out[32]) {
+  unsigned r;
+  const WarpSlots* w = warp_collective(0xffffffffu, bits, &r);
+  for (unsigned l = 0; l < 32; ++l) out[l] = w->value[r][l];
 }
 
 template <typename T>

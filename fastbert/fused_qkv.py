@@ -1,0 +1,139 @@
+"""Each layer's fused QKV projection weight (3H, H) and bias (3H,): cached, rebuilt when a weight changes.
+
+Inference reads q|k|v as one GEMM's weight. When the three Linear weights already lie side by side in
+memory (fastbert's own loader puts them so) the fused weight is a view; otherwise a concatenated copy is cached
+on the attention module, keyed by each weight's object, storage, in-place version, dtype and shape, so an
+optimizer step, load_state_dict, .to() or a replaced Linear all rebuild it. The cache is never a parameter or
+buffer (state_dict stays HF's) and is not copied by deepcopy or pickle.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["fused_qkv", "clear_fused_cache"]
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+class _FusedCache:
+    """Holds (key, weight, bias) of a layer's fused QKV projection. Not copied by deepcopy or pickle (a copy
+    rebuilds its own), and never a parameter or buffer, so state_dict stays HF's."""
+    __slots__ = ("entry", "__weakref__")
+
+    def __init__(self):
+        self.entry = None
+
+    def __deepcopy__(self, memo):
+        return _FusedCache()
+
+    def __reduce__(self):
+        return (_FusedCache, ())
+
+
+def _version(t: Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:  # inference tensors have no version counter
+        return -1
+
+
+def _key(ts) -> tuple:
+    return tuple((weakref.ref(t), t.data_ptr(), _version(t), t.dtype, t.device, t.shape) if t is not None
+                 else None for t in ts)
+
+
+def _key_valid(key, ts) -> bool:
+    if key is None or len(key) != len(ts):
+        return False
+    for k, t in zip(key, ts):
+        if t is None or k is None:
+            if not (t is None and k is None):
+                return False
+            continue
+        ref, ptr, ver, dtype, device, shape = k
+        if (ref() is not t or ptr != t.data_ptr() or ver != _version(t) or dtype != t.dtype or shape != t.shape
+                or device != t.device):
+            return False
+    return True
+
+
+def _adjacent_view(ts) -> Optional[Tensor]:
+    """The (3n, ...) tensor q|k|v already form in memory when they are consecutive views of one storage."""
+    t0 = ts[0]
+    if not all(t.is_contiguous() and t.dtype == t0.dtype and t.device == t0.device and t.shape == t0.shape
+               for t in ts):
+        return None
+    try:
+        base = t0.untyped_storage().data_ptr()
+        if any(t.untyped_storage().data_ptr() != base for t in ts):
+            return None
+    except RuntimeError:
+        return None
+    step = t0.numel() * t0.element_size()
+    if any(t.data_ptr() != t0.data_ptr() + i * step for i, t in enumerate(ts)):
+        return None
+    shape = (t0.shape[0] * len(ts),) + tuple(t0.shape[1:])
+    return t0.detach().as_strided(shape, torch.empty(shape, device="meta").stride())
+
+
+def _cat_bias(sa, like: Tensor) -> Optional[Tensor]:
+    bs = [sa.query.bias, sa.key.bias, sa.value.bias]
+    if all(b is None for b in bs):
+        return None
+    n = like.shape[0] // 3
+    return torch.cat([b if b is not None else like.new_zeros(n) for b in bs])
+
+
+def _qkv_params(sa: nn.Module) -> Tuple[tuple, tuple]:
+    """(q, k, v weights), (q, k, v biases or None): through the modules' dicts where the Linears keep plain
+    parameters (cheap: this runs per layer per forward), else by attribute (a parametrized weight, say)."""
+    try:
+        mods = sa._modules
+        ps = (mods["query"]._parameters, mods["key"]._parameters, mods["value"]._parameters)
+        return (ps[0]["weight"], ps[1]["weight"], ps[2]["weight"]), (ps[0].get("bias"), ps[1].get("bias"),
+                                                                      ps[2].get("bias"))
+    except (KeyError, AttributeError):
+        return (sa.query.weight, sa.key.weight, sa.value.weight), (sa.query.bias, sa.key.bias, sa.value.bias)
+
+
+def fused_qkv(sa: nn.Module, need_grad: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    """(Wqkv (3H, H), bqkv (3H,) or None) of a self-attention module with query/key/value Linears.
+
+    With gradients or while compiling: torch.cat in the graph (differentiable). Otherwise a cached copy,
+    rebuilt whenever a weight changes (object, storage or in-place version), or a view when the weights
+    already lie side by side."""
+    if need_grad or _compiling():
+        w = torch.cat((sa.query.weight, sa.key.weight, sa.value.weight))
+        return w, _cat_bias(sa, w)
+    ws, bs = _qkv_params(sa)
+    cache = sa.__dict__.get("_fastbert_fused")
+    if cache is None:
+        cache = _FusedCache()
+        sa.__dict__["_fastbert_fused"] = cache
+    entry = cache.entry
+    if entry is not None and _key_valid(entry[0], ws + bs):
+        return entry[1], entry[2]
+    with torch.no_grad():
+        w = _adjacent_view(ws)
+        if w is None:
+            w = torch.cat([t.detach() for t in ws])
+        b = None
+        if all(t is not None for t in bs):
+            b = _adjacent_view(bs)
+            if b is None:
+                b = torch.cat([t.detach() for t in bs])
+        elif any(t is not None for t in bs):
+            b = _cat_bias(sa, w).detach()
+    cache.entry = (_key(ws + bs), w, b)   # one assignment: threads see the old or the new entry, never a mix
+    return w, b
+
+
+def clear_fused_cache(model: nn.Module) -> None:
+    for m in model.modules():
+        m.__dict__.pop("_fastbert_fused", None)
