@@ -8,7 +8,8 @@
 #    fastbert/_C*.so and build/ are never overwritten; ninja keeps the copy's objects between runs;
 # 3. FASTBERT_CUDA=1 FASTBERT_PTXAS_VERBOSE=1 build for FASTBERT_CUDA_ARCHS (default 7.5;8.0;8.6;9.0+PTX);
 #    fails on any ptxas spill (spill stores/loads > 0) in the -v output;
-# 4. imports the module in that venv and fails unless every forward op of csrc/fastbert.cpp has a CUDA kernel.
+# 4. imports the module in that venv and fails unless every op of csrc/fastbert.cpp (backward ops included) has
+#    a CUDA kernel.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -84,11 +85,7 @@ assert names, "no op schemas found in csrc/fastbert.cpp"
 has = {n: torch._C._dispatch_has_kernel_for_dispatch_key(f"fastbert::{n}", "CUDA") for n in names}
 print(f"   fastbert.__file__ = {fastbert.__file__}; cuda_archs = {fastbert.ops._C.cuda_archs()}")
 print(f"   ops with a CUDA kernel: {[n for n in names if has[n]]}")
-# Backward ops train on CUDA through the reference backward until their CUDA kernels exist (issue 6).
-missing_backward = [n for n in names if n.endswith("_backward") and not has[n]]
-if missing_backward:
-    print(f"   note: no CUDA kernel yet for {missing_backward} (CUDA training uses the reference backward)")
-missing = [n for n in names if not n.endswith("_backward") and not has[n]]
+missing = [n for n in names if not has[n]]
 if missing:
     sys.exit(f"FAIL: no CUDA kernel for {missing}")
 PYEOF
