@@ -132,7 +132,7 @@ def test_attention(dtype, d, dropout_p):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("mask_kind", ["bool", "float", "per_head"])
+@pytest.mark.parametrize("mask_kind", ["bool", "float", "per_head", "hf_min"])
 def test_attention_masked(dtype, mask_kind):
     g = _gen()
     B, L, nh, d = 2, 45, 2, 64
@@ -143,8 +143,12 @@ def test_attention_masked(dtype, mask_kind):
         mask[1] = False  # a fully masked sequence: out 0, lse -inf
     elif mask_kind == "float":
         mask = torch.randn(B, 1, L, L, generator=g)
-    else:
+    elif mask_kind == "per_head":
         mask = torch.ones(L, L, dtype=torch.bool).tril().expand(B, nh, L, L)
+    else:  # HF's additive finfo.min mask; sequence 1 fully masked: uniform attention, as in HF
+        mask = torch.zeros(B, 1, 1, L)
+        mask[0, ..., L - 5:] = torch.finfo(torch.float32).min
+        mask[1] = torch.finfo(torch.float32).min
     args = (nh, 1 / math.sqrt(d), 0.0, 0, 0)
     got = torch.ops.fastbert.attention_masked(qkv.to(DEV), bias.to(DEV), mask.to(DEV), *args)
     want = reference.attention_masked(qkv, bias, mask, *args)

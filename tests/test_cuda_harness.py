@@ -341,9 +341,10 @@ def attention_masked_cases():
                 mask[0, 0, 3] = float("-inf")
             elif kind == "bool_per_head":  # (B, nh, L, L) causal per head
                 mask = torch.ones(L, L, dtype=torch.bool).tril().expand(B, nh, L, L).clone()
-            else:                          # HF's finfo.min additive mask, (B, 1, 1, L)
-                mask = torch.zeros(B, 1, 1, L)
+            else:                          # HF's finfo.min additive mask, (B, 1, 1, L); batch 1 fully masked:
+                mask = torch.zeros(B, 1, 1, L)  # its rows attend uniformly, as in HF (the scores stay finite)
                 mask[:, :, :, L - 3:] = torch.finfo(torch.float32).min
+                mask[-1] = torch.finfo(torch.float32).min
             scale = 1 / math.sqrt(d)
             seed, offset = 99, 5
             o, lse = reference.attention_masked(qkv, bias, mask, nh, scale, p, seed, offset)

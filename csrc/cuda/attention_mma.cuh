@@ -9,8 +9,7 @@
 // whole pass. The block stages its Q tile (bias added, rounded to T) in shared memory once and each warp keeps
 // its rows as A fragments in registers (ldmatrix). Then, 64 keys at a time: the block stages K and V row-major
 // with the bias added (16-byte stores); each warp forms its 16 x 64 scores with DMAX/16 x 8 mma's (K's B
-// fragments by ldmatrix, V's by ldmatrix.trans), applies scale, mask and sequence end in fp32 (in the log2
-// domain: exp2 is one instruction), folds them into the running max / sum (online softmax, the row statistics
+// fragments by ldmatrix, V's by ldmatrix.trans), applies scale, mask and sequence end in fp32, folds them into the running max / sum (online softmax, the row statistics
 // shared by the 4 lanes of a quad through two xor-shuffles), and, because the score accumulator's layout is the
 // A-fragment layout of P, converts the probabilities to T in registers and multiplies them by V with no trip
 // through shared memory. Rows and columns past the
@@ -113,9 +112,10 @@ __global__ void __launch_bounds__(kMmaThreads) attention_mma_kernel(AttentionPar
   float o[ND][4];
 #pragma unroll
   for (int nd = 0; nd < ND; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
-  // Running max (log2 domain) and sum of this lane's share of its two rows.
+  // Running max and sum of this lane's share of its two rows. Scores stay in the natural-log domain (an HF
+  // mask of finfo.min times log2(e) would overflow to -inf and turn a fully masked row's uniform softmax into
+  // zeros); exp(x) is computed as exp2(x * log2(e)), one instruction after the multiply.
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
-  const float scale2 = p.scale * kLog2e;
 
   for (int64_t k0 = 0; k0 < n; k0 += kMmaKeys) {
     __syncthreads();  // the Q fragments / the previous K and V tiles are read
@@ -136,7 +136,7 @@ __global__ void __launch_bounds__(kMmaThreads) attention_mma_kernel(AttentionPar
       }
     }
 
-    // Scale, mask and sequence end (log2 domain); the tile's row maxima over the quad.
+    // Scale, mask and sequence end; the tile's row maxima over the quad.
     float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int nt = 0; nt < NK; ++nt)
@@ -146,8 +146,8 @@ __global__ void __launch_bounds__(kMmaThreads) attention_mma_kernel(AttentionPar
         const int64_t key = k0 + nt * 8 + 2 * t + (e & 1);
         float v = -INFINITY;
         if (key < n) {
-          v = s[nt][e] * scale2;
-          if (mask_row[r]) v = fmaf(mask_row[r][key * p.ms_j], kLog2e, v);
+          v = s[nt][e] * p.scale;
+          if (mask_row[r]) v += mask_row[r][key * p.ms_j];
         }
         s[nt][e] = v;
         mx[r] = fmaxf(mx[r], v);
@@ -159,7 +159,7 @@ __global__ void __launch_bounds__(kMmaThreads) attention_mma_kernel(AttentionPar
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(kFullMask, mx[r], 2));
       const float m_new = fmaxf(m_run[r], mx[r]);
       m_use[r] = m_new == -INFINITY ? 0.f : m_new;  // a row masked so far adds nothing
-      const float alpha = exp2f(m_run[r] - m_use[r]);
+      const float alpha = exp2f((m_run[r] - m_use[r]) * kLog2e);
       l_run[r] *= alpha;
 #pragma unroll
       for (int nd = 0; nd < ND; ++nd) {
@@ -178,7 +178,7 @@ __global__ void __launch_bounds__(kMmaThreads) attention_mma_kernel(AttentionPar
         const int nt = 2 * kc + half;
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          float p0 = exp2f(s[nt][2 * r] - m_use[r]), p1 = exp2f(s[nt][2 * r + 1] - m_use[r]);
+          float p0 = exp2f((s[nt][2 * r] - m_use[r]) * kLog2e), p1 = exp2f((s[nt][2 * r + 1] - m_use[r]) * kLog2e);
           l_run[r] += p0 + p1;  // the undropped sum: the reference normalises before dropping
           if (p.dropout.threshold != 0) {
             const uint32_t key = uint32_t(k0 + nt * 8 + 2 * t);
@@ -212,7 +212,7 @@ __global__ void __launch_bounds__(kMmaThreads) attention_mma_kernel(AttentionPar
       if (c < p.d) out_row[c] = from_float<T>(o[nd][2 * r] * inv);
       if (c + 1 < p.d) out_row[c + 1] = from_float<T>(o[nd][2 * r + 1] * inv);
     }
-    if (t == 0) p.lse[lse_row[r]] = l > 0.f ? (m_run[r] + log2f(l)) / kLog2e : -INFINITY;
+    if (t == 0) p.lse[lse_row[r]] = l > 0.f ? m_run[r] + logf(l) : -INFINITY;
   }
 }
 
