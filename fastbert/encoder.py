@@ -236,6 +236,11 @@ def _is_int(t: Tensor) -> bool:
     return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
 
 
+def _min_max(t: Tensor) -> Tuple[int, int]:
+    """(min, max) of an integer tensor with one device-to-host read (one sync on CUDA, not two)."""
+    return tuple(torch.stack(torch.aminmax(t)).tolist())
+
+
 def check_inputs(config, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds) -> None:
     """TypeError/ValueError/IndexError naming the argument; run eagerly only (skipped while compiling)."""
     if input_ids is not None:
@@ -264,9 +269,9 @@ def check_inputs(config, input_ids, attention_mask, token_type_ids, position_ids
     if position_ids is None and L > n_pos:
         raise ValueError(f"{name}: sequence length {L} exceeds max_position_embeddings={n_pos}")
     if input_ids is not None and input_ids.numel() > 0:
-        lo, hi = torch.aminmax(input_ids)
-        if int(lo) < 0 or int(hi) >= config.vocab_size:
-            bad = int(lo) if int(lo) < 0 else int(hi)
+        lo, hi = _min_max(input_ids)
+        if lo < 0 or hi >= config.vocab_size:
+            bad = lo if lo < 0 else hi
             raise IndexError(f"input_ids: token id {bad} outside the vocabulary [0, {config.vocab_size})")
     if token_type_ids is not None:
         if not isinstance(token_type_ids, Tensor) or not _is_int(token_type_ids):
@@ -274,9 +279,9 @@ def check_inputs(config, input_ids, attention_mask, token_type_ids, position_ids
         if tuple(token_type_ids.shape) != shape:
             raise ValueError(f"token_type_ids: expected shape {shape} (as {name}), got {tuple(token_type_ids.shape)}")
         if token_type_ids.numel() > 0:
-            lo, hi = torch.aminmax(token_type_ids)
-            if int(lo) < 0 or int(hi) >= config.type_vocab_size:
-                bad = int(lo) if int(lo) < 0 else int(hi)
+            lo, hi = _min_max(token_type_ids)
+            if lo < 0 or hi >= config.type_vocab_size:
+                bad = lo if lo < 0 else hi
                 raise IndexError(f"token_type_ids: type id {bad} outside [0, type_vocab_size={config.type_vocab_size})")
     if position_ids is not None:
         if not isinstance(position_ids, Tensor) or not _is_int(position_ids):
@@ -285,9 +290,9 @@ def check_inputs(config, input_ids, attention_mask, token_type_ids, position_ids
         if ps not in ((B, L), (1, L), (L,)):
             raise ValueError(f"position_ids: expected shape {(B, L)}, (1, {L}) or ({L},), got {ps}")
         if position_ids.numel() > 0:
-            lo, hi = torch.aminmax(position_ids)
-            if int(lo) < 0 or int(hi) >= n_pos:
-                bad = int(lo) if int(lo) < 0 else int(hi)
+            lo, hi = _min_max(position_ids)
+            if lo < 0 or hi >= n_pos:
+                bad = lo if lo < 0 else hi
                 raise IndexError(f"position_ids: position {bad} outside [0, max_position_embeddings={n_pos})")
     if attention_mask is not None:
         if not isinstance(attention_mask, Tensor):

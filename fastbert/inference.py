@@ -84,18 +84,18 @@ def layer_weights(layers: nn.ModuleList, activation, x: Tensor) -> Optional[List
 def run_layers(weights: List[LayerWeights], x: Tensor, cu_seqlens: Tensor, max_seqlen: int, num_heads: int,
                scale: float, activation: str, on_layer: Optional[Callable[[int, Tensor], None]] = None) -> Tensor:
     """x (T, H) through every layer; on_layer(i, x) after layer i (for output_hidden_states)."""
-    linear = torch._C._nn.linear
+    mm = torch.mm  # x @ W^T as F.linear computes it (linear -> matmul -> mm), minus two dispatch layers
     attention = torch.ops.fastbert.attention.default
     bias_act = torch.ops.fastbert.bias_act.default
     brln = torch.ops.fastbert.bias_residual_layernorm.default
     with torch._C._AutoDispatchBelowAutograd():
         for i, w in enumerate(weights):
-            ctx = attention(linear(x, w.wqkv), w.bqkv, cu_seqlens, max_seqlen, num_heads, scale, 0.0, 0, 0)[0]
-            y = linear(ctx, w.attn_out_w)
+            ctx = attention(mm(x, w.wqkv.t()), w.bqkv, cu_seqlens, max_seqlen, num_heads, scale, 0.0, 0, 0)[0]
+            y = mm(ctx, w.attn_out_w.t())
             del ctx
             x = brln(y, w.attn_out_b, x, w.ln1_w, w.ln1_b, w.ln1_eps)[0]
-            h = bias_act(linear(x, w.inter_w), w.inter_b, activation)
-            y = linear(h, w.out_w)
+            h = bias_act(mm(x, w.inter_w.t()), w.inter_b, activation)
+            y = mm(h, w.out_w.t())
             del h  # free (T, I) before the LayerNorm
             x = brln(y, w.out_b, x, w.ln2_w, w.ln2_b, w.ln2_eps)[0]
             del y
