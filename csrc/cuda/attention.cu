@@ -1,12 +1,9 @@
 // attention / attention_masked on CUDA: argument checks and the launch of csrc/cuda/attention_mma.cuh (fp16/bf16,
 // sm_80+) or csrc/cuda/attention.cuh (fp32, or older GPUs).
 //
-// attention_masked turns its mask into an additive fp32 mask first (bool: 0 / -inf; float16/bfloat16: cast),
-// at the mask's own (broadcastable) shape, then passes the kernel the strides of its (B, nh, L, L) broadcast.
+// attention_masked turns its mask into an additive fp32 mask at the mask's own (broadcastable) shape first and
+// passes the kernel the strides of its (B, nh, L, L) broadcast (csrc/cuda/attention_mask.h).
 #include <ATen/ops/empty.h>
-#include <ATen/ops/full.h>
-#include <ATen/ops/where.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <cstdlib>
@@ -16,6 +13,7 @@
 
 #include "cuda/attention.cuh"
 #include "cuda/attention_mma.cuh"
+#include "cuda/attention_mask.h"
 #include "cuda/host.h"
 
 namespace fastbert::cuda {
@@ -133,33 +131,16 @@ std::tuple<at::Tensor, at::Tensor> attention_masked_cuda(const at::Tensor& qkv,
                                                          double dropout_p, int64_t seed, int64_t offset) {
   TORCH_CHECK(qkv.dim() == 3, "attention_masked: qkv must have shape (batch, seqlen, 3 * H), got ", qkv.sizes());
   check_qkv(qkv, qkv_bias, num_heads, "attention_masked");
-  check_same_device(mask, qkv, "attention_masked", "mask");
   check_dropout(dropout_p, "attention_masked");
   const int64_t B = qkv.size(0), L = qkv.size(1), H = qkv.size(2) / 3;
-  TORCH_CHECK(mask.dim() <= 4, "attention_masked: mask must be broadcastable to (", B, ", ", num_heads, ", ", L, ", ",
-              L, "), got ", mask.sizes());
-  std::vector<int64_t> full = {B, num_heads, L, L};
-  for (int64_t k = 0; k < mask.dim(); ++k) {
-    const int64_t have = mask.size(mask.dim() - 1 - k), want = full[3 - k];
-    TORCH_CHECK(have == want || have == 1, "attention_masked: mask must be broadcastable to (", B, ", ", num_heads,
-                ", ", L, ", ", L, "), got ", mask.sizes());
-  }
-  TORCH_CHECK(mask.scalar_type() == at::kBool || at::isFloatingType(mask.scalar_type()),
-              "attention_masked: mask must be bool or floating point, got ", mask.scalar_type());
+  check_attention_mask(mask, qkv, B, num_heads, L, "attention_masked");
   TORCH_CHECK(B <= 65535, "attention_masked: at most 65535 sequences per call on CUDA, got ", B);
   auto out = at::empty({B, L, H}, qkv.options());
   auto lse = at::empty({B, num_heads, L}, qkv.options().dtype(at::kFloat));
   if (B == 0 || L == 0) return {out, lse};
   const c10::cuda::CUDAGuard guard(qkv.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  at::Tensor additive;
-  if (mask.scalar_type() == at::kBool) {
-    additive = at::where(mask, at::zeros({}, qkv.options().dtype(at::kFloat)),
-                         at::full({}, -std::numeric_limits<float>::infinity(), qkv.options().dtype(at::kFloat)));
-  } else {
-    additive = mask.to(at::kFloat);
-  }
-  additive = additive.expand(full);  // strides 0 on broadcast dims; no copy
+  const at::Tensor additive = additive_attention_mask(mask, B, num_heads, L);
   auto qc = qkv.contiguous();
   auto bc = qkv_bias ? qkv_bias->contiguous() : at::Tensor();
   FASTBERT_DISPATCH_FLOAT(qkv.scalar_type(), "attention_masked", [&] {

@@ -6,8 +6,6 @@
 // (broadcastable) shape, as the forward launcher does, and passes the strides of its (B, nh, L, L) broadcast;
 // its saved lse is checked but not used (the statistics are recomputed, see the .cuh).
 #include <ATen/ops/empty.h>
-#include <ATen/ops/full.h>
-#include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -15,6 +13,7 @@
 #include <vector>
 
 #include "cuda/attention_backward.cuh"
+#include "cuda/attention_mask.h"
 #include "cuda/host.h"
 
 namespace fastbert::cuda {
@@ -155,32 +154,15 @@ at::Tensor attention_masked_backward_cuda(const at::Tensor& grad_out, const at::
   check_like_qkv(grad_out, qkv, {B, L, H}, op, "grad_out");
   check_like_qkv(out, qkv, {B, L, H}, op, "out");
   check_lse(lse, qkv, {B, num_heads, L}, op);
-  check_same_device(mask, qkv, op, "mask");
   check_dropout(dropout_p, op);
-  TORCH_CHECK(mask.dim() <= 4, op, ": mask must be broadcastable to (", B, ", ", num_heads, ", ", L, ", ", L,
-              "), got ", mask.sizes());
-  std::vector<int64_t> full = {B, num_heads, L, L};
-  for (int64_t k = 0; k < mask.dim(); ++k) {
-    const int64_t have = mask.size(mask.dim() - 1 - k), want = full[3 - k];
-    TORCH_CHECK(have == want || have == 1, op, ": mask must be broadcastable to (", B, ", ", num_heads, ", ", L,
-                ", ", L, "), got ", mask.sizes());
-  }
-  TORCH_CHECK(mask.scalar_type() == at::kBool || at::isFloatingType(mask.scalar_type()), op,
-              ": mask must be bool or floating point, got ", mask.scalar_type());
+  check_attention_mask(mask, qkv, B, num_heads, L, op);
   TORCH_CHECK(B <= 65535, op, ": at most 65535 sequences per call on CUDA, got ", B);
   TORCH_CHECK(num_heads <= 65535, op, ": at most 65535 heads on CUDA, got ", num_heads);
   auto grad_qkv = at::empty({B, L, 3 * H}, qkv.options());
   if (B == 0 || L == 0) return grad_qkv;
   const c10::cuda::CUDAGuard guard(qkv.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  at::Tensor additive;
-  if (mask.scalar_type() == at::kBool) {
-    additive = at::where(mask, at::zeros({}, qkv.options().dtype(at::kFloat)),
-                         at::full({}, -std::numeric_limits<float>::infinity(), qkv.options().dtype(at::kFloat)));
-  } else {
-    additive = mask.to(at::kFloat);
-  }
-  additive = additive.expand(full);  // strides 0 on broadcast dims; no copy
+  const at::Tensor additive = additive_attention_mask(mask, B, num_heads, L);
   auto ws = at::empty({3, B * num_heads * L}, qkv.options().dtype(at::kFloat));
   auto qc = qkv.contiguous(), oc = out.contiguous(), gc = grad_out.contiguous();
   auto bc = qkv_bias ? qkv_bias->contiguous() : at::Tensor();
