@@ -9,6 +9,10 @@ Tolerances: ops, kernel vs reference on the same inputs: fp32 2e-5 (attention 5e
 (grad_qkv vs autograd through the reference): fp32 5e-5, fp16 1e-2, bf16 6e-2 (see ATTN_BWD_TOL). Model: fp32 <= 1e-4
 max |diff| vs HF fp32 at real positions;
 fp16 <= 2e-2 and bf16 <= 6e-2 max |diff| vs HF fp32 (last hidden state of a LayerNorm'd model, |x| ~ 1).
+
+On an image whose Python environment mixes C++ runtimes (seen on a lent H100, see docs/gpu.md), the error tests
+crash instead of raising until g++'s libstdc++ is loaded first:
+    LD_PRELOAD=$(g++ -print-file-name=libstdc++.so.6) python -m pytest tests/test_cuda.py
 """
 from __future__ import annotations
 
