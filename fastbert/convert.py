@@ -32,6 +32,12 @@ def _optimized_class(cls: type) -> type:
     return _OPTIMIZED[cls]
 
 
+def _new_optimized(original: type) -> nn.Module:
+    """An empty instance of original's optimized class: what unpickling an optimized model starts from."""
+    cls = _optimized_class(original)
+    return cls.__new__(cls)
+
+
 def _original_class(cls: type) -> type:
     for base in cls.__mro__:
         if issubclass(base, hf.BertModel) and not issubclass(base, FastBertMixin):

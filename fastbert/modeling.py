@@ -31,6 +31,17 @@ class FastBertMixin:
 
     pad_outputs: str = "zero"
 
+    def __reduce_ex__(self, protocol):
+        # optimize() makes a subclass of a user's own BertModel subclass on the fly; pickle (torch.save,
+        # multiprocessing) can't name it, so the object is pickled as "the optimized class of <its original
+        # class>" and rebuilt through fastbert.convert (state, parameters and pad_outputs as usual).
+        reduced = super().__reduce_ex__(protocol)
+        cls = type(self)
+        if cls is BertModel or not isinstance(reduced, tuple) or len(reduced) < 2:
+            return reduced
+        from .convert import _new_optimized, _original_class
+        return (_new_optimized, (_original_class(cls),)) + tuple(reduced[2:])
+
     def forward(
         self,
         input_ids: Optional[Tensor] = None,

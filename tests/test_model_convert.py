@@ -66,6 +66,30 @@ def test_optimize_sequence_classification_in_place(tmp_path):
         fastbert.restore(hf)
 
 
+class _MyBert(BertModel):
+    """A user's own BertModel subclass: optimize() builds its fused class on the fly."""
+
+
+@pytest.mark.parametrize("kind", ["BertModel", "subclass", "head"])
+def test_torch_save_load_round_trip(tmp_path, kind):
+    """torch.save / torch.load of an optimized model (pickle can't name the on-the-fly class of a subclass:
+    it is pickled as "optimized <original class>") gives the same class, settings and outputs."""
+    cfg = make_hf(seed=6).config
+    model = {"BertModel": BertModel, "subclass": _MyBert, "head": BertForSequenceClassification}[kind](cfg)
+    fastbert.optimize(model, pad_outputs="hf")
+    model.eval()
+    torch.save(model, tmp_path / "m.pt")
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False).eval()
+    assert type(loaded) is type(model) and fastbert.is_optimized(loaded)
+    inner = loaded if kind != "head" else loaded.bert
+    assert inner.pad_outputs == "hf"
+    if kind == "subclass":
+        assert isinstance(loaded, _MyBert)
+    batch = _batch(model)
+    with torch.no_grad():
+        assert torch.equal(model(**batch)[0], loaded(**batch)[0])
+
+
 def test_from_hf_copies_and_keeps_original():
     hf = make_hf()
     fb = fastbert.from_hf(hf, pad_outputs="hf")
