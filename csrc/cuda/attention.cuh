@@ -58,9 +58,10 @@ struct AttentionParams {
 FB_HOST_DEVICE int64_t attention_smem_bytes(int64_t d) { return 2 * kBc * d * int64_t(sizeof(float)); }
 
 // The rows of sequence b = blockIdx.z: first row `start` of the (T, 3H) / (B * L, 3H) rows and length `n`
-// (grid (query blocks, nh, B)); the packed op's cu_seqlens are checked on the device by one thread.
-template <typename T>
-FB_DEVICE void attention_sequence(const AttentionParams<T>& p, int64_t* start, int64_t* n) {
+// (grid (row blocks, nh, B)); the packed op's cu_seqlens are checked on the device by one thread. P is the
+// params of the forward or the backward kernels (cu_seqlens, total, max_seqlen, L).
+template <typename P>
+FB_DEVICE void attention_sequence(const P& p, int64_t* start, int64_t* n) {
   const int64_t b = blockIdx.z;
   if (p.cu_seqlens) {
     *start = p.cu_seqlens[b];
@@ -76,9 +77,31 @@ FB_DEVICE void attention_sequence(const AttentionParams<T>& p, int64_t* start, i
 }
 
 // The lse / dropout row of query i of head h in sequence b (see DropoutParams' `row`).
-template <typename T>
-FB_DEVICE int64_t attention_row(const AttentionParams<T>& p, int64_t b, int h, int64_t start, int64_t i) {
+template <typename P>
+FB_DEVICE int64_t attention_row(const P& p, int64_t b, int h, int64_t start, int64_t i) {
   return p.cu_seqlens ? int64_t(h) * p.total + start + i : (b * p.nh + h) * p.L + i;
+}
+
+// s[j] = x . tile[j0 + j] for kChunkRows rows of a (rows, d) fp32 tile: each lane's partial sum over its
+// kAttnCols columns (sub, sub + kSub, ...), completed over the row's kSub lanes by xor-shuffles (every lane
+// of the warp takes part). Shared by the forward and backward FMA kernels.
+template <int kSub, int kChunkRows>
+FB_DEVICE void chunk_dots(const float (&x)[kAttnCols], const float* tile, int j0, int d, int sub,
+                          float (&s)[kChunkRows]) {
+#pragma unroll
+  for (int j = 0; j < kChunkRows; ++j) {
+    float acc = 0.f;
+#pragma unroll
+    for (int m = 0; m < kAttnCols; ++m) {
+      const int c = sub + kSub * m;
+      if (c < d) acc = fmaf(x[m], tile[(j0 + j) * d + c], acc);
+    }
+    s[j] = acc;
+  }
+#pragma unroll
+  for (int j = 0; j < kChunkRows; ++j)
+#pragma unroll
+    for (int o = 1; o < kSub; o <<= 1) s[j] += __shfl_xor_sync(kFullMask, s[j], o);
 }
 
 template <typename T, int DMAX>
@@ -170,20 +193,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttentionParams
     // The staged keys in chunks of kChunk: fewer live scores, no register spills at 128 head dims.
     for (int j0 = 0; j0 < kBc; j0 += kChunk) {
       float s[kChunk];
-#pragma unroll
-      for (int j = 0; j < kChunk; ++j) {
-        float acc = 0.f;
-#pragma unroll
-        for (int m = 0; m < C; ++m) {
-          const int c = sub + kSub * m;
-          if (c < d) acc = fmaf(q[m], Ks[(j0 + j) * d + c], acc);
-        }
-        s[j] = acc;
-      }
-#pragma unroll
-      for (int j = 0; j < kChunk; ++j)
-#pragma unroll
-        for (int o = 1; o < kSub; o <<= 1) s[j] += __shfl_xor_sync(kFullMask, s[j], o);
+      chunk_dots<kSub>(q, Ks, j0, d, sub, s);
       float tile_max = -INFINITY;
 #pragma unroll
       for (int j = 0; j < kChunk; ++j) {

@@ -27,12 +27,12 @@
 // by the dot products and the updates); ptxas' own limit at 128 threads (168) spilled, so both kernels declare
 // __launch_bounds__(128, 2): 180 to 223 registers, no spills, 2 blocks (8 warps) per SM.
 #pragma once
-#include "cuda/common.cuh"
+#include "cuda/attention.cuh"
 
 namespace fastbert::cuda {
 
 constexpr int kBwdThreads = 128;
-constexpr int kBwdCols = 16;   // head dims per lane
+constexpr int kBwdCols = kAttnCols;  // head dims per lane (16), as in the forward
 constexpr int kBwdTile = 32;   // keys (dQ kernel) or queries (dK/dV kernel) per shared-memory block
 constexpr int kBwdChunk = 4;   // tile rows scored at a time (their shared values stay in registers)
 
@@ -71,31 +71,6 @@ struct AttentionBwdParams {
 };
 
 namespace bwd_detail {
-
-// The sequence of grid z: its first row and length; false (uniformly over the block) when block x starts
-// past its end. Checks cu_seqlens on the device as the forward does.
-template <typename T>
-FB_DEVICE bool sequence(const AttentionBwdParams<T>& p, int rows, int64_t& start, int64_t& n) {
-  const int64_t b = blockIdx.z;
-  if (p.cu_seqlens) {
-    start = p.cu_seqlens[b];
-    n = p.cu_seqlens[b + 1] - start;
-    if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) {
-      FB_KERNEL_ASSERT(n >= 0 && n <= p.max_seqlen && start + n <= p.total);
-      if (b == gridDim.z - 1) FB_KERNEL_ASSERT(start + n == p.total);  // cu_seqlens[B] == T
-    }
-  } else {
-    start = b * p.L;
-    n = p.L;
-  }
-  return int64_t(blockIdx.x) * rows < n;
-}
-
-// The row of query i (of sequence b, head h) in lse, the workspace and the dropout counter.
-template <typename T>
-FB_DEVICE int64_t stats_row(const AttentionBwdParams<T>& p, int64_t b, int h, int64_t start, int64_t i) {
-  return p.cu_seqlens ? int64_t(h) * p.total + start + i : (b * p.nh + h) * p.L + i;
-}
 
 // Stages rows row0 .. row0 + kBwdTile of two (rows, d) slices into fp32 shared tiles (As, Bs), rows >= n as
 // zeros: A[r] = a[r * lda .. + d] (+ bias_a), likewise B (skipped when Bs is nullptr). a and b point at the
@@ -146,27 +121,6 @@ FB_DEVICE void stage_tiles(const T* a, int64_t lda, const T* bias_a, const T* b,
   }
 }
 
-// s[j] = x . tile[j0 + j] for kBwdChunk tile rows: each lane's partial sum over its columns, completed over
-// the row's kSub lanes by xor-shuffles (every lane of the warp takes part).
-template <int kSub>
-FB_DEVICE void chunk_dots(const float (&x)[kBwdCols], const float* tile, int j0, int d, int sub,
-                          float (&s)[kBwdChunk]) {
-#pragma unroll
-  for (int j = 0; j < kBwdChunk; ++j) {
-    float acc = 0.f;
-#pragma unroll
-    for (int m = 0; m < kBwdCols; ++m) {
-      const int c = sub + kSub * m;
-      if (c < d) acc = fmaf(x[m], tile[(j0 + j) * d + c], acc);
-    }
-    s[j] = acc;
-  }
-#pragma unroll
-  for (int j = 0; j < kBwdChunk; ++j)
-#pragma unroll
-    for (int o = 1; o < kSub; o <<= 1) s[j] += __shfl_xor_sync(kFullMask, s[j], o);
-}
-
 // Loads this lane's columns of one head row (x[m] = src[sub + kSub * m] (+ bias)), zeros where absent.
 template <int kSub, typename T>
 FB_DEVICE void load_row(const T* src, const T* bias, bool valid, int d, int sub, float (&x)[kBwdCols]) {
@@ -193,7 +147,8 @@ __global__ void __launch_bounds__(kBwdThreads, 2) attention_bwd_dq_kernel(Attent
   const int64_t b = blockIdx.z;
   const int h = blockIdx.y;
   int64_t start, n;
-  if (!sequence(p, kRows, start, n)) return;  // uniform over the block
+  attention_sequence(p, &start, &n);
+  if (int64_t(blockIdx.x) * kRows >= n) return;  // uniform over the block
 
   const int t = threadIdx.x, sub = t % kSub;
   const int64_t i = int64_t(blockIdx.x) * kRows + t / kSub;  // query index in the sequence
@@ -219,7 +174,7 @@ __global__ void __launch_bounds__(kBwdThreads, 2) attention_bwd_dq_kernel(Attent
 #pragma unroll
   for (int o = 1; o < kSub; o <<= 1) D += __shfl_xor_sync(kFullMask, D, o);
 
-  const int64_t srow = stats_row(p, b, h, start, i);
+  const int64_t srow = attention_row(p, b, h, start, i);
   const float* mask_row = (p.mask && valid) ? p.mask + b * p.ms_b + h * p.ms_h + i * p.ms_i : nullptr;
   float* Ks = dynamic_smem<float>();  // (kBwdTile, d)
   float* Vs = Ks + kBwdTile * d;      // (kBwdTile, d)
@@ -325,7 +280,8 @@ __global__ void __launch_bounds__(kBwdThreads, 2) attention_bwd_dkdv_kernel(Atte
   const int64_t b = blockIdx.z;
   const int h = blockIdx.y;
   int64_t start, n;
-  if (!sequence(p, kRows, start, n)) return;  // uniform over the block
+  attention_sequence(p, &start, &n);
+  if (int64_t(blockIdx.x) * kRows >= n) return;  // uniform over the block
 
   const int t = threadIdx.x, sub = t % kSub;
   const int64_t j = int64_t(blockIdx.x) * kRows + t / kSub;  // key index in the sequence
@@ -348,7 +304,7 @@ __global__ void __launch_bounds__(kBwdThreads, 2) attention_bwd_dkdv_kernel(Atte
   float* Ssh = Dsh + kBwdTile;        // (kBwdTile,) shift
   float* Nsh = Ssh + kBwdTile;        // (kBwdTile,) norm
   const int64_t rows = int64_t(p.nh) * p.total;  // stats rows: nh * T or B * nh * L
-  const int64_t srow0 = stats_row(p, b, h, start, 0);  // query i's stats row is srow0 + i
+  const int64_t srow0 = attention_row(p, b, h, start, 0);  // query i's stats row is srow0 + i
   const bool dropout = p.dropout.threshold != 0;
 
   for (int64_t i0 = 0; i0 < n; i0 += kBwdTile) {
