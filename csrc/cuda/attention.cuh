@@ -104,6 +104,26 @@ FB_DEVICE void chunk_dots(const float (&x)[kAttnCols], const float* tile, int j0
     for (int o = 1; o < kSub; o <<= 1) s[j] += __shfl_xor_sync(kFullMask, s[j], o);
 }
 
+// Turns the dot products s[j] of keys key0 + j into scores: times scale, plus the row's additive mask (if any),
+// -inf past the sequence end n. Returns their maximum. Shared by the forward and backward FMA kernels.
+template <int kChunkRows>
+FB_DEVICE float chunk_scores(float (&s)[kChunkRows], int64_t key0, int64_t n, float scale, const float* mask_row,
+                             int64_t ms_j) {
+  float tile_max = -INFINITY;
+#pragma unroll
+  for (int j = 0; j < kChunkRows; ++j) {
+    const int64_t key = key0 + j;
+    float v = -INFINITY;
+    if (key < n) {
+      v = s[j] * scale;
+      if (mask_row) v += mask_row[key * ms_j];
+    }
+    s[j] = v;
+    tile_max = fmaxf(tile_max, v);
+  }
+  return tile_max;
+}
+
 template <typename T, int DMAX>
 __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttentionParams<T> p) {
   constexpr int kSub = attention_sub(DMAX), kBr = attention_rows(DMAX), C = kAttnCols;
@@ -194,18 +214,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttentionParams
     for (int j0 = 0; j0 < kBc; j0 += kChunk) {
       float s[kChunk];
       chunk_dots<kSub>(q, Ks, j0, d, sub, s);
-      float tile_max = -INFINITY;
-#pragma unroll
-      for (int j = 0; j < kChunk; ++j) {
-        const int64_t key = k0 + j0 + j;
-        float v = -INFINITY;
-        if (key < n) {
-          v = s[j] * p.scale;
-          if (mask_row) v += mask_row[key * p.ms_j];
-        }
-        s[j] = v;
-        tile_max = fmaxf(tile_max, v);
-      }
+      const float tile_max = chunk_scores(s, k0 + j0, n, p.scale, mask_row, p.ms_j);
       const float m_new = fmaxf(m_run, tile_max);
       const float m_use = m_new == -INFINITY ? 0.f : m_new;
       const float alpha = expf(m_run - m_use);

@@ -199,18 +199,7 @@ __global__ void __launch_bounds__(kBwdThreads, 2) attention_bwd_dq_kernel(Attent
       for (int j0 = 0; j0 < kBwdTile; j0 += kBwdChunk) {
         float s[kBwdChunk];
         chunk_dots<kSub>(q, Ks, j0, d, sub, s);
-        float tile_max = -INFINITY;
-#pragma unroll
-        for (int j = 0; j < kBwdChunk; ++j) {
-          const int64_t key = k0 + j0 + j;
-          float v = -INFINITY;
-          if (key < n) {
-            v = s[j] * p.scale;
-            if (mask_row) v += mask_row[key * p.ms_j];
-          }
-          s[j] = v;
-          tile_max = fmaxf(tile_max, v);
-        }
+        const float tile_max = chunk_scores(s, k0 + j0, n, p.scale, mask_row, p.ms_j);
         const float m_new = fmaxf(m_run, tile_max);
         const float m_use = m_new == -INFINITY ? 0.f : m_new;
         l_run *= expf(m_run - m_use);
