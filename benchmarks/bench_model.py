@@ -4,8 +4,9 @@
     PYTHONPATH=. python benchmarks/bench_model.py --model bert-large --layers 6 --repeats 5
     PYTHONPATH=. python benchmarks/bench_model.py --json out.json
 
-Rows: real tokens/s, fraction of the fp32 roofline (torch.mm rate on the model's own GEMM shapes, forward FLOPs on
-real tokens), speedup over HF eager, max |diff| vs HF eager at real positions. fp32, random weights.
+Rows: real tokens/s, fraction of the fp32 roofline (the faster of torch.mm and oneDNN on the model's own GEMM
+shapes, forward FLOPs on real tokens), speedup over HF eager, max |diff| vs HF eager at real positions. fp32,
+random weights.
 """
 import argparse
 import json
@@ -55,7 +56,11 @@ def main(argv=None):
     for b, l, lo, hi in shapes:                      # one table per shape, printed as soon as it is measured
         shape_rows = bench.bench_shape(models, cfg, b, l, lo, hi, args.repeats, args.warmup, args.seed,
                                        model_name=name)
-        print(bench.format_table(shape_rows), flush=True)
+        print(bench.format_table(shape_rows))
+        probes = {k[:-len("_gflops")]: v for k, v in shape_rows[0].items()
+                  if k.endswith("_gflops") and k != "gemm_gflops"}
+        print("GEMM GFLOP/s on this batch's shapes (the roofline takes the fastest): "
+              + ", ".join(f"{k} {v:.0f}" for k, v in probes.items()), flush=True)
         rows += shape_rows
     print(bench.format_table(rows))
     if args.json:

@@ -9,10 +9,12 @@ medians:
              HF's embeddings in front (the engine under BetterTransformer)
   fastbert   fastbert.BertModel (padding-free, fused ops)
 
-Roofline: the fp32 ``torch.mm`` rate measured on the model's own GEMM shapes for the batch's real tokens (a probe
-timed inside the same interleaved rounds as the models), and
-the forward's FLOPs on real tokens (GEMMs + attention's QK^T and PV); a row's fraction of the roofline is its
-real tokens/s over rate / (FLOPs per real token).
+Roofline: the fastest fp32 GEMM rate measured on the model's own GEMM shapes for the batch's real tokens (probes
+timed inside the same interleaved rounds as the models), and the forward's FLOPs on real tokens (GEMMs +
+attention's QK^T and PV); a row's fraction of the roofline is its real tokens/s over rate / (FLOPs per real
+token). The probes are ``torch.mm`` and, on CPU in float32, oneDNN's inner product (the library fastbert's
+inference loop uses, fastbert/gemm.py); rows carry each probe's GFLOP/s (``mm_gflops``, ``onednn_gflops``) and
+the ceiling used (``gemm_gflops``).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from . import gemm
 from .timing import compare
 
 IMPLS = ("hf_eager", "hf_sdpa", "native", "fastbert")
@@ -215,24 +218,34 @@ def forward_flops(config, lengths: Sequence[int]) -> float:
     return float(n_layers * (gemm + attn))
 
 
-def gemm_probe(config, tokens: int, dtype=torch.float32, device="cpu"):
-    """(fn, flops): fn runs torch.mm once on each of one layer's GEMM shapes for ``tokens`` rows."""
+def gemm_probe(config, tokens: int, dtype=torch.float32, device="cpu", mm: Callable = gemm._mm_t):
+    """(fn, flops): fn runs ``mm(x, w)`` (x @ w^T) once on each of one layer's GEMM shapes for ``tokens`` rows."""
     H, I = config.hidden_size, config.intermediate_size
     shapes = [(tokens, H, 3 * H), (tokens, H, H), (tokens, H, I), (tokens, I, H)]
-    mats = [(torch.randn(m, k, dtype=dtype, device=device), torch.randn(k, n, dtype=dtype, device=device))
+    mats = [(torch.randn(m, k, dtype=dtype, device=device), torch.randn(n, k, dtype=dtype, device=device))
             for m, k, n in shapes]
 
     def fn():
-        for a, b in mats:
-            torch.mm(a, b)
+        for x, w in mats:
+            mm(x, w)
     return fn, float(sum(2 * m * k * n for m, k, n in shapes))
 
 
+def gemm_probes(config, tokens: int, dtype=torch.float32, device="cpu") -> Dict[str, tuple]:
+    """The roofline's probes, {name: (fn, flops)}: torch.mm, and the library fastbert's inference loop uses when
+    that is another (oneDNN for float32 on CPU, fastbert/gemm.py). The ceiling is the faster of them."""
+    probes = {"mm": gemm_probe(config, tokens, dtype, device)}
+    loop_mm = gemm.linear_fn(torch.empty(0, dtype=dtype, device=device))
+    if loop_mm is not gemm._mm_t:
+        probes[gemm.cpu_gemm()] = gemm_probe(config, tokens, dtype, device, loop_mm)
+    return probes
+
+
 def gemm_rate(config, tokens: int, dtype=torch.float32, device="cpu", repeats: int = 5) -> float:
-    """FLOP/s of torch.mm on the model's GEMM shapes for ``tokens`` rows (median of repeats)."""
-    fn, flops = gemm_probe(config, tokens, dtype, device)
-    times = time_interleaved({"mm": fn}, repeats, 1, device)["mm"]
-    return flops / statistics.median(times)
+    """FLOP/s of the fastest GEMM library on the model's GEMM shapes for ``tokens`` rows (median of repeats)."""
+    probes = gemm_probes(config, tokens, dtype, device)
+    times = time_interleaved({name: fn for name, (fn, _) in probes.items()}, repeats, 1, device)
+    return max(flops / statistics.median(times[name]) for name, (_, flops) in probes.items())
 
 
 def _sync(device):
@@ -288,13 +301,16 @@ def bench_shape(models: Dict[str, Callable], config, batch: int, seq_len: int, m
         outs = {name: f(ids, mask) for name, f in models.items()}
     ref = outs.get("hf_eager")
     fns = {name: (lambda f=f: f(ids, mask)) for name, f in models.items()}
+    probe_rates = {}
     if rate is None:
-        # The roofline's torch.mm probe runs inside the same interleaved rounds, so load drift hits it too.
-        probe, probe_flops = gemm_probe(config, T, dtype=torch.float32, device=device)
-        fns["_gemm"] = probe
+        # The roofline's GEMM probes run inside the same interleaved rounds, so load drift hits them too.
+        probes = gemm_probes(config, T, dtype=torch.float32, device=device)
+        fns.update({f"_gemm_{name}": fn for name, (fn, _) in probes.items()})
     times = time_interleaved(fns, repeats, warmup, device)
     if rate is None:
-        rate = probe_flops / statistics.median(times.pop("_gemm"))
+        probe_rates = {name: flops / statistics.median(times.pop(f"_gemm_{name}"))
+                       for name, (_, flops) in probes.items()}
+        rate = max(probe_rates.values())
     roof_tps = rate / (flops / T)
     base_med = statistics.median(times["hf_eager"]) if "hf_eager" in times else None
     rows = []
@@ -314,6 +330,7 @@ def bench_shape(models: Dict[str, Callable], config, batch: int, seq_len: int, m
             "max_abs_diff_vs_hf_eager": diff,
             "peak_mem_mb": _peak_memory(lambda f=models[name]: f(ids, mask), device),
             "gemm_gflops": rate / 1e9,
+            **{f"{name}_gflops": r / 1e9 for name, r in probe_rates.items()},
         })
     del outs
     gc.collect()

@@ -189,6 +189,8 @@ def cmd_info(args) -> int:
         lines.append(f"CPU kernel path: {ops.cpu_isa()} (supported here: {', '.join(ops.supported_cpu_isas())})")
     except Exception as exc:
         lines.append(f"CPU kernel path: unknown ({exc})")
+    from . import gemm
+    lines.append(f"CPU float32 GEMMs of the inference loop: {gemm.cpu_gemm()} (FASTBERT_CPU_GEMM=onednn|mm)")
     lines.append("ops (compiled forward kernel per device, '-' runs the reference; backward: 'kernel' when the op "
                  "trains on its own backward kernel on CPU):")
     width = max(len(n) for n in ops.OPS)

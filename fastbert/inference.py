@@ -3,8 +3,9 @@
 ``encoder.run`` takes this loop when nothing needs a gradient, the model is in eval mode and every op has a
 compiled kernel for the device and dtype; otherwise it runs ``encoder._packed_layer`` per layer. Both do the
 same arithmetic in the same order (one QKV GEMM, attention with the bias added on load, the output GEMM and
-bias+residual+LayerNorm, the MLP's GEMM, bias+activation, GEMM, bias+residual+LayerNorm), so the outputs are
-bit-identical; tests/test_model_parity.py checks that.
+bias+residual+LayerNorm, the MLP's GEMM, bias+activation, GEMM, bias+residual+LayerNorm). With the same GEMM library
+(``FASTBERT_CPU_GEMM=mm``, and always on CUDA) the outputs are bit-identical; with oneDNN, the float32 CPU
+default (fastbert/gemm.py), they differ by float32 rounding. tests/test_model_parity.py checks both.
 
 Why it exists: at batch sizes that keep a GPU busy for only a millisecond or two per forward, Python is the
 bottleneck. This loop reads each layer's weights once per forward through the modules' own dicts (no
@@ -20,7 +21,7 @@ from typing import Callable, List, NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
-from . import ops, reference
+from . import gemm, ops, reference
 from .fused_qkv import fused_qkv
 
 __all__ = ["LayerWeights", "layer_weights", "run_layers"]
@@ -84,18 +85,18 @@ def layer_weights(layers: nn.ModuleList, activation, x: Tensor) -> Optional[List
 def run_layers(weights: List[LayerWeights], x: Tensor, cu_seqlens: Tensor, max_seqlen: int, num_heads: int,
                scale: float, activation: str, on_layer: Optional[Callable[[int, Tensor], None]] = None) -> Tensor:
     """x (T, H) through every layer; on_layer(i, x) after layer i (for output_hidden_states)."""
-    mm = torch.mm  # x @ W^T as F.linear computes it (linear -> matmul -> mm), minus two dispatch layers
+    mm = gemm.linear_fn(x)  # x @ W^T: oneDNN for float32 on CPU, else torch.mm (see fastbert/gemm.py)
     attention = torch.ops.fastbert.attention.default
     bias_act = torch.ops.fastbert.bias_act.default
     brln = torch.ops.fastbert.bias_residual_layernorm.default
     with torch._C._AutoDispatchBelowAutograd():
         for i, w in enumerate(weights):
-            ctx = attention(mm(x, w.wqkv.t()), w.bqkv, cu_seqlens, max_seqlen, num_heads, scale, 0.0, 0, 0)[0]
-            y = mm(ctx, w.attn_out_w.t())
+            ctx = attention(mm(x, w.wqkv), w.bqkv, cu_seqlens, max_seqlen, num_heads, scale, 0.0, 0, 0)[0]
+            y = mm(ctx, w.attn_out_w)
             del ctx
             x = brln(y, w.attn_out_b, x, w.ln1_w, w.ln1_b, w.ln1_eps)[0]
-            h = bias_act(mm(x, w.inter_w.t()), w.inter_b, activation)
-            y = mm(h, w.out_w.t())
+            h = bias_act(mm(x, w.inter_w), w.inter_b, activation)
+            y = mm(h, w.out_w)
             del h  # free (T, I) before the LayerNorm
             x = brln(y, w.out_b, x, w.ln2_w, w.ln2_b, w.ln2_eps)[0]
             del y

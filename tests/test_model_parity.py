@@ -159,10 +159,19 @@ def test_minilm_checkpoint():
 
 @pytest.mark.parametrize("act", ["gelu", "relu", "tanh"])
 @pytest.mark.parametrize("grad_ctx", ["no_grad", "inference_mode"])
-def test_inference_loop_is_bit_identical(monkeypatch, act, grad_ctx):
+@pytest.mark.parametrize("cpu_gemm", ["mm", "onednn"])
+def test_inference_loop_matches_general_path(monkeypatch, act, grad_ctx, cpu_gemm):
     """fastbert.inference's loop (eval, no gradient) and the general per-layer path give the same bits, hidden
-    states included; an activation without a fused kernel ("tanh") falls back to the general path."""
-    from fastbert import encoder, inference
+    states included, when both run torch.mm; with oneDNN's GEMMs (the float32 CPU default) they differ by float32
+    rounding only. An activation without a fused kernel ("tanh") falls back to the general path."""
+    from fastbert import encoder, gemm, inference
+    if cpu_gemm == "onednn" and gemm._ONEDNN is None:
+        pytest.skip("this PyTorch has no oneDNN linear")
+    monkeypatch.setattr(gemm, "_choice", cpu_gemm)
+    onednn_calls = []
+    if cpu_gemm == "onednn":
+        real_onednn = gemm._ONEDNN
+        monkeypatch.setattr(gemm, "_ONEDNN", lambda *a: onednn_calls.append(1) or real_onednn(*a))
     hf = make_hf(seed=2, hidden_act=act)
     fb = fastbert.from_hf(hf).eval()
     ids, mask, tt = ragged(3, 21, hf.config.vocab_size, seed=3, types=2)
@@ -176,9 +185,13 @@ def test_inference_loop_is_bit_identical(monkeypatch, act, grad_ctx):
         with ctx():
             outs[fast] = fb(ids, attention_mask=mask, token_type_ids=tt, output_hidden_states=True)
     assert len(calls) == (0 if act == "tanh" else 1)
-    assert torch.equal(outs[True].last_hidden_state, outs[False].last_hidden_state)
-    for a, b in zip(outs[True].hidden_states, outs[False].hidden_states, strict=True):
-        assert torch.equal(a, b)
+    # 4 GEMMs per layer through oneDNN when the loop runs with it
+    assert len(onednn_calls) == (4 * hf.config.num_hidden_layers if cpu_gemm == "onednn" and calls else 0)
+    same = torch.equal if cpu_gemm == "mm" else (lambda a, b: torch.allclose(a, b, rtol=1e-5, atol=1e-5))
+    assert same(outs[True].last_hidden_state, outs[False].last_hidden_state)
+    for a, b in zip(outs[True].hidden_states[1:], outs[False].hidden_states[1:], strict=True):
+        assert same(a, b)
+    assert torch.equal(outs[True].hidden_states[0], outs[False].hidden_states[0])  # the embeddings: no GEMM
     assert max_diff(outs[True].last_hidden_state, hf(ids, attention_mask=mask, token_type_ids=tt).last_hidden_state,
                     mask) <= TOL
 
@@ -186,7 +199,8 @@ def test_inference_loop_is_bit_identical(monkeypatch, act, grad_ctx):
 def test_inference_loop_sees_weight_changes(monkeypatch):
     """The loop reads weights afresh each forward: after an in-place update and a replaced Linear it still
     gives the general path's bits."""
-    from fastbert import encoder
+    from fastbert import encoder, gemm
+    monkeypatch.setattr(gemm, "_choice", "mm")  # bit-identical to the general path's torch.mm
     hf = make_hf(seed=4)
     fb = fastbert.from_hf(hf).eval()
     ids, mask, _ = ragged(2, 9, hf.config.vocab_size, seed=5)

@@ -1,0 +1,81 @@
+"""x @ W^T for the packed inference loop: oneDNN for float32 on CPU, torch.mm everywhere else.
+
+Why not torch.mm on CPU: torch.mm sends float32 to MKL, and on the project's AMD EPYC (AVX-512) MKL runs BERT's
+GEMM shapes at 140-190 GFLOP/s on 2 threads, where oneDNN's inner product (``torch.ops.mkldnn._linear_pointwise``,
+the kernel torch.compile's CPU backend calls for Linear layers, in every x86 build of PyTorch) runs the same
+shapes at 175-215 (benchmarks/bench_gemm.py). Both are libraries PyTorch already links; the fused ops between
+the GEMMs are unchanged. The weight goes in as it is (oneDNN reorders it per call), so nothing is cached and
+nothing goes stale.
+
+The results differ from torch.mm's by float32 rounding only (another summation order); the tests check the loop
+against the general path within float32 tolerance with oneDNN, and bit for bit with torch.mm.
+
+``FASTBERT_CPU_GEMM=mm`` (or ``set_cpu_gemm("mm")``) keeps torch.mm; so does ``torch.backends.mkldnn.flags
+(enabled=False)`` or a build of PyTorch without oneDNN. bfloat16 already reaches oneDNN through torch.mm, and
+float16/float64 have no faster oneDNN path, so they use torch.mm.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["CPU_GEMMS", "cpu_gemm", "set_cpu_gemm", "linear_fn"]
+
+CPU_GEMMS = ("onednn", "mm")
+
+
+def _onednn_linear() -> Callable | None:
+    """torch.ops.mkldnn._linear_pointwise when this PyTorch has it and it runs, else None."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        op = torch.ops.mkldnn._linear_pointwise.default
+        x, w = torch.ones(2, 3), torch.ones(4, 3)
+        if not torch.equal(op(x, w, None, "none", [], ""), torch.full((2, 4), 3.0)):
+            return None
+    except (AttributeError, RuntimeError):
+        return None
+    return op
+
+
+_ONEDNN = _onednn_linear()
+
+
+def _parse(name: str, source: str) -> str:
+    if name not in CPU_GEMMS:
+        raise ValueError(f"{source}={name!r}: expected {' or '.join(CPU_GEMMS)}")
+    return name
+
+
+_choice = _parse(os.environ.get("FASTBERT_CPU_GEMM") or "onednn", "FASTBERT_CPU_GEMM")
+
+
+def set_cpu_gemm(name: str) -> None:
+    """Choose the library for the inference loop's float32 CPU GEMMs: "onednn" (default) or "mm"."""
+    global _choice
+    _choice = _parse(name, "set_cpu_gemm")
+
+
+def cpu_gemm() -> str:
+    """The library the inference loop's float32 CPU GEMMs use now: "onednn" or "mm"."""
+    if _choice == "onednn" and _ONEDNN is not None and torch.backends.mkldnn.enabled:
+        return "onednn"
+    return "mm"
+
+
+def _mm_t(x: Tensor, w: Tensor) -> Tensor:
+    return torch.mm(x, w.t())
+
+
+def _onednn_t(x: Tensor, w: Tensor) -> Tensor:
+    return _ONEDNN(x, w, None, "none", [], "")
+
+
+def linear_fn(x: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+    """f(x, w) = x @ w^T (w as nn.Linear stores it, (out, in)) for tensors like x."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and cpu_gemm() == "onednn":
+        return _onednn_t
+    return _mm_t

@@ -1,0 +1,53 @@
+"""fastbert/gemm.py: the inference loop's x @ W^T, through oneDNN for float32 on CPU and torch.mm otherwise."""
+import pytest
+import torch
+
+from fastbert import gemm
+from test_package import _python
+
+requires_onednn = pytest.mark.skipif(gemm._ONEDNN is None, reason="this PyTorch has no oneDNN linear")
+
+
+@requires_onednn
+@pytest.mark.parametrize("m,k,n", [(1, 768, 2304), (7, 33, 97), (130, 384, 1536), (513, 80, 17)])
+@pytest.mark.parametrize("weight_layout", ["contiguous", "transposed view"])
+def test_onednn_matches_float64(m, k, n, weight_layout):
+    g = torch.Generator().manual_seed(m * 1000 + n)
+    x = torch.randn(m, k, generator=g)
+    w = torch.randn(n, k, generator=g) if weight_layout == "contiguous" else torch.randn(k, n, generator=g).t()
+    out = gemm._onednn_t(x, w)
+    ref = x.double() @ w.double().t()
+    assert out.dtype == torch.float32 and out.shape == (m, n)
+    # float32 accumulation over k terms of size ~1: error grows like sqrt(k) * eps * |terms|
+    assert (out.double() - ref).abs().max() <= 2e-6 * k
+
+
+@requires_onednn
+def test_float32_cpu_goes_to_onednn(monkeypatch):
+    monkeypatch.setattr(gemm, "_choice", "onednn")
+    assert gemm.linear_fn(torch.ones(2, 3)) is gemm._onednn_t
+    for other in (torch.ones(2, 3, dtype=torch.float64), torch.ones(2, 3, dtype=torch.bfloat16)):
+        assert gemm.linear_fn(other) is gemm._mm_t
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert gemm.cpu_gemm() == "mm" and gemm.linear_fn(torch.ones(2, 3)) is gemm._mm_t
+    gemm.set_cpu_gemm("mm")
+    assert gemm.linear_fn(torch.ones(2, 3)) is gemm._mm_t
+
+
+def test_mm_path_is_x_times_w_transposed():
+    x, w = torch.randn(5, 7, dtype=torch.float64), torch.randn(3, 7, dtype=torch.float64)
+    assert torch.equal(gemm._mm_t(x, w), torch.mm(x, w.t()))
+
+
+def test_set_cpu_gemm_rejects_unknown():
+    with pytest.raises(ValueError, match="set_cpu_gemm='mkl': expected onednn or mm"):
+        gemm.set_cpu_gemm("mkl")
+
+
+def test_env_var_selects_and_validates():
+    ok = _python("from fastbert import gemm; print(gemm._choice)", FASTBERT_CPU_GEMM="mm")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == "mm"
+    bad = _python("import fastbert", FASTBERT_CPU_GEMM="blas")
+    assert bad.returncode != 0
+    assert "FASTBERT_CPU_GEMM='blas': expected onednn or mm" in bad.stderr
