@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include "activation.h"
+#include "cpu/erf.h"
 #include "cpu/isa.h"
 #include "cpu/vec.h"
 
@@ -23,7 +24,7 @@ inline V apply_activation(const V& x) {
   using S = typename V::value_type;
   const V half(S(0.5)), one(S(1));
   if constexpr (A == Activation::Gelu) {
-    return half * x * (one + (x * V(S(M_SQRT1_2))).erf());
+    return half * x * (one + fast_erf(x * V(S(M_SQRT1_2))));
   } else if constexpr (A == Activation::GeluTanh) {
     const V k(S(0.7978845608028654)), c(S(0.044715));
     return half * x * (one + (k * (x + c * x * x * x)).tanh());
