@@ -11,8 +11,6 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
-#include <vector>
-
 #include "cpu/isa.h"
 #include "cpu/layernorm.h"
 
@@ -37,18 +35,23 @@ void bias_residual_layernorm_kernel(const at::Tensor& x, const at::Tensor* bias,
     A* rstdp = rstd.mutable_data_ptr<A>();
     const int64_t grain = std::max<int64_t>(1, 16384 / H);
     at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-      std::vector<A> row(H);
-      for (int64_t r = begin; r < end; ++r) {
+      auto fill = [&](int64_t r, A* row) {  // row = x + residual (+ bias)
         const scalar_t* xr = xp + r * H;
         const scalar_t* rr = rp + r * H;
-        for (int64_t c = 0; c < H; c += W) {
-          const int64_t n = std::min(W, H - c);
+        int64_t c = 0;
+        for (; c + W <= H; c += W) {
+          auto v = load_acc(xr + c) + load_acc(rr + c);
+          if (bp) v = v + load_acc(bp + c);
+          v.store(row + c);
+        }
+        if (c < H) {
+          const int64_t n = H - c;
           auto v = load_acc(xr + c, n) + load_acc(rr + c, n);
           if (bp) v = v + load_acc(bp + c, n);
-          v.store(row.data() + c, n);
+          v.store(row + c, n);
         }
-        layernorm_row<scalar_t>(row.data(), H, wp, betap, eps, op + r * H, meanp + r, rstdp + r);
-      }
+      };
+      layernorm_rows<scalar_t>(begin, end, H, fill, wp, betap, eps, op, meanp, rstdp);
     });
   });
 }

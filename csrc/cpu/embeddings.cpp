@@ -10,8 +10,6 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include <vector>
-
 #include "cpu/isa.h"
 #include "cpu/layernorm.h"
 
@@ -48,8 +46,7 @@ void embeddings_typed(const at::Tensor& ids, const at::Tensor& pos, const at::Te
     A* meanp = mean.mutable_data_ptr<A>();
     A* rstdp = rstd.mutable_data_ptr<A>();
     at::parallel_for(0, N, std::max<int64_t>(1, 16384 / H), [&](int64_t begin, int64_t end) {
-      std::vector<A> row(H);
-      for (int64_t t = begin; t < end; ++t) {
+      auto fill = [&](int64_t t, A* row) {  // row = word[id] + position[pos] (+ token_type[type])
         const scalar_t* wr = wordp + checked_id(idp, t, V, "input_ids") * H;
         const scalar_t* pr = positionp + checked_id(posp, t, P, "position_ids") * H;
         const scalar_t* tr = nullptr;
@@ -58,10 +55,10 @@ void embeddings_typed(const at::Tensor& ids, const at::Tensor& pos, const at::Te
           const int64_t n = std::min(W, H - c);
           auto v = load_acc(wr + c, n) + load_acc(pr + c, n);
           if (tr) v = v + load_acc(tr + c, n);
-          v.store(row.data() + c, n);
+          v.store(row + c, n);
         }
-        layernorm_row<scalar_t>(row.data(), H, wp, bp, eps, op + t * H, meanp + t, rstdp + t);
-      }
+      };
+      layernorm_rows<scalar_t>(begin, end, H, fill, wp, bp, eps, op, meanp, rstdp);
     });
   });
 }
