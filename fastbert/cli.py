@@ -94,8 +94,8 @@ def _add_encode(sub) -> None:
     p.add_argument("--max-length", type=int, default=None,
                    help="truncate rows to this many tokens (default: sentence_bert_config.json max_seq_length, "
                         "else the model's maximum)")
-    p.add_argument("--batch-tokens", type=int, default=16384,
-                   help="token budget of one batch (rows x padded length)")
+    p.add_argument("--batch-tokens", type=int, default=2048,
+                   help="token budget of one batch (rows x padded length; default 2048: its activations stay in cache)")
     p.add_argument("--window", type=int, default=8192, help="rows read, sorted by length and batched at a time")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="compute dtype of the model (the output is float32)")

@@ -352,7 +352,7 @@ class EncodeOptions:
     pooling: Optional[str] = None
     normalize: Optional[bool] = None
     max_length: Optional[int] = None
-    batch_tokens: int = 16384
+    batch_tokens: int = 2048
     window: int = 8192
     progress: Optional[bool] = None
     quiet: bool = False

@@ -35,21 +35,25 @@ void bias_residual_layernorm_kernel(const at::Tensor& x, const at::Tensor* bias,
     A* rstdp = rstd.mutable_data_ptr<A>();
     const int64_t grain = std::max<int64_t>(1, 16384 / H);
     at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-      auto fill = [&](int64_t r, A* row) {  // row = x + residual (+ bias)
+      auto fill = [&](int64_t r, A* row) {  // row = x + residual (+ bias); returns its sum
         const scalar_t* xr = xp + r * H;
         const scalar_t* rr = rp + r * H;
+        AccVec<scalar_t> sum(A(0));
         int64_t c = 0;
         for (; c + W <= H; c += W) {
           auto v = load_acc(xr + c) + load_acc(rr + c);
           if (bp) v = v + load_acc(bp + c);
           v.store(row + c);
+          sum = sum + v;
         }
-        if (c < H) {
+        if (c < H) {  // partial loads fill the lanes past H with zeros, so the sum can take the whole vector
           const int64_t n = H - c;
           auto v = load_acc(xr + c, n) + load_acc(rr + c, n);
           if (bp) v = v + load_acc(bp + c, n);
           v.store(row + c, n);
+          sum = sum + v;
         }
+        return hsum(sum);
       };
       layernorm_rows<scalar_t>(begin, end, H, fill, wp, betap, eps, op, meanp, rstdp);
     });

@@ -46,17 +46,20 @@ void embeddings_typed(const at::Tensor& ids, const at::Tensor& pos, const at::Te
     A* meanp = mean.mutable_data_ptr<A>();
     A* rstdp = rstd.mutable_data_ptr<A>();
     at::parallel_for(0, N, std::max<int64_t>(1, 16384 / H), [&](int64_t begin, int64_t end) {
-      auto fill = [&](int64_t t, A* row) {  // row = word[id] + position[pos] (+ token_type[type])
+      auto fill = [&](int64_t t, A* row) {  // row = word[id] + position[pos] (+ token_type[type]); returns its sum
         const scalar_t* wr = wordp + checked_id(idp, t, V, "input_ids") * H;
         const scalar_t* pr = positionp + checked_id(posp, t, P, "position_ids") * H;
         const scalar_t* tr = nullptr;
         if (ttp) tr = ttp + (typep ? checked_id(typep, t, TV, "token_type_ids") : 0) * H;
-        for (int64_t c = 0; c < H; c += W) {
+        AccVec<scalar_t> sum(A(0));
+        for (int64_t c = 0; c < H; c += W) {  // partial loads zero the lanes past H: the sum takes whole vectors
           const int64_t n = std::min(W, H - c);
           auto v = load_acc(wr + c, n) + load_acc(pr + c, n);
           if (tr) v = v + load_acc(tr + c, n);
           v.store(row + c, n);
+          sum = sum + v;
         }
+        return hsum(sum);
       };
       layernorm_rows<scalar_t>(begin, end, H, fill, wp, bp, eps, op, meanp, rstdp);
     });

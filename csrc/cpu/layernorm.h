@@ -1,11 +1,13 @@
 // LayerNorm of rows a kernel computes into a scratch row of the accumulation type, shared by the embeddings
-// and bias_residual_layernorm kernels: two passes for the statistics (mean, then centred variance: stable for
-// eps = 1e-12 on BERT's outlier dimensions, where E[x^2] - E[x]^2 can go negative), a third writes the
-// normalised row. The scratch row sits in L1, so the passes cost instructions and loads, not memory traffic:
-// each reduction keeps four accumulators, and rows go in pairs that share the loads of weight and bias.
+// and bias_residual_layernorm kernels. Statistics in two passes: the sum as the kernel writes the row, then the
+// centred sums (stable for eps = 1e-12 on BERT's outlier dimensions, where E[x^2] - E[x]^2 can go negative); a
+// third pass writes the normalised row. The scratch row sits in L1, so the passes cost instructions and loads,
+// not memory traffic: reductions keep four accumulators, and rows go in pairs that share the loads of weight
+// and bias.
 #pragma once
 #include <ATen/cpu/vec/functional.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -19,38 +21,39 @@ inline typename V::value_type hsum(const V& v) {
   return at::vec::vec_reduce_all<typename V::value_type>([](V& a, V& b) { return a + b; }, v);
 }
 
-// sum over c < H of term(V::loadu(s + c)) (full vectors) plus tail(s[c]) (the rest), with four independent
-// accumulators: one would chain every add on the previous one's latency (3-4 cycles per vector).
-template <typename V, typename Term, typename Tail>
-inline typename V::value_type row_reduce(const typename V::value_type* s, int64_t H, Term term, Tail tail) {
-  using A = typename V::value_type;
+// mean and rstd of a row s[H] whose sum the caller computed while writing it. A second pass over the row takes
+// the centred sums of d = s - mean and d^2 (the corrected two-pass algorithm: the first adds back what rounding
+// took from the first mean, which matters when the spread is tiny beside the mean), with four accumulators of
+// each (one would chain every FMA on the previous one's latency).
+template <typename A>
+inline void row_stats(const A* s, int64_t H, A sum, double eps, A* mean_out, A* rstd_out) {
+  using V = at::vec::Vectorized<A>;
   constexpr int64_t W = V::size();
-  V a0(A(0)), a1(A(0)), a2(A(0)), a3(A(0));
+  const A mean = sum / A(H);
+  const V vmean(mean);
+  V d0(A(0)), d1(A(0)), d2(A(0)), d3(A(0)), q0(A(0)), q1(A(0)), q2(A(0)), q3(A(0));
+  auto step = [&](const A* p, V& dacc, V& qacc) {
+    const V d = V::loadu(p) - vmean;
+    dacc = dacc + d;
+    qacc = at::vec::fmadd(d, d, qacc);
+  };
   int64_t c = 0;
   for (; c + 4 * W <= H; c += 4 * W) {
-    a0 = term(V::loadu(s + c), a0);
-    a1 = term(V::loadu(s + c + W), a1);
-    a2 = term(V::loadu(s + c + 2 * W), a2);
-    a3 = term(V::loadu(s + c + 3 * W), a3);
+    step(s + c, d0, q0);
+    step(s + c + W, d1, q1);
+    step(s + c + 2 * W, d2, q2);
+    step(s + c + 3 * W, d3, q3);
   }
-  for (; c + W <= H; c += W) a0 = term(V::loadu(s + c), a0);
-  A total = hsum((a0 + a1) + (a2 + a3));
-  for (; c < H; ++c) total += tail(s[c]);
-  return total;
-}
-
-// mean and rstd of a row s[H]: two passes (mean, then centred variance).
-template <typename A>
-inline void row_stats(const A* s, int64_t H, double eps, A* mean_out, A* rstd_out) {
-  using V = at::vec::Vectorized<A>;
-  const A mean = row_reduce<V>(s, H, [](const V& x, const V& acc) { return acc + x; },
-                               [](A x) { return x; }) / A(H);
-  const V vmean(mean);
-  const A var = row_reduce<V>(s, H, [&](const V& x, const V& acc) {
-    const V d = x - vmean;
-    return at::vec::fmadd(d, d, acc);
-  }, [&](A x) { return (x - mean) * (x - mean); }) / A(H);
-  *mean_out = mean;
+  for (; c + W <= H; c += W) step(s + c, d0, q0);
+  A dsum = hsum((d0 + d1) + (d2 + d3));
+  A qsum = hsum((q0 + q1) + (q2 + q3));
+  for (; c < H; ++c) {
+    const A d = s[c] - mean;
+    dsum += d;
+    qsum += d * d;
+  }
+  const A var = std::max(A(0), (qsum - dsum * dsum / A(H)) / A(H));
+  *mean_out = mean + dsum / A(H);
   *rstd_out = A(1) / std::sqrt(var + A(eps));
 }
 
@@ -78,7 +81,8 @@ inline void normalise_rows(const acc_t<T>* const* s, int64_t H, const T* weight,
 }
 
 // LayerNorm of rows [begin, end) whose inputs a kernel computes: fill(r, s) writes row r's values before
-// normalisation (H, accumulation type) into the scratch row s. Writes out[r * H ...], mean[r], rstd[r].
+// normalisation (H, accumulation type) into the scratch row s and returns their sum (the mean's pass, done
+// while the values are in registers). Writes out[r * H ...], mean[r], rstd[r].
 template <typename T, typename Fill>
 inline void layernorm_rows(int64_t begin, int64_t end, int64_t H, Fill fill, const T* weight, const T* bias,
                            double eps, T* out, acc_t<T>* mean, acc_t<T>* rstd) {
@@ -87,16 +91,15 @@ inline void layernorm_rows(int64_t begin, int64_t end, int64_t H, Fill fill, con
   A* s[2] = {scratch.data(), scratch.data() + H};
   int64_t r = begin;
   for (; r + 2 <= end; r += 2) {
-    fill(r, s[0]);
-    fill(r + 1, s[1]);
-    row_stats(s[0], H, eps, mean + r, rstd + r);
-    row_stats(s[1], H, eps, mean + r + 1, rstd + r + 1);
+    const A sum0 = fill(r, s[0]);
+    const A sum1 = fill(r + 1, s[1]);
+    row_stats(s[0], H, sum0, eps, mean + r, rstd + r);
+    row_stats(s[1], H, sum1, eps, mean + r + 1, rstd + r + 1);
     T* o[2] = {out + r * H, out + (r + 1) * H};
     normalise_rows<2, T>(s, H, weight, bias, mean + r, rstd + r, o);
   }
   if (r < end) {
-    fill(r, s[0]);
-    row_stats(s[0], H, eps, mean + r, rstd + r);
+    row_stats(s[0], H, fill(r, s[0]), eps, mean + r, rstd + r);
     T* o[1] = {out + r * H};
     normalise_rows<1, T>(s, H, weight, bias, mean + r, rstd + r, o);
   }
