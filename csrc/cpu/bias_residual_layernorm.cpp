@@ -38,18 +38,19 @@ void bias_residual_layernorm_kernel(const at::Tensor& x, const at::Tensor* bias,
       auto fill = [&](int64_t r, A* row) {  // row = x + residual (+ bias); returns its sum
         const scalar_t* xr = xp + r * H;
         const scalar_t* rr = rp + r * H;
+        const scalar_t* b = bp;  // a local: a captured reference is reloaded after every store to row
         AccVec<scalar_t> sum(A(0));
         int64_t c = 0;
         for (; c + W <= H; c += W) {
           auto v = load_acc(xr + c) + load_acc(rr + c);
-          if (bp) v = v + load_acc(bp + c);
+          if (b) v = v + load_acc(b + c);
           v.store(row + c);
           sum = sum + v;
         }
         if (c < H) {  // partial loads fill the lanes past H with zeros, so the sum can take the whole vector
           const int64_t n = H - c;
           auto v = load_acc(xr + c, n) + load_acc(rr + c, n);
-          if (bp) v = v + load_acc(bp + c, n);
+          if (b) v = v + load_acc(b + c, n);
           v.store(row + c, n);
           sum = sum + v;
         }
