@@ -71,7 +71,9 @@ def _mm_t(x: Tensor, w: Tensor) -> Tensor:
 
 
 def _onednn_t(x: Tensor, w: Tensor) -> Tensor:
-    return _ONEDNN(x, w, None, "none", [], "")
+    if w.dtype == x.dtype and w.device == x.device and w.dim() == 2 and w.shape[1] == x.shape[-1]:
+        return _ONEDNN(x, w, None, "none", [], "")
+    return torch.mm(x, w.t())  # a mismatched weight gets torch.mm's error, not oneDNN's cryptic one
 
 
 def linear_fn(x: Tensor) -> Callable[[Tensor, Tensor], Tensor]:

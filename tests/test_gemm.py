@@ -51,3 +51,16 @@ def test_env_var_selects_and_validates():
     bad = _python("import fastbert", FASTBERT_CPU_GEMM="blas")
     assert bad.returncode != 0
     assert "FASTBERT_CPU_GEMM='blas': expected onednn or mm" in bad.stderr
+
+
+@requires_onednn
+@pytest.mark.parametrize("bad", ["dtype", "shape"])
+def test_onednn_mismatch_gets_torch_mm_error(bad):
+    """A weight of another dtype or width raises torch.mm's message (as the general path does), not oneDNN's."""
+    x = torch.randn(3, 8)
+    w = torch.randn(4, 8, dtype=torch.bfloat16) if bad == "dtype" else torch.randn(4, 7)
+    with pytest.raises(RuntimeError) as mm_error:
+        torch.mm(x, w.t())
+    with pytest.raises(RuntimeError) as ours:
+        gemm._onednn_t(x, w)
+    assert str(ours.value) == str(mm_error.value)
