@@ -24,7 +24,7 @@ def main(argv=None):
     ap.add_argument("--tokens", nargs="+", type=int, default=[64, 512, 2048])
     ap.add_argument("--repeats", type=int, default=15)
     args = ap.parse_args(argv)
-    if gemm._ONEDNN is None:
+    if not gemm.HAS_ONEDNN:
         sys.exit("this PyTorch has no oneDNN inner product (torch.ops.mkldnn._linear_pointwise)")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32")
     print(f"{'model':10s} {'tokens':>6s} {'mm GFLOP/s':>11s} {'oneDNN GFLOP/s':>15s} {'oneDNN / mm':>12s}")
@@ -32,7 +32,7 @@ def main(argv=None):
         cfg = bench.make_hf_config(model)
         for tokens in args.tokens:
             mm, flops = bench.gemm_probe(cfg, tokens)
-            onednn, _ = bench.gemm_probe(cfg, tokens, mm=gemm._onednn_t)
+            onednn, _ = bench.gemm_probe(cfg, tokens, mm=gemm.linear_onednn)
             t = compare({"mm": mm, "onednn": onednn}, repeats=args.repeats, warmup=2)
             a, b = flops / t["mm"].median / 1e9, flops / t["onednn"].median / 1e9
             print(f"{model:10s} {tokens:6d} {a:11.0f} {b:15.0f} {b / a:11.2f}x", flush=True)

@@ -213,12 +213,12 @@ def forward_flops(config, lengths: Sequence[int]) -> float:
     """FLOPs of the encoder forward on the real tokens: GEMMs (2 per multiply-add) + QK^T + PV per sequence."""
     H, I, n_layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     T = sum(lengths)
-    gemm = 2 * T * H * (3 * H + H + 2 * I)
+    gemms = 2 * T * H * (3 * H + H + 2 * I)
     attn = sum(4 * n * n * H for n in lengths)
-    return float(n_layers * (gemm + attn))
+    return float(n_layers * (gemms + attn))
 
 
-def gemm_probe(config, tokens: int, dtype=torch.float32, device="cpu", mm: Callable = gemm._mm_t):
+def gemm_probe(config, tokens: int, dtype=torch.float32, device="cpu", mm: Callable = gemm.linear_mm):
     """(fn, flops): fn runs ``mm(x, w)`` (x @ w^T) once on each of one layer's GEMM shapes for ``tokens`` rows."""
     H, I = config.hidden_size, config.intermediate_size
     shapes = [(tokens, H, 3 * H), (tokens, H, H), (tokens, H, I), (tokens, I, H)]
@@ -236,16 +236,9 @@ def gemm_probes(config, tokens: int, dtype=torch.float32, device="cpu") -> Dict[
     that is another (oneDNN for float32 on CPU, fastbert/gemm.py). The ceiling is the faster of them."""
     probes = {"mm": gemm_probe(config, tokens, dtype, device)}
     loop_mm = gemm.linear_fn(torch.empty(0, dtype=dtype, device=device))
-    if loop_mm is not gemm._mm_t:
+    if loop_mm is not gemm.linear_mm:
         probes[gemm.cpu_gemm()] = gemm_probe(config, tokens, dtype, device, loop_mm)
     return probes
-
-
-def gemm_rate(config, tokens: int, dtype=torch.float32, device="cpu", repeats: int = 5) -> float:
-    """FLOP/s of the fastest GEMM library on the model's GEMM shapes for ``tokens`` rows (median of repeats)."""
-    probes = gemm_probes(config, tokens, dtype, device)
-    times = time_interleaved({name: fn for name, (fn, _) in probes.items()}, repeats, 1, device)
-    return max(flops / statistics.median(times[name]) for name, (_, flops) in probes.items())
 
 
 def _sync(device):

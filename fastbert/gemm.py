@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["CPU_GEMMS", "cpu_gemm", "set_cpu_gemm", "linear_fn"]
+__all__ = ["CPU_GEMMS", "HAS_ONEDNN", "cpu_gemm", "set_cpu_gemm", "linear_fn", "linear_mm", "linear_onednn"]
 
 CPU_GEMMS = ("onednn", "mm")
 
@@ -42,6 +42,7 @@ def _onednn_linear() -> Callable | None:
 
 
 _ONEDNN = _onednn_linear()
+HAS_ONEDNN = _ONEDNN is not None
 
 
 def _parse(name: str, source: str) -> str:
@@ -66,11 +67,13 @@ def cpu_gemm() -> str:
     return "mm"
 
 
-def _mm_t(x: Tensor, w: Tensor) -> Tensor:
+def linear_mm(x: Tensor, w: Tensor) -> Tensor:
+    """x @ w^T through torch.mm."""
     return torch.mm(x, w.t())
 
 
-def _onednn_t(x: Tensor, w: Tensor) -> Tensor:
+def linear_onednn(x: Tensor, w: Tensor) -> Tensor:
+    """x @ w^T through oneDNN's inner product (needs HAS_ONEDNN)."""
     if w.dtype == x.dtype and w.device == x.device and w.dim() == 2 and w.shape[1] == x.shape[-1]:
         return _ONEDNN(x, w, None, "none", [], "")
     return torch.mm(x, w.t())  # a mismatched weight gets torch.mm's error, not oneDNN's cryptic one
@@ -79,5 +82,5 @@ def _onednn_t(x: Tensor, w: Tensor) -> Tensor:
 def linear_fn(x: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
     """f(x, w) = x @ w^T (w as nn.Linear stores it, (out, in)) for tensors like x."""
     if x.device.type == "cpu" and x.dtype == torch.float32 and cpu_gemm() == "onednn":
-        return _onednn_t
-    return _mm_t
+        return linear_onednn
+    return linear_mm

@@ -5,7 +5,7 @@ import torch
 from fastbert import gemm
 from test_package import _python
 
-requires_onednn = pytest.mark.skipif(gemm._ONEDNN is None, reason="this PyTorch has no oneDNN linear")
+requires_onednn = pytest.mark.skipif(not gemm.HAS_ONEDNN, reason="this PyTorch has no oneDNN linear")
 
 
 @requires_onednn
@@ -15,7 +15,7 @@ def test_onednn_matches_float64(m, k, n, weight_layout):
     g = torch.Generator().manual_seed(m * 1000 + n)
     x = torch.randn(m, k, generator=g)
     w = torch.randn(n, k, generator=g) if weight_layout == "contiguous" else torch.randn(k, n, generator=g).t()
-    out = gemm._onednn_t(x, w)
+    out = gemm.linear_onednn(x, w)
     ref = x.double() @ w.double().t()
     assert out.dtype == torch.float32 and out.shape == (m, n)
     # float32 accumulation over k terms of size ~1: error grows like sqrt(k) * eps * |terms|
@@ -25,18 +25,18 @@ def test_onednn_matches_float64(m, k, n, weight_layout):
 @requires_onednn
 def test_float32_cpu_goes_to_onednn(monkeypatch):
     monkeypatch.setattr(gemm, "_choice", "onednn")
-    assert gemm.linear_fn(torch.ones(2, 3)) is gemm._onednn_t
+    assert gemm.linear_fn(torch.ones(2, 3)) is gemm.linear_onednn
     for other in (torch.ones(2, 3, dtype=torch.float64), torch.ones(2, 3, dtype=torch.bfloat16)):
-        assert gemm.linear_fn(other) is gemm._mm_t
+        assert gemm.linear_fn(other) is gemm.linear_mm
     with torch.backends.mkldnn.flags(enabled=False):
-        assert gemm.cpu_gemm() == "mm" and gemm.linear_fn(torch.ones(2, 3)) is gemm._mm_t
+        assert gemm.cpu_gemm() == "mm" and gemm.linear_fn(torch.ones(2, 3)) is gemm.linear_mm
     gemm.set_cpu_gemm("mm")
-    assert gemm.linear_fn(torch.ones(2, 3)) is gemm._mm_t
+    assert gemm.linear_fn(torch.ones(2, 3)) is gemm.linear_mm
 
 
 def test_mm_path_is_x_times_w_transposed():
     x, w = torch.randn(5, 7, dtype=torch.float64), torch.randn(3, 7, dtype=torch.float64)
-    assert torch.equal(gemm._mm_t(x, w), torch.mm(x, w.t()))
+    assert torch.equal(gemm.linear_mm(x, w), torch.mm(x, w.t()))
 
 
 def test_set_cpu_gemm_rejects_unknown():
@@ -62,5 +62,5 @@ def test_onednn_mismatch_gets_torch_mm_error(bad):
     with pytest.raises(RuntimeError) as mm_error:
         torch.mm(x, w.t())
     with pytest.raises(RuntimeError) as ours:
-        gemm._onednn_t(x, w)
+        gemm.linear_onednn(x, w)
     assert str(ours.value) == str(mm_error.value)
