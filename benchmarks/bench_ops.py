@@ -61,7 +61,7 @@ def copy_fn(nbytes, allocate=False):
     return lambda: dst.copy_(src)
 
 
-def table(repeats=30):
+def table(repeats=300):
     rows = []
     for name, (fused, unfused, nbytes) in _cases().items():
         t = compare({"fused": fused, "unfused": unfused, "copy": copy_fn(nbytes), "clone": copy_fn(nbytes, True)},

@@ -41,7 +41,7 @@ TORCH_LIBRARY(fastbert, m) {
       "bias_residual_layernorm(Tensor x, Tensor? bias, Tensor residual, Tensor ln_weight, Tensor ln_bias, "
       "float eps) -> (Tensor out, Tensor mean, Tensor rstd)");
 
-  // ---- backward ops (registered as the forward ops' autograd formulas in fastbert/autograd.py) ----
+  // ---- backward ops (called by the forward ops' autograd formulas in csrc/autograd.cpp) ----
   // bias_act: grad_input = grad * act'(x + bias), the gradient of x and of the broadcast bias (x's shape).
   m.def("bias_act_backward(Tensor grad, Tensor x, Tensor bias, str activation) -> Tensor");
   // bias_residual_layernorm: recomputes s = x + bias + residual and uses the forward's (mean, rstd).

@@ -50,7 +50,7 @@ def _kernel_table():
 
 # (op name, device type) -> whether a compiled kernel exists; a plain dict so torch.compile can read it.
 KERNELS = _kernel_table()
-# Ops whose backward is registered (torch.library.register_autograd); the others fall back while training.
+# Ops whose backward is registered (csrc/autograd.cpp); the others fall back to the reference while training.
 DIFFERENTIABLE: set = {"bias_act", "bias_residual_layernorm", "embeddings", "attention", "attention_masked"}
 
 

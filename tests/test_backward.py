@@ -1,4 +1,4 @@
-"""Backward ops (csrc/cpu/*_backward.cpp) and their autograd registration (fastbert/autograd.py).
+"""Backward ops (csrc/cpu/*_backward.cpp) and their autograd registration (csrc/autograd.cpp).
 
 Each op is checked three ways: torch.autograd.gradcheck in float64 through the forward op (the backward
 kernel against finite differences of the forward kernel), the gradients through autograd against the
@@ -361,7 +361,7 @@ def test_differentiable_ops_run_the_kernel_while_training(gen):
     assert set(fb_autograd.DIFFERENTIABLE_OPS) <= ops.DIFFERENTIABLE
     x, b = _leaf(randn(4, 8, gen=gen)), _leaf(randn(8, gen=gen))
     y = ops.bias_act(x, b, "gelu")
-    assert "fastbert" in type(y.grad_fn).__name__.lower() or "bias_act" in y.grad_fn.name().lower()
+    assert "fastbert" in y.grad_fn.name() and "BiasAct" in y.grad_fn.name()
 
 
 # ================================================================ attention (packed) and attention_masked
@@ -586,26 +586,60 @@ def test_backward_with_expanded_grad_outputs(gen):
             torch.testing.assert_close(a, c, **SUM_TOL[torch.float32])
 
 
-def test_reference_fallback_when_no_backward_kernel(monkeypatch, gen):
-    """Where a device has the forward kernel but no backward kernel (CUDA today), the registered backward runs
-    the reference under autograd; forced here on CPU, it must give the kernels' gradients."""
-    x, b = _leaf(randn(5, 24, gen=gen)), _leaf(randn(24, gen=gen))
-    res, w, beta = _leaf(randn(5, 24, gen=gen)), _leaf(randn(24, gen=gen)), _leaf(randn(24, gen=gen))
-    emb = _emb_inputs(gen, torch.float32, 9, 24)
-    qkv, bqkv, cu = _leaf(randn(5, 72, gen=gen)), _leaf(randn(72, gen=gen)), _cu([3, 2])
-    qkv_pad, mask = _leaf(randn(2, 3, 72, gen=gen)), torch.tensor([[True, True, False], [True, True, True]])
+def _selective_cases(gen):
+    """(name, fn, inputs, grad_out) per differentiable op and optional-argument pattern: the C++ autograd
+    (csrc/autograd.cpp) maps each forward argument to its input edge, and an absent optional tensor has none."""
+    x, b = randn(5, 24, gen=gen), randn(24, gen=gen)
+    res, w, beta = randn(5, 24, gen=gen), randn(24, gen=gen), randn(24, gen=gen)
+    qkv, bqkv, cu = randn(5, 72, gen=gen), randn(72, gen=gen), _cu([3, 2])
+    qkv_pad, mask = randn(2, 3, 72, gen=gen), torch.tensor([[True, True, False], [True, True, True]])
     g, g_pad = randn(5, 24, gen=gen), randn(2, 3, 24, gen=gen)
-    cases = [
-        (lambda x, b: torch.ops.fastbert.bias_act(x, b, "gelu_new"), (x, b), g),
-        (lambda *a: torch.ops.fastbert.bias_residual_layernorm(*a, 1e-12), (x, b, res, w, beta), g),
-        (lambda *a: torch.ops.fastbert.embeddings(*emb[:3], *a, 1e-12), emb[3:], randn(9, 24, gen=gen)),
-        (lambda q, b: torch.ops.fastbert.attention(q, b, cu, 3, 2, 0.3, 0.2, 11, 1), (qkv, bqkv), g),
-        (lambda q, b: torch.ops.fastbert.attention_masked(q, b, mask.view(2, 1, 1, 3), 2, 0.3, 0.2, 11, 1),
-         (qkv_pad, bqkv), g_pad),
+    emb = [t.detach() if isinstance(t, torch.Tensor) else t for t in _emb_inputs(gen, torch.float32, 9, 24)]
+    emb_none = [t.detach() if isinstance(t, torch.Tensor) else t
+                for t in _emb_inputs(gen, torch.float32, 9, 24, types=None)]
+    brln = lambda *a: torch.ops.fastbert.bias_residual_layernorm(*a, 1e-12)  # noqa: E731
+    emb_op = lambda *a: torch.ops.fastbert.embeddings(*a, 1e-12)  # noqa: E731
+    return [
+        ("bias_act", lambda x, b: torch.ops.fastbert.bias_act(x, b, "gelu_new"), [x, b], g),
+        ("brln", brln, [x, b, res, w, beta], g),
+        ("brln, no bias", brln, [x, None, res, w, beta], g),
+        ("embeddings", emb_op, emb, randn(9, 24, gen=gen)),
+        ("embeddings, no token types", emb_op, emb_none, randn(9, 24, gen=gen)),
+        ("attention", lambda q, b: torch.ops.fastbert.attention(q, b, cu, 3, 2, 0.3, 0.2, 11, 1), [qkv, bqkv], g),
+        ("attention, no bias", lambda q, b: torch.ops.fastbert.attention(q, b, cu, 3, 2, 0.3), [qkv, None], g),
+        ("attention_masked", lambda q, b: torch.ops.fastbert.attention_masked(q, b, mask.view(2, 1, 1, 3), 2, 0.3,
+                                                                             0.2, 11, 1), [qkv_pad, bqkv], g_pad),
     ]
-    kernel = [_grads(fn, inputs, go) for fn, inputs, go in cases]
-    monkeypatch.setattr(fb_autograd, "has_backward_kernel", lambda name, device: False)
-    for (fn, inputs, go), want in zip(cases, kernel):
-        got = _grads(fn, inputs, go)
-        for a, c in zip(got, want):
-            torch.testing.assert_close(a, c, **SUM_TOL[torch.float32])
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_gradient_of_each_input_alone(gen, case):
+    """Each float input requiring grad on its own gets the gradient it gets when all of them do, and the others
+    get none: catches a gradient returned to the wrong argument when optional tensors are absent."""
+    name, fn, inputs, go = _selective_cases(gen)[case]
+    floats = [i for i, t in enumerate(inputs) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    leaves = [(_leaf(t) if i in floats else t) for i, t in enumerate(inputs)]
+    full = dict(zip(floats, _grads(fn, leaves, go)))
+    for i in floats:
+        alone = [(_leaf(t) if j == i else t) for j, t in enumerate(inputs)]
+        (got,) = _grads(fn, alone, go)
+        torch.testing.assert_close(got, full[i], **SUM_TOL[torch.float32], msg=lambda m: f"{name}, input {i}: {m}")
+
+
+def test_no_graph_without_grad(gen):
+    """Without an input that requires grad, or under no_grad, the ops record nothing."""
+    x, b = randn(5, 24, gen=gen), _leaf(randn(24, gen=gen))
+    assert torch.ops.fastbert.bias_act(x, b.detach(), "gelu").grad_fn is None
+    with torch.no_grad():
+        assert torch.ops.fastbert.bias_act(_leaf(x), b, "gelu").grad_fn is None
+    out, mean, rstd = torch.ops.fastbert.bias_residual_layernorm(x, b, _leaf(x), b.detach(), b.detach(), 1e-12)
+    assert "fastbert" in out.grad_fn.name() and not mean.requires_grad and not rstd.requires_grad
+
+
+def test_every_backward_op_has_the_kernels_its_forward_has():
+    """The C++ autograd has no reference fallback: a device with a forward kernel must have the backward one."""
+    for name in fb_autograd.DIFFERENTIABLE_OPS:
+        for key in ("CPU", "CUDA"):
+            if torch._C._dispatch_has_kernel_for_dispatch_key(f"fastbert::{name}", key):
+                assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastbert::{name}_backward", key), (name, key)
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastbert::{name}", "Autograd"), name

@@ -414,7 +414,7 @@ def test_embeddings_backward(dtype, shape, H, V, P, TT, types):
 
 
 def test_backward_kernels_train_on_cuda():
-    """The autograd formulas (fastbert/autograd.py) take the CUDA backward kernels; gradients match the CPU ops'."""
+    """The autograd formulas (csrc/autograd.cpp) take the CUDA backward kernels; gradients match the CPU ops'."""
     from fastbert import autograd as fb_autograd
     for name in ("bias_act", "bias_residual_layernorm", "embeddings"):
         assert fb_autograd.has_backward_kernel(name, torch.device(DEV)), name

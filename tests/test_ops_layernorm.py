@@ -43,6 +43,21 @@ def test_layernorm_stable_with_large_offset(gen):
     torch.testing.assert_close(rstd.double(), ref_rstd, rtol=5e-2, atol=0)
 
 
+@pytest.mark.parametrize("H", [64, 768, 1029])
+def test_layernorm_stats_with_outliers_under_the_pivot(cpu_isa, gen, H):
+    """The one-pass statistics centre on the mean of a row's first 64 values: put BERT-like outlier dimensions
+    there (far from the rest of the row), on top of a large offset, and the statistics must still match float64."""
+    x = randn(5, H, gen=gen) + 300.0
+    x[:, :64:3] += 40.0 * randn(5, len(range(0, min(H, 64), 3)), gen=gen)
+    ones, zeros = torch.ones(H), torch.zeros(H)
+    out, mean, rstd = torch.ops.fastbert.bias_residual_layernorm(x, None, torch.zeros_like(x), ones, zeros, 1e-12)
+    ref, ref_mean, ref_rstd = reference.bias_residual_layernorm(x.double(), None, torch.zeros_like(x).double(),
+                                                                ones.double(), zeros.double(), 1e-12)
+    torch.testing.assert_close(mean.double(), ref_mean, rtol=1e-6, atol=0)
+    torch.testing.assert_close(rstd.double(), ref_rstd, rtol=1e-5, atol=0)
+    torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=0)
+
+
 def test_bias_residual_layernorm_3d_and_noncontiguous(gen):
     x = randn(5, 9, 64, gen=gen).transpose(0, 1)          # (9, 5, 64), non-contiguous
     residual = randn(9, 5, 64, gen=gen)

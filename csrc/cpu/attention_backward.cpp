@@ -6,7 +6,7 @@
 // on per-thread fp32 scratch (fp64 for double) and one elementwise pass. Tasks are handed out longest first
 // from an atomic counter (a ragged batch's sequences differ in cost by n^2); each task writes only its head's
 // columns of its rows of grad_qkv, so no two threads write the same element. grad_qkv_bias is the row sum of
-// grad_qkv (fastbert/autograd.py). float64 recomputes the softmax from the scores instead: the saved lse is
+// grad_qkv (csrc/autograd.cpp). float64 recomputes the softmax from the scores instead: the saved lse is
 // float32 by the op's contract, and exp(S - lse) would cap float64 gradients at fp32 accuracy.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>

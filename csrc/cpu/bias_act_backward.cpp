@@ -4,7 +4,7 @@
 // saves nothing else) and multiplies the incoming gradient by the exact derivative of the activation, as the
 // reference's autograd computes it (erf GELU: Phi(u) + u phi(u); tanh GELUs: the chain rule through tanh;
 // relu: 1 where u > 0, else 0, as torch's threshold_backward). grad_input is the gradient of x and of the
-// (broadcast) bias; grad_bias is its sum over rows, taken in fastbert/autograd.py. One read of grad and x,
+// (broadcast) bias; grad_bias is its sum over rows, taken in csrc/autograd.cpp. One read of grad and x,
 // one write of grad_input; parallel over rows, Vectorized<acc> chunks with a masked tail, fp32 math for
 // 16-bit storage (fp64 for double).
 #include <ATen/Dispatch.h>

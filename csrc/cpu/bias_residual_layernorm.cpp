@@ -24,7 +24,6 @@ void bias_residual_layernorm_kernel(const at::Tensor& x, const at::Tensor* bias,
   const int64_t N = x.numel() / H;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "bias_residual_layernorm", [&] {
     using A = acc_t<scalar_t>;
-    constexpr int64_t W = vec_width<scalar_t>();
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* rp = residual.const_data_ptr<scalar_t>();
     const scalar_t* bp = bias ? bias->const_data_ptr<scalar_t>() : nullptr;
@@ -35,26 +34,13 @@ void bias_residual_layernorm_kernel(const at::Tensor& x, const at::Tensor* bias,
     A* rstdp = rstd.mutable_data_ptr<A>();
     const int64_t grain = std::max<int64_t>(1, 16384 / H);
     at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-      auto fill = [&](int64_t r, A* row) {  // row = x + residual (+ bias); returns its sum
+      auto fill = [=](int64_t r) {  // row r's reader: x + residual (+ bias)
         const scalar_t* xr = xp + r * H;
         const scalar_t* rr = rp + r * H;
-        const scalar_t* b = bp;  // a local: a captured reference is reloaded after every store to row
-        AccVec<scalar_t> sum(A(0));
-        int64_t c = 0;
-        for (; c + W <= H; c += W) {
-          auto v = load_acc(xr + c) + load_acc(rr + c);
-          if (b) v = v + load_acc(b + c);
-          v.store(row + c);
-          sum = sum + v;
-        }
-        if (c < H) {  // partial loads fill the lanes past H with zeros, so the sum can take the whole vector
-          const int64_t n = H - c;
+        return [=](int64_t c, int64_t n) {
           auto v = load_acc(xr + c, n) + load_acc(rr + c, n);
-          if (b) v = v + load_acc(b + c, n);
-          v.store(row + c, n);
-          sum = sum + v;
-        }
-        return hsum(sum);
+          return bp ? v + load_acc(bp + c, n) : v;
+        };
       };
       layernorm_rows<scalar_t>(begin, end, H, fill, wp, betap, eps, op, meanp, rstdp);
     });

@@ -32,7 +32,6 @@ void embeddings_typed(const at::Tensor& ids, const at::Tensor& pos, const at::Te
   const int64_t H = word.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, word.scalar_type(), "embeddings", [&] {
     using A = acc_t<scalar_t>;
-    constexpr int64_t W = vec_width<scalar_t>();
     const index_t* idp = ids.const_data_ptr<index_t>();
     const index_t* posp = pos.const_data_ptr<index_t>();
     const index_t* typep = types ? types->const_data_ptr<index_t>() : nullptr;
@@ -46,20 +45,15 @@ void embeddings_typed(const at::Tensor& ids, const at::Tensor& pos, const at::Te
     A* meanp = mean.mutable_data_ptr<A>();
     A* rstdp = rstd.mutable_data_ptr<A>();
     at::parallel_for(0, N, std::max<int64_t>(1, 16384 / H), [&](int64_t begin, int64_t end) {
-      auto fill = [&](int64_t t, A* row) {  // row = word[id] + position[pos] (+ token_type[type]); returns its sum
+      auto fill = [=](int64_t t) {  // token t's reader: word[id] + position[pos] (+ token_type[type])
         const scalar_t* wr = wordp + checked_id(idp, t, V, "input_ids") * H;
         const scalar_t* pr = positionp + checked_id(posp, t, P, "position_ids") * H;
         const scalar_t* tr = nullptr;
         if (ttp) tr = ttp + (typep ? checked_id(typep, t, TV, "token_type_ids") : 0) * H;
-        AccVec<scalar_t> sum(A(0));
-        for (int64_t c = 0; c < H; c += W) {  // partial loads zero the lanes past H: the sum takes whole vectors
-          const int64_t n = std::min(W, H - c);
+        return [=](int64_t c, int64_t n) {
           auto v = load_acc(wr + c, n) + load_acc(pr + c, n);
-          if (tr) v = v + load_acc(tr + c, n);
-          v.store(row + c, n);
-          sum = sum + v;
-        }
-        return hsum(sum);
+          return tr ? v + load_acc(tr + c, n) : v;
+        };
       };
       layernorm_rows<scalar_t>(begin, end, H, fill, wp, bp, eps, op, meanp, rstdp);
     });

@@ -1,9 +1,9 @@
 // LayerNorm of rows a kernel computes into a scratch row of the accumulation type, shared by the embeddings
-// and bias_residual_layernorm kernels. Statistics in two passes: the sum as the kernel writes the row, then the
-// centred sums (stable for eps = 1e-12 on BERT's outlier dimensions, where E[x^2] - E[x]^2 can go negative); a
-// third pass writes the normalised row. The scratch row sits in L1, so the passes cost instructions and loads,
-// not memory traffic: reductions keep four accumulators, and rows go in pairs that share the loads of weight
-// and bias.
+// and bias_residual_layernorm kernels. Two passes over a row: the first computes it (the kernel's part),
+// stores it to the scratch row and takes its statistics from shifted sums (stable for eps = 1e-12 on BERT's
+// outlier dimensions, where E[x^2] - E[x]^2 can go negative); the second writes the normalised row. The
+// scratch row sits in L1, so the passes cost instructions and loads, not memory traffic: the fewer passes the
+// better, and rows go in pairs that share the loads of weight and bias.
 #pragma once
 #include <ATen/cpu/vec/functional.h>
 
@@ -21,40 +21,65 @@ inline typename V::value_type hsum(const V& v) {
   return at::vec::vec_reduce_all<typename V::value_type>([](V& a, V& b) { return a + b; }, v);
 }
 
-// mean and rstd of a row s[H] whose sum the caller computed while writing it. A second pass over the row takes
-// the centred sums of d = s - mean and d^2 (the corrected two-pass algorithm: the first adds back what rounding
-// took from the first mean, which matters when the spread is tiny beside the mean), with four accumulators of
-// each (one would chain every FMA on the previous one's latency).
-template <typename A>
-inline void row_stats(const A* s, int64_t H, A sum, double eps, A* mean_out, A* rstd_out) {
+// Writes two rows' values before normalisation into their scratch rows s0, s1 (accumulation type) and computes
+// each row's mean and rstd in the same pass, from sums of d = s - K around a pivot K: the mean of the row's
+// first min(H, 4W) values. Shifted sums are exact enough when K is near the mean, and this K is provably near
+// it: by Cauchy-Schwarz |K - mean| <= std * sqrt(H / m) for a pivot over m values, so the variance's rounding
+// error grows by at most 1 + H/m (13 at H = 768, 17 at H = 1024) over the two-pass algorithm's, where the
+// naive E[s^2] - E[s]^2 loses everything once the mean dwarfs the spread (tests/test_ops_layernorm.py covers
+// both a large offset and a pivot placed on outliers). One pass instead of two: a row is stored once and not
+// re-read for its statistics. The two rows go in lockstep: two independent accumulator chains, and loads the
+// rows share (a bias) made once per column. (Plain variables, not arrays over rows: GCC keeps arrays of
+// vectors in memory and stores them every iteration.)
+// row0(c, n), row1(c, n) return the rows' values at columns [c, c + n) as AccVecs, with the lanes past n zero.
+template <typename A, typename Row>
+inline void fill_row_pair_stats(Row row0, Row row1, int64_t H, A* s0, A* s1, double eps, A* mean,
+                                A* rstd) {
   using V = at::vec::Vectorized<A>;
   constexpr int64_t W = V::size();
-  const A mean = sum / A(H);
-  const V vmean(mean);
-  V d0(A(0)), d1(A(0)), d2(A(0)), d3(A(0)), q0(A(0)), q1(A(0)), q2(A(0)), q3(A(0));
-  auto step = [&](const A* p, V& dacc, V& qacc) {
-    const V d = V::loadu(p) - vmean;
-    dacc = dacc + d;
-    qacc = at::vec::fmadd(d, d, qacc);
+  const int64_t head = std::min(H, 4 * W);
+  V k0(A(0)), k1(A(0));
+  for (int64_t c = 0; c < head; c += W) {
+    const int64_t n = std::min(W, head - c);
+    const V v0 = row0(c, n), v1 = row1(c, n);
+    v0.store(s0 + c, n);
+    v1.store(s1 + c, n);
+    k0 = k0 + v0;
+    k1 = k1 + v1;
+  }
+  const A K0 = hsum(k0) / A(head), K1 = hsum(k1) / A(head);
+  const V vK0(K0), vK1(K1);
+  V d0(A(0)), d1(A(0)), q0(A(0)), q1(A(0));
+  auto add = [](const V& d, V& dsum, V& qsum) {
+    dsum = dsum + d;
+    qsum = at::vec::fmadd(d, d, qsum);
   };
   int64_t c = 0;
-  for (; c + 4 * W <= H; c += 4 * W) {
-    step(s + c, d0, q0);
-    step(s + c + W, d1, q1);
-    step(s + c + 2 * W, d2, q2);
-    step(s + c + 3 * W, d3, q3);
+  for (; c + W <= head; c += W) {
+    add(V::loadu(s0 + c) - vK0, d0, q0);
+    add(V::loadu(s1 + c) - vK1, d1, q1);
   }
-  for (; c + W <= H; c += W) step(s + c, d0, q0);
-  A dsum = hsum((d0 + d1) + (d2 + d3));
-  A qsum = hsum((q0 + q1) + (q2 + q3));
-  for (; c < H; ++c) {
-    const A d = s[c] - mean;
-    dsum += d;
-    qsum += d * d;
+  for (; c + W <= H; c += W) {
+    const V v0 = row0(c, W), v1 = row1(c, W);
+    v0.store(s0 + c);
+    v1.store(s1 + c);
+    add(v0 - vK0, d0, q0);
+    add(v1 - vK1, d1, q1);
   }
-  const A var = std::max(A(0), (qsum - dsum * dsum / A(H)) / A(H));
-  *mean_out = mean + dsum / A(H);
-  *rstd_out = A(1) / std::sqrt(var + A(eps));
+  if (c < H) {  // the last partial vector: centre only its n real lanes
+    const int64_t n = H - c;
+    const V v0 = c < head ? V::loadu(s0 + c, n) : row0(c, n);
+    const V v1 = c < head ? V::loadu(s1 + c, n) : row1(c, n);
+    if (c >= head) v0.store(s0 + c, n), v1.store(s1 + c, n);
+    add(V::set(V(A(0)), v0 - vK0, n), d0, q0);
+    add(V::set(V(A(0)), v1 - vK1, n), d1, q1);
+  }
+  const A K[2] = {K0, K1}, dsum[2] = {hsum(d0), hsum(d1)}, qsum[2] = {hsum(q0), hsum(q1)};
+  for (int i = 0; i < 2; ++i) {
+    const A var = std::max(A(0), (qsum[i] - dsum[i] * dsum[i] / A(H)) / A(H));
+    mean[i] = K[i] + dsum[i] / A(H);
+    rstd[i] = A(1) / std::sqrt(var + A(eps));
+  }
 }
 
 // out_i = (s_i - mean_i) * rstd_i * weight + bias for R rows at once (R = 1 or 2), so each vector of weight and
@@ -80,9 +105,9 @@ inline void normalise_rows(const acc_t<T>* const* s, int64_t H, const T* weight,
   }
 }
 
-// LayerNorm of rows [begin, end) whose inputs a kernel computes: fill(r, s) writes row r's values before
-// normalisation (H, accumulation type) into the scratch row s and returns their sum (the mean's pass, done
-// while the values are in registers). Writes out[r * H ...], mean[r], rstd[r].
+// LayerNorm of rows [begin, end) whose inputs a kernel computes: fill(r) returns row r's reader, a callable
+// (c, n) -> AccVec of its values before normalisation at columns [c, c + n), lanes past n zero (see
+// fill_row_pair_stats). Writes out[r * H ...], mean[r], rstd[r].
 template <typename T, typename Fill>
 inline void layernorm_rows(int64_t begin, int64_t end, int64_t H, Fill fill, const T* weight, const T* bias,
                            double eps, T* out, acc_t<T>* mean, acc_t<T>* rstd) {
@@ -91,15 +116,14 @@ inline void layernorm_rows(int64_t begin, int64_t end, int64_t H, Fill fill, con
   A* s[2] = {scratch.data(), scratch.data() + H};
   int64_t r = begin;
   for (; r + 2 <= end; r += 2) {
-    const A sum0 = fill(r, s[0]);
-    const A sum1 = fill(r + 1, s[1]);
-    row_stats(s[0], H, sum0, eps, mean + r, rstd + r);
-    row_stats(s[1], H, sum1, eps, mean + r + 1, rstd + r + 1);
+    fill_row_pair_stats(fill(r), fill(r + 1), H, s[0], s[1], eps, mean + r, rstd + r);
     T* o[2] = {out + r * H, out + (r + 1) * H};
     normalise_rows<2, T>(s, H, weight, bias, mean + r, rstd + r, o);
   }
   if (r < end) {
-    row_stats(s[0], H, fill(r, s[0]), eps, mean + r, rstd + r);
+    A mean2[2], rstd2[2];  // an odd row out: computed as a pair with itself
+    fill_row_pair_stats(fill(r), fill(r), H, s[0], s[1], eps, mean2, rstd2);
+    mean[r] = mean2[0], rstd[r] = rstd2[0];
     T* o[1] = {out + r * H};
     normalise_rows<1, T>(s, H, weight, bias, mean + r, rstd + r, o);
   }

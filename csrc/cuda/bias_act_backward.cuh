@@ -4,7 +4,7 @@
 // and multiplies by the exact derivative of the activation, the formulas of the CPU kernel
 // (csrc/cpu/bias_act_backward.cpp): one read of grad and x, one write of grad_input, instead of the unfused
 // recompute + activation backward + multiply. grad_input is the gradient of x and of the broadcast bias (its
-// row sum is taken in fastbert/autograd.py). Elementwise, grid-stride, with bias_act's launch config:
+// row sum is taken in csrc/autograd.cpp). Elementwise, grid-stride, with bias_act's launch config:
 // 16 bytes per thread per step when C is a multiple of the vector width and every pointer is 16-byte aligned,
 // one element per step otherwise.
 #pragma once

@@ -5,7 +5,7 @@
 // the LayerNorm parameters' gradient reduction: per row one read of grad_out, x, residual and one write of
 // grad_s, all arithmetic in fp32 (layernorm_backward.cuh has the formula and the deterministic two-stage
 // reduction of grad_ln_weight, grad_ln_bias). grad_s is the gradient of x and of residual; the bias's is its
-// row sum (fastbert/autograd.py). One warp per row, warps grid-striding over the rows.
+// row sum (csrc/autograd.cpp). One warp per row, warps grid-striding over the rows.
 #pragma once
 #include "cuda/layernorm_backward.cuh"
 
