@@ -9,10 +9,9 @@ default (fastbert/gemm.py), they differ by float32 rounding. tests/test_model_pa
 
 Why it exists: at batch sizes that keep a GPU busy for only a millisecond or two per forward, Python is the
 bottleneck. This loop reads each layer's weights once per forward through the modules' own dicts (no
-nn.Module.__getattr__ chains, no config reads per layer), and calls the ops below autograd
-(torch._C._AutoDispatchBelowAutograd), so a forward under torch.no_grad() skips the Python autograd wrapper
-that torch.library puts around each custom op. Weights are read afresh every forward: nothing goes stale when
-a module, a parameter or a dtype changes.
+nn.Module.__getattr__ chains, no config reads per layer), and calls the ops' OpOverloads below autograd
+(torch._C._AutoDispatchBelowAutograd), straight to their kernels. Weights are read afresh every forward:
+nothing goes stale when a module, a parameter or a dtype changes.
 """
 from __future__ import annotations
 
