@@ -191,7 +191,39 @@ Tensor3 embeddings_autograd(const Tensor& ids, const Tensor& pos, const OptTenso
   return {outs[0], outs[1], outs[2]};
 }
 
-// ---------------------------------------------------------------- attention
+// ---------------------------------------------------------------- attention and attention_masked (the mask gets
+// no gradient: an additive float mask is treated as a constant)
+
+// What both attention backwards need besides their op's arguments; `third` is cu_seqlens or the mask.
+void save_attention(AutogradContext* ctx, const Tensor& qkv, const OptTensor& qkv_bias, const Tensor& third,
+                    const Tensor& out, const Tensor& lse, int64_t num_heads, double scale, double dropout_p,
+                    int64_t seed, int64_t offset) {
+  ctx->mark_non_differentiable({lse});
+  ctx->save_for_backward({qkv, value_or_undefined(qkv_bias), third, out, lse});
+  auto& d = ctx->saved_data;
+  d["has_bias"] = qkv_bias.has_value();
+  d["num_heads"] = num_heads;
+  d["scale"] = scale;
+  d["dropout_p"] = dropout_p;
+  d["seed"] = seed;
+  d["offset"] = offset;
+}
+
+// The gradients of an attention op's n_args arguments: qkv's and qkv_bias's (its row sum) from
+// grad_qkv(saved, saved_data), run only when either is needed; none for the rest. qkv and qkv_bias are the
+// node's first two input edges (qkv_bias only when given).
+template <typename GradQkv>
+variable_list attention_grads(AutogradContext* ctx, size_t n_args, GradQkv grad_qkv) {
+  const bool need_qkv = ctx->needs_input_grad(0);
+  const bool need_bias = ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(1);
+  variable_list result(n_args);
+  if (!need_qkv && !need_bias) return result;
+  const auto s = ctx->get_saved_variables();  // qkv, qkv_bias, cu_seqlens or mask, out, lse
+  const Tensor g = grad_qkv(s, ctx->saved_data);
+  result[0] = if_needed(need_qkv, g);
+  if (need_bias) result[1] = row_sum(g, s[1]);
+  return result;
+}
 
 using AttnSig = Tensor2(const Tensor&, const OptTensor&, const Tensor&, int64_t, int64_t, double, double, int64_t,
                         int64_t);
@@ -205,32 +237,18 @@ struct Attention : torch::autograd::Function<Attention> {
     at::AutoDispatchBelowADInplaceOrView below;
     static auto op = op_handle<AttnSig>("fastbert::attention");
     auto [out, lse] = op.call(qkv, qkv_bias, cu_seqlens, max_seqlen, num_heads, scale, dropout_p, seed, offset);
-    ctx->mark_non_differentiable({lse});
-    ctx->save_for_backward({qkv, value_or_undefined(qkv_bias), cu_seqlens, out, lse});
-    ctx->saved_data["has_bias"] = qkv_bias.has_value();
+    save_attention(ctx, qkv, qkv_bias, cu_seqlens, out, lse, num_heads, scale, dropout_p, seed, offset);
     ctx->saved_data["max_seqlen"] = max_seqlen;
-    ctx->saved_data["num_heads"] = num_heads;
-    ctx->saved_data["scale"] = scale;
-    ctx->saved_data["dropout_p"] = dropout_p;
-    ctx->saved_data["seed"] = seed;
-    ctx->saved_data["offset"] = offset;
     return {out, lse};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static auto op = op_handle<AttnBackwardSig>("fastbert::attention_backward");
-    const auto s = ctx->get_saved_variables();  // qkv, qkv_bias, cu_seqlens, out, lse
-    const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    const auto needs = needs_grad(ctx, {true, has_bias, true, false, false, false, false, false, false});
-    variable_list result(9);
-    if (!needs[0] && !needs[1]) return result;
-    auto& d = ctx->saved_data;
-    const Tensor grad_qkv = op.call(grads[0], s[0], as_optional(s[1]), s[3], s[4], s[2], d["max_seqlen"].toInt(),
-                                    d["num_heads"].toInt(), d["scale"].toDouble(), d["dropout_p"].toDouble(),
-                                    d["seed"].toInt(), d["offset"].toInt());
-    result[0] = if_needed(needs[0], grad_qkv);
-    if (needs[1]) result[1] = row_sum(grad_qkv, s[1]);
-    return result;
+    return attention_grads(ctx, 9, [&](const variable_list& s, auto& d) {
+      return op.call(grads[0], s[0], as_optional(s[1]), s[3], s[4], s[2], d["max_seqlen"].toInt(),
+                     d["num_heads"].toInt(), d["scale"].toDouble(), d["dropout_p"].toDouble(), d["seed"].toInt(),
+                     d["offset"].toInt());
+    });
   }
 };
 
@@ -246,9 +264,6 @@ Tensor2 attention_autograd(const Tensor& qkv, const OptTensor& qkv_bias, const T
   return {outs[0], outs[1]};
 }
 
-// ---------------------------------------------------------------- attention_masked (the mask gets no gradient:
-// an additive float mask is treated as a constant)
-
 using MaskedSig = Tensor2(const Tensor&, const OptTensor&, const Tensor&, int64_t, double, double, int64_t, int64_t);
 using MaskedBackwardSig = Tensor(const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
                                  const Tensor&, int64_t, double, double, int64_t, int64_t);
@@ -259,31 +274,16 @@ struct AttentionMasked : torch::autograd::Function<AttentionMasked> {
     at::AutoDispatchBelowADInplaceOrView below;
     static auto op = op_handle<MaskedSig>("fastbert::attention_masked");
     auto [out, lse] = op.call(qkv, qkv_bias, mask, num_heads, scale, dropout_p, seed, offset);
-    ctx->mark_non_differentiable({lse});
-    ctx->save_for_backward({qkv, value_or_undefined(qkv_bias), mask, out, lse});
-    ctx->saved_data["has_bias"] = qkv_bias.has_value();
-    ctx->saved_data["num_heads"] = num_heads;
-    ctx->saved_data["scale"] = scale;
-    ctx->saved_data["dropout_p"] = dropout_p;
-    ctx->saved_data["seed"] = seed;
-    ctx->saved_data["offset"] = offset;
+    save_attention(ctx, qkv, qkv_bias, mask, out, lse, num_heads, scale, dropout_p, seed, offset);
     return {out, lse};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static auto op = op_handle<MaskedBackwardSig>("fastbert::attention_masked_backward");
-    const auto s = ctx->get_saved_variables();  // qkv, qkv_bias, mask, out, lse
-    const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    const auto needs = needs_grad(ctx, {true, has_bias, true, false, false, false, false, false});
-    variable_list result(8);
-    if (!needs[0] && !needs[1]) return result;
-    auto& d = ctx->saved_data;
-    const Tensor grad_qkv = op.call(grads[0], s[0], as_optional(s[1]), s[2], s[3], s[4], d["num_heads"].toInt(),
-                                    d["scale"].toDouble(), d["dropout_p"].toDouble(), d["seed"].toInt(),
-                                    d["offset"].toInt());
-    result[0] = if_needed(needs[0], grad_qkv);
-    if (needs[1]) result[1] = row_sum(grad_qkv, s[1]);
-    return result;
+    return attention_grads(ctx, 8, [&](const variable_list& s, auto& d) {
+      return op.call(grads[0], s[0], as_optional(s[1]), s[2], s[3], s[4], d["num_heads"].toInt(),
+                     d["scale"].toDouble(), d["dropout_p"].toDouble(), d["seed"].toInt(), d["offset"].toInt());
+    });
   }
 };
 
