@@ -17,6 +17,7 @@
 #include <torch/library.h>
 
 #include <initializer_list>
+#include <numeric>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -61,9 +62,12 @@ std::vector<bool> needs_grad(AutogradContext* ctx, std::initializer_list<bool> i
 }
 
 // A broadcast bias's gradient: grad summed over all but its last dimension, in fp32 (fp64), in like's dtype.
+// (By dimension indices, never by sizes: under torch.compile the token count is a data-dependent symbol.)
 Tensor row_sum(const Tensor& grad, const Tensor& like) {
   const auto acc = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  return grad.reshape({-1, grad.size(-1)}).sum(0, false, acc).to(like.scalar_type());
+  std::vector<int64_t> leading(grad.dim() - 1);
+  std::iota(leading.begin(), leading.end(), 0);
+  return grad.sum(leading, false, acc).to(like.scalar_type());
 }
 
 Tensor if_needed(bool need, const Tensor& grad) { return need ? grad : Tensor(); }
