@@ -3,9 +3,9 @@
 // are on; under torch.compile, its fake implementation in fastbert/autograd.py).
 //
 // Why C++ and not torch.library.register_autograd: that wraps every call of the op in a Python kernel, gradient
-// or not. It cost about 5 us a call, and in a side-by-side run of the op benchmark it turned
-// bias_residual_layernorm's 0.85-0.93 of copy speed into 0.63-0.72 (the interpreter's own memory traffic
-// evicts the op's data). Here a call that records nothing is one check and a redispatch.
+// or not. It cost about 5 us a call, and in a side-by-side run at T = 640 bias_residual_layernorm reached
+// 0.56-0.72 of copy speed through it against 0.71-0.93 below autograd (README, "The fused ops"). Here a call
+// that records nothing is one check and a redispatch.
 //
 // The backward formulas recompute what the forward did not keep rather than saving it: bias_act recomputes
 // x + bias; the LayerNorm ops recompute the sum from their inputs and reuse the forward's fp32 (mean, rstd);
@@ -78,12 +78,16 @@ using BiasActSig = Tensor(const Tensor&, const Tensor&, c10::string_view);
 using BiasActBackwardSig = Tensor(const Tensor&, const Tensor&, const Tensor&, c10::string_view);
 
 struct BiasAct : torch::autograd::Function<BiasAct> {
+  static const c10::TypedOperatorHandle<BiasActSig>& kernel() {  // the op below autograd
+    static const auto op = op_handle<BiasActSig>("fastbert::bias_act");
+    return op;
+  }
+
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& bias, const std::string& activation) {
     at::AutoDispatchBelowADInplaceOrView below;
-    static auto op = op_handle<BiasActSig>("fastbert::bias_act");
     ctx->save_for_backward({x, bias});
     ctx->saved_data["activation"] = activation;
-    return op.call(x, bias, activation);
+    return kernel().call(x, bias, activation);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -99,8 +103,7 @@ struct BiasAct : torch::autograd::Function<BiasAct> {
 Tensor bias_act_autograd(const Tensor& x, const Tensor& bias, c10::string_view activation) {
   if (!records({&x, &bias})) {
     at::AutoDispatchBelowADInplaceOrView below;
-    static auto op = op_handle<BiasActSig>("fastbert::bias_act");
-    return op.call(x, bias, activation);
+    return BiasAct::kernel().call(x, bias, activation);
   }
   return BiasAct::apply(x, bias, std::string(activation));
 }
@@ -112,11 +115,15 @@ using BrlnBackwardSig = Tensor3(const Tensor&, const Tensor&, const OptTensor&, 
                                 const Tensor&, const Tensor&);
 
 struct BiasResidualLayerNorm : torch::autograd::Function<BiasResidualLayerNorm> {
+  static const c10::TypedOperatorHandle<BrlnSig>& kernel() {  // the op below autograd
+    static const auto op = op_handle<BrlnSig>("fastbert::bias_residual_layernorm");
+    return op;
+  }
+
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const OptTensor& bias, const Tensor& residual,
                                const Tensor& ln_weight, const Tensor& ln_bias, double eps) {
     at::AutoDispatchBelowADInplaceOrView below;
-    static auto op = op_handle<BrlnSig>("fastbert::bias_residual_layernorm");
-    auto [out, mean, rstd] = op.call(x, bias, residual, ln_weight, ln_bias, eps);
+    auto [out, mean, rstd] = kernel().call(x, bias, residual, ln_weight, ln_bias, eps);
     ctx->mark_non_differentiable({mean, rstd});
     ctx->save_for_backward({x, value_or_undefined(bias), residual, ln_weight, mean, rstd});
     ctx->saved_data["has_bias"] = bias.has_value();
@@ -139,8 +146,7 @@ Tensor3 bias_residual_layernorm_autograd(const Tensor& x, const OptTensor& bias,
                                          const Tensor& ln_weight, const Tensor& ln_bias, double eps) {
   if (!records({&x, ptr(bias), &residual, &ln_weight, &ln_bias})) {
     at::AutoDispatchBelowADInplaceOrView below;
-    static auto op = op_handle<BrlnSig>("fastbert::bias_residual_layernorm");
-    return op.call(x, bias, residual, ln_weight, ln_bias, eps);
+    return BiasResidualLayerNorm::kernel().call(x, bias, residual, ln_weight, ln_bias, eps);
   }
   auto outs = BiasResidualLayerNorm::apply(x, bias, residual, ln_weight, ln_bias, eps);
   return {outs[0], outs[1], outs[2]};
@@ -155,12 +161,16 @@ using EmbBackwardSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
     const Tensor&, const Tensor&, const Tensor&);
 
 struct Embeddings : torch::autograd::Function<Embeddings> {
+  static const c10::TypedOperatorHandle<EmbSig>& kernel() {  // the op below autograd
+    static const auto op = op_handle<EmbSig>("fastbert::embeddings");
+    return op;
+  }
+
   static variable_list forward(AutogradContext* ctx, const Tensor& ids, const Tensor& pos, const OptTensor& types,
                                const Tensor& word, const Tensor& position, const OptTensor& token_type,
                                const Tensor& ln_weight, const Tensor& ln_bias, double eps) {
     at::AutoDispatchBelowADInplaceOrView below;
-    static auto op = op_handle<EmbSig>("fastbert::embeddings");
-    auto [out, mean, rstd] = op.call(ids, pos, types, word, position, token_type, ln_weight, ln_bias, eps);
+    auto [out, mean, rstd] = kernel().call(ids, pos, types, word, position, token_type, ln_weight, ln_bias, eps);
     ctx->mark_non_differentiable({mean, rstd});
     ctx->save_for_backward({ids, pos, value_or_undefined(types), word, position, value_or_undefined(token_type),
                             ln_weight, mean, rstd});
@@ -188,8 +198,7 @@ Tensor3 embeddings_autograd(const Tensor& ids, const Tensor& pos, const OptTenso
                             const Tensor& ln_bias, double eps) {
   if (!records({&word, &position, ptr(token_type), &ln_weight, &ln_bias})) {
     at::AutoDispatchBelowADInplaceOrView below;
-    static auto op = op_handle<EmbSig>("fastbert::embeddings");
-    return op.call(ids, pos, types, word, position, token_type, ln_weight, ln_bias, eps);
+    return Embeddings::kernel().call(ids, pos, types, word, position, token_type, ln_weight, ln_bias, eps);
   }
   auto outs = Embeddings::apply(ids, pos, types, word, position, token_type, ln_weight, ln_bias, eps);
   return {outs[0], outs[1], outs[2]};
@@ -235,12 +244,16 @@ using AttnBackwardSig = Tensor(const Tensor&, const Tensor&, const OptTensor&, c
                                const Tensor&, int64_t, int64_t, double, double, int64_t, int64_t);
 
 struct Attention : torch::autograd::Function<Attention> {
+  static const c10::TypedOperatorHandle<AttnSig>& kernel() {  // the op below autograd
+    static const auto op = op_handle<AttnSig>("fastbert::attention");
+    return op;
+  }
+
   static variable_list forward(AutogradContext* ctx, const Tensor& qkv, const OptTensor& qkv_bias,
                                const Tensor& cu_seqlens, int64_t max_seqlen, int64_t num_heads, double scale,
                                double dropout_p, int64_t seed, int64_t offset) {
     at::AutoDispatchBelowADInplaceOrView below;
-    static auto op = op_handle<AttnSig>("fastbert::attention");
-    auto [out, lse] = op.call(qkv, qkv_bias, cu_seqlens, max_seqlen, num_heads, scale, dropout_p, seed, offset);
+    auto [out, lse] = kernel().call(qkv, qkv_bias, cu_seqlens, max_seqlen, num_heads, scale, dropout_p, seed, offset);
     save_attention(ctx, qkv, qkv_bias, cu_seqlens, out, lse, num_heads, scale, dropout_p, seed, offset);
     ctx->saved_data["max_seqlen"] = max_seqlen;
     return {out, lse};
@@ -261,8 +274,7 @@ Tensor2 attention_autograd(const Tensor& qkv, const OptTensor& qkv_bias, const T
                            int64_t offset) {
   if (!records({&qkv, ptr(qkv_bias)})) {
     at::AutoDispatchBelowADInplaceOrView below;
-    static auto op = op_handle<AttnSig>("fastbert::attention");
-    return op.call(qkv, qkv_bias, cu_seqlens, max_seqlen, num_heads, scale, dropout_p, seed, offset);
+    return Attention::kernel().call(qkv, qkv_bias, cu_seqlens, max_seqlen, num_heads, scale, dropout_p, seed, offset);
   }
   auto outs = Attention::apply(qkv, qkv_bias, cu_seqlens, max_seqlen, num_heads, scale, dropout_p, seed, offset);
   return {outs[0], outs[1]};
@@ -273,11 +285,15 @@ using MaskedBackwardSig = Tensor(const Tensor&, const Tensor&, const OptTensor&,
                                  const Tensor&, int64_t, double, double, int64_t, int64_t);
 
 struct AttentionMasked : torch::autograd::Function<AttentionMasked> {
+  static const c10::TypedOperatorHandle<MaskedSig>& kernel() {  // the op below autograd
+    static const auto op = op_handle<MaskedSig>("fastbert::attention_masked");
+    return op;
+  }
+
   static variable_list forward(AutogradContext* ctx, const Tensor& qkv, const OptTensor& qkv_bias, const Tensor& mask,
                                int64_t num_heads, double scale, double dropout_p, int64_t seed, int64_t offset) {
     at::AutoDispatchBelowADInplaceOrView below;
-    static auto op = op_handle<MaskedSig>("fastbert::attention_masked");
-    auto [out, lse] = op.call(qkv, qkv_bias, mask, num_heads, scale, dropout_p, seed, offset);
+    auto [out, lse] = kernel().call(qkv, qkv_bias, mask, num_heads, scale, dropout_p, seed, offset);
     save_attention(ctx, qkv, qkv_bias, mask, out, lse, num_heads, scale, dropout_p, seed, offset);
     return {out, lse};
   }
@@ -295,8 +311,7 @@ Tensor2 attention_masked_autograd(const Tensor& qkv, const OptTensor& qkv_bias, 
                                   double scale, double dropout_p, int64_t seed, int64_t offset) {
   if (!records({&qkv, ptr(qkv_bias)})) {
     at::AutoDispatchBelowADInplaceOrView below;
-    static auto op = op_handle<MaskedSig>("fastbert::attention_masked");
-    return op.call(qkv, qkv_bias, mask, num_heads, scale, dropout_p, seed, offset);
+    return AttentionMasked::kernel().call(qkv, qkv_bias, mask, num_heads, scale, dropout_p, seed, offset);
   }
   auto outs = AttentionMasked::apply(qkv, qkv_bias, mask, num_heads, scale, dropout_p, seed, offset);
   return {outs[0], outs[1]};
