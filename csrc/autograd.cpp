@@ -12,9 +12,10 @@
 // attention recomputes the probabilities from the saved log-sum-exp and regenerates the dropout mask from
 // (seed, offset). The statistics outputs (mean, rstd, lse) are non-differentiable. A bias's gradient is the
 // row sum of the gradient it was broadcast into, accumulated in fp32 (fp64 for fp64).
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
+
+#include "op_handles.h"
 
 #include <initializer_list>
 #include <numeric>
@@ -26,18 +27,8 @@
 namespace fastbert {
 namespace {
 
-using at::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-using OptTensor = std::optional<Tensor>;
-using Tensor3 = std::tuple<Tensor, Tensor, Tensor>;
-using Tensor2 = std::tuple<Tensor, Tensor>;
-
-// The op's kernel below autograd (CPU, CUDA or fake), by name and C++ signature.
-template <typename Sig>
-c10::TypedOperatorHandle<Sig> op_handle(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
-}
 
 bool records(std::initializer_list<const Tensor*> tensors) {
   if (!at::GradMode::is_enabled()) return false;
@@ -74,8 +65,6 @@ Tensor if_needed(bool need, const Tensor& grad) { return need ? grad : Tensor();
 
 // ---------------------------------------------------------------- bias_act
 
-using BiasActSig = Tensor(const Tensor&, const Tensor&, c10::string_view);
-using BiasActBackwardSig = Tensor(const Tensor&, const Tensor&, const Tensor&, c10::string_view);
 
 struct BiasAct : torch::autograd::Function<BiasAct> {
   static const c10::TypedOperatorHandle<BiasActSig>& kernel() {  // the op below autograd
@@ -110,9 +99,6 @@ Tensor bias_act_autograd(const Tensor& x, const Tensor& bias, c10::string_view a
 
 // ---------------------------------------------------------------- bias_residual_layernorm
 
-using BrlnSig = Tensor3(const Tensor&, const OptTensor&, const Tensor&, const Tensor&, const Tensor&, double);
-using BrlnBackwardSig = Tensor3(const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
-                                const Tensor&, const Tensor&);
 
 struct BiasResidualLayerNorm : torch::autograd::Function<BiasResidualLayerNorm> {
   static const c10::TypedOperatorHandle<BrlnSig>& kernel() {  // the op below autograd
@@ -154,11 +140,6 @@ Tensor3 bias_residual_layernorm_autograd(const Tensor& x, const OptTensor& bias,
 
 // ---------------------------------------------------------------- embeddings
 
-using EmbSig = Tensor3(const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&, const OptTensor&,
-                       const Tensor&, const Tensor&, double);
-using EmbBackwardSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
-    const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&, const OptTensor&,
-    const Tensor&, const Tensor&, const Tensor&);
 
 struct Embeddings : torch::autograd::Function<Embeddings> {
   static const c10::TypedOperatorHandle<EmbSig>& kernel() {  // the op below autograd
@@ -238,10 +219,6 @@ variable_list attention_grads(AutogradContext* ctx, size_t n_args, GradQkv grad_
   return result;
 }
 
-using AttnSig = Tensor2(const Tensor&, const OptTensor&, const Tensor&, int64_t, int64_t, double, double, int64_t,
-                        int64_t);
-using AttnBackwardSig = Tensor(const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
-                               const Tensor&, int64_t, int64_t, double, double, int64_t, int64_t);
 
 struct Attention : torch::autograd::Function<Attention> {
   static const c10::TypedOperatorHandle<AttnSig>& kernel() {  // the op below autograd
@@ -280,9 +257,6 @@ Tensor2 attention_autograd(const Tensor& qkv, const OptTensor& qkv_bias, const T
   return {outs[0], outs[1]};
 }
 
-using MaskedSig = Tensor2(const Tensor&, const OptTensor&, const Tensor&, int64_t, double, double, int64_t, int64_t);
-using MaskedBackwardSig = Tensor(const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
-                                 const Tensor&, int64_t, double, double, int64_t, int64_t);
 
 struct AttentionMasked : torch::autograd::Function<AttentionMasked> {
   static const c10::TypedOperatorHandle<MaskedSig>& kernel() {  // the op below autograd

@@ -40,6 +40,13 @@ TORCH_LIBRARY(fastbert, m) {
   m.def(
       "bias_residual_layernorm(Tensor x, Tensor? bias, Tensor residual, Tensor ln_weight, Tensor ln_bias, "
       "float eps) -> (Tensor out, Tensor mean, Tensor rstd)");
+  // Inference through every BERT layer (csrc/inference.cpp): x (T, H) packed, weights 12 per layer in the order
+  // qkv weight (3H, H), qkv bias?, attention output weight, its bias?, LayerNorm weight, bias, intermediate
+  // weight, bias, output weight, its bias?, LayerNorm weight, bias; eps 2 per layer. Returns [last layer's
+  // output], or every layer's with all_layers. onednn: float32 CPU GEMMs through oneDNN (fastbert/gemm.py).
+  m.def(
+      "encoder_layers(Tensor x, Tensor cu_seqlens, int max_seqlen, int num_heads, float scale, str activation, "
+      "Tensor?[] weights, float[] eps, bool all_layers=False, bool onednn=False) -> Tensor[]");
 
   // ---- backward ops (called by the forward ops' autograd formulas in csrc/autograd.cpp) ----
   // bias_act: grad_input = grad * act'(x + bias), the gradient of x and of the broadcast bias (x's shape).

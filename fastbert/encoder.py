@@ -556,7 +556,8 @@ def run(model: nn.Module, config: Any, input_ids: Optional[Tensor] = None, atten
             nh_, scale = _geometry(config)
             x = inference.run_layers(weights, x, cu_seqlens, L, nh_, scale, config.hidden_act,
                                      None if hidden is None else
-                                     lambda i, y: keep_state(i + 1, lambda: ops.unpack(y, indices, B, L)))
+                                     lambda i, y: keep_state(i + 1, lambda: ops.unpack(y, indices, B, L)),
+                                     layers)
         else:
             for i, layer in enumerate(layers):
                 x = _checkpointed(layer, need_grad, _packed_layer, config, layer, x, cu_seqlens, L, need_grad,

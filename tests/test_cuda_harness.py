@@ -606,9 +606,14 @@ def test_kernel_vs_reference_asan(case, asan_run):
     case.check(d)
 
 
+# Ops with no device code of their own: encoder_layers (csrc/inference.cpp) only calls the other ops and at::mm.
+COMPOSITE_OPS = {"encoder_layers"}
+
+
 def _schema_names():
     import re
-    return re.findall(r'm\.def\(\s*"(\w+)\(', (ROOT / "csrc" / "fastbert.cpp").read_text())
+    names = re.findall(r'm\.def\(\s*"(\w+)\(', (ROOT / "csrc" / "fastbert.cpp").read_text())
+    return [n for n in names if n not in COMPOSITE_OPS]
 
 
 def test_every_op_is_covered():

@@ -168,10 +168,6 @@ def test_inference_loop_matches_general_path(monkeypatch, act, grad_ctx, cpu_gem
     if cpu_gemm == "onednn" and not gemm.HAS_ONEDNN:
         pytest.skip("this PyTorch has no oneDNN linear")
     monkeypatch.setattr(gemm, "_choice", cpu_gemm)
-    onednn_calls = []
-    if cpu_gemm == "onednn":
-        real_onednn = gemm._ONEDNN
-        monkeypatch.setattr(gemm, "_ONEDNN", lambda *a: onednn_calls.append(1) or real_onednn(*a))
     hf = make_hf(seed=2, hidden_act=act)
     fb = fastbert.from_hf(hf).eval()
     ids, mask, tt = ragged(3, 21, hf.config.vocab_size, seed=3, types=2)
@@ -179,14 +175,19 @@ def test_inference_loop_matches_general_path(monkeypatch, act, grad_ctx, cpu_gem
     real_run_layers = inference.run_layers
     monkeypatch.setattr(inference, "run_layers", lambda *a, **k: calls.append(1) or real_run_layers(*a, **k))
     ctx = torch.no_grad if grad_ctx == "no_grad" else torch.inference_mode
-    outs = {}
+    outs, gemms = {}, {}
     for fast in (True, False):
         monkeypatch.setattr(encoder, "FAST_INFERENCE", fast)
-        with ctx():
+        with ctx(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             outs[fast] = fb(ids, attention_mask=mask, token_type_ids=tt, output_hidden_states=True)
+        names = [e.name for e in prof.events()]
+        gemms[fast] = {lib: names.count(op) for lib, op in (("onednn", "mkldnn::_linear_pointwise"), ("mm", "aten::mm"))}
     assert len(calls) == (0 if act == "tanh" else 1)
-    # 4 GEMMs per layer through oneDNN when the loop runs with it
-    assert len(onednn_calls) == (4 * hf.config.num_hidden_layers if cpu_gemm == "onednn" and calls else 0)
+    # the loop's 4 GEMMs per layer go to the library chosen; the general path's Linears never reach oneDNN
+    n_gemms = 4 * hf.config.num_hidden_layers
+    if calls:
+        assert gemms[True][cpu_gemm] == n_gemms, gemms
+    assert gemms[False]["onednn"] == 0
     same = torch.equal if cpu_gemm == "mm" else (lambda a, b: torch.allclose(a, b, rtol=1e-5, atol=1e-5))
     assert same(outs[True].last_hidden_state, outs[False].last_hidden_state)
     for a, b in zip(outs[True].hidden_states[1:], outs[False].hidden_states[1:], strict=True):

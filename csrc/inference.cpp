@@ -1,0 +1,103 @@
+// encoder_layers: BERT's whole layer stack for inference in one op, on the packed (T, H) rows of real tokens.
+//
+// Why one op: at the batch sizes that keep a GPU busy for a millisecond or two per forward, the host is the
+// bottleneck. A layer is 8 calls (4 GEMMs, attention, bias+activation, 2 bias+residual+LayerNorm); from Python each
+// costs 10-35 us of interpreter and dispatch on the machines we measured, so 12 layers spend 1-4 ms on the host for
+// about 1.3 ms of GPU work (docs/gpu.md). Here each call is a typed dispatcher call below autograd, a few us.
+//
+// The arithmetic is fastbert/inference.py's, op for op: the fused QKV GEMM, attention with the bias added on load,
+// the output GEMM and bias+residual+LayerNorm, the MLP's GEMM, bias+activation, GEMM, bias+residual+LayerNorm.
+// The GEMMs are x @ W^T through at::mm, or for float32 on CPU oneDNN's inner product when the caller asks
+// (fastbert/gemm.py says why); the results are the per-layer path's bit for bit with the same GEMM library.
+// Inference only: an input that requires grad under grad mode is refused (the per-layer path trains).
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <string>
+#include <vector>
+
+#include "op_handles.h"
+
+namespace fastbert {
+namespace {
+
+constexpr size_t kTensorsPerLayer = 12;  // see the schema's comment in csrc/fastbert.cpp
+
+using OneDnnLinearSig = Tensor(const Tensor&, const Tensor&, const OptTensor&, c10::string_view,
+                               c10::List<std::optional<c10::Scalar>>, std::optional<c10::string_view>);
+
+// x @ w^T (w as nn.Linear stores it). oneDNN only where it takes the operands as they are; anything else gets
+// at::mm, and with it at::mm's error message for a mismatched weight.
+Tensor linear(const Tensor& x, const Tensor& w, bool onednn) {
+  if (onednn && x.device().is_cpu() && x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat &&
+      w.device() == x.device() && w.dim() == 2 && w.size(1) == x.size(-1)) {
+    static const auto op = op_handle<OneDnnLinearSig>("mkldnn::_linear_pointwise");
+    return op.call(x, w, std::nullopt, "none", c10::List<std::optional<c10::Scalar>>(), std::nullopt);
+  }
+  return at::mm(x, w.t());
+}
+
+Tensor required(const c10::List<OptTensor>& weights, size_t i, const char* what) {
+  OptTensor t = weights.get(i);  // List::get returns a copy
+  TORCH_CHECK(t.has_value(), "encoder_layers: layer ", i / kTensorsPerLayer, "'s ", what, " is missing");
+  return *t;
+}
+
+std::vector<Tensor> encoder_layers(const Tensor& x_in, const Tensor& cu_seqlens, int64_t max_seqlen,
+                                   int64_t num_heads, double scale, c10::string_view activation,
+                                   const c10::List<OptTensor>& weights, at::ArrayRef<double> eps, bool all_layers,
+                                   bool onednn) {
+  TORCH_CHECK(weights.size() % kTensorsPerLayer == 0, "encoder_layers: ", weights.size(),
+              " weights is not a multiple of ", kTensorsPerLayer, " per layer");
+  const size_t layers = weights.size() / kTensorsPerLayer;
+  TORCH_CHECK(eps.size() == 2 * layers, "encoder_layers: expected 2 LayerNorm eps per layer (", 2 * layers,
+              "), got ", eps.size());
+  if (at::GradMode::is_enabled()) {
+    bool grad = x_in.requires_grad();
+    for (size_t i = 0; i < weights.size() && !grad; ++i) {
+      const OptTensor t = weights.get(i);
+      grad = t.has_value() && t->requires_grad();
+    }
+    TORCH_CHECK(!grad, "encoder_layers is inference-only and records no gradient: call it under torch.no_grad() "
+                       "or torch.inference_mode()");
+  }
+  static const auto attention = op_handle<AttnSig>("fastbert::attention");
+  static const auto bias_act = op_handle<BiasActSig>("fastbert::bias_act");
+  static const auto brln = op_handle<BrlnSig>("fastbert::bias_residual_layernorm");
+
+  at::AutoDispatchBelowADInplaceOrView below;  // nothing records: straight to the kernels
+  std::vector<Tensor> outputs;
+  Tensor x = x_in;
+  for (size_t l = 0; l < layers; ++l) {
+    const size_t i = l * kTensorsPerLayer;
+    auto w = [&](size_t k, const char* what) { return required(weights, i + k, what); };
+    Tensor y;
+    {
+      const Tensor ctx = std::get<0>(attention.call(linear(x, w(0, "qkv weight"), onednn), weights.get(i + 1),
+                                                    cu_seqlens, max_seqlen, num_heads, scale, 0.0, 0, 0));
+      y = linear(ctx, w(2, "attention output weight"), onednn);
+    }
+    x = std::get<0>(brln.call(y, weights.get(i + 3), x, w(4, "LayerNorm weight"), w(5, "LayerNorm bias"),
+                              eps[2 * l]));
+    {
+      const Tensor h = bias_act.call(linear(x, w(6, "intermediate weight"), onednn), w(7, "intermediate bias"),
+                                     activation);
+      y = linear(h, w(8, "output weight"), onednn);  // h (T, I) freed here, before the LayerNorm
+    }
+    x = std::get<0>(brln.call(y, weights.get(i + 9), x, w(10, "LayerNorm weight"), w(11, "LayerNorm bias"),
+                              eps[2 * l + 1]));
+    y.reset();
+    if (all_layers) outputs.push_back(x);
+  }
+  if (!all_layers) outputs.push_back(x);
+  return outputs;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastbert, CPU, m) { m.impl("encoder_layers", &encoder_layers); }
+#ifdef FASTBERT_WITH_CUDA
+TORCH_LIBRARY_IMPL(fastbert, CUDA, m) { m.impl("encoder_layers", &encoder_layers); }
+#endif
+
+}  // namespace fastbert
