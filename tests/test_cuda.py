@@ -509,3 +509,96 @@ def test_model_vs_hf(dtype, tol):
     real = mask.bool().to(DEV)
     diff = (got - want).abs()[real].max().item()
     assert diff <= tol, f"max |diff| at real positions {diff:.3g} > {tol} ({dtype})"
+
+
+# ---------------------------------------------------------------- CUDA graphs of the inference loop
+
+def _graph_model(dtype):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(vocab_size=500, hidden_size=192, num_hidden_layers=3, num_attention_heads=6,
+                                  intermediate_size=400, max_position_embeddings=300)
+    torch.manual_seed(1)
+    return fastbert.from_hf(transformers.BertModel(cfg)).eval().to(DEV, dtype)
+
+
+def _ragged_batch(lengths, L, seed):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 500, (len(lengths), L), generator=g)
+    return ids.to(DEV), _mask(lengths, L).to(DEV)
+
+
+def _graphs_of(fb):
+    return fb.encoder.layer.__dict__.get("_fastbert_graphs")
+
+
+GRAPH_TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_graphs_match_the_plain_loop(dtype):
+    """Batches of changing token and sequence counts through the graphs give the un-graphed loop's output (up to
+    cuBLAS's choice of kernel for the padded row count), hidden states included, under no_grad and inference_mode
+    alternately; batches in one bucket share a graph."""
+    from fastbert import cuda_graphs
+    fb = _graph_model(dtype)
+    batches = [([37, 5, 64], 64), ([36, 6, 64], 64), ([1], 64), ([200, 3, 77, 150, 9], 200), ([40] * 9, 64)]
+    for i, (lengths, L) in enumerate(batches):
+        ids, mask = _ragged_batch(lengths, L, seed=i)
+        ctx = torch.no_grad if i % 2 else torch.inference_mode
+        with ctx():
+            got = fb(ids, attention_mask=mask, output_hidden_states=True)
+            cuda_graphs.set_cuda_graphs(False)
+            try:
+                want = fb(ids, attention_mask=mask, output_hidden_states=True)
+            finally:
+                cuda_graphs.set_cuda_graphs(True)
+        real = mask.bool()
+        for a, b in zip(got.hidden_states, want.hidden_states, strict=True):
+            assert torch.isfinite(a[real]).all()
+            close(a[real], b[real], GRAPH_TOL[dtype])
+        close(got.last_hidden_state[real], want.last_hidden_state[real], GRAPH_TOL[dtype])
+        assert not got.last_hidden_state[~real].any()  # padding positions are zero, as without graphs
+    # batches 0 and 1 (T 106 and 106... both in the 128-row bucket, 3 sequences, L 64) share one graph
+    assert len(_graphs_of(fb).entries) == len(batches) - 1
+
+
+def test_cuda_graphs_follow_weight_changes():
+    """An in-place update is read by the existing graph; a replaced Linear gets a new graph; both match the plain
+    loop. clear_cuda_graphs frees them; MAX_GRAPHS bounds the cache."""
+    from fastbert import cuda_graphs
+    fb = _graph_model(torch.float32)
+    ids, mask = _ragged_batch([30, 7, 51], 64, seed=3)
+
+    def both():
+        with torch.no_grad():
+            got = fb(ids, attention_mask=mask).last_hidden_state
+            cuda_graphs.set_cuda_graphs(False)
+            try:
+                want = fb(ids, attention_mask=mask).last_hidden_state
+            finally:
+                cuda_graphs.set_cuda_graphs(True)
+        close(got, want, GRAPH_TOL[torch.float32])
+        return got
+
+    before = both()
+    with torch.no_grad():
+        fb.encoder.layer[1].output.dense.weight.mul_(1.5)      # same tensor, new values
+    after_inplace = both()
+    assert not torch.allclose(before, after_inplace)
+    assert len(_graphs_of(fb).entries) == 1
+    fb.encoder.layer[2].intermediate.dense = torch.nn.Linear(192, 400).to(DEV)   # a new tensor
+    after_replaced = both()
+    assert not torch.allclose(after_inplace, after_replaced)
+    assert len(_graphs_of(fb).entries) == 2
+    old_max = cuda_graphs.MAX_GRAPHS
+    cuda_graphs.MAX_GRAPHS = 2
+    try:
+        for n in (100, 200, 300):
+            ids, mask = _ragged_batch([n // 2, n // 2], n // 2, seed=n)
+            with torch.no_grad():
+                fb(ids, attention_mask=mask)
+            assert len(_graphs_of(fb).entries) <= 2
+    finally:
+        cuda_graphs.MAX_GRAPHS = old_max
+    cuda_graphs.clear_cuda_graphs(fb)
+    assert _graphs_of(fb) is None

@@ -61,3 +61,44 @@ def test_malformed_weight_lists_are_named():
         broken[8] = broken[8][:, :-1]  # a wrongly shaped output weight: at::mm's own error
         with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied"):
             _call(x, cu, broken, w.eps)
+
+
+def test_cuda_graph_buckets_cover_and_bound_the_padding():
+    """The CUDA graphs' buckets (fastbert/cuda_graphs.py) hold every size, on the grid they promise, with at most
+    12.5% extra rows above 512 tokens."""
+    from fastbert.cuda_graphs import bucket_batch, bucket_seqlen, bucket_tokens
+    prev = 0
+    for t in range(1, 70000, 7):
+        cap = bucket_tokens(t)
+        assert cap >= t and cap % 64 == 0 and cap >= prev
+        if t > 512:
+            assert cap <= t * 1.125
+        prev = cap
+    assert bucket_tokens(2048) == 2048 and bucket_tokens(2049) == 2304 and bucket_tokens(1) == 64
+    assert [bucket_batch(b) for b in (1, 2, 3, 5, 32, 33)] == [1, 2, 4, 8, 32, 64]
+    assert [bucket_seqlen(n) for n in (1, 64, 65, 512)] == [64, 64, 128, 512]
+
+
+@pytest.mark.parametrize("lengths", [[7], [5, 1, 7], [3] * 8, [60, 2]])
+def test_cuda_graph_padding_leaves_the_real_rows_alone(lengths):
+    """What a CUDA graph replays (fastbert/cuda_graphs.py), run on the CPU: the batch padded to its bucket, the
+    extra rows as extra sequences, gives the real rows' output of the unpadded batch (up to the GEMM library's
+    rounding for another row count: a leak between rows would be of order 1)."""
+    from fastbert import cuda_graphs
+    fb, _, _, w = _setup(3)
+    g = torch.Generator().manual_seed(len(lengths))
+    t, b, max_len = sum(lengths), len(lengths), max(lengths)
+    x = torch.randn(t, fb.config.hidden_size, generator=g)
+    cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32)
+    t_cap, l_cap = cuda_graphs.bucket_tokens(t), cuda_graphs.bucket_seqlen(max_len)
+    b_cap = cuda_graphs.bucket_batch(b + -(-(t_cap - t) // l_cap))
+    static_x = torch.randn(t_cap, x.shape[1], generator=g)  # stale rows of an earlier batch
+    static_cu = torch.empty(b_cap + 1, dtype=torch.int32)
+    ramp = torch.arange(1, b_cap + 1, dtype=torch.int32) * l_cap
+    cuda_graphs._fill(static_x, static_cu, ramp, x, cu)
+    assert int(static_cu[-1]) == t_cap and bool((static_cu.diff() <= l_cap).all())
+    with torch.no_grad():
+        args = (fb.config.num_attention_heads, 0.25, "gelu", w.tensors, w.eps, False, False)
+        want = torch.ops.fastbert.encoder_layers(x, cu, max_len, *args)[0]
+        got = torch.ops.fastbert.encoder_layers(static_x, static_cu, l_cap, *args)[0]
+    torch.testing.assert_close(got[:t], want, rtol=1e-5, atol=1e-5)
