@@ -8,7 +8,8 @@ Needs a GPU and a CUDA build of fastbert._C; works with torch >= 2.11, Python >=
 Method: CUDA events around each call, warm-up first, the candidates interleaved within each repeat, the
 median reported. Ops and attention: 10 calls replayed from a CUDA graph per sample (GPU time per call, without
 Python's launch overhead; pack, which syncs for its output size, is timed by plain calls). Model: plain calls
-under inference_mode (what a user sees, Python included). Bytes per op are the minimum the op must move (inputs read once, outputs written once);
+under inference_mode (what a user sees, Python included); "fastbert, no graphs" is the same model with the
+layer loop's CUDA graphs off (fastbert/cuda_graphs.py), its ops launched one by one from C++. Bytes per op are the minimum the op must move (inputs read once, outputs written once);
 "of copy" divides the op's achieved bytes/s by what torch's device-to-device copy of the same number of
 bytes achieves (read + write), i.e. the practical bandwidth ceiling.
 """
@@ -173,6 +174,15 @@ def _fastbert_model(hf):
     return None
 
 
+def _without_graphs(model, ids, mask):
+    from fastbert import cuda_graphs
+    cuda_graphs.set_cuda_graphs(False)
+    try:
+        return model(input_ids=ids, attention_mask=mask)
+    finally:
+        cuda_graphs.set_cuda_graphs(True)
+
+
 def bench_model(dtype, repeats):
     import copy
     import transformers
@@ -189,7 +199,7 @@ def bench_model(dtype, repeats):
     else:
         print("\n(fastbert has no from_hf yet: the model rows show HF only)")
     print(f"\n### bert-base forward, {dtype}, {torch.cuda.get_device_name()} (ms, median of {repeats})\n")
-    names = list(models)
+    names = list(models) + (["fastbert, no graphs"] if fb is not None else [])
     head = "| batch | length | padding | " + " | ".join(names) + (" | vs eager | vs sdpa |" if fb is not None else " |")
     print(head)
     print("|" + " --- |" * (head.count("|") - 1))
@@ -203,6 +213,8 @@ def bench_model(dtype, repeats):
                         n = max(1, int(L * (1 - pad) * (0.5 + (b % 4) / 3)))
                         mask[b, min(n, L):] = 0
                 fns = {k: (lambda m=m: m(input_ids=ids, attention_mask=mask)) for k, m in models.items()}
+                if fb is not None:  # the same model with the layer loop launched op by op
+                    fns["fastbert, no graphs"] = lambda: _without_graphs(models["fastbert"], ids, mask)
                 with torch.inference_mode():
                     t = time_interleaved(fns, repeats)
                 real = mask.float().mean().item()
