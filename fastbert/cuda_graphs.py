@@ -27,6 +27,7 @@ FASTBERT_CUDA_GRAPHS=0 or set_cuda_graphs(False) turns them off; clear_cuda_grap
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 from typing import List, Optional, Sequence
 
@@ -67,12 +68,15 @@ def bucket_seqlen(n: int) -> int:
 
 
 class _Graphs:
-    """The captured graphs of one layer stack, and one memory pool per stream. Not copied by deepcopy or pickle."""
-    __slots__ = ("entries", "pools")
+    """The captured graphs of one layer stack, one memory pool per stream, and a lock: filling a graph's inputs,
+    replaying it and copying its output out must not interleave with another thread's. Not copied by deepcopy or
+    pickle."""
+    __slots__ = ("entries", "pools", "lock")
 
     def __init__(self):
         self.entries: "OrderedDict[tuple, tuple]" = OrderedDict()
         self.pools: dict = {}
+        self.lock = threading.Lock()
 
     def __deepcopy__(self, memo):
         return _Graphs()
@@ -108,7 +112,8 @@ def _capture(pool, tensors: Sequence[Optional[Tensor]], eps: List[float], static
         op(*args)  # warm-up outside the capture (cuBLAS handles and workspaces, lazy module loading)
     torch.cuda.current_stream(static_x.device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
+    # thread_local: other threads' CUDA calls may go on during the capture
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
         outs = op(*args)
     return graph, outs
 
@@ -122,9 +127,16 @@ def run(layers: nn.Module, tensors: Sequence[Optional[Tensor]], eps: List[float]
     stream = torch.cuda.current_stream(x.device)
     key = (t_cap, b_cap, l_cap, x.shape[1], x.dtype, x.device, stream.cuda_stream, num_heads, scale, activation,
            all_layers, tuple(eps), tuple(w.data_ptr() if w is not None else 0 for w in tensors))
-    graphs = layers.__dict__.get("_fastbert_graphs")
-    if graphs is None:
-        graphs = layers.__dict__["_fastbert_graphs"] = _Graphs()
+    graphs = layers.__dict__.get("_fastbert_graphs") or layers.__dict__.setdefault("_fastbert_graphs", _Graphs())
+    with graphs.lock:  # enqueues only: the GPU work runs after it is released
+        return _run_locked(graphs, key, tensors, eps, x, cu_seqlens, (t_cap, b_cap, l_cap), stream, num_heads,
+                           scale, activation, all_layers)
+
+
+def _run_locked(graphs: _Graphs, key: tuple, tensors, eps, x, cu_seqlens, caps, stream, num_heads, scale,
+                activation, all_layers) -> List[Tensor]:
+    t, b = x.shape[0], cu_seqlens.shape[0] - 1
+    t_cap, b_cap, l_cap = caps
     entry = graphs.entries.get(key)
     if entry is None:
         # Plain tensors even under inference_mode: replays write into them from any grad mode.
