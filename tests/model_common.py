@@ -64,3 +64,22 @@ def max_diff(a, b, keep=None):
     if keep is not None:
         d = d[keep.bool()]
     return float(d.max()) if d.numel() else 0.0
+
+
+def run_threads(work, n):
+    """work(k) in n threads at once; the exceptions they raised, to assert on in the test's own thread."""
+    import threading
+    errors = []
+
+    def guarded(k):
+        try:
+            work(k)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(k,)) for k in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return errors

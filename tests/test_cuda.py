@@ -607,8 +607,8 @@ def test_cuda_graphs_follow_weight_changes():
 def test_cuda_graphs_serve_several_threads():
     """Threads sharing one model (and the default stream) replay its graphs without mixing their batches: two of
     the batches share a graph."""
-    import threading
     from fastbert import cuda_graphs
+    from model_common import run_threads
     fb = _graph_model(torch.float16)
     batches = [_ragged_batch(lengths, 64, seed=i) for i, lengths in enumerate([[30, 7], [30, 9], [64, 1, 2], [5]])]
     cuda_graphs.set_cuda_graphs(False)
@@ -617,22 +617,14 @@ def test_cuda_graphs_serve_several_threads():
             want = [fb(ids, attention_mask=mask).last_hidden_state for ids, mask in batches]
     finally:
         cuda_graphs.set_cuda_graphs(True)
-    errors = []
 
     def work(k):
-        try:
-            for r in range(25):
-                i = (k + r) % len(batches)
-                with torch.no_grad():
-                    got = fb(batches[i][0], attention_mask=batches[i][1]).last_hidden_state
-                close(got, want[i], GRAPH_TOL[torch.float16])
-        except Exception as exc:  # reported below, in the test's thread
-            errors.append(exc)
+        for r in range(25):
+            i = (k + r) % len(batches)
+            with torch.no_grad():
+                got = fb(batches[i][0], attention_mask=batches[i][1]).last_hidden_state
+            close(got, want[i], GRAPH_TOL[torch.float16])
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    errors = run_threads(work, 4)
     assert not errors, errors[0]
     assert len(_graphs_of(fb).entries) == 3
