@@ -22,12 +22,15 @@ existing graph, which reads the weight's memory when it replays. At most MAX_GRA
 recently used goes); all of a stream's graphs share one memory pool, which is safe because replays on one stream
 run one after another and each replay's output is copied out before the next.
 
-FASTBERT_CUDA_GRAPHS=0 or set_cuda_graphs(False) turns them off; clear_cuda_graphs(module) frees them.
+FASTBERT_CUDA_GRAPHS=0 or set_cuda_graphs(False) turns them off; clear_cuda_graphs(module) frees them (a model
+moved off the GPU keeps its graphs' memory until then). If a capture fails, the model warns once and runs its
+layers op by op from then on.
 """
 from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections import OrderedDict
 from typing import List, Optional, Sequence
 
@@ -71,12 +74,13 @@ class _Graphs:
     """The captured graphs of one layer stack, one memory pool per stream, and a lock: filling a graph's inputs,
     replaying it and copying its output out must not interleave with another thread's. Not copied by deepcopy or
     pickle."""
-    __slots__ = ("entries", "pools", "lock")
+    __slots__ = ("entries", "pools", "lock", "failed")
 
     def __init__(self):
         self.entries: "OrderedDict[tuple, tuple]" = OrderedDict()
         self.pools: dict = {}
         self.lock = threading.Lock()
+        self.failed = False  # a capture raised: this stack runs op by op from then on
 
     def __deepcopy__(self, memo):
         return _Graphs()
@@ -119,8 +123,9 @@ def _capture(pool, tensors: Sequence[Optional[Tensor]], eps: List[float], static
 
 
 def run(layers: nn.Module, tensors: Sequence[Optional[Tensor]], eps: List[float], x: Tensor, cu_seqlens: Tensor,
-        max_seqlen: int, num_heads: int, scale: float, activation: str, all_layers: bool) -> List[Tensor]:
-    """encoder_layers through a cached graph: the last layer's output, or every layer's with all_layers."""
+        max_seqlen: int, num_heads: int, scale: float, activation: str, all_layers: bool) -> Optional[List[Tensor]]:
+    """encoder_layers through a cached graph: the last layer's output, or every layer's with all_layers; None if
+    this stack cannot be captured (the caller then calls encoder_layers itself)."""
     t, b = x.shape[0], cu_seqlens.shape[0] - 1
     t_cap, l_cap = bucket_tokens(t), bucket_seqlen(max_seqlen)
     b_cap = bucket_batch(b + -(-(t_cap - t) // l_cap))  # room for the extra rows' sequences
@@ -128,13 +133,15 @@ def run(layers: nn.Module, tensors: Sequence[Optional[Tensor]], eps: List[float]
     key = (t_cap, b_cap, l_cap, x.shape[1], x.dtype, x.device, stream.cuda_stream, num_heads, scale, activation,
            all_layers, tuple(eps), tuple(w.data_ptr() if w is not None else 0 for w in tensors))
     graphs = layers.__dict__.get("_fastbert_graphs") or layers.__dict__.setdefault("_fastbert_graphs", _Graphs())
+    if graphs.failed:
+        return None
     with graphs.lock:  # enqueues only: the GPU work runs after it is released
         return _run_locked(graphs, key, tensors, eps, x, cu_seqlens, (t_cap, b_cap, l_cap), stream, num_heads,
                            scale, activation, all_layers)
 
 
 def _run_locked(graphs: _Graphs, key: tuple, tensors, eps, x, cu_seqlens, caps, stream, num_heads, scale,
-                activation, all_layers) -> List[Tensor]:
+                activation, all_layers) -> Optional[List[Tensor]]:
     t, b = x.shape[0], cu_seqlens.shape[0] - 1
     t_cap, b_cap, l_cap = caps
     entry = graphs.entries.get(key)
@@ -148,8 +155,16 @@ def _run_locked(graphs: _Graphs, key: tuple, tensors, eps, x, cu_seqlens, caps, 
             pool = graphs.pools.get(stream.cuda_stream)
             if pool is None:
                 pool = graphs.pools[stream.cuda_stream] = torch.cuda.graph_pool_handle()
-            graph, outs = _capture(pool, tensors, eps, static_x, static_cu, l_cap, num_heads, scale, activation,
-                                   all_layers)
+            try:
+                graph, outs = _capture(pool, tensors, eps, static_x, static_cu, l_cap, num_heads, scale,
+                                       activation, all_layers)
+            except RuntimeError as exc:
+                graphs.failed = True
+                graphs.entries.clear()
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                warnings.warn(f"fastbert: capturing the layer stack in a CUDA graph failed ({reason}); this model "
+                              "runs its layers op by op from now on", RuntimeWarning, stacklevel=2)
+                return None
         entry = graphs.entries[key] = (graph, static_x, static_cu, ramp, outs)
         while len(graphs.entries) > MAX_GRAPHS:
             graphs.entries.popitem(last=False)

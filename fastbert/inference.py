@@ -82,11 +82,12 @@ def run_layers(weights: LayerWeights, x: Tensor, cu_seqlens: Tensor, max_seqlen:
     """x (T, H) through every layer; on_layer(i, x) after layer i (for output_hidden_states). On CUDA, with the
     layer stack given, through a cached CUDA graph (fastbert/cuda_graphs.py)."""
     all_layers = on_layer is not None
+    outs = None
     if (layers is not None and x.is_cuda and x.shape[0] > 0 and cuda_graphs.cuda_graphs_enabled()
             and not torch.cuda.is_current_stream_capturing()):
         outs = cuda_graphs.run(layers, weights.tensors, weights.eps, x, cu_seqlens, max_seqlen, num_heads, scale,
                                activation, all_layers)
-    else:
+    if outs is None:
         onednn = x.device.type == "cpu" and x.dtype == torch.float32 and gemm.cpu_gemm() == "onednn"
         outs = torch.ops.fastbert.encoder_layers.default(x, cu_seqlens, max_seqlen, num_heads, scale, activation,
                                                          weights.tensors, weights.eps, all_layers, onednn)

@@ -628,3 +628,31 @@ def test_cuda_graphs_serve_several_threads():
     errors = run_threads(work, 4)
     assert not errors, errors[0]
     assert len(_graphs_of(fb).entries) == 3
+
+
+def test_a_failed_capture_falls_back_to_the_plain_loop(monkeypatch):
+    """A capture that raises costs one warning; the forward and every later one run op by op, with the same
+    output."""
+    from fastbert import cuda_graphs
+    fb = _graph_model(torch.float32)
+    ids, mask = _ragged_batch([20, 3], 32, seed=7)
+    with torch.no_grad():
+        cuda_graphs.set_cuda_graphs(False)
+        try:
+            want = fb(ids, attention_mask=mask).last_hidden_state
+        finally:
+            cuda_graphs.set_cuda_graphs(True)
+
+        def refuse(*args, **kwargs):
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+        monkeypatch.setattr(cuda_graphs, "_capture", refuse)
+        with pytest.warns(RuntimeWarning, match="CUDA graph failed .*op by op"):
+            got = fb(ids, attention_mask=mask).last_hidden_state
+        assert _graphs_of(fb).failed and not _graphs_of(fb).entries
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            again = fb(ids, attention_mask=mask).last_hidden_state
+    close(got, want, 1e-6)
+    close(again, want, 1e-6)
