@@ -16,7 +16,8 @@ from torch import Tensor
 
 from . import reference
 
-OPS = ("pack", "unpack", "embeddings", "attention", "attention_masked", "bias_act", "bias_residual_layernorm")
+OPS = ("pack", "unpack", "embeddings", "attention", "attention_masked", "bias_act", "bias_residual_layernorm",
+       "encoder_layers")
 
 _C = None
 LOAD_ERROR: Optional[str] = None
@@ -113,6 +114,11 @@ if HAS_EXTENSION:
     def _bias_residual_layernorm_fake(x, bias, residual, ln_weight, ln_bias, eps):
         stats = x.new_empty(x.shape[:-1], dtype=_acc_dtype(x.dtype))
         return torch.empty_like(x), stats, torch.empty_like(stats)
+
+    @torch.library.register_fake("fastbert::encoder_layers")
+    def _encoder_layers_fake(x, cu_seqlens, max_seqlen, num_heads, scale, activation, weights, eps, all_layers=False,
+                             onednn=False):
+        return [torch.empty_like(x) for _ in range(len(weights) // 12 if all_layers else 1)]
 
     from . import autograd as _autograd  # noqa: E402,F401  (backward formulas of the ops in DIFFERENTIABLE)
 

@@ -217,3 +217,24 @@ def attention_masked(qkv, qkv_bias, mask, num_heads: int, scale: float,
         keep = dropout_keep_mask(seed, offset, rows, cols, dropout_p)
     o, lse = _softmax_dropout_pv(scores, v, dropout_p, keep)
     return o.transpose(1, 2).reshape(B, L, H).to(qkv.dtype), lse.float()
+
+
+def encoder_layers(x, cu_seqlens, max_seqlen: int, num_heads: int, scale: float, activation_name: str, weights,
+                   eps, all_layers: bool = False, onednn: bool = False):
+    """BERT's layer stack for inference on packed rows: per layer 12 tensors (qkv weight, qkv bias, attention
+    output weight and bias, LayerNorm weight and bias, intermediate weight and bias, output weight and bias,
+    LayerNorm weight and bias; the biases of the three projections may be None) and 2 LayerNorm eps. Returns
+    [the last layer's output], or every layer's with all_layers. onednn picks the kernel's GEMM library; here
+    every GEMM is x @ W^T."""
+    if len(weights) % 12 or len(eps) != len(weights) // 6:
+        raise ValueError(f"encoder_layers: expected 12 weights and 2 eps per layer, got {len(weights)} and {len(eps)}")
+    outs = []
+    for i in range(len(weights) // 12):
+        w_qkv, b_qkv, w_ao, b_ao, g1, be1, w_in, b_in, w_out, b_out, g2, be2 = weights[12 * i:12 * i + 12]
+        ctx = attention(x @ w_qkv.t(), b_qkv, cu_seqlens, max_seqlen, num_heads, scale)[0]
+        x = bias_residual_layernorm(ctx @ w_ao.t(), b_ao, x, g1, be1, eps[2 * i])[0]
+        h = bias_act(x @ w_in.t(), b_in, activation_name)
+        x = bias_residual_layernorm(h @ w_out.t(), b_out, x, g2, be2, eps[2 * i + 1])[0]
+        if all_layers:
+            outs.append(x)
+    return outs if all_layers else [x]
