@@ -1,5 +1,8 @@
 """x @ W^T for the packed inference loop: oneDNN for float32 on CPU, torch.mm everywhere else.
 
+``uses_onednn(x)`` is the choice; the loop (csrc/inference.cpp) makes the calls, and ``linear_fn`` makes the same
+choice in Python (the roofline probes of fastbert/bench.py time it).
+
 Why not torch.mm on CPU: torch.mm sends float32 to MKL, and on the project's AMD EPYC (AVX-512) MKL runs BERT's
 GEMM shapes at 140-190 GFLOP/s on 2 threads, where oneDNN's inner product (``torch.ops.mkldnn._linear_pointwise``,
 the kernel torch.compile's CPU backend calls for Linear layers, in every x86 build of PyTorch) runs the same
@@ -22,7 +25,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["CPU_GEMMS", "HAS_ONEDNN", "cpu_gemm", "set_cpu_gemm", "linear_fn", "linear_mm", "linear_onednn"]
+__all__ = ["CPU_GEMMS", "HAS_ONEDNN", "cpu_gemm", "set_cpu_gemm", "uses_onednn", "linear_fn", "linear_mm",
+           "linear_onednn"]
 
 CPU_GEMMS = ("onednn", "mm")
 
@@ -79,8 +83,11 @@ def linear_onednn(x: Tensor, w: Tensor) -> Tensor:
     return torch.mm(x, w.t())  # a mismatched weight gets torch.mm's error, not oneDNN's cryptic one
 
 
+def uses_onednn(x: Tensor) -> bool:
+    """Whether the inference loop's GEMMs on tensors like x go to oneDNN."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and cpu_gemm() == "onednn"
+
+
 def linear_fn(x: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
     """f(x, w) = x @ w^T (w as nn.Linear stores it, (out, in)) for tensors like x."""
-    if x.device.type == "cpu" and x.dtype == torch.float32 and cpu_gemm() == "onednn":
-        return linear_onednn
-    return linear_mm
+    return linear_onednn if uses_onednn(x) else linear_mm

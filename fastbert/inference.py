@@ -88,9 +88,9 @@ def run_layers(weights: LayerWeights, x: Tensor, cu_seqlens: Tensor, max_seqlen:
         outs = cuda_graphs.run(layers, weights.tensors, weights.eps, x, cu_seqlens, max_seqlen, num_heads, scale,
                                activation, all_layers)
     if outs is None:
-        onednn = x.device.type == "cpu" and x.dtype == torch.float32 and gemm.cpu_gemm() == "onednn"
         outs = torch.ops.fastbert.encoder_layers.default(x, cu_seqlens, max_seqlen, num_heads, scale, activation,
-                                                         weights.tensors, weights.eps, all_layers, onednn)
+                                                         weights.tensors, weights.eps, all_layers,
+                                                         gemm.uses_onednn(x))
     if on_layer is not None:
         for i, y in enumerate(outs):
             on_layer(i, y)
