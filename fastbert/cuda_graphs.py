@@ -37,7 +37,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MAX_GRAPHS", "bucket_tokens", "bucket_batch", "bucket_seqlen", "cuda_graphs_enabled",
+__all__ = ["MAX_GRAPHS", "bucket_tokens", "bucket_batch", "bucket_seqlen", "buckets", "cuda_graphs_enabled",
            "set_cuda_graphs", "clear_cuda_graphs", "run"]
 
 MAX_GRAPHS = 8
@@ -68,6 +68,13 @@ def bucket_batch(b: int) -> int:
 
 def bucket_seqlen(n: int) -> int:
     return max(64, -(-n // 64) * 64)
+
+
+def buckets(t: int, b: int, max_seqlen: int) -> tuple:
+    """(rows, sequences, max_seqlen) of the graph a batch of t rows in b sequences replays in: the sequence count
+    leaves room for the extra rows' sequences, max_seqlen rows each at most."""
+    t_cap, l_cap = bucket_tokens(t), bucket_seqlen(max_seqlen)
+    return t_cap, bucket_batch(b + -(-(t_cap - t) // l_cap)), l_cap
 
 
 class _Graphs:
@@ -126,23 +133,21 @@ def run(layers: nn.Module, tensors: Sequence[Optional[Tensor]], eps: List[float]
         max_seqlen: int, num_heads: int, scale: float, activation: str, all_layers: bool) -> Optional[List[Tensor]]:
     """encoder_layers through a cached graph: the last layer's output, or every layer's with all_layers; None if
     this stack cannot be captured (the caller then calls encoder_layers itself)."""
-    t, b = x.shape[0], cu_seqlens.shape[0] - 1
-    t_cap, l_cap = bucket_tokens(t), bucket_seqlen(max_seqlen)
-    b_cap = bucket_batch(b + -(-(t_cap - t) // l_cap))  # room for the extra rows' sequences
+    caps = buckets(x.shape[0], cu_seqlens.shape[0] - 1, max_seqlen)
     stream = torch.cuda.current_stream(x.device)
-    key = (t_cap, b_cap, l_cap, x.shape[1], x.dtype, x.device, stream.cuda_stream, num_heads, scale, activation,
+    key = (*caps, x.shape[1], x.dtype, x.device, stream.cuda_stream, num_heads, scale, activation,
            all_layers, tuple(eps), tuple(w.data_ptr() if w is not None else 0 for w in tensors))
     graphs = layers.__dict__.get("_fastbert_graphs") or layers.__dict__.setdefault("_fastbert_graphs", _Graphs())
     if graphs.failed:
         return None
     with graphs.lock:  # enqueues only: the GPU work runs after it is released
-        return _run_locked(graphs, key, tensors, eps, x, cu_seqlens, (t_cap, b_cap, l_cap), stream, num_heads,
-                           scale, activation, all_layers)
+        return _run_locked(graphs, key, tensors, eps, x, cu_seqlens, caps, stream, num_heads, scale, activation,
+                           all_layers)
 
 
 def _run_locked(graphs: _Graphs, key: tuple, tensors, eps, x, cu_seqlens, caps, stream, num_heads, scale,
                 activation, all_layers) -> Optional[List[Tensor]]:
-    t, b = x.shape[0], cu_seqlens.shape[0] - 1
+    t = x.shape[0]
     t_cap, b_cap, l_cap = caps
     entry = graphs.entries.get(key)
     if entry is None:

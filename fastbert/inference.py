@@ -25,8 +25,6 @@ from .fused_qkv import fused_qkv
 
 __all__ = ["LayerWeights", "layer_weights", "run_layers"]
 
-_OPS = ("attention", "bias_act", "bias_residual_layernorm")
-
 
 class LayerWeights(NamedTuple):
     """Every layer's tensors, flat in encoder_layers' order (12 per layer, see csrc/fastbert.cpp), and the two
@@ -56,12 +54,11 @@ def _one_layer(layer: nn.Module, weights: LayerWeights) -> None:
 def layer_weights(layers: nn.ModuleList, activation, x: Tensor) -> Optional[LayerWeights]:
     """Every layer's weights for run_layers, or None where the loop does not apply: an activation without a
     fused kernel, an op without a kernel for x's device (float64 on CUDA), a module of another layout (a
-    missing intermediate bias, a parametrized weight). The caller then runs the general per-layer path.
-    (encoder_layers is registered for exactly the devices its ops have kernels for.)"""
+    missing intermediate bias, a parametrized weight). The caller then runs the general per-layer path."""
     if not (isinstance(activation, str) and activation in reference.ACTIVATIONS):
         return None
     dev = x.device.type
-    if not all(ops.KERNELS.get((n, dev), False) for n in _OPS):
+    if not ops.KERNELS.get(("encoder_layers", dev), False):
         return None
     if dev == "cuda" and x.dtype == torch.float64:
         return None

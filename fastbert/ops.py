@@ -1,6 +1,7 @@
 """The Python face of ``torch.ops.fastbert``: loading the extension, fake (meta) implementations for
 torch.compile, and one function per op that runs the compiled kernel when it can and the reference
-(fastbert/reference.py) when it cannot.
+(fastbert/reference.py) when it cannot (except encoder_layers, which only composes the other ops: its one caller,
+fastbert/inference.py, falls back to the per-layer path instead).
 
 The reference runs instead of the kernel when the extension is not built, when it has no kernel for the
 tensors' device, or when autograd must record the op and no backward kernel is registered for it.

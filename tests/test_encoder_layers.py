@@ -90,8 +90,7 @@ def test_cuda_graph_padding_leaves_the_real_rows_alone(lengths):
     t, b, max_len = sum(lengths), len(lengths), max(lengths)
     x = torch.randn(t, fb.config.hidden_size, generator=g)
     cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32)
-    t_cap, l_cap = cuda_graphs.bucket_tokens(t), cuda_graphs.bucket_seqlen(max_len)
-    b_cap = cuda_graphs.bucket_batch(b + -(-(t_cap - t) // l_cap))
+    t_cap, b_cap, l_cap = cuda_graphs.buckets(t, b, max_len)
     static_x = torch.randn(t_cap, x.shape[1], generator=g)  # stale rows of an earlier batch
     static_cu = torch.empty(b_cap + 1, dtype=torch.int32)
     ramp = torch.arange(1, b_cap + 1, dtype=torch.int32) * l_cap
