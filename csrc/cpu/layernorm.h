@@ -6,9 +6,11 @@
 // better, and rows go in pairs that share the loads of weight and bias.
 #pragma once
 #include <ATen/cpu/vec/functional.h>
+#include <c10/macros/Macros.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "cpu/vec.h"
@@ -33,17 +35,25 @@ inline typename V::value_type hsum(const V& v) {
 // vectors in memory and stores them every iteration.)
 // row0(c, n), row1(c, n) return the rows' values at columns [c, c + n) as AccVecs, with the lanes past n zero.
 template <typename A, typename Row>
-inline void fill_row_pair_stats(Row row0, Row row1, int64_t H, A* s0, A* s1, double eps, A* mean,
-                                A* rstd) {
+C10_ALWAYS_INLINE void fill_row_pair_stats(Row row0, Row row1, int64_t H, A* s0, A* s1, double eps, A* mean,
+                                           A* rstd) {
   using V = at::vec::Vectorized<A>;
   constexpr int64_t W = V::size();
   const int64_t head = std::min(H, 4 * W);
   V k0(A(0)), k1(A(0));
-  for (int64_t c = 0; c < head; c += W) {
-    const int64_t n = std::min(W, head - c);
-    const V v0 = row0(c, n), v1 = row1(c, n);
-    v0.store(s0 + c, n);
-    v1.store(s1 + c, n);
+  int64_t h = 0;
+  for (; h + W <= head; h += W) {
+    const V v0 = row0(h, W), v1 = row1(h, W);
+    v0.store(s0 + h);
+    v1.store(s1 + h);
+    k0 = k0 + v0;
+    k1 = k1 + v1;
+  }
+  if (h < head) {  // a row shorter than 4 vectors: its last, partial one
+    const int64_t n = head - h;
+    const V v0 = row0(h, n), v1 = row1(h, n);
+    v0.store(s0 + h, n);
+    v1.store(s1 + h, n);
     k0 = k0 + v0;
     k1 = k1 + v1;
   }
@@ -82,26 +92,26 @@ inline void fill_row_pair_stats(Row row0, Row row1, int64_t H, A* s0, A* s1, dou
   }
 }
 
-// out_i = (s_i - mean_i) * rstd_i * weight + bias for R rows at once (R = 1 or 2), so each vector of weight and
-// bias is loaded once per R rows: with the row in L1, loads are what this pass spends its time on.
-template <int R, typename T>
-inline void normalise_rows(const acc_t<T>* const* s, int64_t H, const T* weight, const T* bias,
-                           const acc_t<T>* mean, const acc_t<T>* rstd, T* const* out) {
+// out_i = (s_i - mean_i) * rstd_i * weight + bias for two rows at once, so each vector of weight and bias is
+// loaded once per pair: with the rows in L1, loads are what this pass spends its time on. An odd row out passes
+// itself as both rows (s1 == s0, out1 == out0: the same values are stored twice).
+template <typename T>
+inline void normalise_row_pair(const acc_t<T>* s0, const acc_t<T>* s1, int64_t H, const T* weight, const T* bias,
+                               acc_t<T> mean0, acc_t<T> rstd0, acc_t<T> mean1, acc_t<T> rstd1, T* out0, T* out1) {
   using V = AccVec<T>;
   constexpr int64_t W = vec_width<T>();
-  V vmean[R], vrstd[R];
-  for (int i = 0; i < R; ++i) vmean[i] = V(mean[i]), vrstd[i] = V(rstd[i]);
+  const V m0(mean0), r0(rstd0), m1(mean1), r1(rstd1);
   int64_t c = 0;
   for (; c + W <= H; c += W) {
     const V w = load_acc(weight + c), b = load_acc(bias + c);
-    for (int i = 0; i < R; ++i) store_acc(out[i] + c, at::vec::fmadd((V::loadu(s[i] + c) - vmean[i]) * vrstd[i], w, b));
+    store_acc(out0 + c, at::vec::fmadd((V::loadu(s0 + c) - m0) * r0, w, b));
+    store_acc(out1 + c, at::vec::fmadd((V::loadu(s1 + c) - m1) * r1, w, b));
   }
   if (c < H) {
     const int64_t n = H - c;
     const V w = load_acc(weight + c, n), b = load_acc(bias + c, n);
-    for (int i = 0; i < R; ++i) {
-      store_acc(out[i] + c, at::vec::fmadd((V::loadu(s[i] + c, n) - vmean[i]) * vrstd[i], w, b), n);
-    }
+    store_acc(out0 + c, at::vec::fmadd((V::loadu(s0 + c, n) - m0) * r0, w, b), n);
+    store_acc(out1 + c, at::vec::fmadd((V::loadu(s1 + c, n) - m1) * r1, w, b), n);
   }
 }
 
@@ -112,20 +122,23 @@ template <typename T, typename Fill>
 inline void layernorm_rows(int64_t begin, int64_t end, int64_t H, Fill fill, const T* weight, const T* bias,
                            double eps, T* out, acc_t<T>* mean, acc_t<T>* rstd) {
   using A = acc_t<T>;
-  std::vector<A> scratch(2 * H);
-  A* s[2] = {scratch.data(), scratch.data() + H};
+  // Two scratch rows, each starting on a cache line: a vector store that straddles two lines costs two.
+  constexpr int64_t kLine = 64 / sizeof(A);
+  const int64_t Hp = (H + kLine - 1) / kLine * kLine;
+  std::vector<A> scratch(2 * Hp + kLine);
+  A* s0 = scratch.data() + (kLine - reinterpret_cast<uintptr_t>(scratch.data()) / sizeof(A) % kLine) % kLine;
+  A* s1 = s0 + Hp;
   int64_t r = begin;
   for (; r + 2 <= end; r += 2) {
-    fill_row_pair_stats(fill(r), fill(r + 1), H, s[0], s[1], eps, mean + r, rstd + r);
-    T* o[2] = {out + r * H, out + (r + 1) * H};
-    normalise_rows<2, T>(s, H, weight, bias, mean + r, rstd + r, o);
+    fill_row_pair_stats(fill(r), fill(r + 1), H, s0, s1, eps, mean + r, rstd + r);
+    normalise_row_pair<T>(s0, s1, H, weight, bias, mean[r], rstd[r], mean[r + 1], rstd[r + 1], out + r * H,
+                          out + (r + 1) * H);
   }
-  if (r < end) {
-    A mean2[2], rstd2[2];  // an odd row out: computed as a pair with itself
-    fill_row_pair_stats(fill(r), fill(r), H, s[0], s[1], eps, mean2, rstd2);
+  if (r < end) {  // an odd row out: computed as a pair with itself
+    A mean2[2], rstd2[2];
+    fill_row_pair_stats(fill(r), fill(r), H, s0, s1, eps, mean2, rstd2);
     mean[r] = mean2[0], rstd[r] = rstd2[0];
-    T* o[1] = {out + r * H};
-    normalise_rows<1, T>(s, H, weight, bias, mean + r, rstd + r, o);
+    normalise_row_pair<T>(s0, s0, H, weight, bias, mean[r], rstd[r], mean[r], rstd[r], out + r * H, out + r * H);
   }
 }
 
