@@ -7,8 +7,9 @@
 //
 // The arithmetic is fastbert/inference.py's, op for op: the fused QKV GEMM, attention with the bias added on load,
 // the output GEMM and bias+residual+LayerNorm, the MLP's GEMM, bias+activation, GEMM, bias+residual+LayerNorm.
-// The GEMMs are x @ W^T through at::mm, or for float32 on CPU oneDNN's inner product when the caller asks
-// (fastbert/gemm.py says why); the results are the per-layer path's bit for bit with the same GEMM library.
+// The GEMMs are x @ W^T through at::mm, or for float32/bfloat16 on CPU oneDNN's inner product when the caller asks
+// or hands a packed weight (fastbert/gemm.py says why); the results are the per-layer path's bit for bit with the
+// same GEMM library.
 // Inference only: an input that requires grad under grad mode is refused (the per-layer path trains).
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -26,11 +27,18 @@ constexpr size_t kTensorsPerLayer = 12;  // see the schema's comment in csrc/fas
 using OneDnnLinearSig = Tensor(const Tensor&, const Tensor&, const OptTensor&, c10::string_view,
                                c10::List<std::optional<c10::Scalar>>, std::optional<c10::string_view>);
 
-// x @ w^T (w as nn.Linear stores it). oneDNN only where it takes the operands as they are; anything else gets
-// at::mm, and with it at::mm's error message for a mismatched weight.
+// x @ w^T (w as nn.Linear stores it, or packed into oneDNN's layout by fastbert/gemm.py). oneDNN where it takes
+// the operands as they are (and always for a packed weight, which only oneDNN reads); anything else gets at::mm,
+// and with it at::mm's error message for a mismatched weight.
 Tensor linear(const Tensor& x, const Tensor& w, bool onednn) {
-  if (onednn && x.device().is_cpu() && x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat &&
-      w.device() == x.device() && w.dim() == 2 && w.size(1) == x.size(-1)) {
+  const bool packed = w.is_mkldnn();
+  if (packed || (onednn && x.device().is_cpu() &&
+                 (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) &&
+                 w.scalar_type() == x.scalar_type() && w.device() == x.device() && w.dim() == 2 &&
+                 w.size(1) == x.size(-1))) {
+    TORCH_CHECK(!packed || (w.scalar_type() == x.scalar_type() && w.dim() == 2 && w.size(1) == x.size(-1)),
+                "encoder_layers: a packed weight of dtype ", w.scalar_type(), " and shape ", w.sizes(),
+                " cannot multiply x of dtype ", x.scalar_type(), " and shape ", x.sizes());
     static const auto op = op_handle<OneDnnLinearSig>("mkldnn::_linear_pointwise");
     return op.call(x, w, std::nullopt, "none", c10::List<std::optional<c10::Scalar>>(), std::nullopt);
   }
@@ -96,6 +104,8 @@ std::vector<Tensor> encoder_layers(const Tensor& x_in, const Tensor& cu_seqlens,
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastbert, CPU, m) { m.impl("encoder_layers", &encoder_layers); }
+// Weights packed into oneDNN's layout (fastbert/gemm.py) are MkldnnCPU tensors: the same loop serves that key.
+TORCH_LIBRARY_IMPL(fastbert, MkldnnCPU, m) { m.impl("encoder_layers", &encoder_layers); }
 #ifdef FASTBERT_WITH_CUDA
 TORCH_LIBRARY_IMPL(fastbert, CUDA, m) { m.impl("encoder_layers", &encoder_layers); }
 #endif

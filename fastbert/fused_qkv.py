@@ -1,20 +1,26 @@
-"""Each layer's fused QKV projection weight (3H, H) and bias (3H,): cached, rebuilt when a weight changes.
+"""Weights the inference loop derives from a model's parameters, cached beside the modules and rebuilt when a
+parameter changes: each layer's fused QKV projection weight (3H, H) and bias (3H,), and each GEMM weight packed
+for the GEMM library (fastbert/gemm.py: oneDNN's blocked layout for bfloat16, int8 with scales).
 
 Inference reads q|k|v as one GEMM's weight. When the three Linear weights already lie side by side in
 memory (fastbert's own loader puts them so) the fused weight is a view; otherwise a concatenated copy is cached
-on the attention module, keyed by each weight's object, storage, in-place version, dtype and shape, so an
-optimizer step, load_state_dict, .to() or a replaced Linear all rebuild it. The cache is never a parameter or
-buffer (state_dict stays HF's) and is not copied by deepcopy or pickle.
+on the attention module. Every entry is keyed by each source tensor's object, storage, in-place version, dtype
+and shape, so an optimizer step, load_state_dict, .to() or a replaced Linear all rebuild it. A packed QKV weight
+is packed from the concatenation, which is then dropped: one derived copy per weight. The caches are never
+parameters or buffers (state_dict stays HF's) and are not copied by deepcopy or pickle;
+``clear_fused_cache(model)`` frees them.
 """
 from __future__ import annotations
 
 import weakref
-from typing import Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["fused_qkv", "clear_fused_cache"]
+__all__ = ["fused_qkv", "packed_weight", "clear_fused_cache"]
+
+CACHE_ATTRS = ("_fastbert_fused", "_fastbert_packed")
 
 
 def _compiling() -> bool:
@@ -102,22 +108,27 @@ def _qkv_params(sa: nn.Module) -> Tuple[tuple, tuple]:
         return (sa.query.weight, sa.key.weight, sa.value.weight), (sa.query.bias, sa.key.bias, sa.value.bias)
 
 
-def fused_qkv(sa: nn.Module, need_grad: bool) -> Tuple[Tensor, Optional[Tensor]]:
+def _cache(module: nn.Module, attr: str) -> _FusedCache:
+    cache = module.__dict__.get(attr)
+    if cache is None:
+        cache = _FusedCache()
+        module.__dict__[attr] = cache
+    return cache
+
+
+def fused_qkv(sa: nn.Module, need_grad: bool, pack: Optional[Callable[[Tensor], Any]] = None):
     """(Wqkv (3H, H), bqkv (3H,) or None) of a self-attention module with query/key/value Linears.
 
     With gradients or while compiling: torch.cat in the graph (differentiable). Otherwise a cached copy,
     rebuilt whenever a weight changes (object, storage or in-place version), or a view when the weights
-    already lie side by side."""
+    already lie side by side. With ``pack`` (inference only), the cache holds ``pack(Wqkv)`` instead of Wqkv."""
     if need_grad or _compiling():
         w = torch.cat((sa.query.weight, sa.key.weight, sa.value.weight))
         return w, _cat_bias(sa, w)
     ws, bs = _qkv_params(sa)
-    cache = sa.__dict__.get("_fastbert_fused")
-    if cache is None:
-        cache = _FusedCache()
-        sa.__dict__["_fastbert_fused"] = cache
+    cache = _cache(sa, "_fastbert_fused")
     entry = cache.entry
-    if entry is not None and _key_valid(entry[0], ws + bs):
+    if entry is not None and entry[3] is pack and _key_valid(entry[0], ws + bs):
         return entry[1], entry[2]
     with torch.no_grad():
         w = _adjacent_view(ws)
@@ -130,10 +141,29 @@ def fused_qkv(sa: nn.Module, need_grad: bool) -> Tuple[Tensor, Optional[Tensor]]
                 b = torch.cat([t.detach() for t in bs])
         elif any(t is not None for t in bs):
             b = _cat_bias(sa, w).detach()
-    cache.entry = (_key(ws + bs), w, b)   # one assignment: threads see the old or the new entry, never a mix
+        if pack is not None:
+            w = pack(w)
+    cache.entry = (_key(ws + bs), w, b, pack)  # one assignment: threads see the old or the new entry, never a mix
     return w, b
 
 
+def packed_weight(module: nn.Module, w: Tensor, pack: Optional[Callable[[Tensor], Any]]):
+    """``pack(w)`` for a module's weight w, cached on the module and rebuilt when w changes; w itself when pack
+    is None."""
+    if pack is None:
+        return w
+    cache = _cache(module, "_fastbert_packed")
+    entry = cache.entry
+    if entry is not None and entry[2] is pack and _key_valid(entry[0], (w,)):
+        return entry[1]
+    with torch.no_grad():
+        packed = pack(w.detach())
+    cache.entry = (_key((w,)), packed, pack)
+    return packed
+
+
 def clear_fused_cache(model: nn.Module) -> None:
+    """Frees every derived weight (fused QKV, packed GEMM weights) of a model's modules."""
     for m in model.modules():
-        m.__dict__.pop("_fastbert_fused", None)
+        for attr in CACHE_ATTRS:
+            m.__dict__.pop(attr, None)

@@ -1,34 +1,48 @@
-"""x @ W^T for the packed inference loop: oneDNN for float32 on CPU, torch.mm everywhere else.
+"""x @ W^T for the packed inference loop: oneDNN on CPU (float32 on plain weights, bfloat16 on weights packed once
+into oneDNN's blocked layout), torch.mm everywhere else.
 
-``uses_onednn(x)`` is the choice; the loop (csrc/inference.cpp) makes the calls, and ``linear_fn`` makes the same
-choice in Python (the roofline probes of fastbert/bench.py time it).
+``uses_onednn(x)`` is the choice, ``weight_packer(x)`` the packing; the loop (csrc/inference.cpp) makes the calls,
+and ``linear_fn`` makes the same choice in Python (the roofline probes of fastbert/bench.py time it).
 
 Why not torch.mm on CPU: torch.mm sends float32 to MKL, and on the project's AMD EPYC (AVX-512) MKL runs BERT's
 GEMM shapes at 140-190 GFLOP/s on 2 threads, where oneDNN's inner product (``torch.ops.mkldnn._linear_pointwise``,
 the kernel torch.compile's CPU backend calls for Linear layers, in every x86 build of PyTorch) runs the same
 shapes at 175-215 (benchmarks/bench_gemm.py). Both are libraries PyTorch already links; the fused ops between
-the GEMMs are unchanged. The weight goes in as it is (oneDNN reorders it per call), so nothing is cached and
-nothing goes stale.
+the GEMMs are unchanged. A float32 weight goes in as it is: packed float32 weights measured no faster on BERT's
+shapes (within 3% at 128-2000 tokens on the AMD EPYC), so they would cost a copy of every weight for nothing. A bfloat16 weight is
+packed once per model (``weight_packer``, cached by fastbert/fused_qkv.py and rebuilt when the weight changes):
+5-12% faster than handing oneDNN the plain weight, which it reorders on every call.
+
+Memory: oneDNN (and ideep, PyTorch's wrapper) cache a primitive per GEMM shape, and BERT's token count changes with
+every batch; with their default capacities (1024 each) a job of varied shapes grew by more than 1 GB over a few
+hundred forwards. fastbert caps both at ``ONEDNN_CACHE_CAPACITY`` entries (``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` and
+``LRU_CACHE_CAPACITY``, process-wide, read by oneDNN when it first runs) unless the environment sets them: import
+fastbert before the first oneDNN call of the process for the cap to take effect. A primitive is rebuilt on a miss;
+at BERT's sizes that costs far less than the GEMM it serves.
 
 The results differ from torch.mm's by float32 rounding only (another summation order); the tests check the loop
 against the general path within float32 tolerance with oneDNN, and bit for bit with torch.mm.
 
 ``FASTBERT_CPU_GEMM=mm`` (or ``set_cpu_gemm("mm")``) keeps torch.mm; so does ``torch.backends.mkldnn.flags
-(enabled=False)`` or a build of PyTorch without oneDNN. bfloat16 already reaches oneDNN through torch.mm, and
-float16/float64 have no faster oneDNN path, so they use torch.mm.
+(enabled=False)`` or a build of PyTorch without oneDNN. float16/float64 have no faster oneDNN path, so they use
+torch.mm.
 """
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
-__all__ = ["CPU_GEMMS", "HAS_ONEDNN", "cpu_gemm", "set_cpu_gemm", "uses_onednn", "linear_fn", "linear_mm",
-           "linear_onednn"]
+__all__ = ["CPU_GEMMS", "HAS_ONEDNN", "ONEDNN_CACHE_CAPACITY", "cpu_gemm", "set_cpu_gemm", "uses_onednn",
+           "weight_packer", "pack_onednn", "linear_fn", "linear_mm", "linear_onednn"]
 
 CPU_GEMMS = ("onednn", "mm")
+ONEDNN_CACHE_CAPACITY = 32  # primitives per cache: 4 GEMM shapes per forward, 8 forwards' worth
+
+for _var in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
+    os.environ.setdefault(_var, str(ONEDNN_CACHE_CAPACITY))
 
 
 def _onednn_linear() -> Callable | None:
@@ -77,17 +91,28 @@ def linear_mm(x: Tensor, w: Tensor) -> Tensor:
 
 
 def linear_onednn(x: Tensor, w: Tensor) -> Tensor:
-    """x @ w^T through oneDNN's inner product (needs HAS_ONEDNN)."""
-    if w.dtype == x.dtype and w.device == x.device and w.dim() == 2 and w.shape[1] == x.shape[-1]:
+    """x @ w^T through oneDNN's inner product (needs HAS_ONEDNN); w plain (out, in) or packed by pack_onednn."""
+    if w.is_mkldnn or (w.dtype == x.dtype and w.device == x.device and w.dim() == 2 and w.shape[1] == x.shape[-1]):
         return _ONEDNN(x, w, None, "none", [], "")
     return torch.mm(x, w.t())  # a mismatched weight gets torch.mm's error, not oneDNN's cryptic one
 
 
+def pack_onednn(w: Tensor) -> Tensor:
+    """w (out, in) in oneDNN's blocked layout for its inner product (an opaque mkldnn tensor of w's shape)."""
+    return torch.ops.mkldnn._reorder_linear_weight(w.contiguous())
+
+
 def uses_onednn(x: Tensor) -> bool:
     """Whether the inference loop's GEMMs on tensors like x go to oneDNN."""
-    return x.device.type == "cpu" and x.dtype == torch.float32 and cpu_gemm() == "onednn"
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and cpu_gemm() == "onednn"
+
+
+def weight_packer(x: Tensor) -> Optional[Callable[[Tensor], Tensor]]:
+    """The function that packs a GEMM weight for the inference loop on activations like x, or None where the
+    loop takes plain weights (float32, torch.mm, CUDA)."""
+    return pack_onednn if uses_onednn(x) and x.dtype == torch.bfloat16 else None
 
 
 def linear_fn(x: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
-    """f(x, w) = x @ w^T (w as nn.Linear stores it, (out, in)) for tensors like x."""
+    """f(x, w) = x @ w^T (w as nn.Linear stores it, (out, in), or packed by weight_packer) for tensors like x."""
     return linear_onednn if uses_onednn(x) else linear_mm

@@ -11,7 +11,8 @@ Why it exists: at batch sizes that keep a GPU busy for only a millisecond or two
 bottleneck: a layer is 8 op calls, each 10-35 us from Python. The loop is C++ (csrc/inference.cpp), each call a
 typed dispatcher call below autograd. This module reads each layer's weights once per forward through the modules'
 own dicts (no nn.Module.__getattr__ chains, no config reads per layer), afresh every forward: nothing goes stale
-when a module, a parameter or a dtype changes.
+when a module, a parameter or a dtype changes. GEMM weights come packed for the GEMM library where that pays
+(fastbert/gemm.py ``weight_packer``; cached by fastbert/fused_qkv.py and rebuilt when a weight changes).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from . import cuda_graphs, gemm, ops, reference
-from .fused_qkv import fused_qkv
+from .fused_qkv import fused_qkv, packed_weight
 
 __all__ = ["LayerWeights", "layer_weights", "run_layers"]
 
@@ -33,12 +34,12 @@ class LayerWeights(NamedTuple):
     eps: List[float]
 
 
-def _one_layer(layer: nn.Module, weights: LayerWeights) -> None:
+def _one_layer(layer: nn.Module, weights: LayerWeights, pack) -> None:
     attention = layer._modules["attention"]
     attn_out = attention._modules["output"]
     inter = layer._modules["intermediate"]._modules["dense"]
     out = layer._modules["output"]
-    wqkv, bqkv = fused_qkv(attention._modules["self"], False)
+    wqkv, bqkv = fused_qkv(attention._modules["self"], False, pack)
     o_dense, ln1 = attn_out._modules["dense"], attn_out._modules["LayerNorm"]
     o2_dense, ln2 = out._modules["dense"], out._modules["LayerNorm"]
     if inter._parameters["bias"] is None:
@@ -46,7 +47,8 @@ def _one_layer(layer: nn.Module, weights: LayerWeights) -> None:
     weights.tensors.append(wqkv)
     weights.tensors.append(bqkv)
     for m in (o_dense, ln1, inter, o2_dense, ln2):
-        weights.tensors.append(m._parameters["weight"])
+        w = m._parameters["weight"]
+        weights.tensors.append(packed_weight(m, w, pack) if m is not ln1 and m is not ln2 else w)
         weights.tensors.append(m._parameters["bias"])
     weights.eps.extend((float(ln1.eps), float(ln2.eps)))
 
@@ -63,9 +65,10 @@ def layer_weights(layers: nn.ModuleList, activation, x: Tensor) -> Optional[Laye
     if dev == "cuda" and x.dtype == torch.float64:
         return None
     weights = LayerWeights([], [])
+    pack = None if torch.compiler.is_compiling() else gemm.weight_packer(x)
     try:
         for layer in layers:
-            _one_layer(layer, weights)
+            _one_layer(layer, weights, pack)
     except (KeyError, AttributeError):
         return None
     # (A dtype or device mismatch needs no check here: both paths hand the same tensors to the same kernels,

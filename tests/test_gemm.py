@@ -1,4 +1,5 @@
-"""fastbert/gemm.py: the inference loop's x @ W^T, through oneDNN for float32 on CPU and torch.mm otherwise."""
+"""fastbert/gemm.py: the inference loop's x @ W^T, through oneDNN for float32/bfloat16 on CPU (bfloat16 weights
+packed once) and torch.mm otherwise."""
 import pytest
 import torch
 
@@ -23,11 +24,31 @@ def test_onednn_matches_float64(m, k, n, weight_layout):
 
 
 @requires_onednn
-def test_float32_cpu_goes_to_onednn(monkeypatch):
+@pytest.mark.parametrize("m,k,n", [(1, 768, 2304), (7, 33, 97), (130, 384, 1536), (513, 80, 17)])
+def test_packed_bfloat16_matches_float64(m, k, n):
+    g = torch.Generator().manual_seed(m * 1000 + n)
+    x = torch.randn(m, k, generator=g).bfloat16()
+    w = torch.randn(n, k, generator=g).bfloat16()
+    packed = gemm.pack_onednn(w)
+    assert packed.is_mkldnn and packed.shape == w.shape and packed.dtype == torch.bfloat16
+    out = gemm.linear_onednn(x, packed)
+    ref = x.double() @ w.double().t()
+    assert out.dtype == torch.bfloat16 and out.shape == (m, n)
+    # exact bf16 products, fp32 accumulation, one bf16 rounding of the result (relative 2^-8)
+    assert ((out.double() - ref).abs() <= 2 ** -8 * ref.abs() + 1e-5 * k).all()
+    assert torch.equal(out, gemm.linear_onednn(x, w))  # the same kernel as on the plain weight
+
+
+@requires_onednn
+def test_cpu_goes_to_onednn(monkeypatch):
     monkeypatch.setattr(gemm, "_choice", "onednn")
     assert gemm.linear_fn(torch.ones(2, 3)) is gemm.linear_onednn
-    for other in (torch.ones(2, 3, dtype=torch.float64), torch.ones(2, 3, dtype=torch.bfloat16)):
+    assert gemm.linear_fn(torch.ones(2, 3, dtype=torch.bfloat16)) is gemm.linear_onednn
+    assert gemm.weight_packer(torch.ones(2, 3, dtype=torch.bfloat16)) is gemm.pack_onednn
+    assert gemm.weight_packer(torch.ones(2, 3)) is None  # float32: plain weights measure as fast
+    for other in (torch.ones(2, 3, dtype=torch.float64), torch.ones(2, 3, dtype=torch.float16)):
         assert gemm.linear_fn(other) is gemm.linear_mm
+        assert gemm.weight_packer(other) is None
     with torch.backends.mkldnn.flags(enabled=False):
         assert gemm.cpu_gemm() == "mm" and gemm.linear_fn(torch.ones(2, 3)) is gemm.linear_mm
     gemm.set_cpu_gemm("mm")
@@ -64,3 +85,18 @@ def test_onednn_mismatch_gets_torch_mm_error(bad):
     with pytest.raises(RuntimeError) as ours:
         gemm.linear_onednn(x, w)
     assert str(ours.value) == str(mm_error.value)
+
+
+def test_onednn_caches_are_capped_unless_the_environment_says_otherwise(monkeypatch):
+    # this process imported fastbert, which set both variables: the child must start without them
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    monkeypatch.delenv("LRU_CACHE_CAPACITY", raising=False)
+    code = ("import os; assert 'LRU_CACHE_CAPACITY' not in os.environ; import fastbert; "
+            "print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], os.environ['LRU_CACHE_CAPACITY'])")
+    out = _python(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(gemm.ONEDNN_CACHE_CAPACITY)] * 2
+    out = _python(code, LRU_CACHE_CAPACITY="7")
+    assert out.returncode != 0  # the child's own assert: the variable was set
+    out = _python("import os, fastbert; print(os.environ['LRU_CACHE_CAPACITY'])", LRU_CACHE_CAPACITY="7")
+    assert out.stdout.strip() == "7"
