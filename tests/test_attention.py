@@ -4,6 +4,9 @@ against fastbert/reference.py, on every instruction set this processor runs.
 Tolerances (kernel vs the reference evaluated in float64, values of order 1):
   float64  1e-10      float32  2e-5 (out and lse)      bfloat16 / float16: the reference on the same
   rounded inputs, then out within 2 ulps of the storage type (rtol 1.6e-2 / 2e-3), lse 1e-4 (fp32 stats).
+  bfloat16 on the AVX512-BF16 dot-product path (avx512 on a processor with avx512_bf16) rounds Q * scale, K, V
+  (bias added) and the probabilities to bf16 before the dot products: out keeps the bf16 tolerance, lse 1e-2
+  (scores of order 1-5 lose ~2^-9 relative per operand; ~5e-3 measured).
 """
 import math
 
@@ -20,6 +23,12 @@ if not fastbert.ops.has_kernel("attention", "cpu"):
 TOL = {dtype: dict(atol=a, rtol=r) for dtype, (a, r) in TOLERANCES.items()}
 LSE_TOL = {torch.float64: dict(atol=1e-6, rtol=1e-6), torch.float32: dict(atol=2e-5, rtol=2e-5),
            torch.bfloat16: dict(atol=1e-4, rtol=1e-4), torch.float16: dict(atol=1e-4, rtol=1e-4)}
+
+
+def lse_tol(dtype):
+    if dtype == torch.bfloat16 and fastbert.ops.cpu_isa() == "avx512" and fastbert.ops.cpu_bf16_dot():
+        return dict(atol=1e-2, rtol=1e-2)
+    return LSE_TOL[dtype]
 
 
 def cu_of(lengths):
@@ -55,7 +64,7 @@ def check_packed(lengths, nh, d, dtype, scale=None, bias=True, dropout_p=0.0, se
     assert lse.shape == (nh, int(cu[-1])) and lse.dtype == torch.float32
     tol = {k: v * tol_scale for k, v in TOL[dtype].items()}
     torch.testing.assert_close(out.double(), ref_out, **tol)
-    torch.testing.assert_close(lse.double(), ref_lse.double(), **LSE_TOL[dtype])
+    torch.testing.assert_close(lse.double(), ref_lse.double(), **lse_tol(dtype))
     return out, lse
 
 
@@ -200,7 +209,7 @@ def check_masked(B, L, nh, d, mask, dtype=torch.float32, dropout_p=0.0, seed=0, 
     assert out.shape == (B, L, nh * d) and out.dtype == dtype
     assert lse.shape == (B, nh, L) and lse.dtype == torch.float32
     torch.testing.assert_close(out.to(ref_dtype), ref_out, **TOL[dtype])
-    torch.testing.assert_close(lse.double(), ref_lse.double(), **LSE_TOL[dtype])
+    torch.testing.assert_close(lse.double(), ref_lse.double(), **lse_tol(dtype))
     return out, lse
 
 

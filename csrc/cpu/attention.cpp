@@ -60,6 +60,9 @@ struct AttnParams {
   int mask_kind = 0;
   const void* mask = nullptr;
   int64_t mask_stride[4] = {0, 0, 0, 0};
+  // bfloat16 may take the AVX512-BF16 dot-product path: false when autograd records the call (qkv or its bias
+  // requires grad), whose backward recomputes the scores in fp32 against this call's lse.
+  bool bf16_dot = true;
 };
 
 namespace CPU_CAPABILITY {
@@ -142,6 +145,141 @@ void block_gemm(int64_t rows, int64_t cols, int64_t K, const acc* A, int64_t lda
   }
 }
 
+// ---------------------------------------------------------------- bf16 dot products (AVX512-BF16)
+//
+// Compiled in the AVX-512 build only, in functions that carry target("avx512bf16") themselves (the file is not
+// compiled with -mavx512bf16), and called only when the processor has it (bf16_dot_enabled(), isa.h).
+// _mm512_dpbf16_ps(c, a, b): c[l] += a[2l] * b[2l] + a[2l+1] * b[2l+1] in fp32, for the 16 lanes l; a and b
+// hold 32 bf16 each. Operands are handled as uint32 pairs of bf16 (the low half first).
+#ifdef CPU_CAPABILITY_AVX512
+#define FASTBERT_BF16_DOT 1
+#define FASTBERT_TARGET_BF16 __attribute__((target("avx512bf16")))
+
+// 16 bf16 (or m < 16, the rest 0) -> fp32, + 16 bf16 of bias when given.
+FASTBERT_TARGET_BF16 inline __m512 load_bf16_f32(const c10::BFloat16* p, const c10::BFloat16* bias, int64_t m) {
+  const __mmask16 k = m >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << m) - 1);
+  __m512 x = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p)), 16));
+  if (bias) {
+    x = _mm512_add_ps(x, _mm512_castsi512_ps(
+                             _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, bias)), 16)));
+  }
+  return x;
+}
+
+// 32 fp32 -> 32 bf16 (round to nearest even): lo's 16 first, then hi's.
+FASTBERT_TARGET_BF16 inline __m512i pack_bf16(__m512 lo, __m512 hi) {
+  return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+}
+
+// One row of d values: dst[0 .. dq) = bf16((src + bias) * mul), zero from d on; dq a multiple of 32.
+FASTBERT_TARGET_BF16 inline void stage_row_bf16(const c10::BFloat16* src, const c10::BFloat16* bias, float mul,
+                                                bool scaled, uint16_t* dst, int64_t d, int64_t dq) {
+  const __m512 vm = _mm512_set1_ps(mul);
+  for (int64_t c = 0; c < dq; c += 32) {
+    __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
+    if (c < d) lo = load_bf16_f32(src + c, bias ? bias + c : nullptr, std::min<int64_t>(16, d - c));
+    if (c + 16 < d) hi = load_bf16_f32(src + c + 16, bias ? bias + c + 16 : nullptr, std::min<int64_t>(16, d - c - 16));
+    if (scaled) {
+      lo = _mm512_mul_ps(lo, vm);
+      hi = _mm512_mul_ps(hi, vm);
+    }
+    _mm512_storeu_si512(dst + c, pack_bf16(lo, hi));
+  }
+}
+
+// Two rows of V (keys j and j + 1; v1 null for a missing odd key) interleaved by key pairs:
+// dst[2c] = bf16(v0[c] + bias[c]), dst[2c + 1] = bf16(v1[c] + bias[c]) for c < dp (zero from d on); dp a multiple
+// of 16.
+FASTBERT_TARGET_BF16 inline void stage_pair_bf16(const c10::BFloat16* v0, const c10::BFloat16* v1,
+                                                 const c10::BFloat16* bias, uint16_t* dst, int64_t d, int64_t dp) {
+  // 16 of key j then 16 of key j + 1 -> alternate: element 2l from l, 2l + 1 from 16 + l.
+  alignas(64) static constexpr uint16_t kIdx[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                                    8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i idx = _mm512_load_si512(kIdx);
+  for (int64_t c = 0; c < dp; c += 16) {
+    const int64_t m = std::max<int64_t>(0, std::min<int64_t>(16, d - c));
+    const c10::BFloat16* bc = bias ? bias + c : nullptr;
+    const __m512 x0 = load_bf16_f32(v0 + c, bc, m);
+    const __m512 x1 = v1 ? load_bf16_f32(v1 + c, bc, m) : _mm512_setzero_ps();
+    _mm512_storeu_si512(dst + 2 * c, _mm512_permutexvar_epi16(idx, pack_bf16(x0, x1)));
+  }
+}
+
+// C[MR x NR*16] (+)= sum over K2 pairs: A[m][pair] . B[pair][16 n ..]: A row-major uint32 pairs (lda), B rows of
+// NR*16 uint32 pairs (ldb), C fp32 row-major (ldc).
+template <int NR>
+FASTBERT_TARGET_BF16 inline void micro_dot(int64_t K2, const uint32_t* A, int64_t lda, const uint32_t* B,
+                                           int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  __m512 c[kMR][NR];
+#pragma GCC unroll 8
+  for (int m = 0; m < kMR; ++m)
+#pragma GCC unroll 4
+    for (int n = 0; n < NR; ++n) c[m][n] = accumulate ? _mm512_loadu_ps(C + m * ldc + n * 16) : _mm512_setzero_ps();
+  for (int64_t k = 0; k < K2; ++k) {
+    __m512bh b[NR];
+#pragma GCC unroll 4
+    for (int n = 0; n < NR; ++n) b[n] = (__m512bh)_mm512_loadu_si512(B + k * ldb + n * 16);
+#pragma GCC unroll 8
+    for (int m = 0; m < kMR; ++m) {
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(A[m * lda + k]));
+#pragma GCC unroll 4
+      for (int n = 0; n < NR; ++n) c[m][n] = _mm512_dpbf16_ps(c[m][n], a, b[n]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < kMR; ++m)
+#pragma GCC unroll 4
+    for (int n = 0; n < NR; ++n) _mm512_storeu_ps(C + m * ldc + n * 16, c[m][n]);
+}
+
+// block_gemm's loop order over micro_dot: rows a multiple of kMR, cols a multiple of 16.
+FASTBERT_TARGET_BF16 void block_dot(int64_t rows, int64_t cols, int64_t K2, const uint32_t* A, int64_t lda,
+                                    const uint32_t* B, int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  for (int64_t c0 = 0; c0 < cols; c0 += 64) {
+    const int nr = static_cast<int>(std::min<int64_t>(4, (cols - c0) / 16));
+    for (int64_t r0 = 0; r0 < rows; r0 += kMR) {
+      const uint32_t* a = A + r0 * lda;
+      const uint32_t* b = B + c0;
+      float* c = C + r0 * ldc + c0;
+      switch (nr) {
+        case 4: micro_dot<4>(K2, a, lda, b, ldb, c, ldc, accumulate); break;
+        case 3: micro_dot<3>(K2, a, lda, b, ldb, c, ldc, accumulate); break;
+        case 2: micro_dot<2>(K2, a, lda, b, ldb, c, ldc, accumulate); break;
+        default: micro_dot<1>(K2, a, lda, b, ldb, c, ldc, accumulate); break;
+      }
+    }
+  }
+}
+
+// O (rows x dp, fp32) += P V over one key block of nk keys: P = S (fp32 probabilities, ld ldp) rounded to bf16 into
+// P2 (rows x round_up(nk, 2), ld ldp bf16; zero past nk), then the dot products over key pairs with V2 (the
+// block's key pairs, dp uint32 each).
+FASTBERT_TARGET_BF16 void pv_block_dot(int64_t rows, int64_t dp, int64_t nk, const float* S, int64_t ldp,
+                                       uint16_t* P2, const uint32_t* V2, float* O) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* s = S + r * ldp;
+    uint16_t* p = P2 + r * ldp;
+    for (int64_t j = 0; j < nk; j += 32) {
+      const int64_t m0 = std::min<int64_t>(16, nk - j), m1 = std::max<int64_t>(0, std::min<int64_t>(16, nk - j - 16));
+      const __m512 lo = _mm512_maskz_loadu_ps(m0 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << m0) - 1), s + j);
+      const __m512 hi = _mm512_maskz_loadu_ps(m1 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << m1) - 1), s + j + 16);
+      _mm512_storeu_si512(p + j, pack_bf16(lo, hi));
+    }
+  }
+  block_dot(rows, dp, (nk + 1) / 2, reinterpret_cast<const uint32_t*>(P2), ldp / 2, V2, dp, O, dp, true);
+}
+
+// dst[0 .. d) = bf16(o * inv) (o has at least round_up(d, 16) values).
+FASTBERT_TARGET_BF16 void store_row_bf16(const float* o, float inv, c10::BFloat16* dst, int64_t d) {
+  const __m512 vi = _mm512_set1_ps(inv);
+  for (int64_t c = 0; c < d; c += 16) {
+    const int64_t m = std::min<int64_t>(16, d - c);
+    const __m256i y = (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_loadu_ps(o + c), vi));
+    _mm256_mask_storeu_epi16(dst + c, m >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << m) - 1), y);
+  }
+}
+#endif  // CPU_CAPABILITY_AVX512
+
 // ---------------------------------------------------------------- vector helpers
 
 template <typename acc>
@@ -219,7 +357,8 @@ struct Task {
 constexpr int64_t kBQ = 48;
 constexpr int64_t kBK = 256;
 
-template <typename scalar_t>
+// kDot: bfloat16 storage, QK^T and PV as bf16 dot products (AVX-512 build, processor with avx512_bf16).
+template <typename scalar_t, bool kDot>
 void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnParams& P, at::Tensor& out,
                       at::Tensor& lse) {
   using acc = acc_t<scalar_t>;
@@ -227,6 +366,8 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
   constexpr int64_t W = V::size();
   const int64_t T = P.T, nh = P.num_heads, d = P.head_dim, H = P.hidden;
   const int64_t dp = round_up(d, W);
+  [[maybe_unused]] const int64_t dq = round_up(d, 32);  // bf16 dot path: a Q / K row in bf16
+  [[maybe_unused]] const int64_t d2 = (d + 1) / 2;      // bf16 dot path: pairs of head dims
   const scalar_t* qkv_p = qkv.const_data_ptr<scalar_t>();
   const scalar_t* bias_p = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* out_p = out.mutable_data_ptr<scalar_t>();
@@ -277,7 +418,9 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
 
   at::parallel_for(0, std::min(nthreads, ntasks), 1, [&](int64_t tb, int64_t te) {
     for (int64_t tid = tb; tid < te; ++tid) {
-      const int64_t sizes[6] = {d * ldk, ldk * dp, ldk * dp, q_rows * dp, kBQ * kBK, kBQ * dp};
+      // The bf16 dot path keeps its bf16 tensors in the same regions (each fits: d/2 pairs x ldk for K^T,
+      // ldk x dq bf16 for K's rows, V's key pairs and Q) plus P in bf16 (BQ, BK).
+      const int64_t sizes[7] = {d * ldk, ldk * dp, ldk * dp, q_rows * dp, kBQ * kBK, kBQ * dp, kDot ? kBQ * kBK / 2 : 0};
       int64_t total = 0;
       for (int64_t x : sizes) total += round_up(x, 64);
       ScratchLease lease;
@@ -289,6 +432,7 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
       acc* Q = Vb + round_up(sizes[2], 64);     // (q_rows, dp) Q * scale, bias added
       acc* S = Q + round_up(sizes[3], 64);      // (BQ, BK)    scores, then probabilities
       acc* O = S + round_up(sizes[4], 64);      // (BQ, dp)    unnormalised output
+      [[maybe_unused]] uint16_t* P2 = reinterpret_cast<uint16_t*>(O + round_up(sizes[5], 64));  // (BQ, BK) bf16 P
       acc m_run[kBQ], l_run[kBQ];
       for (int64_t k = next.fetch_add(1); k < ntasks; k = next.fetch_add(1)) {
         const Task& task = tasks[k];
@@ -301,28 +445,59 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
         const scalar_t* vb = bias_p ? bias_p + 2 * H + h * d : nullptr;
         const int64_t row_bytes = d * static_cast<int64_t>(sizeof(scalar_t));
         constexpr int64_t kAhead = 16;
-        for (int64_t j = 0; j < n; ++j) {
-          if (j + kAhead < n) {
-            const scalar_t* ahead = qkv_p + (s0 + j + kAhead) * 3 * H + h * d;
-            if (j + kAhead >= task.q0 && j + kAhead < task.q1) prefetch_bytes(ahead, row_bytes);
-            prefetch_bytes(ahead + H, row_bytes);
-            prefetch_bytes(ahead + 2 * H, row_bytes);
-          }
-          const scalar_t* row = qkv_p + (s0 + j) * 3 * H + h * d;
-          if (j >= task.q0 && j < task.q1) stage_row(row, qb, scale, true, Q + (j - task.q0) * dp, d, dp);
-          stage_row(row + H, kb, acc(1), false, Kr + j * dp, d, dp);
-          stage_row(row + 2 * H, vb, acc(1), false, Vb + j * dp, d, dp);
-        }
         const int64_t rows_all = task.q1 - task.q0;
-        std::fill(Q + rows_all * dp, Q + round_up(rows_all, kMR) * dp, acc(0));
-        std::fill(Kr + n * dp, Kr + nW * dp, acc(0));
-        // K^T: (nW, d) -> (d, nW), 16 x 16 register tiles on AVX-512 (float), scalar elsewhere.
-        at::vec::transpose_mxn<acc>(Kr, dp, KT, ldk, static_cast<int>(nW), static_cast<int>(d));
+#ifdef FASTBERT_BF16_DOT
+        if constexpr (kDot) {
+          // bf16: Q * scale and K rows (dq = d rounded up to 32), V as key pairs; K^T as d/2 rows of bf16 pairs.
+          uint16_t* Q2 = reinterpret_cast<uint16_t*>(Q);
+          uint16_t* K2 = reinterpret_cast<uint16_t*>(Kr);
+          uint16_t* V2 = reinterpret_cast<uint16_t*>(Vb);
+          for (int64_t j = 0; j < n; j += 2) {
+            for (int64_t jj = j; jj < std::min(n, j + 2); ++jj) {
+              if (jj + kAhead < n) {
+                const scalar_t* ahead = qkv_p + (s0 + jj + kAhead) * 3 * H + h * d;
+                if (jj + kAhead >= task.q0 && jj + kAhead < task.q1) prefetch_bytes(ahead, row_bytes);
+                prefetch_bytes(ahead + H, row_bytes);
+                prefetch_bytes(ahead + 2 * H, row_bytes);
+              }
+              const scalar_t* row = qkv_p + (s0 + jj) * 3 * H + h * d;
+              if (jj >= task.q0 && jj < task.q1)
+                stage_row_bf16(row, qb, scale, true, Q2 + (jj - task.q0) * dq, d, dq);
+              stage_row_bf16(row + H, kb, 1.f, false, K2 + jj * dq, d, dq);
+            }
+            const scalar_t* v0 = qkv_p + (s0 + j) * 3 * H + 2 * H + h * d;
+            stage_pair_bf16(v0, j + 1 < n ? v0 + 3 * H : nullptr, vb, V2 + j * dp, d, dp);
+          }
+          std::fill(Q2 + rows_all * dq, Q2 + round_up(rows_all, kMR) * dq, uint16_t(0));
+          std::fill(K2 + n * dq, K2 + nW * dq, uint16_t(0));
+          // K^T as pairs: (nW, dq/2) uint32 -> (d2, nW); the transpose only moves 32-bit words.
+          at::vec::transpose_mxn<float>(reinterpret_cast<const float*>(K2), dq / 2, KT, ldk, static_cast<int>(nW),
+                                        static_cast<int>(d2));
+        } else
+#endif
+        {
+          for (int64_t j = 0; j < n; ++j) {
+            if (j + kAhead < n) {
+              const scalar_t* ahead = qkv_p + (s0 + j + kAhead) * 3 * H + h * d;
+              if (j + kAhead >= task.q0 && j + kAhead < task.q1) prefetch_bytes(ahead, row_bytes);
+              prefetch_bytes(ahead + H, row_bytes);
+              prefetch_bytes(ahead + 2 * H, row_bytes);
+            }
+            const scalar_t* row = qkv_p + (s0 + j) * 3 * H + h * d;
+            if (j >= task.q0 && j < task.q1) stage_row(row, qb, scale, true, Q + (j - task.q0) * dp, d, dp);
+            stage_row(row + H, kb, acc(1), false, Kr + j * dp, d, dp);
+            stage_row(row + 2 * H, vb, acc(1), false, Vb + j * dp, d, dp);
+          }
+          std::fill(Q + rows_all * dp, Q + round_up(rows_all, kMR) * dp, acc(0));
+          std::fill(Kr + n * dp, Kr + nW * dp, acc(0));
+          // K^T: (nW, d) -> (d, nW), 16 x 16 register tiles on AVX-512 (float), scalar elsewhere.
+          at::vec::transpose_mxn<acc>(Kr, dp, KT, ldk, static_cast<int>(nW), static_cast<int>(d));
+        }
 
         for (int64_t i0 = task.q0; i0 < task.q1; i0 += kBQ) {
           const int64_t rows = std::min(kBQ, task.q1 - i0);
           const int64_t rows_r = round_up(rows, kMR);
-          const acc* Qb = Q + (i0 - task.q0) * dp;
+          [[maybe_unused]] const acc* Qb = Q + (i0 - task.q0) * dp;
           for (int64_t r = 0; r < rows; ++r) {
             m_run[r] = neg_inf;
             l_run[r] = 0;
@@ -332,7 +507,15 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
             const int64_t nk = std::min(kBK, n - j0);
             const int64_t nkW = round_up(nk, W);
             // S = (Q * scale) K^T over this key block: (rows_r, nkW).
-            block_gemm<acc>(rows_r, nkW, d, Qb, dp, KT + j0, ldk, S, kBK, false);
+#ifdef FASTBERT_BF16_DOT
+            if constexpr (kDot) {
+              block_dot(rows_r, nkW, d2, reinterpret_cast<const uint32_t*>(Q) + (i0 - task.q0) * (dq / 2), dq / 2,
+                        reinterpret_cast<const uint32_t*>(KT) + j0, ldk, S, kBK, false);
+            } else
+#endif
+            {
+              block_gemm<acc>(rows_r, nkW, d, Qb, dp, KT + j0, ldk, S, kBK, false);
+            }
             for (int64_t r = 0; r < rows_r; ++r) {
               acc* s = S + r * kBK;
               if (r >= rows) {  // padding rows: P = 0
@@ -396,7 +579,14 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
               }
             }
             // O += P V over this key block: (rows_r, dp).
-            block_gemm<acc>(rows_r, dp, nk, S, kBK, Vb + j0 * dp, dp, O, dp, true);
+#ifdef FASTBERT_BF16_DOT
+            if constexpr (kDot) {
+              pv_block_dot(rows_r, dp, nk, S, kBK, P2, reinterpret_cast<const uint32_t*>(Vb) + (j0 / 2) * dp, O);
+            } else
+#endif
+            {
+              block_gemm<acc>(rows_r, dp, nk, S, kBK, Vb + j0 * dp, dp, O, dp, true);
+            }
           }
           // out = O / (l (1 - p)); lse = m + log l.
           for (int64_t r = 0; r < rows; ++r) {
@@ -410,11 +600,17 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
               continue;
             }
             const acc inv = out_scale / l_run[r];
+            lse_p[row] = static_cast<float>(m_run[r] + std::log(l_run[r]));
+#ifdef FASTBERT_BF16_DOT
+            if constexpr (kDot) {
+              store_row_bf16(o, inv, od, d);
+              continue;
+            }
+#endif
             const V vinv(inv);
             int64_t c = 0;
             for (; c + W <= d; c += W) store_acc(od + c, V::loadu(o + c) * vinv);
             if (c < d) store_acc(od + c, V::loadu(o + c) * vinv, d - c);
-            lse_p[row] = static_cast<float>(m_run[r] + std::log(l_run[r]));
           }
         }
       }
@@ -425,7 +621,12 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
 void attention_forward(const at::Tensor& qkv, const at::Tensor& bias, const AttnParams& P, at::Tensor& out,
                        at::Tensor& lse) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, qkv.scalar_type(), "attention", [&] {
-    attention_kernel<scalar_t>(qkv, bias, P, out, lse);
+#ifdef FASTBERT_BF16_DOT
+    if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
+      if (P.bf16_dot && bf16_dot_enabled()) return attention_kernel<scalar_t, true>(qkv, bias, P, out, lse);
+    }
+#endif
+    attention_kernel<scalar_t, false>(qkv, bias, P, out, lse);
   });
 }
 
@@ -461,6 +662,11 @@ int64_t check_common(const char* op, const at::Tensor& qkv, const std::optional<
   }
   TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, op, ": dropout_p must be in [0, 1), got ", dropout_p);
   return H3 / (3 * num_heads);
+}
+
+// Whether autograd records this call (csrc/autograd.cpp calls the kernel with the tensors that require grad).
+bool records_grad(const at::Tensor& qkv, const std::optional<at::Tensor>& qkv_bias) {
+  return qkv.requires_grad() || (qkv_bias.has_value() && qkv_bias->defined() && qkv_bias->requires_grad());
 }
 
 at::Tensor bias_or_undefined(const std::optional<at::Tensor>& qkv_bias) {
@@ -515,6 +721,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& qkv, const st
   P.dropout_p = dropout_p;
   P.seed = seed;
   P.offset = offset;
+  P.bf16_dot = !records_grad(qkv, qkv_bias);
   lse.fill_(-std::numeric_limits<float>::infinity());  // rows of empty sequences stay -inf
   if (T > 0) FASTBERT_CPU_DISPATCH(attention_forward, q, bias, P, out, lse);
   return {out, lse};
@@ -561,6 +768,7 @@ std::tuple<at::Tensor, at::Tensor> attention_masked_cpu(const at::Tensor& qkv,
   P.dropout_p = dropout_p;
   P.seed = seed;
   P.offset = offset;
+  P.bf16_dot = !records_grad(qkv, qkv_bias);
   P.mask_kind = mask.scalar_type() == at::kBool ? 1 : 2;
   P.mask = m.const_data_ptr();
   for (int i = 0; i < 4; ++i) P.mask_stride[i] = m.stride(i);
