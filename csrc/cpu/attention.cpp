@@ -145,6 +145,73 @@ void block_gemm(int64_t rows, int64_t cols, int64_t K, const acc* A, int64_t lda
   }
 }
 
+// ---------------------------------------------------------------- vector helpers
+
+template <typename acc>
+inline Vectorized<acc> vexp(const Vectorized<acc>& x) {
+  if constexpr (std::is_same_v<acc, float>) {
+    return x.exp_u20();  // max error ~20 ulp (~1e-6 relative), well inside the kernel's tolerance
+  } else {
+    return x.exp();
+  }
+}
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Per-thread scratch, 64-byte aligned, uninitialised. Up to kKeepBytes it is kept between calls (grown when
+// too small), so that repeated calls do not page-fault fresh memory in; larger requests (very long
+// sequences) are allocated for the call and freed after it.
+constexpr size_t kKeepBytes = size_t(32) << 20;
+
+struct ScratchLease {
+  struct Free { void operator()(char* p) const { std::free(p); } };
+  std::unique_ptr<char, Free> owned;
+  char* ptr = nullptr;
+};
+
+inline void lease_scratch(ScratchLease& lease, size_t bytes) {
+  struct Kept {
+    std::unique_ptr<char, ScratchLease::Free> p;
+    size_t n = 0;
+  };
+  thread_local Kept kept;
+  bytes = (bytes + 63) / 64 * 64;
+  if (bytes <= kept.n) {
+    lease.ptr = kept.p.get();
+    return;
+  }
+  char* p = static_cast<char*>(std::aligned_alloc(64, bytes));
+  TORCH_CHECK(p != nullptr, "attention: out of memory allocating ", bytes, " bytes of scratch");
+  if (bytes <= kKeepBytes) {
+    kept.p.reset(p);
+    kept.n = bytes;
+  } else {
+    lease.owned.reset(p);
+  }
+  lease.ptr = p;
+}
+
+// Stage one (token, head) slice: dst[0 .. d) = (src + bias) * mul in acc, dst[d .. dp) = 0.
+template <typename scalar_t, typename acc>
+inline void stage_row(const scalar_t* src, const scalar_t* bias, acc mul, bool scaled, acc* dst, int64_t d,
+                      int64_t dp) {
+  using V = Vectorized<acc>;
+  constexpr int64_t W = V::size();
+  int64_t c = 0;
+  for (; c < d; c += W) {
+    const int64_t m = std::min(W, d - c);
+    V x = load_acc(src + c, m);
+    if (bias) x = x + load_acc(bias + c, m);
+    if (scaled) x = x * V(mul);
+    if (m == W) x.store(dst + c); else { V(acc(0)).store(dst + c); x.store(dst + c, m); }
+  }
+}
+
+inline void prefetch_bytes(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 3);
+}
+
 // ---------------------------------------------------------------- bf16 dot products (AVX512-BF16)
 //
 // Compiled in the AVX-512 build only, in functions that carry target("avx512bf16") themselves (the file is not
@@ -251,22 +318,68 @@ FASTBERT_TARGET_BF16 void block_dot(int64_t rows, int64_t cols, int64_t K2, cons
   }
 }
 
-// O (rows x dp, fp32) += P V over one key block of nk keys: P = S (fp32 probabilities, ld ldp) rounded to bf16 into
-// P2 (rows x round_up(nk, 2), ld ldp bf16; zero past nk), then the dot products over key pairs with V2 (the
-// block's key pairs, dp uint32 each).
-FASTBERT_TARGET_BF16 void pv_block_dot(int64_t rows, int64_t dp, int64_t nk, const float* S, int64_t ldp,
-                                       uint16_t* P2, const uint32_t* V2, float* O) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* s = S + r * ldp;
-    uint16_t* p = P2 + r * ldp;
-    for (int64_t j = 0; j < nk; j += 32) {
-      const int64_t m0 = std::min<int64_t>(16, nk - j), m1 = std::max<int64_t>(0, std::min<int64_t>(16, nk - j - 16));
-      const __m512 lo = _mm512_maskz_loadu_ps(m0 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << m0) - 1), s + j);
-      const __m512 hi = _mm512_maskz_loadu_ps(m1 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << m1) - 1), s + j + 16);
-      _mm512_storeu_si512(p + j, pack_bf16(lo, hi));
-    }
+inline __mmask16 tail_mask(int64_t m) { return m >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << m) - 1); }
+
+// Dropout of one softmax row: the keep test of fastbert/reference.py (dropout_keep_mask) for 16 keys at a time,
+// the same uint32 arithmetic as fmix32 above.
+struct DropoutRow {
+  uint32_t x1, seed_hi, thr;
+};
+
+FASTBERT_TARGET_BF16 inline __m512i fmix32_v(__m512i h) {
+  h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+  h = _mm512_mullo_epi32(h, _mm512_set1_epi32(static_cast<int>(0x85EBCA6Bu)));
+  h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 13));
+  h = _mm512_mullo_epi32(h, _mm512_set1_epi32(static_cast<int>(0xC2B2AE35u)));
+  return _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+}
+
+FASTBERT_TARGET_BF16 inline __mmask16 dropout_keep(const DropoutRow& dr, uint32_t col0) {
+  const __m512i col = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(col0)),
+                                       _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  const __m512i y = _mm512_add_epi32(_mm512_mullo_epi32(col, _mm512_set1_epi32(static_cast<int>(0x85EBCA77u))),
+                                     _mm512_set1_epi32(static_cast<int>(dr.seed_hi)));
+  const __m512i x = fmix32_v(_mm512_xor_si512(_mm512_set1_epi32(static_cast<int>(dr.x1)), y));
+  return _mm512_cmpge_epu32_mask(_mm512_srli_epi32(x, 8), _mm512_set1_epi32(static_cast<int>(dr.thr)));
+}
+
+// The softmax step of one row over one key block of nk keys, its mask already in s (fp32 scores, read only):
+// block max, e = exp(s - m), the running max m / sum l (the row of O rescaled when m grows), dropout, and
+// P = bf16(e) into p[0 .. round_up(nk, 16)) (zero past nk), the operand of the PV dot products. The same fp32
+// steps as the kernel's generic loop, without writing the probabilities back in fp32.
+FASTBERT_TARGET_BF16 void softmax_row_dot(const float* s, int64_t nk, float& m_run, float& l_run, float* o,
+                                          int64_t dp, uint16_t* p, const DropoutRow* drop, uint32_t col0) {
+  using V = Vectorized<float>;
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  const __m512 vninf = _mm512_set1_ps(neg_inf);
+  const int64_t nkW = round_up(nk, 16);
+  __m512 vmax = vninf;
+  for (int64_t j = 0; j < nkW; j += 16) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vninf, tail_mask(nk - j), s + j));
+  const float m_new = std::max(m_run, _mm512_reduce_max_ps(vmax));
+  if (m_new == neg_inf) {  // nothing kept so far in this row
+    std::fill(p, p + nkW, uint16_t(0));
+    return;
   }
-  block_dot(rows, dp, (nk + 1) / 2, reinterpret_cast<const uint32_t*>(P2), ldp / 2, V2, dp, O, dp, true);
+  const V vm(m_new);
+  __m512 vsum = _mm512_setzero_ps();
+  for (int64_t j = 0; j < nkW; j += 16) {
+    __mmask16 k = tail_mask(nk - j);
+    const __m512 e = vexp<float>(V(_mm512_mask_loadu_ps(vninf, k, s + j)) - vm);
+    vsum = _mm512_add_ps(vsum, e);
+    if (drop) k &= dropout_keep(*drop, col0 + static_cast<uint32_t>(j));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_mov_ps(k, e)));
+  }
+  const float bsum = _mm512_reduce_add_ps(vsum);
+  if (m_run == neg_inf) {  // first kept block of this row: O and l are still 0
+    m_run = m_new;
+  } else if (m_run != m_new) {
+    const float alpha = std::exp(m_run - m_new);
+    l_run *= alpha;
+    const __m512 va = _mm512_set1_ps(alpha);
+    for (int64_t c = 0; c < dp; c += 16) _mm512_storeu_ps(o + c, _mm512_mul_ps(_mm512_loadu_ps(o + c), va));
+    m_run = m_new;
+  }
+  l_run += bsum;
 }
 
 // dst[0 .. d) = bf16(o * inv) (o has at least round_up(d, 16) values).
@@ -279,73 +392,6 @@ FASTBERT_TARGET_BF16 void store_row_bf16(const float* o, float inv, c10::BFloat1
   }
 }
 #endif  // CPU_CAPABILITY_AVX512
-
-// ---------------------------------------------------------------- vector helpers
-
-template <typename acc>
-inline Vectorized<acc> vexp(const Vectorized<acc>& x) {
-  if constexpr (std::is_same_v<acc, float>) {
-    return x.exp_u20();  // max error ~20 ulp (~1e-6 relative), well inside the kernel's tolerance
-  } else {
-    return x.exp();
-  }
-}
-
-inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-// Per-thread scratch, 64-byte aligned, uninitialised. Up to kKeepBytes it is kept between calls (grown when
-// too small), so that repeated calls do not page-fault fresh memory in; larger requests (very long
-// sequences) are allocated for the call and freed after it.
-constexpr size_t kKeepBytes = size_t(32) << 20;
-
-struct ScratchLease {
-  struct Free { void operator()(char* p) const { std::free(p); } };
-  std::unique_ptr<char, Free> owned;
-  char* ptr = nullptr;
-};
-
-inline void lease_scratch(ScratchLease& lease, size_t bytes) {
-  struct Kept {
-    std::unique_ptr<char, ScratchLease::Free> p;
-    size_t n = 0;
-  };
-  thread_local Kept kept;
-  bytes = (bytes + 63) / 64 * 64;
-  if (bytes <= kept.n) {
-    lease.ptr = kept.p.get();
-    return;
-  }
-  char* p = static_cast<char*>(std::aligned_alloc(64, bytes));
-  TORCH_CHECK(p != nullptr, "attention: out of memory allocating ", bytes, " bytes of scratch");
-  if (bytes <= kKeepBytes) {
-    kept.p.reset(p);
-    kept.n = bytes;
-  } else {
-    lease.owned.reset(p);
-  }
-  lease.ptr = p;
-}
-
-// Stage one (token, head) slice: dst[0 .. d) = (src + bias) * mul in acc, dst[d .. dp) = 0.
-template <typename scalar_t, typename acc>
-inline void stage_row(const scalar_t* src, const scalar_t* bias, acc mul, bool scaled, acc* dst, int64_t d,
-                      int64_t dp) {
-  using V = Vectorized<acc>;
-  constexpr int64_t W = V::size();
-  int64_t c = 0;
-  for (; c < d; c += W) {
-    const int64_t m = std::min(W, d - c);
-    V x = load_acc(src + c, m);
-    if (bias) x = x + load_acc(bias + c, m);
-    if (scaled) x = x * V(mul);
-    if (m == W) x.store(dst + c); else { V(acc(0)).store(dst + c); x.store(dst + c, m); }
-  }
-}
-
-inline void prefetch_bytes(const void* p, int64_t bytes) {
-  const char* c = static_cast<const char*>(p);
-  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 3);
-}
 
 // ---------------------------------------------------------------- the kernel
 
@@ -519,6 +565,12 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
             for (int64_t r = 0; r < rows_r; ++r) {
               acc* s = S + r * kBK;
               if (r >= rows) {  // padding rows: P = 0
+#ifdef FASTBERT_BF16_DOT
+                if constexpr (kDot) {
+                  std::fill(P2 + r * kBK, P2 + r * kBK + nkW, uint16_t(0));
+                  continue;
+                }
+#endif
                 std::fill(s, s + nk, acc(0));
                 continue;
               }
@@ -538,6 +590,19 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
                   }
                 }
               }
+#ifdef FASTBERT_BF16_DOT
+              if constexpr (kDot) {
+                DropoutRow dr{0, seed_hi, thr};
+                if (dropout) {
+                  const uint64_t row = static_cast<uint64_t>(
+                      P.cu_seqlens ? h * T + s0 + i : (b * nh + h) * P.seqlen + i);
+                  dr.x1 = fmix32((static_cast<uint32_t>(row) + off32) * 0x9E3779B1u + seed_lo);
+                }
+                softmax_row_dot(s, nk, m_run[r], l_run[r], O + r * dp, dp, P2 + r * kBK, dropout ? &dr : nullptr,
+                                static_cast<uint32_t>(j0));
+                continue;
+              }
+#endif
               for (int64_t j = nk; j < nkW; ++j) s[j] = neg_inf;
               V vmax(neg_inf);
               for (int64_t j = 0; j < nkW; j += W) vmax = at::vec::maximum(vmax, V::loadu(s + j));
@@ -581,7 +646,9 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
             // O += P V over this key block: (rows_r, dp).
 #ifdef FASTBERT_BF16_DOT
             if constexpr (kDot) {
-              pv_block_dot(rows_r, dp, nk, S, kBK, P2, reinterpret_cast<const uint32_t*>(Vb) + (j0 / 2) * dp, O);
+              // over key pairs: P2 rows as uint32 pairs, V's pairs of this block (dp uint32 each)
+              block_dot(rows_r, dp, (nk + 1) / 2, reinterpret_cast<const uint32_t*>(P2), kBK / 2,
+                        reinterpret_cast<const uint32_t*>(Vb) + (j0 / 2) * dp, dp, O, dp, true);
             } else
 #endif
             {
