@@ -16,6 +16,24 @@
 //   O += P V         the same micro-GEMM: MR rows x NR vectors of head dims, FMA over keys
 // and finally out = O / (l (1 - p)), lse = m + log l (-inf and a zero row when nothing was kept).
 //
+// bfloat16 with AVX512-BF16 (the AVX-512 build on a processor with avx512_bf16, chosen at run time; off with
+// fastbert.ops.set_cpu_bf16_dot(False) or FASTBERT_CPU_BF16_DOT=0, and for calls that autograd records, whose
+// backward recomputes the scores in fp32 against this call's lse): the head is staged in bf16, not fp32, and
+// both products run as VDPBF16PS dot products (two bf16 products added into an fp32 lane per instruction, twice
+// the FMA path's multiplies per instruction), accumulating in fp32:
+//   Q * scale rows (d rounded up to 32, zero padded); K^T as (d/2, n) pairs of head dims, (k[c], k[c+1]) in
+//   one 32-bit word (K rows staged, then transposed as 32-bit words); V as key pairs, V2[j/2][c] =
+//   (v[j][c], v[j+1][c]) (VNNI layout); S = Q K^T: MR rows x NR x 16 keys, one dot product per 2 head dims;
+//   the softmax step (softmax_row_dot) writes P = bf16(e) straight from the exp, dropout's keep test vectorised
+//   (the same uint32 hash); O += P V: MR rows x NR x 16 head dims, one dot product per 2 keys.
+// Numerics: (q + bias) * scale, k + bias, v + bias and the probabilities are rounded to bf16 (RNE) before the
+// products, as a bf16 PyTorch model rounds its QKV projection's output and softmax; the statistics (max, sum,
+// rescale), the mask, the dropout mask, lse and the final divide stay fp32 as above. lse moves by up to
+// ~2^-8 |scale| max_j sum_c |q_c k_jc| (5e-3 for O(1) inputs at d = 64), out by ~1-2 x the fp32-staged path's
+// error (its one output rounding) for O(1) inputs, more for sharp softmaxes (tests/test_attention.py). The
+// bf16 tensors (half the scratch bytes of the fp32 staging) live in the fp32 path's scratch regions (each
+// fits), plus P in bf16 (BQ, BK).
+//
 // Row index of a softmax row (the dropout counter and the lse position): packed: head * T + token;
 // masked: (b * nh + head) * L + query. See fastbert/reference.py (dropout_keep_mask).
 #include <ATen/Dispatch.h>
