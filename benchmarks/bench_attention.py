@@ -1,9 +1,13 @@
 """Attention speed: fastbert's packed CPU kernel vs torch SDPA run per sequence vs the plain-PyTorch reference.
 
 All three do the same job: from the fused QKV output (T, 3H), its bias and cu_seqlens of a ragged batch, to
-the context (T, H). bert-base heads (12 x 64), fp32, lengths drawn uniformly with a fixed seed.
+the context (T, H). bert-base heads (12 x 64), fp32 (or --dtype bfloat16), lengths drawn uniformly with a fixed
+seed. With bfloat16 on a processor with avx512_bf16, the table also has fastbert's fp32-staged bf16 path (the
+AVX512-BF16 dot products switched off, fastbert.ops.set_cpu_bf16_dot(False)) and its fp32 run, in the same
+interleaved rounds.
 
     python benchmarks/bench_attention.py            # the side-by-side table (interleaved runs, medians)
+    python benchmarks/bench_attention.py --dtype bfloat16 --threads 2
     python -m pytest benchmarks/bench_attention.py  # the same cases under pytest-benchmark
 """
 from __future__ import annotations
@@ -48,6 +52,20 @@ def run_fastbert(qkv, bias, cu, max_seqlen):
     return torch.ops.fastbert.attention(qkv, bias, cu, max_seqlen, NUM_HEADS, 1 / math.sqrt(HEAD_DIM))[0]
 
 
+def run_fastbert_staged(qkv, bias, cu, max_seqlen):
+    """bf16 without the AVX512-BF16 dot products (the fp32-staged path)."""
+    fastbert.ops.set_cpu_bf16_dot(False)
+    try:
+        return run_fastbert(qkv, bias, cu, max_seqlen)
+    finally:
+        fastbert.ops.set_cpu_bf16_dot(True)
+
+
+def run_fastbert_fp32(qkv, bias, cu, max_seqlen):
+    """The same case in fp32 (the inputs converted beforehand, see table())."""
+    return run_fastbert(qkv, bias, cu, max_seqlen)
+
+
 def run_sdpa(qkv, bias, cu, max_seqlen):
     """What a user writes without a varlen kernel: bias add, then SDPA on each sequence."""
     x = qkv + bias
@@ -67,25 +85,35 @@ def run_reference(qkv, bias, cu, max_seqlen):
 IMPLS = {"fastbert": run_fastbert, "sdpa per sequence": run_sdpa, "reference": run_reference}
 
 
-def table(repeats: int = 30, warmup: int = 3, clock=time.perf_counter) -> str:
+def table(repeats: int = 30, warmup: int = 3, clock=time.perf_counter, dtype=torch.float32) -> str:
     """clock: time.perf_counter (wall) or, at 1 thread on a shared machine, time.thread_time (this thread's CPU
     time, which other processes' load does not inflate)."""
-    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, bert-base heads "
+    impls = dict(IMPLS)
+    if dtype == torch.bfloat16 and fastbert.ops.cpu_bf16_dot():
+        impls = {"fastbert": run_fastbert, "fastbert bf16 fp32-staged": run_fastbert_staged,
+                 "fastbert fp32": run_fastbert_fp32, **{k: v for k, v in IMPLS.items() if k != "fastbert"}}
+    elif dtype != torch.float32:
+        impls = {"fastbert": run_fastbert, "fastbert fp32": run_fastbert_fp32,
+                 **{k: v for k, v in IMPLS.items() if k != "fastbert"}}
+    dname = str(dtype).replace("torch.", "")
+    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, {dname}, bert-base heads "
              f"({NUM_HEADS} x {HEAD_DIM}), CPU ISA {fastbert.ops.cpu_isa()}; median of {repeats} interleaved runs, "
              f"clock {clock.__name__}",
              "", "| batch | tokens | impl | ms | GFLOP/s | vs fastbert |", "| --- | --- | --- | --- | --- | --- |"]
     for name in CASES:
-        qkv, bias, cu, mx = make_case(name)
+        qkv, bias, cu, mx = make_case(name, dtype)
         args = (qkv, bias, cu, mx)
+        args32 = (qkv.float(), bias.float(), cu, mx)
         with torch.inference_mode():
-            for fn in IMPLS.values():
+            for k, fn in impls.items():
                 for _ in range(warmup):
-                    fn(*args)
-            times = {k: [] for k in IMPLS}
+                    fn(*(args32 if k == "fastbert fp32" else args))
+            times = {k: [] for k in impls}
             for _ in range(repeats):
-                for k, fn in IMPLS.items():
+                for k, fn in impls.items():
+                    a = args32 if k == "fastbert fp32" else args
                     t0 = clock()
-                    fn(*args)
+                    fn(*a)
                     times[k].append(clock() - t0)
         med = {k: statistics.median(v) for k, v in times.items()}
         for k, t in med.items():
@@ -119,6 +147,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     ap.add_argument("--clock", choices=["wall", "thread"], default="wall",
                     help="thread: CPU time of this thread (needs --threads 1), for a machine shared with other load")
     opts = ap.parse_args()
@@ -126,4 +155,5 @@ if __name__ == "__main__":
         torch.set_num_threads(opts.threads)
     if opts.clock == "thread" and torch.get_num_threads() != 1:
         ap.error("--clock thread measures one thread: add --threads 1")
-    print(table(repeats=opts.repeats, clock=time.thread_time if opts.clock == "thread" else time.perf_counter))
+    print(table(repeats=opts.repeats, clock=time.thread_time if opts.clock == "thread" else time.perf_counter,
+                dtype=getattr(torch, opts.dtype)))

@@ -105,6 +105,26 @@ static PyObject* py_supported_cpu_isas(PyObject*, PyObject*) {
   return list;
 }
 
+static PyObject* py_cpu_bf16_dot(PyObject*, PyObject*) {
+  return PyBool_FromLong(fastbert::cpu::bf16_dot_enabled());
+}
+
+static PyObject* py_set_cpu_bf16_dot(PyObject*, PyObject* arg) {
+  const int on = PyObject_IsTrue(arg);
+  if (on < 0) return nullptr;
+  try {
+    fastbert::cpu::set_bf16_dot(on != 0);
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_ValueError, e.what());
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+static PyObject* py_cpu_bf16_dot_supported(PyObject*, PyObject*) {
+  return PyBool_FromLong(fastbert::cpu::bf16_dot_supported());
+}
+
 static PyObject* py_cuda_archs(PyObject*, PyObject*) {
 #ifdef FASTBERT_CUDA_ARCHS
   return PyUnicode_FromString(FASTBERT_CUDA_ARCHS);
@@ -117,6 +137,12 @@ static PyMethodDef methods[] = {
     {"cpu_isa", py_cpu_isa, METH_NOARGS, "The CPU instruction set the kernels run now."},
     {"set_cpu_isa", py_set_cpu_isa, METH_O, "Choose the CPU kernels' instruction set: avx512, avx2 or scalar."},
     {"supported_cpu_isas", py_supported_cpu_isas, METH_NOARGS, "Instruction sets this processor runs."},
+    {"cpu_bf16_dot", py_cpu_bf16_dot, METH_NOARGS,
+     "Whether bfloat16 attention on AVX-512 uses the AVX512-BF16 dot-product kernels now."},
+    {"set_cpu_bf16_dot", py_set_cpu_bf16_dot, METH_O,
+     "Turn the AVX512-BF16 dot-product attention kernels on or off (on needs avx512_bf16)."},
+    {"cpu_bf16_dot_supported", py_cpu_bf16_dot_supported, METH_NOARGS,
+     "Whether this processor has avx512_bf16 (the dot-product attention kernels)."},
     {"cuda_archs", py_cuda_archs, METH_NOARGS, "CUDA archs compiled in, or None for a CPU-only build."},
     {nullptr, nullptr, 0, nullptr}};
 

@@ -40,6 +40,9 @@ if HAS_EXTENSION and os.environ.get("FASTBERT_CPU_ISA"):
     except ValueError as exc:
         raise ValueError(f"FASTBERT_CPU_ISA={os.environ['FASTBERT_CPU_ISA']!r}: {exc}") from None
 
+if HAS_EXTENSION and os.environ.get("FASTBERT_CPU_BF16_DOT", "").strip() == "0":
+    _C.set_cpu_bf16_dot(False)
+
 
 def _kernel_table():
     table = {}
@@ -196,3 +199,21 @@ def set_cpu_isa(isa: str) -> None:
 
 def supported_cpu_isas() -> list:
     return list(_C.supported_cpu_isas()) if HAS_EXTENSION else []
+
+
+def cpu_bf16_dot() -> bool:
+    """Whether bfloat16 attention on the avx512 path uses the AVX512-BF16 dot-product kernels now (default where
+    the processor has avx512_bf16; FASTBERT_CPU_BF16_DOT=0 at import turns them off)."""
+    return bool(_C.cpu_bf16_dot()) if HAS_EXTENSION else False
+
+
+def set_cpu_bf16_dot(on: bool) -> None:
+    """Turn the AVX512-BF16 dot-product attention kernels on or off; off keeps the fp32-staged path."""
+    if not HAS_EXTENSION:
+        raise RuntimeError("fastbert: the compiled extension is not loaded")
+    _C.set_cpu_bf16_dot(bool(on))
+
+
+def cpu_bf16_dot_supported() -> bool:
+    """Whether this processor has avx512_bf16 (and the extension is loaded)."""
+    return bool(_C.cpu_bf16_dot_supported()) if HAS_EXTENSION else False

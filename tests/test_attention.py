@@ -4,6 +4,9 @@ against fastbert/reference.py, on every instruction set this processor runs.
 Tolerances (kernel vs the reference evaluated in float64, values of order 1):
   float64  1e-10      float32  2e-5 (out and lse)      bfloat16 / float16: the reference on the same
   rounded inputs, then out within 2 ulps of the storage type (rtol 1.6e-2 / 2e-3), lse 1e-4 (fp32 stats).
+  bfloat16 on the AVX512-BF16 dot-product path (avx512 on a processor with avx512_bf16) rounds Q * scale, K, V
+  (bias added) and the probabilities to bf16 before the dot products: out keeps the bf16 tolerance, lse 1e-2
+  (scores of order 1-5 lose ~2^-9 relative per operand; ~5e-3 measured).
 """
 import math
 
@@ -20,6 +23,12 @@ if not fastbert.ops.has_kernel("attention", "cpu"):
 TOL = {dtype: dict(atol=a, rtol=r) for dtype, (a, r) in TOLERANCES.items()}
 LSE_TOL = {torch.float64: dict(atol=1e-6, rtol=1e-6), torch.float32: dict(atol=2e-5, rtol=2e-5),
            torch.bfloat16: dict(atol=1e-4, rtol=1e-4), torch.float16: dict(atol=1e-4, rtol=1e-4)}
+
+
+def lse_tol(dtype):
+    if dtype == torch.bfloat16 and fastbert.ops.cpu_isa() == "avx512" and fastbert.ops.cpu_bf16_dot():
+        return dict(atol=1e-2, rtol=1e-2)
+    return LSE_TOL[dtype]
 
 
 def cu_of(lengths):
@@ -55,7 +64,7 @@ def check_packed(lengths, nh, d, dtype, scale=None, bias=True, dropout_p=0.0, se
     assert lse.shape == (nh, int(cu[-1])) and lse.dtype == torch.float32
     tol = {k: v * tol_scale for k, v in TOL[dtype].items()}
     torch.testing.assert_close(out.double(), ref_out, **tol)
-    torch.testing.assert_close(lse.double(), ref_lse.double(), **LSE_TOL[dtype])
+    torch.testing.assert_close(lse.double(), ref_lse.double(), **lse_tol(dtype))
     return out, lse
 
 
@@ -200,7 +209,7 @@ def check_masked(B, L, nh, d, mask, dtype=torch.float32, dropout_p=0.0, seed=0, 
     assert out.shape == (B, L, nh * d) and out.dtype == dtype
     assert lse.shape == (B, nh, L) and lse.dtype == torch.float32
     torch.testing.assert_close(out.to(ref_dtype), ref_out, **TOL[dtype])
-    torch.testing.assert_close(lse.double(), ref_lse.double(), **LSE_TOL[dtype])
+    torch.testing.assert_close(lse.double(), ref_lse.double(), **lse_tol(dtype))
     return out, lse
 
 
@@ -414,3 +423,263 @@ def test_same_bits_at_any_thread_count(cpu_isa):
         torch.set_num_threads(before)
     for out, lse in results[1:]:
         assert torch.equal(out, results[0][0]) and torch.equal(lse, results[0][1])
+
+
+# ---------------------------------------------------------------- bfloat16: the AVX512-BF16 dot-product path
+#
+# On avx512 with avx512_bf16, bfloat16 attention stages Q * scale, K and V (bias added) in bf16 and runs QK^T and
+# PV as bf16 dot products accumulating in fp32, with P rounded to bf16 (csrc/cpu/attention.cpp). Checked here
+# against the float64 reference on the same bf16 inputs, and against the fp32-staged path (the switch
+# fastbert.ops.set_cpu_bf16_dot(False), same ISA):
+#   out: the bf16 tolerance (atol = rtol = 1.6e-2, values of order 1), and its RMS error at most 2.5 x the
+#        fp32-staged path's (which rounds only the output; ~1.2-2.2 x measured, the max error 1-5 x);
+#   lse: per row within 2^-8 * scale * max_j sum_c |q_c k_jc| (two bf16 roundings of the score's operands) + 1e-5.
+
+needs_bf16_dot = pytest.mark.skipif(not fastbert.ops.cpu_bf16_dot_supported(),
+                                    reason="the processor has no avx512_bf16")
+
+
+@pytest.fixture
+def bf16_dot():
+    """avx512 kernels with the dot-product path on; restores the previous choice."""
+    isa, on = fastbert.ops.cpu_isa(), fastbert.ops.cpu_bf16_dot()
+    fastbert.ops.set_cpu_isa("avx512")
+    fastbert.ops.set_cpu_bf16_dot(True)
+    yield
+    fastbert.ops.set_cpu_isa(isa)
+    fastbert.ops.set_cpu_bf16_dot(on)
+
+
+def both_paths(fn):
+    """fn() on the dot-product path, then on the fp32-staged path of the same ISA."""
+    dot = fn()
+    fastbert.ops.set_cpu_bf16_dot(False)
+    try:
+        staged = fn()
+    finally:
+        fastbert.ops.set_cpu_bf16_dot(True)
+    return dot, staged
+
+
+def rms(x):
+    return x.double().pow(2).mean().sqrt().item()
+
+
+def lse_bound(q, k, scale):
+    """Per query row, a bound on |lse error| of each row: 2^-8 * |scale| * max over keys of sum_c |q_c| |k_c|."""
+    return 2.0 ** -8 * abs(scale) * (q.abs() @ k.abs().transpose(-1, -2)).amax(-1) + 1e-5
+
+
+def check_dot_against_staged(got, staged, ref, tol_scale=1.0):
+    out, lse = got
+    torch.testing.assert_close(out.double(), ref[0], **{k: v * tol_scale for k, v in TOL[torch.bfloat16].items()})
+    err, err_staged = rms(out.double() - ref[0]), rms(staged[0].double() - ref[0])
+    assert err <= 2.5 * tol_scale * err_staged + 1e-6, (err, err_staged)
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(ref[1]))
+
+
+def packed_heads(qkv, bias, nh, d, which):
+    """(nh, T, d) of Q (which = 0) or K (which = 1), bias added, in float64."""
+    x = qkv.double() + (0 if bias is None else bias.double())
+    H = nh * d
+    return x[:, which * H:(which + 1) * H].view(-1, nh, d).transpose(0, 1)
+
+
+def check_dot_packed(lengths, nh, d, dropout_p=0.0, seed=0, offset=0, bias=True, spread=1.0, scale=None,
+                     tol_scale=1.0):
+    cu = cu_of(lengths)
+    qkv, b = make_qkv((int(cu[-1]), 3 * nh * d), torch.bfloat16, seed=hash((tuple(lengths), nh, d)) % 1000,
+                      spread=spread)
+    b = b if bias else None
+    scale = 1 / math.sqrt(d) if scale is None else scale
+    mx = max(lengths, default=0)
+    args = (cu, mx, nh, scale, dropout_p, seed, offset)
+    got, staged = both_paths(lambda: torch.ops.fastbert.attention(qkv, b, *args))
+    ref = reference.attention(qkv.double(), ref_inputs(b, torch.bfloat16), *args)
+    check_dot_against_staged(got, staged, ref, tol_scale)
+    q, k = packed_heads(qkv, b, nh, d, 0), packed_heads(qkv, b, nh, d, 1)
+    lse, ref_lse = got[1].double(), ref[1].double()
+    bound = torch.zeros_like(lse)
+    for s, e in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        if e > s:
+            bound[:, s:e] = lse_bound(q[:, s:e], k[:, s:e], scale)
+    finite = torch.isfinite(ref_lse)
+    assert ((lse - ref_lse).abs()[finite] <= bound[finite]).all(), (lse - ref_lse).abs().max()
+    return got
+
+
+DOT_LENGTHS = [[1], [7], [33], [129], [300], [5, 0, 1, 33], [130, 0, 257, 1, 64], [700, 3]]
+
+
+@needs_bf16_dot
+@pytest.mark.parametrize("lengths", DOT_LENGTHS, ids=lambda l: "-".join(map(str, l)))
+@pytest.mark.parametrize("d", [16, 24, 32, 40, 64, 72, 80, 128])
+def test_bf16_dot_packed(bf16_dot, lengths, d):
+    nh = 3 if d <= 64 else 2
+    out, lse = check_dot_packed(lengths, nh, d)
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+
+
+@needs_bf16_dot
+def test_bf16_dot_odd_head_dim_no_bias_other_scale(bf16_dot):
+    check_dot_packed([9, 40, 2], 1, 48, bias=False, scale=0.37)
+    check_dot_packed([17, 3], 2, 130, scale=-0.2)       # d = 130: a 16-dim tail, 65 pairs
+    check_dot_packed([20, 5], 4, 8)
+    # running max grows over three key blocks; scores of order 10: their bf16 operands move out by up to ~5e-2,
+    # against the output rounding alone of the fp32-staged path (3.4 x its RMS error)
+    check_dot_packed([700], 1, 64, spread=2.0, tol_scale=4)
+
+
+@needs_bf16_dot
+@pytest.mark.parametrize("p", [0.1, 0.5])
+@pytest.mark.parametrize("seed,offset", [(0, 0), (2**40 + 17, 2**33 + 5), (-7, 3)])
+def test_bf16_dot_packed_dropout(bf16_dot, p, seed, offset):
+    check_dot_packed([37, 0, 300, 1], 2, 32, dropout_p=p, seed=seed, offset=offset)
+    check_dot_packed([129, 7], 3, 64, dropout_p=p, seed=seed, offset=offset)
+
+
+@needs_bf16_dot
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_bf16_dot_dropout_mask_bit_exact(bf16_dot, p):
+    # as reveal_mask, in bf16: P = 1 or 0 exactly, out = 1 / (n (1 - p)) rounded to bf16 (within 2^-8)
+    lengths, nh, seed, offset = [37, 1, 64, 0, 20, 300], 2, 2**35 + 3, 11
+    d = 64
+    H = nh * d
+    cu = cu_of(lengths)
+    T = int(cu[-1])
+    qkv = torch.zeros(T, 3 * H, dtype=torch.bfloat16)
+    for s, e in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        for h in range(nh):
+            for j in range(e - s):
+                qkv[s + j, 2 * H + h * d + j % d] = 1.0   # V = one-hot of key j mod 64
+    out, _ = torch.ops.fastbert.attention(qkv, None, cu, max(lengths), nh, 1.0, p, seed, offset)
+    kept_total = []
+    for s, e in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        n = e - s
+        if n == 0:
+            continue
+        heads = torch.arange(nh).view(-1, 1, 1)
+        rows = heads * T + torch.arange(s, e).view(1, -1, 1)
+        want = reference.dropout_keep_mask(seed, offset, rows, torch.arange(n).view(1, 1, -1), p).double()
+        # out[i, h, c] * n * (1 - p) = number of kept keys j with j % 64 == c
+        counts = torch.zeros(nh, n, d, dtype=torch.float64)
+        counts.index_add_(2, torch.arange(n) % d, want)
+        got = (out[s:e].view(n, nh, d).transpose(0, 1).double() * n * (1 - p))
+        assert torch.equal(got.round(), counts), (s, e)
+        kept_total.append(want.flatten())
+    kept = torch.cat(kept_total).mean().item()
+    assert abs(kept - (1 - p)) < 0.05
+
+
+def check_dot_masked(B, L, nh, d, mask, dropout_p=0.0, seed=0, offset=0):
+    qkv, b = make_qkv((B, L, 3 * nh * d), torch.bfloat16, seed=B * 100 + L)
+    scale = 1 / math.sqrt(d)
+    args = (nh, scale, dropout_p, seed, offset)
+    got, staged = both_paths(lambda: torch.ops.fastbert.attention_masked(qkv, b, mask, *args))
+    rmask = mask if mask.dtype == torch.bool else mask.double()
+    ref = reference.attention_masked(qkv.double(), b.double(), rmask, *args)
+    check_dot_against_staged(got, staged, ref)
+    H = nh * d
+    x = qkv.double() + b.double()
+    q = x[..., :H].view(B, L, nh, d).transpose(1, 2)
+    k = x[..., H:2 * H].view(B, L, nh, d).transpose(1, 2)
+    bound = lse_bound(q, k, scale)
+    finite = torch.isfinite(ref[1])
+    assert ((got[1].double() - ref[1].double()).abs()[finite] <= bound[finite]).all()
+    return got
+
+
+@needs_bf16_dot
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+@pytest.mark.parametrize("L,d", [(1, 64), (37, 16), (129, 80), (300, 32), (300, 72)])
+def test_bf16_dot_masked(bf16_dot, kind, L, d):
+    B, nh = 2, 2
+    keep = bool_mask((B, nh, L, L), seed=L + d)
+    keep[..., 0] = True  # no fully masked rows here (see below)
+    if kind == "bool":
+        mask = keep
+    else:
+        g = torch.Generator().manual_seed(d)
+        mask = (torch.randn(B, 1, L, L, generator=g) * 2).masked_fill(~keep, float("-inf"))
+    check_dot_masked(B, L, nh, d, mask)
+
+
+@needs_bf16_dot
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+def test_bf16_dot_masked_fully_masked_rows(bf16_dot, kind):
+    # 300 keys = two key blocks: rows empty in the first block, in the second, rows with nothing kept, and a
+    # sequence with nothing kept at all -> zero rows, lse = -inf
+    B, L, nh, d = 2, 300, 2, 32
+    keep = bool_mask((B, nh, L, L), seed=11)
+    keep[0, :, 0::3, :256] = False
+    keep[0, :, 1::3, 256:] = False
+    keep[0, 1, 5, :] = False
+    keep[1] = False
+    mask = keep if kind == "bool" else torch.zeros(B, nh, L, L).masked_fill(~keep, float("-inf"))
+    out, lse = check_dot_masked(B, L, nh, d, mask)
+    assert torch.isneginf(lse[0, 1, 5]) and torch.isneginf(lse[1]).all() and torch.isfinite(lse[0, 0]).all()
+    assert (out[1] == 0).all() and (out[0, 5, d:2 * d] == 0).all()
+
+
+@needs_bf16_dot
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_bf16_dot_masked_dropout(bf16_dot, p):
+    B, L, nh, d = 2, 45, 3, 16
+    check_dot_masked(B, L, nh, d, bool_mask((B, 1, L, L), seed=8), dropout_p=p, seed=2**33 + 1, offset=77)
+    check_dot_masked(1, 300, 2, 64, bool_mask((1, 1, 1, 300), seed=3), dropout_p=p, seed=5, offset=0)
+
+
+@needs_bf16_dot
+def test_bf16_dot_path_is_taken_only_where_it_should(bf16_dot):
+    lengths, nh, d = [40, 7], 2, 64
+    cu = cu_of(lengths)
+    qkv, b = make_qkv((47, 3 * nh * d), torch.bfloat16, seed=21)
+    run = lambda q=qkv, bb=b: torch.ops.fastbert.attention(q, bb, cu, 40, nh, 0.125)
+    dot, staged = both_paths(run)
+    assert not torch.equal(dot[0], staged[0])
+    # other ISAs and dtypes ignore the switch: the same bits on and off
+    for isa in [i for i in fastbert.ops.supported_cpu_isas() if i != "avx512"]:
+        fastbert.ops.set_cpu_isa(isa)
+        a, z = both_paths(run)
+        assert torch.equal(a[0], z[0]) and torch.equal(a[1], z[1])
+    fastbert.ops.set_cpu_isa("avx512")
+    for dtype in (torch.float32, torch.float16):
+        a, z = both_paths(lambda: torch.ops.fastbert.attention(qkv.to(dtype), b.to(dtype), cu, 40, nh, 0.125))
+        assert torch.equal(a[0], z[0]) and torch.equal(a[1], z[1])
+    # a call autograd records keeps the fp32-staged path: its backward recomputes the scores in fp32 against lse
+    q = qkv.clone().requires_grad_()
+    out, lse = run(q)
+    assert torch.equal(out.detach(), staged[0]) and torch.equal(lse, staged[1])
+
+
+@needs_bf16_dot
+def test_bf16_dot_same_bits_at_any_thread_count(bf16_dot):
+    lengths, nh, d = [70, 0, 9, 300], 1, 32
+    cu = cu_of(lengths)
+    qkv, b = make_qkv((379, 3 * nh * d), torch.bfloat16, seed=12)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append(torch.ops.fastbert.attention(qkv, b, cu, 300, nh, 0.2, 0.2, 9, 1))
+    finally:
+        torch.set_num_threads(before)
+    for out, lse in results[1:]:
+        assert torch.equal(out, results[0][0]) and torch.equal(lse, results[0][1])
+
+
+def test_bf16_dot_switch():
+    on = fastbert.ops.cpu_bf16_dot()
+    assert on == fastbert.ops.cpu_bf16_dot_supported() or not on
+    if not fastbert.ops.cpu_bf16_dot_supported():
+        with pytest.raises(ValueError, match="avx512_bf16"):
+            fastbert.ops.set_cpu_bf16_dot(True)
+        return
+    try:
+        fastbert.ops.set_cpu_bf16_dot(False)
+        assert not fastbert.ops.cpu_bf16_dot()
+        fastbert.ops.set_cpu_bf16_dot(True)
+        assert fastbert.ops.cpu_bf16_dot()
+    finally:
+        fastbert.ops.set_cpu_bf16_dot(on)

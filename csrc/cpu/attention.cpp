@@ -16,6 +16,24 @@
 //   O += P V         the same micro-GEMM: MR rows x NR vectors of head dims, FMA over keys
 // and finally out = O / (l (1 - p)), lse = m + log l (-inf and a zero row when nothing was kept).
 //
+// bfloat16 with AVX512-BF16 (the AVX-512 build on a processor with avx512_bf16, chosen at run time; off with
+// fastbert.ops.set_cpu_bf16_dot(False) or FASTBERT_CPU_BF16_DOT=0, and for calls that autograd records, whose
+// backward recomputes the scores in fp32 against this call's lse): the head is staged in bf16, not fp32, and
+// both products run as VDPBF16PS dot products (two bf16 products added into an fp32 lane per instruction, twice
+// the FMA path's multiplies per instruction), accumulating in fp32:
+//   Q * scale rows (d rounded up to 32, zero padded); K^T as (d/2, n) pairs of head dims, (k[c], k[c+1]) in
+//   one 32-bit word (K rows staged, then transposed as 32-bit words); V as key pairs, V2[j/2][c] =
+//   (v[j][c], v[j+1][c]) (VNNI layout); S = Q K^T: MR rows x NR x 16 keys, one dot product per 2 head dims;
+//   the softmax step (softmax_row_dot) writes P = bf16(e) straight from the exp, dropout's keep test vectorised
+//   (the same uint32 hash); O += P V: MR rows x NR x 16 head dims, one dot product per 2 keys.
+// Numerics: (q + bias) * scale, k + bias, v + bias and the probabilities are rounded to bf16 (RNE) before the
+// products, as a bf16 PyTorch model rounds its QKV projection's output and softmax; the statistics (max, sum,
+// rescale), the mask, the dropout mask, lse and the final divide stay fp32 as above. lse moves by up to
+// ~2^-8 |scale| max_j sum_c |q_c k_jc| (5e-3 for O(1) inputs at d = 64), out by ~1-2 x the fp32-staged path's
+// error (its one output rounding) for O(1) inputs, more for sharp softmaxes (tests/test_attention.py). The
+// bf16 tensors (half the scratch bytes of the fp32 staging) live in the fp32 path's scratch regions (each
+// fits), plus P in bf16 (BQ, BK).
+//
 // Row index of a softmax row (the dropout counter and the lse position): packed: head * T + token;
 // masked: (b * nh + head) * L + query. See fastbert/reference.py (dropout_keep_mask).
 #include <ATen/Dispatch.h>
@@ -60,6 +78,9 @@ struct AttnParams {
   int mask_kind = 0;
   const void* mask = nullptr;
   int64_t mask_stride[4] = {0, 0, 0, 0};
+  // bfloat16 may take the AVX512-BF16 dot-product path: false when autograd records the call (qkv or its bias
+  // requires grad), whose backward recomputes the scores in fp32 against this call's lse.
+  bool bf16_dot = true;
 };
 
 namespace CPU_CAPABILITY {
@@ -209,6 +230,187 @@ inline void prefetch_bytes(const void* p, int64_t bytes) {
   for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 3);
 }
 
+// ---------------------------------------------------------------- bf16 dot products (AVX512-BF16)
+//
+// Compiled in the AVX-512 build only, in functions that carry target("avx512bf16") themselves (the file is not
+// compiled with -mavx512bf16), and called only when the processor has it (bf16_dot_enabled(), isa.h).
+// _mm512_dpbf16_ps(c, a, b): c[l] += a[2l] * b[2l] + a[2l+1] * b[2l+1] in fp32, for the 16 lanes l; a and b
+// hold 32 bf16 each. Operands are handled as uint32 pairs of bf16 (the low half first).
+#ifdef CPU_CAPABILITY_AVX512
+#define FASTBERT_BF16_DOT 1
+#define FASTBERT_TARGET_BF16 __attribute__((target("avx512bf16")))
+
+// 16 bf16 (or m < 16, the rest 0) -> fp32, + 16 bf16 of bias when given.
+FASTBERT_TARGET_BF16 inline __m512 load_bf16_f32(const c10::BFloat16* p, const c10::BFloat16* bias, int64_t m) {
+  const __mmask16 k = m >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << m) - 1);
+  __m512 x = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p)), 16));
+  if (bias) {
+    x = _mm512_add_ps(x, _mm512_castsi512_ps(
+                             _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, bias)), 16)));
+  }
+  return x;
+}
+
+// 32 fp32 -> 32 bf16 (round to nearest even): lo's 16 first, then hi's.
+FASTBERT_TARGET_BF16 inline __m512i pack_bf16(__m512 lo, __m512 hi) {
+  return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+}
+
+// One row of d values: dst[0 .. dq) = bf16((src + bias) * mul), zero from d on; dq a multiple of 32.
+FASTBERT_TARGET_BF16 inline void stage_row_bf16(const c10::BFloat16* src, const c10::BFloat16* bias, float mul,
+                                                bool scaled, uint16_t* dst, int64_t d, int64_t dq) {
+  const __m512 vm = _mm512_set1_ps(mul);
+  for (int64_t c = 0; c < dq; c += 32) {
+    __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
+    if (c < d) lo = load_bf16_f32(src + c, bias ? bias + c : nullptr, std::min<int64_t>(16, d - c));
+    if (c + 16 < d) hi = load_bf16_f32(src + c + 16, bias ? bias + c + 16 : nullptr, std::min<int64_t>(16, d - c - 16));
+    if (scaled) {
+      lo = _mm512_mul_ps(lo, vm);
+      hi = _mm512_mul_ps(hi, vm);
+    }
+    _mm512_storeu_si512(dst + c, pack_bf16(lo, hi));
+  }
+}
+
+// Two rows of V (keys j and j + 1; v1 null for a missing odd key) interleaved by key pairs:
+// dst[2c] = bf16(v0[c] + bias[c]), dst[2c + 1] = bf16(v1[c] + bias[c]) for c < dp (zero from d on); dp a multiple
+// of 16.
+FASTBERT_TARGET_BF16 inline void stage_pair_bf16(const c10::BFloat16* v0, const c10::BFloat16* v1,
+                                                 const c10::BFloat16* bias, uint16_t* dst, int64_t d, int64_t dp) {
+  // 16 of key j then 16 of key j + 1 -> alternate: element 2l from l, 2l + 1 from 16 + l.
+  alignas(64) static constexpr uint16_t kIdx[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                                    8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i idx = _mm512_load_si512(kIdx);
+  for (int64_t c = 0; c < dp; c += 16) {
+    const int64_t m = std::max<int64_t>(0, std::min<int64_t>(16, d - c));
+    const c10::BFloat16* bc = bias ? bias + c : nullptr;
+    const __m512 x0 = load_bf16_f32(v0 + c, bc, m);
+    const __m512 x1 = v1 ? load_bf16_f32(v1 + c, bc, m) : _mm512_setzero_ps();
+    _mm512_storeu_si512(dst + 2 * c, _mm512_permutexvar_epi16(idx, pack_bf16(x0, x1)));
+  }
+}
+
+// C[MR x NR*16] (+)= sum over K2 pairs: A[m][pair] . B[pair][16 n ..]: A row-major uint32 pairs (lda), B rows of
+// NR*16 uint32 pairs (ldb), C fp32 row-major (ldc).
+template <int NR>
+FASTBERT_TARGET_BF16 inline void micro_dot(int64_t K2, const uint32_t* A, int64_t lda, const uint32_t* B,
+                                           int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  __m512 c[kMR][NR];
+#pragma GCC unroll 8
+  for (int m = 0; m < kMR; ++m)
+#pragma GCC unroll 4
+    for (int n = 0; n < NR; ++n) c[m][n] = accumulate ? _mm512_loadu_ps(C + m * ldc + n * 16) : _mm512_setzero_ps();
+  for (int64_t k = 0; k < K2; ++k) {
+    __m512bh b[NR];
+#pragma GCC unroll 4
+    for (int n = 0; n < NR; ++n) b[n] = (__m512bh)_mm512_loadu_si512(B + k * ldb + n * 16);
+#pragma GCC unroll 8
+    for (int m = 0; m < kMR; ++m) {
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(A[m * lda + k]));
+#pragma GCC unroll 4
+      for (int n = 0; n < NR; ++n) c[m][n] = _mm512_dpbf16_ps(c[m][n], a, b[n]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < kMR; ++m)
+#pragma GCC unroll 4
+    for (int n = 0; n < NR; ++n) _mm512_storeu_ps(C + m * ldc + n * 16, c[m][n]);
+}
+
+// block_gemm's loop order over micro_dot: rows a multiple of kMR, cols a multiple of 16.
+FASTBERT_TARGET_BF16 void block_dot(int64_t rows, int64_t cols, int64_t K2, const uint32_t* A, int64_t lda,
+                                    const uint32_t* B, int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  for (int64_t c0 = 0; c0 < cols; c0 += 64) {
+    const int nr = static_cast<int>(std::min<int64_t>(4, (cols - c0) / 16));
+    for (int64_t r0 = 0; r0 < rows; r0 += kMR) {
+      const uint32_t* a = A + r0 * lda;
+      const uint32_t* b = B + c0;
+      float* c = C + r0 * ldc + c0;
+      switch (nr) {
+        case 4: micro_dot<4>(K2, a, lda, b, ldb, c, ldc, accumulate); break;
+        case 3: micro_dot<3>(K2, a, lda, b, ldb, c, ldc, accumulate); break;
+        case 2: micro_dot<2>(K2, a, lda, b, ldb, c, ldc, accumulate); break;
+        default: micro_dot<1>(K2, a, lda, b, ldb, c, ldc, accumulate); break;
+      }
+    }
+  }
+}
+
+inline __mmask16 tail_mask(int64_t m) { return m >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << m) - 1); }
+
+// Dropout of one softmax row: the keep test of fastbert/reference.py (dropout_keep_mask) for 16 keys at a time,
+// the same uint32 arithmetic as fmix32 above.
+struct DropoutRow {
+  uint32_t x1, seed_hi, thr;
+};
+
+FASTBERT_TARGET_BF16 inline __m512i fmix32_v(__m512i h) {
+  h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+  h = _mm512_mullo_epi32(h, _mm512_set1_epi32(static_cast<int>(0x85EBCA6Bu)));
+  h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 13));
+  h = _mm512_mullo_epi32(h, _mm512_set1_epi32(static_cast<int>(0xC2B2AE35u)));
+  return _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+}
+
+FASTBERT_TARGET_BF16 inline __mmask16 dropout_keep(const DropoutRow& dr, uint32_t col0) {
+  const __m512i col = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(col0)),
+                                       _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  const __m512i y = _mm512_add_epi32(_mm512_mullo_epi32(col, _mm512_set1_epi32(static_cast<int>(0x85EBCA77u))),
+                                     _mm512_set1_epi32(static_cast<int>(dr.seed_hi)));
+  const __m512i x = fmix32_v(_mm512_xor_si512(_mm512_set1_epi32(static_cast<int>(dr.x1)), y));
+  return _mm512_cmpge_epu32_mask(_mm512_srli_epi32(x, 8), _mm512_set1_epi32(static_cast<int>(dr.thr)));
+}
+
+// The softmax step of one row over one key block of nk keys, its mask already in s (fp32 scores, read only):
+// block max, e = exp(s - m), the running max m / sum l (the row of O rescaled when m grows), dropout, and
+// P = bf16(e) into p[0 .. round_up(nk, 16)) (zero past nk), the operand of the PV dot products. The same fp32
+// steps as the kernel's generic loop, without writing the probabilities back in fp32.
+FASTBERT_TARGET_BF16 void softmax_row_dot(const float* s, int64_t nk, float& m_run, float& l_run, float* o,
+                                          int64_t dp, uint16_t* p, const DropoutRow* drop, uint32_t col0) {
+  using V = Vectorized<float>;
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  const __m512 vninf = _mm512_set1_ps(neg_inf);
+  const int64_t nkW = round_up(nk, 16);
+  __m512 vmax = vninf;
+  for (int64_t j = 0; j < nkW; j += 16) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vninf, tail_mask(nk - j), s + j));
+  const float m_new = std::max(m_run, _mm512_reduce_max_ps(vmax));
+  if (m_new == neg_inf) {  // nothing kept so far in this row
+    std::fill(p, p + nkW, uint16_t(0));
+    return;
+  }
+  const V vm(m_new);
+  __m512 vsum = _mm512_setzero_ps();
+  for (int64_t j = 0; j < nkW; j += 16) {
+    __mmask16 k = tail_mask(nk - j);
+    const __m512 e = vexp<float>(V(_mm512_mask_loadu_ps(vninf, k, s + j)) - vm);
+    vsum = _mm512_add_ps(vsum, e);
+    if (drop) k &= dropout_keep(*drop, col0 + static_cast<uint32_t>(j));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_mov_ps(k, e)));
+  }
+  const float bsum = _mm512_reduce_add_ps(vsum);
+  if (m_run == neg_inf) {  // first kept block of this row: O and l are still 0
+    m_run = m_new;
+  } else if (m_run != m_new) {
+    const float alpha = std::exp(m_run - m_new);
+    l_run *= alpha;
+    const __m512 va = _mm512_set1_ps(alpha);
+    for (int64_t c = 0; c < dp; c += 16) _mm512_storeu_ps(o + c, _mm512_mul_ps(_mm512_loadu_ps(o + c), va));
+    m_run = m_new;
+  }
+  l_run += bsum;
+}
+
+// dst[0 .. d) = bf16(o * inv) (o has at least round_up(d, 16) values).
+FASTBERT_TARGET_BF16 void store_row_bf16(const float* o, float inv, c10::BFloat16* dst, int64_t d) {
+  const __m512 vi = _mm512_set1_ps(inv);
+  for (int64_t c = 0; c < d; c += 16) {
+    const int64_t m = std::min<int64_t>(16, d - c);
+    const __m256i y = (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_loadu_ps(o + c), vi));
+    _mm256_mask_storeu_epi16(dst + c, m >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << m) - 1), y);
+  }
+}
+#endif  // CPU_CAPABILITY_AVX512
+
 // ---------------------------------------------------------------- the kernel
 
 struct Task {
@@ -219,7 +421,8 @@ struct Task {
 constexpr int64_t kBQ = 48;
 constexpr int64_t kBK = 256;
 
-template <typename scalar_t>
+// kDot: bfloat16 storage, QK^T and PV as bf16 dot products (AVX-512 build, processor with avx512_bf16).
+template <typename scalar_t, bool kDot>
 void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnParams& P, at::Tensor& out,
                       at::Tensor& lse) {
   using acc = acc_t<scalar_t>;
@@ -227,6 +430,8 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
   constexpr int64_t W = V::size();
   const int64_t T = P.T, nh = P.num_heads, d = P.head_dim, H = P.hidden;
   const int64_t dp = round_up(d, W);
+  [[maybe_unused]] const int64_t dq = round_up(d, 32);  // bf16 dot path: a Q / K row in bf16
+  [[maybe_unused]] const int64_t d2 = (d + 1) / 2;      // bf16 dot path: pairs of head dims
   const scalar_t* qkv_p = qkv.const_data_ptr<scalar_t>();
   const scalar_t* bias_p = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* out_p = out.mutable_data_ptr<scalar_t>();
@@ -277,7 +482,9 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
 
   at::parallel_for(0, std::min(nthreads, ntasks), 1, [&](int64_t tb, int64_t te) {
     for (int64_t tid = tb; tid < te; ++tid) {
-      const int64_t sizes[6] = {d * ldk, ldk * dp, ldk * dp, q_rows * dp, kBQ * kBK, kBQ * dp};
+      // The bf16 dot path keeps its bf16 tensors in the same regions (each fits: d/2 pairs x ldk for K^T,
+      // ldk x dq bf16 for K's rows, V's key pairs and Q) plus P in bf16 (BQ, BK).
+      const int64_t sizes[7] = {d * ldk, ldk * dp, ldk * dp, q_rows * dp, kBQ * kBK, kBQ * dp, kDot ? kBQ * kBK / 2 : 0};
       int64_t total = 0;
       for (int64_t x : sizes) total += round_up(x, 64);
       ScratchLease lease;
@@ -289,6 +496,7 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
       acc* Q = Vb + round_up(sizes[2], 64);     // (q_rows, dp) Q * scale, bias added
       acc* S = Q + round_up(sizes[3], 64);      // (BQ, BK)    scores, then probabilities
       acc* O = S + round_up(sizes[4], 64);      // (BQ, dp)    unnormalised output
+      [[maybe_unused]] uint16_t* P2 = reinterpret_cast<uint16_t*>(O + round_up(sizes[5], 64));  // (BQ, BK) bf16 P
       acc m_run[kBQ], l_run[kBQ];
       for (int64_t k = next.fetch_add(1); k < ntasks; k = next.fetch_add(1)) {
         const Task& task = tasks[k];
@@ -301,28 +509,59 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
         const scalar_t* vb = bias_p ? bias_p + 2 * H + h * d : nullptr;
         const int64_t row_bytes = d * static_cast<int64_t>(sizeof(scalar_t));
         constexpr int64_t kAhead = 16;
-        for (int64_t j = 0; j < n; ++j) {
-          if (j + kAhead < n) {
-            const scalar_t* ahead = qkv_p + (s0 + j + kAhead) * 3 * H + h * d;
-            if (j + kAhead >= task.q0 && j + kAhead < task.q1) prefetch_bytes(ahead, row_bytes);
-            prefetch_bytes(ahead + H, row_bytes);
-            prefetch_bytes(ahead + 2 * H, row_bytes);
-          }
-          const scalar_t* row = qkv_p + (s0 + j) * 3 * H + h * d;
-          if (j >= task.q0 && j < task.q1) stage_row(row, qb, scale, true, Q + (j - task.q0) * dp, d, dp);
-          stage_row(row + H, kb, acc(1), false, Kr + j * dp, d, dp);
-          stage_row(row + 2 * H, vb, acc(1), false, Vb + j * dp, d, dp);
-        }
         const int64_t rows_all = task.q1 - task.q0;
-        std::fill(Q + rows_all * dp, Q + round_up(rows_all, kMR) * dp, acc(0));
-        std::fill(Kr + n * dp, Kr + nW * dp, acc(0));
-        // K^T: (nW, d) -> (d, nW), 16 x 16 register tiles on AVX-512 (float), scalar elsewhere.
-        at::vec::transpose_mxn<acc>(Kr, dp, KT, ldk, static_cast<int>(nW), static_cast<int>(d));
+#ifdef FASTBERT_BF16_DOT
+        if constexpr (kDot) {
+          // bf16: Q * scale and K rows (dq = d rounded up to 32), V as key pairs; K^T as d/2 rows of bf16 pairs.
+          uint16_t* Q2 = reinterpret_cast<uint16_t*>(Q);
+          uint16_t* K2 = reinterpret_cast<uint16_t*>(Kr);
+          uint16_t* V2 = reinterpret_cast<uint16_t*>(Vb);
+          for (int64_t j = 0; j < n; j += 2) {
+            for (int64_t jj = j; jj < std::min(n, j + 2); ++jj) {
+              if (jj + kAhead < n) {
+                const scalar_t* ahead = qkv_p + (s0 + jj + kAhead) * 3 * H + h * d;
+                if (jj + kAhead >= task.q0 && jj + kAhead < task.q1) prefetch_bytes(ahead, row_bytes);
+                prefetch_bytes(ahead + H, row_bytes);
+                prefetch_bytes(ahead + 2 * H, row_bytes);
+              }
+              const scalar_t* row = qkv_p + (s0 + jj) * 3 * H + h * d;
+              if (jj >= task.q0 && jj < task.q1)
+                stage_row_bf16(row, qb, scale, true, Q2 + (jj - task.q0) * dq, d, dq);
+              stage_row_bf16(row + H, kb, 1.f, false, K2 + jj * dq, d, dq);
+            }
+            const scalar_t* v0 = qkv_p + (s0 + j) * 3 * H + 2 * H + h * d;
+            stage_pair_bf16(v0, j + 1 < n ? v0 + 3 * H : nullptr, vb, V2 + j * dp, d, dp);
+          }
+          std::fill(Q2 + rows_all * dq, Q2 + round_up(rows_all, kMR) * dq, uint16_t(0));
+          std::fill(K2 + n * dq, K2 + nW * dq, uint16_t(0));
+          // K^T as pairs: (nW, dq/2) uint32 -> (d2, nW); the transpose only moves 32-bit words.
+          at::vec::transpose_mxn<float>(reinterpret_cast<const float*>(K2), dq / 2, KT, ldk, static_cast<int>(nW),
+                                        static_cast<int>(d2));
+        } else
+#endif
+        {
+          for (int64_t j = 0; j < n; ++j) {
+            if (j + kAhead < n) {
+              const scalar_t* ahead = qkv_p + (s0 + j + kAhead) * 3 * H + h * d;
+              if (j + kAhead >= task.q0 && j + kAhead < task.q1) prefetch_bytes(ahead, row_bytes);
+              prefetch_bytes(ahead + H, row_bytes);
+              prefetch_bytes(ahead + 2 * H, row_bytes);
+            }
+            const scalar_t* row = qkv_p + (s0 + j) * 3 * H + h * d;
+            if (j >= task.q0 && j < task.q1) stage_row(row, qb, scale, true, Q + (j - task.q0) * dp, d, dp);
+            stage_row(row + H, kb, acc(1), false, Kr + j * dp, d, dp);
+            stage_row(row + 2 * H, vb, acc(1), false, Vb + j * dp, d, dp);
+          }
+          std::fill(Q + rows_all * dp, Q + round_up(rows_all, kMR) * dp, acc(0));
+          std::fill(Kr + n * dp, Kr + nW * dp, acc(0));
+          // K^T: (nW, d) -> (d, nW), 16 x 16 register tiles on AVX-512 (float), scalar elsewhere.
+          at::vec::transpose_mxn<acc>(Kr, dp, KT, ldk, static_cast<int>(nW), static_cast<int>(d));
+        }
 
         for (int64_t i0 = task.q0; i0 < task.q1; i0 += kBQ) {
           const int64_t rows = std::min(kBQ, task.q1 - i0);
           const int64_t rows_r = round_up(rows, kMR);
-          const acc* Qb = Q + (i0 - task.q0) * dp;
+          [[maybe_unused]] const acc* Qb = Q + (i0 - task.q0) * dp;
           for (int64_t r = 0; r < rows; ++r) {
             m_run[r] = neg_inf;
             l_run[r] = 0;
@@ -332,10 +571,24 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
             const int64_t nk = std::min(kBK, n - j0);
             const int64_t nkW = round_up(nk, W);
             // S = (Q * scale) K^T over this key block: (rows_r, nkW).
-            block_gemm<acc>(rows_r, nkW, d, Qb, dp, KT + j0, ldk, S, kBK, false);
+#ifdef FASTBERT_BF16_DOT
+            if constexpr (kDot) {
+              block_dot(rows_r, nkW, d2, reinterpret_cast<const uint32_t*>(Q) + (i0 - task.q0) * (dq / 2), dq / 2,
+                        reinterpret_cast<const uint32_t*>(KT) + j0, ldk, S, kBK, false);
+            } else
+#endif
+            {
+              block_gemm<acc>(rows_r, nkW, d, Qb, dp, KT + j0, ldk, S, kBK, false);
+            }
             for (int64_t r = 0; r < rows_r; ++r) {
               acc* s = S + r * kBK;
               if (r >= rows) {  // padding rows: P = 0
+#ifdef FASTBERT_BF16_DOT
+                if constexpr (kDot) {
+                  std::fill(P2 + r * kBK, P2 + r * kBK + nkW, uint16_t(0));
+                  continue;
+                }
+#endif
                 std::fill(s, s + nk, acc(0));
                 continue;
               }
@@ -355,6 +608,19 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
                   }
                 }
               }
+#ifdef FASTBERT_BF16_DOT
+              if constexpr (kDot) {
+                DropoutRow dr{0, seed_hi, thr};
+                if (dropout) {
+                  const uint64_t row = static_cast<uint64_t>(
+                      P.cu_seqlens ? h * T + s0 + i : (b * nh + h) * P.seqlen + i);
+                  dr.x1 = fmix32((static_cast<uint32_t>(row) + off32) * 0x9E3779B1u + seed_lo);
+                }
+                softmax_row_dot(s, nk, m_run[r], l_run[r], O + r * dp, dp, P2 + r * kBK, dropout ? &dr : nullptr,
+                                static_cast<uint32_t>(j0));
+                continue;
+              }
+#endif
               for (int64_t j = nk; j < nkW; ++j) s[j] = neg_inf;
               V vmax(neg_inf);
               for (int64_t j = 0; j < nkW; j += W) vmax = at::vec::maximum(vmax, V::loadu(s + j));
@@ -396,7 +662,16 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
               }
             }
             // O += P V over this key block: (rows_r, dp).
-            block_gemm<acc>(rows_r, dp, nk, S, kBK, Vb + j0 * dp, dp, O, dp, true);
+#ifdef FASTBERT_BF16_DOT
+            if constexpr (kDot) {
+              // over key pairs: P2 rows as uint32 pairs, V's pairs of this block (dp uint32 each)
+              block_dot(rows_r, dp, (nk + 1) / 2, reinterpret_cast<const uint32_t*>(P2), kBK / 2,
+                        reinterpret_cast<const uint32_t*>(Vb) + (j0 / 2) * dp, dp, O, dp, true);
+            } else
+#endif
+            {
+              block_gemm<acc>(rows_r, dp, nk, S, kBK, Vb + j0 * dp, dp, O, dp, true);
+            }
           }
           // out = O / (l (1 - p)); lse = m + log l.
           for (int64_t r = 0; r < rows; ++r) {
@@ -410,11 +685,17 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
               continue;
             }
             const acc inv = out_scale / l_run[r];
+            lse_p[row] = static_cast<float>(m_run[r] + std::log(l_run[r]));
+#ifdef FASTBERT_BF16_DOT
+            if constexpr (kDot) {
+              store_row_bf16(o, inv, od, d);
+              continue;
+            }
+#endif
             const V vinv(inv);
             int64_t c = 0;
             for (; c + W <= d; c += W) store_acc(od + c, V::loadu(o + c) * vinv);
             if (c < d) store_acc(od + c, V::loadu(o + c) * vinv, d - c);
-            lse_p[row] = static_cast<float>(m_run[r] + std::log(l_run[r]));
           }
         }
       }
@@ -425,7 +706,12 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
 void attention_forward(const at::Tensor& qkv, const at::Tensor& bias, const AttnParams& P, at::Tensor& out,
                        at::Tensor& lse) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, qkv.scalar_type(), "attention", [&] {
-    attention_kernel<scalar_t>(qkv, bias, P, out, lse);
+#ifdef FASTBERT_BF16_DOT
+    if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
+      if (P.bf16_dot && bf16_dot_enabled()) return attention_kernel<scalar_t, true>(qkv, bias, P, out, lse);
+    }
+#endif
+    attention_kernel<scalar_t, false>(qkv, bias, P, out, lse);
   });
 }
 
@@ -461,6 +747,11 @@ int64_t check_common(const char* op, const at::Tensor& qkv, const std::optional<
   }
   TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, op, ": dropout_p must be in [0, 1), got ", dropout_p);
   return H3 / (3 * num_heads);
+}
+
+// Whether autograd records this call (csrc/autograd.cpp calls the kernel with the tensors that require grad).
+bool records_grad(const at::Tensor& qkv, const std::optional<at::Tensor>& qkv_bias) {
+  return qkv.requires_grad() || (qkv_bias.has_value() && qkv_bias->defined() && qkv_bias->requires_grad());
 }
 
 at::Tensor bias_or_undefined(const std::optional<at::Tensor>& qkv_bias) {
@@ -515,6 +806,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& qkv, const st
   P.dropout_p = dropout_p;
   P.seed = seed;
   P.offset = offset;
+  P.bf16_dot = !records_grad(qkv, qkv_bias);
   lse.fill_(-std::numeric_limits<float>::infinity());  // rows of empty sequences stay -inf
   if (T > 0) FASTBERT_CPU_DISPATCH(attention_forward, q, bias, P, out, lse);
   return {out, lse};
@@ -561,6 +853,7 @@ std::tuple<at::Tensor, at::Tensor> attention_masked_cpu(const at::Tensor& qkv,
   P.dropout_p = dropout_p;
   P.seed = seed;
   P.offset = offset;
+  P.bf16_dot = !records_grad(qkv, qkv_bias);
   P.mask_kind = mask.scalar_type() == at::kBool ? 1 : 2;
   P.mask = m.const_data_ptr();
   for (int i = 0; i < 4; ++i) P.mask_stride[i] = m.stride(i);

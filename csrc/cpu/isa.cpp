@@ -39,7 +39,35 @@ std::atomic<int>& current() {
   return isa;
 }
 
+bool processor_has_bf16_dot() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return processor_has(Isa::AVX512) && __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
+std::atomic<bool>& bf16_dot_on() {
+  static std::atomic<bool> on{processor_has_bf16_dot()};
+  return on;
+}
+
 }  // namespace
+
+bool bf16_dot_supported() {
+  static const bool has = processor_has_bf16_dot();
+  return has;
+}
+
+bool bf16_dot_enabled() { return bf16_dot_on().load(std::memory_order_relaxed); }
+
+void set_bf16_dot(bool on) {
+  if (on && !bf16_dot_supported()) {
+    throw std::runtime_error("this processor has no avx512_bf16: the bf16 dot-product kernels cannot run");
+  }
+  bf16_dot_on().store(on);
+}
 
 Isa active_isa() { return static_cast<Isa>(current().load(std::memory_order_relaxed)); }
 
