@@ -4,9 +4,9 @@
     PYTHONPATH=. python benchmarks/bench_model.py --model bert-large --layers 6 --repeats 5
     PYTHONPATH=. python benchmarks/bench_model.py --json out.json
 
-Rows: real tokens/s, fraction of the fp32 roofline (the faster of torch.mm and oneDNN on the model's own GEMM
-shapes, forward FLOPs on real tokens), speedup over HF eager, max |diff| vs HF eager at real positions. fp32,
-random weights.
+Rows: real tokens/s, fraction of the roofline of the rows' dtype (the faster of torch.mm and oneDNN on the model's own GEMM
+shapes, forward FLOPs on real tokens), speedup over HF eager, max |diff| vs HF eager at real positions. fp32 by
+default (--dtype bfloat16: every implementation in bf16), random weights.
 """
 import argparse
 import json
@@ -41,6 +41,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                    help="weights and activations of every implementation (the roofline is this dtype's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -49,13 +51,14 @@ def main(argv=None):
     shapes = [parse_shape(s) for s in args.shapes]
     info = bench.machine_info()
     print(json.dumps(info))
-    models = bench.build_models(args.model, args.impls, seed=args.seed, num_layers=args.layers)
+    dtype = getattr(torch, args.dtype)
+    models = bench.build_models(args.model, args.impls, dtype=dtype, seed=args.seed, num_layers=args.layers)
     cfg = bench.make_hf_config(args.model, args.layers)
     name = os.path.basename(args.model.rstrip("/"))
     rows = []
     for b, l, lo, hi in shapes:                      # one table per shape, printed as soon as it is measured
         shape_rows = bench.bench_shape(models, cfg, b, l, lo, hi, args.repeats, args.warmup, args.seed,
-                                       model_name=name)
+                                       dtype=dtype, model_name=name)
         print(bench.format_table(shape_rows))
         probes = {k[:-len("_gflops")]: v for k, v in shape_rows[0].items()
                   if k.endswith("_gflops") and k != "gemm_gflops"}

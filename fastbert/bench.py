@@ -9,10 +9,10 @@ medians:
              HF's embeddings in front (the engine under BetterTransformer)
   fastbert   fastbert.BertModel (padding-free, fused ops)
 
-Roofline: the fastest fp32 GEMM rate measured on the model's own GEMM shapes for the batch's real tokens (probes
+Roofline: the fastest GEMM rate of the rows' own dtype measured on the model's own GEMM shapes for the batch's real tokens (probes
 timed inside the same interleaved rounds as the models), and the forward's FLOPs on real tokens (GEMMs +
 attention's QK^T and PV); a row's fraction of the roofline is its real tokens/s over rate / (FLOPs per real
-token). The probes are ``torch.mm`` and, on CPU in float32, oneDNN's inner product (the library fastbert's
+token). The probes are ``torch.mm`` and, on CPU in float32 and bfloat16, oneDNN's inner product (the library fastbert's
 inference loop uses, fastbert/gemm.py); rows carry each probe's GFLOP/s (``mm_gflops``, ``onednn_gflops``) and
 the ceiling used (``gemm_gflops``).
 """
@@ -218,12 +218,16 @@ def forward_flops(config, lengths: Sequence[int]) -> float:
     return float(n_layers * (gemms + attn))
 
 
-def gemm_probe(config, tokens: int, dtype=torch.float32, device="cpu", mm: Callable = gemm.linear_mm):
-    """(fn, flops): fn runs ``mm(x, w)`` (x @ w^T) once on each of one layer's GEMM shapes for ``tokens`` rows."""
+def gemm_probe(config, tokens: int, dtype=torch.float32, device="cpu", mm: Callable = gemm.linear_mm,
+               pack: Optional[Callable[[Tensor], Tensor]] = None):
+    """(fn, flops): fn runs ``mm(x, w)`` (x @ w^T, w packed by ``pack`` when given) once on each of one layer's
+    GEMM shapes for ``tokens`` rows."""
     H, I = config.hidden_size, config.intermediate_size
     shapes = [(tokens, H, 3 * H), (tokens, H, H), (tokens, H, I), (tokens, I, H)]
     mats = [(torch.randn(m, k, dtype=dtype, device=device), torch.randn(n, k, dtype=dtype, device=device))
             for m, k, n in shapes]
+    if pack is not None:
+        mats = [(x, pack(w)) for x, w in mats]
 
     def fn():
         for x, w in mats:
@@ -233,11 +237,13 @@ def gemm_probe(config, tokens: int, dtype=torch.float32, device="cpu", mm: Calla
 
 def gemm_probes(config, tokens: int, dtype=torch.float32, device="cpu") -> Dict[str, tuple]:
     """The roofline's probes, {name: (fn, flops)}: torch.mm, and the library fastbert's inference loop uses when
-    that is another (oneDNN for float32 on CPU, fastbert/gemm.py). The ceiling is the faster of them."""
+    that is another (oneDNN for float32/bfloat16 on CPU, on weights packed as the loop packs them,
+    fastbert/gemm.py). The ceiling is the faster of them, in the dtype of the rows."""
     probes = {"mm": gemm_probe(config, tokens, dtype, device)}
-    loop_mm = gemm.linear_fn(torch.empty(0, dtype=dtype, device=device))
+    like = torch.empty(0, dtype=dtype, device=device)
+    loop_mm = gemm.linear_fn(like)
     if loop_mm is not gemm.linear_mm:
-        probes[gemm.cpu_gemm()] = gemm_probe(config, tokens, dtype, device, loop_mm)
+        probes[gemm.cpu_gemm()] = gemm_probe(config, tokens, dtype, device, loop_mm, gemm.weight_packer(like))
     return probes
 
 
@@ -297,7 +303,7 @@ def bench_shape(models: Dict[str, Callable], config, batch: int, seq_len: int, m
     probe_rates = {}
     if rate is None:
         # The roofline's GEMM probes run inside the same interleaved rounds, so load drift hits them too.
-        probes = gemm_probes(config, T, dtype=torch.float32, device=device)
+        probes = gemm_probes(config, T, dtype=dtype, device=device)
         fns.update({f"_gemm_{name}": fn for name, (fn, _) in probes.items()})
     times = time_interleaved(fns, repeats, warmup, device)
     if rate is None:

@@ -190,15 +190,20 @@ def cmd_info(args) -> int:
     except Exception as exc:
         lines.append(f"CPU kernel path: unknown ({exc})")
     from . import gemm
-    lines.append(f"CPU float32 GEMMs of the inference loop: {gemm.cpu_gemm()} (FASTBERT_CPU_GEMM=onednn|mm)")
-    lines.append("ops (compiled forward kernel per device, '-' runs the reference; backward: 'kernel' when the op "
-                 "trains on its own backward kernel on CPU):")
+    lines.extend(gemm.describe())
+    if ops.HAS_EXTENSION:
+        dot = "on" if ops.cpu_bf16_dot() else ("off (FASTBERT_CPU_BF16_DOT=0)" if ops.cpu_bf16_dot_supported()
+                                                else "not on this processor")
+        lines.append(f"bfloat16 CPU attention on AVX512-BF16 dot products: {dot}")
+    lines.append("ops: a compiled forward kernel per device ('-': the reference runs there); backward 'kernel': the "
+                 "op trains on its own backward kernel")
     width = max(len(n) for n in ops.OPS)
+    lines.append(f"  {'op':<{width}}  {'CPU':<4} {'CUDA':<5} backward")
     for name in ops.OPS:
-        cpu = "cpu" if ops.KERNELS.get((name, "cpu")) else "-"
-        cuda = "cuda" if ops.KERNELS.get((name, "cuda")) else "-"
+        cpu = "yes" if ops.KERNELS.get((name, "cpu")) else "-"
+        cuda = "yes" if ops.KERNELS.get((name, "cuda")) else "-"
         backward = "kernel" if name in ops.DIFFERENTIABLE and ops.HAS_EXTENSION else "-"
-        lines.append(f"  {name:<{width}}  {cpu:<4} {cuda:<5} backward: {backward}")
+        lines.append(f"  {name:<{width}}  {cpu:<4} {cuda:<5} {backward}")
     print("\n".join(lines))
     return 0
 

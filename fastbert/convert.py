@@ -116,6 +116,7 @@ def restore(model: nn.Module) -> nn.Module:
             bert.__class__ = _original_class(type(bert))
             bert.__dict__.pop("pad_outputs", None)
             clear_fused_cache(bert)
+            bert.__dict__.pop("_fastbert_int8", None)  # fastbert.quantize's state
     if not found:
         raise ValueError("model: nothing to restore (no fastbert-optimized BertModel inside)")
     return model

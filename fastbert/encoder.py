@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from . import ops, reference
 from .autograd import zero_row_grad
-from . import inference
+from . import inference, quantize
 from .fused_qkv import clear_fused_cache, fused_qkv  # noqa: F401 (clear_fused_cache: re-exported)
 
 __all__ = ["EncoderConfig", "Encoder", "EncoderOutput", "load_encoder", "run", "PAD_OUTPUTS"]
@@ -549,15 +549,25 @@ def run(model: nn.Module, config: Any, input_ids: Optional[Tensor] = None, atten
         if training and p_hidden > 0:
             x = F.dropout(x, p_hidden, True)
         keep_state(0, lambda: ops.unpack(x, indices, B, L))
-        weights = None
+        weights = int8 = None
         if not need_grad and not training and FAST_INFERENCE and not _compiling():
-            weights = inference.layer_weights(layers, config.hidden_act, x)
-        if weights is not None:
+            int8 = quantize.int8_layers(model) if x.device.type == "cpu" else None
+            amp = inference.autocast_dtype(x)  # torch.autocast: the loop runs in its dtype, outputs stay x's
+            if int8 is None:
+                weights = inference.layer_weights(layers, config.hidden_act, x, amp)
+        if int8 is not None:
+            x = quantize.run_layers_int8(model, int8, x, cu_seqlens, L,
+                                         None if hidden is None else
+                                         lambda i, y: keep_state(i + 1, lambda: ops.unpack(y, indices, B, L)))
+        elif weights is not None:
             nh_, scale = _geometry(config)
-            x = inference.run_layers(weights, x, cu_seqlens, L, nh_, scale, config.hidden_act,
+            out_dtype = x.dtype
+            x = inference.run_layers(weights, x if amp is None else x.to(amp), cu_seqlens, L, nh_, scale,
+                                     config.hidden_act,
                                      None if hidden is None else
-                                     lambda i, y: keep_state(i + 1, lambda: ops.unpack(y, indices, B, L)),
-                                     layers)
+                                     lambda i, y: keep_state(i + 1, lambda: ops.unpack(y.to(out_dtype), indices,
+                                                                                       B, L)),
+                                     layers).to(out_dtype)
         else:
             for i, layer in enumerate(layers):
                 x = _checkpointed(layer, need_grad, _packed_layer, config, layer, x, cu_seqlens, L, need_grad,

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 __all__ = ["fused_qkv", "packed_weight", "clear_fused_cache"]
 
-CACHE_ATTRS = ("_fastbert_fused", "_fastbert_packed")
+CACHE_ATTRS = ("_fastbert_fused", "_fastbert_packed", "_fastbert_packed_bias")
 
 
 def _compiling() -> bool:
@@ -147,12 +147,12 @@ def fused_qkv(sa: nn.Module, need_grad: bool, pack: Optional[Callable[[Tensor], 
     return w, b
 
 
-def packed_weight(module: nn.Module, w: Tensor, pack: Optional[Callable[[Tensor], Any]]):
-    """``pack(w)`` for a module's weight w, cached on the module and rebuilt when w changes; w itself when pack
-    is None."""
+def packed_weight(module: nn.Module, w: Tensor, pack: Optional[Callable[[Tensor], Any]], slot: str = "weight"):
+    """``pack(w)`` for a module's tensor w (its ``slot``: "weight", "bias"), cached on the module and rebuilt
+    when w changes; w itself when pack is None."""
     if pack is None:
         return w
-    cache = _cache(module, "_fastbert_packed")
+    cache = _cache(module, "_fastbert_packed" if slot == "weight" else f"_fastbert_packed_{slot}")
     entry = cache.entry
     if entry is not None and entry[2] is pack and _key_valid(entry[0], (w,)):
         return entry[1]

@@ -113,6 +113,18 @@ def weight_packer(x: Tensor) -> Optional[Callable[[Tensor], Tensor]]:
     return pack_onednn if uses_onednn(x) and x.dtype == torch.bfloat16 else None
 
 
+def describe() -> list:
+    """Lines for `fastbert info`: which library each dtype's inference-loop GEMMs use on CPU, and how."""
+    lib = cpu_gemm()
+    fp32 = "oneDNN inner product, plain weights" if lib == "onednn" else "torch.mm (MKL)"
+    bf16 = "oneDNN inner product, weights packed once" if lib == "onednn" else "torch.mm"
+    caps = ", ".join(f"{v}={os.environ.get(v, 'default')}" for v in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY",
+                                                                      "LRU_CACHE_CAPACITY"))
+    return [f"CPU GEMMs of the inference loop (FASTBERT_CPU_GEMM=onednn|mm, now {lib}): float32 {fp32}; "
+            f"bfloat16 {bf16}; float16/float64 torch.mm",
+            f"oneDNN primitive caches: {caps}"]
+
+
 def linear_fn(x: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
     """f(x, w) = x @ w^T (w as nn.Linear stores it, (out, in), or packed by weight_packer) for tensors like x."""
     return linear_onednn if uses_onednn(x) else linear_mm

@@ -34,7 +34,7 @@ class LayerWeights(NamedTuple):
     eps: List[float]
 
 
-def _one_layer(layer: nn.Module, weights: LayerWeights, pack) -> None:
+def _one_layer(layer: nn.Module, weights: LayerWeights, pack, cast) -> None:
     attention = layer._modules["attention"]
     attn_out = attention._modules["output"]
     inter = layer._modules["intermediate"]._modules["dense"]
@@ -45,18 +45,59 @@ def _one_layer(layer: nn.Module, weights: LayerWeights, pack) -> None:
     if inter._parameters["bias"] is None:
         raise KeyError("intermediate bias")  # the kernels need it; the general path supplies zeros
     weights.tensors.append(wqkv)
-    weights.tensors.append(bqkv)
+    weights.tensors.append(cast(attention._modules["self"], "bias", bqkv))
     for m in (o_dense, ln1, inter, o2_dense, ln2):
         w = m._parameters["weight"]
-        weights.tensors.append(packed_weight(m, w, pack) if m is not ln1 and m is not ln2 else w)
-        weights.tensors.append(m._parameters["bias"])
+        weights.tensors.append(packed_weight(m, w, pack) if m is not ln1 and m is not ln2 else cast(m, "weight", w))
+        weights.tensors.append(cast(m, "bias", m._parameters["bias"]))
     weights.eps.extend((float(ln1.eps), float(ln2.eps)))
 
 
-def layer_weights(layers: nn.ModuleList, activation, x: Tensor) -> Optional[LayerWeights]:
+def _to(dtype: torch.dtype) -> Callable[[Tensor], Tensor]:
+    """A cache key for tensors converted to dtype (one function object per dtype)."""
+    fn = _CASTS.get(dtype)
+    if fn is None:
+        def fn(w: Tensor) -> Tensor:
+            return w.to(dtype)
+        _CASTS[dtype] = fn
+    return fn
+
+
+_CASTS: dict = {}
+
+
+def _then(first: Callable, second: Optional[Callable]) -> Callable:
+    """first, then second: one function object per pair, so the weight caches recognise it."""
+    if second is None:
+        return first
+    fn = _CHAINS.get((first, second))
+    if fn is None:
+        def fn(w: Tensor):
+            return second(first(w))
+        _CHAINS[(first, second)] = fn
+    return fn
+
+
+_CHAINS: dict = {}
+
+
+def autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
+    """The dtype torch.autocast asks of the layers on x's device when it is on and lower than x's (CPU bfloat16
+    or float16, CUDA float16 or bfloat16), else None."""
+    dev = x.device.type
+    if dev not in ("cpu", "cuda") or not torch.is_autocast_enabled(dev):
+        return None
+    dtype = torch.get_autocast_dtype(dev)
+    return dtype if dtype != x.dtype and x.dtype == torch.float32 else None
+
+
+def layer_weights(layers: nn.ModuleList, activation, x: Tensor,
+                  dtype: Optional[torch.dtype] = None) -> Optional[LayerWeights]:
     """Every layer's weights for run_layers, or None where the loop does not apply: an activation without a
     fused kernel, an op without a kernel for x's device (float64 on CUDA), a module of another layout (a
-    missing intermediate bias, a parametrized weight). The caller then runs the general per-layer path."""
+    missing intermediate bias, a parametrized weight). The caller then runs the general per-layer path.
+    With ``dtype`` (autocast), the weights are converted copies in that dtype, cached beside the modules like
+    the packed weights and rebuilt when a parameter changes."""
     if not (isinstance(activation, str) and activation in reference.ACTIVATIONS):
         return None
     dev = x.device.type
@@ -65,10 +106,20 @@ def layer_weights(layers: nn.ModuleList, activation, x: Tensor) -> Optional[Laye
     if dev == "cuda" and x.dtype == torch.float64:
         return None
     weights = LayerWeights([], [])
-    pack = None if torch.compiler.is_compiling() else gemm.weight_packer(x)
+    like = x if dtype is None else x.new_empty(0, dtype=dtype)
+    pack = None if torch.compiler.is_compiling() else gemm.weight_packer(like)
+    if dtype is not None:
+        to = _to(dtype)
+        pack = _then(to, pack)
+
+        def cast(module, slot, t):
+            return None if t is None else packed_weight(module, t, to, slot)
+    else:
+        def cast(module, slot, t):
+            return t
     try:
         for layer in layers:
-            _one_layer(layer, weights, pack)
+            _one_layer(layer, weights, pack, cast)
     except (KeyError, AttributeError):
         return None
     # (A dtype or device mismatch needs no check here: both paths hand the same tensors to the same kernels,

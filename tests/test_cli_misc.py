@@ -27,9 +27,14 @@ def test_info_lists_build_and_every_op(capsys):
     assert code == 0
     assert f"torch {torch.__version__}" in out and "CUDA" in out and "CPU kernel path" in out
     assert ("extension fastbert._C: loaded" in out) == (fastbert.ops.LOAD_ERROR is None)
+    header = next(l for l in out.splitlines() if l.split() and l.split()[0] == "op")
+    assert header.split() == ["op", "CPU", "CUDA", "backward"]
     for name in fastbert.ops.OPS:
         line = next(l for l in out.splitlines() if l.split() and l.split()[0] == name)
-        assert ("cpu" in line.split()[1:]) == bool(fastbert.ops.KERNELS.get((name, "cpu")))
+        cols = line.split()
+        assert cols[1] == ("yes" if fastbert.ops.KERNELS.get((name, "cpu")) else "-")
+        assert cols[2] == ("yes" if fastbert.ops.KERNELS.get((name, "cuda")) else "-")
+    assert "CPU GEMMs of the inference loop" in out and "bfloat16" in out
 
 
 def test_python_m_fastbert_help_and_no_command():

