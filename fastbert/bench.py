@@ -18,10 +18,12 @@ the ceiling used (``gemm_gflops``).
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import platform
 import statistics
+import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -262,6 +264,21 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], repeats: int = 10, wa
     return {name: t.samples for name, t in timings.items()}
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """File descriptor 2 to /dev/null for the block: the profiler's C++ side prints a line per start and stop
+    (``USDT: ... profiler_start``) that would interleave with the tables."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _peak_memory(fn, device) -> Optional[float]:
     """Peak MiB allocated during one forward, above what was allocated before it: CUDA's allocator stats, or
     on CPU the profiler's allocation events (sorted by time, summed)."""
@@ -275,7 +292,8 @@ def _peak_memory(fn, device) -> Optional[float]:
         return (torch.cuda.max_memory_allocated() - start) / 2 ** 20
     try:
         from torch.profiler import ProfilerActivity, profile
-        with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with _quiet_stderr(), torch.inference_mode(), \
+                profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             fn()
         events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
                         key=lambda e: e.start_ns())
