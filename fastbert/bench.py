@@ -157,6 +157,9 @@ def build_models(model: str = "bert-base", impls: Sequence[str] = IMPLS, dtype=t
                 if isinstance(m, nn.LayerNorm):
                     m.weight.uniform_(0.7, 1.3)
                     m.bias.normal_(0.0, 0.05)
+    int8 = dtype == torch.int8  # fastbert's encoder GEMMs in int8 (fastbert.quantize) on a float32 model
+    if int8:
+        dtype = torch.float32
     base = base.to(device=device, dtype=dtype).eval().requires_grad_(False)
     out: Dict[str, Callable] = {}
 
@@ -175,7 +178,7 @@ def build_models(model: str = "bert-base", impls: Sequence[str] = IMPLS, dtype=t
             out[name] = NativeFastPath(base)
         elif name == "fastbert":
             fb = _share(base, fastbert.BertModel, "eager")
-            out[name] = hf_fn(fb)
+            out[name] = hf_fn(fastbert.quantize(fb) if int8 else fb)
     return out
 
 
@@ -237,10 +240,25 @@ def gemm_probe(config, tokens: int, dtype=torch.float32, device="cpu", mm: Calla
     return fn, float(sum(2 * m * k * n for m, k, n in shapes))
 
 
+def int8_gemm_probe(config, tokens: int, device="cpu"):
+    """(fn, ops): torch._int_mm (int8 x int8 -> int32, the GEMM of fastbert.quantize) on one layer's shapes."""
+    H, I = config.hidden_size, config.intermediate_size
+    shapes = [(tokens, H, 3 * H), (tokens, H, H), (tokens, H, I), (tokens, I, H)]
+    mats = [(torch.randint(-127, 128, (m, k), dtype=torch.int8, device=device),
+             torch.randint(-127, 128, (k, n), dtype=torch.int8, device=device)) for m, k, n in shapes]
+
+    def fn():
+        for x, w in mats:
+            torch._int_mm(x, w)
+    return fn, float(sum(2 * m * k * n for m, k, n in shapes))
+
+
 def gemm_probes(config, tokens: int, dtype=torch.float32, device="cpu") -> Dict[str, tuple]:
     """The roofline's probes, {name: (fn, flops)}: torch.mm, and the library fastbert's inference loop uses when
     that is another (oneDNN for float32/bfloat16 on CPU, on weights packed as the loop packs them,
     fastbert/gemm.py). The ceiling is the faster of them, in the dtype of the rows."""
+    if dtype == torch.int8:
+        return {"int_mm": int8_gemm_probe(config, tokens, device)}
     probes = {"mm": gemm_probe(config, tokens, dtype, device)}
     like = torch.empty(0, dtype=dtype, device=device)
     loop_mm = gemm.linear_fn(like)

