@@ -18,7 +18,10 @@ from torch import Tensor
 from . import reference
 
 OPS = ("pack", "unpack", "embeddings", "attention", "attention_masked", "bias_act", "bias_residual_layernorm",
-       "encoder_layers")
+       "encoder_layers", "quantize_rows", "dequantize_rows", "dequant_bias_act_quant",
+       "dequant_bias_residual_layernorm")
+# Ops with a CPU kernel only, by design (int8 inference around torch._int_mm); on CUDA they run the reference.
+CPU_ONLY_OPS = ("quantize_rows", "dequantize_rows", "dequant_bias_act_quant", "dequant_bias_residual_layernorm")
 
 _C = None
 LOAD_ERROR: Optional[str] = None
@@ -124,6 +127,26 @@ if HAS_EXTENSION:
                              onednn=False):
         return [torch.empty_like(x) for _ in range(len(weights) // 12 if all_layers else 1)]
 
+    @torch.library.register_fake("fastbert::quantize_rows")
+    def _quantize_rows_fake(x, smooth):
+        return x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[0], dtype=torch.float32)
+
+    @torch.library.register_fake("fastbert::dequantize_rows")
+    def _dequantize_rows_fake(acc, x_scale, w_scale, dtype):
+        return acc.new_empty(acc.shape, dtype=dtype)
+
+    @torch.library.register_fake("fastbert::dequant_bias_act_quant")
+    def _dequant_bias_act_quant_fake(acc, x_scale, w_scale, bias, activation, smooth):
+        return acc.new_empty(acc.shape, dtype=torch.int8), acc.new_empty(acc.shape[0], dtype=torch.float32)
+
+    @torch.library.register_fake("fastbert::dequant_bias_residual_layernorm")
+    def _dequant_bias_residual_layernorm_fake(acc, x_scale, w_scale, bias, residual, weight, beta, eps, quantize,
+                                              smooth):
+        out = residual.new_empty(acc.shape)
+        if quantize:
+            return out, acc.new_empty(acc.shape, dtype=torch.int8), acc.new_empty(acc.shape[0], dtype=torch.float32)
+        return out, acc.new_empty(0, dtype=torch.int8), acc.new_empty(0, dtype=torch.float32)
+
     from . import autograd as _autograd  # noqa: E402,F401  (backward formulas of the ops in DIFFERENTIABLE)
 
 
@@ -181,6 +204,39 @@ def bias_residual_layernorm(x: Tensor, bias: Optional[Tensor], residual: Tensor,
     if _use_kernel("bias_residual_layernorm", x.device, x, bias, residual, ln_weight, ln_bias):
         return torch.ops.fastbert.bias_residual_layernorm(*args)
     return reference.bias_residual_layernorm(*args)
+
+
+# int8 inference (CPU kernels only; see csrc/fastbert.cpp for the quantization rule)
+
+def quantize_rows(x: Tensor, smooth: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    if _use_kernel("quantize_rows", x.device, x, smooth):
+        return torch.ops.fastbert.quantize_rows(x, smooth)
+    return reference.quantize_rows(x, smooth)
+
+
+def dequantize_rows(acc: Tensor, x_scale: Tensor, w_scale: Tensor, dtype: torch.dtype) -> Tensor:
+    if _use_kernel("dequantize_rows", acc.device, x_scale, w_scale):
+        return torch.ops.fastbert.dequantize_rows(acc, x_scale, w_scale, dtype)
+    return reference.dequantize_rows(acc, x_scale, w_scale, dtype)
+
+
+def dequant_bias_act_quant(acc: Tensor, x_scale: Tensor, w_scale: Tensor, bias: Tensor, activation: str,
+                           smooth: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    args = (acc, x_scale, w_scale, bias, activation, smooth)
+    if activation in reference.ACTIVATIONS and _use_kernel("dequant_bias_act_quant", acc.device, x_scale, w_scale,
+                                                           bias, smooth):
+        return torch.ops.fastbert.dequant_bias_act_quant(*args)
+    return reference.dequant_bias_act_quant(*args)
+
+
+def dequant_bias_residual_layernorm(acc: Tensor, x_scale: Tensor, w_scale: Tensor, bias: Optional[Tensor],
+                                    residual: Tensor, weight: Tensor, beta: Tensor, eps: float, quantize: bool,
+                                    smooth: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    args = (acc, x_scale, w_scale, bias, residual, weight, beta, eps, quantize, smooth)
+    if _use_kernel("dequant_bias_residual_layernorm", acc.device, x_scale, w_scale, bias, residual, weight, beta,
+                   smooth):
+        return torch.ops.fastbert.dequant_bias_residual_layernorm(*args)
+    return reference.dequant_bias_residual_layernorm(*args)
 
 
 # ---------------------------------------------------------------- build facts

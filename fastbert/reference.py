@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 __all__ = [
     "ACTIVATIONS", "pack", "unpack", "embeddings", "attention", "attention_masked", "bias_act",
-    "bias_residual_layernorm", "dropout_keep_mask", "activation",
+    "bias_residual_layernorm", "dropout_keep_mask", "activation", "quantize_rows", "dequantize_rows",
+    "dequant_bias_act_quant", "dequant_bias_residual_layernorm",
 ]
 
 
@@ -105,6 +106,65 @@ def bias_act(x: torch.Tensor, bias: torch.Tensor, activation_name: str) -> torch
     fn = activation(activation_name)
     acc = _acc_dtype(x.dtype)
     return fn(x.to(acc) + bias.to(acc)).to(x.dtype)
+
+
+# ---------------------------------------------------------------- int8 inference
+
+# The smallest normal float32: the floor of a row scale, so 1 / scale stays finite (see _row_scale).
+_FLT_MIN = torch.finfo(torch.float32).tiny
+
+
+def _row_scale(amax: torch.Tensor) -> torch.Tensor:
+    """A row's symmetric int8 scale from its max |value|: amax / 127, floored at FLT_MIN (a row of denormals
+    would otherwise get a scale whose reciprocal overflows), and 1 for an all-zero row (its q is then all zero,
+    dequantizing to exact zeros). Inputs are assumed finite; a row holding inf or NaN has unspecified q and scale."""
+    return torch.where(amax > 0, torch.clamp(amax / 127.0, min=_FLT_MIN), torch.ones_like(amax))
+
+
+def quantize_rows(x: torch.Tensor, smooth=None):
+    """Dynamic symmetric per-row int8 quantization of x (T, K) float32/bfloat16, with an optional per-channel
+    multiplier smooth (K,) float32 applied first (SmoothQuant). Returns q int8 (T, K) and scale float32 (T,):
+    q = round_half_even(clamp(x * smooth / scale, -127, 127)), so q * scale ~ x * smooth."""
+    v = x.float()
+    if smooth is not None:
+        v = v * smooth.float()
+    amax = v.abs().amax(dim=-1) if v.shape[-1] > 0 else v.new_zeros(v.shape[:-1])
+    scale = _row_scale(amax)
+    q = torch.round(torch.clamp(v / scale.unsqueeze(-1), -127.0, 127.0)).to(torch.int8)
+    return q, scale
+
+
+def _dequantize(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+    return acc.float() * x_scale.float().unsqueeze(-1) * w_scale.float()
+
+
+def dequantize_rows(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, dtype: torch.dtype):
+    """An int8 GEMM's int32 output acc (T, N) -> acc * x_scale[t] * w_scale[n] (fp32, in that order) in dtype."""
+    return _dequantize(acc, x_scale, w_scale).to(dtype)
+
+
+def dequant_bias_act_quant(acc, x_scale, w_scale, bias, activation_name: str, smooth=None):
+    """h = act(acc * x_scale[t] * w_scale[n] + bias[n]) in fp32, returned as quantize_rows(h, smooth)."""
+    h = activation(activation_name)(_dequantize(acc, x_scale, w_scale) + bias.float())
+    return quantize_rows(h, smooth)
+
+
+def dequant_bias_residual_layernorm(acc, x_scale, w_scale, bias, residual, weight, beta, eps: float,
+                                    quantize: bool, smooth=None):
+    """out = LayerNorm(acc * x_scale[t] * w_scale[n] + bias + residual) * weight + beta in residual's dtype (fp32
+    math), and with quantize also (q, scale) = quantize_rows(out, smooth) of the out returned (for bfloat16, of
+    its rounded values); without, q and scale are empty (0,) int8 / float32 tensors."""
+    s = _dequantize(acc, x_scale, w_scale)
+    if bias is not None:
+        s = s + bias.float()
+    s = s + residual.float()
+    out = _layernorm_stats(s, weight, beta, eps, residual.dtype)[0]
+    if quantize:
+        q, scale = quantize_rows(out, smooth)
+    else:
+        q = torch.empty(0, dtype=torch.int8, device=acc.device)
+        scale = torch.empty(0, dtype=torch.float32, device=acc.device)
+    return out, q, scale
 
 
 # ---------------------------------------------------------------- dropout mask (counter-based)

@@ -10,36 +10,12 @@
 #include <torch/library.h>
 
 #include "activation.h"
-#include "cpu/erf.h"
+#include "cpu/activation_vec.h"
 #include "cpu/isa.h"
 #include "cpu/vec.h"
 
 namespace fastbert::cpu {
 namespace CPU_CAPABILITY {
-
-// act(x) for one vector; `A` is a template argument so each activation gets its own inlined loop (a runtime
-// switch per vector kept the compiler from inlining erf's polynomial and cost 3x at bert-base sizes).
-template <Activation A, typename V>
-inline V apply_activation(const V& x) {
-  using S = typename V::value_type;
-  const V half(S(0.5)), one(S(1));
-  if constexpr (A == Activation::Gelu) {
-    return half * x * (one + fast_erf(x * V(S(M_SQRT1_2))));
-  } else if constexpr (A == Activation::GeluTanh) {
-    const V k(S(0.7978845608028654)), c(S(0.044715));
-    return half * x * (one + (k * (x + c * x * x * x)).tanh());
-  } else if constexpr (A == Activation::GeluFast) {
-    const V k(S(0.7978845608)), c(S(0.044715));
-    return half * x * (one + (x * k * (one + c * x * x)).tanh());
-  } else if constexpr (A == Activation::QuickGelu) {
-    return x / (one + (V(S(-1.702)) * x).exp());
-  } else if constexpr (A == Activation::Relu) {
-    return at::vec::maximum(x, V(S(0)));
-  } else {
-    static_assert(A == Activation::Silu);
-    return x / (one + x.neg().exp());
-  }
-}
 
 template <Activation A, typename scalar_t>
 void bias_act_rows(const scalar_t* xp, const scalar_t* bp, scalar_t* op, int64_t N, int64_t C) {
