@@ -3,7 +3,7 @@ __version__ = "0.1.0"
 
 from . import ops, reference  # noqa: F401
 from .encoder import Encoder, EncoderConfig, load_encoder  # noqa: F401  (torch only: keeps `import fastbert` light)
-from .quantize import dequantize, is_quantized, quantize  # noqa: F401
+from .int8 import dequantize, is_quantized, quantize  # noqa: F401
 
 # Names that need transformers are imported on first use (PEP 562), so `import fastbert` does not load it.
 _LAZY = {

@@ -214,7 +214,7 @@ def load_model(model_dir: str, dtype: str = "float32", device: str = "cpu") -> M
     except (FileNotFoundError, ValueError, OSError) as exc:
         raise InputError(f"cannot load the model: {exc}") from None
     if dtype == "int8":
-        from .quantize import quantize
+        from .int8 import quantize
         quantize(enc)
     hidden = int(enc.config.hidden_size)
     return Model(enc.forward, hidden, enc.pool if enc.pooler is not None else None, device, "fastbert")

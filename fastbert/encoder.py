@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from . import ops, reference
 from .autograd import zero_row_grad
-from . import inference, quantize
+from . import inference, int8 as int8_path
 from .fused_qkv import clear_fused_cache, fused_qkv  # noqa: F401 (clear_fused_cache: re-exported)
 
 __all__ = ["EncoderConfig", "Encoder", "EncoderOutput", "load_encoder", "run", "PAD_OUTPUTS"]
@@ -551,12 +551,12 @@ def run(model: nn.Module, config: Any, input_ids: Optional[Tensor] = None, atten
         keep_state(0, lambda: ops.unpack(x, indices, B, L))
         weights = int8 = None
         if not need_grad and not training and FAST_INFERENCE and not _compiling():
-            int8 = quantize.int8_layers(model) if x.device.type == "cpu" else None
+            int8 = int8_path.int8_layers(model) if x.device.type == "cpu" else None
             amp = inference.autocast_dtype(x)  # torch.autocast: the loop runs in its dtype, outputs stay x's
             if int8 is None:
                 weights = inference.layer_weights(layers, config.hidden_act, x, amp)
         if int8 is not None:
-            x = quantize.run_layers_int8(model, int8, x, cu_seqlens, L,
+            x = int8_path.run_layers_int8(model, int8, x, cu_seqlens, L,
                                          None if hidden is None else
                                          lambda i, y: keep_state(i + 1, lambda: ops.unpack(y, indices, B, L)))
         elif weights is not None:
