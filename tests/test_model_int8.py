@@ -43,7 +43,12 @@ def test_minilm_int8_text_cosine():
                 lean(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])]
     for out in outs:
         cos = F.cosine_similarity(_mean_pool(out, enc["attention_mask"]), ref, dim=-1)
-        assert float(cos.min()) >= 0.99 and float(cos.mean()) >= 0.999, (float(cos.min()), float(cos.mean()))
+        assert float(cos.min()) >= 0.995 and float(cos.mean()) >= 0.998, (float(cos.min()), float(cos.mean()))
+    # the FFN's second GEMM in float: the most accurate setting
+    fastbert.quantize(fb, keep_float=("ffn_out",))
+    with torch.no_grad():
+        cos = F.cosine_similarity(_mean_pool(fb(**enc).last_hidden_state, enc["attention_mask"]), ref, dim=-1)
+    assert float(cos.min()) >= 0.999 and float(cos.mean()) >= 0.999, (float(cos.min()), float(cos.mean()))
 
 
 def _outlier_model():
@@ -129,3 +134,7 @@ def test_quantize_bad_input():
     fb = fastbert.from_hf(make_hf(num_hidden_layers=1))
     with pytest.raises(ValueError, match="calibration_ids"):
         fastbert.quantize(fb, calibration_ids=torch.ones(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="keep_float"):
+        fastbert.quantize(fb, keep_float="ffn_out")
+    with pytest.raises(ValueError, match="keep_float"):
+        fastbert.quantize(fb, keep_float=("qkv",))
