@@ -326,3 +326,17 @@ def test_empty_input_gives_zero_rows(tmp_path, capsys):
                        str(tmp_path / "o.npy"))
     assert code == 0, err
     assert np.load(tmp_path / "o.npy").shape == (0, 384)
+
+
+@pytest.mark.parametrize("dtype,min_cos", [("bfloat16", 0.999), ("int8", 0.99)])
+def test_low_precision_dtypes(tmp_path, capsys, expected, dtype, min_cos):
+    """--dtype bfloat16 / int8 (fastbert.quantize) give the float32 embeddings within the documented cosine."""
+    write_txt(tmp_path / "in.txt", TEXTS)
+    code, _, err = run(capsys, "encode", "--model", MODEL, "-i", str(tmp_path / "in.txt"), "-o",
+                       str(tmp_path / "o.npy"), "--dtype", dtype, "--no-progress")
+    assert code == 0, err
+    got = np.load(tmp_path / "o.npy")
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    real = np.linalg.norm(expected, axis=1) > 0  # the empty rows are zero in both
+    assert cos_rows(got[real], expected[real]).min() >= min_cos
+    assert f"{dtype} on cpu" in err
