@@ -43,7 +43,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "int8"],
                     help="weights and activations of every implementation (the roofline is this dtype's); int8: "
-                         "fastbert quantized (fastbert.quantize), the others float32, the roofline torch._int_mm's")
+                         "fastbert quantized (fastbert.quantize), every implementation's float parts in "
+                         "fastbert.int8.base_dtype(), the roofline torch._int_mm's")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)

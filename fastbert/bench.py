@@ -157,9 +157,9 @@ def build_models(model: str = "bert-base", impls: Sequence[str] = IMPLS, dtype=t
                 if isinstance(m, nn.LayerNorm):
                     m.weight.uniform_(0.7, 1.3)
                     m.bias.normal_(0.0, 0.05)
-    int8 = dtype == torch.int8  # fastbert's encoder GEMMs in int8 (fastbert.quantize) on a float32 model
+    int8 = dtype == torch.int8  # fastbert's encoder GEMMs in int8 (fastbert.quantize), as `encode --dtype int8`
     if int8:
-        dtype = torch.float32
+        dtype = fastbert.int8.base_dtype()
     base = base.to(device=device, dtype=dtype).eval().requires_grad_(False)
     out: Dict[str, Callable] = {}
 

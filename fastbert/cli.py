@@ -99,7 +99,8 @@ def _add_encode(sub) -> None:
     p.add_argument("--window", type=int, default=8192, help="rows read, sorted by length and batched at a time")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "int8"], default="float32",
                    help="compute dtype of the model (the output is float32); int8: the encoder's GEMMs in int8 "
-                        "(fastbert.quantize, CPU), the rest in float32")
+                        "(fastbert.quantize, CPU), the rest in bfloat16 where the processor has AVX512-BF16, "
+                        "else float32")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available, else cpu)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: torch's)")
     p.add_argument("--progress", dest="progress", action="store_true", default=None,

@@ -40,8 +40,9 @@ def add_bench(sub, formatter) -> None:
                    help="implementations (default: all; onnxruntime when installed)")
     p.add_argument("--dtype", nargs="+", default=None, choices=["float32", "float16", "bfloat16", "int8"],
                    help="dtypes (default: float32 on CPU; float32 float16 bfloat16 on CUDA). int8 (CPU): fastbert "
-                        "with its encoder GEMMs in int8 (fastbert.quantize), the others in float32; its roofline "
-                        "is torch._int_mm's rate")
+                        "with its encoder GEMMs in int8 (fastbert.quantize), every implementation's float parts in "
+                        "bfloat16 where the processor has AVX512-BF16, else float32; the roofline is "
+                        "torch._int_mm's rate")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--repeats", type=int, default=10, help="timed rounds (interleaved across implementations)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")

@@ -205,10 +205,13 @@ def load_model(model_dir: str, dtype: str = "float32", device: str = "cpu") -> M
     from .encoder import load_encoder
     torch_dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
                    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
-                   "int8": torch.float32}[dtype]
+                   "int8": None}[dtype]
     check_model_dir(model_dir)
-    if dtype == "int8" and torch.device(device).type != "cpu":
-        raise InputError(f"--dtype int8 runs on CPU only (device {device}); use bfloat16 or float16 on CUDA")
+    if dtype == "int8":
+        if torch.device(device).type != "cpu":
+            raise InputError(f"--dtype int8 runs on CPU only (device {device}); use bfloat16 or float16 on CUDA")
+        from .int8 import base_dtype
+        torch_dtype = base_dtype()
     try:
         enc = load_encoder(model_dir, dtype=torch_dtype, device=device)
     except (FileNotFoundError, ValueError, OSError) as exc:

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from . import gemm, ops
 from .fused_qkv import _key, _key_valid, fused_qkv, packed_weight
 
-__all__ = ["quantize", "dequantize", "is_quantized", "quantize_weight", "QMAX", "SMOOTH_ALPHA"]
+__all__ = ["quantize", "dequantize", "is_quantized", "quantize_weight", "base_dtype", "QMAX", "SMOOTH_ALPHA"]
 
 QMAX = 127
 SMOOTH_ALPHA = 0.5  # on all-MiniLM-L6-v2, 0.3-0.85 (also per GEMM) all gave a lower text cosine than 0.5
@@ -206,6 +206,13 @@ def quantize(model: nn.Module, smooth: bool = True, calibration_ids: Optional[Te
         state.key = _key(_sources(m))
         m.__dict__[_ATTR] = state
     return model
+
+
+def base_dtype() -> torch.dtype:
+    """The float dtype for the parts of an int8 model that stay float, as ``--dtype int8`` picks it: bfloat16 where
+    the processor has AVX512-BF16 (attention on its dot products; measured 1.2x faster than float32 there at the
+    same text cosine on all-MiniLM-L6-v2), else float32."""
+    return torch.bfloat16 if ops.HAS_EXTENSION and ops.cpu_bf16_dot() else torch.float32
 
 
 def dequantize(model: nn.Module) -> nn.Module:
