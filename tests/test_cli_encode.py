@@ -328,7 +328,8 @@ def test_empty_input_gives_zero_rows(tmp_path, capsys):
     assert np.load(tmp_path / "o.npy").shape == (0, 384)
 
 
-@pytest.mark.parametrize("dtype,min_cos", [("bfloat16", 0.999), ("int8", 0.99)])
+# int8's worst rows here are the empty texts ([CLS] [SEP] alone: 0.989-0.991); texts score 0.996 and up
+@pytest.mark.parametrize("dtype,min_cos", [("bfloat16", 0.999), ("int8", 0.985)])
 def test_low_precision_dtypes(tmp_path, capsys, expected, dtype, min_cos):
     """--dtype bfloat16 / int8 (fastbert.quantize) give the float32 embeddings within the documented cosine."""
     write_txt(tmp_path / "in.txt", TEXTS)
@@ -340,3 +341,5 @@ def test_low_precision_dtypes(tmp_path, capsys, expected, dtype, min_cos):
     real = np.linalg.norm(expected, axis=1) > 0  # the empty rows are zero in both
     assert cos_rows(got[real], expected[real]).min() >= min_cos
     assert f"{dtype} on cpu" in err
+    texts = np.array([len(t.strip()) > 0 for t in TEXTS])
+    assert cos_rows(got[texts], expected[texts]).min() >= (0.9995 if dtype == "bfloat16" else 0.995)
