@@ -1,6 +1,6 @@
 """Model benchmark: fastbert vs HF eager, HF sdpa and PyTorch's native fast path, side by side in one process.
 
-    PYTHONPATH=. python benchmarks/bench_model.py                 # bert-base, the issue's ragged shapes
+    PYTHONPATH=. python benchmarks/bench_model.py                 # bert-base, ragged 8x128 and 2x512, full 8x128
     PYTHONPATH=. python benchmarks/bench_model.py --model bert-large --layers 6 --repeats 5
     PYTHONPATH=. python benchmarks/bench_model.py --json out.json
 

@@ -1,5 +1,5 @@
 """Training-step benchmark: one forward + backward of BertForSequenceClassification, fastbert vs HF eager,
-side by side in one process (issue 6's speed goal: >= 1.3x on CPU at bert-base width, less peak memory).
+side by side in one process (the training goal: >= 1.3x on CPU at bert-base width, less peak memory).
 
     PYTHONPATH=. python benchmarks/bench_train.py                  # bert-base, 8 x 128, lengths uniform [32, 128]
     PYTHONPATH=. python benchmarks/bench_train.py --layers 4 --repeats 5

@@ -193,9 +193,9 @@ class EncoderOutput(NamedTuple):
 class Encoder(nn.Module):
     """BERT encoder on fastbert's ops with transformers' BertModel state_dict keys (loads HF weights strictly).
 
-    ``forward`` returns last_hidden_state (B, L, H); ``pool`` the pooler output (B, H). Inference-first: in
-    eval mode without gradients it runs the fused kernels; with gradients it runs the differentiable
-    reference ops.
+    ``forward`` returns last_hidden_state (B, L, H); ``pool`` the pooler output (B, H). In eval mode without
+    gradients it runs the fused inference loop (int8 GEMMs after ``fastbert.quantize``); with gradients, the
+    same fused kernels through their registered backward kernels.
     """
 
     def __init__(self, config: EncoderConfig, add_pooling_layer: bool = True, pad_outputs: str = "zero"):

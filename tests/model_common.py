@@ -4,7 +4,7 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
-TOL = 1e-4  # fp32 max |diff| vs HF eager at real positions (issue 3)
+TOL = 1e-4  # fp32 max |diff| vs HF eager at real positions (the documented parity bound)
 
 SMALL = dict(vocab_size=211, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
              max_position_embeddings=40, type_vocab_size=2)
