@@ -346,12 +346,18 @@ def _dropout_seed() -> int:
     return int(torch.randint(0, 2 ** 62, (1,)).item())
 
 
+def _like(t: Optional[Tensor], x: Tensor) -> Optional[Tensor]:
+    """t in x's dtype (a differentiable cast). Under torch.autocast the GEMMs return bf16/fp16 while the biases
+    and LayerNorm parameters stay float32; the fused ops take one dtype."""
+    return t if t is None or t.dtype == x.dtype else t.to(x.dtype)
+
+
 def _act(config, layer, h: Tensor, bias: Optional[Tensor]) -> Tensor:
     act = config.hidden_act
     if isinstance(act, str) and act in reference.ACTIVATIONS:
         if bias is None:
             bias = h.new_zeros(h.shape[-1])
-        return ops.bias_act(h, bias, act)
+        return ops.bias_act(h, _like(bias, h), act)
     fn = getattr(layer.intermediate, "intermediate_act_fn", None)
     if fn is None:
         fn = act if callable(act) else None
@@ -381,8 +387,11 @@ def _embed(emb, ids, positions, types, inputs_embeds, need_grad: bool) -> Tensor
 
 def _residual_ln(y: Tensor, dense: nn.Module, ln: nn.Module, residual: Tensor, p_drop: float,
                  training: bool) -> Tensor:
-    """LayerNorm(y + dense.bias + residual), y = input @ dense.weight^T (dropout on y + bias when training)."""
-    bias = dense.bias
+    """LayerNorm(y + dense.bias + residual), y = input @ dense.weight^T (dropout on y + bias when training).
+    Under torch.autocast y comes in the autocast dtype; the sum and the LayerNorm run in the residual's dtype, as
+    autocast runs layer_norm in float32."""
+    y = _like(y, residual)
+    bias = _like(dense.bias, residual)
     if training and p_drop > 0:
         y = F.dropout(y if bias is None else y + bias, p_drop, True)
         bias = None
@@ -435,7 +444,7 @@ def _packed_layer(config, layer, x: Tensor, cu_seqlens: Tensor, max_seqlen: int,
     w, b = fused_qkv(sa, need_grad)
     qkv = F.linear(x, w)                                                       # (T, 3H), bias left to attention
     seed = _dropout_seed() if p_attn > 0 else 0
-    ctx, _ = ops.attention(qkv, b, cu_seqlens, max_seqlen, nh, scale, p_attn, seed, 0)   # (T, H)
+    ctx, _ = ops.attention(qkv, _like(b, qkv), cu_seqlens, max_seqlen, nh, scale, p_attn, seed, 0)   # (T, H)
     del qkv                                                   # free (T, 3H) before the MLP: lower peak memory
     x = _attn_out(ctx, o_dense, o_ln, x, p_hidden, training)
     del ctx
@@ -452,10 +461,11 @@ def _padded_layer(config, layer, x: Tensor, mask: Tensor, need_grad: bool, train
     qkv = F.linear(x, w)                                                       # (B, L, 3H)
     probs = None
     if with_probs:
-        ctx, probs = _attention_probs(qkv, b, mask, nh, scale, p_attn, training)
+        ctx, probs = _attention_probs(qkv, _like(b, qkv), mask, nh, scale, p_attn, training)
     else:
         seed = _dropout_seed() if p_attn > 0 else 0
-        ctx, _ = ops.attention_masked(qkv, b, mask, nh, scale, p_attn, seed, 0)    # (B, L, H)
+        mask = mask if mask.dtype == torch.bool else _like(mask, qkv)
+        ctx, _ = ops.attention_masked(qkv, _like(b, qkv), mask, nh, scale, p_attn, seed, 0)    # (B, L, H)
     del qkv
     x = _attn_out(ctx, o_dense, o_ln, x, p_hidden, training)
     del ctx
