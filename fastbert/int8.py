@@ -29,6 +29,7 @@ bfloat16), accumulating in fp32.
 from __future__ import annotations
 
 import math
+import sys
 from typing import List, NamedTuple, Optional, Sequence
 
 import torch
@@ -152,11 +153,9 @@ class _Int8State:
 def _fastbert_models(model: nn.Module) -> list:
     from .encoder import Encoder
     found = [m for m in model.modules() if isinstance(m, Encoder)]
-    try:
-        from .modeling import FastBertMixin
-        found += [m for m in model.modules() if isinstance(m, FastBertMixin)]
-    except ImportError:  # transformers missing: only the lean Encoder exists
-        pass
+    modeling = sys.modules.get(__package__ + ".modeling")  # never imported: no transformers-based model exists,
+    if modeling is not None:                                 # and the lean path stays free of transformers
+        found += [m for m in model.modules() if isinstance(m, modeling.FastBertMixin)]
     return found
 
 

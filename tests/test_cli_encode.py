@@ -274,13 +274,14 @@ def test_plan_batches_and_npy_writer(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), np.concatenate(blocks))
 
 
-def test_encode_does_not_import_transformers(tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_encode_does_not_import_transformers(tmp_path, dtype):
     write_txt(tmp_path / "in.txt", TEXTS[:2])
     code = (
         "import sys\n"
         "from fastbert.cli import main\n"
         f"assert main(['encode', '--model', {MODEL!r}, '-i', {str(tmp_path / 'in.txt')!r}, "
-        f"'-o', {str(tmp_path / 'o.npy')!r}, '-q']) == 0\n"
+        f"'-o', {str(tmp_path / 'o.npy')!r}, '-q', '--dtype', {dtype!r}]) == 0\n"
         "bad = [m for m in ('transformers', 'sentence_transformers', 'pandas', 'scipy', 'sklearn') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
