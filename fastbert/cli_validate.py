@@ -156,6 +156,9 @@ def cmd_validate(args, default_model) -> int:
     print(f"  {'inputs':<{w1}}  {'output':<{w2}}  {'max|diff|':>9}  {'min cos':>9}  ok")
     for name, what, diff, cos, ok in rows:
         print(f"  {name:<{w1}}  {what:<{w2}}  {diff:9.2e}  {cos:9.6f}  {'yes' if ok else 'NO'}")
+    if not os.path.isfile(tok_file):
+        print(f"  skipped: the 'sentences and pairs, tokenized' checks (4): {model_dir} has no tokenizer.json "
+              "(save the model's tokenizer there to run them)")
     failed = sum(1 for r in rows if not r[4])
     print(f"fastbert validate: {'PASS' if not failed else 'FAIL'} ({len(rows) - failed}/{len(rows)} within tolerance)")
     sys.stdout.flush()

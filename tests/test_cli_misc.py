@@ -53,6 +53,23 @@ def test_validate_passes_on_minilm(capsys):
     code, out, _ = run(capsys, "validate", "--model", MODEL)
     assert code == 0, out
     assert "PASS" in out and "last_hidden_state" in out and "pooler_output" in out
+    assert "skipped" not in out and "(16/16" in out
+
+
+def test_validate_says_what_it_skipped_without_a_tokenizer(capsys, tmp_path):
+    import shutil
+    folder = tmp_path / "no-tokenizer"
+    shutil.copytree(MODEL, folder)
+    (folder / "tokenizer.json").unlink()
+    code, out, _ = run(capsys, "validate", "--model", str(folder))
+    assert code == 0, out
+    assert "skipped: the 'sentences and pairs, tokenized' checks (4)" in out and "(12/12" in out
+
+
+def test_validate_int8(capsys):
+    code, out, _ = run(capsys, "validate", "--model", MODEL, "--dtype", "int8")
+    assert code == 0, out
+    assert "fastbert int8 on cpu" in out and "PASS" in out
 
 
 def test_validate_fails_when_outputs_drift(capsys, monkeypatch):
