@@ -8,6 +8,7 @@ is visible instead of silently slow.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from typing import Callable, Dict, Tuple
 
@@ -42,27 +43,30 @@ def build(hf_model, device="cpu", threads: int | None = None) -> Tuple[Callable,
     if next(hf_model.parameters()).device.type != "cpu" or next(hf_model.parameters()).dtype != torch.float32:
         raise ValueError("onnxruntime: export from a float32 CPU model")
     tmp = tempfile.mkdtemp(prefix="fastbert-ort-")
-    raw, opt_path = os.path.join(tmp, "model.onnx"), os.path.join(tmp, "model.opt.onnx")
-    ids = torch.full((2, 8), 1000, dtype=torch.long)
-    mask = torch.ones_like(ids)
-    mask[1, 5:] = 0  # a padded example: transformers drops an all-ones mask, and the trace would keep that
-    with torch.inference_mode(False), torch.no_grad():
-        torch.onnx.export(
-            _Export(hf_model).eval(), (ids, mask, torch.zeros_like(ids)), raw,
-            input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=["last_hidden_state"],
-            dynamic_axes={n: {0: "batch", 1: "seq"} for n in ("input_ids", "attention_mask", "token_type_ids",
-                                                             "last_hidden_state")},
-            opset_version=17, dynamo=False)
-    opt = optimizer.optimize_model(raw, model_type="bert", num_heads=cfg.num_attention_heads,
-                                   hidden_size=cfg.hidden_size, opt_level=1 if device == "cpu" else 2)
-    fused = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
-    opt.save_model_to_file(opt_path)
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if str(device).startswith("cuda") \
-        else ["CPUExecutionProvider"]
-    sess = ort.InferenceSession(opt_path, so, providers=providers)
+    try:
+        raw, opt_path = os.path.join(tmp, "model.onnx"), os.path.join(tmp, "model.opt.onnx")
+        ids = torch.full((2, 8), 1000, dtype=torch.long)
+        mask = torch.ones_like(ids)
+        mask[1, 5:] = 0  # a padded example: transformers drops an all-ones mask, and the trace would keep that
+        with torch.inference_mode(False), torch.no_grad():
+            torch.onnx.export(
+                _Export(hf_model).eval(), (ids, mask, torch.zeros_like(ids)), raw,
+                input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=["last_hidden_state"],
+                dynamic_axes={n: {0: "batch", 1: "seq"} for n in ("input_ids", "attention_mask", "token_type_ids",
+                                                                 "last_hidden_state")},
+                opset_version=17, dynamo=False)
+        opt = optimizer.optimize_model(raw, model_type="bert", num_heads=cfg.num_attention_heads,
+                                       hidden_size=cfg.hidden_size, opt_level=1 if device == "cpu" else 2)
+        fused = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
+        opt.save_model_to_file(opt_path)
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if str(device).startswith("cuda") \
+            else ["CPUExecutionProvider"]
+        sess = ort.InferenceSession(opt_path, so, providers=providers)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the session holds the model; the export (GBs for bert-large) goes
 
     def f(input_ids, attention_mask):
         feeds = {"input_ids": input_ids.cpu().numpy(), "attention_mask": attention_mask.cpu().numpy(),
