@@ -127,11 +127,24 @@ def layer_weights(layers: nn.ModuleList, activation, x: Tensor,
     return weights
 
 
+def _pad_rows(x: Tensor, cu_seqlens: Tensor, max_seqlen: int, rows: int):
+    """x (T, H) padded with zero rows to ``rows``, the extra rows one extra sequence of their own (attention never
+    mixes them with the real ones; every other op works row by row), so the GEMMs see a bucketed row count."""
+    t = x.shape[0]
+    if rows == t:
+        return x, cu_seqlens, max_seqlen
+    padded = x.new_zeros(rows, x.shape[1])
+    padded[:t] = x
+    cu = torch.cat([cu_seqlens, cu_seqlens.new_full((1,), rows)])
+    return padded, cu, max(max_seqlen, rows - t)
+
+
 def run_layers(weights: LayerWeights, x: Tensor, cu_seqlens: Tensor, max_seqlen: int, num_heads: int,
                scale: float, activation: str, on_layer: Optional[Callable[[int, Tensor], None]] = None,
                layers: Optional[nn.Module] = None) -> Tensor:
     """x (T, H) through every layer; on_layer(i, x) after layer i (for output_hidden_states). On CUDA, with the
-    layer stack given, through a cached CUDA graph (fastbert/cuda_graphs.py)."""
+    layer stack given, through a cached CUDA graph (fastbert/cuda_graphs.py); on CPU with oneDNN, on rows padded
+    to ``gemm.bucket_rows(T)``."""
     all_layers = on_layer is not None
     outs = None
     if (layers is not None and x.is_cuda and x.shape[0] > 0 and cuda_graphs.cuda_graphs_enabled()
@@ -139,9 +152,14 @@ def run_layers(weights: LayerWeights, x: Tensor, cu_seqlens: Tensor, max_seqlen:
         outs = cuda_graphs.run(layers, weights.tensors, weights.eps, x, cu_seqlens, max_seqlen, num_heads, scale,
                                activation, all_layers)
     if outs is None:
+        t = x.shape[0]
+        onednn = gemm.uses_onednn(x)
+        if onednn and t > 0:
+            x, cu_seqlens, max_seqlen = _pad_rows(x, cu_seqlens, max_seqlen, gemm.bucket_rows(t))
         outs = torch.ops.fastbert.encoder_layers.default(x, cu_seqlens, max_seqlen, num_heads, scale, activation,
-                                                         weights.tensors, weights.eps, all_layers,
-                                                         gemm.uses_onednn(x))
+                                                         weights.tensors, weights.eps, all_layers, onednn)
+        if x.shape[0] != t:
+            outs = [y[:t] for y in outs]
     if on_layer is not None:
         for i, y in enumerate(outs):
             on_layer(i, y)

@@ -100,3 +100,30 @@ def test_onednn_caches_are_capped_unless_the_environment_says_otherwise(monkeypa
     assert out.returncode != 0  # the child's own assert: the variable was set
     out = _python("import os, fastbert; print(os.environ['LRU_CACHE_CAPACITY'])", LRU_CACHE_CAPACITY="7")
     assert out.stdout.strip() == "7"
+
+
+def test_bucket_rows():
+    prev = 0
+    for t in range(1, 5000):
+        b = gemm.bucket_rows(t)
+        assert b >= t and b >= prev
+        assert b <= max(16, t + 15) if t <= 128 else b <= t + 63 if t <= 512 else b <= t * 1.125
+        prev = b
+    assert len({gemm.bucket_rows(t) for t in range(1, 2049)}) <= 32  # a few dozen shapes, within the caches
+
+
+@requires_onednn
+def test_padded_rows_give_the_unpadded_results(monkeypatch):
+    """The loop's bucket padding (extra rows as a sequence of their own) leaves the real rows' results as they are
+    without it, up to the GEMM's summation order (another row count can block the GEMM differently)."""
+    import fastbert
+    from model_common import make_hf, ragged
+    monkeypatch.setattr(gemm, "_choice", "onednn")
+    fb = fastbert.from_hf(make_hf(num_hidden_layers=2))
+    ids, mask, _ = ragged(3, 23, fb.config.vocab_size, seed=4, lengths=[23, 5, 11])  # 39 rows -> 48
+    with torch.no_grad():
+        padded = fb(ids, attention_mask=mask, output_hidden_states=True)
+        monkeypatch.setattr(gemm, "bucket_rows", lambda t: t)
+        plain = fb(ids, attention_mask=mask, output_hidden_states=True)
+    for a, b in zip(padded.hidden_states, plain.hidden_states):
+        assert (a - b).abs().max() <= 1e-5
