@@ -197,8 +197,13 @@ def quantize(model: nn.Module, smooth: bool = True, calibration_ids: Optional[Te
         raise RuntimeError("quantize: the int8 kernels are not built (fastbert._C did not load: "
                            f"{ops.LOAD_ERROR})")
     for m in targets:
-        if m.embeddings.word_embeddings.weight.device.type != "cpu":
+        w = m.embeddings.word_embeddings.weight
+        if w.device.type != "cpu":
             raise ValueError("model: int8 runs on CPU only; move the model to the CPU first")
+        if w.dtype not in (torch.float32, torch.bfloat16):
+            raise TypeError(f"model: int8 keeps attention, LayerNorm and GELU in the model's dtype, which must be "
+                            f"float32 or bfloat16; got {w.dtype} (convert with model.float() or "
+                            f"model.to(torch.bfloat16) first)")
         state = _Int8State(smooth=smooth, calibration=None if calibration_ids is None else
                            (calibration_ids, calibration_mask), keep_float=keep_float)
         state.layers = _build(m, state)

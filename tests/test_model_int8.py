@@ -138,3 +138,5 @@ def test_quantize_bad_input():
         fastbert.quantize(fb, keep_float="ffn_out")
     with pytest.raises(ValueError, match="keep_float"):
         fastbert.quantize(fb, keep_float=("qkv",))
+    with pytest.raises(TypeError, match="float32 or bfloat16; got torch.float16"):
+        fastbert.quantize(fastbert.from_hf(make_hf(num_hidden_layers=1)).half())
