@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["fused_qkv", "packed_weight", "clear_fused_cache"]
+__all__ = ["fused_qkv", "packed_weight", "clear_fused_cache", "tensors_key", "key_matches"]
 
 CACHE_ATTRS = ("_fastbert_fused", "_fastbert_packed", "_fastbert_packed_bias")
 
@@ -49,12 +49,15 @@ def _version(t: Tensor) -> int:
         return -1
 
 
-def _key(ts) -> tuple:
+def tensors_key(ts) -> tuple:
+    """What identifies the tensors ts (None allowed) for a cache: object, storage, in-place version, dtype, device,
+    shape."""
     return tuple((weakref.ref(t), t.data_ptr(), _version(t), t.dtype, t.device, t.shape) if t is not None
                  else None for t in ts)
 
 
-def _key_valid(key, ts) -> bool:
+def key_matches(key, ts) -> bool:
+    """Whether ts are still the tensors ``tensors_key`` saw, unchanged."""
     if key is None or len(key) != len(ts):
         return False
     for k, t in zip(key, ts):
@@ -128,7 +131,7 @@ def fused_qkv(sa: nn.Module, need_grad: bool, pack: Optional[Callable[[Tensor], 
     ws, bs = _qkv_params(sa)
     cache = _cache(sa, "_fastbert_fused")
     entry = cache.entry
-    if entry is not None and entry[3] is pack and _key_valid(entry[0], ws + bs):
+    if entry is not None and entry[3] is pack and key_matches(entry[0], ws + bs):
         return entry[1], entry[2]
     with torch.no_grad():
         w = _adjacent_view(ws)
@@ -143,7 +146,7 @@ def fused_qkv(sa: nn.Module, need_grad: bool, pack: Optional[Callable[[Tensor], 
             b = _cat_bias(sa, w).detach()
         if pack is not None:
             w = pack(w)
-    cache.entry = (_key(ws + bs), w, b, pack)  # one assignment: threads see the old or the new entry, never a mix
+    cache.entry = (tensors_key(ws + bs), w, b, pack)  # one assignment: threads see the old or the new entry, never a mix
     return w, b
 
 
@@ -154,11 +157,11 @@ def packed_weight(module: nn.Module, w: Tensor, pack: Optional[Callable[[Tensor]
         return w
     cache = _cache(module, "_fastbert_packed" if slot == "weight" else f"_fastbert_packed_{slot}")
     entry = cache.entry
-    if entry is not None and entry[2] is pack and _key_valid(entry[0], (w,)):
+    if entry is not None and entry[2] is pack and key_matches(entry[0], (w,)):
         return entry[1]
     with torch.no_grad():
         packed = pack(w.detach())
-    cache.entry = (_key((w,)), packed, pack)
+    cache.entry = (tensors_key((w,)), packed, pack)
     return packed
 
 

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from . import gemm, ops
-from .fused_qkv import _key, _key_valid, fused_qkv, packed_weight
+from .fused_qkv import fused_qkv, key_matches, packed_weight, tensors_key
 
 __all__ = ["quantize", "dequantize", "is_quantized", "quantize_weight", "base_dtype", "QMAX", "SMOOTH_ALPHA"]
 
@@ -207,7 +207,7 @@ def quantize(model: nn.Module, smooth: bool = True, calibration_ids: Optional[Te
         state = _Int8State(smooth=smooth, calibration=None if calibration_ids is None else
                            (calibration_ids, calibration_mask), keep_float=keep_float)
         state.layers = _build(m, state)
-        state.key = _key(_sources(m))
+        state.key = tensors_key(_sources(m))
         m.__dict__[_ATTR] = state
     return model
 
@@ -237,9 +237,9 @@ def int8_layers(model: nn.Module) -> Optional[List[Int8Layer]]:
     if state is None:
         return None
     sources = _sources(model)
-    if not _key_valid(state.key, sources):
+    if not key_matches(state.key, sources):
         state.layers = _build(model, state)
-        state.key = _key(sources)
+        state.key = tensors_key(sources)
     return state.layers
 
 
