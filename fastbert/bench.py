@@ -9,12 +9,12 @@ medians:
              HF's embeddings in front (the engine under BetterTransformer)
   fastbert   fastbert.BertModel (padding-free, fused ops)
 
-Roofline: the fastest GEMM rate of the rows' own dtype measured on the model's own GEMM shapes for the batch's real tokens (probes
-timed inside the same interleaved rounds as the models), and the forward's FLOPs on real tokens (GEMMs +
-attention's QK^T and PV); a row's fraction of the roofline is its real tokens/s over rate / (FLOPs per real
-token). The probes are ``torch.mm`` and, on CPU in float32 and bfloat16, oneDNN's inner product (the library fastbert's
-inference loop uses, fastbert/gemm.py); rows carry each probe's GFLOP/s (``mm_gflops``, ``onednn_gflops``) and
-the ceiling used (``gemm_gflops``).
+Roofline: the fastest GEMM rate of the rows' own dtype measured on the model's own GEMM shapes for the batch's real
+tokens (probes timed inside the same interleaved rounds as the models), and the forward's FLOPs on real tokens
+(GEMMs + attention's QK^T and PV); a row's fraction of the roofline is its real tokens/s over rate / (FLOPs per
+real token). The probes are ``torch.mm`` and, on CPU in float32 and bfloat16, oneDNN's inner product (the library
+fastbert's inference loop uses, fastbert/gemm.py), and for int8 ``torch._int_mm`` alone; rows carry each probe's GFLOP/s (``mm_gflops``,
+``onednn_gflops``) and the ceiling used (``gemm_gflops``).
 """
 from __future__ import annotations
 

@@ -146,7 +146,8 @@ def fused_qkv(sa: nn.Module, need_grad: bool, pack: Optional[Callable[[Tensor], 
             b = _cat_bias(sa, w).detach()
         if pack is not None:
             w = pack(w)
-    cache.entry = (tensors_key(ws + bs), w, b, pack)  # one assignment: threads see the old or the new entry, never a mix
+    # one assignment: threads see the old or the new entry, never a mix
+    cache.entry = (tensors_key(ws + bs), w, b, pack)
     return w, b
 
 

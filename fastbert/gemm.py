@@ -9,9 +9,9 @@ GEMM shapes at 140-190 GFLOP/s on 2 threads, where oneDNN's inner product (``tor
 the kernel torch.compile's CPU backend calls for Linear layers, in every x86 build of PyTorch) runs the same
 shapes at 175-215 (benchmarks/bench_gemm.py). Both are libraries PyTorch already links; the fused ops between
 the GEMMs are unchanged. A float32 weight goes in as it is: packed float32 weights measured no faster on BERT's
-shapes (within 3% at 128-2000 tokens on the AMD EPYC), so they would cost a copy of every weight for nothing. A bfloat16 weight is
-packed once per model (``weight_packer``, cached by fastbert/fused_qkv.py and rebuilt when the weight changes):
-5-12% faster than handing oneDNN the plain weight, which it reorders on every call.
+shapes (within 3% at 128-2000 tokens on the AMD EPYC), so they would cost a copy of every weight for nothing. A
+bfloat16 weight is packed once per model (``weight_packer``, cached by fastbert/fused_qkv.py and rebuilt when the
+weight changes): 5-12% faster than handing oneDNN the plain weight, which it reorders on every call.
 
 Memory: oneDNN (and ideep, PyTorch's wrapper) cache a primitive per GEMM shape, and BERT's token count changes with
 every batch; with their default capacities (1024 each) a job of varied shapes grew by more than 1 GB over a few
@@ -19,8 +19,8 @@ hundred forwards, and building a primitive costs more than a small GEMM. The inf
 to ``bucket_rows(T)`` (fastbert/inference.py), so a job sees a few dozen shapes, not thousands; fastbert caps
 both caches at ``ONEDNN_CACHE_CAPACITY`` entries (``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` and
 ``LRU_CACHE_CAPACITY``, process-wide, read by oneDNN when it first runs) unless the environment sets them: import
-fastbert before the first oneDNN call of the process for the cap to take effect. A primitive is rebuilt on a miss;
-at BERT's sizes that costs far less than the GEMM it serves.
+fastbert before the first oneDNN call of the process for the cap to take effect. A miss rebuilds the primitive
+(4-6 ms): the row buckets keep misses to the first batch of each bucket.
 
 The results differ from torch.mm's by float32 rounding only (another summation order); the tests check the loop
 against the general path within float32 tolerance with oneDNN, and bit for bit with torch.mm.
@@ -38,8 +38,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["CPU_GEMMS", "HAS_ONEDNN", "ONEDNN_CACHE_CAPACITY", "bucket_rows", "cpu_gemm", "set_cpu_gemm",
-           "uses_onednn",
-           "weight_packer", "pack_onednn", "linear_fn", "linear_mm", "linear_onednn"]
+           "uses_onednn", "weight_packer", "pack_onednn", "describe", "linear_fn", "linear_mm", "linear_onednn"]
 
 CPU_GEMMS = ("onednn", "mm")
 ONEDNN_CACHE_CAPACITY = 128  # primitives per cache: 4 GEMM shapes x the ~30 row buckets up to 2048 rows

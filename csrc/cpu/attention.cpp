@@ -510,6 +510,14 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
         const int64_t row_bytes = d * static_cast<int64_t>(sizeof(scalar_t));
         constexpr int64_t kAhead = 16;
         const int64_t rows_all = task.q1 - task.q0;
+        // Staging key j: prefetch the q (when staged), k and v slices of key j + kAhead.
+        auto prefetch_ahead = [&](int64_t j) {
+          if (j + kAhead >= n) return;
+          const scalar_t* ahead = qkv_p + (s0 + j + kAhead) * 3 * H + h * d;
+          if (j + kAhead >= task.q0 && j + kAhead < task.q1) prefetch_bytes(ahead, row_bytes);
+          prefetch_bytes(ahead + H, row_bytes);
+          prefetch_bytes(ahead + 2 * H, row_bytes);
+        };
 #ifdef FASTBERT_BF16_DOT
         if constexpr (kDot) {
           // bf16: Q * scale and K rows (dq = d rounded up to 32), V as key pairs; K^T as d/2 rows of bf16 pairs.
@@ -518,12 +526,7 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
           uint16_t* V2 = reinterpret_cast<uint16_t*>(Vb);
           for (int64_t j = 0; j < n; j += 2) {
             for (int64_t jj = j; jj < std::min(n, j + 2); ++jj) {
-              if (jj + kAhead < n) {
-                const scalar_t* ahead = qkv_p + (s0 + jj + kAhead) * 3 * H + h * d;
-                if (jj + kAhead >= task.q0 && jj + kAhead < task.q1) prefetch_bytes(ahead, row_bytes);
-                prefetch_bytes(ahead + H, row_bytes);
-                prefetch_bytes(ahead + 2 * H, row_bytes);
-              }
+              prefetch_ahead(jj);
               const scalar_t* row = qkv_p + (s0 + jj) * 3 * H + h * d;
               if (jj >= task.q0 && jj < task.q1)
                 stage_row_bf16(row, qb, scale, true, Q2 + (jj - task.q0) * dq, d, dq);
@@ -541,12 +544,7 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
 #endif
         {
           for (int64_t j = 0; j < n; ++j) {
-            if (j + kAhead < n) {
-              const scalar_t* ahead = qkv_p + (s0 + j + kAhead) * 3 * H + h * d;
-              if (j + kAhead >= task.q0 && j + kAhead < task.q1) prefetch_bytes(ahead, row_bytes);
-              prefetch_bytes(ahead + H, row_bytes);
-              prefetch_bytes(ahead + 2 * H, row_bytes);
-            }
+            prefetch_ahead(j);
             const scalar_t* row = qkv_p + (s0 + j) * 3 * H + h * d;
             if (j >= task.q0 && j < task.q1) stage_row(row, qb, scale, true, Q + (j - task.q0) * dp, d, dp);
             stage_row(row + H, kb, acc(1), false, Kr + j * dp, d, dp);
