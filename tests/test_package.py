@@ -8,15 +8,8 @@ import torch
 
 import fastbert
 from fastbert import ops, reference
-from conftest import requires_extension
+from tests.helpers import ROOT, requires_extension, run_python
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _python(code, **env):
-    full_env = dict(os.environ, **env)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=full_env,
-                          timeout=120)
 
 
 @requires_extension
@@ -35,7 +28,7 @@ def test_import_without_extension_falls_back_to_reference():
             "x, b = torch.randn(3, 5), torch.randn(5)\n"
             "assert torch.equal(fastbert.ops.bias_act(x, b, 'gelu'), fastbert.reference.bias_act(x, b, 'gelu'))\n"
             "print('ok')")
-    result = _python(code)
+    result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
     assert "compiled kernels unavailable" in result.stderr and "pip install --no-build-isolation" in result.stderr
@@ -44,14 +37,14 @@ def test_import_without_extension_falls_back_to_reference():
 @requires_extension
 @pytest.mark.parametrize("isa", ops.supported_cpu_isas())
 def test_env_var_selects_isa(isa):
-    result = _python("import fastbert; print(fastbert.ops.cpu_isa())", FASTBERT_CPU_ISA=isa)
+    result = run_python("import fastbert; print(fastbert.ops.cpu_isa())", FASTBERT_CPU_ISA=isa)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == isa
 
 
 @requires_extension
 def test_bad_isa_env_var_is_a_clear_error():
-    result = _python("import fastbert", FASTBERT_CPU_ISA="sse9")
+    result = run_python("import fastbert", FASTBERT_CPU_ISA="sse9")
     assert result.returncode != 0
     assert "FASTBERT_CPU_ISA='sse9'" in result.stderr and "expected avx512, avx2 or scalar" in result.stderr
 
@@ -64,5 +57,5 @@ def test_set_cpu_isa_rejects_unknown():
 
 @requires_extension
 def test_default_isa_is_the_best_supported():
-    result = _python("import fastbert; print(fastbert.ops.cpu_isa())", FASTBERT_CPU_ISA="")
+    result = run_python("import fastbert; print(fastbert.ops.cpu_isa())", FASTBERT_CPU_ISA="")
     assert result.stdout.strip() == ops.supported_cpu_isas()[0]

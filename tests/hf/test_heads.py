@@ -7,7 +7,7 @@ import torch
 from transformers.models.bert import modeling_bert as hf
 
 from fastbert import heads
-from model_common import hf_config, perturb_, ragged
+from tests.helpers import hf_config, perturb_, ragged
 
 REL = 1e-4
 HEADS = ["BertForSequenceClassification", "BertForTokenClassification", "BertForQuestionAnswering",

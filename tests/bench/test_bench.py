@@ -3,7 +3,7 @@ carries the same weights and agrees with HF eager at real positions; batches, FL
 No timing is asserted here."""
 import pytest
 import torch
-from model_common import make_hf
+from tests.helpers import make_hf
 
 from fastbert import bench
 

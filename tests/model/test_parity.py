@@ -3,7 +3,7 @@ pooler within 1e-4, every position with pad_outputs="hf", each config knob HF's 
 real all-MiniLM-L6-v2 checkpoint (cosine >= 0.99999 per token)."""
 import pytest
 import torch
-from model_common import BASE, LARGE, TOL, make_hf, max_diff, ragged
+from tests.helpers import BASE, LARGE, TOL, make_hf, max_diff, ragged
 
 import fastbert
 

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from model_common import make_hf, ragged
+from tests.helpers import make_hf, ragged
 
 import fastbert
 from fastbert import ops

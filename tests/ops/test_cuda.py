@@ -608,7 +608,7 @@ def test_cuda_graphs_serve_several_threads():
     """Threads sharing one model (and the default stream) replay its graphs without mixing their batches: two of
     the batches share a graph."""
     from fastbert import cuda_graphs
-    from model_common import run_threads
+    from tests.helpers import run_threads
     fb = _graph_model(torch.float16)
     batches = [_ragged_batch(lengths, 64, seed=i) for i, lengths in enumerate([[30, 7], [30, 9], [64, 1, 2], [5]])]
     cuda_graphs.set_cuda_graphs(False)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fastbert import ops, reference
-from conftest import assert_close, randn, requires_extension
+from tests.helpers import assert_close, randn, requires_extension
 
 pytestmark = requires_extension
 

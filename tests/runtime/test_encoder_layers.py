@@ -6,7 +6,7 @@ import torch
 
 import fastbert
 from fastbert import inference
-from model_common import make_hf
+from tests.helpers import make_hf
 
 pytestmark = pytest.mark.skipif(not fastbert.ops.HAS_EXTENSION, reason="needs the compiled extension")
 

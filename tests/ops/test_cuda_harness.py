@@ -28,10 +28,10 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from fastbert import reference  # noqa: E402
-from fastbert.ops import CPU_ONLY_OPS  # noqa: E402  (ops with a CPU kernel only, by design: the int8 ops)
+from fastbert.ops import CPU_ONLY_OPS, reference  # CPU_ONLY_OPS: a CPU kernel only, by design (the int8 ops)
+from tests.helpers import ROOT as _ROOT
+
+ROOT = Path(_ROOT)
 
 HARNESS = ROOT / "tests" / "cuda_harness"
 CXX = os.environ.get("CXX", "g++")

@@ -14,7 +14,7 @@ import torch
 
 from fastbert import autograd as fb_autograd
 from fastbert import ops, reference
-from conftest import randn, requires_extension
+from tests.helpers import randn, requires_extension
 
 pytestmark = requires_extension
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fastbert import reference
-from conftest import randn, requires_extension
+from tests.helpers import randn, requires_extension
 
 pytestmark = requires_extension
 

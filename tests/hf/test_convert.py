@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from model_common import TOL, make_hf, max_diff, ragged
+from tests.helpers import TOL, make_hf, max_diff, ragged
 from torch import nn
 from transformers import BertForSequenceClassification, BertModel
 

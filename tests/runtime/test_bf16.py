@@ -3,7 +3,7 @@ weights packed once for oneDNN (cached, rebuilt when a weight changes, freed by 
 import pytest
 import torch
 import torch.nn.functional as F
-from model_common import make_hf, ragged
+from tests.helpers import make_hf, ragged
 
 import fastbert
 from fastbert import gemm, ops

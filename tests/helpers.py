@@ -1,8 +1,46 @@
-"""Shared helpers of the model tests (tests/test_model_*.py): small random HF BERT models with every parameter
-moved off its init (LayerNorm weights/biases and Linear biases too, so each one matters), ragged batches."""
+"""What the tests share: tolerances per dtype, random inputs, small random HF BERT models with every parameter
+moved off its init (LayerNorm weights/biases and Linear biases too, so each one matters), ragged batches, and a
+fresh Python process. Fixtures live in tests/conftest.py; everything else a test imports comes from here."""
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
 import torch
 from torch import nn
 from transformers import BertConfig, BertModel
+
+from fastbert import ops
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+requires_extension = pytest.mark.skipif(not ops.HAS_EXTENSION, reason=f"fastbert._C not built: {ops.LOAD_ERROR}")
+
+# (atol, rtol) of a kernel against the reference run on the same (rounded) inputs.
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (2e-5, 2e-5),
+    torch.float16: (2e-3, 2e-3),
+    torch.bfloat16: (1.6e-2, 1.6e-2),
+}
+
+
+def assert_close(actual, expected, dtype=None, msg=""):
+    atol, rtol = TOLERANCES[dtype or actual.dtype]
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, msg=lambda m: f"{msg}\n{m}")
+
+
+def randn(*shape, dtype=torch.float32, gen=None, scale=1.0):
+    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+
+
+def run_python(code, **env):
+    """Runs code in a fresh interpreter from the repository root, with env added to the environment."""
+    full_env = dict(os.environ, **env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=full_env,
+                          timeout=120)
+
 
 TOL = 1e-4  # fp32 max |diff| vs HF eager at real positions (the documented parity bound)
 
@@ -68,7 +106,6 @@ def max_diff(a, b, keep=None):
 
 def run_threads(work, n):
     """work(k) in n threads at once; the exceptions they raised, to assert on in the test's own thread."""
-    import threading
     errors = []
 
     def guarded(k):

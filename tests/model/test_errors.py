@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from model_common import hf_config, make_hf, ragged
+from tests.helpers import hf_config, make_hf, ragged
 
 import fastbert
 from fastbert import encoder
