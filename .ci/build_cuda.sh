@@ -9,7 +9,7 @@
 # 3. FASTBERT_CUDA=1 FASTBERT_PTXAS_VERBOSE=1 build for FASTBERT_CUDA_ARCHS (default 7.5;8.0;8.6;9.0+PTX);
 #    fails on any ptxas spill (spill stores/loads > 0) in the -v output;
 # 4. imports the module in that venv and fails unless every op of csrc/fastbert.cpp (backward ops included) has
-#    a CUDA kernel, except fastbert/ops.py's CPU_ONLY_OPS (the int8 ops).
+#    a CUDA kernel, except fastbert/ops/__init__.py's CPU_ONLY_OPS (the int8 ops).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -13,17 +13,14 @@ interleaved rounds.
 from __future__ import annotations
 
 import math
-import os
 import statistics
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import fastbert  # noqa: E402
-from fastbert import reference  # noqa: E402
+import fastbert
+from fastbert.ops import reference
 
 NUM_HEADS, HEAD_DIM = 12, 64
 # name -> (batch, low, high): lengths uniform in [low, high]

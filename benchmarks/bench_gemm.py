@@ -1,21 +1,20 @@
-"""torch.mm (MKL) against oneDNN's inner product on BERT's GEMM shapes, float32, CPU: why fastbert/gemm.py exists.
+"""torch.mm (MKL) against oneDNN's inner product on BERT's GEMM shapes, float32, CPU: why fastbert/ops/gemm.py exists.
 
-    PYTHONPATH=. python benchmarks/bench_gemm.py [--tokens 64 512 2048] [--repeats 15]
+    python benchmarks/bench_gemm.py [--tokens 64 512 2048] [--repeats 15]
 
 For each model width and token count: the four GEMMs of one layer (QKV, attention output, FFN in, FFN out), each
-library's GFLOP/s over the four, side by side in interleaved rounds (fastbert.timing.compare), and the ratio.
+library's GFLOP/s over the four, side by side in interleaved rounds (fastbert.bench.timing.compare), and the ratio.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import torch  # noqa: E402
 
-from fastbert import bench, gemm  # noqa: E402
-from fastbert.timing import compare  # noqa: E402
+from fastbert.bench import harness as bench
+from fastbert.bench.timing import compare
+from fastbert.ops import gemm
 
 
 def main(argv=None):

@@ -1,8 +1,8 @@
 """Model benchmark: fastbert vs HF eager, HF sdpa and PyTorch's native fast path, side by side in one process.
 
-    PYTHONPATH=. python benchmarks/bench_model.py                 # bert-base, ragged 8x128 and 2x512, full 8x128
-    PYTHONPATH=. python benchmarks/bench_model.py --model bert-large --layers 6 --repeats 5
-    PYTHONPATH=. python benchmarks/bench_model.py --json out.json
+    python benchmarks/bench_model.py                 # bert-base, ragged 8x128 and 2x512, full 8x128
+    python benchmarks/bench_model.py --model bert-large --layers 6 --repeats 5
+    python benchmarks/bench_model.py --json out.json
 
 Rows: real tokens/s, fraction of the roofline of the rows' dtype (the faster of torch.mm and oneDNN on the model's own GEMM
 shapes, forward FLOPs on real tokens), speedup over HF eager, max |diff| vs HF eager at real positions. fp32 by
@@ -11,13 +11,10 @@ default (--dtype bfloat16: every implementation in bf16), random weights.
 import argparse
 import json
 import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from fastbert import bench  # noqa: E402
+from fastbert.bench import harness as bench
 
 DEFAULT_SHAPES = ["8x128:32-128", "2x512:128-512", "8x128"]
 
@@ -44,7 +41,7 @@ def main(argv=None):
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "int8"],
                     help="weights and activations of every implementation (the roofline is this dtype's); int8: "
                          "fastbert quantized (fastbert.quantize), every implementation's float parts in "
-                         "fastbert.int8.base_dtype(), the roofline torch._int_mm's")
+                         "fastbert.model.base_dtype(), the roofline torch._int_mm's")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)

@@ -8,15 +8,11 @@ Shapes are bert-base's on a packed batch of T = 640 real tokens (8 x 128 at ~38%
 """
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from fastbert import reference  # noqa: E402
-from fastbert.timing import compare  # noqa: E402
+from fastbert.bench.timing import compare
+from fastbert.ops import reference
 
 T, H, I, V, P = 640, 768, 3072, 30522, 512
 

@@ -1,8 +1,8 @@
 """Training-step benchmark: one forward + backward of BertForSequenceClassification, fastbert vs HF eager,
 side by side in one process (the training goal: >= 1.3x on CPU at bert-base width, less peak memory).
 
-    PYTHONPATH=. python benchmarks/bench_train.py                  # bert-base, 8 x 128, lengths uniform [32, 128]
-    PYTHONPATH=. python benchmarks/bench_train.py --layers 4 --repeats 5
+    python benchmarks/bench_train.py                  # bert-base, 8 x 128, lengths uniform [32, 128]
+    python benchmarks/bench_train.py --layers 4 --repeats 5
 
 Both models carry the same weights, dropout off (so the two compute the same function; the step is
 forward + loss + backward, no optimizer update). Peak memory: the most bytes held at once during one step
@@ -10,16 +10,13 @@ forward + loss + backward, no optimizer update). Peak memory: the most bytes hel
 """
 import argparse
 import json
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 from transformers.models.bert import modeling_bert as hf  # noqa: E402
 
-from fastbert import bench, heads  # noqa: E402
-from fastbert.timing import compare  # noqa: E402
+from fastbert.bench import harness as bench
+from fastbert.bench.timing import compare
+from fastbert.hf import heads
 
 
 def peak_memory_mib(fn):

@@ -9,7 +9,7 @@ Method: CUDA events around each call, warm-up first, the candidates interleaved 
 median reported. Ops and attention: 10 calls replayed from a CUDA graph per sample (GPU time per call, without
 Python's launch overhead; pack, which syncs for its output size, is timed by plain calls). Model: plain calls
 under inference_mode (what a user sees, Python included); "fastbert, no graphs" is the same model with the
-layer loop's CUDA graphs off (fastbert/cuda_graphs.py), its ops launched one by one from C++. Bytes per op are the minimum the op must move (inputs read once, outputs written once);
+layer loop's CUDA graphs off (fastbert/runtime/cuda_graphs.py), its ops launched one by one from C++. Bytes per op are the minimum the op must move (inputs read once, outputs written once);
 "of copy" divides the op's achieved bytes/s by what torch's device-to-device copy of the same number of
 bytes achieves (read + write), i.e. the practical bandwidth ceiling.
 """
@@ -22,9 +22,8 @@ import sys
 
 import torch
 
-sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
-import fastbert  # noqa: E402
-from fastbert import ops  # noqa: E402
+import fastbert
+from fastbert import ops
 
 
 def as_graph(fn, calls: int = 10):
@@ -175,7 +174,7 @@ def _fastbert_model(hf):
 
 
 def _without_graphs(model, ids, mask):
-    from fastbert import cuda_graphs
+    from fastbert.runtime import cuda_graphs
     cuda_graphs.set_cuda_graphs(False)
     try:
         return model(input_ids=ids, attention_mask=mask)
@@ -185,6 +184,7 @@ def _without_graphs(model, ids, mask):
 
 def bench_model(dtype, repeats):
     import copy
+
     import transformers
     cfg = transformers.BertConfig()  # bert-base
     torch.manual_seed(0)

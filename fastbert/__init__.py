@@ -1,32 +1,38 @@
-"""fastbert: a padding-free BERT for PyTorch on fused C++/CUDA kernels, a drop-in for transformers' BERT."""
+"""fastbert: a padding-free BERT for PyTorch on fused C++/CUDA kernels, a drop-in for transformers' BERT.
+
+Layers, top-down (a forward never returns to a layer it left):
+
+    fastbert.hf       transformers' classes on fastbert (BertModel, BertFor*, optimize/restore/from_hf)
+    fastbert.model    config, input checks, module tree, the fused forward, load_encoder, quantize
+    fastbert.runtime  the eval-mode layer loop, cached fused/packed weights, int8 loop, CUDA graphs
+    fastbert.ops      torch.ops.fastbert's Python face: kernels or the reference, fakes, autograd, GEMM choice
+
+beside them the batch job (fastbert.batch), the benchmark harness (fastbert.bench) and the command line
+(fastbert.cli).
+"""
 __version__ = "0.1.0"
 
-from . import ops, reference  # noqa: F401
-from .encoder import Encoder, EncoderConfig, load_encoder  # noqa: F401  (torch only: keeps `import fastbert` light)
-from .int8 import dequantize, is_quantized, quantize  # noqa: F401
+from . import ops
+from .model import Encoder, EncoderConfig, dequantize, is_quantized, load_encoder, quantize
+from .ops import reference
 
-# Names that need transformers are imported on first use (PEP 562), so `import fastbert` does not load it.
-_LAZY = {
-    "BertModel": "modeling",
-    "from_hf": "convert",
-    "optimize": "convert",
-    "restore": "convert",
-    "is_optimized": "convert",
-    **{name: "heads" for name in (
-        "BertForSequenceClassification", "BertForTokenClassification", "BertForQuestionAnswering",
-        "BertForMaskedLM", "BertForNextSentencePrediction", "BertForPreTraining", "BertForMultipleChoice")},
-}
+__all__ = ["ops", "reference", "Encoder", "EncoderConfig", "load_encoder", "quantize", "dequantize", "is_quantized",
+           "BertModel", "from_hf", "optimize", "restore", "is_optimized", "BertForSequenceClassification",
+           "BertForTokenClassification", "BertForQuestionAnswering", "BertForMaskedLM",
+           "BertForNextSentencePrediction", "BertForPreTraining", "BertForMultipleChoice"]
+
+# Names that need transformers come from fastbert.hf on first use (PEP 562): `import fastbert` does not load it.
+_FROM_HF = frozenset(__all__[8:])
 
 
 def __getattr__(name):
-    mod = _LAZY.get(name)
-    if mod is None:
+    if name not in _FROM_HF:
         raise AttributeError(f"module 'fastbert' has no attribute {name!r}")
-    import importlib
-    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    from . import hf
+    value = getattr(hf, name)
     globals()[name] = value
     return value
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | _FROM_HF)

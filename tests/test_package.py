@@ -1,15 +1,11 @@
 """The package around the kernels: loading, the reference fallback, the CPU instruction-set switch."""
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-import fastbert
-from fastbert import ops, reference
-from tests.helpers import ROOT, requires_extension, run_python
-
+from fastbert import ops
+from fastbert.ops import reference
+from tests.helpers import requires_extension, run_python
 
 
 @requires_extension

@@ -3,9 +3,9 @@ carries the same weights and agrees with HF eager at real positions; batches, FL
 No timing is asserted here."""
 import pytest
 import torch
-from tests.helpers import make_hf
 
-from fastbert import bench
+from fastbert.bench import harness as bench
+from tests.helpers import make_hf
 
 
 @pytest.fixture(scope="module")

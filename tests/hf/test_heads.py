@@ -1,4 +1,4 @@
-"""The BERT task heads (fastbert/heads.py) against transformers' heads: losses, logits and every parameter's
+"""The BERT task heads (fastbert/hf/heads.py) against transformers' heads: losses, logits and every parameter's
 gradient (fp32, dropout off, relative 1e-4), checkpoints both ways, label checks, training in lockstep."""
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers.models.bert import modeling_bert as hf
 
-from fastbert import heads
+from fastbert.hf import heads
 from tests.helpers import hf_config, perturb_, ragged
 
 REL = 1e-4

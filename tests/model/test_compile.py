@@ -2,10 +2,10 @@
 while tracing; pack's data-dependent size traces through its fake implementation)."""
 import pytest
 import torch
-from tests.helpers import TOL, make_hf, max_diff, ragged
 
 import fastbert
 from fastbert import ops
+from tests.helpers import TOL, make_hf, max_diff, ragged
 
 needs_kernels = pytest.mark.skipif(
     not all(ops.has_kernel(op, "cpu") for op in ("attention", "attention_masked", "pack")),

@@ -5,10 +5,11 @@ import os
 
 import pytest
 import torch
-from tests.helpers import hf_config, make_hf, ragged
 
 import fastbert
-from fastbert import encoder
+from fastbert import ops
+from fastbert.model import forward
+from tests.helpers import hf_config, make_hf, ragged
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +151,8 @@ def test_lean_pool_without_pooler():
 def test_checks_skipped_while_compiling(monkeypatch):
     """check_inputs is not called while torch.compile traces (data-dependent branches)."""
     called = []
-    monkeypatch.setattr(encoder, "check_inputs", lambda *a, **k: called.append(1))
-    monkeypatch.setattr(encoder, "_compiling", lambda: True)
+    monkeypatch.setattr(forward, "check_inputs", lambda *a, **k: called.append(1))
+    monkeypatch.setattr(ops, "compiling", lambda: True)
     fb_ = fastbert.from_hf(make_hf())
     ids, mask, _ = ragged(2, 5, V)
     with torch.no_grad():

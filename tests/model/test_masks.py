@@ -3,9 +3,9 @@ additive float, 3-D [B, L, L] keep-masks (HF crashes on those; we compare with t
 mask), all-padding rows (never NaN), empty batches."""
 import pytest
 import torch
-from tests.helpers import TOL, make_hf, max_diff, ragged
 
 import fastbert
+from tests.helpers import TOL, make_hf, max_diff, ragged
 
 
 @pytest.fixture(scope="module")

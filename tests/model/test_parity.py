@@ -3,9 +3,9 @@ pooler within 1e-4, every position with pad_outputs="hf", each config knob HF's 
 real all-MiniLM-L6-v2 checkpoint (cosine >= 0.99999 per token)."""
 import pytest
 import torch
-from tests.helpers import BASE, LARGE, TOL, make_hf, max_diff, ragged
 
 import fastbert
+from tests.helpers import BASE, LARGE, TOL, make_hf, max_diff, ragged
 
 
 def _compare(hf, B=3, L=19, seed=0, pad_outputs="zero", left=False, holes=False, types=0, **kw):
@@ -161,25 +161,30 @@ def test_minilm_checkpoint():
 @pytest.mark.parametrize("grad_ctx", ["no_grad", "inference_mode"])
 @pytest.mark.parametrize("cpu_gemm", ["mm", "onednn"])
 def test_inference_loop_matches_general_path(monkeypatch, act, grad_ctx, cpu_gemm):
-    """fastbert.inference's loop (eval, no gradient) and the general per-layer path give the same bits, hidden
+    """fastbert.runtime's layer loop (eval, no gradient) and the general per-layer path give the same bits, hidden
     states included, when both run torch.mm; with oneDNN's GEMMs (the float32 CPU default) they differ by float32
     rounding only. An activation without a fused kernel ("tanh") falls back to the general path."""
-    from fastbert import encoder, gemm, inference
+    from fastbert.model import forward
+    from fastbert.ops import gemm
+    from fastbert.runtime import layers
     if cpu_gemm == "onednn" and not gemm.HAS_ONEDNN:
         pytest.skip("this PyTorch has no oneDNN linear")
-    monkeypatch.setattr(gemm, "_choice", cpu_gemm)
+    monkeypatch.setattr(gemm, "_choice", cpu_gemm)  # restored after the test (set_cpu_gemm would stay set)
     hf = make_hf(seed=2, hidden_act=act)
     fb = fastbert.from_hf(hf).eval()
     ids, mask, tt = ragged(3, 21, hf.config.vocab_size, seed=3, types=2)
     calls = []
-    real_run_layers = inference.run_layers
-    monkeypatch.setattr(inference, "run_layers", lambda *a, **k: calls.append(1) or real_run_layers(*a, **k))
+    real_run_layers = layers.run_layers
+    monkeypatch.setattr(layers, "run_layers", lambda *a, **k: calls.append(1) or real_run_layers(*a, **k))
     ctx = torch.no_grad if grad_ctx == "no_grad" else torch.inference_mode
     outs, gemms = {}, {}
     for fast in (True, False):
-        monkeypatch.setattr(encoder, "FAST_INFERENCE", fast)
-        with ctx(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            outs[fast] = fb(ids, attention_mask=mask, token_type_ids=tt, output_hidden_states=True)
+        forward.set_fast_inference(fast)
+        try:
+            with ctx(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                outs[fast] = fb(ids, attention_mask=mask, token_type_ids=tt, output_hidden_states=True)
+        finally:
+            forward.set_fast_inference(True)
         names = [e.name for e in prof.events()]
         gemms[fast] = {lib: names.count(op) for lib, op in (("onednn", "mkldnn::_linear_pointwise"), ("mm", "aten::mm"))}
     assert len(calls) == (0 if act == "tanh" else 1)
@@ -200,7 +205,8 @@ def test_inference_loop_matches_general_path(monkeypatch, act, grad_ctx, cpu_gem
 def test_inference_loop_sees_weight_changes(monkeypatch):
     """The loop reads weights afresh each forward: after an in-place update and a replaced Linear it still
     gives the general path's bits."""
-    from fastbert import encoder, gemm
+    from fastbert.model import forward
+    from fastbert.ops import gemm
     monkeypatch.setattr(gemm, "_choice", "mm")  # bit-identical to the general path's torch.mm
     hf = make_hf(seed=4)
     fb = fastbert.from_hf(hf).eval()
@@ -210,7 +216,10 @@ def test_inference_loop_sees_weight_changes(monkeypatch):
         fb.encoder.layer[0].attention.self.query.weight.mul_(1.5)
         fb.encoder.layer[1].output.dense = torch.nn.Linear(hf.config.intermediate_size, hf.config.hidden_size)
         after = fb(ids, attention_mask=mask).last_hidden_state
-        monkeypatch.setattr(encoder, "FAST_INFERENCE", False)
-        general = fb(ids, attention_mask=mask).last_hidden_state
+        forward.set_fast_inference(False)
+        try:
+            general = fb(ids, attention_mask=mask).last_hidden_state
+        finally:
+            forward.set_fast_inference(True)
     assert not torch.equal(before, after)
     assert torch.equal(after, general)

@@ -2,9 +2,9 @@
 settles over a long run of varied shapes (no growth from caches keyed on shapes)."""
 import pytest
 import torch
-from tests.helpers import make_hf, max_diff, ragged, run_threads
 
 import fastbert
+from tests.helpers import make_hf, max_diff, ragged, run_threads
 
 
 def test_threads_share_one_model():
@@ -43,9 +43,9 @@ def test_memory_settles_over_varied_shapes(dtype, monkeypatch):
     """400 forwards, each of a batch shape not seen before in the run (token counts from 1 to 512, mostly new):
     resident memory must not grow over the second 200. The loop's row buckets (gemm.bucket_rows) are turned off,
     so every token count reaches oneDNN as a new GEMM shape: the caps on oneDNN's and ideep's primitive caches
-    (fastbert/gemm.py) alone must hold memory. With their defaults of 1024 shapes each the test fails
+    (fastbert/ops/gemm.py) alone must hold memory. With their defaults of 1024 shapes each the test fails
     (LRU_CACHE_CAPACITY=1024 ONEDNN_PRIMITIVE_CACHE_CAPACITY=1024: +105-158 MiB on our machine)."""
-    from fastbert import gemm
+    from fastbert.ops import gemm
     monkeypatch.setattr(gemm, "bucket_rows", lambda t: t)
     hf = make_hf(num_hidden_layers=2, hidden_size=128, intermediate_size=256, max_position_embeddings=64)
     fb = fastbert.from_hf(hf).to(dtype)

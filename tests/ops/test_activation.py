@@ -1,8 +1,9 @@
-"""bias_act kernel against fastbert/reference.py, every activation, dtype and instruction set."""
+"""bias_act kernel against fastbert/ops/reference.py, every activation, dtype and instruction set."""
 import pytest
 import torch
 
-from fastbert import ops, reference
+from fastbert import ops
+from fastbert.ops import reference
 from tests.helpers import assert_close, randn, requires_extension
 
 pytestmark = requires_extension

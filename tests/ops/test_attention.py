@@ -1,5 +1,5 @@
 """fastbert::attention (packed, ragged) and fastbert::attention_masked (padded, explicit mask): CPU kernels
-against fastbert/reference.py, on every instruction set this processor runs.
+against fastbert/ops/reference.py, on every instruction set this processor runs.
 
 Tolerances (kernel vs the reference evaluated in float64, values of order 1):
   float64  1e-10      float32  2e-5 (out and lse)      bfloat16 / float16: the reference on the same
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import fastbert
-from fastbert import reference
+from fastbert.ops import reference
 from tests.helpers import TOLERANCES
 
 if not fastbert.ops.has_kernel("attention", "cpu"):

@@ -1,7 +1,7 @@
-"""fastbert's CUDA kernels on a GPU: every op against fastbert/reference.py, and the model against HF.
+"""fastbert's CUDA kernels on a GPU: every op against fastbert/ops/reference.py, and the model against HF.
 
 Skips cleanly without a GPU or without a CUDA build of fastbert._C (CI has neither; the kernels still run there,
-on the CPU, in tests/test_cuda_harness.py). Runs with torch >= 2.11 and no network (the model test uses the
+on the CPU, in tests/ops/test_cuda_harness.py). Runs with torch >= 2.11 and no network (the model test uses the
 local all-MiniLM-L6-v2 package when installed, else a small random BertConfig).
 
 Tolerances: ops, kernel vs reference on the same inputs: fp32 2e-5 (attention 5e-5), fp16 2e-3, bf16 1.6e-2
@@ -12,7 +12,7 @@ fp16 <= 2e-2 and bf16 <= 6e-2 max |diff| vs HF fp32 (last hidden state of a Laye
 
 On an image whose Python environment mixes C++ runtimes (seen on a lent H100, see docs/gpu.md), the error tests
 crash instead of raising until g++'s libstdc++ is loaded first:
-    LD_PRELOAD=$(g++ -print-file-name=libstdc++.so.6) python -m pytest tests/test_cuda.py
+    LD_PRELOAD=$(g++ -print-file-name=libstdc++.so.6) python -m pytest tests/ops/test_cuda.py
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ import pytest
 import torch
 
 import fastbert
-from fastbert import ops, reference
+from fastbert import ops
+from fastbert.ops import reference
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
@@ -415,7 +416,7 @@ def test_embeddings_backward(dtype, shape, H, V, P, TT, types):
 
 def test_backward_kernels_train_on_cuda():
     """The autograd formulas (csrc/autograd.cpp) take the CUDA backward kernels; gradients match the CPU ops'."""
-    from fastbert import autograd as fb_autograd
+    from fastbert.ops import autograd as fb_autograd
     for name in ("bias_act", "bias_residual_layernorm", "embeddings"):
         assert fb_autograd.has_backward_kernel(name, torch.device(DEV)), name
     g = _gen()
@@ -539,7 +540,7 @@ def test_cuda_graphs_match_the_plain_loop(dtype):
     """Batches of changing token and sequence counts through the graphs give the un-graphed loop's output (up to
     cuBLAS's choice of kernel for the padded row count), hidden states included, under no_grad and inference_mode
     alternately; batches in one bucket share a graph."""
-    from fastbert import cuda_graphs
+    from fastbert.runtime import cuda_graphs
     fb = _graph_model(dtype)
     batches = [([37, 5, 64], 64), ([36, 6, 64], 64), ([1], 64), ([200, 3, 77, 150, 9], 200), ([40] * 9, 64)]
     for i, (lengths, L) in enumerate(batches):
@@ -565,7 +566,7 @@ def test_cuda_graphs_match_the_plain_loop(dtype):
 def test_cuda_graphs_follow_weight_changes():
     """An in-place update is read by the existing graph; a replaced Linear gets a new graph; both match the plain
     loop. clear_cuda_graphs frees them; MAX_GRAPHS bounds the cache."""
-    from fastbert import cuda_graphs
+    from fastbert.runtime import cuda_graphs
     fb = _graph_model(torch.float32)
     ids, mask = _ragged_batch([30, 7, 51], 64, seed=3)
 
@@ -607,7 +608,7 @@ def test_cuda_graphs_follow_weight_changes():
 def test_cuda_graphs_serve_several_threads():
     """Threads sharing one model (and the default stream) replay its graphs without mixing their batches: two of
     the batches share a graph."""
-    from fastbert import cuda_graphs
+    from fastbert.runtime import cuda_graphs
     from tests.helpers import run_threads
     fb = _graph_model(torch.float16)
     batches = [_ragged_batch(lengths, 64, seed=i) for i, lengths in enumerate([[30, 7], [30, 9], [64, 1, 2], [5]])]
@@ -633,7 +634,7 @@ def test_cuda_graphs_serve_several_threads():
 def test_a_failed_capture_falls_back_to_the_plain_loop(monkeypatch):
     """A capture that raises costs one warning; the forward and every later one run op by op, with the same
     output."""
-    from fastbert import cuda_graphs
+    from fastbert.runtime import cuda_graphs
     fb = _graph_model(torch.float32)
     ids, mask = _ragged_batch([20, 3], 32, seed=7)
     with torch.no_grad():

@@ -1,9 +1,9 @@
-"""fastbert/gemm.py: the inference loop's x @ W^T, through oneDNN for float32/bfloat16 on CPU (bfloat16 weights
+"""fastbert/ops/gemm.py: the inference loop's x @ W^T, through oneDNN for float32/bfloat16 on CPU (bfloat16 weights
 packed once) and torch.mm otherwise."""
 import pytest
 import torch
 
-from fastbert import gemm
+from fastbert.ops import gemm
 from tests.helpers import run_python
 
 requires_onednn = pytest.mark.skipif(not gemm.HAS_ONEDNN, reason="this PyTorch has no oneDNN linear")
@@ -66,7 +66,7 @@ def test_set_cpu_gemm_rejects_unknown():
 
 
 def test_env_var_selects_and_validates():
-    ok = run_python("from fastbert import gemm; print(gemm._choice)", FASTBERT_CPU_GEMM="mm")
+    ok = run_python("from fastbert.ops import gemm; print(gemm.cpu_gemm())", FASTBERT_CPU_GEMM="mm")
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip() == "mm"
     bad = run_python("import fastbert", FASTBERT_CPU_GEMM="blas")

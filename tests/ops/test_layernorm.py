@@ -1,8 +1,8 @@
-"""bias_residual_layernorm and embeddings kernels against fastbert/reference.py."""
+"""bias_residual_layernorm and embeddings kernels against fastbert/ops/reference.py."""
 import pytest
 import torch
 
-from fastbert import reference
+from fastbert.ops import reference
 from tests.helpers import assert_close, randn, requires_extension
 
 pytestmark = requires_extension

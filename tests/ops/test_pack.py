@@ -1,8 +1,8 @@
-"""pack / unpack kernels against fastbert/reference.py."""
+"""pack / unpack kernels against fastbert/ops/reference.py."""
 import pytest
 import torch
 
-from fastbert import reference
+from fastbert.ops import reference
 from tests.helpers import randn, requires_extension
 
 pytestmark = requires_extension

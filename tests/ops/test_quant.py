@@ -1,5 +1,5 @@
 """int8 inference ops (quantize_rows, dequantize_rows, dequant_bias_act_quant, dequant_bias_residual_layernorm)
-against fastbert/reference.py, on every instruction set, dtype and awkward shape.
+against fastbert/ops/reference.py, on every instruction set, dtype and awkward shape.
 
 int8 outputs may differ from the reference by 1 where a value lands within an ulp of a .5 tie (the kernels
 multiply by 1 / scale and use their own activation polynomials), and such differences must be rare."""
@@ -8,7 +8,8 @@ import zlib
 import pytest
 import torch
 
-from fastbert import ops, reference
+from fastbert import ops
+from fastbert.ops import reference
 from tests.helpers import requires_extension
 
 pytestmark = requires_extension

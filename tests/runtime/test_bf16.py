@@ -3,10 +3,11 @@ weights packed once for oneDNN (cached, rebuilt when a weight changes, freed by 
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.helpers import make_hf, ragged
 
 import fastbert
-from fastbert import gemm, ops
+from fastbert import ops
+from fastbert.ops import gemm
+from tests.helpers import make_hf, ragged
 
 requires_onednn = pytest.mark.skipif(not gemm.HAS_ONEDNN, reason="this PyTorch has no oneDNN linear")
 

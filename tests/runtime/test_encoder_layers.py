@@ -1,11 +1,11 @@
-"""torch.ops.fastbert.encoder_layers (csrc/inference.cpp): the C++ layer loop behind fastbert.inference.run_layers.
-Its numbers are checked through the model in tests/test_model_parity.py (bit-identical to the per-layer path with
+"""torch.ops.fastbert.encoder_layers (csrc/inference.cpp): the C++ layer loop behind fastbert.layers.run_layers.
+Its numbers are checked through the model in tests/model/test_parity.py (bit-identical to the per-layer path with
 torch.mm); here, its contract: every layer's output on request, and clear errors for what it cannot take."""
 import pytest
 import torch
 
 import fastbert
-from fastbert import inference
+from fastbert.runtime import layers
 from tests.helpers import make_hf
 
 pytestmark = pytest.mark.skipif(not fastbert.ops.HAS_EXTENSION, reason="needs the compiled extension")
@@ -16,7 +16,7 @@ def _setup(seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(13, fb.config.hidden_size, generator=g)
     cu = torch.tensor([0, 5, 6, 13], dtype=torch.int32)
-    weights = inference.layer_weights(fb.encoder.layer, fb.config.hidden_act, x)
+    weights = layers.layer_weights(fb.encoder.layer, fb.config.hidden_act, x)
     assert weights is not None
     return fb, x, cu, weights
 
@@ -64,9 +64,9 @@ def test_malformed_weight_lists_are_named():
 
 
 def test_cuda_graph_buckets_cover_and_bound_the_padding():
-    """The CUDA graphs' buckets (fastbert/cuda_graphs.py) hold every size, on the grid they promise, with at most
+    """The CUDA graphs' buckets (fastbert/runtime/cuda_graphs.py) hold every size, on the grid they promise, with at most
     12.5% extra rows above 512 tokens."""
-    from fastbert.cuda_graphs import bucket_batch, bucket_seqlen, bucket_tokens
+    from fastbert.runtime.cuda_graphs import bucket_batch, bucket_seqlen, bucket_tokens
     prev = 0
     for t in range(1, 70000, 7):
         cap = bucket_tokens(t)
@@ -81,10 +81,10 @@ def test_cuda_graph_buckets_cover_and_bound_the_padding():
 
 @pytest.mark.parametrize("lengths", [[7], [5, 1, 7], [3] * 8, [60, 2]])
 def test_cuda_graph_padding_leaves_the_real_rows_alone(lengths):
-    """What a CUDA graph replays (fastbert/cuda_graphs.py), run on the CPU: the batch padded to its bucket, the
+    """What a CUDA graph replays (fastbert/runtime/cuda_graphs.py), run on the CPU: the batch padded to its bucket, the
     extra rows as extra sequences, gives the real rows' output of the unpadded batch (up to the GEMM library's
     rounding for another row count: a leak between rows would be of order 1)."""
-    from fastbert import cuda_graphs
+    from fastbert.runtime import cuda_graphs
     fb, _, _, w = _setup(3)
     g = torch.Generator().manual_seed(len(lengths))
     t, b, max_len = sum(lengths), len(lengths), max(lengths)
@@ -126,10 +126,10 @@ def _random_stack(layers, nh, d, inter, seed, dtype=torch.float32):
 @pytest.mark.parametrize("lengths", [[1], [13], [5, 1, 9, 2]])
 @pytest.mark.parametrize("onednn", [False, True])
 def test_matches_the_reference(nh, d, inter, lengths, onednn):
-    """The kernel against fastbert/reference.py on random weights and inputs: head dims 16-128, hidden and
+    """The kernel against fastbert/ops/reference.py on random weights and inputs: head dims 16-128, hidden and
     intermediate sizes off the vector width, ragged lengths and a batch of one; float32 within 1e-4 (three
     LayerNorm'd layers, |x| ~ 1). With oneDNN the GEMMs sum in another order: within the same bound."""
-    from fastbert import gemm, reference
+    from fastbert.ops import gemm, reference
     if onednn and not gemm.HAS_ONEDNN:
         pytest.skip("this PyTorch has no oneDNN linear")
     weights, eps = _random_stack(3, nh, d, inter, seed=d + len(lengths))

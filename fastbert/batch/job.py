@@ -2,7 +2,7 @@
 
 The pipeline, per window of `window` input rows (bounded memory whatever the file size):
 
-  read rows (fastbert/io.py) -> tokenize the window (`tokenizers`, the model folder's tokenizer.json, in Rust
+  read rows (fastbert/batch/files.py) -> tokenize the window (`tokenizers`, the model folder's tokenizer.json, in Rust
   threads) -> sort the window by token count -> cut batches by a token budget (rows x padded length), so
   padding is near zero and every batch is about the same amount of work -> model (padding-free fastbert
   encoder) -> pooling (cls | mean | max | pooler) [-> L2 normalize] -> un-sort -> append to the output.
@@ -17,14 +17,23 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .io import (InputError, NpyWriter, Reader, Row, atomic_output, open_writer, output_format,
-                 sigterm_as_interrupt, temp_name)
+from .files import (
+    InputError,
+    NpyWriter,
+    Reader,
+    Row,
+    atomic_output,
+    open_writer,
+    output_format,
+    sigterm_as_interrupt,
+    temp_name,
+)
 
 POOLINGS = ("cls", "mean", "max", "pooler")
 
@@ -39,7 +48,7 @@ class ModelDefaults:
     max_length: int = 512
     lowercase: bool = False
     hidden_size: int = 0
-    source: List[str] = field(default_factory=list)  # which files the values came from
+    source: list[str] = field(default_factory=list)  # which files the values came from
 
 
 def _read_json(path: Path) -> dict:
@@ -116,8 +125,8 @@ def model_defaults(model_dir: str) -> ModelDefaults:
 
 @dataclass
 class Tokenized:
-    ids: List[np.ndarray]        # per row, int64 token ids (specials included)
-    type_ids: List[np.ndarray]   # per row, token type ids
+    ids: list[np.ndarray]        # per row, int64 token ids (specials included)
+    type_ids: list[np.ndarray]   # per row, token type ids
     lengths: np.ndarray          # (n,) int64
     truncated: int               # rows cut to max_length
     empty: int                   # rows whose text (and pair) is empty or whitespace
@@ -161,7 +170,7 @@ class TextTokenizer:
 
 # ---------------------------------------------------------------------------------------------- batching
 
-def plan_batches(lengths: np.ndarray, batch_tokens: int, max_rows: int = 1024) -> List[np.ndarray]:
+def plan_batches(lengths: np.ndarray, batch_tokens: int, max_rows: int = 1024) -> list[np.ndarray]:
     """Sort rows by length (longest first) and cut them into batches whose padded size
     rows x longest row stays within `batch_tokens` (a longer row gets a batch of its own)."""
     order = np.argsort(-lengths, kind="stable")
@@ -194,15 +203,16 @@ class Model:
     """What the pipeline needs from a model: hidden states for a padded batch and the BERT pooler.
     `forward(input_ids, attention_mask, token_type_ids) -> (B, L, H)`; `pool(hidden) -> (B, H)`."""
 
-    def __init__(self, forward: Callable, hidden_size: int, pool: Optional[Callable] = None, device="cpu",
+    def __init__(self, forward: Callable, hidden_size: int, pool: Callable | None = None, device="cpu",
                  name: str = "model"):
         self.forward, self.pool, self.hidden_size, self.device, self.name = forward, pool, hidden_size, device, name
 
 
 def load_model(model_dir: str, dtype: str = "float32", device: str = "cpu") -> Model:
-    """fastbert's padding-free encoder on the folder's weights (fastbert/encoder.py, no transformers)."""
+    """fastbert's padding-free encoder on the folder's weights (fastbert/model/forward.py, no transformers)."""
     import torch
-    from .encoder import load_encoder
+
+    from ..model import load_encoder
     torch_dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
                    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
                    "int8": None}[dtype]
@@ -210,14 +220,14 @@ def load_model(model_dir: str, dtype: str = "float32", device: str = "cpu") -> M
     if dtype == "int8":
         if torch.device(device).type != "cpu":
             raise InputError(f"--dtype int8 runs on CPU only (device {device}); use bfloat16 or float16 on CUDA")
-        from .int8 import base_dtype
+        from ..model.quantize import base_dtype
         torch_dtype = base_dtype()
     try:
         enc = load_encoder(model_dir, dtype=torch_dtype, device=device)
     except (FileNotFoundError, ValueError, OSError) as exc:
         raise InputError(f"cannot load the model: {exc}") from None
     if dtype == "int8":
-        from .int8 import quantize
+        from ..model.quantize import quantize
         quantize(enc)
     hidden = int(enc.config.hidden_size)
     return Model(enc.forward, hidden, enc.pool if enc.pooler is not None else None, device, "fastbert")
@@ -246,7 +256,7 @@ def pool_embeddings(hidden, mask, mode: str, model: Model, normalize: bool):
 
 
 def encode_tokenized(tok: Tokenized, model: Model, pooling: str, normalize: bool, batch_tokens: int,
-                     on_batch: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+                     on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Embed one tokenized window; returns (n, H) float32 in the window's row order."""
     import torch
     n = len(tok.lengths)
@@ -265,8 +275,8 @@ def encode_tokenized(tok: Tokenized, model: Model, pooling: str, normalize: bool
     return out
 
 
-def windows(rows: Iterable[Row], size: int) -> Iterator[List[Row]]:
-    buf: List[Row] = []
+def windows(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
+    buf: list[Row] = []
     for row in rows:
         buf.append(row)
         if len(buf) == size:
@@ -276,18 +286,12 @@ def windows(rows: Iterable[Row], size: int) -> Iterator[List[Row]]:
         yield buf
 
 
-def check_pairs(window: List[Row], path: str) -> None:
-    kinds = {q is None for _, q in window}
-    if len(kinds) > 1:  # cannot happen with our readers; a guard for callers passing rows directly
-        raise InputError(f"{path}: mixes single texts and pairs")
-
-
 # ---------------------------------------------------------------------------------------------- progress
 
 class Progress:
     """A one-line progress bar on stderr (rows, percent, rate, ETA), redrawn at most 8 times a second."""
 
-    def __init__(self, enabled: bool, total: Callable[[], Optional[float]], share: float = 1.0):
+    def __init__(self, enabled: bool, total: Callable[[], float | None], share: float = 1.0):
         self.enabled, self.total, self.share = enabled, total, share
         self.t0 = time.perf_counter()
         self.rows = self.tokens = 0
@@ -353,21 +357,21 @@ class EncodeStats:
 class EncodeOptions:
     input: str
     output: str
-    input_format: Optional[str] = None
-    output_format: Optional[str] = None
-    text_field: Optional[str] = None
-    pair_field: Optional[str] = None
+    input_format: str | None = None
+    output_format: str | None = None
+    text_field: str | None = None
+    pair_field: str | None = None
     header: bool = True
-    pooling: Optional[str] = None
-    normalize: Optional[bool] = None
-    max_length: Optional[int] = None
+    pooling: str | None = None
+    normalize: bool | None = None
+    max_length: int | None = None
     batch_tokens: int = 2048
     window: int = 8192
-    progress: Optional[bool] = None
+    progress: bool | None = None
     quiet: bool = False
 
 
-def _split(n: int, world: int, rank: int) -> Tuple[int, int]:
+def _split(n: int, world: int, rank: int) -> tuple[int, int]:
     return n * rank // world, n * (rank + 1) // world
 
 
@@ -393,7 +397,7 @@ class _Dist:
             self.dist.broadcast(t, src=0)
         return f"{int(t.item())}"
 
-    def sum(self, values: Sequence[float]) -> List[float]:
+    def sum(self, values: Sequence[float]) -> list[float]:
         if self.dist is None:
             return list(values)
         import torch
@@ -411,7 +415,7 @@ class _Dist:
 
 
 def run_encode(opts: EncodeOptions, model: Model, tokenizer: TextTokenizer, pooling: str, normalize: bool,
-               dist: Optional[_Dist] = None) -> EncodeStats:
+               dist: _Dist | None = None) -> EncodeStats:
     """Stream `opts.input` through tokenizer and model into `opts.output` (atomically). With `dist`
     spanning several ranks, rank r encodes slice r of every window and rank 0 writes the one output."""
     dist = dist or _Dist()
@@ -427,7 +431,7 @@ def run_encode(opts: EncodeOptions, model: Model, tokenizer: TextTokenizer, pool
     tag = dist.tag()
     dim = model.hidden_size
 
-    def encode_slice(window: List[Row]) -> Optional[np.ndarray]:
+    def encode_slice(window: list[Row]) -> np.ndarray | None:
         lo, hi = _split(len(window), dist.world, dist.rank)
         part = window[lo:hi]
         if not part:
@@ -466,7 +470,7 @@ def run_encode(opts: EncodeOptions, model: Model, tokenizer: TextTokenizer, pool
 def _run_sharded(opts, reader, encode_slice, dist, tag, out_fmt, dim, progress) -> None:
     parts = [temp_name(opts.output, f"{tag}.rank{r}.npy") for r in range(dist.world)]
     mine = NpyWriter(parts[dist.rank], dim)
-    window_sizes: List[int] = []
+    window_sizes: list[int] = []
     try:
         try:
             for window in windows(reader, opts.window):

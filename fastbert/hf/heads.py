@@ -17,15 +17,14 @@ What differs from transformers, and why:
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 from transformers.modeling_outputs import MaskedLMOutput, QuestionAnsweringModelOutput
 from transformers.models.bert import modeling_bert as hf
 
-from .encoder import validate_config
-from .modeling import BertModel, check_pad_outputs
+from .. import ops
+from ..model import check_pad_outputs, validate_config
+from .modeling import BertModel
 
 __all__ = [
     "BertForSequenceClassification", "BertForTokenClassification", "BertForQuestionAnswering", "BertForMaskedLM",
@@ -43,11 +42,11 @@ def _use_fastbert_encoder(head: nn.Module, pad_outputs: str) -> None:
 
 
 def _checking() -> bool:
-    return not torch.compiler.is_compiling()
+    return not ops.compiling()
 
 
 def _check_class_labels(name: str, labels: Tensor, n_classes: int, allow_ignore: bool = False,
-                        shape: Optional[tuple] = None) -> None:
+                        shape: tuple | None = None) -> None:
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise TypeError(f"{name}: expected integer class indices, got dtype {labels.dtype}")
     if shape is not None and tuple(labels.shape) != tuple(shape):
@@ -61,7 +60,7 @@ def _check_class_labels(name: str, labels: Tensor, n_classes: int, allow_ignore:
         raise ValueError(f"{name}: value {bad} outside [0, {n_classes}){extra}")
 
 
-def _batch_and_length(input_ids: Optional[Tensor], inputs_embeds: Optional[Tensor]):
+def _batch_and_length(input_ids: Tensor | None, inputs_embeds: Tensor | None):
     ref = input_ids if input_ids is not None else inputs_embeds
     if ref is None:
         raise ValueError("input_ids: either input_ids or inputs_embeds must be given")

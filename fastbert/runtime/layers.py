@@ -5,24 +5,27 @@ compiled kernel for the device and dtype; otherwise it runs ``encoder._packed_la
 same arithmetic in the same order (one QKV GEMM, attention with the bias added on load, the output GEMM and
 bias+residual+LayerNorm, the MLP's GEMM, bias+activation, GEMM, bias+residual+LayerNorm). With the same GEMM library
 (``FASTBERT_CPU_GEMM=mm``, and always on CUDA) the outputs are bit-identical; with oneDNN, the float32 CPU
-default (fastbert/gemm.py), they differ by float32 rounding. tests/test_model_parity.py checks both.
+default (fastbert/ops/gemm.py), they differ by float32 rounding. tests/model/test_parity.py checks both.
 
 Why it exists: at batch sizes that keep a GPU busy for only a millisecond or two per forward, the host is the
 bottleneck: a layer is 8 op calls, each 10-35 us from Python. The loop is C++ (csrc/inference.cpp), each call a
 typed dispatcher call below autograd. This module reads each layer's weights once per forward through the modules'
 own dicts (no nn.Module.__getattr__ chains, no config reads per layer), afresh every forward: nothing goes stale
 when a module, a parameter or a dtype changes. GEMM weights come packed for the GEMM library where that pays
-(fastbert/gemm.py ``weight_packer``; cached by fastbert/fused_qkv.py and rebuilt when a weight changes).
+(fastbert/ops/gemm.py ``weight_packer``; cached by fastbert/runtime/weights.py and rebuilt when a weight changes).
 """
 from __future__ import annotations
 
-from typing import Callable, List, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from . import cuda_graphs, gemm, ops, reference
-from .fused_qkv import fused_qkv, packed_weight
+from .. import ops
+from ..ops import gemm, reference
+from . import cuda_graphs
+from .weights import fused_qkv, packed_weight
 
 __all__ = ["LayerWeights", "layer_weights", "run_layers"]
 
@@ -30,8 +33,8 @@ __all__ = ["LayerWeights", "layer_weights", "run_layers"]
 class LayerWeights(NamedTuple):
     """Every layer's tensors, flat in encoder_layers' order (12 per layer, see csrc/fastbert.cpp), and the two
     LayerNorm eps of each layer."""
-    tensors: List[Optional[Tensor]]
-    eps: List[float]
+    tensors: list[Tensor | None]
+    eps: list[float]
 
 
 def _one_layer(layer: nn.Module, weights: LayerWeights, pack, cast) -> None:
@@ -66,7 +69,7 @@ def _to(dtype: torch.dtype) -> Callable[[Tensor], Tensor]:
 _CASTS: dict = {}
 
 
-def _then(first: Callable, second: Optional[Callable]) -> Callable:
+def _then(first: Callable, second: Callable | None) -> Callable:
     """first, then second: one function object per pair, so the weight caches recognise it."""
     if second is None:
         return first
@@ -81,7 +84,7 @@ def _then(first: Callable, second: Optional[Callable]) -> Callable:
 _CHAINS: dict = {}
 
 
-def autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
+def autocast_dtype(x: Tensor) -> torch.dtype | None:
     """The dtype torch.autocast asks of the layers on x's device when it is on and lower than x's (CPU bfloat16
     or float16, CUDA float16 or bfloat16), else None."""
     dev = x.device.type
@@ -92,7 +95,7 @@ def autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
 
 
 def layer_weights(layers: nn.ModuleList, activation, x: Tensor,
-                  dtype: Optional[torch.dtype] = None) -> Optional[LayerWeights]:
+                  dtype: torch.dtype | None = None) -> LayerWeights | None:
     """Every layer's weights for run_layers, or None where the loop does not apply: an activation without a
     fused kernel, an op without a kernel for x's device (float64 on CUDA), a module of another layout (a
     missing intermediate bias, a parametrized weight). The caller then runs the general per-layer path.
@@ -107,7 +110,7 @@ def layer_weights(layers: nn.ModuleList, activation, x: Tensor,
         return None
     weights = LayerWeights([], [])
     like = x if dtype is None else x.new_empty(0, dtype=dtype)
-    pack = None if torch.compiler.is_compiling() else gemm.weight_packer(like)
+    pack = None if ops.compiling() else gemm.weight_packer(like)
     if dtype is not None:
         to = _to(dtype)
         pack = _then(to, pack)
@@ -140,10 +143,10 @@ def _pad_rows(x: Tensor, cu_seqlens: Tensor, max_seqlen: int, rows: int):
 
 
 def run_layers(weights: LayerWeights, x: Tensor, cu_seqlens: Tensor, max_seqlen: int, num_heads: int,
-               scale: float, activation: str, on_layer: Optional[Callable[[int, Tensor], None]] = None,
-               layers: Optional[nn.Module] = None) -> Tensor:
+               scale: float, activation: str, on_layer: Callable[[int, Tensor], None] | None = None,
+               layers: nn.Module | None = None) -> Tensor:
     """x (T, H) through every layer; on_layer(i, x) after layer i (for output_hidden_states). On CUDA, with the
-    layer stack given, through a cached CUDA graph (fastbert/cuda_graphs.py); on CPU with oneDNN, on rows padded
+    layer stack given, through a cached CUDA graph (fastbert/runtime/cuda_graphs.py); on CPU with oneDNN, on rows padded
     to ``gemm.bucket_rows(T)``."""
     all_layers = on_layer is not None
     outs = None

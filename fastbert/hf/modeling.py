@@ -1,29 +1,22 @@
-"""transformers-compatible BERT classes whose forward runs fastbert's fused encoder (fastbert/encoder.py).
+"""transformers-compatible BERT classes whose forward runs fastbert's fused encoder (fastbert.model.forward).
 
 ``fastbert.BertModel`` subclasses transformers' ``BertModel``: same constructor, module tree, state_dict keys,
 ``from_pretrained``/``save_pretrained``, output classes; only ``forward`` differs. ``FastBertMixin`` carries that
-forward so ``fastbert.optimize`` can give it to an existing transformers model object (see fastbert/convert.py).
+forward so ``fastbert.optimize`` can give it to an existing transformers model object (fastbert/hf/convert.py).
+The registry of optimized classes (one subclass per original class) is kept here, next to the classes.
 """
 from __future__ import annotations
 
-from typing import Optional
-
-from torch import Tensor
+from torch import Tensor, nn
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
 from transformers.models.bert import modeling_bert as hf
 
-from .encoder import PAD_OUTPUTS, pool, run, validate_config
+from ..model import FastBertModule, check_pad_outputs, pool, run, validate_config
 
-__all__ = ["FastBertMixin", "BertModel"]
-
-
-def check_pad_outputs(pad_outputs: str) -> str:
-    if pad_outputs not in PAD_OUTPUTS:
-        raise ValueError(f"pad_outputs: expected one of {PAD_OUTPUTS}, got {pad_outputs!r}")
-    return pad_outputs
+__all__ = ["FastBertMixin", "BertModel", "optimized_class", "original_class"]
 
 
-class FastBertMixin:
+class FastBertMixin(FastBertModule):
     """The fused forward for a module laid out as transformers' BertModel (put first in the bases).
 
     ``pad_outputs`` (attribute): "zero" (default) runs padding-free and returns zeros at pad positions;
@@ -34,29 +27,28 @@ class FastBertMixin:
     def __reduce_ex__(self, protocol):
         # optimize() makes a subclass of a user's own BertModel subclass on the fly; pickle (torch.save,
         # multiprocessing) can't name it, so the object is pickled as "the optimized class of <its original
-        # class>" and rebuilt through fastbert.convert (state, parameters and pad_outputs as usual).
+        # class>" and rebuilt by _new_optimized (state, parameters and pad_outputs as usual).
         reduced = super().__reduce_ex__(protocol)
         cls = type(self)
         if cls is BertModel or not isinstance(reduced, tuple) or len(reduced) < 2:
             return reduced
-        from .convert import _new_optimized, _original_class
-        return (_new_optimized, (_original_class(cls),)) + tuple(reduced[2:])
+        return (_new_optimized, (original_class(cls),)) + tuple(reduced[2:])
 
     def forward(
         self,
-        input_ids: Optional[Tensor] = None,
-        attention_mask: Optional[Tensor] = None,
-        token_type_ids: Optional[Tensor] = None,
-        position_ids: Optional[Tensor] = None,
-        inputs_embeds: Optional[Tensor] = None,
-        encoder_hidden_states: Optional[Tensor] = None,
-        encoder_attention_mask: Optional[Tensor] = None,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        encoder_hidden_states: Tensor | None = None,
+        encoder_attention_mask: Tensor | None = None,
         past_key_values=None,
-        use_cache: Optional[bool] = None,
-        output_attentions: Optional[bool] = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states=None,
-        return_dict: Optional[bool] = None,
-        head_mask: Optional[Tensor] = None,
+        return_dict: bool | None = None,
+        head_mask: Tensor | None = None,
         **kwargs,
     ):
         config = self.config
@@ -95,3 +87,32 @@ class BertModel(FastBertMixin, hf.BertModel):
         super().__init__(config, add_pooling_layer=add_pooling_layer)
         self.pad_outputs = check_pad_outputs(pad_outputs)
 
+
+_OPTIMIZED: dict[type, type] = {}
+
+
+def optimized_class(cls: type) -> type:
+    """The subclass of cls whose forward is fastbert's (made once per class, then reused)."""
+    if issubclass(cls, FastBertMixin):
+        return cls
+    if cls not in _OPTIMIZED:
+        _OPTIMIZED[cls] = type(cls.__name__, (FastBertMixin, cls), {"__module__": cls.__module__,
+                                                                      "__doc__": cls.__doc__})
+    return _OPTIMIZED[cls]
+
+
+def _new_optimized(original: type) -> nn.Module:
+    """An empty instance of original's optimized class: what unpickling an optimized model starts from."""
+    cls = optimized_class(original)
+    return cls.__new__(cls)
+
+
+def original_class(cls: type) -> type:
+    """The transformers class an optimized class was made from."""
+    for base in cls.__mro__:
+        if issubclass(base, hf.BertModel) and not issubclass(base, FastBertMixin):
+            return base
+    return hf.BertModel
+
+
+_OPTIMIZED[hf.BertModel] = BertModel

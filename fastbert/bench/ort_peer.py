@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import Callable, Dict, Tuple
+from collections.abc import Callable
 
 import torch
 
@@ -34,7 +34,7 @@ class _Export(torch.nn.Module):
                        token_type_ids=token_type_ids).last_hidden_state
 
 
-def build(hf_model, device="cpu", threads: int | None = None) -> Tuple[Callable, Dict[str, int]]:
+def build(hf_model, device="cpu", threads: int | None = None) -> tuple[Callable, dict[str, int]]:
     """(f(input_ids, attention_mask) -> last_hidden_state as a torch tensor, fused node counts)."""
     import onnxruntime as ort
     from onnxruntime.transformers import optimizer

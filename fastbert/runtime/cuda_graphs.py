@@ -13,7 +13,7 @@ and every other op is row-wise, so they cannot touch the real rows. The real row
 (the static output is overwritten by the next replay).
 
 The results equal the un-graphed loop's up to the GEMM library's choice of algorithm for the padded row count
-(cuBLAS may pick another kernel for another M): float rounding, checked by tests/test_cuda.py.
+(cuBLAS may pick another kernel for another M): float rounding, checked by tests/ops/test_cuda.py.
 
 Graphs are cached per layer stack (on the ModuleList, never copied by deepcopy or pickle), keyed by the bucket,
 dtype, device, stream, geometry and every weight's address, so a replaced or rebuilt weight (a new tensor, or the
@@ -32,7 +32,7 @@ import os
 import threading
 import warnings
 from collections import OrderedDict
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -84,7 +84,7 @@ class _Graphs:
     __slots__ = ("entries", "pools", "lock", "failed")
 
     def __init__(self):
-        self.entries: "OrderedDict[tuple, tuple]" = OrderedDict()
+        self.entries: OrderedDict[tuple, tuple] = OrderedDict()
         self.pools: dict = {}
         self.lock = threading.Lock()
         self.failed = False  # a capture raised: this stack runs op by op from then on
@@ -113,7 +113,7 @@ def _fill(static_x: Tensor, static_cu: Tensor, ramp: Tensor, x: Tensor, cu_seqle
     extra.clamp_(max=static_x.shape[0])
 
 
-def _capture(pool, tensors: Sequence[Optional[Tensor]], eps: List[float], static_x: Tensor, static_cu: Tensor,
+def _capture(pool, tensors: Sequence[Tensor | None], eps: list[float], static_x: Tensor, static_cu: Tensor,
              max_seqlen: int, num_heads: int, scale: float, activation: str, all_layers: bool):
     op = torch.ops.fastbert.encoder_layers.default
     args = (static_x, static_cu, max_seqlen, num_heads, scale, activation, list(tensors), eps, all_layers, False)
@@ -129,8 +129,8 @@ def _capture(pool, tensors: Sequence[Optional[Tensor]], eps: List[float], static
     return graph, outs
 
 
-def run(layers: nn.Module, tensors: Sequence[Optional[Tensor]], eps: List[float], x: Tensor, cu_seqlens: Tensor,
-        max_seqlen: int, num_heads: int, scale: float, activation: str, all_layers: bool) -> Optional[List[Tensor]]:
+def run(layers: nn.Module, tensors: Sequence[Tensor | None], eps: list[float], x: Tensor, cu_seqlens: Tensor,
+        max_seqlen: int, num_heads: int, scale: float, activation: str, all_layers: bool) -> list[Tensor] | None:
     """encoder_layers through a cached graph: the last layer's output, or every layer's with all_layers; None if
     this stack cannot be captured (the caller then calls encoder_layers itself)."""
     caps = buckets(x.shape[0], cu_seqlens.shape[0] - 1, max_seqlen)
@@ -146,7 +146,7 @@ def run(layers: nn.Module, tensors: Sequence[Optional[Tensor]], eps: List[float]
 
 
 def _run_locked(graphs: _Graphs, key: tuple, tensors, eps, x, cu_seqlens, caps, stream, num_heads, scale,
-                activation, all_layers) -> Optional[List[Tensor]]:
+                activation, all_layers) -> list[Tensor] | None:
     t = x.shape[0]
     t_cap, b_cap, l_cap = caps
     entry = graphs.entries.get(key)

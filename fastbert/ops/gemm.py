@@ -2,7 +2,7 @@
 into oneDNN's blocked layout), torch.mm everywhere else.
 
 ``uses_onednn(x)`` is the choice, ``weight_packer(x)`` the packing; the loop (csrc/inference.cpp) makes the calls,
-and ``linear_fn`` makes the same choice in Python (the roofline probes of fastbert/bench.py time it).
+and ``linear_fn`` makes the same choice in Python (the roofline probes of fastbert/bench/harness.py time it).
 
 Why not torch.mm on CPU: torch.mm sends float32 to MKL, and on the project's AMD EPYC (AVX-512) MKL runs BERT's
 GEMM shapes at 140-190 GFLOP/s on 2 threads, where oneDNN's inner product (``torch.ops.mkldnn._linear_pointwise``,
@@ -10,13 +10,13 @@ the kernel torch.compile's CPU backend calls for Linear layers, in every x86 bui
 shapes at 175-215 (benchmarks/bench_gemm.py). Both are libraries PyTorch already links; the fused ops between
 the GEMMs are unchanged. A float32 weight goes in as it is: packed float32 weights measured no faster on BERT's
 shapes (within 3% at 128-2000 tokens on the AMD EPYC), so they would cost a copy of every weight for nothing. A
-bfloat16 weight is packed once per model (``weight_packer``, cached by fastbert/fused_qkv.py and rebuilt when the
+bfloat16 weight is packed once per model (``weight_packer``, cached by fastbert/runtime/weights.py and rebuilt when the
 weight changes): 5-12% faster than handing oneDNN the plain weight, which it reorders on every call.
 
 Memory: oneDNN (and ideep, PyTorch's wrapper) cache a primitive per GEMM shape, and BERT's token count changes with
 every batch; with their default capacities (1024 each) a job of varied shapes grew by more than 1 GB over a few
 hundred forwards, and building a primitive costs more than a small GEMM. The inference loop runs its rows padded
-to ``bucket_rows(T)`` (fastbert/inference.py), so a job sees a few dozen shapes, not thousands; fastbert caps
+to ``bucket_rows(T)`` (fastbert/runtime/layers.py), so a job sees a few dozen shapes, not thousands; fastbert caps
 both caches at ``ONEDNN_CACHE_CAPACITY`` entries (``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` and
 ``LRU_CACHE_CAPACITY``, process-wide, read by oneDNN when it first runs) unless the environment sets them: import
 fastbert before the first oneDNN call of the process for the cap to take effect. A miss rebuilds the primitive
@@ -32,7 +32,7 @@ torch.mm.
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -122,7 +122,7 @@ def uses_onednn(x: Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and cpu_gemm() == "onednn"
 
 
-def weight_packer(x: Tensor) -> Optional[Callable[[Tensor], Tensor]]:
+def weight_packer(x: Tensor) -> Callable[[Tensor], Tensor] | None:
     """The function that packs a GEMM weight for the inference loop on activations like x, or None where the
     loop takes plain weights (float32, torch.mm, CUDA)."""
     return pack_onednn if uses_onednn(x) and x.dtype == torch.bfloat16 else None

@@ -4,8 +4,8 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Dict
 
 
 @dataclass
@@ -24,8 +24,8 @@ def _quantile(sorted_values, q):
     return sorted_values[min(len(sorted_values) - 1, int(round(q * (len(sorted_values) - 1))))]
 
 
-def compare(fns: Dict[str, Callable[[], object]], repeats: int = 15, warmup: int = 2, seed: int = 0,
-            sync: Callable[[], None] | None = None) -> Dict[str, Timing]:
+def compare(fns: dict[str, Callable[[], object]], repeats: int = 15, warmup: int = 2, seed: int = 0,
+            sync: Callable[[], None] | None = None) -> dict[str, Timing]:
     """Time each callable `repeats` times, interleaved in a shuffled order each round, after `warmup` rounds.
 
     Interleaving spreads any drift of the machine (frequency, other load) over every entry alike, so the

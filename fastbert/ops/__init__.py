@@ -1,7 +1,7 @@
 """The Python face of ``torch.ops.fastbert``: loading the extension, fake (meta) implementations for
 torch.compile, and one function per op that runs the compiled kernel when it can and the reference
-(fastbert/reference.py) when it cannot (except encoder_layers, which only composes the other ops: its one caller,
-fastbert/inference.py, falls back to the per-layer path instead).
+(fastbert/ops/reference.py) when it cannot (except encoder_layers, which only composes the other ops: its one caller,
+fastbert/runtime/layers.py, falls back to the per-layer path instead).
 
 The reference runs instead of the kernel when the extension is not built, when it has no kernel for the
 tensors' device, or when autograd must record the op and no backward kernel is registered for it.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -24,9 +23,9 @@ OPS = ("pack", "unpack", "embeddings", "attention", "attention_masked", "bias_ac
 CPU_ONLY_OPS = ("quantize_rows", "dequantize_rows", "dequant_bias_act_quant", "dequant_bias_residual_layernorm")
 
 _C = None
-LOAD_ERROR: Optional[str] = None
+LOAD_ERROR: str | None = None
 try:
-    from . import _C  # noqa: F811  (registers torch.ops.fastbert.*)
+    from .. import _C  # noqa: F811  (registers torch.ops.fastbert.*)
 except (ImportError, OSError) as exc:  # not built, or built against another torch
     LOAD_ERROR = str(exc)
     if os.environ.get("FASTBERT_QUIET") != "1":
@@ -37,6 +36,9 @@ except (ImportError, OSError) as exc:  # not built, or built against another tor
 
 HAS_EXTENSION = _C is not None
 
+# After the extension: autograd.py registers the fakes of the backward ops when they exist.
+from .autograd import DIFFERENTIABLE_OPS  # noqa: E402
+
 if HAS_EXTENSION and os.environ.get("FASTBERT_CPU_ISA"):
     try:
         _C.set_cpu_isa(os.environ["FASTBERT_CPU_ISA"])
@@ -45,6 +47,12 @@ if HAS_EXTENSION and os.environ.get("FASTBERT_CPU_ISA"):
 
 if HAS_EXTENSION and os.environ.get("FASTBERT_CPU_BF16_DOT", "").strip() == "0":
     _C.set_cpu_bf16_dot(False)
+
+
+def compiling() -> bool:
+    """Whether torch.compile is tracing the caller: eager-only work (input checks, caches, packed weights) is
+    skipped then."""
+    return torch.compiler.is_compiling()
 
 
 def _kernel_table():
@@ -59,14 +67,14 @@ def _kernel_table():
 # (op name, device type) -> whether a compiled kernel exists; a plain dict so torch.compile can read it.
 KERNELS = _kernel_table()
 # Ops whose backward is registered (csrc/autograd.cpp); the others fall back to the reference while training.
-DIFFERENTIABLE: set = {"bias_act", "bias_residual_layernorm", "embeddings", "attention", "attention_masked"}
+DIFFERENTIABLE = frozenset(DIFFERENTIABLE_OPS)
 
 
 def has_kernel(name: str, device: torch.device | str) -> bool:
     return KERNELS.get((name, torch.device(device).type), False)
 
 
-def _use_kernel(name: str, device: torch.device, *tensors: Optional[Tensor]) -> bool:
+def _use_kernel(name: str, device: torch.device, *tensors: Tensor | None) -> bool:
     if not KERNELS.get((name, device.type), False):
         return False
     if device.type == "cuda" and any(t is not None and t.dtype == torch.float64 for t in tensors):
@@ -147,12 +155,11 @@ if HAS_EXTENSION:
             return out, acc.new_empty(acc.shape, dtype=torch.int8), acc.new_empty(acc.shape[0], dtype=torch.float32)
         return out, acc.new_empty(0, dtype=torch.int8), acc.new_empty(0, dtype=torch.float32)
 
-    from . import autograd as _autograd  # noqa: E402,F401  (backward formulas of the ops in DIFFERENTIABLE)
 
 
 # ---------------------------------------------------------------- the ops
 
-def pack(attention_mask: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+def pack(attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(indices, cu_seqlens, positions) of the real tokens of a (B, L) mask; see reference.pack."""
     if _use_kernel("pack", attention_mask.device):
         return torch.ops.fastbert.pack(attention_mask)
@@ -165,9 +172,9 @@ def unpack(x: Tensor, indices: Tensor, batch: int, seqlen: int) -> Tensor:
     return reference.unpack(x, indices, batch, seqlen)
 
 
-def embeddings(input_ids: Tensor, position_ids: Tensor, token_type_ids: Optional[Tensor], word_weight: Tensor,
-               position_weight: Tensor, token_type_weight: Optional[Tensor], ln_weight: Tensor, ln_bias: Tensor,
-               eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+def embeddings(input_ids: Tensor, position_ids: Tensor, token_type_ids: Tensor | None, word_weight: Tensor,
+               position_weight: Tensor, token_type_weight: Tensor | None, ln_weight: Tensor, ln_bias: Tensor,
+               eps: float) -> tuple[Tensor, Tensor, Tensor]:
     args = (input_ids, position_ids, token_type_ids, word_weight, position_weight, token_type_weight,
             ln_weight, ln_bias, eps)
     if _use_kernel("embeddings", word_weight.device, word_weight, position_weight, token_type_weight,
@@ -176,16 +183,16 @@ def embeddings(input_ids: Tensor, position_ids: Tensor, token_type_ids: Optional
     return reference.embeddings(*args)
 
 
-def attention(qkv: Tensor, qkv_bias: Optional[Tensor], cu_seqlens: Tensor, max_seqlen: int, num_heads: int,
-              scale: float, dropout_p: float = 0.0, seed: int = 0, offset: int = 0) -> Tuple[Tensor, Tensor]:
+def attention(qkv: Tensor, qkv_bias: Tensor | None, cu_seqlens: Tensor, max_seqlen: int, num_heads: int,
+              scale: float, dropout_p: float = 0.0, seed: int = 0, offset: int = 0) -> tuple[Tensor, Tensor]:
     args = (qkv, qkv_bias, cu_seqlens, max_seqlen, num_heads, scale, dropout_p, seed, offset)
     if _use_kernel("attention", qkv.device, qkv, qkv_bias):
         return torch.ops.fastbert.attention(*args)
     return reference.attention(*args)
 
 
-def attention_masked(qkv: Tensor, qkv_bias: Optional[Tensor], mask: Tensor, num_heads: int, scale: float,
-                     dropout_p: float = 0.0, seed: int = 0, offset: int = 0) -> Tuple[Tensor, Tensor]:
+def attention_masked(qkv: Tensor, qkv_bias: Tensor | None, mask: Tensor, num_heads: int, scale: float,
+                     dropout_p: float = 0.0, seed: int = 0, offset: int = 0) -> tuple[Tensor, Tensor]:
     args = (qkv, qkv_bias, mask, num_heads, scale, dropout_p, seed, offset)
     if _use_kernel("attention_masked", qkv.device, qkv, qkv_bias, mask):
         return torch.ops.fastbert.attention_masked(*args)
@@ -198,8 +205,8 @@ def bias_act(x: Tensor, bias: Tensor, activation: str) -> Tensor:
     return reference.bias_act(x, bias, activation)
 
 
-def bias_residual_layernorm(x: Tensor, bias: Optional[Tensor], residual: Tensor, ln_weight: Tensor,
-                            ln_bias: Tensor, eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+def bias_residual_layernorm(x: Tensor, bias: Tensor | None, residual: Tensor, ln_weight: Tensor,
+                            ln_bias: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     args = (x, bias, residual, ln_weight, ln_bias, eps)
     if _use_kernel("bias_residual_layernorm", x.device, x, bias, residual, ln_weight, ln_bias):
         return torch.ops.fastbert.bias_residual_layernorm(*args)
@@ -208,7 +215,7 @@ def bias_residual_layernorm(x: Tensor, bias: Optional[Tensor], residual: Tensor,
 
 # int8 inference (CPU kernels only; see csrc/fastbert.cpp for the quantization rule)
 
-def quantize_rows(x: Tensor, smooth: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+def quantize_rows(x: Tensor, smooth: Tensor | None = None) -> tuple[Tensor, Tensor]:
     if _use_kernel("quantize_rows", x.device, x, smooth):
         return torch.ops.fastbert.quantize_rows(x, smooth)
     return reference.quantize_rows(x, smooth)
@@ -221,7 +228,7 @@ def dequantize_rows(acc: Tensor, x_scale: Tensor, w_scale: Tensor, dtype: torch.
 
 
 def dequant_bias_act_quant(acc: Tensor, x_scale: Tensor, w_scale: Tensor, bias: Tensor, activation: str,
-                           smooth: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+                           smooth: Tensor | None = None) -> tuple[Tensor, Tensor]:
     args = (acc, x_scale, w_scale, bias, activation, smooth)
     if activation in reference.ACTIVATIONS and _use_kernel("dequant_bias_act_quant", acc.device, x_scale, w_scale,
                                                            bias, smooth):
@@ -229,9 +236,9 @@ def dequant_bias_act_quant(acc: Tensor, x_scale: Tensor, w_scale: Tensor, bias: 
     return reference.dequant_bias_act_quant(*args)
 
 
-def dequant_bias_residual_layernorm(acc: Tensor, x_scale: Tensor, w_scale: Tensor, bias: Optional[Tensor],
+def dequant_bias_residual_layernorm(acc: Tensor, x_scale: Tensor, w_scale: Tensor, bias: Tensor | None,
                                     residual: Tensor, weight: Tensor, beta: Tensor, eps: float, quantize: bool,
-                                    smooth: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+                                    smooth: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     args = (acc, x_scale, w_scale, bias, residual, weight, beta, eps, quantize, smooth)
     if _use_kernel("dequant_bias_residual_layernorm", acc.device, x_scale, w_scale, bias, residual, weight, beta,
                    smooth):
@@ -241,7 +248,7 @@ def dequant_bias_residual_layernorm(acc: Tensor, x_scale: Tensor, w_scale: Tenso
 
 # ---------------------------------------------------------------- build facts
 
-def cpu_isa() -> Optional[str]:
+def cpu_isa() -> str | None:
     """The instruction set the CPU kernels run now ("avx512", "avx2", "scalar"), None without the extension."""
     return _C.cpu_isa() if HAS_EXTENSION else None
 

@@ -14,9 +14,9 @@ import os
 import signal
 import struct
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -31,10 +31,10 @@ class InputError(ValueError):
     """Bad input data or arguments; the message names the file (and line) and is meant for the user."""
 
 
-Row = Tuple[str, Optional[str]]  # (text, second text of a pair or None)
+Row = tuple[str, str | None]  # (text, second text of a pair or None)
 
 
-def input_format(path: str, fmt: Optional[str] = None) -> str:
+def input_format(path: str, fmt: str | None = None) -> str:
     if fmt:
         if fmt not in INPUT_FORMATS:
             raise InputError(f"unknown input format {fmt!r}; choose one of {', '.join(INPUT_FORMATS)}")
@@ -46,7 +46,7 @@ def input_format(path: str, fmt: Optional[str] = None) -> str:
     return _INPUT_SUFFIXES[suffix]
 
 
-def output_format(path: str, fmt: Optional[str] = None) -> str:
+def output_format(path: str, fmt: str | None = None) -> str:
     if fmt:
         if fmt not in OUTPUT_FORMATS:
             raise InputError(f"unknown output format {fmt!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
@@ -73,8 +73,8 @@ class Reader:
     """Iterate over (text, pair) rows of one input file; `rows` counts the rows yielded so far and
     `estimated_rows()` guesses the total (for the progress bar's percent and ETA)."""
 
-    def __init__(self, path: str, fmt: Optional[str] = None, text_field: Optional[str] = None,
-                 pair_field: Optional[str] = None, header: bool = True):
+    def __init__(self, path: str, fmt: str | None = None, text_field: str | None = None,
+                 pair_field: str | None = None, header: bool = True):
         self.path = str(path)
         self.fmt = input_format(self.path, fmt)
         if not os.path.exists(self.path):
@@ -90,7 +90,7 @@ class Reader:
         self.rows = 0
         self.total_bytes = os.path.getsize(self.path)
         self.bytes_read = 0
-        self.total_rows: Optional[int] = None
+        self.total_rows: int | None = None
         if self.fmt == "parquet":
             pq = _require_pyarrow("reading Parquet")
             try:
@@ -104,7 +104,7 @@ class Reader:
                     raise InputError(f"{self.path}: no column {f!r} (columns: {', '.join(names)}); "
                                      "pass --text-field/--pair-field")
 
-    def estimated_rows(self) -> Optional[float]:
+    def estimated_rows(self) -> float | None:
         """Rows in the whole file: exact for Parquet, else extrapolated from the bytes read so far."""
         if self.total_rows is not None:
             return float(self.total_rows)
@@ -120,7 +120,7 @@ class Reader:
             yield row
 
     # Lines are read as bytes and decoded one by one so a bad byte is reported with its line number.
-    def _lines(self) -> Iterator[Tuple[int, str]]:
+    def _lines(self) -> Iterator[tuple[int, str]]:
         with open(self.path, "rb") as f:
             for lineno, raw in enumerate(f, 1):
                 self.bytes_read += len(raw)
@@ -316,7 +316,7 @@ def temp_name(path: str, tag: str) -> str:
 
 
 @contextmanager
-def atomic_output(path: str, tag: Optional[str] = None):
+def atomic_output(path: str, tag: str | None = None):
     """Yield a temporary path next to `path`; rename it to `path` when the block succeeds, delete it when
     the block raises (KeyboardInterrupt and SystemExit included)."""
     parent = Path(path).parent

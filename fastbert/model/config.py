@@ -1,0 +1,80 @@
+"""The encoder's configuration: the BertConfig fields fastbert reads, and the checks a config must pass."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from ..ops import reference
+
+__all__ = ["EncoderConfig", "validate_config", "PAD_OUTPUTS", "check_pad_outputs"]
+
+# What a forward writes at pad positions: "zero" (padding-free path) or "hf" (computed as transformers does).
+PAD_OUTPUTS = ("zero", "hf")
+
+
+def check_pad_outputs(pad_outputs: str) -> str:
+    """pad_outputs, or a ValueError naming the allowed values."""
+    if pad_outputs not in PAD_OUTPUTS:
+        raise ValueError(f"pad_outputs: expected one of {PAD_OUTPUTS}, got {pad_outputs!r}")
+    return pad_outputs
+
+
+@dataclass
+class EncoderConfig:
+    """The BertConfig fields the encoder reads (defaults are BertConfig's)."""
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int | None = 0
+    is_decoder: bool = False
+    add_cross_attention: bool = False
+    position_embedding_type: str = "absolute"
+    extra: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        validate_config(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EncoderConfig:
+        names = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in d.items() if k in names}, extra={k: v for k, v in d.items() if k not in names})
+
+    @classmethod
+    def from_json(cls, path: str) -> EncoderConfig:
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no config.json in the model folder") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: not a valid JSON config ({exc})") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a JSON object")
+        return cls.from_dict(d)
+
+
+def validate_config(config: Any) -> None:
+    """ValueError/NotImplementedError for configs the fused encoder cannot run (names the field)."""
+    H, nh = config.hidden_size, config.num_attention_heads
+    if not isinstance(nh, int) or nh <= 0:
+        raise ValueError(f"num_attention_heads: expected a positive integer, got {nh!r}")
+    if not isinstance(H, int) or H <= 0 or H % nh != 0:
+        raise ValueError(f"hidden_size: expected a positive multiple of num_attention_heads={nh}, got {H!r}")
+    if getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):
+        raise NotImplementedError("fastbert runs BERT as an encoder only: is_decoder/add_cross_attention are not "
+                                  "supported (use transformers' BertModel for decoder use)")
+    pet = getattr(config, "position_embedding_type", "absolute")
+    if pet not in (None, "absolute"):
+        raise NotImplementedError(f"position_embedding_type: only 'absolute' is supported, got {pet!r}")
+    act = config.hidden_act
+    if isinstance(config, EncoderConfig) and act not in reference.ACTIVATIONS:
+        raise ValueError(f"hidden_act: expected one of {sorted(reference.ACTIVATIONS)}, got {act!r}")

@@ -1,0 +1,2 @@
+"""The eval-mode runtime under the model: the fused layer loop (fastbert.runtime.layers), the weights it derives
+and caches beside the modules (fused QKV, packed GEMM weights, casts), the int8 layer loop and CUDA graphs."""
