@@ -17,8 +17,13 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
 
 INPUT_FORMATS = ("txt", "jsonl", "csv", "tsv", "parquet")
 OUTPUT_FORMATS = ("npy", "parquet")
@@ -234,7 +239,7 @@ class NpyWriter:
 
     HEADER_LEN = 128  # magic(6) + version(2) + length(2) + dict, padded with spaces to a multiple of 64
 
-    def __init__(self, path: str, dim: int, dtype=np.float32):
+    def __init__(self, path: str, dim: int, dtype: DTypeLike = np.float32):
         self.path, self.dim, self.dtype = path, int(dim), np.dtype(dtype)
         self.rows = 0
         self._f = open(path, "wb")
@@ -269,7 +274,7 @@ class NpyWriter:
 class ParquetWriter:
     """Parquet with one column `embedding` of fixed-size float lists, one row group per block batch."""
 
-    def __init__(self, path: str, dim: int, dtype=np.float32):
+    def __init__(self, path: str, dim: int, dtype: DTypeLike = np.float32):
         pq = _require_pyarrow("writing Parquet")
         import pyarrow as pa
         self._pa = pa
@@ -295,7 +300,7 @@ class ParquetWriter:
             pass
 
 
-def open_writer(path: str, fmt: str, dim: int, dtype=np.float32):
+def open_writer(path: str, fmt: str, dim: int, dtype: DTypeLike = np.float32) -> NpyWriter | ParquetWriter:
     return NpyWriter(path, dim, dtype) if fmt == "npy" else ParquetWriter(path, dim, dtype)
 
 
@@ -316,7 +321,7 @@ def temp_name(path: str, tag: str) -> str:
 
 
 @contextmanager
-def atomic_output(path: str, tag: str | None = None):
+def atomic_output(path: str, tag: str | None = None) -> Iterator[str]:
     """Yield a temporary path next to `path`; rename it to `path` when the block succeeds, delete it when
     the block raises (KeyboardInterrupt and SystemExit included)."""
     parent = Path(path).parent
@@ -335,10 +340,10 @@ def atomic_output(path: str, tag: str | None = None):
 
 
 @contextmanager
-def sigterm_as_interrupt():
+def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (what torchrun and job schedulers send) raises KeyboardInterrupt, so `finally` blocks and
     `atomic_output` clean up exactly as on Ctrl-C."""
-    def handler(signum, frame):
+    def handler(signum: int, frame: FrameType | None) -> NoReturn:
         raise KeyboardInterrupt(f"signal {signum}")
 
     try:
