@@ -175,7 +175,7 @@ class Reader:
 
         def lines():
             nonlocal lineno
-            for lineno, line in self._lines():
+            for lineno, line in self._lines():  # noqa: B007  (sets the nonlocal lineno the errors name)
                 yield line
 
         delimiter = "\t" if self.fmt == "tsv" else ","
@@ -225,7 +225,7 @@ class Reader:
         for batch in self._pq.iter_batches(batch_size=4096, columns=columns):
             texts = batch.column(0).to_pylist()
             pairs = batch.column(1).to_pylist() if self.pair_field else [None] * len(texts)
-            for i, (t, p) in enumerate(zip(texts, pairs)):
+            for t, p in zip(texts, pairs):
                 if self.pair_field:
                     p = "" if p is None else str(p)
                 yield ("" if t is None else str(t)), p
@@ -246,7 +246,7 @@ class NpyWriter:
         self._f.write(self._header(0))
 
     def _header(self, rows: int) -> bytes:
-        d = "{'descr': %r, 'fortran_order': False, 'shape': (%d, %d), }" % (self.dtype.str, rows, self.dim)
+        d = f"{{'descr': {self.dtype.str!r}, 'fortran_order': False, 'shape': ({rows:d}, {self.dim:d}), }}"
         body_len = self.HEADER_LEN - 10
         body = d.ljust(body_len - 1) + "\n"
         if len(body) != body_len:
