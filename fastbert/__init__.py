@@ -25,7 +25,7 @@ __all__ = ["ops", "reference", "Encoder", "EncoderConfig", "load_encoder", "quan
 _FROM_HF = frozenset(__all__[8:])
 
 
-def __getattr__(name):
+def __getattr__(name: str):
     if name not in _FROM_HF:
         raise AttributeError(f"module 'fastbert' has no attribute {name!r}")
     from . import hf

@@ -17,8 +17,13 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
 
 INPUT_FORMATS = ("txt", "jsonl", "csv", "tsv", "parquet")
 OUTPUT_FORMATS = ("npy", "parquet")
@@ -170,7 +175,7 @@ class Reader:
 
         def lines():
             nonlocal lineno
-            for lineno, line in self._lines():
+            for lineno, line in self._lines():  # noqa: B007  (sets the nonlocal lineno the errors name)
                 yield line
 
         delimiter = "\t" if self.fmt == "tsv" else ","
@@ -220,7 +225,7 @@ class Reader:
         for batch in self._pq.iter_batches(batch_size=4096, columns=columns):
             texts = batch.column(0).to_pylist()
             pairs = batch.column(1).to_pylist() if self.pair_field else [None] * len(texts)
-            for i, (t, p) in enumerate(zip(texts, pairs)):
+            for t, p in zip(texts, pairs):
                 if self.pair_field:
                     p = "" if p is None else str(p)
                 yield ("" if t is None else str(t)), p
@@ -234,14 +239,14 @@ class NpyWriter:
 
     HEADER_LEN = 128  # magic(6) + version(2) + length(2) + dict, padded with spaces to a multiple of 64
 
-    def __init__(self, path: str, dim: int, dtype=np.float32):
+    def __init__(self, path: str, dim: int, dtype: DTypeLike = np.float32):
         self.path, self.dim, self.dtype = path, int(dim), np.dtype(dtype)
         self.rows = 0
         self._f = open(path, "wb")
         self._f.write(self._header(0))
 
     def _header(self, rows: int) -> bytes:
-        d = "{'descr': %r, 'fortran_order': False, 'shape': (%d, %d), }" % (self.dtype.str, rows, self.dim)
+        d = f"{{'descr': {self.dtype.str!r}, 'fortran_order': False, 'shape': ({rows:d}, {self.dim:d}), }}"
         body_len = self.HEADER_LEN - 10
         body = d.ljust(body_len - 1) + "\n"
         if len(body) != body_len:
@@ -269,7 +274,7 @@ class NpyWriter:
 class ParquetWriter:
     """Parquet with one column `embedding` of fixed-size float lists, one row group per block batch."""
 
-    def __init__(self, path: str, dim: int, dtype=np.float32):
+    def __init__(self, path: str, dim: int, dtype: DTypeLike = np.float32):
         pq = _require_pyarrow("writing Parquet")
         import pyarrow as pa
         self._pa = pa
@@ -295,7 +300,7 @@ class ParquetWriter:
             pass
 
 
-def open_writer(path: str, fmt: str, dim: int, dtype=np.float32):
+def open_writer(path: str, fmt: str, dim: int, dtype: DTypeLike = np.float32) -> NpyWriter | ParquetWriter:
     return NpyWriter(path, dim, dtype) if fmt == "npy" else ParquetWriter(path, dim, dtype)
 
 
@@ -316,7 +321,7 @@ def temp_name(path: str, tag: str) -> str:
 
 
 @contextmanager
-def atomic_output(path: str, tag: str | None = None):
+def atomic_output(path: str, tag: str | None = None) -> Iterator[str]:
     """Yield a temporary path next to `path`; rename it to `path` when the block succeeds, delete it when
     the block raises (KeyboardInterrupt and SystemExit included)."""
     parent = Path(path).parent
@@ -335,10 +340,10 @@ def atomic_output(path: str, tag: str | None = None):
 
 
 @contextmanager
-def sigterm_as_interrupt():
+def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (what torchrun and job schedulers send) raises KeyboardInterrupt, so `finally` blocks and
     `atomic_output` clean up exactly as on Ctrl-C."""
-    def handler(signum, frame):
+    def handler(signum: int, frame: FrameType | None) -> NoReturn:
         raise KeyboardInterrupt(f"signal {signum}")
 
     try:

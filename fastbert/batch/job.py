@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +35,9 @@ from .files import (
     sigterm_as_interrupt,
     temp_name,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 POOLINGS = ("cls", "mean", "max", "pooler")
 
@@ -183,7 +187,7 @@ def plan_batches(lengths: np.ndarray, batch_tokens: int, max_rows: int = 1024) -
     return batches
 
 
-def collate(tok: Tokenized, idx: np.ndarray):
+def collate(tok: Tokenized, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Right-padded (B, L) int64 arrays: input_ids, attention_mask, token_type_ids."""
     lens = tok.lengths[idx]
     B, L = len(idx), int(lens.max()) if len(idx) else 0
@@ -203,7 +207,8 @@ class Model:
     """What the pipeline needs from a model: hidden states for a padded batch and the BERT pooler.
     `forward(input_ids, attention_mask, token_type_ids) -> (B, L, H)`; `pool(hidden) -> (B, H)`."""
 
-    def __init__(self, forward: Callable, hidden_size: int, pool: Callable | None = None, device="cpu",
+    def __init__(self, forward: Callable, hidden_size: int, pool: Callable | None = None,
+                 device: torch.device | str = "cpu",
                  name: str = "model"):
         self.forward, self.pool, self.hidden_size, self.device, self.name = forward, pool, hidden_size, device, name
 
@@ -233,7 +238,8 @@ def load_model(model_dir: str, dtype: str = "float32", device: str = "cpu") -> M
     return Model(enc.forward, hidden, enc.pool if enc.pooler is not None else None, device, "fastbert")
 
 
-def pool_embeddings(hidden, mask, mode: str, model: Model, normalize: bool):
+def pool_embeddings(hidden: torch.Tensor, mask: torch.Tensor, mode: str, model: Model,
+                    normalize: bool) -> torch.Tensor:
     """(B, L, H) hidden states + (B, L) mask -> (B, H) float32 embeddings, as sentence-transformers pools."""
     import torch
     if mode == "pooler":
@@ -467,7 +473,8 @@ def run_encode(opts: EncodeOptions, model: Model, tokenizer: TextTokenizer, pool
     return stats
 
 
-def _run_sharded(opts, reader, encode_slice, dist, tag, out_fmt, dim, progress) -> None:
+def _run_sharded(opts: EncodeOptions, reader: Reader, encode_slice: Callable[[list[Row]], np.ndarray | None],
+                 dist: _Dist, tag: str, out_fmt: str, dim: int, progress: Progress) -> None:
     parts = [temp_name(opts.output, f"{tag}.rank{r}.npy") for r in range(dist.world)]
     mine = NpyWriter(parts[dist.rank], dim)
     window_sizes: list[int] = []

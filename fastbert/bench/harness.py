@@ -24,13 +24,17 @@ import os
 import platform
 import statistics
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from ..ops import gemm
 from .timing import compare
+
+if TYPE_CHECKING:
+    from transformers import BertConfig, BertModel
 
 IMPLS = ("hf_eager", "hf_sdpa", "native", "fastbert")
 
@@ -74,7 +78,7 @@ def _cpu_name() -> str:
 
 # ---------------------------------------------------------------- models
 
-def make_hf_config(model: str = "bert-base", num_layers: int | None = None, **overrides):
+def make_hf_config(model: str = "bert-base", num_layers: int | None = None, **overrides) -> BertConfig:
     """A transformers BertConfig for a named size ("bert-base", "bert-large", "minilm-l6") or an HF folder."""
     from transformers import BertConfig
     if os.path.isdir(model):
@@ -94,7 +98,7 @@ class NativeFastPath(nn.Module):
     """HF's embeddings + nn.TransformerEncoder (post-norm, batch_first) holding the same weights as an HF
     BertModel; in eval + no_grad with a key padding mask it runs PyTorch's fused nested-tensor fast path."""
 
-    def __init__(self, hf_model):
+    def __init__(self, hf_model: BertModel):
         super().__init__()
         c = hf_model.config
         act = c.hidden_act if c.hidden_act in ("gelu", "relu") else None
@@ -132,8 +136,9 @@ class NativeFastPath(nn.Module):
         return out
 
 
-def build_models(model: str = "bert-base", impls: Sequence[str] = IMPLS, dtype=torch.float32, device="cpu",
-                 seed: int = 0, num_layers: int | None = None) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
+def build_models(model: str = "bert-base", impls: Sequence[str] = IMPLS, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu", seed: int = 0,
+                 num_layers: int | None = None) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
     """name -> f(input_ids, attention_mask) -> last_hidden_state (B, L, H), all sharing one set of weights
     (random, seeded, LayerNorm parameters perturbed, unless ``model`` is a folder)."""
     from transformers import BertModel
@@ -163,8 +168,8 @@ def build_models(model: str = "bert-base", impls: Sequence[str] = IMPLS, dtype=t
     base = base.to(device=device, dtype=dtype).eval().requires_grad_(False)
     out: dict[str, Callable] = {}
 
-    def hf_fn(m):
-        def f(ids, mask):
+    def hf_fn(m: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
+        def f(ids: Tensor, mask: Tensor) -> Tensor:
             return m(input_ids=ids, attention_mask=mask).last_hidden_state
         return f
 
@@ -182,7 +187,7 @@ def build_models(model: str = "bert-base", impls: Sequence[str] = IMPLS, dtype=t
     return out
 
 
-def _share(base, cls, attn: str):
+def _share(base: BertModel, cls: type[BertModel], attn: str) -> BertModel:
     """A model of ``cls`` whose parameters are base's tensors (no copy)."""
     import copy
     cfg = copy.deepcopy(base.config)
@@ -199,7 +204,8 @@ def _share(base, cls, attn: str):
 # ---------------------------------------------------------------- batches, FLOPs, roofline
 
 def make_batch(batch: int, seq_len: int, min_len: int | None = None, max_len: int | None = None,
-               vocab_size: int = 30522, seed: int = 0, device="cpu"):
+               vocab_size: int = 30522, seed: int = 0,
+               device: torch.device | str = "cpu") -> tuple[Tensor, Tensor, list[int]]:
     """(input_ids, attention_mask, lengths): lengths uniform in [min_len, max_len] (default all seq_len), seeded,
     right padding with id 0."""
     lo = seq_len if min_len is None else min_len
@@ -214,7 +220,7 @@ def make_batch(batch: int, seq_len: int, min_len: int | None = None, max_len: in
     return ids.to(device), mask.to(device), lengths.tolist()
 
 
-def forward_flops(config, lengths: Sequence[int]) -> float:
+def forward_flops(config: Any, lengths: Sequence[int]) -> float:
     """FLOPs of the encoder forward on the real tokens: GEMMs (2 per multiply-add) + QK^T + PV per sequence."""
     H, I, n_layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     T = sum(lengths)
@@ -223,8 +229,9 @@ def forward_flops(config, lengths: Sequence[int]) -> float:
     return float(n_layers * (gemms + attn))
 
 
-def gemm_probe(config, tokens: int, dtype=torch.float32, device="cpu", mm: Callable = gemm.linear_mm,
-               pack: Callable[[Tensor], Tensor] | None = None):
+def gemm_probe(config: Any, tokens: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+               mm: Callable = gemm.linear_mm,
+               pack: Callable[[Tensor], Tensor] | None = None) -> tuple[Callable[[], None], float]:
     """(fn, flops): fn runs ``mm(x, w)`` (x @ w^T, w packed by ``pack`` when given) once on each of one layer's
     GEMM shapes for ``tokens`` rows."""
     H, I = config.hidden_size, config.intermediate_size
@@ -240,7 +247,8 @@ def gemm_probe(config, tokens: int, dtype=torch.float32, device="cpu", mm: Calla
     return fn, float(sum(2 * m * k * n for m, k, n in shapes))
 
 
-def int8_gemm_probe(config, tokens: int, device="cpu"):
+def int8_gemm_probe(config: Any, tokens: int,
+                    device: torch.device | str = "cpu") -> tuple[Callable[[], None], float]:
     """(fn, ops): torch._int_mm (int8 x int8 -> int32, the GEMM of fastbert.quantize) on one layer's shapes."""
     H, I = config.hidden_size, config.intermediate_size
     shapes = [(tokens, H, 3 * H), (tokens, H, H), (tokens, H, I), (tokens, I, H)]
@@ -253,7 +261,8 @@ def int8_gemm_probe(config, tokens: int, device="cpu"):
     return fn, float(sum(2 * m * k * n for m, k, n in shapes))
 
 
-def gemm_probes(config, tokens: int, dtype=torch.float32, device="cpu") -> dict[str, tuple]:
+def gemm_probes(config: Any, tokens: int, dtype: torch.dtype = torch.float32,
+                device: torch.device | str = "cpu") -> dict[str, tuple]:
     """The roofline's probes, {name: (fn, flops)}: torch.mm, and the library fastbert's inference loop uses when
     that is another (oneDNN for float32/bfloat16 on CPU, on weights packed as the loop packs them,
     fastbert/ops/gemm.py). The ceiling is the faster of them, in the dtype of the rows."""
@@ -267,7 +276,7 @@ def gemm_probes(config, tokens: int, dtype=torch.float32, device="cpu") -> dict[
     return probes
 
 
-def _sync(device):
+def _sync(device: torch.device | str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
 
@@ -275,7 +284,7 @@ def _sync(device):
 # ---------------------------------------------------------------- timing
 
 def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int = 10, warmup: int = 2,
-                     device="cpu") -> dict[str, list[float]]:
+                     device: torch.device | str = "cpu") -> dict[str, list[float]]:
     """Seconds per call of each fn (inference mode), run in interleaved rounds (fastbert.bench.timing.compare)."""
     with torch.inference_mode():
         timings = compare(fns, repeats=repeats, warmup=warmup, sync=lambda: _sync(device))
@@ -283,7 +292,7 @@ def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int = 10, wa
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
+def _quiet_stderr() -> Iterator[None]:
     """File descriptor 2 to /dev/null for the block: the profiler's C++ side prints a line per start and stop
     (``USDT: ... profiler_start``) that would interleave with the tables."""
     sys.stderr.flush()
@@ -297,7 +306,7 @@ def _quiet_stderr():
         os.close(saved)
 
 
-def _peak_memory(fn, device) -> float | None:
+def _peak_memory(fn: Callable[[], object], device: torch.device | str) -> float | None:
     """Peak MiB allocated during one forward, above what was allocated before it: CUDA's allocator stats, or
     on CPU the profiler's allocation events (sorted by time, summed)."""
     if torch.device(device).type == "cuda":
@@ -324,9 +333,10 @@ def _peak_memory(fn, device) -> float | None:
     return peak / 2 ** 20
 
 
-def bench_shape(models: dict[str, Callable], config, batch: int, seq_len: int, min_len: int | None = None,
-                max_len: int | None = None, repeats: int = 10, warmup: int = 2, seed: int = 0, device="cpu",
-                dtype=torch.float32, rate: float | None = None, model_name: str = "") -> list[dict]:
+def bench_shape(models: dict[str, Callable], config: Any, batch: int, seq_len: int, min_len: int | None = None,
+                max_len: int | None = None, repeats: int = 10, warmup: int = 2, seed: int = 0,
+                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, rate: float | None = None,
+                model_name: str = "") -> list[dict]:
     """One row per implementation for one batch shape; see the module docstring for the columns."""
     ids, mask, lengths = make_batch(batch, seq_len, min_len, max_len, config.vocab_size, seed, device)
     T = sum(lengths)

@@ -11,8 +11,12 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import BertModel
 
 
 def available() -> bool:
@@ -25,16 +29,18 @@ def available() -> bool:
 
 
 class _Export(torch.nn.Module):
-    def __init__(self, hf):
+    def __init__(self, hf: BertModel):
         super().__init__()
         self.hf = hf  # the wrapper must be in eval mode: export restores the mode it found on every submodule
 
-    def forward(self, input_ids, attention_mask, token_type_ids):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor) -> torch.Tensor:
         return self.hf(input_ids=input_ids, attention_mask=attention_mask,
                        token_type_ids=token_type_ids).last_hidden_state
 
 
-def build(hf_model, device="cpu", threads: int | None = None) -> tuple[Callable, dict[str, int]]:
+def build(hf_model: BertModel, device: torch.device | str = "cpu",
+          threads: int | None = None) -> tuple[Callable, dict[str, int]]:
     """(f(input_ids, attention_mask) -> last_hidden_state as a torch tensor, fused node counts)."""
     import onnxruntime as ort
     from onnxruntime.transformers import optimizer
@@ -68,7 +74,7 @@ def build(hf_model, device="cpu", threads: int | None = None) -> tuple[Callable,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # the session holds the model; the export (GBs for bert-large) goes
 
-    def f(input_ids, attention_mask):
+    def f(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         feeds = {"input_ids": input_ids.cpu().numpy(), "attention_mask": attention_mask.cpu().numpy(),
                  "token_type_ids": torch.zeros_like(input_ids).cpu().numpy()}
         return torch.from_numpy(sess.run(None, feeds)[0]).to(input_ids.device)

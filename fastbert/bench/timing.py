@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -20,7 +20,7 @@ class Timing:
         return (self.high - self.low) / self.median if self.median > 0 else 0.0
 
 
-def _quantile(sorted_values, q):
+def _quantile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(round(q * (len(sorted_values) - 1))))]
 
 

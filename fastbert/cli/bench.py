@@ -7,13 +7,20 @@ positions); ONNX Runtime comes from fastbert.bench.ort_peer when onnxruntime is 
 """
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import os
 import sys
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .common import Formatter, die
+
+if TYPE_CHECKING:
+    from torch import Tensor
+    from transformers import BertModel
 
 HELP = __doc__.split("\n", 3)[3] + """
 A padding fraction p makes ragged batches: lengths uniform in [(1-2p)L, L] (p <= 0.5) or [1, 2(1-p)L - 1]
@@ -29,7 +36,7 @@ examples:
 ALL_IMPLS = ("hf_eager", "hf_sdpa", "native", "fastbert", "onnxruntime")
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark fastbert against HF eager/sdpa, native fast path, ONNX Runtime",
                        description=HELP, formatter_class=Formatter)
     p.add_argument("--model", nargs="+", default=["bert-base"],
@@ -57,7 +64,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def padding_range(seq_len: int, p: float):
+def padding_range(seq_len: int, p: float) -> tuple[int, int]:
     """(min_len, max_len) of uniform lengths whose mean leaves a fraction p of seq_len as padding."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"--padding: expected fractions in [0, 1), got {p}")
@@ -66,7 +73,7 @@ def padding_range(seq_len: int, p: float):
     return 1, max(1, round(2 * (1 - p) * seq_len) - 1)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     if args.quick:
         args.layers = args.layers or 2
         args.batch, args.seq_len, args.padding = [8], [64, 128], [0.0, 0.5]
@@ -184,7 +191,7 @@ def run(args) -> int:
     return 0
 
 
-def _hf_base(fn):
+def _hf_base(fn: Callable[[Tensor, Tensor], Tensor]) -> BertModel:
     """The transformers model inside bench.build_models' hf_eager closure (shared weights, no copy)."""
     for cell in fn.__closure__ or ():
         if hasattr(cell.cell_contents, "config"):

@@ -20,7 +20,7 @@ def default_model() -> str | None:
 class Formatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the descriptions' line breaks; appends "(default: X)" where X says something."""
 
-    def _get_help_string(self, action):
+    def _get_help_string(self, action: argparse.Action) -> str:
         h = action.help or ""
         d = action.default
         if "default" in h or d is None or isinstance(d, bool) or d is argparse.SUPPRESS:

@@ -1,6 +1,7 @@
 """`fastbert encode`: embed a file of texts with a BERT model folder (the batch job is fastbert.batch)."""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -33,7 +34,7 @@ example:
 """
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("encode", help="embed a file of texts (batch inference)", description=HELP,
                        formatter_class=Formatter)
     p.add_argument("--model", default=None,
@@ -74,7 +75,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..batch.files import InputError, Reader, eprint, output_format
 
     model_dir = args.model or default_model()

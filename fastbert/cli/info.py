@@ -1,17 +1,18 @@
 """`fastbert info`: what this build runs on (torch, CUDA, archs, the CPU path, GEMM libraries, kernels per op)."""
 from __future__ import annotations
 
+import argparse
 import os
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="print the build: torch, CUDA, archs, CPU path, kernels per op",
                        description="Print what this fastbert build runs on: torch and CUDA versions, compiled "
                                    "CUDA archs, the CPU kernel path (ISA), and which ops have compiled kernels.")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     import platform
 
     import torch

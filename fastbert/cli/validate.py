@@ -9,9 +9,15 @@ per-token cosine >= min_cos for the dtype; the command exits 1 when any misses.
 """
 from __future__ import annotations
 
+import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from .common import Formatter, default_model, die
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import BertConfig
 
 # dtype -> (atol on max |diff|, minimum cosine), fastbert in that dtype against HF in float32
 TOLERANCES = {
@@ -36,7 +42,7 @@ SENTENCES = [
 ]
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate", help="check fastbert against transformers on a model folder",
                        description=HELP, formatter_class=Formatter)
     p.add_argument("--model", default=None,
@@ -47,7 +53,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _batches(cfg, tokenizer_file, seed: int):
+def _batches(cfg: BertConfig, tokenizer_file: str | None, seed: int) -> dict[str, dict[str, torch.Tensor]]:
     """name -> dict(input_ids, attention_mask, token_type_ids) (torch tensors), seeded and fixed."""
     import torch
     g = torch.Generator().manual_seed(seed)
@@ -75,7 +81,7 @@ def _batches(cfg, tokenizer_file, seed: int):
     return out
 
 
-def _compare(ref, got, mask):
+def _compare(ref: torch.Tensor, got: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
     """max |diff| and the smallest per-token cosine at real positions (ref, got: (B, L, H) or (B, H))."""
     import torch
     ref, got = ref.float(), got.float()
@@ -89,7 +95,7 @@ def _compare(ref, got, mask):
     return diff, float(cos.min()) if cos.numel() else 1.0
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     import os
 
     model_dir = args.model or default_model()

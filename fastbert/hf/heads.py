@@ -19,7 +19,15 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from transformers.modeling_outputs import MaskedLMOutput, QuestionAnsweringModelOutput
+from transformers import BertConfig
+from transformers.modeling_outputs import (
+    MaskedLMOutput,
+    MultipleChoiceModelOutput,
+    NextSentencePredictorOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
 from transformers.models.bert import modeling_bert as hf
 
 from .. import ops
@@ -60,7 +68,7 @@ def _check_class_labels(name: str, labels: Tensor, n_classes: int, allow_ignore:
         raise ValueError(f"{name}: value {bad} outside [0, {n_classes}){extra}")
 
 
-def _batch_and_length(input_ids: Tensor | None, inputs_embeds: Tensor | None):
+def _batch_and_length(input_ids: Tensor | None, inputs_embeds: Tensor | None) -> tuple[int, int]:
     ref = input_ids if input_ids is not None else inputs_embeds
     if ref is None:
         raise ValueError("input_ids: either input_ids or inputs_embeds must be given")
@@ -70,12 +78,14 @@ def _batch_and_length(input_ids: Tensor | None, inputs_embeds: Tensor | None):
 class BertForSequenceClassification(hf.BertForSequenceClassification):
     """Sentence or sentence-pair classification / regression (``problem_type`` as in transformers)."""
 
-    def __init__(self, config, pad_outputs: str = "zero"):
+    def __init__(self, config: BertConfig, pad_outputs: str = "zero"):
         super().__init__(config)
         _use_fastbert_encoder(self, pad_outputs)
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, **kwargs):
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, position_ids: Tensor | None = None,
+                inputs_embeds: Tensor | None = None, labels: Tensor | None = None,
+                **kwargs) -> tuple[Tensor] | SequenceClassifierOutput:
         if labels is not None and _checking():
             B, _ = _batch_and_length(input_ids, inputs_embeds)
             n = self.num_labels
@@ -98,12 +108,14 @@ class BertForSequenceClassification(hf.BertForSequenceClassification):
 class BertForTokenClassification(hf.BertForTokenClassification):
     """Token tagging (NER, POS): label pad positions -100, as transformers' data collators do."""
 
-    def __init__(self, config, pad_outputs: str = "zero"):
+    def __init__(self, config: BertConfig, pad_outputs: str = "zero"):
         super().__init__(config)
         _use_fastbert_encoder(self, pad_outputs)
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, **kwargs):
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, position_ids: Tensor | None = None,
+                inputs_embeds: Tensor | None = None, labels: Tensor | None = None,
+                **kwargs) -> tuple[Tensor] | TokenClassifierOutput:
         if labels is not None and _checking():
             _check_class_labels("labels", labels, self.num_labels, allow_ignore=True,
                                 shape=_batch_and_length(input_ids, inputs_embeds))
@@ -115,12 +127,15 @@ class BertForQuestionAnswering(hf.BertForQuestionAnswering):
     """Extractive QA. Positions outside the sequence are ignored in the loss, as transformers ignores them; with
     ``pad_outputs="zero"`` pad positions' logits are the dtype's minimum."""
 
-    def __init__(self, config, pad_outputs: str = "zero"):
+    def __init__(self, config: BertConfig, pad_outputs: str = "zero"):
         super().__init__(config)
         _use_fastbert_encoder(self, pad_outputs)
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, start_positions=None, end_positions=None, return_dict=None, **kwargs):
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, position_ids: Tensor | None = None,
+                inputs_embeds: Tensor | None = None, start_positions: Tensor | None = None,
+                end_positions: Tensor | None = None, return_dict: bool | None = None,
+                **kwargs) -> tuple[Tensor] | QuestionAnsweringModelOutput:
         B, _ = _batch_and_length(input_ids, inputs_embeds)
         if _checking():
             for name, t in (("start_positions", start_positions), ("end_positions", end_positions)):
@@ -152,13 +167,15 @@ class BertForQuestionAnswering(hf.BertForQuestionAnswering):
 class BertForMaskedLM(hf.BertForMaskedLM):
     """Masked-LM pretraining / fine-tuning; the decoder is tied to the word embeddings as in transformers."""
 
-    def __init__(self, config, pad_outputs: str = "zero", sparse_prediction: bool = False):
+    def __init__(self, config: BertConfig, pad_outputs: str = "zero", sparse_prediction: bool = False):
         super().__init__(config)
         _use_fastbert_encoder(self, pad_outputs)
         self.sparse_prediction = sparse_prediction
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, return_dict=None, **kwargs):
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, position_ids: Tensor | None = None,
+                inputs_embeds: Tensor | None = None, labels: Tensor | None = None,
+                return_dict: bool | None = None, **kwargs) -> tuple[Tensor] | MaskedLMOutput:
         if labels is not None and _checking():
             _check_class_labels("labels", labels, self.config.vocab_size, allow_ignore=True,
                                 shape=_batch_and_length(input_ids, inputs_embeds))
@@ -181,12 +198,14 @@ class BertForMaskedLM(hf.BertForMaskedLM):
 class BertForNextSentencePrediction(hf.BertForNextSentencePrediction):
     """Next-sentence prediction (label 0: B follows A, 1: B is random)."""
 
-    def __init__(self, config, pad_outputs: str = "zero"):
+    def __init__(self, config: BertConfig, pad_outputs: str = "zero"):
         super().__init__(config)
         _use_fastbert_encoder(self, pad_outputs)
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, **kwargs):
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, position_ids: Tensor | None = None,
+                inputs_embeds: Tensor | None = None, labels: Tensor | None = None,
+                **kwargs) -> tuple[Tensor] | NextSentencePredictorOutput:
         if labels is not None and _checking():
             B, _ = _batch_and_length(input_ids, inputs_embeds)
             _check_class_labels("labels", labels.reshape(-1), 2, shape=(B,))
@@ -197,12 +216,14 @@ class BertForNextSentencePrediction(hf.BertForNextSentencePrediction):
 class BertForPreTraining(hf.BertForPreTraining):
     """Masked LM + next-sentence prediction, BERT's pretraining objective."""
 
-    def __init__(self, config, pad_outputs: str = "zero"):
+    def __init__(self, config: BertConfig, pad_outputs: str = "zero"):
         super().__init__(config)
         _use_fastbert_encoder(self, pad_outputs)
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, next_sentence_label=None, **kwargs):
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, position_ids: Tensor | None = None,
+                inputs_embeds: Tensor | None = None, labels: Tensor | None = None,
+                next_sentence_label: Tensor | None = None, **kwargs) -> tuple[Tensor] | hf.BertForPreTrainingOutput:
         if _checking() and (labels is not None or next_sentence_label is not None):
             shape = _batch_and_length(input_ids, inputs_embeds)
             if labels is not None:
@@ -217,12 +238,14 @@ class BertForPreTraining(hf.BertForPreTraining):
 class BertForMultipleChoice(hf.BertForMultipleChoice):
     """Multiple choice: inputs of shape (batch, num_choices, seqlen), labels the index of the right choice."""
 
-    def __init__(self, config, pad_outputs: str = "zero"):
+    def __init__(self, config: BertConfig, pad_outputs: str = "zero"):
         super().__init__(config)
         _use_fastbert_encoder(self, pad_outputs)
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, **kwargs):
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, position_ids: Tensor | None = None,
+                inputs_embeds: Tensor | None = None, labels: Tensor | None = None,
+                **kwargs) -> tuple[Tensor] | MultipleChoiceModelOutput:
         if _checking():
             for name, t, rank in (("input_ids", input_ids, 3), ("attention_mask", attention_mask, 3),
                                   ("token_type_ids", token_type_ids, 3), ("inputs_embeds", inputs_embeds, 4)):

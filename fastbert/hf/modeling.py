@@ -7,7 +7,12 @@ The registry of optimized classes (one subclass per original class) is kept here
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from torch import Tensor, nn
+from transformers import BertConfig
+from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
 from transformers.models.bert import modeling_bert as hf
 
@@ -24,7 +29,7 @@ class FastBertMixin(FastBertModule):
 
     pad_outputs: str = "zero"
 
-    def __reduce_ex__(self, protocol):
+    def __reduce_ex__(self, protocol: int) -> str | tuple[Any, ...]:
         # optimize() makes a subclass of a user's own BertModel subclass on the fly; pickle (torch.save,
         # multiprocessing) can't name it, so the object is pickled as "the optimized class of <its original
         # class>" and rebuilt by _new_optimized (state, parameters and pad_outputs as usual).
@@ -43,14 +48,14 @@ class FastBertMixin(FastBertModule):
         inputs_embeds: Tensor | None = None,
         encoder_hidden_states: Tensor | None = None,
         encoder_attention_mask: Tensor | None = None,
-        past_key_values=None,
+        past_key_values: Cache | None = None,
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
-        output_hidden_states=None,
+        output_hidden_states: bool | int | Sequence[int] | None = None,
         return_dict: bool | None = None,
         head_mask: Tensor | None = None,
         **kwargs,
-    ):
+    ) -> tuple[Tensor] | BaseModelOutputWithPoolingAndCrossAttentions:
         config = self.config
         if head_mask is not None:
             raise ValueError("head_mask: not supported by fastbert (transformers 5.x ignores it silently); "
@@ -82,7 +87,7 @@ class BertModel(FastBertMixin, hf.BertModel):
     """transformers' BertModel (same constructor, keys, from_pretrained/save_pretrained) on fastbert's fused,
     padding-free encoder. Extra constructor/from_pretrained argument: ``pad_outputs`` ("zero" or "hf")."""
 
-    def __init__(self, config, add_pooling_layer: bool = True, pad_outputs: str = "zero"):
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True, pad_outputs: str = "zero"):
         validate_config(config)
         super().__init__(config, add_pooling_layer=add_pooling_layer)
         self.pad_outputs = check_pad_outputs(pad_outputs)

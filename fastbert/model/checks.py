@@ -1,6 +1,8 @@
 """Input checks of a forward: TypeError/ValueError/IndexError naming the argument and the expected shape."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -16,7 +18,8 @@ def _min_max(t: Tensor) -> tuple[int, int]:
     return tuple(torch.stack(torch.aminmax(t)).tolist())
 
 
-def check_inputs(config, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds) -> None:
+def check_inputs(config: Any, input_ids: Tensor | None, attention_mask: Tensor | None, token_type_ids: Tensor | None,
+                 position_ids: Tensor | None, inputs_embeds: Tensor | None) -> None:
     """TypeError/ValueError/IndexError naming the argument; run eagerly only (skipped while compiling)."""
     if input_ids is not None:
         if not isinstance(input_ids, Tensor):

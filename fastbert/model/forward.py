@@ -18,6 +18,7 @@ GEMMs after ``fastbert.quantize``). A padded path (B, L, H) with ops.attention_m
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -75,7 +76,7 @@ def _like(t: Tensor | None, x: Tensor) -> Tensor | None:
     return t if t is None or t.dtype == x.dtype else t.to(x.dtype)
 
 
-def _act(config, layer, h: Tensor, bias: Tensor | None) -> Tensor:
+def _act(config: Any, layer: nn.Module, h: Tensor, bias: Tensor | None) -> Tensor:
     act = config.hidden_act
     if isinstance(act, str) and act in reference.ACTIVATIONS:
         if bias is None:
@@ -89,7 +90,8 @@ def _act(config, layer, h: Tensor, bias: Tensor | None) -> Tensor:
     return fn(h if bias is None else h + bias)
 
 
-def embed(emb, ids, positions, types, inputs_embeds, need_grad: bool) -> Tensor:
+def embed(emb: nn.Module, ids: Tensor | None, positions: Tensor, types: Tensor | None, inputs_embeds: Tensor | None,
+          need_grad: bool) -> Tensor:
     """LayerNorm(word + position + type) for ids/positions/types of any shape -> shape + (H,)."""
     ln = emb.LayerNorm
     tt_w = emb.token_type_embeddings.weight if getattr(emb, "token_type_embeddings", None) is not None else None
@@ -126,7 +128,7 @@ def _attn_out(ctx: Tensor, dense: nn.Module, ln: nn.Module, x: Tensor, p_drop: f
     return _residual_ln(F.linear(ctx, dense.weight), dense, ln, x, p_drop, training)
 
 
-def _mlp(config, layer, x: Tensor, training: bool, p_hidden: float) -> Tensor:
+def _mlp(config: Any, layer: nn.Module, x: Tensor, training: bool, p_hidden: float) -> Tensor:
     _, _, _, inter, out_dense, out_ln = layer_parts(layer)
     h = _act(config, layer, F.linear(x, inter.weight), inter.bias)          # (T, I)
     y = F.linear(h, out_dense.weight)                                        # (T, H)
@@ -152,13 +154,13 @@ def _attention_probs(qkv: Tensor, bias: Tensor | None, mask: Tensor, nh: int, sc
     return ctx, probs
 
 
-def attention_geometry(config) -> tuple[int, float]:
+def attention_geometry(config: Any) -> tuple[int, float]:
     """(num_heads, softmax scale 1/sqrt(head_dim))."""
     nh = config.num_attention_heads
     return nh, 1.0 / math.sqrt(config.hidden_size // nh)
 
 
-def _packed_layer(config, layer, x: Tensor, cu_seqlens: Tensor, max_seqlen: int, need_grad: bool,
+def _packed_layer(config: Any, layer: nn.Module, x: Tensor, cu_seqlens: Tensor, max_seqlen: int, need_grad: bool,
                   training: bool) -> Tensor:
     """One BERT layer on packed tokens x (T, H)."""
     sa, o_dense, o_ln, _, _, _ = layer_parts(layer)
@@ -175,7 +177,8 @@ def _packed_layer(config, layer, x: Tensor, cu_seqlens: Tensor, max_seqlen: int,
     return _mlp(config, layer, x, training, p_hidden)
 
 
-def _padded_layer(config, layer, x: Tensor, mask: Tensor, need_grad: bool, training: bool, with_probs: bool):
+def _padded_layer(config: Any, layer: nn.Module, x: Tensor, mask: Tensor, need_grad: bool, training: bool,
+                  with_probs: bool) -> Tensor | tuple[Tensor, Tensor]:
     """One BERT layer on padded x (B, L, H) under a mask broadcastable to (B, nh, L, L)."""
     sa, o_dense, o_ln, _, _, _ = layer_parts(layer)
     nh, scale = attention_geometry(config)
@@ -197,7 +200,7 @@ def _padded_layer(config, layer, x: Tensor, mask: Tensor, need_grad: bool, train
     return (x, probs) if with_probs else x
 
 
-def _checkpointed(layer, need_grad: bool, fn, *args):
+def _checkpointed(layer: nn.Module, need_grad: bool, fn: Callable[..., Any], *args: Any) -> Any:
     """fn(*args), under activation checkpointing when HF's gradient_checkpointing_enable() marked the layer."""
     if need_grad and layer.training and getattr(layer, "gradient_checkpointing", False):
         from torch.utils.checkpoint import checkpoint
@@ -205,7 +208,7 @@ def _checkpointed(layer, need_grad: bool, fn, *args):
     return fn(*args)
 
 
-def _select(hidden_sel, n: int):
+def _select(hidden_sel: bool | int | Sequence[int] | None, n: int) -> set[int] | None:
     if hidden_sel is None or isinstance(hidden_sel, bool):
         return None
     sel = [hidden_sel] if isinstance(hidden_sel, int) else list(hidden_sel)
@@ -214,8 +217,8 @@ def _select(hidden_sel, n: int):
 
 def run(model: nn.Module, config: Any, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
         token_type_ids: Tensor | None = None, position_ids: Tensor | None = None,
-        inputs_embeds: Tensor | None = None, pad_outputs: str = "zero", output_hidden_states=False,
-        output_attentions: bool = False) -> EncoderOutput:
+        inputs_embeds: Tensor | None = None, pad_outputs: str = "zero",
+        output_hidden_states: bool | int | Sequence[int] = False, output_attentions: bool = False) -> EncoderOutput:
     """The fused BERT forward over ``model``'s HF-named submodules; see the module docstring."""
     if not ops.compiling():
         check_pad_outputs(pad_outputs)
@@ -258,7 +261,7 @@ def run(model: nn.Module, config: Any, input_ids: Tensor | None = None, attentio
     n_states = len(layers) + 1
     sel = _select(output_hidden_states, n_states)
 
-    def keep_state(i, t_fn):
+    def keep_state(i: int, t_fn: Callable[[], Tensor]) -> None:
         if hidden is not None:
             hidden.append(t_fn() if sel is None or i in sel else None)
 
@@ -332,7 +335,7 @@ def run(model: nn.Module, config: Any, input_ids: Tensor | None = None, attentio
     zero_pads = pad_outputs == "zero" and mask2d is not None
     keep_tok = mask2d.unsqueeze(-1) if zero_pads else None
 
-    def state(t):
+    def state(t: Tensor) -> Tensor:
         return t.masked_fill(~keep_tok, 0) if keep_tok is not None else t
 
     keep_state(0, lambda: state(x))

@@ -55,7 +55,7 @@ def _hf_key(k: str) -> str:
     return k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
 
 
-def load_encoder(model_dir: str, dtype: torch.dtype = torch.float32, device="cpu",
+def load_encoder(model_dir: str, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
                  pad_outputs: str = "zero") -> Encoder:
     """An eval-mode ``Encoder`` from an HF BERT folder (config.json + weights), without importing transformers.
 

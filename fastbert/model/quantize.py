@@ -30,6 +30,7 @@ bfloat16), accumulating in fp32.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -52,14 +53,14 @@ def _smoothing(x_amax: Tensor, w: Tensor, alpha: float) -> Tensor:
     return s / s.median()  # centred, so neither side's range drifts far from 1
 
 
-def _calibration_ids(config, seed: int = 0, batch: int = 8, length: int = 64) -> Tensor:
+def _calibration_ids(config: Any, seed: int = 0, batch: int = 8, length: int = 64) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     length = min(length, int(config.max_position_embeddings))
     return torch.randint(1, int(config.vocab_size), (batch, length), generator=g)
 
 
 @torch.no_grad()
-def _gemm_input_amax(model: nn.Module, config, ids: Tensor, mask: Tensor | None) -> list[list[Tensor]]:
+def _gemm_input_amax(model: nn.Module, config: Any, ids: Tensor, mask: Tensor | None) -> list[list[Tensor]]:
     """Per layer, the per-channel max |x| of the four GEMM inputs (QKV, attention output, FFN in, FFN out), from
     a float32 forward of the model on ids."""
     emb = model.embeddings

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -55,7 +56,7 @@ def compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
-def _kernel_table():
+def _kernel_table() -> dict[tuple[str, str], bool]:
     table = {}
     if HAS_EXTENSION:
         for name in OPS:
@@ -87,69 +88,77 @@ def _use_kernel(name: str, device: torch.device, *tensors: Tensor | None) -> boo
 
 # ---------------------------------------------------------------- fake implementations
 
-def _acc_dtype(dtype):
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 if HAS_EXTENSION:
     @torch.library.register_fake("fastbert::pack")
-    def _pack_fake(attention_mask):
+    def _pack_fake(attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         B = attention_mask.shape[0]
         T = torch.library.get_ctx().new_dynamic_size()
         indices = attention_mask.new_empty(T, dtype=torch.int64)
         return indices, attention_mask.new_empty(B + 1, dtype=torch.int32), attention_mask.new_empty(T, dtype=torch.int64)
 
     @torch.library.register_fake("fastbert::unpack")
-    def _unpack_fake(x, indices, batch, seqlen):
+    def _unpack_fake(x: Tensor, indices: Tensor, batch: int, seqlen: int) -> Tensor:
         return x.new_empty(batch, seqlen, *x.shape[1:])
 
     @torch.library.register_fake("fastbert::embeddings")
-    def _embeddings_fake(input_ids, position_ids, token_type_ids, word_weight, position_weight, token_type_weight,
-                         ln_weight, ln_bias, eps):
+    def _embeddings_fake(input_ids: Tensor, position_ids: Tensor, token_type_ids: Tensor | None, word_weight: Tensor,
+                         position_weight: Tensor, token_type_weight: Tensor | None, ln_weight: Tensor,
+                         ln_bias: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
         H = word_weight.shape[1]
         stats = input_ids.new_empty(input_ids.shape, dtype=_acc_dtype(word_weight.dtype))
         return word_weight.new_empty(*input_ids.shape, H), stats, torch.empty_like(stats)
 
     @torch.library.register_fake("fastbert::attention")
-    def _attention_fake(qkv, qkv_bias, cu_seqlens, max_seqlen, num_heads, scale, dropout_p=0.0, seed=0, offset=0):
+    def _attention_fake(qkv: Tensor, qkv_bias: Tensor | None, cu_seqlens: Tensor, max_seqlen: int, num_heads: int,
+                        scale: float, dropout_p: float = 0.0, seed: int = 0,
+                        offset: int = 0) -> tuple[Tensor, Tensor]:
         T = qkv.shape[0]
         H = qkv.shape[1] // 3
         return qkv.new_empty(T, H), qkv.new_empty(num_heads, T, dtype=torch.float32)
 
     @torch.library.register_fake("fastbert::attention_masked")
-    def _attention_masked_fake(qkv, qkv_bias, mask, num_heads, scale, dropout_p=0.0, seed=0, offset=0):
+    def _attention_masked_fake(qkv: Tensor, qkv_bias: Tensor | None, mask: Tensor, num_heads: int, scale: float,
+                               dropout_p: float = 0.0, seed: int = 0, offset: int = 0) -> tuple[Tensor, Tensor]:
         B, L, H3 = qkv.shape
         return qkv.new_empty(B, L, H3 // 3), qkv.new_empty(B, num_heads, L, dtype=torch.float32)
 
     @torch.library.register_fake("fastbert::bias_act")
-    def _bias_act_fake(x, bias, activation):
+    def _bias_act_fake(x: Tensor, bias: Tensor, activation: str) -> Tensor:
         return torch.empty_like(x)
 
     @torch.library.register_fake("fastbert::bias_residual_layernorm")
-    def _bias_residual_layernorm_fake(x, bias, residual, ln_weight, ln_bias, eps):
+    def _bias_residual_layernorm_fake(x: Tensor, bias: Tensor | None, residual: Tensor, ln_weight: Tensor,
+                                      ln_bias: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
         stats = x.new_empty(x.shape[:-1], dtype=_acc_dtype(x.dtype))
         return torch.empty_like(x), stats, torch.empty_like(stats)
 
     @torch.library.register_fake("fastbert::encoder_layers")
-    def _encoder_layers_fake(x, cu_seqlens, max_seqlen, num_heads, scale, activation, weights, eps, all_layers=False,
-                             onednn=False):
+    def _encoder_layers_fake(x: Tensor, cu_seqlens: Tensor, max_seqlen: int, num_heads: int, scale: float,
+                             activation: str, weights: Sequence[Tensor | None], eps: Sequence[float],
+                             all_layers: bool = False, onednn: bool = False) -> list[Tensor]:
         return [torch.empty_like(x) for _ in range(len(weights) // 12 if all_layers else 1)]
 
     @torch.library.register_fake("fastbert::quantize_rows")
-    def _quantize_rows_fake(x, smooth):
+    def _quantize_rows_fake(x: Tensor, smooth: Tensor | None) -> tuple[Tensor, Tensor]:
         return x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[0], dtype=torch.float32)
 
     @torch.library.register_fake("fastbert::dequantize_rows")
-    def _dequantize_rows_fake(acc, x_scale, w_scale, dtype):
+    def _dequantize_rows_fake(acc: Tensor, x_scale: Tensor, w_scale: Tensor, dtype: torch.dtype) -> Tensor:
         return acc.new_empty(acc.shape, dtype=dtype)
 
     @torch.library.register_fake("fastbert::dequant_bias_act_quant")
-    def _dequant_bias_act_quant_fake(acc, x_scale, w_scale, bias, activation, smooth):
+    def _dequant_bias_act_quant_fake(acc: Tensor, x_scale: Tensor, w_scale: Tensor, bias: Tensor, activation: str,
+                                     smooth: Tensor | None) -> tuple[Tensor, Tensor]:
         return acc.new_empty(acc.shape, dtype=torch.int8), acc.new_empty(acc.shape[0], dtype=torch.float32)
 
     @torch.library.register_fake("fastbert::dequant_bias_residual_layernorm")
-    def _dequant_bias_residual_layernorm_fake(acc, x_scale, w_scale, bias, residual, weight, beta, eps, quantize,
-                                              smooth):
+    def _dequant_bias_residual_layernorm_fake(acc: Tensor, x_scale: Tensor, w_scale: Tensor, bias: Tensor | None,
+                                              residual: Tensor, weight: Tensor, beta: Tensor, eps: float,
+                                              quantize: bool, smooth: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         out = residual.new_empty(acc.shape)
         if quantize:
             return out, acc.new_empty(acc.shape, dtype=torch.int8), acc.new_empty(acc.shape[0], dtype=torch.float32)
@@ -260,7 +269,7 @@ def set_cpu_isa(isa: str) -> None:
     _C.set_cpu_isa(isa)
 
 
-def supported_cpu_isas() -> list:
+def supported_cpu_isas() -> list[str]:
     return list(_C.supported_cpu_isas()) if HAS_EXTENSION else []
 
 

@@ -14,6 +14,8 @@ decoder, untouched).
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 __all__ = ["DIFFERENTIABLE_OPS", "zero_row_grad", "has_backward_kernel"]
@@ -38,12 +40,12 @@ def zero_row_grad(weight: torch.Tensor, row: int | None) -> torch.Tensor:
 
 class _ZeroRowGrad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, weight, row):
+    def forward(ctx: Any, weight: torch.Tensor, row: int) -> torch.Tensor:
         ctx.row = row
         return weight.view_as(weight)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         grad = grad.clone()
         grad[ctx.row] = 0
         return grad, None
@@ -51,17 +53,22 @@ class _ZeroRowGrad(torch.autograd.Function):
 
 # ---------------------------------------------------------------- fake implementations of the backward ops
 
-def _bias_act_backward_fake(grad, x, bias, activation):
+def _bias_act_backward_fake(grad: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, activation: str) -> torch.Tensor:
     return x.new_empty(x.shape)
 
 
-def _brln_backward_fake(grad_out, x, bias, residual, ln_weight, mean, rstd):
+def _brln_backward_fake(grad_out: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor,
+                        ln_weight: torch.Tensor, mean: torch.Tensor,
+                        rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     H = x.shape[-1]
     return x.new_empty(x.shape), ln_weight.new_empty(H), ln_weight.new_empty(H)
 
 
-def _embeddings_backward_fake(grad_out, input_ids, position_ids, token_type_ids, word_weight, position_weight,
-                              token_type_weight, ln_weight, mean, rstd):
+def _embeddings_backward_fake(grad_out: torch.Tensor, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                              token_type_ids: torch.Tensor | None, word_weight: torch.Tensor,
+                              position_weight: torch.Tensor, token_type_weight: torch.Tensor | None,
+                              ln_weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     H = word_weight.shape[1]
     tt = token_type_weight.new_empty(token_type_weight.shape) if token_type_weight is not None \
         else word_weight.new_empty(0, H)
@@ -69,13 +76,17 @@ def _embeddings_backward_fake(grad_out, input_ids, position_ids, token_type_ids,
             ln_weight.new_empty(H), ln_weight.new_empty(H))
 
 
-def _attention_backward_fake(grad_out, qkv, qkv_bias, out, lse, cu_seqlens, max_seqlen, num_heads, scale,
-                             dropout_p=0.0, seed=0, offset=0):
+def _attention_backward_fake(grad_out: torch.Tensor, qkv: torch.Tensor, qkv_bias: torch.Tensor | None,
+                             out: torch.Tensor, lse: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                             num_heads: int, scale: float, dropout_p: float = 0.0, seed: int = 0,
+                             offset: int = 0) -> torch.Tensor:
     return qkv.new_empty(qkv.shape)
 
 
-def _attention_masked_backward_fake(grad_out, qkv, qkv_bias, mask, out, lse, num_heads, scale, dropout_p=0.0,
-                                    seed=0, offset=0):
+def _attention_masked_backward_fake(grad_out: torch.Tensor, qkv: torch.Tensor, qkv_bias: torch.Tensor | None,
+                                    mask: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, num_heads: int,
+                                    scale: float, dropout_p: float = 0.0, seed: int = 0,
+                                    offset: int = 0) -> torch.Tensor:
     return qkv.new_empty(qkv.shape)
 
 

@@ -8,6 +8,7 @@ and no backward kernel exists.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +47,7 @@ ACTIVATIONS = {
 }
 
 
-def activation(name: str):
+def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The callable for an activation name, or a ValueError naming the known ones."""
     try:
         return ACTIVATIONS[name]
@@ -56,7 +57,7 @@ def activation(name: str):
 
 # ---------------------------------------------------------------- pack / unpack
 
-def pack(attention_mask: torch.Tensor):
+def pack(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Real tokens of a (B, L) batch: flat indices b*L+l (int64), cu_seqlens (B+1, int32), positions l (int64)."""
     keep = attention_mask != 0
     B, L = keep.shape
@@ -75,7 +76,8 @@ def unpack(x: torch.Tensor, indices: torch.Tensor, batch: int, seqlen: int) -> t
 
 # ---------------------------------------------------------------- LayerNorm family
 
-def _layernorm_stats(s: torch.Tensor, weight, bias, eps: float, out_dtype):
+def _layernorm_stats(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                     out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     mean = s.mean(-1, keepdim=True)
     var = (s - mean).pow(2).mean(-1, keepdim=True)          # two-pass: stable for eps = 1e-12
     rstd = torch.rsqrt(var + eps)
@@ -83,8 +85,10 @@ def _layernorm_stats(s: torch.Tensor, weight, bias, eps: float, out_dtype):
     return out.to(out_dtype), mean.squeeze(-1), rstd.squeeze(-1)
 
 
-def embeddings(input_ids, position_ids, token_type_ids, word_weight, position_weight, token_type_weight,
-               ln_weight, ln_bias, eps: float):
+def embeddings(input_ids: torch.Tensor, position_ids: torch.Tensor, token_type_ids: torch.Tensor | None,
+               word_weight: torch.Tensor, position_weight: torch.Tensor, token_type_weight: torch.Tensor | None,
+               ln_weight: torch.Tensor, ln_bias: torch.Tensor,
+               eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     acc = _acc_dtype(word_weight.dtype)
     s = word_weight[input_ids.long()].to(acc) + position_weight[position_ids.long()].to(acc)
     if token_type_weight is not None:
@@ -93,7 +97,8 @@ def embeddings(input_ids, position_ids, token_type_ids, word_weight, position_we
     return _layernorm_stats(s, ln_weight, ln_bias, eps, word_weight.dtype)
 
 
-def bias_residual_layernorm(x, bias, residual, ln_weight, ln_bias, eps: float):
+def bias_residual_layernorm(x: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor, ln_weight: torch.Tensor,
+                            ln_bias: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     acc = _acc_dtype(x.dtype)
     s = x.to(acc) + residual.to(acc)
     if bias is not None:
@@ -120,7 +125,7 @@ def _row_scale(amax: torch.Tensor) -> torch.Tensor:
     return torch.where(amax > 0, torch.clamp(amax / 127.0, min=_FLT_MIN), torch.ones_like(amax))
 
 
-def quantize_rows(x: torch.Tensor, smooth=None):
+def quantize_rows(x: torch.Tensor, smooth: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Dynamic symmetric per-row int8 quantization of x (T, K) float32/bfloat16, with an optional per-channel
     multiplier smooth (K,) float32 applied first (SmoothQuant). Returns q int8 (T, K) and scale float32 (T,):
     q = round_half_even(clamp(x * smooth / scale, -127, 127)), so q * scale ~ x * smooth."""
@@ -137,19 +142,24 @@ def _dequantize(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor)
     return acc.float() * x_scale.float().unsqueeze(-1) * w_scale.float()
 
 
-def dequantize_rows(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, dtype: torch.dtype):
+def dequantize_rows(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor,
+                    dtype: torch.dtype) -> torch.Tensor:
     """An int8 GEMM's int32 output acc (T, N) -> acc * x_scale[t] * w_scale[n] (fp32, in that order) in dtype."""
     return _dequantize(acc, x_scale, w_scale).to(dtype)
 
 
-def dequant_bias_act_quant(acc, x_scale, w_scale, bias, activation_name: str, smooth=None):
+def dequant_bias_act_quant(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor,
+                           activation_name: str,
+                           smooth: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """h = act(acc * x_scale[t] * w_scale[n] + bias[n]) in fp32, returned as quantize_rows(h, smooth)."""
     h = activation(activation_name)(_dequantize(acc, x_scale, w_scale) + bias.float())
     return quantize_rows(h, smooth)
 
 
-def dequant_bias_residual_layernorm(acc, x_scale, w_scale, bias, residual, weight, beta, eps: float,
-                                    quantize: bool, smooth=None):
+def dequant_bias_residual_layernorm(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor,
+                                    bias: torch.Tensor | None, residual: torch.Tensor, weight: torch.Tensor,
+                                    beta: torch.Tensor, eps: float, quantize: bool, smooth: torch.Tensor | None = None,
+                                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """out = LayerNorm(acc * x_scale[t] * w_scale[n] + bias + residual) * weight + beta in residual's dtype (fp32
     math), and with quantize also (q, scale) = quantize_rows(out, smooth) of the out returned (for bfloat16, of
     its rounded values); without, q and scale are empty (0,) int8 / float32 tensors."""
@@ -204,7 +214,8 @@ def dropout_threshold(p: float) -> int:
 
 # ---------------------------------------------------------------- attention
 
-def _split_qkv(qkv, qkv_bias, num_heads):
+def _split_qkv(qkv: torch.Tensor, qkv_bias: torch.Tensor | None,
+               num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     acc = _acc_dtype(qkv.dtype)
     x = qkv.to(acc)
     if qkv_bias is not None:
@@ -213,12 +224,13 @@ def _split_qkv(qkv, qkv_bias, num_heads):
     d = H // num_heads
     q, k, v = x.split(H, dim=-1)
     # (..., L, H) -> (..., nh, L, d)
-    def heads(t):
+    def heads(t: torch.Tensor) -> torch.Tensor:
         return t.unflatten(-1, (num_heads, d)).transpose(-3, -2)
     return heads(q), heads(k), heads(v)
 
 
-def _softmax_dropout_pv(scores, v, dropout_p, keep):
+def _softmax_dropout_pv(scores: torch.Tensor, v: torch.Tensor, dropout_p: float,
+                        keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax over the last dim with an empty-row guard, optional dropout, then @ v; returns (out, lse)."""
     lse = torch.logsumexp(scores, dim=-1)
     finite = torch.isfinite(lse).unsqueeze(-1)
@@ -230,8 +242,9 @@ def _softmax_dropout_pv(scores, v, dropout_p, keep):
     return probs @ v, lse
 
 
-def attention(qkv, qkv_bias, cu_seqlens, max_seqlen: int, num_heads: int, scale: float,
-              dropout_p: float = 0.0, seed: int = 0, offset: int = 0):
+def attention(qkv: torch.Tensor, qkv_bias: torch.Tensor | None, cu_seqlens: torch.Tensor, max_seqlen: int,
+              num_heads: int, scale: float, dropout_p: float = 0.0, seed: int = 0,
+              offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     T = qkv.shape[0]
     H = qkv.shape[1] // 3
     acc = _acc_dtype(qkv.dtype)
@@ -256,8 +269,9 @@ def attention(qkv, qkv_bias, cu_seqlens, max_seqlen: int, num_heads: int, scale:
     return out.to(qkv.dtype), lse
 
 
-def attention_masked(qkv, qkv_bias, mask, num_heads: int, scale: float,
-                     dropout_p: float = 0.0, seed: int = 0, offset: int = 0):
+def attention_masked(qkv: torch.Tensor, qkv_bias: torch.Tensor | None, mask: torch.Tensor, num_heads: int,
+                     scale: float, dropout_p: float = 0.0, seed: int = 0,
+                     offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     B, L, H3 = qkv.shape
     H = H3 // 3
     q, k, v = _split_qkv(qkv, qkv_bias, num_heads)                 # (B, nh, L, d)
@@ -278,8 +292,9 @@ def attention_masked(qkv, qkv_bias, mask, num_heads: int, scale: float,
     return o.transpose(1, 2).reshape(B, L, H).to(qkv.dtype), lse.float()
 
 
-def encoder_layers(x, cu_seqlens, max_seqlen: int, num_heads: int, scale: float, activation_name: str, weights,
-                   eps, all_layers: bool = False, onednn: bool = False):
+def encoder_layers(x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, num_heads: int, scale: float,
+                   activation_name: str, weights: Sequence[torch.Tensor | None], eps: Sequence[float],
+                   all_layers: bool = False, onednn: bool = False) -> list[torch.Tensor]:
     """BERT's layer stack for inference on packed rows: per layer 12 tensors (qkv weight, qkv bias, attention
     output weight and bias, LayerNorm weight and bias, intermediate weight and bias, output weight and bias,
     LayerNorm weight and bias; the biases of the three projections may be None) and 2 LayerNorm eps. Returns

@@ -33,6 +33,7 @@ import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -70,7 +71,7 @@ def bucket_seqlen(n: int) -> int:
     return max(64, -(-n // 64) * 64)
 
 
-def buckets(t: int, b: int, max_seqlen: int) -> tuple:
+def buckets(t: int, b: int, max_seqlen: int) -> tuple[int, int, int]:
     """(rows, sequences, max_seqlen) of the graph a batch of t rows in b sequences replays in: the sequence count
     leaves room for the extra rows' sequences, max_seqlen rows each at most."""
     t_cap, l_cap = bucket_tokens(t), bucket_seqlen(max_seqlen)
@@ -89,7 +90,7 @@ class _Graphs:
         self.lock = threading.Lock()
         self.failed = False  # a capture raised: this stack runs op by op from then on
 
-    def __deepcopy__(self, memo):
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Graphs:
         return _Graphs()
 
     def __reduce__(self):
@@ -113,8 +114,9 @@ def _fill(static_x: Tensor, static_cu: Tensor, ramp: Tensor, x: Tensor, cu_seqle
     extra.clamp_(max=static_x.shape[0])
 
 
-def _capture(pool, tensors: Sequence[Tensor | None], eps: list[float], static_x: Tensor, static_cu: Tensor,
-             max_seqlen: int, num_heads: int, scale: float, activation: str, all_layers: bool):
+def _capture(pool: tuple[int, int], tensors: Sequence[Tensor | None], eps: list[float], static_x: Tensor,
+             static_cu: Tensor, max_seqlen: int, num_heads: int, scale: float, activation: str,
+             all_layers: bool) -> tuple[torch.cuda.CUDAGraph, list[Tensor]]:
     op = torch.ops.fastbert.encoder_layers.default
     args = (static_x, static_cu, max_seqlen, num_heads, scale, activation, list(tensors), eps, all_layers, False)
     side = torch.cuda.Stream(device=static_x.device)
@@ -145,8 +147,9 @@ def run(layers: nn.Module, tensors: Sequence[Tensor | None], eps: list[float], x
                            all_layers)
 
 
-def _run_locked(graphs: _Graphs, key: tuple, tensors, eps, x, cu_seqlens, caps, stream, num_heads, scale,
-                activation, all_layers) -> list[Tensor] | None:
+def _run_locked(graphs: _Graphs, key: tuple, tensors: Sequence[Tensor | None], eps: list[float], x: Tensor,
+                cu_seqlens: Tensor, caps: tuple[int, int, int], stream: torch.cuda.Stream, num_heads: int,
+                scale: float, activation: str, all_layers: bool) -> list[Tensor] | None:
     t = x.shape[0]
     t_cap, b_cap, l_cap = caps
     entry = graphs.entries.get(key)

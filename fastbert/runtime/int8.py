@@ -8,8 +8,8 @@ GELU run in the model's dtype (float32 or bfloat16), accumulating in fp32.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -62,7 +62,8 @@ class Int8State:
     ``build(model, state)`` makes the layers from the float parameters (fastbert.model.quantize's builder)."""
     __slots__ = ("layers", "key", "build", "smooth", "calibration", "keep_float", "__weakref__")
 
-    def __init__(self, build: Callable, smooth=True, calibration=None, keep_float=()):
+    def __init__(self, build: Callable[[nn.Module, Int8State], list[Int8Layer]], smooth: bool = True,
+                 calibration: tuple[Tensor, Tensor | None] | None = None, keep_float: Sequence[str] = ()):
         self.layers, self.key, self.build = None, None, build
         self.smooth, self.calibration, self.keep_float = smooth, calibration, tuple(keep_float)
 
@@ -74,7 +75,7 @@ class Int8State:
             self.key = tensors_key(sources)
         return self.layers
 
-    def __deepcopy__(self, memo):
+    def __deepcopy__(self, memo: dict[int, Any]) -> None:
         return None
 
     def __reduce__(self):
@@ -88,7 +89,7 @@ def int8_layers(model: nn.Module) -> list[Int8Layer] | None:
 
 
 def run_layers_int8(model: nn.Module, layers: list[Int8Layer], x: Tensor, cu_seqlens: Tensor, max_seqlen: int,
-                    on_layer=None) -> Tensor:
+                    on_layer: Callable[[int, Tensor], None] | None = None) -> Tensor:
     """The encoder layers on packed rows x (T, H) (float32 or bfloat16) with int8 GEMMs; see the module
     docstring. on_layer(i, x) after layer i."""
     config = model.config

@@ -37,7 +37,8 @@ class LayerWeights(NamedTuple):
     eps: list[float]
 
 
-def _one_layer(layer: nn.Module, weights: LayerWeights, pack, cast) -> None:
+def _one_layer(layer: nn.Module, weights: LayerWeights, pack: Callable[[Tensor], Tensor] | None,
+               cast: Callable[[nn.Module, str, Tensor | None], Tensor | None]) -> None:
     attention = layer._modules["attention"]
     attn_out = attention._modules["output"]
     inter = layer._modules["intermediate"]._modules["dense"]
@@ -75,7 +76,7 @@ def _then(first: Callable, second: Callable | None) -> Callable:
         return first
     fn = _CHAINS.get((first, second))
     if fn is None:
-        def fn(w: Tensor):
+        def fn(w: Tensor) -> Tensor:
             return second(first(w))
         _CHAINS[(first, second)] = fn
     return fn
@@ -94,7 +95,7 @@ def autocast_dtype(x: Tensor) -> torch.dtype | None:
     return dtype if dtype != x.dtype and x.dtype == torch.float32 else None
 
 
-def layer_weights(layers: nn.ModuleList, activation, x: Tensor,
+def layer_weights(layers: nn.ModuleList, activation: str | Callable[[Tensor], Tensor], x: Tensor,
                   dtype: torch.dtype | None = None) -> LayerWeights | None:
     """Every layer's weights for run_layers, or None where the loop does not apply: an activation without a
     fused kernel, an op without a kernel for x's device (float64 on CUDA), a module of another layout (a
@@ -115,10 +116,10 @@ def layer_weights(layers: nn.ModuleList, activation, x: Tensor,
         to = _to(dtype)
         pack = _then(to, pack)
 
-        def cast(module, slot, t):
+        def cast(module: nn.Module, slot: str, t: Tensor | None) -> Tensor | None:
             return None if t is None else packed_weight(module, t, to, slot)
     else:
-        def cast(module, slot, t):
+        def cast(module: nn.Module, slot: str, t: Tensor | None) -> Tensor | None:
             return t
     try:
         for layer in layers:
@@ -130,7 +131,7 @@ def layer_weights(layers: nn.ModuleList, activation, x: Tensor,
     return weights
 
 
-def _pad_rows(x: Tensor, cu_seqlens: Tensor, max_seqlen: int, rows: int):
+def _pad_rows(x: Tensor, cu_seqlens: Tensor, max_seqlen: int, rows: int) -> tuple[Tensor, Tensor, int]:
     """x (T, H) padded with zero rows to ``rows``, the extra rows one extra sequence of their own (attention never
     mixes them with the real ones; every other op works row by row), so the GEMMs see a bucketed row count."""
     t = x.shape[0]

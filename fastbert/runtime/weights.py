@@ -13,7 +13,7 @@ parameters or buffers (state_dict stays HF's) and are not copied by deepcopy or 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -42,7 +42,7 @@ class _FusedCache:
     def __init__(self):
         self.entry = None
 
-    def __deepcopy__(self, memo):
+    def __deepcopy__(self, memo: dict[int, Any]) -> _FusedCache:
         return _FusedCache()
 
     def __reduce__(self):
@@ -56,14 +56,14 @@ def _version(t: Tensor) -> int:
         return -1
 
 
-def tensors_key(ts) -> tuple:
+def tensors_key(ts: Sequence[Tensor | None]) -> tuple:
     """What identifies the tensors ts (None allowed) for a cache: object, storage, in-place version, dtype, device,
     shape."""
     return tuple((weakref.ref(t), t.data_ptr(), _version(t), t.dtype, t.device, t.shape) if t is not None
                  else None for t in ts)
 
 
-def key_matches(key, ts) -> bool:
+def key_matches(key: tuple | None, ts: Sequence[Tensor | None]) -> bool:
     """Whether ts are still the tensors ``tensors_key`` saw, unchanged."""
     if key is None or len(key) != len(ts):
         return False
@@ -79,7 +79,7 @@ def key_matches(key, ts) -> bool:
     return True
 
 
-def _adjacent_view(ts) -> Tensor | None:
+def _adjacent_view(ts: Sequence[Tensor]) -> Tensor | None:
     """The (3n, ...) tensor q|k|v already form in memory when they are consecutive views of one storage."""
     t0 = ts[0]
     if not all(t.is_contiguous() and t.dtype == t0.dtype and t.device == t0.device and t.shape == t0.shape
@@ -98,7 +98,7 @@ def _adjacent_view(ts) -> Tensor | None:
     return t0.detach().as_strided(shape, torch.empty(shape, device="meta").stride())
 
 
-def _cat_bias(sa, like: Tensor) -> Tensor | None:
+def _cat_bias(sa: nn.Module, like: Tensor) -> Tensor | None:
     bs = [sa.query.bias, sa.key.bias, sa.value.bias]
     if all(b is None for b in bs):
         return None
@@ -126,7 +126,8 @@ def _cache(module: nn.Module, attr: str) -> _FusedCache:
     return cache
 
 
-def fused_qkv(sa: nn.Module, need_grad: bool, pack: Callable[[Tensor], Any] | None = None):
+def fused_qkv(sa: nn.Module, need_grad: bool,
+              pack: Callable[[Tensor], Any] | None = None) -> tuple[Any, Tensor | None]:
     """(Wqkv (3H, H), bqkv (3H,) or None) of a self-attention module with query/key/value Linears.
 
     With gradients or while compiling: torch.cat in the graph (differentiable). Otherwise a cached copy,
@@ -158,7 +159,7 @@ def fused_qkv(sa: nn.Module, need_grad: bool, pack: Callable[[Tensor], Any] | No
     return w, b
 
 
-def packed_weight(module: nn.Module, w: Tensor, pack: Callable[[Tensor], Any] | None, slot: str = "weight"):
+def packed_weight(module: nn.Module, w: Tensor, pack: Callable[[Tensor], Any] | None, slot: str = "weight") -> Any:
     """``pack(w)`` for a module's tensor w (its ``slot``: "weight", "bias"), cached on the module and rebuilt
     when w changes; w itself when pack is None."""
     if pack is None:
