@@ -43,24 +43,31 @@ TORCH_LIBRARY(fastbert, m) {
       "float eps) -> (Tensor out, Tensor mean, Tensor rstd)");
   // ---- int8 inference (CPU only): the ops around torch._int_mm(x_q (T, K) int8, w_q (K, N) int8) -> int32 (T, N),
   // with per-output-channel weight scales w_scale (N,) float32 and dynamic per-row activation scales (T,) float32.
-  // A row is quantized as q = round_half_even(clamp(x * smooth / scale, -127, 127)), scale = max|x * smooth| / 127
-  // (floored at FLT_MIN; 1 for an all-zero row); smooth (K,) float32 is an optional per-input-channel multiplier
-  // (SmoothQuant: the caller folds 1 / smooth into the weight's columns). fastbert/reference.py is the specification.
-  // x (T, K) float32/bfloat16 -> q int8 (T, K), scale float32 (T,).
-  m.def("quantize_rows(Tensor x, Tensor? smooth) -> (Tensor q, Tensor scale)");
-  // acc int32 (T, N) -> acc * x_scale[t] * w_scale[n] in dtype (float32 or bfloat16); no bias.
-  m.def("dequantize_rows(Tensor acc, Tensor x_scale, Tensor w_scale, ScalarType dtype) -> Tensor");
-  // The FFN's middle: h = act(acc * x_scale[t] * w_scale[n] + bias[n]) in fp32 (bias float32 or bfloat16 (N,)),
-  // returned quantized per row (with smooth (N,)) for the FFN's second GEMM: q int8 (T, N), scale float32 (T,).
+  // A row v = x * smooth is quantized as q = round_half_even(clamp((v - shift) / scale, -127, 127)): symmetric,
+  // shift = 0 and scale = max|v| / 127; asymmetric, shift = (max v + min v) / 2 and scale = (max v - min v) / 254
+  // (scales floored at FLT_MIN; 1 for a zero-range row). smooth (K,) float32 is an optional per-input-channel
+  // multiplier (SmoothQuant: the caller folds 1 / smooth into the weight's columns). A GEMM over shifted rows is
+  // dequantized with x_shift (the rows' shift) and w_sum (N,) (the dequantized weight's column sums):
+  // acc * x_scale[t] * w_scale[n] + x_shift[t] * w_sum[n]. fastbert/ops/reference.py is the specification.
+  // x (T, K) float32/bfloat16 -> q int8 (T, K), scale float32 (T,), shift float32 (T,) (asymmetric) or (0,).
+  m.def("quantize_rows(Tensor x, Tensor? smooth, bool asymmetric=False) -> (Tensor q, Tensor scale, Tensor shift)");
+  // acc int32 (T, N) -> acc * x_scale[t] * w_scale[n] (+ x_shift[t] * w_sum[n]) in dtype (float32 or bfloat16).
+  m.def(
+      "dequantize_rows(Tensor acc, Tensor x_scale, Tensor w_scale, ScalarType dtype, Tensor? x_shift=None, "
+      "Tensor? w_sum=None) -> Tensor");
+  // The FFN's middle: h = act(dequantized acc + bias[n]) in fp32 (bias float32 or bfloat16 (N,)), returned
+  // quantized per row (with smooth (N,), asymmetric on request) for the FFN's second GEMM: q, scale, shift.
   m.def(
       "dequant_bias_act_quant(Tensor acc, Tensor x_scale, Tensor w_scale, Tensor bias, str activation, "
-      "Tensor? smooth) -> (Tensor q, Tensor scale)");
-  // out = LayerNorm(acc * x_scale[t] * w_scale[n] + bias + residual) * weight + beta in residual's dtype (float32
-  // or bfloat16; bias, weight, beta (N,) of that dtype), fp32 statistics. With quantize, also q, scale =
-  // quantize_rows(out, smooth); without, q and scale are empty (0,) int8 / float32 tensors and smooth is unused.
+      "Tensor? smooth, Tensor? x_shift=None, Tensor? w_sum=None, bool asymmetric=False) "
+      "-> (Tensor q, Tensor scale, Tensor shift)");
+  // out = LayerNorm(dequantized acc + bias + residual) * weight + beta in residual's dtype (float32 or bfloat16;
+  // bias, weight, beta (N,) of that dtype), fp32 statistics. With quantize, also q, scale, shift =
+  // quantize_rows(out, smooth, asymmetric); without, they are empty (0,) tensors and smooth is unused.
   m.def(
       "dequant_bias_residual_layernorm(Tensor acc, Tensor x_scale, Tensor w_scale, Tensor? bias, Tensor residual, "
-      "Tensor weight, Tensor beta, float eps, bool quantize, Tensor? smooth) -> (Tensor out, Tensor q, Tensor scale)");
+      "Tensor weight, Tensor beta, float eps, bool quantize, Tensor? smooth, Tensor? x_shift=None, "
+      "Tensor? w_sum=None, bool asymmetric=False) -> (Tensor out, Tensor q, Tensor scale, Tensor shift)");
   // Inference through every BERT layer (csrc/inference.cpp): x (T, H) packed, weights 12 per layer in the order
   // qkv weight (3H, H), qkv bias?, attention output weight, its bias?, LayerNorm weight, bias, intermediate
   // weight, bias, output weight, its bias?, LayerNorm weight, bias; eps 2 per layer. Returns [last layer's

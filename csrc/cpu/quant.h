@@ -1,24 +1,30 @@
 // int8 helpers of the quantized-inference kernels (quantize_rows.cpp, dequant_bias_act_quant.cpp,
-// dequant_bias_residual_layernorm.cpp): int32 GEMM outputs loaded as floats, and a row quantized to int8 with
-// its dynamic symmetric scale.
+// dequant_bias_residual_layernorm.cpp): int32 GEMM outputs dequantized, and a row quantized to int8 with its
+// dynamic scale, and with a shift when asymmetric.
 //
-// The row scale rule (fastbert/reference.py's _row_scale is the specification):
-//   amax  = max_c |x[c] * smooth[c]|
-//   scale = max(amax / 127, FLT_MIN)  when amax > 0,  else 1  (an all-zero row; also a NaN amax)
-//   q[c]  = round_half_even(clamp(x[c] * smooth[c] * (1 / scale), -127, 127))
+// The row rule (fastbert/ops/reference.py's quantize_rows is the specification), v[c] = x[c] * smooth[c]:
+//   symmetric:  shift = 0,                             amax = max_c |v[c]|
+//   asymmetric: shift = (max_c v[c] + min_c v[c]) / 2, amax = (max_c v[c] - min_c v[c]) / 2
+//   scale = max(amax / 127, FLT_MIN)  when amax > 0,  else 1  (an all-zero or constant row; also a NaN amax)
+//   q[c]  = round_half_even(clamp((v[c] - shift) * (1 / scale), -127, 127)),   so v[c] ~ q[c] * scale + shift
+// The shift centres a one-sided row (a GELU's output) on zero, so its range takes all 255 levels instead of 128.
+// A GEMM over shifted rows needs, per output channel n, w_sum[n] = the dequantized weight column's sum:
+//   out[t, n] = acc[t, n] * scale[t] * w_scale[n] + shift[t] * w_sum[n].
 // The FLT_MIN floor keeps 1 / scale finite for rows of denormals (amax < 1.5e-36, where amax / 127 would be a
 // denormal whose reciprocal overflows, or zero under flush-to-zero); a zero row gets scale 1 and q = 0, so its
-// dequantized values are exact zeros. -128 is never produced (symmetric range). Inputs are assumed finite: an
+// dequantized values are exact zeros (a constant asymmetric row: q = 0, its value in shift). -128 is never
+// produced. Inputs are assumed finite: an
 // inf or NaN in a row leaves that row's q and scale unspecified (but never touches other rows).
 //
 // Quantizing a row takes two passes: the first computes the row's values (whatever the kernel fuses before the
-// quantization), multiplies smooth in, stores them to a per-thread fp32 scratch row and tracks max |.|; the
+// quantization), multiplies smooth in, stores them to a per-thread fp32 scratch row and tracks max |.| (or max and min); the
 // second rounds the scratch row, which sits in L1 (3072 floats = 12 KiB), into int8. Only the first pass
 // touches memory other than the row's output, so the int8 output costs one write of T*K bytes.
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/zeros.h>
 #include <c10/macros/Macros.h>
 
 #include <algorithm>
@@ -32,6 +38,26 @@
 #include "cpu/vec.h"
 
 namespace fastbert::cpu {
+
+// An int8 GEMM's int32 output acc (T, N) and what dequantizes it (x_shift and w_sum both set, or both null).
+// Plain pointers, shared by every instruction set's kernels.
+struct Dequant {
+  const int32_t* acc;
+  const float* x_scale;  // (T,)
+  const float* w_scale;  // (N,)
+  const float* x_shift;  // (T,) or nullptr: the GEMM's input rows were quantized with a shift
+  const float* w_sum;    // (N,) or nullptr
+  int64_t N;
+};
+
+// Where quantized rows of K values go: q (T, K), scale (T,), and shift (T,) for asymmetric rows (else nullptr).
+struct QuantOut {
+  int8_t* q;
+  float* scale;
+  float* shift;
+  int64_t K;
+};
+
 namespace CPU_CAPABILITY {
 
 using FVec = at::vec::Vectorized<float>;
@@ -111,33 +137,49 @@ struct ScratchRow {
   }
 };
 
-// Quantizes one row of K values: value(c, n) returns the row's fp32 values at columns [c, c + n) (n <= kFW;
-// called once per chunk, in column order, so it may also store them elsewhere), smooth (K,) or nullptr.
-// Writes q[0, K) and *scale by the rule at the top of this file; s is a K-float scratch row (it may be the
-// buffer value() reads from: column c is written only after value(c, .) returned).
+// Row r, columns [c, c + n) of a Dequant: acc * x_scale[r] * w_scale (+ x_shift[r] * w_sum), in that order, fp32.
+C10_ALWAYS_INLINE FVec dequant(const Dequant& d, int64_t r, int64_t c, int64_t n = kFW) {
+  FVec v = load_int32_as_float(d.acc + r * d.N + c, n) * FVec(d.x_scale[r]) * loadf(d.w_scale + c, n);
+  if (d.x_shift) v = v + FVec(d.x_shift[r]) * loadf(d.w_sum + c, n);
+  return v;
+}
+
+// Quantizes row r: value(c, n) returns the row's fp32 values at columns [c, c + n) (n <= kFW; called once per
+// chunk, in column order, so it may also store them elsewhere), smooth (K,) or nullptr. Writes the row's q,
+// scale and shift by the rule at the top of this file; s is a K-float scratch row (it may be the buffer value()
+// reads from: column c is written only after value(c, .) returned).
 template <typename Value>
-C10_ALWAYS_INLINE void quantize_row(Value value, int64_t K, const float* smooth, float* s, int8_t* q, float* scale) {
-  FVec m(0.f);
+C10_ALWAYS_INLINE void quantize_row(Value value, const float* smooth, float* s, const QuantOut& out, int64_t r) {
+  const int64_t K = out.K;
+  const bool asym = out.shift != nullptr;
+  FVec hi_v(asym ? -FLT_MAX : 0.f), lo_v(FLT_MAX);  // symmetric: hi_v tracks max |v|
   int64_t c = 0;
-  for (; c + kFW <= K; c += kFW) {
-    FVec v = value(c, kFW);
-    if (smooth) v = v * FVec::loadu(smooth + c);
-    v.store(s + c);
-    m = at::vec::maximum(m, v.abs());
-  }
-  if (c < K) {
-    const int64_t n = K - c;
+  for (; c < K; c += kFW) {
+    const int64_t n = std::min<int64_t>(kFW, K - c);
     FVec v = value(c, n);
-    if (smooth) v = v * FVec::loadu(smooth + c, n);
+    if (smooth) v = v * loadf(smooth + c, n);
     v.store(s + c, n);
-    m = at::vec::maximum(m, FVec::set(FVec(0.f), v.abs(), n));
+    if (asym) {
+      hi_v = at::vec::maximum(hi_v, n == kFW ? v : FVec::set(FVec(-FLT_MAX), v, n));
+      lo_v = at::vec::minimum(lo_v, n == kFW ? v : FVec::set(FVec(FLT_MAX), v, n));
+    } else {
+      hi_v = at::vec::maximum(hi_v, n == kFW ? v.abs() : FVec::set(FVec(0.f), v.abs(), n));
+    }
   }
-  const float amax = at::vec::vec_reduce_all<float>([](FVec& a, FVec& b) { return at::vec::maximum(a, b); }, m);
+  const float hi = at::vec::vec_reduce_all<float>([](FVec& a, FVec& b) { return at::vec::maximum(a, b); }, hi_v);
+  float centre = 0.f, amax = hi;
+  if (asym) {
+    const float lo = at::vec::vec_reduce_all<float>([](FVec& a, FVec& b) { return at::vec::minimum(a, b); }, lo_v);
+    centre = K > 0 ? (hi + lo) * 0.5f : 0.f;
+    amax = K > 0 ? (hi - lo) * 0.5f : 0.f;
+    out.shift[r] = centre;
+  }
   const float sc = row_scale(amax);
-  *scale = sc;
-  const FVec inv(1.f / sc), lo(-127.f), hi(127.f);
-  for (c = 0; c + kFW <= K; c += kFW) store_int8(q + c, at::vec::clamp(FVec::loadu(s + c) * inv, lo, hi));
-  if (c < K) store_int8(q + c, at::vec::clamp(FVec::loadu(s + c, K - c) * inv, lo, hi), K - c);
+  out.scale[r] = sc;
+  int8_t* q = out.q + r * K;
+  const FVec inv(1.f / sc), sh(centre), qlo(-127.f), qhi(127.f);
+  for (c = 0; c + kFW <= K; c += kFW) store_int8(q + c, at::vec::clamp((FVec::loadu(s + c) - sh) * inv, qlo, qhi));
+  if (c < K) store_int8(q + c, at::vec::clamp((FVec::loadu(s + c, K - c) - sh) * inv, qlo, qhi), K - c);
 }
 
 // Row grain of at::parallel_for for rows of K elements: about 32K elements per task.
@@ -161,6 +203,30 @@ inline void check_int32_acc(const char* op, const at::Tensor& acc) {
 
 inline void check_smooth(const char* op, const std::optional<at::Tensor>& smooth, int64_t K, const char* dim) {
   if (smooth) check_row_scale(op, "smooth", *smooth, K, dim);
+}
+
+// x_shift (T,) and w_sum (N,): both given (the GEMM's input rows were quantized with a shift) or neither.
+inline void check_shift(const char* op, const std::optional<at::Tensor>& x_shift,
+                        const std::optional<at::Tensor>& w_sum, int64_t T, int64_t N) {
+  TORCH_CHECK_VALUE(x_shift.has_value() == w_sum.has_value(), op,
+                    ": x_shift and w_sum go together (a shifted input needs its weight's column sums); got ",
+                    x_shift ? "x_shift without w_sum" : "w_sum without x_shift");
+  if (x_shift) {
+    check_row_scale(op, "x_shift", *x_shift, T, "T");
+    check_row_scale(op, "w_sum", *w_sum, N, "N");
+  }
+}
+
+// The shift output: (T,) float32 for asymmetric rows (zeros until the kernel writes it), else empty (0,).
+inline at::Tensor shift_output(const at::Tensor& like, int64_t T, bool asymmetric) {
+  return at::zeros({asymmetric ? T : 0}, like.options().dtype(at::kFloat));
+}
+
+// Raw pointers of an optional float32 tensor made contiguous (keep holds it alive), or nullptr.
+inline const float* optional_ptr(const std::optional<at::Tensor>& t, at::Tensor& keep) {
+  if (!t) return nullptr;
+  keep = t->contiguous();
+  return keep.const_data_ptr<float>();
 }
 #endif
 

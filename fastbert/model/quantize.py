@@ -5,10 +5,12 @@ Scheme (accurate without a calibration set, no extra pass over memory):
 
 * Weights: symmetric int8 per output channel, ``w ~ w_scale[n] * wq[n, k]``, stored transposed (K, N) for
   ``torch._int_mm`` (oneDNN's s8s8 GEMM with int32 accumulation, VNNI/AMX-INT8 where the processor has them).
-* Activations: symmetric int8 per token, scale ``max_c |x[t, c]| / 127`` computed by the kernel that writes the
-  activation: the LayerNorms (``dequant_bias_residual_layernorm``), the GELU (``dequant_bias_act_quant``); the
-  embeddings' and attention's outputs go through ``quantize_rows``. The int32 GEMM output is dequantized
-  (``acc * x_scale[t] * w_scale[n]``) inside the op that reads it.
+* Activations: int8 per token with a shift, ``x[t, c] ~ q[t, c] * scale[t] + shift[t]``: shift the centre of the
+  row's range, scale its half-width / 127, so every row uses all 255 levels (the GELU's output is one-sided: a
+  symmetric scale would leave it 128). Computed by the kernel that writes the activation: the LayerNorms
+  (``dequant_bias_residual_layernorm``), the GELU (``dequant_bias_act_quant``); the embeddings' and attention's
+  outputs go through ``quantize_rows``. The int32 GEMM output is dequantized inside the op that reads it:
+  ``acc * scale[t] * w_scale[n] + shift[t] * w_sum[n]``, ``w_sum`` the dequantized weight's column sums.
 * Outlier channels: BERT's LayerNorm outputs carry a few channels tens of times larger than the rest, which would
   take a per-token scale and leave the other channels a few levels. Each GEMM input is smoothed (SmoothQuant,
   alpha 0.5): ``x[:, c] / s[c]`` is quantized and ``w[:, c] * s[c]`` stored, ``s[c] = sqrt(amax_x[c] /
@@ -17,8 +19,7 @@ Scheme (accurate without a calibration set, no extra pass over memory):
   The kernels multiply by ``1 / s`` while quantizing, so smoothing costs no pass either.
 * What int8 still loses: on all-MiniLM-L6-v2 the FFN's second GEMM (its input, the GELU's output, is one-sided
   and long-tailed) accounts for most of the error. ``keep_float=("ffn_out",)`` runs that GEMM in the model's
-  float dtype: text cosine to fp32 0.9990 min / 0.9994 mean instead of 0.9982 / 0.9988, at a third of the
-  int8 speed-up (docs/performance.md).
+  float dtype, at a fraction of the int8 speed-up (docs/performance.md has the cosines of both).
 
 The int8 state is derived from the float parameters, cached on the model (never in ``state_dict``, not copied by
 ``deepcopy``), and rebuilt when a parameter changes. Saving a quantized model saves the float weights (the

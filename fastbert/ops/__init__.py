@@ -142,28 +142,38 @@ if HAS_EXTENSION:
                              all_layers: bool = False, onednn: bool = False) -> list[Tensor]:
         return [torch.empty_like(x) for _ in range(len(weights) // 12 if all_layers else 1)]
 
+    def _rows_fake(like: Tensor, rows: int, on: bool) -> Tensor:  # a (T,) float32 scale or shift, or (0,)
+        return like.new_empty(rows if on else 0, dtype=torch.float32)
+
     @torch.library.register_fake("fastbert::quantize_rows")
-    def _quantize_rows_fake(x: Tensor, smooth: Tensor | None) -> tuple[Tensor, Tensor]:
-        return x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[0], dtype=torch.float32)
+    def _quantize_rows_fake(x: Tensor, smooth: Tensor | None,
+                            asymmetric: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        T = x.shape[0]
+        return x.new_empty(x.shape, dtype=torch.int8), _rows_fake(x, T, True), _rows_fake(x, T, asymmetric)
 
     @torch.library.register_fake("fastbert::dequantize_rows")
-    def _dequantize_rows_fake(acc: Tensor, x_scale: Tensor, w_scale: Tensor, dtype: torch.dtype) -> Tensor:
+    def _dequantize_rows_fake(acc: Tensor, x_scale: Tensor, w_scale: Tensor, dtype: torch.dtype,
+                              x_shift: Tensor | None = None, w_sum: Tensor | None = None) -> Tensor:
         return acc.new_empty(acc.shape, dtype=dtype)
 
     @torch.library.register_fake("fastbert::dequant_bias_act_quant")
     def _dequant_bias_act_quant_fake(acc: Tensor, x_scale: Tensor, w_scale: Tensor, bias: Tensor, activation: str,
-                                     smooth: Tensor | None) -> tuple[Tensor, Tensor]:
-        return acc.new_empty(acc.shape, dtype=torch.int8), acc.new_empty(acc.shape[0], dtype=torch.float32)
+                                     smooth: Tensor | None, x_shift: Tensor | None = None,
+                                     w_sum: Tensor | None = None,
+                                     asymmetric: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        T = acc.shape[0]
+        return acc.new_empty(acc.shape, dtype=torch.int8), _rows_fake(acc, T, True), _rows_fake(acc, T, asymmetric)
 
     @torch.library.register_fake("fastbert::dequant_bias_residual_layernorm")
     def _dequant_bias_residual_layernorm_fake(acc: Tensor, x_scale: Tensor, w_scale: Tensor, bias: Tensor | None,
                                               residual: Tensor, weight: Tensor, beta: Tensor, eps: float,
-                                              quantize: bool, smooth: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        out = residual.new_empty(acc.shape)
-        if quantize:
-            return out, acc.new_empty(acc.shape, dtype=torch.int8), acc.new_empty(acc.shape[0], dtype=torch.float32)
-        return out, acc.new_empty(0, dtype=torch.int8), acc.new_empty(0, dtype=torch.float32)
-
+                                              quantize: bool, smooth: Tensor | None, x_shift: Tensor | None = None,
+                                              w_sum: Tensor | None = None, asymmetric: bool = False,
+                                              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        T = acc.shape[0]
+        q = acc.new_empty(acc.shape if quantize else (0,), dtype=torch.int8)
+        return (residual.new_empty(acc.shape), q, _rows_fake(acc, T, quantize),
+                _rows_fake(acc, T, quantize and asymmetric))
 
 
 # ---------------------------------------------------------------- the ops
@@ -224,33 +234,37 @@ def bias_residual_layernorm(x: Tensor, bias: Tensor | None, residual: Tensor, ln
 
 # int8 inference (CPU kernels only; see csrc/fastbert.cpp for the quantization rule)
 
-def quantize_rows(x: Tensor, smooth: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def quantize_rows(x: Tensor, smooth: Tensor | None = None, asymmetric: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     if _use_kernel("quantize_rows", x.device, x, smooth):
-        return torch.ops.fastbert.quantize_rows(x, smooth)
-    return reference.quantize_rows(x, smooth)
+        return torch.ops.fastbert.quantize_rows(x, smooth, asymmetric)
+    return reference.quantize_rows(x, smooth, asymmetric)
 
 
-def dequantize_rows(acc: Tensor, x_scale: Tensor, w_scale: Tensor, dtype: torch.dtype) -> Tensor:
-    if _use_kernel("dequantize_rows", acc.device, x_scale, w_scale):
-        return torch.ops.fastbert.dequantize_rows(acc, x_scale, w_scale, dtype)
-    return reference.dequantize_rows(acc, x_scale, w_scale, dtype)
+def dequantize_rows(acc: Tensor, x_scale: Tensor, w_scale: Tensor, dtype: torch.dtype, x_shift: Tensor | None = None,
+                    w_sum: Tensor | None = None) -> Tensor:
+    if _use_kernel("dequantize_rows", acc.device, x_scale, w_scale, x_shift, w_sum):
+        return torch.ops.fastbert.dequantize_rows(acc, x_scale, w_scale, dtype, x_shift, w_sum)
+    return reference.dequantize_rows(acc, x_scale, w_scale, dtype, x_shift, w_sum)
 
 
 def dequant_bias_act_quant(acc: Tensor, x_scale: Tensor, w_scale: Tensor, bias: Tensor, activation: str,
-                           smooth: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    args = (acc, x_scale, w_scale, bias, activation, smooth)
+                           smooth: Tensor | None = None, x_shift: Tensor | None = None, w_sum: Tensor | None = None,
+                           asymmetric: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    args = (acc, x_scale, w_scale, bias, activation, smooth, x_shift, w_sum, asymmetric)
     if activation in reference.ACTIVATIONS and _use_kernel("dequant_bias_act_quant", acc.device, x_scale, w_scale,
-                                                           bias, smooth):
+                                                           bias, smooth, x_shift, w_sum):
         return torch.ops.fastbert.dequant_bias_act_quant(*args)
     return reference.dequant_bias_act_quant(*args)
 
 
 def dequant_bias_residual_layernorm(acc: Tensor, x_scale: Tensor, w_scale: Tensor, bias: Tensor | None,
                                     residual: Tensor, weight: Tensor, beta: Tensor, eps: float, quantize: bool,
-                                    smooth: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    args = (acc, x_scale, w_scale, bias, residual, weight, beta, eps, quantize, smooth)
+                                    smooth: Tensor | None = None, x_shift: Tensor | None = None,
+                                    w_sum: Tensor | None = None,
+                                    asymmetric: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    args = (acc, x_scale, w_scale, bias, residual, weight, beta, eps, quantize, smooth, x_shift, w_sum, asymmetric)
     if _use_kernel("dequant_bias_residual_layernorm", acc.device, x_scale, w_scale, bias, residual, weight, beta,
-                   smooth):
+                   smooth, x_shift, w_sum):
         return torch.ops.fastbert.dequant_bias_residual_layernorm(*args)
     return reference.dequant_bias_residual_layernorm(*args)
 

@@ -119,61 +119,85 @@ _FLT_MIN = torch.finfo(torch.float32).tiny
 
 
 def _row_scale(amax: torch.Tensor) -> torch.Tensor:
-    """A row's symmetric int8 scale from its max |value|: amax / 127, floored at FLT_MIN (a row of denormals
-    would otherwise get a scale whose reciprocal overflows), and 1 for an all-zero row (its q is then all zero,
-    dequantizing to exact zeros). Inputs are assumed finite; a row holding inf or NaN has unspecified q and scale."""
+    """A row's int8 scale from its half-range amax (max |v|, or (max v - min v) / 2 when shifted): amax / 127,
+    floored at FLT_MIN (a row of denormals would otherwise get a scale whose reciprocal overflows), and 1 for a
+    zero-range row (its q is then all zero, dequantizing to exact zeros, or to its shift). Inputs are assumed
+    finite; a row holding inf or NaN has unspecified q and scale."""
     return torch.where(amax > 0, torch.clamp(amax / 127.0, min=_FLT_MIN), torch.ones_like(amax))
 
 
-def quantize_rows(x: torch.Tensor, smooth: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dynamic symmetric per-row int8 quantization of x (T, K) float32/bfloat16, with an optional per-channel
-    multiplier smooth (K,) float32 applied first (SmoothQuant). Returns q int8 (T, K) and scale float32 (T,):
-    q = round_half_even(clamp(x * smooth / scale, -127, 127)), so q * scale ~ x * smooth."""
+def quantize_rows(x: torch.Tensor, smooth: torch.Tensor | None = None,
+                  asymmetric: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Dynamic per-row int8 quantization of x (T, K) float32/bfloat16, with an optional per-channel multiplier
+    smooth (K,) float32 applied first (SmoothQuant): v = x * smooth. Returns q int8 (T, K), scale float32 (T,) and
+    shift float32 (T,) (asymmetric) or (0,), with q = round_half_even(clamp((v - shift) / scale, -127, 127)), so
+    q * scale + shift ~ v. Symmetric: shift 0, scale from max |v|. Asymmetric: shift = (max v + min v) / 2, the
+    scale from (max v - min v) / 2, so a one-sided row (a GELU's output) uses all 255 levels."""
     v = x.float()
     if smooth is not None:
         v = v * smooth.float()
-    amax = v.abs().amax(dim=-1) if v.shape[-1] > 0 else v.new_zeros(v.shape[:-1])
-    scale = _row_scale(amax)
+    empty = v.shape[-1] == 0
+    if asymmetric:
+        hi = v.new_zeros(v.shape[:-1]) if empty else v.amax(dim=-1)
+        lo = v.new_zeros(v.shape[:-1]) if empty else v.amin(dim=-1)
+        shift = (hi + lo) * 0.5
+        scale = _row_scale((hi - lo) * 0.5)
+        v = v - shift.unsqueeze(-1)
+    else:
+        scale = _row_scale(v.new_zeros(v.shape[:-1]) if empty else v.abs().amax(dim=-1))
+        shift = torch.empty(0, dtype=torch.float32, device=x.device)
     q = torch.round(torch.clamp(v / scale.unsqueeze(-1), -127.0, 127.0)).to(torch.int8)
-    return q, scale
+    return q, scale, shift
 
 
-def _dequantize(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
-    return acc.float() * x_scale.float().unsqueeze(-1) * w_scale.float()
+def _dequantize(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, x_shift: torch.Tensor | None,
+                w_sum: torch.Tensor | None) -> torch.Tensor:
+    if (x_shift is None) != (w_sum is None):
+        raise ValueError("x_shift and w_sum go together (a shifted input needs its weight's column sums)")
+    out = acc.float() * x_scale.float().unsqueeze(-1) * w_scale.float()
+    if x_shift is not None:
+        out = out + x_shift.float().unsqueeze(-1) * w_sum.float()
+    return out
 
 
-def dequantize_rows(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor,
-                    dtype: torch.dtype) -> torch.Tensor:
-    """An int8 GEMM's int32 output acc (T, N) -> acc * x_scale[t] * w_scale[n] (fp32, in that order) in dtype."""
-    return _dequantize(acc, x_scale, w_scale).to(dtype)
+def dequantize_rows(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, dtype: torch.dtype,
+                    x_shift: torch.Tensor | None = None, w_sum: torch.Tensor | None = None) -> torch.Tensor:
+    """An int8 GEMM's int32 output acc (T, N) -> acc * x_scale[t] * w_scale[n] (+ x_shift[t] * w_sum[n] when the
+    GEMM's input rows were quantized with a shift; w_sum: the dequantized weight's column sums), fp32 in that
+    order, returned in dtype."""
+    return _dequantize(acc, x_scale, w_scale, x_shift, w_sum).to(dtype)
 
 
 def dequant_bias_act_quant(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor,
-                           activation_name: str,
-                           smooth: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """h = act(acc * x_scale[t] * w_scale[n] + bias[n]) in fp32, returned as quantize_rows(h, smooth)."""
-    h = activation(activation_name)(_dequantize(acc, x_scale, w_scale) + bias.float())
-    return quantize_rows(h, smooth)
+                           activation_name: str, smooth: torch.Tensor | None = None,
+                           x_shift: torch.Tensor | None = None, w_sum: torch.Tensor | None = None,
+                           asymmetric: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """h = act(dequantize_rows(acc, ...) + bias[n]) in fp32, returned as quantize_rows(h, smooth, asymmetric)."""
+    h = activation(activation_name)(_dequantize(acc, x_scale, w_scale, x_shift, w_sum) + bias.float())
+    return quantize_rows(h, smooth, asymmetric)
 
 
 def dequant_bias_residual_layernorm(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor,
                                     bias: torch.Tensor | None, residual: torch.Tensor, weight: torch.Tensor,
                                     beta: torch.Tensor, eps: float, quantize: bool, smooth: torch.Tensor | None = None,
-                                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """out = LayerNorm(acc * x_scale[t] * w_scale[n] + bias + residual) * weight + beta in residual's dtype (fp32
-    math), and with quantize also (q, scale) = quantize_rows(out, smooth) of the out returned (for bfloat16, of
-    its rounded values); without, q and scale are empty (0,) int8 / float32 tensors."""
-    s = _dequantize(acc, x_scale, w_scale)
+                                    x_shift: torch.Tensor | None = None, w_sum: torch.Tensor | None = None,
+                                    asymmetric: bool = False,
+                                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """out = LayerNorm(dequantize_rows(acc, ...) + bias + residual) * weight + beta in residual's dtype (fp32
+    math), and with quantize also (q, scale, shift) = quantize_rows(out, smooth, asymmetric) of the out returned
+    (for bfloat16, of its rounded values); without, q, scale and shift are empty (0,) tensors."""
+    s = _dequantize(acc, x_scale, w_scale, x_shift, w_sum)
     if bias is not None:
         s = s + bias.float()
     s = s + residual.float()
     out = _layernorm_stats(s, weight, beta, eps, residual.dtype)[0]
     if quantize:
-        q, scale = quantize_rows(out, smooth)
+        q, scale, shift = quantize_rows(out, smooth, asymmetric)
     else:
         q = torch.empty(0, dtype=torch.int8, device=acc.device)
         scale = torch.empty(0, dtype=torch.float32, device=acc.device)
-    return out, q, scale
+        shift = torch.empty(0, dtype=torch.float32, device=acc.device)
+    return out, q, scale, shift
 
 
 # ---------------------------------------------------------------- dropout mask (counter-based)

@@ -25,9 +25,10 @@ STATE_ATTR = "_fastbert_int8"  # the model attribute that holds an Int8State
 
 
 class Int8Gemm(NamedTuple):
-    weight: Tensor           # (K, N) int8, columns smoothed
-    scale: Tensor            # (N,) float32
-    smooth: Tensor | None  # (K,) float32: the kernels quantize x * smooth (1 / s)
+    weight: Tensor          # (K, N) int8, columns smoothed
+    scale: Tensor           # (N,) float32
+    smooth: Tensor | None   # (K,) float32: the kernels quantize x * smooth (1 / s)
+    w_sum: Tensor           # (N,) float32: scale[n] * sum_k weight[k, n], what a shifted input's shift multiplies
 
 
 class Int8Layer(NamedTuple):
@@ -48,7 +49,9 @@ def quantize_weight(w: Tensor, s: Tensor | None = None) -> Int8Gemm:
     amax = wf.abs().amax(dim=1)
     scale = torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
     q = torch.round(wf / scale[:, None]).clamp_(-QMAX, QMAX).to(torch.int8)
-    return Int8Gemm(q.t().contiguous(), scale.contiguous(), None if s is None else (1.0 / s).contiguous())
+    w_sum = (q.sum(dim=1, dtype=torch.int64).double() * scale.double()).float()
+    return Int8Gemm(q.t().contiguous(), scale.contiguous(), None if s is None else (1.0 / s).contiguous(),
+                    w_sum.contiguous())
 
 
 def encoder_parameters(model: nn.Module) -> tuple:
@@ -101,34 +104,37 @@ def run_layers_int8(model: nn.Module, layers: list[Int8Layer], x: Tensor, cu_seq
     blocks = model.encoder.layer
     pack = gemm.weight_packer(x)
     linear = gemm.linear_fn(x)
-    xq, xs = F.quantize_rows(x, layers[0].qkv.smooth) if layers else (None, None)
+    # Every activation is quantized with a per-row shift (asymmetric): the GELU's output is one-sided, and the
+    # LayerNorms' are off-centre in their smoothed channels; the shift gives each row all 255 levels.
+    xq, xs, xh = F.quantize_rows(x, layers[0].qkv.smooth, True) if layers else (None, None, None)
     for i, (block, q) in enumerate(zip(blocks, layers)):
         sa, o_dense, ln1, inter, out_dense, ln2 = layer_parts(block)
         _, bqkv = fused_qkv(sa, False)
-        qkv = F.dequantize_rows(torch._int_mm(xq, q.qkv.weight), xs, q.qkv.scale, dtype)
+        qkv = F.dequantize_rows(torch._int_mm(xq, q.qkv.weight), xs, q.qkv.scale, dtype, xh, q.qkv.w_sum)
         ctx, _ = F.attention(qkv, bqkv, cu_seqlens, max_seqlen, nh, scale, 0.0, 0, 0)
         del qkv
-        cq, cs = F.quantize_rows(ctx, q.out.smooth)
+        cq, cs, ch = F.quantize_rows(ctx, q.out.smooth, True)
         del ctx
-        x, xq, xs = F.dequant_bias_residual_layernorm(torch._int_mm(cq, q.out.weight), cs, q.out.scale,
-                                                      o_dense.bias, x, ln1.weight, ln1.bias, ln1.eps, True,
-                                                      q.inter.smooth)
+        x, xq, xs, xh = F.dequant_bias_residual_layernorm(torch._int_mm(cq, q.out.weight), cs, q.out.scale,
+                                                          o_dense.bias, x, ln1.weight, ln1.bias, ln1.eps, True,
+                                                          q.inter.smooth, ch, q.out.w_sum, True)
         last = i + 1 == len(layers)
         next_smooth = None if last else layers[i + 1].qkv.smooth
         if q.output is None:  # the FFN's second GEMM in float
-            h = F.bias_act(F.dequantize_rows(torch._int_mm(xq, q.inter.weight), xs, q.inter.scale, dtype),
-                           inter.bias, act)
+            h = F.bias_act(F.dequantize_rows(torch._int_mm(xq, q.inter.weight), xs, q.inter.scale, dtype, xh,
+                                             q.inter.w_sum), inter.bias, act)
             y = linear(h, packed_weight(out_dense, out_dense.weight, pack))
             del h
             x, _, _ = F.bias_residual_layernorm(y, out_dense.bias, x, ln2.weight, ln2.bias, ln2.eps)
             if not last:
-                xq, xs = F.quantize_rows(x, next_smooth)
+                xq, xs, xh = F.quantize_rows(x, next_smooth, True)
         else:
-            hq, hs = F.dequant_bias_act_quant(torch._int_mm(xq, q.inter.weight), xs, q.inter.scale, inter.bias,
-                                              act, q.output.smooth)
-            x, xq, xs = F.dequant_bias_residual_layernorm(torch._int_mm(hq, q.output.weight), hs, q.output.scale,
-                                                          out_dense.bias, x, ln2.weight, ln2.bias, ln2.eps,
-                                                          not last, next_smooth)
+            hq, hs, hh = F.dequant_bias_act_quant(torch._int_mm(xq, q.inter.weight), xs, q.inter.scale, inter.bias,
+                                                  act, q.output.smooth, xh, q.inter.w_sum, True)
+            x, xq, xs, xh = F.dequant_bias_residual_layernorm(torch._int_mm(hq, q.output.weight), hs,
+                                                              q.output.scale, out_dense.bias, x, ln2.weight,
+                                                              ln2.bias, ln2.eps, not last, next_smooth, hh,
+                                                              q.output.w_sum, True)
         if on_layer is not None:
             on_layer(i, x)
     return x

@@ -1,5 +1,6 @@
 """int8 inference ops (quantize_rows, dequantize_rows, dequant_bias_act_quant, dequant_bias_residual_layernorm)
-against fastbert/ops/reference.py, on every instruction set, dtype and awkward shape.
+against fastbert/ops/reference.py, on every instruction set, dtype and awkward shape, quantizing symmetric and
+asymmetric (with a per-row shift) and dequantizing plain and shifted GEMM inputs.
 
 int8 outputs may differ from the reference by 1 where a value lands within an ulp of a .5 tie (the kernels
 multiply by 1 / scale and use their own activation polynomials), and such differences must be rare."""
@@ -24,17 +25,25 @@ ACTS = ["gelu", "gelu_new", "relu"]
 ACT_SCALE_ATOL = 1.5e-6 / 127
 
 
-def assert_act_q_close(q, scale, q_ref, scale_ref):
+def _deq(q, scale, shift):
+    """The values q stands for: q * scale (+ shift when asymmetric)."""
+    out = q.float() * scale[:, None]
+    return out + shift[:, None] if shift.numel() else out
+
+
+def assert_act_q_close(q, scale, shift, q_ref, scale_ref, shift_ref):
     """assert_q_close for rows after an activation. The activations' absolute error is a large part of a step in
     a row whose max |h| is small (all of it in GELU's far negative tail, where either GELU may round to 0 and the
     other not, giving one side a zero row of scale 1): rows with max |h| < 1e-2 are checked by their dequantized
     values instead, within one step plus the activations' absolute error."""
-    deq, deq_ref = q.float() * scale[:, None], q_ref.float() * scale_ref[:, None]
+    deq, deq_ref = _deq(q, scale, shift), _deq(q_ref, scale_ref, shift_ref)
     amax, amax_ref = deq.abs().amax(dim=1), deq_ref.abs().amax(dim=1)
     small = (amax < 1e-2) | (amax_ref < 1e-2)
     step = torch.maximum(torch.where(amax > 0, scale, 0), torch.where(amax_ref > 0, scale_ref, 0))
     assert ((deq - deq_ref)[small].abs() <= (step[small, None] + 1.5e-6) * (1 + 1e-5)).all()
-    assert_q_close(q[~small], scale[~small], q_ref[~small], scale_ref[~small], 2e-6, ACT_SCALE_ATOL)
+    big = ~small
+    assert_q_close(q[big], scale[big], q_ref[big], scale_ref[big], 2e-6, ACT_SCALE_ATOL,
+                   shift[big] if shift.numel() else shift, shift_ref[big] if shift_ref.numel() else shift_ref)
 
 
 # dequantized float outputs, relative to each row's max |value|
@@ -75,11 +84,22 @@ def _scales(T, N, gen):
     return x_scale, w_scale
 
 
-def assert_q_close(q, scale, q_ref, scale_ref, scale_rtol=1e-6, scale_atol=0.0):
+def _shifts(T, N, gen, on):
+    """(x_shift (T,), w_sum (N,)) of a shifted GEMM input, or (None, None)."""
+    if not on:
+        return None, None
+    return torch.randn(T, generator=gen) * 3.0, torch.randn(N, generator=gen) * 0.5
+
+
+def assert_q_close(q, scale, q_ref, scale_ref, scale_rtol=1e-6, scale_atol=0.0, shift=None, shift_ref=None):
     assert q.dtype == torch.int8 and q.shape == q_ref.shape
     assert scale.dtype == torch.float32 and scale.shape == scale_ref.shape
     assert torch.isfinite(scale).all() and (scale > 0).all()
     torch.testing.assert_close(scale, scale_ref, rtol=scale_rtol, atol=scale_atol)
+    if shift is not None:  # the row's centre: within the scale's tolerance of the row's range
+        assert shift.dtype == torch.float32 and shift.shape == shift_ref.shape
+        torch.testing.assert_close(shift, shift_ref, rtol=scale_rtol, atol=scale_atol * 127 + 1e-6 * scale_ref.max()
+                                   if scale_ref.numel() else 0.0)
     diff = (q.int() - q_ref.int()).abs()
     assert diff.max().item() <= 1 if diff.numel() else True, f"int8 differs by {diff.max().item()}"
     assert (q != -128).all()
@@ -97,22 +117,32 @@ def assert_rows_close(out, ref, dtype):
 
 # ---------------------------------------------------------------- quantize_rows
 
+@pytest.mark.parametrize("asym", [False, True], ids=["sym", "asym"])
 @pytest.mark.parametrize("smooth", [False, True], ids=["plain", "smooth"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("K", K_SIZES)
 @pytest.mark.parametrize("T", T_SIZES)
-def test_quantize_rows(cpu_isa, T, K, dtype, smooth):
+def test_quantize_rows(cpu_isa, T, K, dtype, smooth, asym):
     gen = _gen("q", T, K)
     x = _activations(T, K, gen, dtype)
+    if asym:  # one-sided rows, as a GELU writes: what the shift is for
+        x = (x.float().abs() - 0.1).to(dtype)
+        if T >= 3:
+            x[T // 2] = 0.0
     sm = _smooth(K, gen) if smooth else None
-    q, scale = torch.ops.fastbert.quantize_rows(x, sm)
-    q_ref, scale_ref = reference.quantize_rows(x, sm)
-    assert_q_close(q, scale, q_ref, scale_ref)
-    if T >= 3:  # the zero row: scale 1, q 0
+    q, scale, shift = torch.ops.fastbert.quantize_rows(x, sm, asym)
+    q_ref, scale_ref, shift_ref = reference.quantize_rows(x, sm, asym)
+    assert shift.shape == ((T,) if asym else (0,))
+    assert_q_close(q, scale, q_ref, scale_ref, shift=shift, shift_ref=shift_ref)
+    if T >= 3:  # the zero row: scale 1, q 0 (shift 0)
         assert scale[T // 2].item() == 1.0 and (q[T // 2] == 0).all()
-    # q * scale reconstructs x * smooth to within half a step per element
+        assert not asym or shift[T // 2].item() == 0.0
+    # q * scale (+ shift) reconstructs x * smooth to within half a step per element
     xs = x.float() * (sm if smooth else 1.0)
-    assert ((q.float() * scale[:, None] - xs).abs() <= scale[:, None] * 0.5 * (1 + 1e-5) + 1e-30).all()
+    assert ((_deq(q, scale, shift) - xs).abs() <= scale[:, None] * 0.5 * (1 + 1e-5) + 1e-6 * xs.abs()).all()
+    if asym and K > 1:  # both ends of each non-constant row's range are reached: all 255 levels in use
+        spread = xs.amax(dim=1) > xs.amin(dim=1)
+        assert (q.amax(dim=1)[spread] == 127).all() and (q.amin(dim=1)[spread] == -127).all()
 
 
 def test_quantize_rows_scale_rule(cpu_isa):
@@ -126,7 +156,7 @@ def test_quantize_rows_scale_rule(cpu_isa):
     x[4, :8] = 2.0 * torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, 1.0])  # ties at scale 2
     x[4, 18] = 254.0                     # scale 254 / 127 = 2
     x[5, :] = 1e-37                      # amax / 127 below FLT_MIN: scale FLT_MIN
-    q, scale = torch.ops.fastbert.quantize_rows(x, None)
+    q, scale, _ = torch.ops.fastbert.quantize_rows(x, None)
     assert torch.isfinite(scale).all()
     assert scale[0].item() == 1.0 and (q[0] == 0).all()
     assert scale[1].item() == tiny and (q[1] == 0).all()  # 1e-40 / FLT_MIN rounds to 0: the floor loses it
@@ -135,67 +165,98 @@ def test_quantize_rows_scale_rule(cpu_isa):
     assert scale[4].item() == 2.0
     assert q[4, :8].tolist() == [0, 2, 2, 0, -2, -2, 126, 1] and q[4, 18].item() == 127
     assert scale[5].item() == tiny and (q[5] == round(1e-37 / tiny)).all()
-    q_ref, scale_ref = reference.quantize_rows(x)
+    q_ref, scale_ref, _ = reference.quantize_rows(x)
     assert torch.equal(q, q_ref) and torch.equal(scale, scale_ref)
 
 
+def test_quantize_rows_asymmetric_rule(cpu_isa):
+    """Asymmetric: the shift is the range's centre and the half-range maps to +-127; a constant row gets scale 1,
+    q 0 and its value as the shift (exact); a zero row scale 1, q 0, shift 0."""
+    x = torch.zeros(4, 19)
+    x[1] = torch.linspace(0, 254, 19)   # centre 127, half-range 127: scale 1
+    x[2] = 3.5                          # constant
+    x[3, :8] = torch.tensor([-0.17, 0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 8.0])
+    q, scale, shift = torch.ops.fastbert.quantize_rows(x, None, True)
+    assert scale[0].item() == 1.0 and shift[0].item() == 0.0 and (q[0] == 0).all()
+    assert scale[1].item() == 1.0 and shift[1].item() == 127.0
+    assert q[1, 0].item() == -127 and q[1, -1].item() == 127
+    assert scale[2].item() == 1.0 and shift[2].item() == 3.5 and (q[2] == 0).all()
+    assert shift[3].item() == pytest.approx((8.0 - 0.17) / 2) and q[3, 0].item() == -127 and q[3, 6].item() == 127
+    q_ref, scale_ref, shift_ref = reference.quantize_rows(x, None, True)
+    assert torch.equal(scale, scale_ref) and torch.equal(shift, shift_ref)
+    assert (q.int() - q_ref.int()).abs().max().item() <= 1
+
+
 def test_quantize_rows_empty_and_noncontiguous(gen):
-    q, scale = torch.ops.fastbert.quantize_rows(torch.empty(0, 8), None)
-    assert q.shape == (0, 8) and scale.shape == (0,)
-    q, scale = torch.ops.fastbert.quantize_rows(torch.empty(3, 0), None)
-    assert q.shape == (3, 0) and scale.tolist() == [1.0, 1.0, 1.0]
+    q, scale, shift = torch.ops.fastbert.quantize_rows(torch.empty(0, 8), None)
+    assert q.shape == (0, 8) and scale.shape == (0,) and shift.shape == (0,)
+    q, scale, shift = torch.ops.fastbert.quantize_rows(torch.empty(3, 0), None, True)
+    assert q.shape == (3, 0) and scale.tolist() == [1.0, 1.0, 1.0] and shift.tolist() == [0.0, 0.0, 0.0]
     x = torch.randn(40, 33, generator=gen).t()
-    q, scale = torch.ops.fastbert.quantize_rows(x, None)
-    q_ref, scale_ref = reference.quantize_rows(x)
-    assert_q_close(q, scale, q_ref, scale_ref)
+    for asym in (False, True):
+        q, scale, shift = torch.ops.fastbert.quantize_rows(x, None, asym)
+        q_ref, scale_ref, shift_ref = reference.quantize_rows(x, None, asym)
+        assert_q_close(q, scale, q_ref, scale_ref, shift=shift, shift_ref=shift_ref)
 
 
 # ---------------------------------------------------------------- dequantize_rows
 
+@pytest.mark.parametrize("shifted", [False, True], ids=["plain", "shifted"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("N", K_SIZES)
 @pytest.mark.parametrize("T", T_SIZES)
-def test_dequantize_rows(cpu_isa, T, N, dtype):
+def test_dequantize_rows(cpu_isa, T, N, dtype, shifted):
     gen = _gen("dq", T, N)
     acc = _acc(T, N, gen)
     x_scale, w_scale = _scales(T, N, gen)
-    out = torch.ops.fastbert.dequantize_rows(acc, x_scale, w_scale, dtype)
+    x_shift, w_sum = _shifts(T, N, gen, shifted)
+    out = torch.ops.fastbert.dequantize_rows(acc, x_scale, w_scale, dtype, x_shift, w_sum)
     assert out.dtype == dtype and out.shape == (T, N)
-    ref = reference.dequantize_rows(acc, x_scale, w_scale, dtype)
+    ref = reference.dequantize_rows(acc, x_scale, w_scale, dtype, x_shift, w_sum)
     assert torch.isfinite(out.float()).all()
     assert_rows_close(out, ref, dtype)
-    if dtype == torch.float32:  # the same three fp32 roundings in the same order: exact
+    if dtype == torch.float32 and not shifted:  # the same three fp32 roundings in the same order: exact
+        # (the shift's multiply-add may be fused into one rounding by the compiler: within assert_rows_close)
         assert torch.equal(out, ref)
 
 
 def test_int_mm_end_to_end(cpu_isa, gen):
     """quantize_rows -> torch._int_mm -> dequantize_rows approximates x @ w.T (per-channel weight scales):
     plain random rows, and rows with outlier channels through SmoothQuant (x * s into the int8 GEMM, 1 / s folded
-    into the weight's columns)."""
+    into the weight's columns), symmetric and shifted; one-sided rows (a GELU's output) closer shifted."""
     T, K, N = 37, 384, 389
     w = torch.randn(N, K, generator=gen) * 0.05
     plain = torch.randn(T, K, generator=gen)
     outliers = torch.randn(T, K, generator=gen)  # no zero row: cosine per row below
     outliers[:, torch.randperm(K, generator=gen)[:8]] *= 100.0
-    for x, smooth in ((plain, None), (outliers, outliers.abs().amax(dim=0).clamp(min=1e-5).rsqrt())):
+    gelu = torch.nn.functional.gelu(torch.randn(T, K, generator=gen) * 2)
+    errors = {}
+    for name, x, smooth in (("plain", plain, None), ("gelu", gelu, None),
+                            ("outliers", outliers, outliers.abs().amax(dim=0).clamp(min=1e-5).rsqrt())):
         w_s = w / smooth if smooth is not None else w
         w_scale = w_s.abs().amax(dim=1) / 127
         w_q = torch.round(w_s / w_scale[:, None]).clamp(-127, 127).to(torch.int8)
-        x_q, x_scale = torch.ops.fastbert.quantize_rows(x, smooth)
-        acc = torch._int_mm(x_q, w_q.t().contiguous())
-        out = torch.ops.fastbert.dequantize_rows(acc, x_scale, w_scale, torch.float32)
-        cos = torch.nn.functional.cosine_similarity(out, x @ w.t(), dim=1)
-        assert cos.min().item() > 0.999, (smooth is not None, cos.min().item())
+        w_sum = w_q.sum(dim=1, dtype=torch.int64).double().mul(w_scale.double()).float()
+        for asym in (False, True):
+            x_q, x_scale, x_shift = torch.ops.fastbert.quantize_rows(x, smooth, asym)
+            acc = torch._int_mm(x_q, w_q.t().contiguous())
+            out = torch.ops.fastbert.dequantize_rows(acc, x_scale, w_scale, torch.float32,
+                                                     x_shift if asym else None, w_sum if asym else None)
+            cos = torch.nn.functional.cosine_similarity(out, x @ w.t(), dim=1)
+            assert cos.min().item() > 0.999, (name, asym, cos.min().item())
+            errors[name, asym] = float((out - x @ w.t()).norm())
+    assert errors["gelu", True] < 0.75 * errors["gelu", False], errors
 
 
 # ---------------------------------------------------------------- dequant_bias_act_quant
 
+@pytest.mark.parametrize("asym", [False, True], ids=["sym", "shifted-asym"])
 @pytest.mark.parametrize("activation", ACTS)
 @pytest.mark.parametrize("smooth", [False, True], ids=["plain", "smooth"])
 @pytest.mark.parametrize("bias_dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("N", K_SIZES)
 @pytest.mark.parametrize("T", T_SIZES)
-def test_dequant_bias_act_quant(cpu_isa, T, N, bias_dtype, smooth, activation):
+def test_dequant_bias_act_quant(cpu_isa, T, N, bias_dtype, smooth, activation, asym):
     gen = _gen("dbaq", T, N)
     acc = _acc(T, N, gen)
     x_scale, w_scale = _scales(T, N, gen)
@@ -204,9 +265,13 @@ def test_dequant_bias_act_quant(cpu_isa, T, N, bias_dtype, smooth, activation):
         acc[1] = 0
         bias.zero_()
     sm = _smooth(N, gen) if smooth else None
-    q, scale = torch.ops.fastbert.dequant_bias_act_quant(acc, x_scale, w_scale, bias, activation, sm)
-    q_ref, scale_ref = reference.dequant_bias_act_quant(acc, x_scale, w_scale, bias, activation, sm)
-    assert_act_q_close(q, scale, q_ref, scale_ref)
+    x_shift, w_sum = _shifts(T, N, gen, asym)  # asym: a shifted input, an asymmetric output
+    if T == 3 and asym:
+        x_shift[1] = 0.0
+    args = (acc, x_scale, w_scale, bias, activation, sm, x_shift, w_sum, asym)
+    q, scale, shift = torch.ops.fastbert.dequant_bias_act_quant(*args)
+    assert shift.shape == ((T,) if asym else (0,))
+    assert_act_q_close(q, scale, shift, *reference.dequant_bias_act_quant(*args))
     if T == 3:
         assert scale[1].item() == 1.0 and (q[1] == 0).all()
 
@@ -215,18 +280,19 @@ def test_dequant_bias_act_quant_every_activation(cpu_isa, gen):
     acc, (x_scale, w_scale) = _acc(5, 389, gen), _scales(5, 389, gen)
     bias = torch.randn(389, generator=gen)
     for act in reference.ACTIVATIONS:
-        q, scale = torch.ops.fastbert.dequant_bias_act_quant(acc, x_scale, w_scale, bias, act, None)
-        assert_act_q_close(q, scale, *reference.dequant_bias_act_quant(acc, x_scale, w_scale, bias, act))
+        q, scale, shift = torch.ops.fastbert.dequant_bias_act_quant(acc, x_scale, w_scale, bias, act, None)
+        assert_act_q_close(q, scale, shift, *reference.dequant_bias_act_quant(acc, x_scale, w_scale, bias, act))
 
 
 # ---------------------------------------------------------------- dequant_bias_residual_layernorm
 
-@pytest.mark.parametrize("quantize,smooth", [(False, False), (True, False), (True, True)],
-                         ids=["float", "quant", "quant-smooth"])
+@pytest.mark.parametrize("quantize,smooth,asym", [(False, False, False), (True, False, False), (True, True, False),
+                                                  (False, False, True), (True, True, True)],
+                         ids=["float", "quant", "quant-smooth", "float-shifted", "quant-smooth-asym"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("N", K_SIZES)
 @pytest.mark.parametrize("T", T_SIZES)
-def test_dequant_bias_residual_layernorm(cpu_isa, T, N, dtype, quantize, smooth):
+def test_dequant_bias_residual_layernorm(cpu_isa, T, N, dtype, quantize, smooth, asym):
     gen = _gen("dbrl", T, N)
     acc = _acc(T, N, gen)
     x_scale, w_scale = _scales(T, N, gen)
@@ -235,18 +301,20 @@ def test_dequant_bias_residual_layernorm(cpu_isa, T, N, dtype, quantize, smooth)
     weight = (torch.rand(N, generator=gen) + 0.5).to(dtype)
     beta = torch.randn(N, generator=gen).to(dtype)
     sm = _smooth(N, gen) if smooth else None
-    args = (acc, x_scale, w_scale, bias, residual, weight, beta, 1e-12, quantize, sm)
-    out, q, scale = torch.ops.fastbert.dequant_bias_residual_layernorm(*args)
-    out_ref, q_ref, scale_ref = reference.dequant_bias_residual_layernorm(*args)
+    x_shift, w_sum = _shifts(T, N, gen, asym)  # asym: a shifted input, an asymmetric output when quantizing
+    args = (acc, x_scale, w_scale, bias, residual, weight, beta, 1e-12, quantize, sm, x_shift, w_sum, asym)
+    out, q, scale, shift = torch.ops.fastbert.dequant_bias_residual_layernorm(*args)
+    out_ref, q_ref, scale_ref, shift_ref = reference.dequant_bias_residual_layernorm(*args)
     assert out.dtype == dtype and out.shape == (T, N)
     assert torch.isfinite(out.float()).all()
     assert_rows_close(out, out_ref, dtype)
     if not quantize:
         assert q.shape == (0,) and q.dtype == torch.int8 and scale.shape == (0,) and scale.dtype == torch.float32
+        assert shift.shape == (0,)
         return
     # q quantizes exactly the out returned (bf16-rounded for bf16): compare with quantize_rows of the kernel's out
-    q_own, scale_own = reference.quantize_rows(out, sm)
-    assert_q_close(q, scale, q_own, scale_own)
+    q_own, scale_own, shift_own = reference.quantize_rows(out, sm, asym)
+    assert_q_close(q, scale, q_own, scale_own, shift=shift, shift_ref=shift_own)
     # and, through out's tolerance, with the reference's quantization (scales agree to out's precision)
     torch.testing.assert_close(scale, scale_ref, rtol=FLOAT_TOL[dtype] * 2, atol=0)
 
@@ -261,8 +329,8 @@ def test_dequant_bias_residual_layernorm_stable_and_constant_rows(cpu_isa, gen):
     residual[3] = 7.0
     acc[3] = 0
     weight, beta = torch.ones(N), torch.randn(N, generator=gen)
-    out, q, scale = torch.ops.fastbert.dequant_bias_residual_layernorm(acc, x_scale, w_scale, None, residual,
-                                                                       weight, beta, 1e-12, True, None)
+    out, q, scale, _ = torch.ops.fastbert.dequant_bias_residual_layernorm(acc, x_scale, w_scale, None, residual,
+                                                                          weight, beta, 1e-12, True, None)
     s64 = acc.double() * x_scale.double()[:, None] * w_scale.double() + residual.double()  # float64
     ref = torch.nn.functional.layer_norm(s64, (N,), weight.double(), beta.double(), 1e-12)
     torch.testing.assert_close(out[:3].double(), ref[:3], atol=2e-3, rtol=0)
@@ -280,8 +348,15 @@ def _opcheck_cases(gen):
     res = torch.randn(T, N, generator=gen)
     w, b = torch.rand(N, generator=gen) + 0.5, torch.randn(N, generator=gen)
     sm = _smooth(N, gen)
+    x_shift, w_sum = _shifts(T, N, gen, True)
     return [
         (torch.ops.fastbert.quantize_rows.default, (x, None)),
+        (torch.ops.fastbert.quantize_rows.default, (x, None, True)),
+        (torch.ops.fastbert.dequantize_rows.default, (acc, x_scale, w_scale, torch.float32, x_shift, w_sum)),
+        (torch.ops.fastbert.dequant_bias_act_quant.default,
+         (acc, x_scale, w_scale, b, "gelu", sm, x_shift, w_sum, True)),
+        (torch.ops.fastbert.dequant_bias_residual_layernorm.default,
+         (acc, x_scale, w_scale, b, res, w, b, 1e-12, True, sm, x_shift, w_sum, True)),
         (torch.ops.fastbert.quantize_rows.default, (x.bfloat16(), _smooth(K, gen))),
         (torch.ops.fastbert.dequantize_rows.default, (acc, x_scale, w_scale, torch.float32)),
         (torch.ops.fastbert.dequantize_rows.default, (acc, x_scale, w_scale, torch.bfloat16)),
@@ -332,6 +407,12 @@ def test_bad_arguments():
         fb.dequantize_rows(acc, xs, torch.ones(8, dtype=torch.float64), torch.float32)
     with pytest.raises(ValueError, match="dequantize_rows: dtype must be float32 or bfloat16"):
         fb.dequantize_rows(acc, xs, ws, torch.float16)
+    with pytest.raises(ValueError, match="dequantize_rows: x_shift and w_sum go together .* x_shift without w_sum"):
+        fb.dequantize_rows(acc, xs, ws, torch.float32, xs, None)
+    with pytest.raises(RuntimeError, match=r"dequantize_rows: w_sum must be a float32 .* \(N,\) = \(8,\)"):
+        fb.dequantize_rows(acc, xs, ws, torch.float32, xs, torch.ones(7))
+    with pytest.raises(ValueError, match="dequant_bias_act_quant: x_shift and w_sum go together .* w_sum without"):
+        fb.dequant_bias_act_quant(acc, xs, ws, b, "gelu", None, None, ws)
     with pytest.raises(ValueError, match="dequant_bias_act_quant: unknown activation 'tanhh'"):
         fb.dequant_bias_act_quant(acc, xs, ws, b, "tanhh", None)
     with pytest.raises(RuntimeError, match=r"dequant_bias_act_quant: acc must be an int32"):

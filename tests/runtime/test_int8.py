@@ -43,12 +43,13 @@ def test_minilm_int8_text_cosine():
                 lean(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])]
     for out in outs:
         cos = F.cosine_similarity(_mean_pool(out, enc["attention_mask"]), ref, dim=-1)
-        assert float(cos.min()) >= 0.995 and float(cos.mean()) >= 0.998, (float(cos.min()), float(cos.mean()))
+        # measured 0.9986 / 0.9993 (2026-12-02); symmetric activations (no shift) gave 0.9982 / 0.9988
+        assert float(cos.min()) >= 0.998 and float(cos.mean()) >= 0.999, (float(cos.min()), float(cos.mean()))
     # the FFN's second GEMM in float: the most accurate setting
     fastbert.quantize(fb, keep_float=("ffn_out",))
     with torch.no_grad():
         cos = F.cosine_similarity(_mean_pool(fb(**enc).last_hidden_state, enc["attention_mask"]), ref, dim=-1)
-    assert float(cos.min()) >= 0.999 and float(cos.mean()) >= 0.999, (float(cos.min()), float(cos.mean()))
+    assert float(cos.min()) >= 0.9994 and float(cos.mean()) >= 0.9995, (float(cos.min()), float(cos.mean()))
 
 
 def _outlier_model():
