@@ -10,6 +10,7 @@ interleaved rounds.
     python benchmarks/bench_attention.py --dtype bfloat16 --threads 2
     python -m pytest benchmarks/bench_attention.py  # the same cases under pytest-benchmark
 """
+
 from __future__ import annotations
 
 import math
@@ -87,16 +88,27 @@ def table(repeats: int = 30, warmup: int = 3, clock=time.perf_counter, dtype=tor
     time, which other processes' load does not inflate)."""
     impls = dict(IMPLS)
     if dtype == torch.bfloat16 and fastbert.ops.cpu_bf16_dot():
-        impls = {"fastbert": run_fastbert, "fastbert bf16 fp32-staged": run_fastbert_staged,
-                 "fastbert fp32": run_fastbert_fp32, **{k: v for k, v in IMPLS.items() if k != "fastbert"}}
+        impls = {
+            "fastbert": run_fastbert,
+            "fastbert bf16 fp32-staged": run_fastbert_staged,
+            "fastbert fp32": run_fastbert_fp32,
+            **{k: v for k, v in IMPLS.items() if k != "fastbert"},
+        }
     elif dtype != torch.float32:
-        impls = {"fastbert": run_fastbert, "fastbert fp32": run_fastbert_fp32,
-                 **{k: v for k, v in IMPLS.items() if k != "fastbert"}}
+        impls = {
+            "fastbert": run_fastbert,
+            "fastbert fp32": run_fastbert_fp32,
+            **{k: v for k, v in IMPLS.items() if k != "fastbert"},
+        }
     dname = str(dtype).replace("torch.", "")
-    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, {dname}, bert-base heads "
-             f"({NUM_HEADS} x {HEAD_DIM}), CPU ISA {fastbert.ops.cpu_isa()}; median of {repeats} interleaved runs, "
-             f"clock {clock.__name__}",
-             "", "| batch | tokens | impl | ms | GFLOP/s | vs fastbert |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {dname}, bert-base heads "
+        f"({NUM_HEADS} x {HEAD_DIM}), CPU ISA {fastbert.ops.cpu_isa()}; median of {repeats} interleaved runs, "
+        f"clock {clock.__name__}",
+        "",
+        "| batch | tokens | impl | ms | GFLOP/s | vs fastbert |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for name in CASES:
         qkv, bias, cu, mx = make_case(name, dtype)
         args = (qkv, bias, cu, mx)
@@ -114,8 +126,10 @@ def table(repeats: int = 30, warmup: int = 3, clock=time.perf_counter, dtype=tor
                     times[k].append(clock() - t0)
         med = {k: statistics.median(v) for k, v in times.items()}
         for k, t in med.items():
-            lines.append(f"| {name} | {qkv.shape[0]} | {k} | {t * 1e3:.3f} | {flops(cu) / t / 1e9:.1f} | "
-                         f"{t / med['fastbert']:.2f}x |")
+            lines.append(
+                f"| {name} | {qkv.shape[0]} | {k} | {t * 1e3:.3f} | {flops(cu) / t / 1e9:.1f} | "
+                f"{t / med['fastbert']:.2f}x |"
+            )
     return "\n".join(lines)
 
 
@@ -127,6 +141,7 @@ except ImportError:  # pragma: no cover
     pytest = None
 
 if pytest is not None:
+
     @pytest.mark.parametrize("case", list(CASES))
     @pytest.mark.parametrize("impl", list(IMPLS))
     def test_attention_speed(benchmark, case, impl):
@@ -145,12 +160,21 @@ if __name__ == "__main__":
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    ap.add_argument("--clock", choices=["wall", "thread"], default="wall",
-                    help="thread: CPU time of this thread (needs --threads 1), for a machine shared with other load")
+    ap.add_argument(
+        "--clock",
+        choices=["wall", "thread"],
+        default="wall",
+        help="thread: CPU time of this thread (needs --threads 1), for a machine shared with other load",
+    )
     opts = ap.parse_args()
     if opts.threads:
         torch.set_num_threads(opts.threads)
     if opts.clock == "thread" and torch.get_num_threads() != 1:
         ap.error("--clock thread measures one thread: add --threads 1")
-    print(table(repeats=opts.repeats, clock=time.thread_time if opts.clock == "thread" else time.perf_counter,
-                dtype=getattr(torch, opts.dtype)))
+    print(
+        table(
+            repeats=opts.repeats,
+            clock=time.thread_time if opts.clock == "thread" else time.perf_counter,
+            dtype=getattr(torch, opts.dtype),
+        )
+    )

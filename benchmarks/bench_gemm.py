@@ -5,6 +5,7 @@
 For each model width and token count: the four GEMMs of one layer (QKV, attention output, FFN in, FFN out), each
 library's GFLOP/s over the four, side by side in interleaved rounds (fastbert.bench.timing.compare), and the ratio.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -4,10 +4,11 @@
     python benchmarks/bench_model.py --model bert-large --layers 6 --repeats 5
     python benchmarks/bench_model.py --json out.json
 
-Rows: real tokens/s, fraction of the roofline of the rows' dtype (the faster of torch.mm and oneDNN on the model's own GEMM
-shapes, forward FLOPs on real tokens), speedup over HF eager, max |diff| vs HF eager at real positions. fp32 by
-default (--dtype bfloat16: every implementation in bf16), random weights.
+Rows: real tokens/s, fraction of the roofline of the rows' dtype (the faster of torch.mm and oneDNN on the
+model's own GEMM shapes, forward FLOPs on real tokens), speedup over HF eager, max |diff| vs HF eager at real
+positions. fp32 by default (--dtype bfloat16: every implementation in bf16), random weights.
 """
+
 import argparse
 import json
 import os
@@ -38,10 +39,14 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "int8"],
-                    help="weights and activations of every implementation (the roofline is this dtype's); int8: "
-                         "fastbert quantized (fastbert.quantize), every implementation's float parts in "
-                         "fastbert.model.base_dtype(), the roofline torch._int_mm's")
+    ap.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16", "int8"],
+        help="weights and activations of every implementation (the roofline is this dtype's); int8: "
+        "fastbert quantized (fastbert.quantize), every implementation's float parts in "
+        "fastbert.model.base_dtype(), the roofline torch._int_mm's",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -55,14 +60,19 @@ def main(argv=None):
     cfg = bench.make_hf_config(args.model, args.layers)
     name = os.path.basename(args.model.rstrip("/"))
     rows = []
-    for b, l, lo, hi in shapes:                      # one table per shape, printed as soon as it is measured
-        shape_rows = bench.bench_shape(models, cfg, b, l, lo, hi, args.repeats, args.warmup, args.seed,
-                                       dtype=dtype, model_name=name)
+    for b, l, lo, hi in shapes:  # one table per shape, printed as soon as it is measured
+        shape_rows = bench.bench_shape(
+            models, cfg, b, l, lo, hi, args.repeats, args.warmup, args.seed, dtype=dtype, model_name=name
+        )
         print(bench.format_table(shape_rows))
-        probes = {k[:-len("_gflops")]: v for k, v in shape_rows[0].items()
-                  if k.endswith("_gflops") and k != "gemm_gflops"}
-        print("GEMM GFLOP/s on this batch's shapes (the roofline takes the fastest): "
-              + ", ".join(f"{k} {v:.0f}" for k, v in probes.items()), flush=True)
+        probes = {
+            k[: -len("_gflops")]: v for k, v in shape_rows[0].items() if k.endswith("_gflops") and k != "gemm_gflops"
+        }
+        print(
+            "GEMM GFLOP/s on this batch's shapes (the roofline takes the fastest): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in probes.items()),
+            flush=True,
+        )
         rows += shape_rows
     print(bench.format_table(rows))
     if args.json:

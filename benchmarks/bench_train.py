@@ -8,6 +8,7 @@ Both models carry the same weights, dropout off (so the two compute the same fun
 forward + loss + backward, no optimizer update). Peak memory: the most bytes held at once during one step
 (torch profiler allocation events), above what the model itself holds.
 """
+
 import argparse
 import json
 
@@ -21,15 +22,17 @@ from fastbert.hf import heads
 
 def peak_memory_mib(fn):
     from torch.profiler import ProfilerActivity, profile
+
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
+    )
     cur = peak = 0
     for e in events:
         cur += e.nbytes()
         peak = max(peak, cur)
-    return peak / 2 ** 20
+    return peak / 2**20
 
 
 def main(argv=None):
@@ -44,8 +47,9 @@ def main(argv=None):
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
-    config = bench.make_hf_config(args.model, args.layers, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                                  num_labels=2)
+    config = bench.make_hf_config(
+        args.model, args.layers, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=2
+    )
     config._attn_implementation = "eager"
     torch.manual_seed(0)
     ref = hf.BertForSequenceClassification(config).train()
@@ -61,25 +65,43 @@ def main(argv=None):
         return loss
 
     losses = {name: step(m).item() for name, m in (("hf_eager", ref), ("fastbert", ours))}
-    t = compare({"hf_eager": lambda: step(ref), "fastbert": lambda: step(ours)}, repeats=args.repeats,
-                warmup=args.warmup)
+    t = compare(
+        {"hf_eager": lambda: step(ref), "fastbert": lambda: step(ours)}, repeats=args.repeats, warmup=args.warmup
+    )
     mem = {"hf_eager": peak_memory_mib(lambda: step(ref)), "fastbert": peak_memory_mib(lambda: step(ours))}
     T = sum(lengths)
     info = bench.machine_info()
-    print(f"machine: {info['processor']} ({info['cpus']} CPUs), {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"fastbert CPU path {info['fastbert_isa']}")
-    print(f"{args.model} ({config.num_hidden_layers} layers), fp32, batch {args.batch} x {args.seq_len}, lengths "
-          f"uniform in [{args.min_len}, {args.seq_len}]: {T} real tokens, padding {1 - T / ids.numel():.0%}; "
-          f"forward + backward, dropout off")
-    print(f"{'impl':10s} {'ms/step':>9s} {'p10-p90':>15s} {'tokens/s':>9s} {'speedup':>8s} {'peak MiB':>9s} {'loss':>10s}")
+    print(
+        f"machine: {info['processor']} ({info['cpus']} CPUs), {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, "
+        f"fastbert CPU path {info['fastbert_isa']}"
+    )
+    print(
+        f"{args.model} ({config.num_hidden_layers} layers), fp32, batch {args.batch} x {args.seq_len}, lengths "
+        f"uniform in [{args.min_len}, {args.seq_len}]: {T} real tokens, padding {1 - T / ids.numel():.0%}; "
+        f"forward + backward, dropout off"
+    )
+    print(
+        f"{'impl':10s} {'ms/step':>9s} {'p10-p90':>15s} {'tokens/s':>9s} {'speedup':>8s} {'peak MiB':>9s} {'loss':>10s}"
+    )
     rows = []
     for name in ("hf_eager", "fastbert"):
         r = t[name]
-        row = dict(impl=name, ms=r.median * 1e3, low=r.low * 1e3, high=r.high * 1e3, tokens_per_s=T / r.median,
-                   speedup=t["hf_eager"].median / r.median, peak_mib=mem[name], loss=losses[name])
+        row = dict(
+            impl=name,
+            ms=r.median * 1e3,
+            low=r.low * 1e3,
+            high=r.high * 1e3,
+            tokens_per_s=T / r.median,
+            speedup=t["hf_eager"].median / r.median,
+            peak_mib=mem[name],
+            loss=losses[name],
+        )
         rows.append(row)
-        print(f"{name:10s} {row['ms']:9.1f} {row['low']:7.1f}-{row['high']:<7.1f} {row['tokens_per_s']:9.0f} "
-              f"{row['speedup']:7.2f}x {row['peak_mib']:9.0f} {row['loss']:10.6f}")
+        print(
+            f"{name:10s} {row['ms']:9.1f} {row['low']:7.1f}-{row['high']:<7.1f} {row['tokens_per_s']:9.0f} "
+            f"{row['speedup']:7.2f}x {row['peak_mib']:9.0f} {row['loss']:10.6f}"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": info, "args": vars(args), "rows": rows}, f, indent=1)

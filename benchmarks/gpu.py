@@ -9,10 +9,12 @@ Method: CUDA events around each call, warm-up first, the candidates interleaved 
 median reported. Ops and attention: 10 calls replayed from a CUDA graph per sample (GPU time per call, without
 Python's launch overhead; pack, which syncs for its output size, is timed by plain calls). Model: plain calls
 under inference_mode (what a user sees, Python included); "fastbert, no graphs" is the same model with the
-layer loop's CUDA graphs off (fastbert/runtime/cuda_graphs.py), its ops launched one by one from C++. Bytes per op are the minimum the op must move (inputs read once, outputs written once);
+layer loop's CUDA graphs off (fastbert/runtime/cuda_graphs.py), its ops launched one by one from C++. Bytes per op
+are the minimum the op must move (inputs read once, outputs written once);
 "of copy" divides the op's achieved bytes/s by what torch's device-to-device copy of the same number of
 bytes achieves (read + write), i.e. the practical bandwidth ceiling.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -103,15 +105,36 @@ def op_cases(dtype, B=32, L=128, H=768, nh=12, inter=3072, padding=0.5):
     shape = f"T={T} ({B}x{L}, {padding:.0%} pad)"
     return T, [
         ("pack", f"mask {B}x{L}", B * L * 8 + T * 16, lambda: torch.ops.fastbert.pack(mask)),
-        ("unpack", f"{shape}, H={H}", T * H * es + B * L * H * es + T * 8,
-         lambda: torch.ops.fastbert.unpack(x, idx, B, L)),
-        ("embeddings", f"{shape}, H={H}", 4 * T * H * es + T * 24,
-         lambda: torch.ops.fastbert.embeddings(ids, pos, tt, word, ptab, ttab, vec, vec, 1e-12)),
-        ("attention", f"{shape}, nh={nh}, d={d}", T * 3 * H * es + T * H * es + nh * T * 4,
-         lambda: torch.ops.fastbert.attention(qkv, bqkv, cu, maxlen, nh, 1 / math.sqrt(d))),
-        ("bias_act gelu", f"{shape}, I={inter}", 2 * T * inter * es, lambda: torch.ops.fastbert.bias_act(h, bi, "gelu")),
-        ("bias_residual_layernorm", f"{shape}, H={H}", 3 * T * H * es + 8 * T,
-         lambda: torch.ops.fastbert.bias_residual_layernorm(x, vec, res, vec, vec, 1e-12)),
+        (
+            "unpack",
+            f"{shape}, H={H}",
+            T * H * es + B * L * H * es + T * 8,
+            lambda: torch.ops.fastbert.unpack(x, idx, B, L),
+        ),
+        (
+            "embeddings",
+            f"{shape}, H={H}",
+            4 * T * H * es + T * 24,
+            lambda: torch.ops.fastbert.embeddings(ids, pos, tt, word, ptab, ttab, vec, vec, 1e-12),
+        ),
+        (
+            "attention",
+            f"{shape}, nh={nh}, d={d}",
+            T * 3 * H * es + T * H * es + nh * T * 4,
+            lambda: torch.ops.fastbert.attention(qkv, bqkv, cu, maxlen, nh, 1 / math.sqrt(d)),
+        ),
+        (
+            "bias_act gelu",
+            f"{shape}, I={inter}",
+            2 * T * inter * es,
+            lambda: torch.ops.fastbert.bias_act(h, bi, "gelu"),
+        ),
+        (
+            "bias_residual_layernorm",
+            f"{shape}, H={H}",
+            3 * T * H * es + 8 * T,
+            lambda: torch.ops.fastbert.bias_residual_layernorm(x, vec, res, vec, vec, 1e-12),
+        ),
     ]
 
 
@@ -119,6 +142,7 @@ def bench_attention(dtype, repeats, nh=12, d=64):
     """fastbert's packed attention (QKV bias added on load) against torch SDPA on the padded batch (q, k, v
     already split, bias already added: SDPA's best case), TFLOP/s over the real tokens' 4 * n^2 * d per head."""
     import torch.nn.functional as F
+
     print(f"\n### attention alone, {dtype}, nh={nh}, d={d}, {torch.cuda.get_device_name()} (median of {repeats})\n")
     print("| batch x length | padding | fastbert (us) | TFLOP/s | SDPA padded (us) | TFLOP/s | ratio |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -135,13 +159,17 @@ def bench_attention(dtype, repeats, nh=12, d=64):
             mask = torch.zeros(B, 1, 1, L, dtype=torch.bool, device="cuda")
             for b, n in enumerate(lengths):
                 mask[b, ..., :n] = True
-        fns = {"fb": lambda: torch.ops.fastbert.attention(qkv, bias, cu, L, nh, d ** -0.5),
-               "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)}
+        fns = {
+            "fb": lambda: torch.ops.fastbert.attention(qkv, bias, cu, L, nh, d**-0.5),
+            "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+        }
         t = time_kernels(fns, repeats)
         flops = sum(4 * n * n * d * nh for n in lengths)
         tf = {k_: flops / (v_ * 1e-3) / 1e12 for k_, v_ in t.items()}
-        print(f"| {B} x {L} | {pad:.0%} | {t['fb'] * 1e3:.1f} | {tf['fb']:.0f} | {t['sdpa'] * 1e3:.1f} | "
-              f"{tf['sdpa']:.0f} | {t['sdpa'] / t['fb']:.2f}x |")
+        print(
+            f"| {B} x {L} | {pad:.0%} | {t['fb'] * 1e3:.1f} | {tf['fb']:.0f} | {t['sdpa'] * 1e3:.1f} | "
+            f"{tf['sdpa']:.0f} | {t['sdpa'] / t['fb']:.2f}x |"
+        )
 
 
 def bench_ops(dtype, repeats):
@@ -175,6 +203,7 @@ def _fastbert_model(hf):
 
 def _without_graphs(model, ids, mask):
     from fastbert.runtime import cuda_graphs
+
     cuda_graphs.set_cuda_graphs(False)
     try:
         return model(input_ids=ids, attention_mask=mask)
@@ -186,6 +215,7 @@ def bench_model(dtype, repeats):
     import copy
 
     import transformers
+
     cfg = transformers.BertConfig()  # bert-base
     torch.manual_seed(0)
     models = {}
@@ -211,7 +241,7 @@ def bench_model(dtype, repeats):
                 if pad:
                     for b in range(B):  # ragged: lengths spread around L * (1 - pad)
                         n = max(1, int(L * (1 - pad) * (0.5 + (b % 4) / 3)))
-                        mask[b, min(n, L):] = 0
+                        mask[b, min(n, L) :] = 0
                 fns = {k: (lambda m=m: m(input_ids=ids, attention_mask=mask)) for k, m in models.items()}
                 if fb is not None:  # the same model with the layer loop launched op by op
                     fns["fastbert, no graphs"] = lambda: _without_graphs(models["fastbert"], ids, mask)
@@ -227,18 +257,20 @@ def bench_model(dtype, repeats):
 def profile_model(dtype, B=32, L=128, pad=0.5, rows=20):
     """torch.profiler over a few fastbert forwards: where the GPU time of one bert-base forward goes."""
     import transformers
+
     torch.manual_seed(0)
     fb = _fastbert_model(transformers.BertModel(transformers.BertConfig()).eval()).eval().to("cuda", dtype)
     ids = torch.randint(1000, 20000, (B, L), device="cuda")
     mask = torch.ones(B, L, dtype=torch.long, device="cuda")
     for b in range(B):
-        mask[b, max(1, int(L * (1 - pad) * (0.5 + (b % 4) / 3))):] = 0
+        mask[b, max(1, int(L * (1 - pad) * (0.5 + (b % 4) / 3))) :] = 0
     with torch.inference_mode():
         for _ in range(5):
             fb(input_ids=ids, attention_mask=mask)
         torch.cuda.synchronize()
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                                torch.profiler.ProfilerActivity.CUDA]) as prof:
+        with torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        ) as prof:
             for _ in range(5):
                 fb(input_ids=ids, attention_mask=mask)
             torch.cuda.synchronize()

@@ -10,16 +10,35 @@ Layers, top-down (a forward never returns to a layer it left):
 beside them the batch job (fastbert.batch), the benchmark harness (fastbert.bench) and the command line
 (fastbert.cli).
 """
+
 __version__ = "0.1.0"
 
 from . import ops
 from .model import Encoder, EncoderConfig, dequantize, is_quantized, load_encoder, quantize
 from .ops import reference
 
-__all__ = ["ops", "reference", "Encoder", "EncoderConfig", "load_encoder", "quantize", "dequantize", "is_quantized",
-           "BertModel", "from_hf", "optimize", "restore", "is_optimized", "BertForSequenceClassification",
-           "BertForTokenClassification", "BertForQuestionAnswering", "BertForMaskedLM",
-           "BertForNextSentencePrediction", "BertForPreTraining", "BertForMultipleChoice"]
+__all__ = [
+    "ops",
+    "reference",
+    "Encoder",
+    "EncoderConfig",
+    "load_encoder",
+    "quantize",
+    "dequantize",
+    "is_quantized",
+    "BertModel",
+    "from_hf",
+    "optimize",
+    "restore",
+    "is_optimized",
+    "BertForSequenceClassification",
+    "BertForTokenClassification",
+    "BertForQuestionAnswering",
+    "BertForMaskedLM",
+    "BertForNextSentencePrediction",
+    "BertForPreTraining",
+    "BertForMultipleChoice",
+]
 
 # Names that need transformers come from fastbert.hf on first use (PEP 562): `import fastbert` does not load it.
 _FROM_HF = frozenset(__all__[8:])
@@ -29,6 +48,7 @@ def __getattr__(name: str):
     if name not in _FROM_HF:
         raise AttributeError(f"module 'fastbert' has no attribute {name!r}")
     from . import hf
+
     value = getattr(hf, name)
     globals()[name] = value
     return value

@@ -1,4 +1,5 @@
 """`python -m fastbert ...` (also what `torchrun -m fastbert encode ...` runs): the `fastbert` command."""
+
 import sys
 
 from .cli import main

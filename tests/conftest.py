@@ -1,4 +1,5 @@
 """Fixtures: the CPU instruction-set switch and a seeded generator. Helpers a test imports are in tests/helpers.py."""
+
 import pytest
 import torch
 

@@ -18,12 +18,14 @@ def test_every_op_has_cpu_kernel_fake_and_reference():
 
 
 def test_import_without_extension_falls_back_to_reference():
-    code = ("import sys, warnings; sys.modules['fastbert._C'] = None\n"
-            "import torch, fastbert\n"
-            "assert not fastbert.ops.HAS_EXTENSION\n"
-            "x, b = torch.randn(3, 5), torch.randn(5)\n"
-            "assert torch.equal(fastbert.ops.bias_act(x, b, 'gelu'), fastbert.reference.bias_act(x, b, 'gelu'))\n"
-            "print('ok')")
+    code = (
+        "import sys, warnings; sys.modules['fastbert._C'] = None\n"
+        "import torch, fastbert\n"
+        "assert not fastbert.ops.HAS_EXTENSION\n"
+        "x, b = torch.randn(3, 5), torch.randn(5)\n"
+        "assert torch.equal(fastbert.ops.bias_act(x, b, 'gelu'), fastbert.reference.bias_act(x, b, 'gelu'))\n"
+        "print('ok')"
+    )
     result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout

@@ -6,6 +6,7 @@ Readers yield one (text, pair) tuple per input row, in file order, and say how f
 embedding blocks in order and write to a temporary name that `atomic_output` renames into place only when the
 whole run succeeded, so an interrupted run never leaves a half-written file under the output's name.
 """
+
 from __future__ import annotations
 
 import csv
@@ -27,8 +28,18 @@ if TYPE_CHECKING:
 
 INPUT_FORMATS = ("txt", "jsonl", "csv", "tsv", "parquet")
 OUTPUT_FORMATS = ("npy", "parquet")
-_INPUT_SUFFIXES = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
-                   ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+_INPUT_SUFFIXES = {
+    ".txt": "txt",
+    ".text": "txt",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 _OUTPUT_SUFFIXES = {".npy": "npy", ".parquet": "parquet", ".pq": "parquet"}
 
 
@@ -46,8 +57,10 @@ def input_format(path: str, fmt: str | None = None) -> str:
         return fmt
     suffix = Path(path).suffix.lower()
     if suffix not in _INPUT_SUFFIXES:
-        raise InputError(f"{path}: cannot tell the input format from the suffix {suffix or '(none)'!r}; "
-                         f"pass --input-format ({', '.join(INPUT_FORMATS)})")
+        raise InputError(
+            f"{path}: cannot tell the input format from the suffix {suffix or '(none)'!r}; "
+            f"pass --input-format ({', '.join(INPUT_FORMATS)})"
+        )
     return _INPUT_SUFFIXES[suffix]
 
 
@@ -58,8 +71,10 @@ def output_format(path: str, fmt: str | None = None) -> str:
         return fmt
     suffix = Path(path).suffix.lower()
     if suffix not in _OUTPUT_SUFFIXES:
-        raise InputError(f"{path}: cannot tell the output format from the suffix {suffix or '(none)'!r}; "
-                         "use .npy or .parquet (or pass --output-format)")
+        raise InputError(
+            f"{path}: cannot tell the output format from the suffix {suffix or '(none)'!r}; "
+            "use .npy or .parquet (or pass --output-format)"
+        )
     return _OUTPUT_SUFFIXES[suffix]
 
 
@@ -74,12 +89,19 @@ def _require_pyarrow(what: str):
 
 # ---------------------------------------------------------------------------------------------- readers
 
+
 class Reader:
     """Iterate over (text, pair) rows of one input file; `rows` counts the rows yielded so far and
     `estimated_rows()` guesses the total (for the progress bar's percent and ETA)."""
 
-    def __init__(self, path: str, fmt: str | None = None, text_field: str | None = None,
-                 pair_field: str | None = None, header: bool = True):
+    def __init__(
+        self,
+        path: str,
+        fmt: str | None = None,
+        text_field: str | None = None,
+        pair_field: str | None = None,
+        header: bool = True,
+    ):
         self.path = str(path)
         self.fmt = input_format(self.path, fmt)
         if not os.path.exists(self.path):
@@ -87,8 +109,10 @@ class Reader:
         if os.path.isdir(self.path):
             raise InputError(f"{self.path}: is a directory, not an input file")
         if self.fmt == "txt" and (text_field or pair_field):
-            raise InputError(f"{self.path}: a .txt input has one text per line and no fields; "
-                             "use .jsonl, .csv, .tsv or .parquet for --text-field/--pair-field")
+            raise InputError(
+                f"{self.path}: a .txt input has one text per line and no fields; "
+                "use .jsonl, .csv, .tsv or .parquet for --text-field/--pair-field"
+            )
         self.text_field = text_field
         self.pair_field = pair_field
         self.header = header
@@ -106,8 +130,9 @@ class Reader:
             names = self._pq.schema_arrow.names
             for f in (self.text_field or "text", self.pair_field):
                 if f is not None and f not in names:
-                    raise InputError(f"{self.path}: no column {f!r} (columns: {', '.join(names)}); "
-                                     "pass --text-field/--pair-field")
+                    raise InputError(
+                        f"{self.path}: no column {f!r} (columns: {', '.join(names)}); pass --text-field/--pair-field"
+                    )
 
     def estimated_rows(self) -> float | None:
         """Rows in the whole file: exact for Parquet, else extrapolated from the bytes read so far."""
@@ -118,8 +143,9 @@ class Reader:
         return None
 
     def __iter__(self) -> Iterator[Row]:
-        gen = {"txt": self._txt, "jsonl": self._jsonl, "csv": self._csv, "tsv": self._csv,
-               "parquet": self._parquet}[self.fmt]()
+        gen = {"txt": self._txt, "jsonl": self._jsonl, "csv": self._csv, "tsv": self._csv, "parquet": self._parquet}[
+            self.fmt
+        ]()
         for row in gen:
             self.rows += 1
             yield row
@@ -132,8 +158,9 @@ class Reader:
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    raise InputError(f"{self.path}:{lineno}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at "
-                                     f"column {exc.start + 1})") from None
+                    raise InputError(
+                        f"{self.path}:{lineno}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+                    ) from None
                 if lineno == 1 and line.startswith("\ufeff"):
                     line = line[1:]
                 yield lineno, line
@@ -144,8 +171,10 @@ class Reader:
 
     def _field(self, obj: dict, name: str, where: str) -> str:
         if name not in obj:
-            raise InputError(f"{where}: no field {name!r} (fields: {', '.join(map(str, obj)) or 'none'}); "
-                             "pass --text-field/--pair-field")
+            raise InputError(
+                f"{where}: no field {name!r} (fields: {', '.join(map(str, obj)) or 'none'}); "
+                "pass --text-field/--pair-field"
+            )
         value = obj[name]
         if value is None:
             return ""
@@ -161,14 +190,20 @@ class Reader:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                hint = ("; this looks like one JSON array, encode reads JSON lines (one object per line)"
-                        if lineno == 1 and line.lstrip().startswith("[") else "")
+                hint = (
+                    "; this looks like one JSON array, encode reads JSON lines (one object per line)"
+                    if lineno == 1 and line.lstrip().startswith("[")
+                    else ""
+                )
                 raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}){hint}") from None
             if not isinstance(obj, dict):
-                raise InputError(f"{where}: expected a JSON object with a {text_field!r} field, "
-                                 f"got {type(obj).__name__}")
-            yield (self._field(obj, text_field, where),
-                   self._field(obj, self.pair_field, where) if self.pair_field else None)
+                raise InputError(
+                    f"{where}: expected a JSON object with a {text_field!r} field, got {type(obj).__name__}"
+                )
+            yield (
+                self._field(obj, text_field, where),
+                self._field(obj, self.pair_field, where) if self.pair_field else None,
+            )
 
     def _csv(self) -> Iterator[Row]:
         lineno = 0
@@ -189,13 +224,17 @@ class Reader:
                     names = record
                     text_name = self.text_field or "text"
                     if text_name not in names:
-                        raise InputError(f"{self.path}:{lineno}: the header has no column {text_name!r} "
-                                         f"(columns: {', '.join(names)}); pass --text-field")
+                        raise InputError(
+                            f"{self.path}:{lineno}: the header has no column {text_name!r} "
+                            f"(columns: {', '.join(names)}); pass --text-field"
+                        )
                     text_col = names.index(text_name)
                     if self.pair_field is not None:
                         if self.pair_field not in names:
-                            raise InputError(f"{self.path}:{lineno}: the header has no column "
-                                             f"{self.pair_field!r} (columns: {', '.join(names)})")
+                            raise InputError(
+                                f"{self.path}:{lineno}: the header has no column "
+                                f"{self.pair_field!r} (columns: {', '.join(names)})"
+                            )
                         pair_col = names.index(self.pair_field)
                     continue
                 if first:  # no header: fields are 0-based column numbers
@@ -216,8 +255,9 @@ class Reader:
         try:
             return int(field)
         except ValueError:
-            raise InputError(f"{self.path}: with --no-header, --text-field/--pair-field are 0-based column "
-                             f"numbers, got {field!r}") from None
+            raise InputError(
+                f"{self.path}: with --no-header, --text-field/--pair-field are 0-based column numbers, got {field!r}"
+            ) from None
 
     def _parquet(self) -> Iterator[Row]:
         text_field = self.text_field or "text"
@@ -232,6 +272,7 @@ class Reader:
 
 
 # ---------------------------------------------------------------------------------------------- writers
+
 
 class NpyWriter:
     """A .npy file written block by block: the header is reserved up front with room for any row count
@@ -277,6 +318,7 @@ class ParquetWriter:
     def __init__(self, path: str, dim: int, dtype: DTypeLike = np.float32):
         pq = _require_pyarrow("writing Parquet")
         import pyarrow as pa
+
         self._pa = pa
         self.dim, self.dtype, self.rows = int(dim), np.dtype(dtype), 0
         value_type = pa.float16() if self.dtype == np.float16 else pa.float32()
@@ -315,6 +357,7 @@ def read_embeddings(path: str) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- atomicity
 
+
 def temp_name(path: str, tag: str) -> str:
     p = Path(path)
     return str(p.with_name(f".{p.name}.{tag}.part"))
@@ -343,6 +386,7 @@ def atomic_output(path: str, tag: str | None = None) -> Iterator[str]:
 def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (what torchrun and job schedulers send) raises KeyboardInterrupt, so `finally` blocks and
     `atomic_output` clean up exactly as on Ctrl-C."""
+
     def handler(signum: int, frame: FrameType | None) -> NoReturn:
         raise KeyboardInterrupt(f"signal {signum}")
 

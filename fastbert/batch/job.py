@@ -11,6 +11,7 @@ Rows come out in input order. Under torchrun each window is split into WORLD_SIZ
 encodes slice r of every window into its own part file, and rank 0 stitches the parts into the one output
 (same order as a single process). Imports: torch, numpy, tokenizers and fastbert itself, never transformers.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,9 +45,11 @@ POOLINGS = ("cls", "mean", "max", "pooler")
 
 # ---------------------------------------------------------------------------------------------- model folder
 
+
 @dataclass
 class ModelDefaults:
     """What the model folder says about how to embed; sentence-transformers configs win when present."""
+
     pooling: str = "mean"
     normalize: bool = False
     max_length: int = 512
@@ -107,12 +110,14 @@ def model_defaults(model_dir: str) -> ModelDefaults:
         d.source.append(str((pooling_dir / "config.json").relative_to(p)))
         mode = pc.get("pooling_mode")
         if mode is None:
-            modes = [k[len("pooling_mode_"):] for k, v in pc.items() if k.startswith("pooling_mode_") and v is True]
+            modes = [k[len("pooling_mode_") :] for k, v in pc.items() if k.startswith("pooling_mode_") and v is True]
             names = {"cls_token": "cls", "mean_tokens": "mean", "max_tokens": "max"}
             unsupported = [m for m in modes if m not in names]
             if unsupported or len(modes) != 1:
-                raise InputError(f"{pooling_dir / 'config.json'}: pooling {modes} is not supported by fastbert "
-                                 f"encode (one of cls, mean, max); pass --pooling to override")
+                raise InputError(
+                    f"{pooling_dir / 'config.json'}: pooling {modes} is not supported by fastbert "
+                    f"encode (one of cls, mean, max); pass --pooling to override"
+                )
             mode = names[modes[0]]
         d.pooling = {"cls_token": "cls", "mean_tokens": "mean", "max_tokens": "max"}.get(mode, mode)
     sb = p / "sentence_bert_config.json"
@@ -127,13 +132,14 @@ def model_defaults(model_dir: str) -> ModelDefaults:
 
 # ---------------------------------------------------------------------------------------------- tokenizing
 
+
 @dataclass
 class Tokenized:
-    ids: list[np.ndarray]        # per row, int64 token ids (specials included)
-    type_ids: list[np.ndarray]   # per row, token type ids
-    lengths: np.ndarray          # (n,) int64
-    truncated: int               # rows cut to max_length
-    empty: int                   # rows whose text (and pair) is empty or whitespace
+    ids: list[np.ndarray]  # per row, int64 token ids (specials included)
+    type_ids: list[np.ndarray]  # per row, token type ids
+    lengths: np.ndarray  # (n,) int64
+    truncated: int  # rows cut to max_length
+    empty: int  # rows whose text (and pair) is empty or whitespace
 
 
 class TextTokenizer:
@@ -142,11 +148,13 @@ class TextTokenizer:
 
     def __init__(self, model_dir: str, max_length: int, lowercase: bool = False):
         import tokenizers
+
         p = Path(model_dir)
         if (p / "tokenizer.json").is_file():
             self.tok = tokenizers.Tokenizer.from_file(str(p / "tokenizer.json"))
         else:
             from tokenizers.implementations import BertWordPieceTokenizer
+
             lower = True
             if (p / "tokenizer_config.json").is_file():
                 lower = bool(_read_json(p / "tokenizer_config.json").get("do_lower_case", True))
@@ -174,6 +182,7 @@ class TextTokenizer:
 
 # ---------------------------------------------------------------------------------------------- batching
 
+
 def plan_batches(lengths: np.ndarray, batch_tokens: int, max_rows: int = 1024) -> list[np.ndarray]:
     """Sort rows by length (longest first) and cut them into batches whose padded size
     rows x longest row stays within `batch_tokens` (a longer row gets a batch of its own)."""
@@ -182,7 +191,7 @@ def plan_batches(lengths: np.ndarray, batch_tokens: int, max_rows: int = 1024) -
     while start < n:
         longest = max(1, int(lengths[order[start]]))
         take = max(1, min(max_rows, batch_tokens // longest, n - start))
-        batches.append(order[start:start + take])
+        batches.append(order[start : start + take])
         start += take
     return batches
 
@@ -203,13 +212,19 @@ def collate(tok: Tokenized, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
 
 # ---------------------------------------------------------------------------------------------- the model
 
+
 class Model:
     """What the pipeline needs from a model: hidden states for a padded batch and the BERT pooler.
     `forward(input_ids, attention_mask, token_type_ids) -> (B, L, H)`; `pool(hidden) -> (B, H)`."""
 
-    def __init__(self, forward: Callable, hidden_size: int, pool: Callable | None = None,
-                 device: torch.device | str = "cpu",
-                 name: str = "model"):
+    def __init__(
+        self,
+        forward: Callable,
+        hidden_size: int,
+        pool: Callable | None = None,
+        device: torch.device | str = "cpu",
+        name: str = "model",
+    ):
         self.forward, self.pool, self.hidden_size, self.device, self.name = forward, pool, hidden_size, device, name
 
 
@@ -218,14 +233,22 @@ def load_model(model_dir: str, dtype: str = "float32", device: str = "cpu") -> M
     import torch
 
     from ..model import load_encoder
-    torch_dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                   "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
-                   "int8": None}[dtype]
+
+    torch_dtype = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "int8": None,
+    }[dtype]
     check_model_dir(model_dir)
     if dtype == "int8":
         if torch.device(device).type != "cpu":
             raise InputError(f"--dtype int8 runs on CPU only (device {device}); use bfloat16 or float16 on CUDA")
         from ..model.quantize import base_dtype
+
         torch_dtype = base_dtype()
     try:
         enc = load_encoder(model_dir, dtype=torch_dtype, device=device)
@@ -233,15 +256,16 @@ def load_model(model_dir: str, dtype: str = "float32", device: str = "cpu") -> M
         raise InputError(f"cannot load the model: {exc}") from None
     if dtype == "int8":
         from ..model.quantize import quantize
+
         quantize(enc)
     hidden = int(enc.config.hidden_size)
     return Model(enc.forward, hidden, enc.pool if enc.pooler is not None else None, device, "fastbert")
 
 
-def pool_embeddings(hidden: torch.Tensor, mask: torch.Tensor, mode: str, model: Model,
-                    normalize: bool) -> torch.Tensor:
+def pool_embeddings(hidden: torch.Tensor, mask: torch.Tensor, mode: str, model: Model, normalize: bool) -> torch.Tensor:
     """(B, L, H) hidden states + (B, L) mask -> (B, H) float32 embeddings, as sentence-transformers pools."""
     import torch
+
     if mode == "pooler":
         if model.pool is None:
             raise InputError("--pooling pooler: this model has no pooler")
@@ -261,10 +285,17 @@ def pool_embeddings(hidden: torch.Tensor, mask: torch.Tensor, mode: str, model: 
     return out
 
 
-def encode_tokenized(tok: Tokenized, model: Model, pooling: str, normalize: bool, batch_tokens: int,
-                     on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
+def encode_tokenized(
+    tok: Tokenized,
+    model: Model,
+    pooling: str,
+    normalize: bool,
+    batch_tokens: int,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
     """Embed one tokenized window; returns (n, H) float32 in the window's row order."""
     import torch
+
     n = len(tok.lengths)
     out = np.empty((n, model.hidden_size), dtype=np.float32)
     with torch.inference_mode():
@@ -293,6 +324,7 @@ def windows(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
 
 
 # ---------------------------------------------------------------------------------------------- progress
+
 
 class Progress:
     """A one-line progress bar on stderr (rows, percent, rate, ETA), redrawn at most 8 times a second."""
@@ -324,8 +356,10 @@ class Progress:
             bar = f"{frac * 100:3.0f}% |{'#' * filled}{'.' * (width - filled)}| "
             if frac > 0:
                 eta = _fmt_time(el * (1 - frac) / frac)
-        line = (f"\rencode {bar}{self.rows:,} rows  {self.rows / el:,.0f} rows/s  {self.tokens / el:,.0f} tok/s  "
-                f"elapsed {_fmt_time(el)}  ETA {eta} ")
+        line = (
+            f"\rencode {bar}{self.rows:,} rows  {self.rows / el:,.0f} rows/s  {self.tokens / el:,.0f} tok/s  "
+            f"elapsed {_fmt_time(el)}  ETA {eta} "
+        )
         sys.stderr.write(line)
         sys.stderr.flush()
 
@@ -343,6 +377,7 @@ def _fmt_time(s: float) -> str:
 
 # ---------------------------------------------------------------------------------------------- the run
 
+
 @dataclass
 class EncodeStats:
     rows: int = 0
@@ -354,9 +389,11 @@ class EncodeStats:
 
     def summary(self, output: str) -> str:
         s = max(self.seconds, 1e-9)
-        return (f"encoded {self.rows:,} rows ({self.tokens:,} tokens; {self.truncated:,} truncated, "
-                f"{self.empty:,} empty) in {self.seconds:.2f} s: {self.tokens / s:,.0f} tokens/s, "
-                f"{self.rows / s:,.1f} rows/s -> {output} ({self.rows} x {self.dim} float32)")
+        return (
+            f"encoded {self.rows:,} rows ({self.tokens:,} tokens; {self.truncated:,} truncated, "
+            f"{self.empty:,} empty) in {self.seconds:.2f} s: {self.tokens / s:,.0f} tokens/s, "
+            f"{self.rows / s:,.1f} rows/s -> {output} ({self.rows} x {self.dim} float32)"
+        )
 
 
 @dataclass
@@ -391,6 +428,7 @@ class _Dist:
         self.dist = None
         if self.world > 1:
             import torch.distributed as dist
+
             if not dist.is_initialized():
                 dist.init_process_group(backend="gloo")
             self.dist = dist
@@ -398,6 +436,7 @@ class _Dist:
     def tag(self) -> str:
         """A name for this run's part files, the same on every rank."""
         import torch
+
         t = torch.tensor([os.getpid() if self.rank == 0 else 0], dtype=torch.int64)
         if self.dist is not None:
             self.dist.broadcast(t, src=0)
@@ -407,6 +446,7 @@ class _Dist:
         if self.dist is None:
             return list(values)
         import torch
+
         t = torch.tensor(list(values), dtype=torch.float64)
         self.dist.all_reduce(t)
         return t.tolist()
@@ -420,8 +460,14 @@ class _Dist:
             self.dist.destroy_process_group()
 
 
-def run_encode(opts: EncodeOptions, model: Model, tokenizer: TextTokenizer, pooling: str, normalize: bool,
-               dist: _Dist | None = None) -> EncodeStats:
+def run_encode(
+    opts: EncodeOptions,
+    model: Model,
+    tokenizer: TextTokenizer,
+    pooling: str,
+    normalize: bool,
+    dist: _Dist | None = None,
+) -> EncodeStats:
     """Stream `opts.input` through tokenizer and model into `opts.output` (atomically). With `dist`
     spanning several ranks, rank r encodes slice r of every window and rank 0 writes the one output."""
     dist = dist or _Dist()
@@ -473,8 +519,16 @@ def run_encode(opts: EncodeOptions, model: Model, tokenizer: TextTokenizer, pool
     return stats
 
 
-def _run_sharded(opts: EncodeOptions, reader: Reader, encode_slice: Callable[[list[Row]], np.ndarray | None],
-                 dist: _Dist, tag: str, out_fmt: str, dim: int, progress: Progress) -> None:
+def _run_sharded(
+    opts: EncodeOptions,
+    reader: Reader,
+    encode_slice: Callable[[list[Row]], np.ndarray | None],
+    dist: _Dist,
+    tag: str,
+    out_fmt: str,
+    dim: int,
+    progress: Progress,
+) -> None:
     parts = [temp_name(opts.output, f"{tag}.rank{r}.npy") for r in range(dist.world)]
     mine = NpyWriter(parts[dist.rank], dim)
     window_sizes: list[int] = []
@@ -499,7 +553,7 @@ def _run_sharded(opts: EncodeOptions, reader: Reader, encode_slice: Callable[[li
                         for r in range(dist.world):
                             lo, hi = _split(n, dist.world, r)
                             if hi > lo:
-                                writer.write(arrays[r][offsets[r]:offsets[r] + hi - lo])
+                                writer.write(arrays[r][offsets[r] : offsets[r] + hi - lo])
                                 offsets[r] += hi - lo
                     del arrays
                     writer.close()
@@ -509,7 +563,7 @@ def _run_sharded(opts: EncodeOptions, reader: Reader, encode_slice: Callable[[li
         dist.barrier()  # rank 0 has read the parts
     finally:
         mine.abort()
-        for p in (parts if dist.rank == 0 else [parts[dist.rank]]):
+        for p in parts if dist.rank == 0 else [parts[dist.rank]]:
             try:
                 os.unlink(p)
             except FileNotFoundError:

@@ -13,9 +13,11 @@ Roofline: the fastest GEMM rate of the rows' own dtype measured on the model's o
 tokens (probes timed inside the same interleaved rounds as the models), and the forward's FLOPs on real tokens
 (GEMMs + attention's QK^T and PV); a row's fraction of the roofline is its real tokens/s over rate / (FLOPs per
 real token). The probes are ``torch.mm`` and, on CPU in float32 and bfloat16, oneDNN's inner product (the library
-fastbert's inference loop uses, fastbert/ops/gemm.py), and for int8 ``torch._int_mm`` alone; rows carry each probe's GFLOP/s (``mm_gflops``,
+fastbert's inference loop uses, fastbert/ops/gemm.py), and for int8 ``torch._int_mm`` alone; rows carry each
+probe's GFLOP/s (``mm_gflops``,
 ``onednn_gflops``) and the ceiling used (``gemm_gflops``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,6 +49,7 @@ MODEL_CONFIGS = {
 
 def machine_info() -> dict:
     import fastbert
+
     info = {
         "machine": platform.machine(),
         "processor": _cpu_name(),
@@ -59,6 +62,7 @@ def machine_info() -> dict:
     }
     try:
         import transformers
+
         info["transformers"] = transformers.__version__
     except ImportError:
         pass
@@ -78,9 +82,11 @@ def _cpu_name() -> str:
 
 # ---------------------------------------------------------------- models
 
+
 def make_hf_config(model: str = "bert-base", num_layers: int | None = None, **overrides) -> BertConfig:
     """A transformers BertConfig for a named size ("bert-base", "bert-large", "minilm-l6") or an HF folder."""
     from transformers import BertConfig
+
     if os.path.isdir(model):
         cfg = BertConfig.from_pretrained(model)
     elif model in MODEL_CONFIGS:
@@ -104,11 +110,18 @@ class NativeFastPath(nn.Module):
         act = c.hidden_act if c.hidden_act in ("gelu", "relu") else None
         if act is None:
             raise ValueError(f"hidden_act: the native fast path supports gelu/relu, got {c.hidden_act!r}")
-        layer = nn.TransformerEncoderLayer(c.hidden_size, c.num_attention_heads, c.intermediate_size, dropout=0.0,
-                                           activation=act, layer_norm_eps=c.layer_norm_eps, batch_first=True,
-                                           norm_first=False, device="meta")
-        self.encoder = nn.TransformerEncoder(layer, c.num_hidden_layers, enable_nested_tensor=True,
-                                             mask_check=False)
+        layer = nn.TransformerEncoderLayer(
+            c.hidden_size,
+            c.num_attention_heads,
+            c.intermediate_size,
+            dropout=0.0,
+            activation=act,
+            layer_norm_eps=c.layer_norm_eps,
+            batch_first=True,
+            norm_first=False,
+            device="meta",
+        )
+        self.encoder = nn.TransformerEncoder(layer, c.num_hidden_layers, enable_nested_tensor=True, mask_check=False)
         self.embeddings = hf_model.embeddings
         sd = {}
         for i, hl in enumerate(hf_model.encoder.layer):
@@ -136,14 +149,20 @@ class NativeFastPath(nn.Module):
         return out
 
 
-def build_models(model: str = "bert-base", impls: Sequence[str] = IMPLS, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str = "cpu", seed: int = 0,
-                 num_layers: int | None = None) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
+def build_models(
+    model: str = "bert-base",
+    impls: Sequence[str] = IMPLS,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    num_layers: int | None = None,
+) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
     """name -> f(input_ids, attention_mask) -> last_hidden_state (B, L, H), all sharing one set of weights
     (random, seeded, LayerNorm parameters perturbed, unless ``model`` is a folder)."""
     from transformers import BertModel
 
     import fastbert
+
     unknown = set(impls) - set(IMPLS)
     if unknown:
         raise ValueError(f"impls: unknown {sorted(unknown)}; expected some of {IMPLS}")
@@ -171,6 +190,7 @@ def build_models(model: str = "bert-base", impls: Sequence[str] = IMPLS, dtype: 
     def hf_fn(m: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
         def f(ids: Tensor, mask: Tensor) -> Tensor:
             return m(input_ids=ids, attention_mask=mask).last_hidden_state
+
         return f
 
     for name in impls:
@@ -190,12 +210,13 @@ def build_models(model: str = "bert-base", impls: Sequence[str] = IMPLS, dtype: 
 def _share(base: BertModel, cls: type[BertModel], attn: str) -> BertModel:
     """A model of ``cls`` whose parameters are base's tensors (no copy)."""
     import copy
+
     cfg = copy.deepcopy(base.config)
     cfg._attn_implementation = attn
     with torch.device("meta"):
         m = cls(cfg, add_pooling_layer=base.pooler is not None)
     m.load_state_dict(base.state_dict(), strict=True, assign=True)
-    for name, buf in base.named_buffers():           # non-persistent buffers (position_ids) stay on meta
+    for name, buf in base.named_buffers():  # non-persistent buffers (position_ids) stay on meta
         mod_name, _, leaf = name.rpartition(".")
         m.get_submodule(mod_name).register_buffer(leaf, buf, persistent=False)
     return m.eval().requires_grad_(False)
@@ -203,9 +224,16 @@ def _share(base: BertModel, cls: type[BertModel], attn: str) -> BertModel:
 
 # ---------------------------------------------------------------- batches, FLOPs, roofline
 
-def make_batch(batch: int, seq_len: int, min_len: int | None = None, max_len: int | None = None,
-               vocab_size: int = 30522, seed: int = 0,
-               device: torch.device | str = "cpu") -> tuple[Tensor, Tensor, list[int]]:
+
+def make_batch(
+    batch: int,
+    seq_len: int,
+    min_len: int | None = None,
+    max_len: int | None = None,
+    vocab_size: int = 30522,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> tuple[Tensor, Tensor, list[int]]:
     """(input_ids, attention_mask, lengths): lengths uniform in [min_len, max_len] (default all seq_len), seeded,
     right padding with id 0."""
     lo = seq_len if min_len is None else min_len
@@ -229,40 +257,54 @@ def forward_flops(config: Any, lengths: Sequence[int]) -> float:
     return float(n_layers * (gemms + attn))
 
 
-def gemm_probe(config: Any, tokens: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-               mm: Callable = gemm.linear_mm,
-               pack: Callable[[Tensor], Tensor] | None = None) -> tuple[Callable[[], None], float]:
+def gemm_probe(
+    config: Any,
+    tokens: int,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    mm: Callable = gemm.linear_mm,
+    pack: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[Callable[[], None], float]:
     """(fn, flops): fn runs ``mm(x, w)`` (x @ w^T, w packed by ``pack`` when given) once on each of one layer's
     GEMM shapes for ``tokens`` rows."""
     H, I = config.hidden_size, config.intermediate_size
     shapes = [(tokens, H, 3 * H), (tokens, H, H), (tokens, H, I), (tokens, I, H)]
-    mats = [(torch.randn(m, k, dtype=dtype, device=device), torch.randn(n, k, dtype=dtype, device=device))
-            for m, k, n in shapes]
+    mats = [
+        (torch.randn(m, k, dtype=dtype, device=device), torch.randn(n, k, dtype=dtype, device=device))
+        for m, k, n in shapes
+    ]
     if pack is not None:
         mats = [(x, pack(w)) for x, w in mats]
 
     def fn():
         for x, w in mats:
             mm(x, w)
+
     return fn, float(sum(2 * m * k * n for m, k, n in shapes))
 
 
-def int8_gemm_probe(config: Any, tokens: int,
-                    device: torch.device | str = "cpu") -> tuple[Callable[[], None], float]:
+def int8_gemm_probe(config: Any, tokens: int, device: torch.device | str = "cpu") -> tuple[Callable[[], None], float]:
     """(fn, ops): torch._int_mm (int8 x int8 -> int32, the GEMM of fastbert.quantize) on one layer's shapes."""
     H, I = config.hidden_size, config.intermediate_size
     shapes = [(tokens, H, 3 * H), (tokens, H, H), (tokens, H, I), (tokens, I, H)]
-    mats = [(torch.randint(-127, 128, (m, k), dtype=torch.int8, device=device),
-             torch.randint(-127, 128, (k, n), dtype=torch.int8, device=device)) for m, k, n in shapes]
+    mats = [
+        (
+            torch.randint(-127, 128, (m, k), dtype=torch.int8, device=device),
+            torch.randint(-127, 128, (k, n), dtype=torch.int8, device=device),
+        )
+        for m, k, n in shapes
+    ]
 
     def fn():
         for x, w in mats:
             torch._int_mm(x, w)
+
     return fn, float(sum(2 * m * k * n for m, k, n in shapes))
 
 
-def gemm_probes(config: Any, tokens: int, dtype: torch.dtype = torch.float32,
-                device: torch.device | str = "cpu") -> dict[str, tuple]:
+def gemm_probes(
+    config: Any, tokens: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> dict[str, tuple]:
     """The roofline's probes, {name: (fn, flops)}: torch.mm, and the library fastbert's inference loop uses when
     that is another (oneDNN for float32/bfloat16 on CPU, on weights packed as the loop packs them,
     fastbert/ops/gemm.py). The ceiling is the faster of them, in the dtype of the rows."""
@@ -283,8 +325,10 @@ def _sync(device: torch.device | str) -> None:
 
 # ---------------------------------------------------------------- timing
 
-def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int = 10, warmup: int = 2,
-                     device: torch.device | str = "cpu") -> dict[str, list[float]]:
+
+def time_interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int = 10, warmup: int = 2, device: torch.device | str = "cpu"
+) -> dict[str, list[float]]:
     """Seconds per call of each fn (inference mode), run in interleaved rounds (fastbert.bench.timing.compare)."""
     with torch.inference_mode():
         timings = compare(fns, repeats=repeats, warmup=warmup, sync=lambda: _sync(device))
@@ -316,27 +360,43 @@ def _peak_memory(fn: Callable[[], object], device: torch.device | str) -> float 
         with torch.inference_mode():
             fn()
         torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - start) / 2 ** 20
+        return (torch.cuda.max_memory_allocated() - start) / 2**20
     try:
         from torch.profiler import ProfilerActivity, profile
-        with _quiet_stderr(), torch.inference_mode(), \
-                profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+
+        with (
+            _quiet_stderr(),
+            torch.inference_mode(),
+            profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof,
+        ):
             fn()
-        events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                        key=lambda e: e.start_ns())
+        events = sorted(
+            (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
+        )
     except Exception:  # profiler internals differ across torch versions: no figure rather than a wrong one
         return None
     cur = peak = 0
     for e in events:
         cur += e.nbytes()
         peak = max(peak, cur)
-    return peak / 2 ** 20
+    return peak / 2**20
 
 
-def bench_shape(models: dict[str, Callable], config: Any, batch: int, seq_len: int, min_len: int | None = None,
-                max_len: int | None = None, repeats: int = 10, warmup: int = 2, seed: int = 0,
-                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, rate: float | None = None,
-                model_name: str = "") -> list[dict]:
+def bench_shape(
+    models: dict[str, Callable],
+    config: Any,
+    batch: int,
+    seq_len: int,
+    min_len: int | None = None,
+    max_len: int | None = None,
+    repeats: int = 10,
+    warmup: int = 2,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    rate: float | None = None,
+    model_name: str = "",
+) -> list[dict]:
     """One row per implementation for one batch shape; see the module docstring for the columns."""
     ids, mask, lengths = make_batch(batch, seq_len, min_len, max_len, config.vocab_size, seed, device)
     T = sum(lengths)
@@ -353,8 +413,9 @@ def bench_shape(models: dict[str, Callable], config: Any, batch: int, seq_len: i
         fns.update({f"_gemm_{name}": fn for name, (fn, _) in probes.items()})
     times = time_interleaved(fns, repeats, warmup, device)
     if rate is None:
-        probe_rates = {name: flops / statistics.median(times.pop(f"_gemm_{name}"))
-                       for name, (_, flops) in probes.items()}
+        probe_rates = {
+            name: flops / statistics.median(times.pop(f"_gemm_{name}")) for name, (_, flops) in probes.items()
+        }
         rate = max(probe_rates.values())
     roof_tps = rate / (flops / T)
     base_med = statistics.median(times["hf_eager"]) if "hf_eager" in times else None
@@ -365,28 +426,52 @@ def bench_shape(models: dict[str, Callable], config: Any, batch: int, seq_len: i
         diff = None
         if ref is not None:
             diff = float((outs[name].float() - ref.float())[real].abs().max())
-        rows.append({
-            "impl": name, "model": model_name, "dtype": str(dtype).replace("torch.", ""), "device": str(device),
-            "batch": batch, "seq_len": seq_len, "min_len": min(lengths), "max_len": max(lengths),
-            "real_tokens": T, "padding_frac": 1.0 - T / (batch * seq_len),
-            "ms_median": med * 1e3, "ms_p25": q[0] * 1e3, "ms_p75": q[2] * 1e3,
-            "tokens_per_s": T / med, "roofline_tokens_per_s": roof_tps, "roofline_frac": (T / med) / roof_tps,
-            "speedup_vs_hf_eager": (base_med / med) if base_med else None,
-            "max_abs_diff_vs_hf_eager": diff,
-            "peak_mem_mb": _peak_memory(lambda f=models[name]: f(ids, mask), device),
-            "gemm_gflops": rate / 1e9,
-            **{f"{name}_gflops": r / 1e9 for name, r in probe_rates.items()},
-        })
+        rows.append(
+            {
+                "impl": name,
+                "model": model_name,
+                "dtype": str(dtype).replace("torch.", ""),
+                "device": str(device),
+                "batch": batch,
+                "seq_len": seq_len,
+                "min_len": min(lengths),
+                "max_len": max(lengths),
+                "real_tokens": T,
+                "padding_frac": 1.0 - T / (batch * seq_len),
+                "ms_median": med * 1e3,
+                "ms_p25": q[0] * 1e3,
+                "ms_p75": q[2] * 1e3,
+                "tokens_per_s": T / med,
+                "roofline_tokens_per_s": roof_tps,
+                "roofline_frac": (T / med) / roof_tps,
+                "speedup_vs_hf_eager": (base_med / med) if base_med else None,
+                "max_abs_diff_vs_hf_eager": diff,
+                "peak_mem_mb": _peak_memory(lambda f=models[name]: f(ids, mask), device),
+                "gemm_gflops": rate / 1e9,
+                **{f"{name}_gflops": r / 1e9 for name, r in probe_rates.items()},
+            }
+        )
     del outs
     gc.collect()
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    cols = [("impl", "{}"), ("model", "{}"), ("batch", "{}"), ("seq_len", "{}"), ("padding_frac", "{:.0%}"),
-            ("ms_median", "{:.1f}"), ("ms_p25", "{:.1f}"), ("ms_p75", "{:.1f}"), ("tokens_per_s", "{:.0f}"),
-            ("roofline_frac", "{:.0%}"), ("speedup_vs_hf_eager", "{:.2f}x"), ("max_abs_diff_vs_hf_eager", "{:.1e}"),
-            ("peak_mem_mb", "{:.0f}")]
+    cols = [
+        ("impl", "{}"),
+        ("model", "{}"),
+        ("batch", "{}"),
+        ("seq_len", "{}"),
+        ("padding_frac", "{:.0%}"),
+        ("ms_median", "{:.1f}"),
+        ("ms_p25", "{:.1f}"),
+        ("ms_p75", "{:.1f}"),
+        ("tokens_per_s", "{:.0f}"),
+        ("roofline_frac", "{:.0%}"),
+        ("speedup_vs_hf_eager", "{:.2f}x"),
+        ("max_abs_diff_vs_hf_eager", "{:.1e}"),
+        ("peak_mem_mb", "{:.0f}"),
+    ]
     head = "| " + " | ".join(c for c, _ in cols) + " |"
     sep = "|" + "|".join("---" for _ in cols) + "|"
     lines = [head, sep]

@@ -1,4 +1,5 @@
 """Side-by-side timing: warm-up, interleaved repeats, medians. Used by benchmarks/ and `fastbert bench`."""
+
 from __future__ import annotations
 
 import random
@@ -11,8 +12,8 @@ from dataclasses import dataclass
 @dataclass
 class Timing:
     median: float  # seconds
-    low: float     # 10th percentile
-    high: float    # 90th percentile
+    low: float  # 10th percentile
+    high: float  # 90th percentile
     samples: list  # every timed repeat, seconds, in run order
 
     def spread(self) -> float:
@@ -24,8 +25,13 @@ def _quantile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(round(q * (len(sorted_values) - 1))))]
 
 
-def compare(fns: dict[str, Callable[[], object]], repeats: int = 15, warmup: int = 2, seed: int = 0,
-            sync: Callable[[], None] | None = None) -> dict[str, Timing]:
+def compare(
+    fns: dict[str, Callable[[], object]],
+    repeats: int = 15,
+    warmup: int = 2,
+    seed: int = 0,
+    sync: Callable[[], None] | None = None,
+) -> dict[str, Timing]:
     """Time each callable `repeats` times, interleaved in a shuffled order each round, after `warmup` rounds.
 
     Interleaving spreads any drift of the machine (frequency, other load) over every entry alike, so the

@@ -3,6 +3,7 @@
 Only argparse is imported up front; each subcommand imports what it needs when it runs, so `fastbert encode`
 never pays for transformers (about 4 s of start-up here) and `--help` stays instant.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,9 +17,11 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=PROG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="fastbert: a padding-free BERT on fused C++/CUDA kernels.",
-        epilog="Run `fastbert <command> --help` for a command's options.")
+        epilog="Run `fastbert <command> --help` for a command's options.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="command")
     for command in (encode, validate, bench, info):
         command.add_parser(sub)

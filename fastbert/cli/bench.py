@@ -5,6 +5,7 @@ The timing and the columns come from fastbert.bench.harness (warm-up, interleave
 real tokens/s, fraction of the fp32 GEMM roofline, speedup over HF eager, max |diff| from HF eager at real
 positions); ONNX Runtime comes from fastbert.bench.ort_peer when onnxruntime is installed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,9 @@ if TYPE_CHECKING:
     from torch import Tensor
     from transformers import BertModel
 
-HELP = __doc__.split("\n", 3)[3] + """
+HELP = (
+    __doc__.split("\n", 3)[3]
+    + """
 A padding fraction p makes ragged batches: lengths uniform in [(1-2p)L, L] (p <= 0.5) or [1, 2(1-p)L - 1]
 (p > 0.5), right-padded to L, so a fraction p of the batch is padding on average. Weights are random (seeded,
 LayerNorm perturbed) for bert-base / bert-large / minilm-l6, or the folder's for --model DIR.
@@ -32,33 +35,55 @@ examples:
   fastbert bench --model bert-base --batch 8 --seq-len 128 512 --padding 0 0.5 --json out.json --plot out.png
   fastbert bench --model ./my-bert --impls hf_eager fastbert
 """
+)
 
 ALL_IMPLS = ("hf_eager", "hf_sdpa", "native", "fastbert", "onnxruntime")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmark fastbert against HF eager/sdpa, native fast path, ONNX Runtime",
-                       description=HELP, formatter_class=Formatter)
-    p.add_argument("--model", nargs="+", default=["bert-base"],
-                   help="bert-base, bert-large, minilm-l6 (random weights) or HF model folders")
+    p = sub.add_parser(
+        "bench",
+        help="benchmark fastbert against HF eager/sdpa, native fast path, ONNX Runtime",
+        description=HELP,
+        formatter_class=Formatter,
+    )
+    p.add_argument(
+        "--model",
+        nargs="+",
+        default=["bert-base"],
+        help="bert-base, bert-large, minilm-l6 (random weights) or HF model folders",
+    )
     p.add_argument("--layers", type=int, default=None, help="keep only this many layers (shorter runs)")
     p.add_argument("--batch", type=int, nargs="+", default=[8], help="batch sizes")
     p.add_argument("--seq-len", type=int, nargs="+", default=[128, 512], help="padded sequence lengths")
     p.add_argument("--padding", type=float, nargs="+", default=[0.0, 0.5], help="padding fractions in [0, 1)")
-    p.add_argument("--impls", nargs="+", default=None, choices=ALL_IMPLS,
-                   help="implementations (default: all; onnxruntime when installed)")
-    p.add_argument("--dtype", nargs="+", default=None, choices=["float32", "float16", "bfloat16", "int8"],
-                   help="dtypes (default: float32 on CPU; float32 float16 bfloat16 on CUDA). int8 (CPU): fastbert "
-                        "with its encoder GEMMs in int8 (fastbert.quantize), every implementation's float parts in "
-                        "bfloat16 where the processor has AVX512-BF16, else float32; the roofline is "
-                        "torch._int_mm's rate")
+    p.add_argument(
+        "--impls",
+        nargs="+",
+        default=None,
+        choices=ALL_IMPLS,
+        help="implementations (default: all; onnxruntime when installed)",
+    )
+    p.add_argument(
+        "--dtype",
+        nargs="+",
+        default=None,
+        choices=["float32", "float16", "bfloat16", "int8"],
+        help="dtypes (default: float32 on CPU; float32 float16 bfloat16 on CUDA). int8 (CPU): fastbert "
+        "with its encoder GEMMs in int8 (fastbert.quantize), every implementation's float parts in "
+        "bfloat16 where the processor has AVX512-BF16, else float32; the roofline is "
+        "torch._int_mm's rate",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--repeats", type=int, default=10, help="timed rounds (interleaved across implementations)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true",
-                   help="a small grid (bert-base with 2 layers, batch 8, L 64/128, padding 0/0.5, 5 repeats)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small grid (bert-base with 2 layers, batch 8, L 64/128, padding 0/0.5, 5 repeats)",
+    )
     p.add_argument("--json", default=None, help="write rows + machine + versions + arguments here")
     p.add_argument("--plot", default=None, help="write a PNG of speedup vs sequence length and padding (matplotlib)")
     p.set_defaults(func=run)
@@ -81,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     import warnings
 
     import torch
+
     # the TorchScript exporter's tracer and the nested-tensor prototype notice are expected here, not news
     warnings.filterwarnings("ignore", message=".*nested tensors is in prototype.*")
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx.*")
@@ -90,8 +116,10 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         return die("bench", f"the benchmark library is unavailable ({exc})")
     from ..bench import ort_peer as onnx_peer
+
     try:
         import transformers
+
         transformers.utils.logging.disable_progress_bar()
     except ImportError:
         return die("bench", "bench compares with transformers: pip install transformers")
@@ -120,8 +148,10 @@ def run(args: argparse.Namespace) -> int:
         return die("bench", str(exc))
 
     info = bench.machine_info()
-    print(f"fastbert bench: {info.get('processor')}, {info.get('cpus')} CPUs, torch {info['torch']} "
-          f"({info['torch_threads']} threads), fastbert ISA {info.get('fastbert_isa')}, device {device}")
+    print(
+        f"fastbert bench: {info.get('processor')}, {info.get('cpus')} CPUs, torch {info['torch']} "
+        f"({info['torch_threads']} threads), fastbert ISA {info.get('fastbert_isa')}, device {device}"
+    )
     for n in notes:
         print(f"  note: {n}")
     t0 = time.perf_counter()
@@ -141,8 +171,9 @@ def run(args: argparse.Namespace) -> int:
             base_impls = [i for i in impls if i != "onnxruntime"]
             need_hf = "onnxruntime" in impls and "hf_eager" not in base_impls
             progress(f"building {', '.join(impls)} for {model} in {dt}")
-            models = bench.build_models(model, base_impls + (["hf_eager"] if need_hf else []), dtype, device,
-                                        args.seed, args.layers)
+            models = bench.build_models(
+                model, base_impls + (["hf_eager"] if need_hf else []), dtype, device, args.seed, args.layers
+            )
             if "onnxruntime" in impls:
                 if dt == "float32" and not device.startswith("cuda"):
                     base = _hf_base(models["hf_eager"])
@@ -163,14 +194,30 @@ def run(args: argparse.Namespace) -> int:
                     for p in args.padding:
                         lo, hi = padding_range(L, p)
                         progress(f"{name} {dt}: batch {b}, length {L}, padding {p:.0%}")
-                        shape_rows = bench.bench_shape(models, cfg, b, L, lo, hi, args.repeats, args.warmup,
-                                                       args.seed, device, dtype, model_name=name)
+                        shape_rows = bench.bench_shape(
+                            models,
+                            cfg,
+                            b,
+                            L,
+                            lo,
+                            hi,
+                            args.repeats,
+                            args.warmup,
+                            args.seed,
+                            device,
+                            dtype,
+                            model_name=name,
+                        )
                         if need_hf:  # the reference for speedup and diff; not asked for as a row
                             shape_rows = [r for r in shape_rows if r["impl"] != "hf_eager"]
                         rows += shape_rows
                         done += 1
-                        print(bench.format_table(shape_rows).split("\n", 2)[2] if len(rows) > len(shape_rows)
-                              else bench.format_table(shape_rows), flush=True)
+                        print(
+                            bench.format_table(shape_rows).split("\n", 2)[2]
+                            if len(rows) > len(shape_rows)
+                            else bench.format_table(shape_rows),
+                            flush=True,
+                        )
             del models  # every implementation of this model and dtype, before the next is built
             gc.collect()
     elapsed = time.perf_counter() - t0
@@ -178,9 +225,19 @@ def run(args: argparse.Namespace) -> int:
     _summary(rows)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": info, "args": {k: v for k, v in vars(args).items() if k != "func"},
-                       "device": device, "onnxruntime_fused_nodes": fused_all, "notes": notes,
-                       "seconds": elapsed, "rows": rows}, f, indent=1)
+            json.dump(
+                {
+                    "machine": info,
+                    "args": {k: v for k, v in vars(args).items() if k != "func"},
+                    "device": device,
+                    "onnxruntime_fused_nodes": fused_all,
+                    "notes": notes,
+                    "seconds": elapsed,
+                    "rows": rows,
+                },
+                f,
+                indent=1,
+            )
         print(f"wrote {args.json}")
     if args.plot:
         err = plot(rows, args.plot)
@@ -201,13 +258,13 @@ def _hf_base(fn: Callable[[Tensor, Tensor], Tensor]) -> BertModel:
 
 def _summary(rows: list[dict]) -> None:
     import statistics
+
     by = {}
     for r in rows:
         if r.get("speedup_vs_hf_eager"):
             by.setdefault(r["impl"], []).append(r["speedup_vs_hf_eager"])
     if by:
-        print("median speedup over HF eager: " + ", ".join(
-            f"{k} {statistics.median(v):.2f}x" for k, v in by.items()))
+        print("median speedup over HF eager: " + ", ".join(f"{k} {statistics.median(v):.2f}x" for k, v in by.items()))
 
 
 def plot(rows: list[dict], path: str) -> str | None:
@@ -215,6 +272,7 @@ def plot(rows: list[dict], path: str) -> str | None:
     (at the longest sequence), one line per implementation; first model/dtype/batch of the rows."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -237,13 +295,20 @@ def plot(rows: list[dict], path: str) -> str | None:
                 pts.append((L, best["speedup_vs_hf_eager"]))
         axes[0].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
         L = max(seqs)
-        pts = sorted((r["padding_frac"], r["speedup_vs_hf_eager"]) for r in rows
-                     if r["impl"] == impl and r["seq_len"] == L)
+        pts = sorted(
+            (r["padding_frac"], r["speedup_vs_hf_eager"]) for r in rows if r["impl"] == impl and r["seq_len"] == L
+        )
         axes[1].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
-    axes[0].set(xlabel="sequence length", ylabel="speedup over HF eager (x)",
-                title=f"{first['model']}, batch {first['batch']}, {first['dtype']}, least padding")
-    axes[1].set(xlabel="padding fraction", ylabel="speedup over HF eager (x)",
-                title=f"{first['model']}, batch {first['batch']}, L={max(seqs)}")
+    axes[0].set(
+        xlabel="sequence length",
+        ylabel="speedup over HF eager (x)",
+        title=f"{first['model']}, batch {first['batch']}, {first['dtype']}, least padding",
+    )
+    axes[1].set(
+        xlabel="padding fraction",
+        ylabel="speedup over HF eager (x)",
+        title=f"{first['model']}, batch {first['batch']}, L={max(seqs)}",
+    )
     for ax in axes:
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
         ax.grid(alpha=0.3)
@@ -252,4 +317,3 @@ def plot(rows: list[dict], path: str) -> str | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return None
-

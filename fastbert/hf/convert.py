@@ -7,6 +7,7 @@ whose forward is fastbert's fused encoder. Parameters, buffers, module names and
 The only extra memory is one cached fused QKV weight per layer (3H x H + 3H values), built on the first
 no-grad forward and rebuilt whenever q/k/v change. ``restore`` undoes it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -41,17 +42,23 @@ def _check_replaceable(bert: nn.Module, where: str) -> None:
     for name, m in bert.named_modules():
         full = f"{where}.{name}" if name else where
         if name and _foreign_hooks(m):
-            raise ValueError(f"{full}: cannot optimize: it has forward hooks that fastbert's fused forward would "
-                             "never call; remove them first")
+            raise ValueError(
+                f"{full}: cannot optimize: it has forward hooks that fastbert's fused forward would "
+                "never call; remove them first"
+            )
         if hasattr(m, "_hf_hook"):
             raise ValueError(f"{full}: cannot optimize a module dispatched by accelerate hooks")
         if "lora" in type(m).__name__.lower() or "peft" in type(m).__module__.lower():
-            raise TypeError(f"{full}: cannot optimize a PEFT/LoRA-wrapped module ({type(m).__qualname__}); "
-                            "merge the adapters first (merge_and_unload)")
+            raise TypeError(
+                f"{full}: cannot optimize a PEFT/LoRA-wrapped module ({type(m).__qualname__}); "
+                "merge the adapters first (merge_and_unload)"
+            )
         for kind, exact in _EXACT.items():
             if isinstance(m, exact) and type(m) is not exact:
-                raise TypeError(f"{full}: cannot optimize: {type(m).__module__}.{type(m).__qualname__} is a "
-                                f"subclass of nn.{kind} (quantized, LoRA or parametrized layers are not supported)")
+                raise TypeError(
+                    f"{full}: cannot optimize: {type(m).__module__}.{type(m).__qualname__} is a "
+                    f"subclass of nn.{kind} (quantized, LoRA or parametrized layers are not supported)"
+                )
         for pname, p in m.named_parameters(recurse=False):
             if not p.is_floating_point():
                 raise TypeError(f"{full}.{pname}: cannot optimize quantized weights (dtype {p.dtype})")
@@ -74,7 +81,7 @@ def optimize(model: nn.Module, pad_outputs: str = "zero") -> nn.Module:
     berts = _berts(model)
     if not berts:
         raise TypeError(f"model: no transformers BertModel found inside {type(model).__name__}")
-    for where, bert in berts:                 # check all before changing any
+    for where, bert in berts:  # check all before changing any
         _check_replaceable(bert, where)
     for _, bert in berts:
         bert.__class__ = optimized_class(type(bert))

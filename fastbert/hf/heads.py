@@ -15,6 +15,7 @@ What differs from transformers, and why:
   whose label is not -100 when labels are given: the loss is the same, ``logits`` then has shape
   (number of labelled positions, vocab) instead of (B, L, vocab).
 """
+
 from __future__ import annotations
 
 import torch
@@ -35,8 +36,13 @@ from ..model import check_pad_outputs, validate_config
 from .modeling import BertModel
 
 __all__ = [
-    "BertForSequenceClassification", "BertForTokenClassification", "BertForQuestionAnswering", "BertForMaskedLM",
-    "BertForNextSentencePrediction", "BertForPreTraining", "BertForMultipleChoice",
+    "BertForSequenceClassification",
+    "BertForTokenClassification",
+    "BertForQuestionAnswering",
+    "BertForMaskedLM",
+    "BertForNextSentencePrediction",
+    "BertForPreTraining",
+    "BertForMultipleChoice",
 ]
 
 IGNORE_INDEX = -100
@@ -53,8 +59,9 @@ def _checking() -> bool:
     return not ops.compiling()
 
 
-def _check_class_labels(name: str, labels: Tensor, n_classes: int, allow_ignore: bool = False,
-                        shape: tuple | None = None) -> None:
+def _check_class_labels(
+    name: str, labels: Tensor, n_classes: int, allow_ignore: bool = False, shape: tuple | None = None
+) -> None:
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise TypeError(f"{name}: expected integer class indices, got dtype {labels.dtype}")
     if shape is not None and tuple(labels.shape) != tuple(shape):
@@ -82,27 +89,47 @@ class BertForSequenceClassification(hf.BertForSequenceClassification):
         super().__init__(config)
         _use_fastbert_encoder(self, pad_outputs)
 
-    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
-                token_type_ids: Tensor | None = None, position_ids: Tensor | None = None,
-                inputs_embeds: Tensor | None = None, labels: Tensor | None = None,
-                **kwargs) -> tuple[Tensor] | SequenceClassifierOutput:
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        labels: Tensor | None = None,
+        **kwargs,
+    ) -> tuple[Tensor] | SequenceClassifierOutput:
         if labels is not None and _checking():
             B, _ = _batch_and_length(input_ids, inputs_embeds)
             n = self.num_labels
             problem = self.config.problem_type
             if problem is None:
-                problem = ("regression" if n == 1 else "single_label_classification"
-                           if labels.dtype in (torch.long, torch.int) else "multi_label_classification")
+                problem = (
+                    "regression"
+                    if n == 1
+                    else "single_label_classification"
+                    if labels.dtype in (torch.long, torch.int)
+                    else "multi_label_classification"
+                )
             if problem == "single_label_classification":
                 _check_class_labels("labels", labels.reshape(-1), n, shape=(B,))
             elif problem == "regression":
                 if labels.numel() != B * n:
-                    raise ValueError(f"labels: expected {B * n} regression targets (batch {B} x num_labels {n}), "
-                                     f"got shape {tuple(labels.shape)}")
+                    raise ValueError(
+                        f"labels: expected {B * n} regression targets (batch {B} x num_labels {n}), "
+                        f"got shape {tuple(labels.shape)}"
+                    )
             elif tuple(labels.shape) != (B, n):
                 raise ValueError(f"labels: multi-label targets must have shape ({B}, {n}), got {tuple(labels.shape)}")
-        return super().forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                               position_ids=position_ids, inputs_embeds=inputs_embeds, labels=labels, **kwargs)
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            **kwargs,
+        )
 
 
 class BertForTokenClassification(hf.BertForTokenClassification):
@@ -112,15 +139,29 @@ class BertForTokenClassification(hf.BertForTokenClassification):
         super().__init__(config)
         _use_fastbert_encoder(self, pad_outputs)
 
-    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
-                token_type_ids: Tensor | None = None, position_ids: Tensor | None = None,
-                inputs_embeds: Tensor | None = None, labels: Tensor | None = None,
-                **kwargs) -> tuple[Tensor] | TokenClassifierOutput:
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        labels: Tensor | None = None,
+        **kwargs,
+    ) -> tuple[Tensor] | TokenClassifierOutput:
         if labels is not None and _checking():
-            _check_class_labels("labels", labels, self.num_labels, allow_ignore=True,
-                                shape=_batch_and_length(input_ids, inputs_embeds))
-        return super().forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                               position_ids=position_ids, inputs_embeds=inputs_embeds, labels=labels, **kwargs)
+            _check_class_labels(
+                "labels", labels, self.num_labels, allow_ignore=True, shape=_batch_and_length(input_ids, inputs_embeds)
+            )
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            **kwargs,
+        )
 
 
 class BertForQuestionAnswering(hf.BertForQuestionAnswering):
@@ -131,19 +172,34 @@ class BertForQuestionAnswering(hf.BertForQuestionAnswering):
         super().__init__(config)
         _use_fastbert_encoder(self, pad_outputs)
 
-    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
-                token_type_ids: Tensor | None = None, position_ids: Tensor | None = None,
-                inputs_embeds: Tensor | None = None, start_positions: Tensor | None = None,
-                end_positions: Tensor | None = None, return_dict: bool | None = None,
-                **kwargs) -> tuple[Tensor] | QuestionAnsweringModelOutput:
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        start_positions: Tensor | None = None,
+        end_positions: Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> tuple[Tensor] | QuestionAnsweringModelOutput:
         B, _ = _batch_and_length(input_ids, inputs_embeds)
         if _checking():
             for name, t in (("start_positions", start_positions), ("end_positions", end_positions)):
                 if t is not None and (t.is_floating_point() or t.numel() != B):
-                    raise ValueError(f"{name}: expected {B} integer positions, got dtype {t.dtype} shape "
-                                     f"{tuple(t.shape)}")
-        outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                            position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True, **kwargs)
+                    raise ValueError(
+                        f"{name}: expected {B} integer positions, got dtype {t.dtype} shape {tuple(t.shape)}"
+                    )
+        outputs = self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            return_dict=True,
+            **kwargs,
+        )
         logits = self.qa_outputs(outputs[0])
         start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
         if attention_mask is not None and attention_mask.dim() == 2 and self.bert.pad_outputs == "zero":
@@ -158,8 +214,13 @@ class BertForQuestionAnswering(hf.BertForQuestionAnswering):
             end = end_positions.reshape(-1).clamp(0, ignored)
             loss_fct = nn.CrossEntropyLoss(ignore_index=ignored)
             loss = (loss_fct(start_logits, start) + loss_fct(end_logits, end)) / 2
-        out = QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
-                                           hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        out = QuestionAnsweringModelOutput(
+            loss=loss,
+            start_logits=start_logits,
+            end_logits=end_logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
         use_dict = return_dict if return_dict is not None else self.config.use_return_dict
         return out if use_dict else out.to_tuple()
 
@@ -172,25 +233,52 @@ class BertForMaskedLM(hf.BertForMaskedLM):
         _use_fastbert_encoder(self, pad_outputs)
         self.sparse_prediction = sparse_prediction
 
-    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
-                token_type_ids: Tensor | None = None, position_ids: Tensor | None = None,
-                inputs_embeds: Tensor | None = None, labels: Tensor | None = None,
-                return_dict: bool | None = None, **kwargs) -> tuple[Tensor] | MaskedLMOutput:
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        labels: Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> tuple[Tensor] | MaskedLMOutput:
         if labels is not None and _checking():
-            _check_class_labels("labels", labels, self.config.vocab_size, allow_ignore=True,
-                                shape=_batch_and_length(input_ids, inputs_embeds))
+            _check_class_labels(
+                "labels",
+                labels,
+                self.config.vocab_size,
+                allow_ignore=True,
+                shape=_batch_and_length(input_ids, inputs_embeds),
+            )
         if labels is None or not self.sparse_prediction:
-            return super().forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                                   position_ids=position_ids, inputs_embeds=inputs_embeds, labels=labels,
-                                   return_dict=return_dict, **kwargs)
-        outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                            position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True, **kwargs)
+            return super().forward(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=token_type_ids,
+                position_ids=position_ids,
+                inputs_embeds=inputs_embeds,
+                labels=labels,
+                return_dict=return_dict,
+                **kwargs,
+            )
+        outputs = self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            return_dict=True,
+            **kwargs,
+        )
         selected = labels.reshape(-1) != IGNORE_INDEX
         hidden = outputs[0].reshape(-1, outputs[0].shape[-1])[selected]
         logits = self.cls(hidden)
         loss = nn.functional.cross_entropy(logits, labels.reshape(-1)[selected])
-        out = MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                             attentions=outputs.attentions)
+        out = MaskedLMOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
         use_dict = return_dict if return_dict is not None else self.config.use_return_dict
         return out if use_dict else out.to_tuple()
 
@@ -202,15 +290,28 @@ class BertForNextSentencePrediction(hf.BertForNextSentencePrediction):
         super().__init__(config)
         _use_fastbert_encoder(self, pad_outputs)
 
-    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
-                token_type_ids: Tensor | None = None, position_ids: Tensor | None = None,
-                inputs_embeds: Tensor | None = None, labels: Tensor | None = None,
-                **kwargs) -> tuple[Tensor] | NextSentencePredictorOutput:
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        labels: Tensor | None = None,
+        **kwargs,
+    ) -> tuple[Tensor] | NextSentencePredictorOutput:
         if labels is not None and _checking():
             B, _ = _batch_and_length(input_ids, inputs_embeds)
             _check_class_labels("labels", labels.reshape(-1), 2, shape=(B,))
-        return super().forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                               position_ids=position_ids, inputs_embeds=inputs_embeds, labels=labels, **kwargs)
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            **kwargs,
+        )
 
 
 class BertForPreTraining(hf.BertForPreTraining):
@@ -220,19 +321,33 @@ class BertForPreTraining(hf.BertForPreTraining):
         super().__init__(config)
         _use_fastbert_encoder(self, pad_outputs)
 
-    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
-                token_type_ids: Tensor | None = None, position_ids: Tensor | None = None,
-                inputs_embeds: Tensor | None = None, labels: Tensor | None = None,
-                next_sentence_label: Tensor | None = None, **kwargs) -> tuple[Tensor] | hf.BertForPreTrainingOutput:
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        labels: Tensor | None = None,
+        next_sentence_label: Tensor | None = None,
+        **kwargs,
+    ) -> tuple[Tensor] | hf.BertForPreTrainingOutput:
         if _checking() and (labels is not None or next_sentence_label is not None):
             shape = _batch_and_length(input_ids, inputs_embeds)
             if labels is not None:
                 _check_class_labels("labels", labels, self.config.vocab_size, allow_ignore=True, shape=shape)
             if next_sentence_label is not None:
                 _check_class_labels("next_sentence_label", next_sentence_label.reshape(-1), 2, shape=(shape[0],))
-        return super().forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                               position_ids=position_ids, inputs_embeds=inputs_embeds, labels=labels,
-                               next_sentence_label=next_sentence_label, **kwargs)
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            next_sentence_label=next_sentence_label,
+            **kwargs,
+        )
 
 
 class BertForMultipleChoice(hf.BertForMultipleChoice):
@@ -242,18 +357,37 @@ class BertForMultipleChoice(hf.BertForMultipleChoice):
         super().__init__(config)
         _use_fastbert_encoder(self, pad_outputs)
 
-    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
-                token_type_ids: Tensor | None = None, position_ids: Tensor | None = None,
-                inputs_embeds: Tensor | None = None, labels: Tensor | None = None,
-                **kwargs) -> tuple[Tensor] | MultipleChoiceModelOutput:
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        labels: Tensor | None = None,
+        **kwargs,
+    ) -> tuple[Tensor] | MultipleChoiceModelOutput:
         if _checking():
-            for name, t, rank in (("input_ids", input_ids, 3), ("attention_mask", attention_mask, 3),
-                                  ("token_type_ids", token_type_ids, 3), ("inputs_embeds", inputs_embeds, 4)):
+            for name, t, rank in (
+                ("input_ids", input_ids, 3),
+                ("attention_mask", attention_mask, 3),
+                ("token_type_ids", token_type_ids, 3),
+                ("inputs_embeds", inputs_embeds, 4),
+            ):
                 if t is not None and t.dim() != rank:
-                    raise ValueError(f"{name}: multiple choice expects rank {rank} (batch, num_choices, seqlen"
-                                     f"{', hidden' if rank == 4 else ''}), got shape {tuple(t.shape)}")
+                    raise ValueError(
+                        f"{name}: multiple choice expects rank {rank} (batch, num_choices, seqlen"
+                        f"{', hidden' if rank == 4 else ''}), got shape {tuple(t.shape)}"
+                    )
             if labels is not None:
                 ref = input_ids if input_ids is not None else inputs_embeds
                 _check_class_labels("labels", labels.reshape(-1), ref.shape[1], shape=(ref.shape[0],))
-        return super().forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                               position_ids=position_ids, inputs_embeds=inputs_embeds, labels=labels, **kwargs)
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            **kwargs,
+        )

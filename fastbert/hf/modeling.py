@@ -5,6 +5,7 @@
 forward so ``fastbert.optimize`` can give it to an existing transformers model object (fastbert/hf/convert.py).
 The registry of optimized classes (one subclass per original class) is kept here, next to the classes.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -58,21 +59,37 @@ class FastBertMixin(FastBertModule):
     ) -> tuple[Tensor] | BaseModelOutputWithPoolingAndCrossAttentions:
         config = self.config
         if head_mask is not None:
-            raise ValueError("head_mask: not supported by fastbert (transformers 5.x ignores it silently); "
-                             "pass head_mask=None")
-        if getattr(config, "is_decoder", False) or encoder_hidden_states is not None \
-                or encoder_attention_mask is not None or past_key_values is not None:
-            raise NotImplementedError("fastbert runs BERT as an encoder only: decoder use (is_decoder, "
-                                      "encoder_hidden_states, cross-attention, past_key_values) is not supported")
+            raise ValueError(
+                "head_mask: not supported by fastbert (transformers 5.x ignores it silently); pass head_mask=None"
+            )
+        if (
+            getattr(config, "is_decoder", False)
+            or encoder_hidden_states is not None
+            or encoder_attention_mask is not None
+            or past_key_values is not None
+        ):
+            raise NotImplementedError(
+                "fastbert runs BERT as an encoder only: decoder use (is_decoder, "
+                "encoder_hidden_states, cross-attention, past_key_values) is not supported"
+            )
         if output_attentions is None:
             output_attentions = bool(getattr(config, "output_attentions", False))
         if output_hidden_states is None:
             output_hidden_states = bool(getattr(config, "output_hidden_states", False))
         if return_dict is None:
             return_dict = getattr(config, "return_dict", True)
-        res = run(self, config, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                  pad_outputs=self.pad_outputs, output_hidden_states=output_hidden_states,
-                  output_attentions=bool(output_attentions))
+        res = run(
+            self,
+            config,
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            inputs_embeds,
+            pad_outputs=self.pad_outputs,
+            output_hidden_states=output_hidden_states,
+            output_attentions=bool(output_attentions),
+        )
         pooled = pool(self.pooler, res.last_hidden_state) if self.pooler is not None else None
         out = BaseModelOutputWithPoolingAndCrossAttentions(
             last_hidden_state=res.last_hidden_state,
@@ -101,8 +118,9 @@ def optimized_class(cls: type) -> type:
     if issubclass(cls, FastBertMixin):
         return cls
     if cls not in _OPTIMIZED:
-        _OPTIMIZED[cls] = type(cls.__name__, (FastBertMixin, cls), {"__module__": cls.__module__,
-                                                                      "__doc__": cls.__doc__})
+        _OPTIMIZED[cls] = type(
+            cls.__name__, (FastBertMixin, cls), {"__module__": cls.__module__, "__doc__": cls.__doc__}
+        )
     return _OPTIMIZED[cls]
 
 

@@ -1,4 +1,5 @@
 """Input checks of a forward: TypeError/ValueError/IndexError naming the argument and the expected shape."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,8 +19,14 @@ def _min_max(t: Tensor) -> tuple[int, int]:
     return tuple(torch.stack(torch.aminmax(t)).tolist())
 
 
-def check_inputs(config: Any, input_ids: Tensor | None, attention_mask: Tensor | None, token_type_ids: Tensor | None,
-                 position_ids: Tensor | None, inputs_embeds: Tensor | None) -> None:
+def check_inputs(
+    config: Any,
+    input_ids: Tensor | None,
+    attention_mask: Tensor | None,
+    token_type_ids: Tensor | None,
+    position_ids: Tensor | None,
+    inputs_embeds: Tensor | None,
+) -> None:
     """TypeError/ValueError/IndexError naming the argument; run eagerly only (skipped while compiling)."""
     if input_ids is not None:
         if not isinstance(input_ids, Tensor):
@@ -34,8 +41,10 @@ def check_inputs(config: Any, input_ids: Tensor | None, attention_mask: Tensor |
         if not isinstance(inputs_embeds, Tensor) or inputs_embeds.dim() != 3:
             raise ValueError("inputs_embeds: expected a tensor of shape (batch, seq_len, hidden_size)")
         if inputs_embeds.shape[-1] != config.hidden_size:
-            raise ValueError(f"inputs_embeds: expected last dim hidden_size={config.hidden_size}, "
-                             f"got shape {tuple(inputs_embeds.shape)}")
+            raise ValueError(
+                f"inputs_embeds: expected last dim hidden_size={config.hidden_size}, "
+                f"got shape {tuple(inputs_embeds.shape)}"
+            )
         if not inputs_embeds.is_floating_point():
             raise TypeError(f"inputs_embeds: expected a floating tensor, got {inputs_embeds.dtype}")
         shape = tuple(inputs_embeds.shape[:2])
@@ -89,5 +98,6 @@ def check_inputs(config: Any, input_ids: Tensor | None, attention_mask: Tensor |
             if not (ms[0] in (1, B) and ms[1] in (1, nh) and ms[2] in (1, L) and ms[3] == L):
                 raise ValueError(f"attention_mask: a 4-D mask must broadcast to {(B, nh, L, L)}, got {ms}")
         else:
-            raise ValueError(f"attention_mask: expected 2-D {shape}, 3-D {(B, L, L)} or 4-D (B, 1|heads, L, L), "
-                             f"got shape {ms}")
+            raise ValueError(
+                f"attention_mask: expected 2-D {shape}, 3-D {(B, L, L)} or 4-D (B, 1|heads, L, L), got shape {ms}"
+            )

@@ -1,4 +1,5 @@
 """The encoder's configuration: the BertConfig fields fastbert reads, and the checks a config must pass."""
+
 from __future__ import annotations
 
 import json
@@ -23,6 +24,7 @@ def check_pad_outputs(pad_outputs: str) -> str:
 @dataclass
 class EncoderConfig:
     """The BertConfig fields the encoder reads (defaults are BertConfig's)."""
+
     vocab_size: int = 30522
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -70,8 +72,10 @@ def validate_config(config: Any) -> None:
     if not isinstance(H, int) or H <= 0 or H % nh != 0:
         raise ValueError(f"hidden_size: expected a positive multiple of num_attention_heads={nh}, got {H!r}")
     if getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):
-        raise NotImplementedError("fastbert runs BERT as an encoder only: is_decoder/add_cross_attention are not "
-                                  "supported (use transformers' BertModel for decoder use)")
+        raise NotImplementedError(
+            "fastbert runs BERT as an encoder only: is_decoder/add_cross_attention are not "
+            "supported (use transformers' BertModel for decoder use)"
+        )
     pet = getattr(config, "position_embedding_type", "absolute")
     if pet not in (None, "absolute"):
         raise NotImplementedError(f"position_embedding_type: only 'absolute' is supported, got {pet!r}")

@@ -15,6 +15,7 @@ In eval mode without gradients the layers run in fastbert.runtime's loop (same a
 GEMMs after ``fastbert.quantize``). A padded path (B, L, H) with ops.attention_masked serves pad_outputs="hf"
 (pad positions computed as HF does), 3-D/4-D masks and output_attentions.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,9 +52,9 @@ def fast_inference() -> bool:
 
 
 class EncoderOutput(NamedTuple):
-    last_hidden_state: Tensor                  # (B, L, H)
+    last_hidden_state: Tensor  # (B, L, H)
     hidden_states: tuple[Tensor, ...] | None  # num_layers + 1 of (B, L, H), when asked
-    attentions: tuple[Tensor, ...] | None     # num_layers of (B, nh, L, L), when asked
+    attentions: tuple[Tensor, ...] | None  # num_layers of (B, nh, L, L), when asked
 
 
 def pool(pooler: nn.Module, last_hidden_state: Tensor) -> Tensor:
@@ -67,7 +68,7 @@ def _params_need_grad(model: nn.Module) -> bool:
 
 
 def _dropout_seed() -> int:
-    return int(torch.randint(0, 2 ** 62, (1,)).item())
+    return int(torch.randint(0, 2**62, (1,)).item())
 
 
 def _like(t: Tensor | None, x: Tensor) -> Tensor | None:
@@ -90,15 +91,22 @@ def _act(config: Any, layer: nn.Module, h: Tensor, bias: Tensor | None) -> Tenso
     return fn(h if bias is None else h + bias)
 
 
-def embed(emb: nn.Module, ids: Tensor | None, positions: Tensor, types: Tensor | None, inputs_embeds: Tensor | None,
-          need_grad: bool) -> Tensor:
+def embed(
+    emb: nn.Module,
+    ids: Tensor | None,
+    positions: Tensor,
+    types: Tensor | None,
+    inputs_embeds: Tensor | None,
+    need_grad: bool,
+) -> Tensor:
     """LayerNorm(word + position + type) for ids/positions/types of any shape -> shape + (H,)."""
     ln = emb.LayerNorm
     tt_w = emb.token_type_embeddings.weight if getattr(emb, "token_type_embeddings", None) is not None else None
     if inputs_embeds is None and (not need_grad or "embeddings" in ops.DIFFERENTIABLE):
         word = zero_row_grad(emb.word_embeddings.weight, emb.word_embeddings.padding_idx)  # padding_idx, as HF
-        out, _, _ = ops.embeddings(ids, positions, types, word,
-                                   emb.position_embeddings.weight, tt_w, ln.weight, ln.bias, ln.eps)
+        out, _, _ = ops.embeddings(
+            ids, positions, types, word, emb.position_embeddings.weight, tt_w, ln.weight, ln.bias, ln.eps
+        )
         return out
     # Differentiable path, as HF sums (padding_idx keeps the pad id's gradient zero).
     x = inputs_embeds if inputs_embeds is not None else emb.word_embeddings(ids)
@@ -110,8 +118,7 @@ def embed(emb: nn.Module, ids: Tensor | None, positions: Tensor, types: Tensor |
     return F.layer_norm(x, (x.shape[-1],), ln.weight, ln.bias, ln.eps)
 
 
-def _residual_ln(y: Tensor, dense: nn.Module, ln: nn.Module, residual: Tensor, p_drop: float,
-                 training: bool) -> Tensor:
+def _residual_ln(y: Tensor, dense: nn.Module, ln: nn.Module, residual: Tensor, p_drop: float, training: bool) -> Tensor:
     """LayerNorm(y + dense.bias + residual), y = input @ dense.weight^T (dropout on y + bias when training).
     Under torch.autocast y comes in the autocast dtype; the sum and the LayerNorm run in the residual's dtype, as
     autocast runs layer_norm in float32."""
@@ -130,14 +137,15 @@ def _attn_out(ctx: Tensor, dense: nn.Module, ln: nn.Module, x: Tensor, p_drop: f
 
 def _mlp(config: Any, layer: nn.Module, x: Tensor, training: bool, p_hidden: float) -> Tensor:
     _, _, _, inter, out_dense, out_ln = layer_parts(layer)
-    h = _act(config, layer, F.linear(x, inter.weight), inter.bias)          # (T, I)
-    y = F.linear(h, out_dense.weight)                                        # (T, H)
-    del h                                                                    # free (T, I) before the LayerNorm
+    h = _act(config, layer, F.linear(x, inter.weight), inter.bias)  # (T, I)
+    y = F.linear(h, out_dense.weight)  # (T, H)
+    del h  # free (T, I) before the LayerNorm
     return _residual_ln(y, out_dense, out_ln, x, p_hidden, training)
 
 
-def _attention_probs(qkv: Tensor, bias: Tensor | None, mask: Tensor, nh: int, scale: float,
-                     p_drop: float, training: bool) -> tuple[Tensor, Tensor]:
+def _attention_probs(
+    qkv: Tensor, bias: Tensor | None, mask: Tensor, nh: int, scale: float, p_drop: float, training: bool
+) -> tuple[Tensor, Tensor]:
     """Plain-torch attention on (B, L, 3H) that also returns the probabilities (B, nh, L, L), as HF eager."""
     B, L, H3 = qkv.shape
     H = H3 // 3
@@ -160,39 +168,41 @@ def attention_geometry(config: Any) -> tuple[int, float]:
     return nh, 1.0 / math.sqrt(config.hidden_size // nh)
 
 
-def _packed_layer(config: Any, layer: nn.Module, x: Tensor, cu_seqlens: Tensor, max_seqlen: int, need_grad: bool,
-                  training: bool) -> Tensor:
+def _packed_layer(
+    config: Any, layer: nn.Module, x: Tensor, cu_seqlens: Tensor, max_seqlen: int, need_grad: bool, training: bool
+) -> Tensor:
     """One BERT layer on packed tokens x (T, H)."""
     sa, o_dense, o_ln, _, _, _ = layer_parts(layer)
     nh, scale = attention_geometry(config)
     p_hidden = float(config.hidden_dropout_prob) if training else 0.0
     p_attn = float(config.attention_probs_dropout_prob) if training else 0.0
     w, b = fused_qkv(sa, need_grad)
-    qkv = F.linear(x, w)                                                       # (T, 3H), bias left to attention
+    qkv = F.linear(x, w)  # (T, 3H), bias left to attention
     seed = _dropout_seed() if p_attn > 0 else 0
-    ctx, _ = ops.attention(qkv, _like(b, qkv), cu_seqlens, max_seqlen, nh, scale, p_attn, seed, 0)   # (T, H)
-    del qkv                                                   # free (T, 3H) before the MLP: lower peak memory
+    ctx, _ = ops.attention(qkv, _like(b, qkv), cu_seqlens, max_seqlen, nh, scale, p_attn, seed, 0)  # (T, H)
+    del qkv  # free (T, 3H) before the MLP: lower peak memory
     x = _attn_out(ctx, o_dense, o_ln, x, p_hidden, training)
     del ctx
     return _mlp(config, layer, x, training, p_hidden)
 
 
-def _padded_layer(config: Any, layer: nn.Module, x: Tensor, mask: Tensor, need_grad: bool, training: bool,
-                  with_probs: bool) -> Tensor | tuple[Tensor, Tensor]:
+def _padded_layer(
+    config: Any, layer: nn.Module, x: Tensor, mask: Tensor, need_grad: bool, training: bool, with_probs: bool
+) -> Tensor | tuple[Tensor, Tensor]:
     """One BERT layer on padded x (B, L, H) under a mask broadcastable to (B, nh, L, L)."""
     sa, o_dense, o_ln, _, _, _ = layer_parts(layer)
     nh, scale = attention_geometry(config)
     p_hidden = float(config.hidden_dropout_prob) if training else 0.0
     p_attn = float(config.attention_probs_dropout_prob) if training else 0.0
     w, b = fused_qkv(sa, need_grad)
-    qkv = F.linear(x, w)                                                       # (B, L, 3H)
+    qkv = F.linear(x, w)  # (B, L, 3H)
     probs = None
     if with_probs:
         ctx, probs = _attention_probs(qkv, _like(b, qkv), mask, nh, scale, p_attn, training)
     else:
         seed = _dropout_seed() if p_attn > 0 else 0
         mask = mask if mask.dtype == torch.bool else _like(mask, qkv)
-        ctx, _ = ops.attention_masked(qkv, _like(b, qkv), mask, nh, scale, p_attn, seed, 0)    # (B, L, H)
+        ctx, _ = ops.attention_masked(qkv, _like(b, qkv), mask, nh, scale, p_attn, seed, 0)  # (B, L, H)
     del qkv
     x = _attn_out(ctx, o_dense, o_ln, x, p_hidden, training)
     del ctx
@@ -204,6 +214,7 @@ def _checkpointed(layer: nn.Module, need_grad: bool, fn: Callable[..., Any], *ar
     """fn(*args), under activation checkpointing when HF's gradient_checkpointing_enable() marked the layer."""
     if need_grad and layer.training and getattr(layer, "gradient_checkpointing", False):
         from torch.utils.checkpoint import checkpoint
+
         return checkpoint(fn, *args, use_reentrant=False)
     return fn(*args)
 
@@ -215,10 +226,18 @@ def _select(hidden_sel: bool | int | Sequence[int] | None, n: int) -> set[int] |
     return {i % n for i in sel if -n <= i < n}
 
 
-def run(model: nn.Module, config: Any, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
-        token_type_ids: Tensor | None = None, position_ids: Tensor | None = None,
-        inputs_embeds: Tensor | None = None, pad_outputs: str = "zero",
-        output_hidden_states: bool | int | Sequence[int] = False, output_attentions: bool = False) -> EncoderOutput:
+def run(
+    model: nn.Module,
+    config: Any,
+    input_ids: Tensor | None = None,
+    attention_mask: Tensor | None = None,
+    token_type_ids: Tensor | None = None,
+    position_ids: Tensor | None = None,
+    inputs_embeds: Tensor | None = None,
+    pad_outputs: str = "zero",
+    output_hidden_states: bool | int | Sequence[int] = False,
+    output_attentions: bool = False,
+) -> EncoderOutput:
     """The fused BERT forward over ``model``'s HF-named submodules; see the module docstring."""
     if not ops.compiling():
         check_pad_outputs(pad_outputs)
@@ -229,8 +248,9 @@ def run(model: nn.Module, config: Any, input_ids: Tensor | None = None, attentio
     emb = model.embeddings
     layers = model.encoder.layer
     training = model.training
-    need_grad = _params_need_grad(model) or (inputs_embeds is not None and inputs_embeds.requires_grad
-                                             and torch.is_grad_enabled())
+    need_grad = _params_need_grad(model) or (
+        inputs_embeds is not None and inputs_embeds.requires_grad and torch.is_grad_enabled()
+    )
     p_hidden = float(config.hidden_dropout_prob) if training else 0.0
     nh = config.num_attention_heads
     H = config.hidden_size
@@ -255,7 +275,7 @@ def run(model: nn.Module, config: Any, input_ids: Tensor | None = None, attentio
     if token_type_ids is not None and not token_type_ids.is_contiguous():
         token_type_ids = token_type_ids.contiguous()
 
-    padded = (pad_outputs == "hf" or output_attentions or mask2d is None and attention_mask is not None)
+    padded = pad_outputs == "hf" or output_attentions or mask2d is None and attention_mask is not None
     hidden = [] if output_hidden_states else None
     attentions = [] if output_attentions else None
     n_states = len(layers) + 1
@@ -292,22 +312,33 @@ def run(model: nn.Module, config: Any, input_ids: Tensor | None = None, attentio
             if int8 is None:
                 weights = layer_loop.layer_weights(layers, config.hidden_act, x, amp)
         if int8 is not None:
-            x = int8_path.run_layers_int8(model, int8, x, cu_seqlens, L,
-                                         None if hidden is None else
-                                         lambda i, y: keep_state(i + 1, lambda: ops.unpack(y, indices, B, L)))
+            x = int8_path.run_layers_int8(
+                model,
+                int8,
+                x,
+                cu_seqlens,
+                L,
+                None if hidden is None else lambda i, y: keep_state(i + 1, lambda: ops.unpack(y, indices, B, L)),
+            )
         elif weights is not None:
             nh_, scale = attention_geometry(config)
             out_dtype = x.dtype
-            x = layer_loop.run_layers(weights, x if amp is None else x.to(amp), cu_seqlens, L, nh_, scale,
-                                     config.hidden_act,
-                                     None if hidden is None else
-                                     lambda i, y: keep_state(i + 1, lambda: ops.unpack(y.to(out_dtype), indices,
-                                                                                       B, L)),
-                                     layers).to(out_dtype)
+            x = layer_loop.run_layers(
+                weights,
+                x if amp is None else x.to(amp),
+                cu_seqlens,
+                L,
+                nh_,
+                scale,
+                config.hidden_act,
+                None
+                if hidden is None
+                else lambda i, y: keep_state(i + 1, lambda: ops.unpack(y.to(out_dtype), indices, B, L)),
+                layers,
+            ).to(out_dtype)
         else:
             for i, layer in enumerate(layers):
-                x = _checkpointed(layer, need_grad, _packed_layer, config, layer, x, cu_seqlens, L, need_grad,
-                                  training)
+                x = _checkpointed(layer, need_grad, _packed_layer, config, layer, x, cu_seqlens, L, need_grad, training)
                 keep_state(i + 1, lambda y=x: ops.unpack(y, indices, B, L))
         out = ops.unpack(x, indices, B, L)
         if hidden is not None and hidden[-1] is not None:
@@ -320,7 +351,7 @@ def run(model: nn.Module, config: Any, input_ids: Tensor | None = None, attentio
     if inputs_embeds is not None:
         x = embed(emb, None, position_ids, token_type_ids, inputs_embeds, need_grad)
     else:
-        x = embed(emb, input_ids, position_ids, token_type_ids, None, need_grad)   # (B, L, H)
+        x = embed(emb, input_ids, position_ids, token_type_ids, None, need_grad)  # (B, L, H)
     if training and p_hidden > 0:
         x = F.dropout(x, p_hidden, True)
     minval = torch.finfo(x.dtype).min
@@ -329,7 +360,7 @@ def run(model: nn.Module, config: Any, input_ids: Tensor | None = None, attentio
     elif mask2d is not None:
         mask = torch.zeros(B, 1, 1, L, dtype=x.dtype, device=device).masked_fill(~mask2d.view(B, 1, 1, L), minval)
     elif attention_mask.dim() == 3:
-        mask = (attention_mask != 0).unsqueeze(1)                              # (B, 1, L, L) keep
+        mask = (attention_mask != 0).unsqueeze(1)  # (B, 1, L, L) keep
     else:
         mask = attention_mask if attention_mask.dtype == torch.bool else attention_mask.to(x.dtype)
     zero_pads = pad_outputs == "zero" and mask2d is not None
@@ -349,5 +380,6 @@ def run(model: nn.Module, config: Any, input_ids: Tensor | None = None, attentio
     out = state(x)
     if hidden is not None and hidden[-1] is not None:
         hidden[-1] = out
-    return EncoderOutput(out, tuple(hidden) if hidden is not None else None,
-                         tuple(attentions) if attentions is not None else None)
+    return EncoderOutput(
+        out, tuple(hidden) if hidden is not None else None, tuple(attentions) if attentions is not None else None
+    )

@@ -1,5 +1,6 @@
 """Loading an HF BERT folder (config.json + safetensors or .bin, sharded too) into an ``Encoder`` without
 importing transformers."""
+
 from __future__ import annotations
 
 import json
@@ -20,18 +21,23 @@ def _load_file(path: str) -> dict:
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
+
             return load_file(path, device="cpu")
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: checkpoint file not found") from None
     except Exception as exc:  # safetensors / pickle / zip errors: truncated or corrupt file
-        raise ValueError(f"{path}: truncated or corrupt checkpoint ({exc.__class__.__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise ValueError(
+            f"{path}: truncated or corrupt checkpoint ({exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
 
 
 def _read_state_dict(model_dir: str) -> tuple[dict, str]:
-    for single, index in (("model.safetensors", "model.safetensors.index.json"),
-                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+    for single, index in (
+        ("model.safetensors", "model.safetensors.index.json"),
+        ("pytorch_model.bin", "pytorch_model.bin.index.json"),
+    ):
         p = os.path.join(model_dir, single)
         if os.path.isfile(p):
             return _load_file(p), p
@@ -51,12 +57,13 @@ def _read_state_dict(model_dir: str) -> tuple[dict, str]:
 
 def _hf_key(k: str) -> str:
     if k.startswith("bert."):
-        k = k[len("bert."):]
+        k = k[len("bert.") :]
     return k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
 
 
-def load_encoder(model_dir: str, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-                 pad_outputs: str = "zero") -> Encoder:
+def load_encoder(
+    model_dir: str, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", pad_outputs: str = "zero"
+) -> Encoder:
     """An eval-mode ``Encoder`` from an HF BERT folder (config.json + weights), without importing transformers.
 
     Keys may carry a ``bert.`` prefix; head keys (``cls.*``, ``classifier.*``, ...) are ignored; a missing

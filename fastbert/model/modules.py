@@ -1,6 +1,7 @@
 """The lean module tree with transformers' BertModel names (``embeddings.word_embeddings``,
 ``encoder.layer.N.attention.self.query``, ..., ``pooler.dense``), so HF checkpoints load strictly, and
 ``Encoder``, the torch-only model over it (no transformers import: batch jobs start fast)."""
+
 from __future__ import annotations
 
 import torch
@@ -105,10 +106,16 @@ class Encoder(FastBertModule, nn.Module):
         self.pooler = _Pooler(config) if add_pooling_layer else None
         self.eval()
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                token_type_ids: Tensor | None = None, position_ids: Tensor | None = None) -> Tensor:
-        return run(self, self.config, input_ids, attention_mask, token_type_ids, position_ids,
-                   pad_outputs=self.pad_outputs).last_hidden_state
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+    ) -> Tensor:
+        return run(
+            self, self.config, input_ids, attention_mask, token_type_ids, position_ids, pad_outputs=self.pad_outputs
+        ).last_hidden_state
 
     def pool(self, last_hidden_state: Tensor) -> Tensor:
         """tanh(dense(last_hidden_state[:, 0])), HF's pooler output (B, H)."""
@@ -130,5 +137,5 @@ class Encoder(FastBertModule, nn.Module):
                     fused = torch.cat([t.detach() for t in ts])
                     n = ts[0].shape[0]
                     for i, m in enumerate(lins):
-                        setattr(m, name, nn.Parameter(fused[i * n:(i + 1) * n], requires_grad=ts[i].requires_grad))
+                        setattr(m, name, nn.Parameter(fused[i * n : (i + 1) * n], requires_grad=ts[i].requires_grad))
         return self

@@ -28,6 +28,7 @@ bert-base). Memory: int8 weights are a quarter of the float32 ones, held beside 
 float32 weights, +50% of bfloat16's). Attention, LayerNorm and GELU run in the model's dtype (float32 or
 bfloat16), accumulating in fp32.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -81,14 +82,12 @@ def _gemm_input_amax(model: nn.Module, config: Any, ids: Tensor, mask: Tensor | 
         ctx, _ = ops.attention(x @ w.t(), b, cu_seqlens, L, nh, scale, 0.0, 0, 0)
         amax.append(ctx.abs().amax(dim=0))
         y = ctx @ o_dense.weight.float().t()
-        x, _, _ = ops.bias_residual_layernorm(y, _f(o_dense.bias), x, ln1.weight.float(), ln1.bias.float(),
-                                              ln1.eps)
+        x, _, _ = ops.bias_residual_layernorm(y, _f(o_dense.bias), x, ln1.weight.float(), ln1.bias.float(), ln1.eps)
         amax.append(x.abs().amax(dim=0))
         h = ops.bias_act(x @ inter.weight.float().t(), inter.bias.float(), act)
         amax.append(h.abs().amax(dim=0))
         y = h @ out_dense.weight.float().t()
-        x, _, _ = ops.bias_residual_layernorm(y, _f(out_dense.bias), x, ln2.weight.float(), ln2.bias.float(),
-                                              ln2.eps)
+        x, _, _ = ops.bias_residual_layernorm(y, _f(out_dense.bias), x, ln2.weight.float(), ln2.bias.float(), ln2.eps)
         stats.append(amax)
     return stats
 
@@ -100,21 +99,33 @@ def _f(t: Tensor | None) -> Tensor | None:
 def _build(model: nn.Module, state: Int8State) -> list[Int8Layer]:
     config = model.config
     ids, mask = state.calibration if state.calibration is not None else (_calibration_ids(config), None)
-    amax = _gemm_input_amax(model, config, ids.to(model.embeddings.word_embeddings.weight.device), mask) \
-        if state.smooth else None
+    amax = (
+        _gemm_input_amax(model, config, ids.to(model.embeddings.word_embeddings.weight.device), mask)
+        if state.smooth
+        else None
+    )
     layers = []
     for i, layer in enumerate(model.encoder.layer):
         sa, o_dense, _, inter, out_dense, _ = layer_parts(layer)
         wqkv, _ = fused_qkv(sa, True)
         ws = (wqkv, o_dense.weight, inter.weight, out_dense.weight)
-        gemms = [quantize_weight(w, _smoothing(amax[i][j], w, SMOOTH_ALPHA) if amax is not None else None)
-                 if GEMMS[j] not in state.keep_float else None for j, w in enumerate(ws)]
+        gemms = [
+            quantize_weight(w, _smoothing(amax[i][j], w, SMOOTH_ALPHA) if amax is not None else None)
+            if GEMMS[j] not in state.keep_float
+            else None
+            for j, w in enumerate(ws)
+        ]
         layers.append(Int8Layer(*gemms))
     return layers
 
 
-def quantize(model: nn.Module, smooth: bool = True, calibration_ids: Tensor | None = None,
-             calibration_mask: Tensor | None = None, keep_float: Sequence[str] = ()) -> nn.Module:
+def quantize(
+    model: nn.Module,
+    smooth: bool = True,
+    calibration_ids: Tensor | None = None,
+    calibration_mask: Tensor | None = None,
+    keep_float: Sequence[str] = (),
+) -> nn.Module:
     """Run the encoder GEMMs of every fastbert model inside ``model`` in int8 (CPU, eval mode, no gradient), in
     place; returns model. ``model``: ``fastbert.BertModel``, a ``fastbert.BertFor*`` head, a model made by
     ``fastbert.optimize``, or ``fastbert.load_encoder``'s Encoder. ``smooth``: migrate activation outliers into
@@ -127,23 +138,30 @@ def quantize(model: nn.Module, smooth: bool = True, calibration_ids: Tensor | No
         raise ValueError(f"keep_float: expected a sequence of GEMM names from ('ffn_out',), got {keep_float!r}")
     targets = [m for m in model.modules() if isinstance(m, FastBertModule)]
     if not targets:
-        raise ValueError(f"model: no fastbert model inside {type(model).__name__}; call fastbert.optimize(model) "
-                         "first, or load with fastbert.BertModel / fastbert.load_encoder")
+        raise ValueError(
+            f"model: no fastbert model inside {type(model).__name__}; call fastbert.optimize(model) "
+            "first, or load with fastbert.BertModel / fastbert.load_encoder"
+        )
     if calibration_ids is not None and (not isinstance(calibration_ids, Tensor) or calibration_ids.dim() != 2):
         raise ValueError("calibration_ids: expected a (batch, length) tensor of token ids")
     if not ops.has_kernel("quantize_rows", "cpu"):
-        raise RuntimeError("quantize: the int8 kernels are not built (fastbert._C did not load: "
-                           f"{ops.LOAD_ERROR})")
+        raise RuntimeError(f"quantize: the int8 kernels are not built (fastbert._C did not load: {ops.LOAD_ERROR})")
     for m in targets:
         w = m.embeddings.word_embeddings.weight
         if w.device.type != "cpu":
             raise ValueError("model: int8 runs on CPU only; move the model to the CPU first")
         if w.dtype not in (torch.float32, torch.bfloat16):
-            raise TypeError(f"model: int8 keeps attention, LayerNorm and GELU in the model's dtype, which must be "
-                            f"float32 or bfloat16; got {w.dtype} (convert with model.float() or "
-                            f"model.to(torch.bfloat16) first)")
-        state = Int8State(_build, smooth=smooth, calibration=None if calibration_ids is None else
-                          (calibration_ids, calibration_mask), keep_float=keep_float)
+            raise TypeError(
+                f"model: int8 keeps attention, LayerNorm and GELU in the model's dtype, which must be "
+                f"float32 or bfloat16; got {w.dtype} (convert with model.float() or "
+                f"model.to(torch.bfloat16) first)"
+            )
+        state = Int8State(
+            _build,
+            smooth=smooth,
+            calibration=None if calibration_ids is None else (calibration_ids, calibration_mask),
+            keep_float=keep_float,
+        )
         state.refresh(m)
         m.__dict__[STATE_ATTR] = state
     return model

@@ -12,6 +12,7 @@ of the gradient that flows through the lookup; ``zero_row_grad(word_weight, p)``
 weight as passed to ``fastbert.ops.embeddings`` (and leaves other uses of the same tensor, e.g. a tied MLM
 decoder, untouched).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -53,40 +54,81 @@ class _ZeroRowGrad(torch.autograd.Function):
 
 # ---------------------------------------------------------------- fake implementations of the backward ops
 
+
 def _bias_act_backward_fake(grad: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, activation: str) -> torch.Tensor:
     return x.new_empty(x.shape)
 
 
-def _brln_backward_fake(grad_out: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor,
-                        ln_weight: torch.Tensor, mean: torch.Tensor,
-                        rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _brln_backward_fake(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor,
+    ln_weight: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     H = x.shape[-1]
     return x.new_empty(x.shape), ln_weight.new_empty(H), ln_weight.new_empty(H)
 
 
-def _embeddings_backward_fake(grad_out: torch.Tensor, input_ids: torch.Tensor, position_ids: torch.Tensor,
-                              token_type_ids: torch.Tensor | None, word_weight: torch.Tensor,
-                              position_weight: torch.Tensor, token_type_weight: torch.Tensor | None,
-                              ln_weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
-                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _embeddings_backward_fake(
+    grad_out: torch.Tensor,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    token_type_ids: torch.Tensor | None,
+    word_weight: torch.Tensor,
+    position_weight: torch.Tensor,
+    token_type_weight: torch.Tensor | None,
+    ln_weight: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     H = word_weight.shape[1]
-    tt = token_type_weight.new_empty(token_type_weight.shape) if token_type_weight is not None \
+    tt = (
+        token_type_weight.new_empty(token_type_weight.shape)
+        if token_type_weight is not None
         else word_weight.new_empty(0, H)
-    return (word_weight.new_empty(word_weight.shape), position_weight.new_empty(position_weight.shape), tt,
-            ln_weight.new_empty(H), ln_weight.new_empty(H))
+    )
+    return (
+        word_weight.new_empty(word_weight.shape),
+        position_weight.new_empty(position_weight.shape),
+        tt,
+        ln_weight.new_empty(H),
+        ln_weight.new_empty(H),
+    )
 
 
-def _attention_backward_fake(grad_out: torch.Tensor, qkv: torch.Tensor, qkv_bias: torch.Tensor | None,
-                             out: torch.Tensor, lse: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-                             num_heads: int, scale: float, dropout_p: float = 0.0, seed: int = 0,
-                             offset: int = 0) -> torch.Tensor:
+def _attention_backward_fake(
+    grad_out: torch.Tensor,
+    qkv: torch.Tensor,
+    qkv_bias: torch.Tensor | None,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    num_heads: int,
+    scale: float,
+    dropout_p: float = 0.0,
+    seed: int = 0,
+    offset: int = 0,
+) -> torch.Tensor:
     return qkv.new_empty(qkv.shape)
 
 
-def _attention_masked_backward_fake(grad_out: torch.Tensor, qkv: torch.Tensor, qkv_bias: torch.Tensor | None,
-                                    mask: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, num_heads: int,
-                                    scale: float, dropout_p: float = 0.0, seed: int = 0,
-                                    offset: int = 0) -> torch.Tensor:
+def _attention_masked_backward_fake(
+    grad_out: torch.Tensor,
+    qkv: torch.Tensor,
+    qkv_bias: torch.Tensor | None,
+    mask: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    num_heads: int,
+    scale: float,
+    dropout_p: float = 0.0,
+    seed: int = 0,
+    offset: int = 0,
+) -> torch.Tensor:
     return qkv.new_empty(qkv.shape)
 
 

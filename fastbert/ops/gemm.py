@@ -29,6 +29,7 @@ against the general path within float32 tolerance with oneDNN, and bit for bit w
 (enabled=False)`` or a build of PyTorch without oneDNN. float16/float64 have no faster oneDNN path, so they use
 torch.mm.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,21 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["CPU_GEMMS", "HAS_ONEDNN", "ONEDNN_CACHE_CAPACITY", "bucket_rows", "cpu_gemm", "set_cpu_gemm",
-           "uses_onednn", "weight_packer", "pack_onednn", "describe", "linear_fn", "linear_mm", "linear_onednn"]
+__all__ = [
+    "CPU_GEMMS",
+    "HAS_ONEDNN",
+    "ONEDNN_CACHE_CAPACITY",
+    "bucket_rows",
+    "cpu_gemm",
+    "set_cpu_gemm",
+    "uses_onednn",
+    "weight_packer",
+    "pack_onednn",
+    "describe",
+    "linear_fn",
+    "linear_mm",
+    "linear_onednn",
+]
 
 CPU_GEMMS = ("onednn", "mm")
 ONEDNN_CACHE_CAPACITY = 128  # primitives per cache: 4 GEMM shapes x the ~30 row buckets up to 2048 rows
@@ -55,6 +69,7 @@ def bucket_rows(t: int) -> int:
         return -(-t // 64) * 64
     step = 1 << (t.bit_length() - 4)
     return -(-t // step) * step
+
 
 for _var in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
     os.environ.setdefault(_var, str(ONEDNN_CACHE_CAPACITY))
@@ -133,11 +148,14 @@ def describe() -> list:
     lib = cpu_gemm()
     fp32 = "oneDNN inner product, plain weights" if lib == "onednn" else "torch.mm (MKL)"
     bf16 = "oneDNN inner product, weights packed once" if lib == "onednn" else "torch.mm"
-    caps = ", ".join(f"{v}={os.environ.get(v, 'default')}" for v in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY",
-                                                                      "LRU_CACHE_CAPACITY"))
-    return [f"CPU GEMMs of the inference loop (FASTBERT_CPU_GEMM=onednn|mm, now {lib}): float32 {fp32}; "
-            f"bfloat16 {bf16}; float16/float64 torch.mm",
-            f"oneDNN primitive caches: {caps}"]
+    caps = ", ".join(
+        f"{v}={os.environ.get(v, 'default')}" for v in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+    )
+    return [
+        f"CPU GEMMs of the inference loop (FASTBERT_CPU_GEMM=onednn|mm, now {lib}): float32 {fp32}; "
+        f"bfloat16 {bf16}; float16/float64 torch.mm",
+        f"oneDNN primitive caches: {caps}",
+    ]
 
 
 def linear_fn(x: Tensor) -> Callable[[Tensor, Tensor], Tensor]:

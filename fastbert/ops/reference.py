@@ -5,6 +5,7 @@ Each function here has the same arguments and results as the op of the same name
 inputs) and cast back, and are differentiable, so the model falls back to them when gradients are needed
 and no backward kernel exists.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,9 +15,20 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "ACTIVATIONS", "pack", "unpack", "embeddings", "attention", "attention_masked", "bias_act",
-    "bias_residual_layernorm", "dropout_keep_mask", "activation", "quantize_rows", "dequantize_rows",
-    "dequant_bias_act_quant", "dequant_bias_residual_layernorm",
+    "ACTIVATIONS",
+    "pack",
+    "unpack",
+    "embeddings",
+    "attention",
+    "attention_masked",
+    "bias_act",
+    "bias_residual_layernorm",
+    "dropout_keep_mask",
+    "activation",
+    "quantize_rows",
+    "dequantize_rows",
+    "dequant_bias_act_quant",
+    "dequant_bias_residual_layernorm",
 ]
 
 
@@ -25,6 +37,7 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 # ---------------------------------------------------------------- activations
+
 
 def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
@@ -36,8 +49,8 @@ def _gelu_fast(x: torch.Tensor) -> torch.Tensor:
 
 # The activations BERT-family configs name (transformers' ACT2FN keys), each as HF computes it.
 ACTIVATIONS = {
-    "gelu": lambda x: F.gelu(x),                      # exact erf GELU
-    "gelu_new": _gelu_tanh,                           # tanh approximation (GPT-2)
+    "gelu": lambda x: F.gelu(x),  # exact erf GELU
+    "gelu_new": _gelu_tanh,  # tanh approximation (GPT-2)
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "gelu_fast": _gelu_fast,
     "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
@@ -56,6 +69,7 @@ def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 # ---------------------------------------------------------------- pack / unpack
+
 
 def pack(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Real tokens of a (B, L) batch: flat indices b*L+l (int64), cu_seqlens (B+1, int32), positions l (int64)."""
@@ -76,19 +90,28 @@ def unpack(x: torch.Tensor, indices: torch.Tensor, batch: int, seqlen: int) -> t
 
 # ---------------------------------------------------------------- LayerNorm family
 
-def _layernorm_stats(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-                     out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+
+def _layernorm_stats(
+    s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, out_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     mean = s.mean(-1, keepdim=True)
-    var = (s - mean).pow(2).mean(-1, keepdim=True)          # two-pass: stable for eps = 1e-12
+    var = (s - mean).pow(2).mean(-1, keepdim=True)  # two-pass: stable for eps = 1e-12
     rstd = torch.rsqrt(var + eps)
     out = (s - mean) * rstd * weight.to(s.dtype) + bias.to(s.dtype)
     return out.to(out_dtype), mean.squeeze(-1), rstd.squeeze(-1)
 
 
-def embeddings(input_ids: torch.Tensor, position_ids: torch.Tensor, token_type_ids: torch.Tensor | None,
-               word_weight: torch.Tensor, position_weight: torch.Tensor, token_type_weight: torch.Tensor | None,
-               ln_weight: torch.Tensor, ln_bias: torch.Tensor,
-               eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def embeddings(
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    token_type_ids: torch.Tensor | None,
+    word_weight: torch.Tensor,
+    position_weight: torch.Tensor,
+    token_type_weight: torch.Tensor | None,
+    ln_weight: torch.Tensor,
+    ln_bias: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     acc = _acc_dtype(word_weight.dtype)
     s = word_weight[input_ids.long()].to(acc) + position_weight[position_ids.long()].to(acc)
     if token_type_weight is not None:
@@ -97,8 +120,14 @@ def embeddings(input_ids: torch.Tensor, position_ids: torch.Tensor, token_type_i
     return _layernorm_stats(s, ln_weight, ln_bias, eps, word_weight.dtype)
 
 
-def bias_residual_layernorm(x: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor, ln_weight: torch.Tensor,
-                            ln_bias: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def bias_residual_layernorm(
+    x: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor,
+    ln_weight: torch.Tensor,
+    ln_bias: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     acc = _acc_dtype(x.dtype)
     s = x.to(acc) + residual.to(acc)
     if bias is not None:
@@ -126,8 +155,9 @@ def _row_scale(amax: torch.Tensor) -> torch.Tensor:
     return torch.where(amax > 0, torch.clamp(amax / 127.0, min=_FLT_MIN), torch.ones_like(amax))
 
 
-def quantize_rows(x: torch.Tensor, smooth: torch.Tensor | None = None,
-                  asymmetric: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def quantize_rows(
+    x: torch.Tensor, smooth: torch.Tensor | None = None, asymmetric: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Dynamic per-row int8 quantization of x (T, K) float32/bfloat16, with an optional per-channel multiplier
     smooth (K,) float32 applied first (SmoothQuant): v = x * smooth. Returns q int8 (T, K), scale float32 (T,) and
     shift float32 (T,) (asymmetric) or (0,), with q = round_half_even(clamp((v - shift) / scale, -127, 127)), so
@@ -150,8 +180,13 @@ def quantize_rows(x: torch.Tensor, smooth: torch.Tensor | None = None,
     return q, scale, shift
 
 
-def _dequantize(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, x_shift: torch.Tensor | None,
-                w_sum: torch.Tensor | None) -> torch.Tensor:
+def _dequantize(
+    acc: torch.Tensor,
+    x_scale: torch.Tensor,
+    w_scale: torch.Tensor,
+    x_shift: torch.Tensor | None,
+    w_sum: torch.Tensor | None,
+) -> torch.Tensor:
     if (x_shift is None) != (w_sum is None):
         raise ValueError("x_shift and w_sum go together (a shifted input needs its weight's column sums)")
     out = acc.float() * x_scale.float().unsqueeze(-1) * w_scale.float()
@@ -160,29 +195,51 @@ def _dequantize(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor,
     return out
 
 
-def dequantize_rows(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, dtype: torch.dtype,
-                    x_shift: torch.Tensor | None = None, w_sum: torch.Tensor | None = None) -> torch.Tensor:
+def dequantize_rows(
+    acc: torch.Tensor,
+    x_scale: torch.Tensor,
+    w_scale: torch.Tensor,
+    dtype: torch.dtype,
+    x_shift: torch.Tensor | None = None,
+    w_sum: torch.Tensor | None = None,
+) -> torch.Tensor:
     """An int8 GEMM's int32 output acc (T, N) -> acc * x_scale[t] * w_scale[n] (+ x_shift[t] * w_sum[n] when the
     GEMM's input rows were quantized with a shift; w_sum: the dequantized weight's column sums), fp32 in that
     order, returned in dtype."""
     return _dequantize(acc, x_scale, w_scale, x_shift, w_sum).to(dtype)
 
 
-def dequant_bias_act_quant(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor,
-                           activation_name: str, smooth: torch.Tensor | None = None,
-                           x_shift: torch.Tensor | None = None, w_sum: torch.Tensor | None = None,
-                           asymmetric: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def dequant_bias_act_quant(
+    acc: torch.Tensor,
+    x_scale: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor,
+    activation_name: str,
+    smooth: torch.Tensor | None = None,
+    x_shift: torch.Tensor | None = None,
+    w_sum: torch.Tensor | None = None,
+    asymmetric: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """h = act(dequantize_rows(acc, ...) + bias[n]) in fp32, returned as quantize_rows(h, smooth, asymmetric)."""
     h = activation(activation_name)(_dequantize(acc, x_scale, w_scale, x_shift, w_sum) + bias.float())
     return quantize_rows(h, smooth, asymmetric)
 
 
-def dequant_bias_residual_layernorm(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor,
-                                    bias: torch.Tensor | None, residual: torch.Tensor, weight: torch.Tensor,
-                                    beta: torch.Tensor, eps: float, quantize: bool, smooth: torch.Tensor | None = None,
-                                    x_shift: torch.Tensor | None = None, w_sum: torch.Tensor | None = None,
-                                    asymmetric: bool = False,
-                                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def dequant_bias_residual_layernorm(
+    acc: torch.Tensor,
+    x_scale: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor,
+    weight: torch.Tensor,
+    beta: torch.Tensor,
+    eps: float,
+    quantize: bool,
+    smooth: torch.Tensor | None = None,
+    x_shift: torch.Tensor | None = None,
+    w_sum: torch.Tensor | None = None,
+    asymmetric: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """out = LayerNorm(dequantize_rows(acc, ...) + bias + residual) * weight + beta in residual's dtype (fp32
     math), and with quantize also (q, scale, shift) = quantize_rows(out, smooth, asymmetric) of the out returned
     (for bfloat16, of its rounded values); without, q, scale and shift are empty (0,) tensors."""
@@ -238,8 +295,10 @@ def dropout_threshold(p: float) -> int:
 
 # ---------------------------------------------------------------- attention
 
-def _split_qkv(qkv: torch.Tensor, qkv_bias: torch.Tensor | None,
-               num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+
+def _split_qkv(
+    qkv: torch.Tensor, qkv_bias: torch.Tensor | None, num_heads: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     acc = _acc_dtype(qkv.dtype)
     x = qkv.to(acc)
     if qkv_bias is not None:
@@ -247,14 +306,17 @@ def _split_qkv(qkv: torch.Tensor, qkv_bias: torch.Tensor | None,
     H = x.shape[-1] // 3
     d = H // num_heads
     q, k, v = x.split(H, dim=-1)
+
     # (..., L, H) -> (..., nh, L, d)
     def heads(t: torch.Tensor) -> torch.Tensor:
         return t.unflatten(-1, (num_heads, d)).transpose(-3, -2)
+
     return heads(q), heads(k), heads(v)
 
 
-def _softmax_dropout_pv(scores: torch.Tensor, v: torch.Tensor, dropout_p: float,
-                        keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _softmax_dropout_pv(
+    scores: torch.Tensor, v: torch.Tensor, dropout_p: float, keep: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax over the last dim with an empty-row guard, optional dropout, then @ v; returns (out, lse)."""
     lse = torch.logsumexp(scores, dim=-1)
     finite = torch.isfinite(lse).unsqueeze(-1)
@@ -266,9 +328,17 @@ def _softmax_dropout_pv(scores: torch.Tensor, v: torch.Tensor, dropout_p: float,
     return probs @ v, lse
 
 
-def attention(qkv: torch.Tensor, qkv_bias: torch.Tensor | None, cu_seqlens: torch.Tensor, max_seqlen: int,
-              num_heads: int, scale: float, dropout_p: float = 0.0, seed: int = 0,
-              offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def attention(
+    qkv: torch.Tensor,
+    qkv_bias: torch.Tensor | None,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    num_heads: int,
+    scale: float,
+    dropout_p: float = 0.0,
+    seed: int = 0,
+    offset: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     T = qkv.shape[0]
     H = qkv.shape[1] // 3
     acc = _acc_dtype(qkv.dtype)
@@ -279,8 +349,8 @@ def attention(qkv: torch.Tensor, qkv_bias: torch.Tensor | None, cu_seqlens: torc
         s, e = bounds[b], bounds[b + 1]
         if e == s:
             continue
-        q, k, v = _split_qkv(qkv[s:e], qkv_bias, num_heads)         # (nh, n, d)
-        scores = (q @ k.transpose(-1, -2)) * scale                  # (nh, n, n)
+        q, k, v = _split_qkv(qkv[s:e], qkv_bias, num_heads)  # (nh, n, d)
+        scores = (q @ k.transpose(-1, -2)) * scale  # (nh, n, n)
         keep = None
         if dropout_p > 0:
             heads = torch.arange(num_heads, device=qkv.device).view(-1, 1, 1)
@@ -293,13 +363,20 @@ def attention(qkv: torch.Tensor, qkv_bias: torch.Tensor | None, cu_seqlens: torc
     return out.to(qkv.dtype), lse
 
 
-def attention_masked(qkv: torch.Tensor, qkv_bias: torch.Tensor | None, mask: torch.Tensor, num_heads: int,
-                     scale: float, dropout_p: float = 0.0, seed: int = 0,
-                     offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_masked(
+    qkv: torch.Tensor,
+    qkv_bias: torch.Tensor | None,
+    mask: torch.Tensor,
+    num_heads: int,
+    scale: float,
+    dropout_p: float = 0.0,
+    seed: int = 0,
+    offset: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     B, L, H3 = qkv.shape
     H = H3 // 3
-    q, k, v = _split_qkv(qkv, qkv_bias, num_heads)                 # (B, nh, L, d)
-    scores = (q @ k.transpose(-1, -2)) * scale                      # (B, nh, L, L)
+    q, k, v = _split_qkv(qkv, qkv_bias, num_heads)  # (B, nh, L, d)
+    scores = (q @ k.transpose(-1, -2)) * scale  # (B, nh, L, L)
     if mask.dtype == torch.bool:
         scores = scores.masked_fill(~mask, float("-inf"))
     else:
@@ -316,9 +393,18 @@ def attention_masked(qkv: torch.Tensor, qkv_bias: torch.Tensor | None, mask: tor
     return o.transpose(1, 2).reshape(B, L, H).to(qkv.dtype), lse.float()
 
 
-def encoder_layers(x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, num_heads: int, scale: float,
-                   activation_name: str, weights: Sequence[torch.Tensor | None], eps: Sequence[float],
-                   all_layers: bool = False, onednn: bool = False) -> list[torch.Tensor]:
+def encoder_layers(
+    x: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    num_heads: int,
+    scale: float,
+    activation_name: str,
+    weights: Sequence[torch.Tensor | None],
+    eps: Sequence[float],
+    all_layers: bool = False,
+    onednn: bool = False,
+) -> list[torch.Tensor]:
     """BERT's layer stack for inference on packed rows: per layer 12 tensors (qkv weight, qkv bias, attention
     output weight and bias, LayerNorm weight and bias, intermediate weight and bias, output weight and bias,
     LayerNorm weight and bias; the biases of the three projections may be None) and 2 LayerNorm eps. Returns
@@ -328,7 +414,7 @@ def encoder_layers(x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, n
         raise ValueError(f"encoder_layers: expected 12 weights and 2 eps per layer, got {len(weights)} and {len(eps)}")
     outs = []
     for i in range(len(weights) // 12):
-        w_qkv, b_qkv, w_ao, b_ao, g1, be1, w_in, b_in, w_out, b_out, g2, be2 = weights[12 * i:12 * i + 12]
+        w_qkv, b_qkv, w_ao, b_ao, g1, be1, w_in, b_in, w_out, b_out, g2, be2 = weights[12 * i : 12 * i + 12]
         ctx = attention(x @ w_qkv.t(), b_qkv, cu_seqlens, max_seqlen, num_heads, scale)[0]
         x = bias_residual_layernorm(ctx @ w_ao.t(), b_ao, x, g1, be1, eps[2 * i])[0]
         h = bias_act(x @ w_in.t(), b_in, activation_name)

@@ -26,6 +26,7 @@ FASTBERT_CUDA_GRAPHS=0 or set_cuda_graphs(False) turns them off; clear_cuda_grap
 moved off the GPU keeps its graphs' memory until then). If a capture fails, the model warns once and runs its
 layers op by op from then on.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MAX_GRAPHS", "bucket_tokens", "bucket_batch", "bucket_seqlen", "buckets", "cuda_graphs_enabled",
-           "set_cuda_graphs", "clear_cuda_graphs", "run"]
+__all__ = [
+    "MAX_GRAPHS",
+    "bucket_tokens",
+    "bucket_batch",
+    "bucket_seqlen",
+    "buckets",
+    "cuda_graphs_enabled",
+    "set_cuda_graphs",
+    "clear_cuda_graphs",
+    "run",
+]
 
 MAX_GRAPHS = 8
 _enabled = os.environ.get("FASTBERT_CUDA_GRAPHS", "1") != "0"
@@ -82,6 +92,7 @@ class _Graphs:
     """The captured graphs of one layer stack, one memory pool per stream, and a lock: filling a graph's inputs,
     replaying it and copying its output out must not interleave with another thread's. Not copied by deepcopy or
     pickle."""
+
     __slots__ = ("entries", "pools", "lock", "failed")
 
     def __init__(self):
@@ -108,15 +119,24 @@ def _fill(static_x: Tensor, static_cu: Tensor, ramp: Tensor, x: Tensor, cu_seqle
     static_x's) as sequences of ramp's step (max_seqlen's bucket), then empty sequences."""
     t, b = x.shape[0], cu_seqlens.shape[0] - 1
     static_x[:t].copy_(x)
-    static_cu[:b + 1].copy_(cu_seqlens)
-    extra = static_cu[b + 1:]
-    torch.add(ramp[:extra.shape[0]], t, out=extra)
+    static_cu[: b + 1].copy_(cu_seqlens)
+    extra = static_cu[b + 1 :]
+    torch.add(ramp[: extra.shape[0]], t, out=extra)
     extra.clamp_(max=static_x.shape[0])
 
 
-def _capture(pool: tuple[int, int], tensors: Sequence[Tensor | None], eps: list[float], static_x: Tensor,
-             static_cu: Tensor, max_seqlen: int, num_heads: int, scale: float, activation: str,
-             all_layers: bool) -> tuple[torch.cuda.CUDAGraph, list[Tensor]]:
+def _capture(
+    pool: tuple[int, int],
+    tensors: Sequence[Tensor | None],
+    eps: list[float],
+    static_x: Tensor,
+    static_cu: Tensor,
+    max_seqlen: int,
+    num_heads: int,
+    scale: float,
+    activation: str,
+    all_layers: bool,
+) -> tuple[torch.cuda.CUDAGraph, list[Tensor]]:
     op = torch.ops.fastbert.encoder_layers.default
     args = (static_x, static_cu, max_seqlen, num_heads, scale, activation, list(tensors), eps, all_layers, False)
     side = torch.cuda.Stream(device=static_x.device)
@@ -131,25 +151,58 @@ def _capture(pool: tuple[int, int], tensors: Sequence[Tensor | None], eps: list[
     return graph, outs
 
 
-def run(layers: nn.Module, tensors: Sequence[Tensor | None], eps: list[float], x: Tensor, cu_seqlens: Tensor,
-        max_seqlen: int, num_heads: int, scale: float, activation: str, all_layers: bool) -> list[Tensor] | None:
+def run(
+    layers: nn.Module,
+    tensors: Sequence[Tensor | None],
+    eps: list[float],
+    x: Tensor,
+    cu_seqlens: Tensor,
+    max_seqlen: int,
+    num_heads: int,
+    scale: float,
+    activation: str,
+    all_layers: bool,
+) -> list[Tensor] | None:
     """encoder_layers through a cached graph: the last layer's output, or every layer's with all_layers; None if
     this stack cannot be captured (the caller then calls encoder_layers itself)."""
     caps = buckets(x.shape[0], cu_seqlens.shape[0] - 1, max_seqlen)
     stream = torch.cuda.current_stream(x.device)
-    key = (*caps, x.shape[1], x.dtype, x.device, stream.cuda_stream, num_heads, scale, activation,
-           all_layers, tuple(eps), tuple(w.data_ptr() if w is not None else 0 for w in tensors))
+    key = (
+        *caps,
+        x.shape[1],
+        x.dtype,
+        x.device,
+        stream.cuda_stream,
+        num_heads,
+        scale,
+        activation,
+        all_layers,
+        tuple(eps),
+        tuple(w.data_ptr() if w is not None else 0 for w in tensors),
+    )
     graphs = layers.__dict__.get("_fastbert_graphs") or layers.__dict__.setdefault("_fastbert_graphs", _Graphs())
     if graphs.failed:
         return None
     with graphs.lock:  # enqueues only: the GPU work runs after it is released
-        return _run_locked(graphs, key, tensors, eps, x, cu_seqlens, caps, stream, num_heads, scale, activation,
-                           all_layers)
+        return _run_locked(
+            graphs, key, tensors, eps, x, cu_seqlens, caps, stream, num_heads, scale, activation, all_layers
+        )
 
 
-def _run_locked(graphs: _Graphs, key: tuple, tensors: Sequence[Tensor | None], eps: list[float], x: Tensor,
-                cu_seqlens: Tensor, caps: tuple[int, int, int], stream: torch.cuda.Stream, num_heads: int,
-                scale: float, activation: str, all_layers: bool) -> list[Tensor] | None:
+def _run_locked(
+    graphs: _Graphs,
+    key: tuple,
+    tensors: Sequence[Tensor | None],
+    eps: list[float],
+    x: Tensor,
+    cu_seqlens: Tensor,
+    caps: tuple[int, int, int],
+    stream: torch.cuda.Stream,
+    num_heads: int,
+    scale: float,
+    activation: str,
+    all_layers: bool,
+) -> list[Tensor] | None:
     t = x.shape[0]
     t_cap, b_cap, l_cap = caps
     entry = graphs.entries.get(key)
@@ -164,14 +217,19 @@ def _run_locked(graphs: _Graphs, key: tuple, tensors: Sequence[Tensor | None], e
             if pool is None:
                 pool = graphs.pools[stream.cuda_stream] = torch.cuda.graph_pool_handle()
             try:
-                graph, outs = _capture(pool, tensors, eps, static_x, static_cu, l_cap, num_heads, scale,
-                                       activation, all_layers)
+                graph, outs = _capture(
+                    pool, tensors, eps, static_x, static_cu, l_cap, num_heads, scale, activation, all_layers
+                )
             except RuntimeError as exc:
                 graphs.failed = True
                 graphs.entries.clear()
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                warnings.warn(f"fastbert: capturing the layer stack in a CUDA graph failed ({reason}); this model "
-                              "runs its layers op by op from now on", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"fastbert: capturing the layer stack in a CUDA graph failed ({reason}); this model "
+                    "runs its layers op by op from now on",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
                 return None
         entry = graphs.entries[key] = (graph, static_x, static_cu, ramp, outs)
         while len(graphs.entries) > MAX_GRAPHS:

@@ -5,6 +5,7 @@ described there); this module holds it, rebuilds it when a parameter changes, an
 The state is cached on the model (never in ``state_dict``, not copied by ``deepcopy``). Attention, LayerNorm and
 GELU run in the model's dtype (float32 or bfloat16), accumulating in fp32.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,18 +18,27 @@ from torch import Tensor, nn
 from ..ops import gemm
 from .weights import fused_qkv, key_matches, layer_parts, packed_weight, tensors_key
 
-__all__ = ["Int8Gemm", "Int8Layer", "Int8State", "GEMMS", "QMAX", "quantize_weight", "int8_layers",
-           "run_layers_int8", "STATE_ATTR"]
+__all__ = [
+    "Int8Gemm",
+    "Int8Layer",
+    "Int8State",
+    "GEMMS",
+    "QMAX",
+    "quantize_weight",
+    "int8_layers",
+    "run_layers_int8",
+    "STATE_ATTR",
+]
 
 QMAX = 127
 STATE_ATTR = "_fastbert_int8"  # the model attribute that holds an Int8State
 
 
 class Int8Gemm(NamedTuple):
-    weight: Tensor          # (K, N) int8, columns smoothed
-    scale: Tensor           # (N,) float32
-    smooth: Tensor | None   # (K,) float32: the kernels quantize x * smooth (1 / s)
-    w_sum: Tensor           # (N,) float32: scale[n] * sum_k weight[k, n], what a shifted input's shift multiplies
+    weight: Tensor  # (K, N) int8, columns smoothed
+    scale: Tensor  # (N,) float32
+    smooth: Tensor | None  # (K,) float32: the kernels quantize x * smooth (1 / s)
+    w_sum: Tensor  # (N,) float32: scale[n] * sum_k weight[k, n], what a shifted input's shift multiplies
 
 
 class Int8Layer(NamedTuple):
@@ -50,8 +60,9 @@ def quantize_weight(w: Tensor, s: Tensor | None = None) -> Int8Gemm:
     scale = torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
     q = torch.round(wf / scale[:, None]).clamp_(-QMAX, QMAX).to(torch.int8)
     w_sum = (q.sum(dim=1, dtype=torch.int64).double() * scale.double()).float()
-    return Int8Gemm(q.t().contiguous(), scale.contiguous(), None if s is None else (1.0 / s).contiguous(),
-                    w_sum.contiguous())
+    return Int8Gemm(
+        q.t().contiguous(), scale.contiguous(), None if s is None else (1.0 / s).contiguous(), w_sum.contiguous()
+    )
 
 
 def encoder_parameters(model: nn.Module) -> tuple:
@@ -63,10 +74,16 @@ class Int8State:
     """What ``quantize`` attached to a model: the int8 layers and the key of the parameters they came from.
     Not copied by deepcopy or pickle (a copy is a float model until quantized again).
     ``build(model, state)`` makes the layers from the float parameters (fastbert.model.quantize's builder)."""
+
     __slots__ = ("layers", "key", "build", "smooth", "calibration", "keep_float", "__weakref__")
 
-    def __init__(self, build: Callable[[nn.Module, Int8State], list[Int8Layer]], smooth: bool = True,
-                 calibration: tuple[Tensor, Tensor | None] | None = None, keep_float: Sequence[str] = ()):
+    def __init__(
+        self,
+        build: Callable[[nn.Module, Int8State], list[Int8Layer]],
+        smooth: bool = True,
+        calibration: tuple[Tensor, Tensor | None] | None = None,
+        keep_float: Sequence[str] = (),
+    ):
         self.layers, self.key, self.build = None, None, build
         self.smooth, self.calibration, self.keep_float = smooth, calibration, tuple(keep_float)
 
@@ -91,8 +108,14 @@ def int8_layers(model: nn.Module) -> list[Int8Layer] | None:
     return None if state is None else state.refresh(model)
 
 
-def run_layers_int8(model: nn.Module, layers: list[Int8Layer], x: Tensor, cu_seqlens: Tensor, max_seqlen: int,
-                    on_layer: Callable[[int, Tensor], None] | None = None) -> Tensor:
+def run_layers_int8(
+    model: nn.Module,
+    layers: list[Int8Layer],
+    x: Tensor,
+    cu_seqlens: Tensor,
+    max_seqlen: int,
+    on_layer: Callable[[int, Tensor], None] | None = None,
+) -> Tensor:
     """The encoder layers on packed rows x (T, H) (float32 or bfloat16) with int8 GEMMs; see the module
     docstring. on_layer(i, x) after layer i."""
     config = model.config
@@ -115,26 +138,61 @@ def run_layers_int8(model: nn.Module, layers: list[Int8Layer], x: Tensor, cu_seq
         del qkv
         cq, cs, ch = F.quantize_rows(ctx, q.out.smooth, True)
         del ctx
-        x, xq, xs, xh = F.dequant_bias_residual_layernorm(torch._int_mm(cq, q.out.weight), cs, q.out.scale,
-                                                          o_dense.bias, x, ln1.weight, ln1.bias, ln1.eps, True,
-                                                          q.inter.smooth, ch, q.out.w_sum, True)
+        x, xq, xs, xh = F.dequant_bias_residual_layernorm(
+            torch._int_mm(cq, q.out.weight),
+            cs,
+            q.out.scale,
+            o_dense.bias,
+            x,
+            ln1.weight,
+            ln1.bias,
+            ln1.eps,
+            True,
+            q.inter.smooth,
+            ch,
+            q.out.w_sum,
+            True,
+        )
         last = i + 1 == len(layers)
         next_smooth = None if last else layers[i + 1].qkv.smooth
         if q.output is None:  # the FFN's second GEMM in float
-            h = F.bias_act(F.dequantize_rows(torch._int_mm(xq, q.inter.weight), xs, q.inter.scale, dtype, xh,
-                                             q.inter.w_sum), inter.bias, act)
+            h = F.bias_act(
+                F.dequantize_rows(torch._int_mm(xq, q.inter.weight), xs, q.inter.scale, dtype, xh, q.inter.w_sum),
+                inter.bias,
+                act,
+            )
             y = linear(h, packed_weight(out_dense, out_dense.weight, pack))
             del h
             x, _, _ = F.bias_residual_layernorm(y, out_dense.bias, x, ln2.weight, ln2.bias, ln2.eps)
             if not last:
                 xq, xs, xh = F.quantize_rows(x, next_smooth, True)
         else:
-            hq, hs, hh = F.dequant_bias_act_quant(torch._int_mm(xq, q.inter.weight), xs, q.inter.scale, inter.bias,
-                                                  act, q.output.smooth, xh, q.inter.w_sum, True)
-            x, xq, xs, xh = F.dequant_bias_residual_layernorm(torch._int_mm(hq, q.output.weight), hs,
-                                                              q.output.scale, out_dense.bias, x, ln2.weight,
-                                                              ln2.bias, ln2.eps, not last, next_smooth, hh,
-                                                              q.output.w_sum, True)
+            hq, hs, hh = F.dequant_bias_act_quant(
+                torch._int_mm(xq, q.inter.weight),
+                xs,
+                q.inter.scale,
+                inter.bias,
+                act,
+                q.output.smooth,
+                xh,
+                q.inter.w_sum,
+                True,
+            )
+            x, xq, xs, xh = F.dequant_bias_residual_layernorm(
+                torch._int_mm(hq, q.output.weight),
+                hs,
+                q.output.scale,
+                out_dense.bias,
+                x,
+                ln2.weight,
+                ln2.bias,
+                ln2.eps,
+                not last,
+                next_smooth,
+                hh,
+                q.output.w_sum,
+                True,
+            )
         if on_layer is not None:
             on_layer(i, x)
     return x

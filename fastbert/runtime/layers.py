@@ -14,6 +14,7 @@ own dicts (no nn.Module.__getattr__ chains, no config reads per layer), afresh e
 when a module, a parameter or a dtype changes. GEMM weights come packed for the GEMM library where that pays
 (fastbert/ops/gemm.py ``weight_packer``; cached by fastbert/runtime/weights.py and rebuilt when a weight changes).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -33,12 +34,17 @@ __all__ = ["LayerWeights", "layer_weights", "run_layers"]
 class LayerWeights(NamedTuple):
     """Every layer's tensors, flat in encoder_layers' order (12 per layer, see csrc/fastbert.cpp), and the two
     LayerNorm eps of each layer."""
+
     tensors: list[Tensor | None]
     eps: list[float]
 
 
-def _one_layer(layer: nn.Module, weights: LayerWeights, pack: Callable[[Tensor], Tensor] | None,
-               cast: Callable[[nn.Module, str, Tensor | None], Tensor | None]) -> None:
+def _one_layer(
+    layer: nn.Module,
+    weights: LayerWeights,
+    pack: Callable[[Tensor], Tensor] | None,
+    cast: Callable[[nn.Module, str, Tensor | None], Tensor | None],
+) -> None:
     attention = layer._modules["attention"]
     attn_out = attention._modules["output"]
     inter = layer._modules["intermediate"]._modules["dense"]
@@ -61,8 +67,10 @@ def _to(dtype: torch.dtype) -> Callable[[Tensor], Tensor]:
     """A cache key for tensors converted to dtype (one function object per dtype)."""
     fn = _CASTS.get(dtype)
     if fn is None:
+
         def fn(w: Tensor) -> Tensor:
             return w.to(dtype)
+
         _CASTS[dtype] = fn
     return fn
 
@@ -76,8 +84,10 @@ def _then(first: Callable, second: Callable | None) -> Callable:
         return first
     fn = _CHAINS.get((first, second))
     if fn is None:
+
         def fn(w: Tensor) -> Tensor:
             return second(first(w))
+
         _CHAINS[(first, second)] = fn
     return fn
 
@@ -95,8 +105,9 @@ def autocast_dtype(x: Tensor) -> torch.dtype | None:
     return dtype if dtype != x.dtype and x.dtype == torch.float32 else None
 
 
-def layer_weights(layers: nn.ModuleList, activation: str | Callable[[Tensor], Tensor], x: Tensor,
-                  dtype: torch.dtype | None = None) -> LayerWeights | None:
+def layer_weights(
+    layers: nn.ModuleList, activation: str | Callable[[Tensor], Tensor], x: Tensor, dtype: torch.dtype | None = None
+) -> LayerWeights | None:
     """Every layer's weights for run_layers, or None where the loop does not apply: an activation without a
     fused kernel, an op without a kernel for x's device (float64 on CUDA), a module of another layout (a
     missing intermediate bias, a parametrized weight). The caller then runs the general per-layer path.
@@ -119,8 +130,10 @@ def layer_weights(layers: nn.ModuleList, activation: str | Callable[[Tensor], Te
         def cast(module: nn.Module, slot: str, t: Tensor | None) -> Tensor | None:
             return None if t is None else packed_weight(module, t, to, slot)
     else:
+
         def cast(module: nn.Module, slot: str, t: Tensor | None) -> Tensor | None:
             return t
+
     try:
         for layer in layers:
             _one_layer(layer, weights, pack, cast)
@@ -143,25 +156,40 @@ def _pad_rows(x: Tensor, cu_seqlens: Tensor, max_seqlen: int, rows: int) -> tupl
     return padded, cu, max(max_seqlen, rows - t)
 
 
-def run_layers(weights: LayerWeights, x: Tensor, cu_seqlens: Tensor, max_seqlen: int, num_heads: int,
-               scale: float, activation: str, on_layer: Callable[[int, Tensor], None] | None = None,
-               layers: nn.Module | None = None) -> Tensor:
+def run_layers(
+    weights: LayerWeights,
+    x: Tensor,
+    cu_seqlens: Tensor,
+    max_seqlen: int,
+    num_heads: int,
+    scale: float,
+    activation: str,
+    on_layer: Callable[[int, Tensor], None] | None = None,
+    layers: nn.Module | None = None,
+) -> Tensor:
     """x (T, H) through every layer; on_layer(i, x) after layer i (for output_hidden_states). On CUDA, with the
     layer stack given, through a cached CUDA graph (fastbert/runtime/cuda_graphs.py); on CPU with oneDNN, on rows padded
     to ``gemm.bucket_rows(T)``."""
     all_layers = on_layer is not None
     outs = None
-    if (layers is not None and x.is_cuda and x.shape[0] > 0 and cuda_graphs.cuda_graphs_enabled()
-            and not torch.cuda.is_current_stream_capturing()):
-        outs = cuda_graphs.run(layers, weights.tensors, weights.eps, x, cu_seqlens, max_seqlen, num_heads, scale,
-                               activation, all_layers)
+    if (
+        layers is not None
+        and x.is_cuda
+        and x.shape[0] > 0
+        and cuda_graphs.cuda_graphs_enabled()
+        and not torch.cuda.is_current_stream_capturing()
+    ):
+        outs = cuda_graphs.run(
+            layers, weights.tensors, weights.eps, x, cu_seqlens, max_seqlen, num_heads, scale, activation, all_layers
+        )
     if outs is None:
         t = x.shape[0]
         onednn = gemm.uses_onednn(x)
         if onednn and t > 0:
             x, cu_seqlens, max_seqlen = _pad_rows(x, cu_seqlens, max_seqlen, gemm.bucket_rows(t))
-        outs = torch.ops.fastbert.encoder_layers.default(x, cu_seqlens, max_seqlen, num_heads, scale, activation,
-                                                         weights.tensors, weights.eps, all_layers, onednn)
+        outs = torch.ops.fastbert.encoder_layers.default(
+            x, cu_seqlens, max_seqlen, num_heads, scale, activation, weights.tensors, weights.eps, all_layers, onednn
+        )
         if x.shape[0] != t:
             outs = [y[:t] for y in outs]
     if on_layer is not None:

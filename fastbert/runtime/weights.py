@@ -10,6 +10,7 @@ is packed from the concatenation, which is then dropped: one derived copy per we
 parameters or buffers (state_dict stays HF's) and are not copied by deepcopy or pickle;
 ``clear_fused_cache(model)`` frees them.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -30,13 +31,20 @@ def layer_parts(layer: nn.Module) -> tuple:
     """The submodules of an HF-named BERT layer a forward reads: (self-attention, attention output dense,
     its LayerNorm, intermediate dense, output dense, its LayerNorm)."""
     attention = layer.attention
-    return (attention.self, attention.output.dense, attention.output.LayerNorm, layer.intermediate.dense,
-            layer.output.dense, layer.output.LayerNorm)
+    return (
+        attention.self,
+        attention.output.dense,
+        attention.output.LayerNorm,
+        layer.intermediate.dense,
+        layer.output.dense,
+        layer.output.LayerNorm,
+    )
 
 
 class _FusedCache:
     """Holds (key, weight, bias) of a layer's fused QKV projection. Not copied by deepcopy or pickle (a copy
     rebuilds its own), and never a parameter or buffer, so state_dict stays HF's."""
+
     __slots__ = ("entry", "__weakref__")
 
     def __init__(self):
@@ -59,8 +67,9 @@ def _version(t: Tensor) -> int:
 def tensors_key(ts: Sequence[Tensor | None]) -> tuple:
     """What identifies the tensors ts (None allowed) for a cache: object, storage, in-place version, dtype, device,
     shape."""
-    return tuple((weakref.ref(t), t.data_ptr(), _version(t), t.dtype, t.device, t.shape) if t is not None
-                 else None for t in ts)
+    return tuple(
+        (weakref.ref(t), t.data_ptr(), _version(t), t.dtype, t.device, t.shape) if t is not None else None for t in ts
+    )
 
 
 def key_matches(key: tuple | None, ts: Sequence[Tensor | None]) -> bool:
@@ -73,8 +82,14 @@ def key_matches(key: tuple | None, ts: Sequence[Tensor | None]) -> bool:
                 return False
             continue
         ref, ptr, ver, dtype, device, shape = k
-        if (ref() is not t or ptr != t.data_ptr() or ver != _version(t) or dtype != t.dtype or shape != t.shape
-                or device != t.device):
+        if (
+            ref() is not t
+            or ptr != t.data_ptr()
+            or ver != _version(t)
+            or dtype != t.dtype
+            or shape != t.shape
+            or device != t.device
+        ):
             return False
     return True
 
@@ -82,8 +97,7 @@ def key_matches(key: tuple | None, ts: Sequence[Tensor | None]) -> bool:
 def _adjacent_view(ts: Sequence[Tensor]) -> Tensor | None:
     """The (3n, ...) tensor q|k|v already form in memory when they are consecutive views of one storage."""
     t0 = ts[0]
-    if not all(t.is_contiguous() and t.dtype == t0.dtype and t.device == t0.device and t.shape == t0.shape
-               for t in ts):
+    if not all(t.is_contiguous() and t.dtype == t0.dtype and t.device == t0.device and t.shape == t0.shape for t in ts):
         return None
     try:
         base = t0.untyped_storage().data_ptr()
@@ -112,8 +126,11 @@ def _qkv_params(sa: nn.Module) -> tuple[tuple, tuple]:
     try:
         mods = sa._modules
         ps = (mods["query"]._parameters, mods["key"]._parameters, mods["value"]._parameters)
-        return (ps[0]["weight"], ps[1]["weight"], ps[2]["weight"]), (ps[0].get("bias"), ps[1].get("bias"),
-                                                                      ps[2].get("bias"))
+        return (ps[0]["weight"], ps[1]["weight"], ps[2]["weight"]), (
+            ps[0].get("bias"),
+            ps[1].get("bias"),
+            ps[2].get("bias"),
+        )
     except (KeyError, AttributeError):
         return (sa.query.weight, sa.key.weight, sa.value.weight), (sa.query.bias, sa.key.bias, sa.value.bias)
 
@@ -126,8 +143,7 @@ def _cache(module: nn.Module, attr: str) -> _FusedCache:
     return cache
 
 
-def fused_qkv(sa: nn.Module, need_grad: bool,
-              pack: Callable[[Tensor], Any] | None = None) -> tuple[Any, Tensor | None]:
+def fused_qkv(sa: nn.Module, need_grad: bool, pack: Callable[[Tensor], Any] | None = None) -> tuple[Any, Tensor | None]:
     """(Wqkv (3H, H), bqkv (3H,) or None) of a self-attention module with query/key/value Linears.
 
     With gradients or while compiling: torch.cat in the graph (differentiable). Otherwise a cached copy,

@@ -1,5 +1,6 @@
 """The encode job's parts (fastbert.batch): the model folder's defaults, token-budget batching, the .npy writer.
 The job end to end, through the command, is tests/cli/test_encode.py."""
+
 import json
 import os
 
@@ -23,8 +24,9 @@ def test_model_defaults(tmp_path):
     d = job.model_defaults(str(plain))
     assert (d.pooling, d.normalize, d.max_length) == ("mean", False, 512)
     (plain / "1_Pooling").mkdir()
-    (plain / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
+    (plain / "1_Pooling" / "config.json").write_text(
+        json.dumps({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False})
+    )
     (plain / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 128}))
     d = job.model_defaults(str(plain))
     assert (d.pooling, d.normalize, d.max_length) == ("cls", False, 128)

@@ -1,6 +1,7 @@
 """fastbert.bench (the library behind benchmarks/bench_model.py and `fastbert bench`): every implementation
 carries the same weights and agrees with HF eager at real positions; batches, FLOPs and rows are what they say.
 No timing is asserted here."""
+
 import pytest
 import torch
 
@@ -38,8 +39,7 @@ def test_implementations_agree_with_hf(folder):
     models = bench.build_models(folder, seed=0)
     assert set(models) == set(bench.IMPLS)
     cfg = bench.make_hf_config(folder)
-    rows = bench.bench_shape(models, cfg, batch=3, seq_len=16, min_len=4, max_len=16, repeats=1, warmup=0,
-                             rate=1e9)
+    rows = bench.bench_shape(models, cfg, batch=3, seq_len=16, min_len=4, max_len=16, repeats=1, warmup=0, rate=1e9)
     assert [r["impl"] for r in rows] == list(bench.IMPLS)
     for r in rows:
         assert r["max_abs_diff_vs_hf_eager"] <= 1e-4, r["impl"]

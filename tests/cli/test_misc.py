@@ -1,4 +1,5 @@
 """`fastbert info`, `validate`, `bench` and the command's plumbing (help, exit codes)."""
+
 import json
 import os
 import subprocess
@@ -58,6 +59,7 @@ def test_validate_passes_on_minilm(capsys):
 
 def test_validate_says_what_it_skipped_without_a_tokenizer(capsys, tmp_path):
     import shutil
+
     folder = tmp_path / "no-tokenizer"
     shutil.copytree(MODEL, folder)
     (folder / "tokenizer.json").unlink()
@@ -110,12 +112,36 @@ def test_bench_tiny_grid_json_and_plot(capsys, tmp_path):
     pytest.importorskip("transformers")
     impls = ["hf_eager", "hf_sdpa", "native", "fastbert"]
     from fastbert.bench import ort_peer as cli_ort
+
     if cli_ort.available():
         impls.append("onnxruntime")
     js, png = tmp_path / "b.json", tmp_path / "b.png"
-    code, out, err = run(capsys, "bench", "--model", "minilm-l6", "--layers", "1", "--batch", "2", "--seq-len", "16",
-                         "32", "--padding", "0", "0.5", "--repeats", "1", "--warmup", "0", "--impls", *impls,
-                         "--json", str(js), "--plot", str(png))
+    code, out, err = run(
+        capsys,
+        "bench",
+        "--model",
+        "minilm-l6",
+        "--layers",
+        "1",
+        "--batch",
+        "2",
+        "--seq-len",
+        "16",
+        "32",
+        "--padding",
+        "0",
+        "0.5",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--impls",
+        *impls,
+        "--json",
+        str(js),
+        "--plot",
+        str(png),
+    )
     assert code == 0, err
     data = json.loads(js.read_text())
     assert {"machine", "args", "rows"} <= set(data)

@@ -1,6 +1,7 @@
 """from_hf / optimize / restore, from_pretrained / save_pretrained round trips, deepcopy, state_dict, the fused
 QKV cache (never saved, rebuilt when weights change), load_encoder formats, gradients through the reference
 path, sentence-transformers."""
+
 import copy
 import subprocess
 import sys
@@ -22,8 +23,13 @@ def _batch(hf, seed=0):
 
 def test_import_fastbert_does_not_import_transformers():
     code = "import sys, fastbert; fastbert.Encoder; print('transformers' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PYTHONPATH": ".", "FASTBERT_QUIET": "1", "PATH": ""})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": ".", "FASTBERT_QUIET": "1", "PATH": ""},
+    )
     assert out.stdout.strip() == "False"
 
 
@@ -103,7 +109,7 @@ def test_from_hf_copies_and_keeps_original():
 
 def test_fastbert_from_pretrained_save_pretrained(tmp_path):
     hf = make_hf(BertForSequenceClassification)
-    hf.save_pretrained(tmp_path / "cls")                     # keys carry "bert." and head keys
+    hf.save_pretrained(tmp_path / "cls")  # keys carry "bert." and head keys
     fb = fastbert.BertModel.from_pretrained(tmp_path / "cls", pad_outputs="hf").eval()
     assert fb.pad_outputs == "hf"
     batch = _batch(hf)
@@ -132,10 +138,13 @@ def test_load_encoder_formats(tmp_path, fmt):
         hf.save_pretrained(d)
     if fmt in ("bin", "tf_names"):
         from safetensors.torch import load_file
+
         sd = load_file(str(d / "model.safetensors"))
         if fmt == "tf_names":
-            sd = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
-                  for k, v in sd.items()}
+            sd = {
+                k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+                for k, v in sd.items()
+            }
         (d / "model.safetensors").unlink()
         torch.save(sd, d / "pytorch_model.bin")
     enc = fastbert.load_encoder(str(d))
@@ -164,15 +173,15 @@ def test_fused_cache_follows_weight_changes():
             assert max_diff(fb(**batch).last_hidden_state, hf(**batch).last_hidden_state, keep) <= TOL
 
     check()
-    with torch.no_grad():                                  # in-place edit (optimizer step style)
+    with torch.no_grad():  # in-place edit (optimizer step style)
         for m in (hf, fb):
             m.encoder.layer[1].attention.self.key.weight.add_(0.05)
             m.encoder.layer[0].attention.self.value.bias.mul_(-1)
     check()
-    fb.load_state_dict(hf.state_dict())                    # copy into the same tensors
+    fb.load_state_dict(hf.state_dict())  # copy into the same tensors
     check()
     new = nn.Parameter(torch.randn_like(hf.encoder.layer[0].attention.self.query.weight) * 0.02)
-    hf.encoder.layer[0].attention.self.query.weight = new   # a new tensor object
+    hf.encoder.layer[0].attention.self.query.weight = new  # a new tensor object
     fb.encoder.layer[0].attention.self.query.weight = nn.Parameter(new.detach().clone())
     check()
     hf.double()
@@ -187,8 +196,9 @@ def test_fused_cache_follows_weight_changes():
 def test_lean_encoder_shares_qkv_storage():
     hf = make_hf()
     enc = fastbert.Encoder(fastbert.EncoderConfig.from_dict(hf.config.to_dict())).fuse_qkv_storage_()
-    enc.load_state_dict(hf.state_dict())                   # copies into the fused views
+    enc.load_state_dict(hf.state_dict())  # copies into the fused views
     from fastbert.runtime.weights import fused_qkv
+
     sa = enc.encoder.layer[0].attention.self
     w, b = fused_qkv(sa, need_grad=False)
     assert w.data_ptr() == sa.query.weight.data_ptr() and b.data_ptr() == sa.query.bias.data_ptr()
@@ -243,7 +253,8 @@ def test_optimize_refuses_unsafe_modules():
         fastbert.optimize(hf)
     h.remove()
     hf.encoder.layer[0].intermediate.dense.weight = nn.Parameter(
-        torch.zeros(hf.config.intermediate_size, hf.config.hidden_size, dtype=torch.int8), requires_grad=False)
+        torch.zeros(hf.config.intermediate_size, hf.config.hidden_size, dtype=torch.int8), requires_grad=False
+    )
     with pytest.raises(TypeError, match="quantized"):
         fastbert.optimize(hf)
 
@@ -252,7 +263,7 @@ def test_optimize_after_hf_installed_its_capture_hooks():
     hf = make_hf()
     batch = _batch(hf)
     with torch.no_grad():
-        ref = hf(**batch, output_hidden_states=True)    # HF installs its output-capturing hooks
+        ref = hf(**batch, output_hidden_states=True)  # HF installs its output-capturing hooks
     fastbert.optimize(hf)
     with torch.no_grad():
         out = hf(**batch, output_hidden_states=True)

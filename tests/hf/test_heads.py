@@ -1,5 +1,6 @@
 """The BERT task heads (fastbert/hf/heads.py) against transformers' heads: losses, logits and every parameter's
 gradient (fp32, dropout off, relative 1e-4), checkpoints both ways, label checks, training in lockstep."""
+
 import math
 
 import pytest
@@ -10,16 +11,24 @@ from fastbert.hf import heads
 from tests.helpers import hf_config, perturb_, ragged
 
 REL = 1e-4
-HEADS = ["BertForSequenceClassification", "BertForTokenClassification", "BertForQuestionAnswering",
-         "BertForMaskedLM", "BertForNextSentencePrediction", "BertForPreTraining", "BertForMultipleChoice"]
+HEADS = [
+    "BertForSequenceClassification",
+    "BertForTokenClassification",
+    "BertForQuestionAnswering",
+    "BertForMaskedLM",
+    "BertForNextSentencePrediction",
+    "BertForPreTraining",
+    "BertForMultipleChoice",
+]
 # Heads whose result never reads a pad position (labels -100 at pads): they match HF in padding-free mode too.
 PAD_FREE_PARITY = [h for h in HEADS if h != "BertForQuestionAnswering"]
 
 
 def _pair(name, pad_outputs, seed=0, **cfg):
     torch.manual_seed(seed)
-    config = hf_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=cfg.pop("num_labels", 3),
-                       **cfg)
+    config = hf_config(
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=cfg.pop("num_labels", 3), **cfg
+    )
     ref = perturb_(getattr(hf, name)(config), seed)
     ours = getattr(heads, name)(config, pad_outputs=pad_outputs)
     ours.load_state_dict(ref.state_dict())
@@ -44,13 +53,17 @@ def _batch(name, config, seed=0, B=3, L=11):
     elif name == "BertForNextSentencePrediction":
         kw["labels"] = torch.randint(0, 2, (B,), generator=g)
     elif name == "BertForQuestionAnswering":
-        kw["start_positions"] = torch.tensor([1, 3, 40][:B])    # 40: outside the sequence, ignored as HF does
+        kw["start_positions"] = torch.tensor([1, 3, 40][:B])  # 40: outside the sequence, ignored as HF does
         kw["end_positions"] = torch.tensor([2, 4, 6][:B])
     elif name == "BertForMultipleChoice":
         C = 2
         ids2, mask2, tt2 = ragged(B * C, L, config.vocab_size, seed=seed + 7, types=2)
-        kw = dict(input_ids=ids2.view(B, C, L), attention_mask=mask2.view(B, C, L), token_type_ids=tt2.view(B, C, L),
-                  labels=torch.randint(0, C, (B,), generator=g))
+        kw = dict(
+            input_ids=ids2.view(B, C, L),
+            attention_mask=mask2.view(B, C, L),
+            token_type_ids=tt2.view(B, C, L),
+            labels=torch.randint(0, C, (B,), generator=g),
+        )
     return kw
 
 
@@ -129,17 +142,44 @@ def test_mlm_decoder_tied_and_checkpoints_round_trip(tmp_path):
         assert torch.equal(loaded.state_dict()[k], v), k
 
 
-@pytest.mark.parametrize("name, kwargs, exc, match", [
-    ("BertForSequenceClassification", dict(labels=torch.tensor([0, 3, 1])), ValueError, r"labels: value 3 outside \[0, 3\)"),
-    ("BertForSequenceClassification", dict(labels=torch.tensor([0, 1])), ValueError, r"labels: expected shape \(3,\)"),
-    ("BertForTokenClassification", dict(labels=torch.full((3, 11), 7)), ValueError, "labels: value 7"),
-    ("BertForTokenClassification", dict(labels=torch.zeros(3, 10, dtype=torch.long)), ValueError, "labels: expected shape"),
-    ("BertForMaskedLM", dict(labels=torch.full((3, 11), 211)), ValueError, r"labels: value 211 outside \[0, 211\) or -100"),
-    ("BertForMaskedLM", dict(labels=torch.full((3, 11), -5)), ValueError, "labels: value -5"),
-    ("BertForNextSentencePrediction", dict(labels=torch.tensor([0, 2, 1])), ValueError, "labels: value 2"),
-    ("BertForSequenceClassification", dict(labels=torch.tensor([0.5, 1.0, 2.0])), ValueError,
-     r"multi-label targets must have shape \(3, 3\)"),
-])
+@pytest.mark.parametrize(
+    "name, kwargs, exc, match",
+    [
+        (
+            "BertForSequenceClassification",
+            dict(labels=torch.tensor([0, 3, 1])),
+            ValueError,
+            r"labels: value 3 outside \[0, 3\)",
+        ),
+        (
+            "BertForSequenceClassification",
+            dict(labels=torch.tensor([0, 1])),
+            ValueError,
+            r"labels: expected shape \(3,\)",
+        ),
+        ("BertForTokenClassification", dict(labels=torch.full((3, 11), 7)), ValueError, "labels: value 7"),
+        (
+            "BertForTokenClassification",
+            dict(labels=torch.zeros(3, 10, dtype=torch.long)),
+            ValueError,
+            "labels: expected shape",
+        ),
+        (
+            "BertForMaskedLM",
+            dict(labels=torch.full((3, 11), 211)),
+            ValueError,
+            r"labels: value 211 outside \[0, 211\) or -100",
+        ),
+        ("BertForMaskedLM", dict(labels=torch.full((3, 11), -5)), ValueError, "labels: value -5"),
+        ("BertForNextSentencePrediction", dict(labels=torch.tensor([0, 2, 1])), ValueError, "labels: value 2"),
+        (
+            "BertForSequenceClassification",
+            dict(labels=torch.tensor([0.5, 1.0, 2.0])),
+            ValueError,
+            r"multi-label targets must have shape \(3, 3\)",
+        ),
+    ],
+)
 def test_bad_labels_name_the_argument(name, kwargs, exc, match):
     _, ours = _pair(name, "zero")
     ids, mask, _ = ragged(3, 11, 211, lengths=[11, 5, 8])
@@ -195,8 +235,8 @@ def test_dropout_reproducible_and_statistically_hf():
         torch.manual_seed(seed)
         return model(**kw).loss.item()
 
-    assert loss(ours, 5) == loss(ours, 5)                  # the mask is a function of the seed
-    assert loss(ours, 5) != loss(ours, 6)                  # ... and dropout is on
+    assert loss(ours, 5) == loss(ours, 5)  # the mask is a function of the seed
+    assert loss(ours, 5) != loss(ours, 6)  # ... and dropout is on
     with torch.no_grad():
         ours_mean = sum(loss(ours, s) for s in range(60)) / 60
         ref_mean = sum(loss(ref, s) for s in range(60)) / 60
@@ -217,19 +257,30 @@ def test_trainer_fine_tunes_unchanged(tmp_path):
     for i in range(32):
         n = int(torch.randint(3, 12, (1,), generator=g))
         label = i % 2
-        ids = torch.randint(10, 100, (n,), generator=g) + 100 * label   # the label is readable from the ids
+        ids = torch.randint(10, 100, (n,), generator=g) + 100 * label  # the label is readable from the ids
         rows.append({"input_ids": ids, "attention_mask": torch.ones(n, dtype=torch.long), "labels": label})
 
     def collate(batch):
         L = max(len(r["input_ids"]) for r in batch)
         pad = lambda t: torch.nn.functional.pad(t, (0, L - len(t)))  # noqa: E731
-        return {"input_ids": torch.stack([pad(r["input_ids"]) for r in batch]),
-                "attention_mask": torch.stack([pad(r["attention_mask"]) for r in batch]),
-                "labels": torch.tensor([r["labels"] for r in batch])}
+        return {
+            "input_ids": torch.stack([pad(r["input_ids"]) for r in batch]),
+            "attention_mask": torch.stack([pad(r["attention_mask"]) for r in batch]),
+            "labels": torch.tensor([r["labels"] for r in batch]),
+        }
 
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, num_train_epochs=6,
-                             learning_rate=2e-3, logging_steps=4, save_strategy="no", report_to=[],
-                             use_cpu=True, seed=0, disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        num_train_epochs=6,
+        learning_rate=2e-3,
+        logging_steps=4,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
     trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate)
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -240,6 +291,7 @@ def test_trainer_fine_tunes_unchanged(tmp_path):
 @pytest.mark.parametrize("name", PAD_FREE_PARITY)
 def test_from_hf_and_optimize_accept_every_head(name):
     import fastbert
+
     ref, _ = _pair(name, "zero")
     kw = _batch(name, ref.config)
     with torch.no_grad():

@@ -1,5 +1,6 @@
 """torch.compile(fastbert_model, fullgraph=True) gives the eager outputs (the Python input checks are skipped
 while tracing; pack's data-dependent size traces through its fake implementation)."""
+
 import pytest
 import torch
 
@@ -10,7 +11,8 @@ from tests.helpers import TOL, make_hf, max_diff, ragged
 needs_kernels = pytest.mark.skipif(
     not all(ops.has_kernel(op, "cpu") for op in ("attention", "attention_masked", "pack")),
     reason="the reference attention loops over sequences in Python (cu_seqlens.tolist()); fullgraph needs the "
-           "compiled CPU attention kernels")
+    "compiled CPU attention kernels",
+)
 
 
 @needs_kernels

@@ -1,5 +1,6 @@
 """Bad input gets a ValueError/TypeError/IndexError (or NotImplementedError for unsupported features) whose
 message names the argument and what was expected."""
+
 import json
 import os
 
@@ -108,7 +109,7 @@ def test_corrupt_checkpoint_names_the_file(tmp_path):
     d = _save(tmp_path, make_hf())
     f = d / "model.safetensors"
     data = f.read_bytes()
-    f.write_bytes(data[: len(data) // 2])                       # truncated
+    f.write_bytes(data[: len(data) // 2])  # truncated
     with pytest.raises(ValueError, match="model.safetensors"):
         fastbert.load_encoder(str(d))
     f.write_bytes(b"\x00garbage" * 10)
@@ -140,10 +141,16 @@ def test_checkpoint_that_disagrees_with_config(tmp_path):
 
 
 def test_lean_pool_without_pooler():
-    enc = fastbert.Encoder(fastbert.EncoderConfig(**{k: v for k, v in hf_config().to_dict().items()
-                                                     if k in ("vocab_size", "hidden_size", "num_hidden_layers",
-                                                              "num_attention_heads", "intermediate_size")}),
-                           add_pooling_layer=False)
+    enc = fastbert.Encoder(
+        fastbert.EncoderConfig(
+            **{
+                k: v
+                for k, v in hf_config().to_dict().items()
+                if k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+            }
+        ),
+        add_pooling_layer=False,
+    )
     with pytest.raises(ValueError, match="pool"):
         enc.pool(torch.zeros(1, 2, 64))
 

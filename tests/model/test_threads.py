@@ -1,5 +1,6 @@
 """One model object serving several threads at once gives each the results it gets alone; resident memory
 settles over a long run of varied shapes (no growth from caches keyed on shapes)."""
+
 import pytest
 import torch
 
@@ -35,7 +36,8 @@ def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         pages = int(f.read().split()[1])
     import os
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -46,6 +48,7 @@ def test_memory_settles_over_varied_shapes(dtype, monkeypatch):
     (fastbert/ops/gemm.py) alone must hold memory. With their defaults of 1024 shapes each the test fails
     (LRU_CACHE_CAPACITY=1024 ONEDNN_PRIMITIVE_CACHE_CAPACITY=1024: +105-158 MiB on our machine)."""
     from fastbert.ops import gemm
+
     monkeypatch.setattr(gemm, "bucket_rows", lambda t: t)
     hf = make_hf(num_hidden_layers=2, hidden_size=128, intermediate_size=256, max_position_embeddings=64)
     fb = fastbert.from_hf(hf).to(dtype)

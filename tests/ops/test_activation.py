@@ -1,4 +1,5 @@
 """bias_act kernel against fastbert/ops/reference.py, every activation, dtype and instruction set."""
+
 import pytest
 import torch
 
@@ -23,11 +24,11 @@ def test_bias_act(cpu_isa, gen, activation, dtype, shape):
 def test_reference_matches_transformers_activations(gen):
     """Our reference computes each activation as transformers' ACT2FN does."""
     from transformers.activations import ACT2FN
+
     x = randn(1000, gen=gen, scale=4.0)
     zero = torch.zeros(1000)
     for name in reference.ACTIVATIONS:
-        torch.testing.assert_close(reference.bias_act(x, zero, name), ACT2FN[name](x), atol=1e-6, rtol=1e-6,
-                                   msg=name)
+        torch.testing.assert_close(reference.bias_act(x, zero, name), ACT2FN[name](x), atol=1e-6, rtol=1e-6, msg=name)
 
 
 def test_bias_act_noncontiguous(gen):
@@ -69,10 +70,10 @@ def test_gelu_float32_accuracy_on_a_dense_grid(cpu_isa):
     x = torch.cat([torch.linspace(-8, 8, 2_000_001), torch.linspace(5.6, 5.7, 1001), -torch.linspace(5.6, 5.7, 1001)])
     out = torch.ops.fastbert.bias_act(x.view(1, -1), torch.zeros(x.numel()), "gelu").view(-1)
     x64 = x.double()
-    exact = 0.5 * x64 * (1 + torch.erf(x64 / 2 ** 0.5))
+    exact = 0.5 * x64 * (1 + torch.erf(x64 / 2**0.5))
     assert (out.double() - exact).abs().max().item() < 1.5e-6
     special = torch.tensor([float("inf"), -float("inf"), float("nan"), 0.0, -0.0, 1e-30, -1e-30, 3e38, -3e38])
     got = torch.ops.fastbert.bias_act(special.view(1, -1), torch.zeros(special.numel()), "gelu").view(-1)
     s64 = special.double()
-    exact = (0.5 * s64 * (1 + torch.erf(s64 / 2 ** 0.5))).float()  # inf -> inf, -inf and nan -> nan, 3e38 -> 3e38
+    exact = (0.5 * s64 * (1 + torch.erf(s64 / 2**0.5))).float()  # inf -> inf, -inf and nan -> nan, 3e38 -> 3e38
     torch.testing.assert_close(got, exact, equal_nan=True, atol=0, rtol=1e-6)

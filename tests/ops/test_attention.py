@@ -8,6 +8,7 @@ Tolerances (kernel vs the reference evaluated in float64, values of order 1):
   (bias added) and the probabilities to bf16 before the dot products: out keeps the bf16 tolerance, lse 1e-2
   (scores of order 1-5 lose ~2^-9 relative per operand; ~5e-3 measured).
 """
+
 import math
 
 import pytest
@@ -21,8 +22,12 @@ if not fastbert.ops.has_kernel("attention", "cpu"):
     pytest.skip("fastbert._C is not built (python setup.py build_ext --inplace)", allow_module_level=True)
 
 TOL = {dtype: dict(atol=a, rtol=r) for dtype, (a, r) in TOLERANCES.items()}
-LSE_TOL = {torch.float64: dict(atol=1e-6, rtol=1e-6), torch.float32: dict(atol=2e-5, rtol=2e-5),
-           torch.bfloat16: dict(atol=1e-4, rtol=1e-4), torch.float16: dict(atol=1e-4, rtol=1e-4)}
+LSE_TOL = {
+    torch.float64: dict(atol=1e-6, rtol=1e-6),
+    torch.float32: dict(atol=2e-5, rtol=2e-5),
+    torch.bfloat16: dict(atol=1e-4, rtol=1e-4),
+    torch.float16: dict(atol=1e-4, rtol=1e-4),
+}
 
 
 def lse_tol(dtype):
@@ -49,8 +54,20 @@ def ref_inputs(t, dtype):
     return None if t is None else t.double()
 
 
-def check_packed(lengths, nh, d, dtype, scale=None, bias=True, dropout_p=0.0, seed=0, offset=0, spread=1.0,
-                 max_seqlen=None, tol_scale=1.0):
+def check_packed(
+    lengths,
+    nh,
+    d,
+    dtype,
+    scale=None,
+    bias=True,
+    dropout_p=0.0,
+    seed=0,
+    offset=0,
+    spread=1.0,
+    max_seqlen=None,
+    tol_scale=1.0,
+):
     H = nh * d
     cu = cu_of(lengths)
     qkv, b = make_qkv((int(cu[-1]), 3 * H), dtype, seed=hash((tuple(lengths), nh, d)) % 1000, spread=spread)
@@ -58,8 +75,9 @@ def check_packed(lengths, nh, d, dtype, scale=None, bias=True, dropout_p=0.0, se
     scale = 1 / math.sqrt(d) if scale is None else scale
     mx = max(lengths, default=0) if max_seqlen is None else max_seqlen
     out, lse = torch.ops.fastbert.attention(qkv, b, cu, mx, nh, scale, dropout_p, seed, offset)
-    ref_out, ref_lse = reference.attention(qkv.double(), ref_inputs(b, dtype), cu, mx, nh, scale, dropout_p, seed,
-                                           offset)
+    ref_out, ref_lse = reference.attention(
+        qkv.double(), ref_inputs(b, dtype), cu, mx, nh, scale, dropout_p, seed, offset
+    )
     assert out.shape == (int(cu[-1]), H) and out.dtype == dtype
     assert lse.shape == (nh, int(cu[-1])) and lse.dtype == torch.float32
     tol = {k: v * tol_scale for k, v in TOL[dtype].items()}
@@ -71,11 +89,11 @@ def check_packed(lengths, nh, d, dtype, scale=None, bias=True, dropout_p=0.0, se
 # ---------------------------------------------------------------- packed: values
 
 LENGTHS = [
-    [1],                      # batch of 1, one token
+    [1],  # batch of 1, one token
     [7],
-    [5, 0, 1, 33],            # an empty sequence, a one-token sequence
-    [0, 0, 3],                # empty first
-    [130, 0, 257, 1, 64],     # crosses the 256-key block, odd lengths
+    [5, 0, 1, 33],  # an empty sequence, a one-token sequence
+    [0, 0, 3],  # empty first
+    [130, 0, 257, 1, 64],  # crosses the 256-key block, odd lengths
 ]
 
 
@@ -149,6 +167,7 @@ def test_ops_wrapper_uses_kernel():
 
 # ---------------------------------------------------------------- dropout: the mask is bit-exact
 
+
 @pytest.mark.parametrize("p", [0.1, 0.5])
 @pytest.mark.parametrize("seed,offset", [(0, 0), (1234, 99), (2**40 + 17, 2**33 + 5), (-7, 3)])
 def test_packed_dropout_matches_reference(cpu_isa, p, seed, offset):
@@ -165,11 +184,11 @@ def reveal_mask(lengths, nh, p, seed, offset):
     qkv = torch.zeros(T, 3 * H, dtype=torch.float64)
     for s, e in zip(cu[:-1].tolist(), cu[1:].tolist()):
         for h in range(nh):
-            qkv[s:e, 2 * H + h * d: 2 * H + h * d + (e - s)] = torch.eye(e - s, dtype=torch.float64)
+            qkv[s:e, 2 * H + h * d : 2 * H + h * d + (e - s)] = torch.eye(e - s, dtype=torch.float64)
     out, _ = torch.ops.fastbert.attention(qkv, None, cu, d, nh, 1.0, p, seed, offset)
     masks = []
     for s, e in zip(cu[:-1].tolist(), cu[1:].tolist()):
-        o = out[s:e].view(e - s, nh, d)[:, :, : e - s].transpose(0, 1)     # (nh, n, n)
+        o = out[s:e].view(e - s, nh, d)[:, :, : e - s].transpose(0, 1)  # (nh, n, n)
         got = (o * (e - s) * (1 - p)).round()
         assert ((got == 0) | (got == 1)).all()
         heads = torch.arange(nh).view(-1, 1, 1)
@@ -197,15 +216,29 @@ def test_dropout_mask_depends_on_seed_and_offset(cpu_isa):
 
 # ---------------------------------------------------------------- masked (padded) variant
 
-def check_masked(B, L, nh, d, mask, dtype=torch.float32, dropout_p=0.0, seed=0, offset=0, ref_dtype=torch.float64,
-                 bias=True, scale=None):
+
+def check_masked(
+    B,
+    L,
+    nh,
+    d,
+    mask,
+    dtype=torch.float32,
+    dropout_p=0.0,
+    seed=0,
+    offset=0,
+    ref_dtype=torch.float64,
+    bias=True,
+    scale=None,
+):
     qkv, b = make_qkv((B, L, 3 * nh * d), dtype, seed=B * 100 + L)
     b = b if bias else None
     scale = 1 / math.sqrt(d) if scale is None else scale
     out, lse = torch.ops.fastbert.attention_masked(qkv, b, mask, nh, scale, dropout_p, seed, offset)
     rmask = mask if mask.dtype == torch.bool else mask.to(ref_dtype)
-    ref_out, ref_lse = reference.attention_masked(qkv.to(ref_dtype), None if b is None else b.to(ref_dtype), rmask,
-                                                  nh, scale, dropout_p, seed, offset)
+    ref_out, ref_lse = reference.attention_masked(
+        qkv.to(ref_dtype), None if b is None else b.to(ref_dtype), rmask, nh, scale, dropout_p, seed, offset
+    )
     assert out.shape == (B, L, nh * d) and out.dtype == dtype
     assert lse.shape == (B, nh, L) and lse.dtype == torch.float32
     torch.testing.assert_close(out.to(ref_dtype), ref_out, **TOL[dtype])
@@ -222,8 +255,15 @@ MASK_SHAPES = ["B11L", "B1LL", "1hLL", "BhLL", "LL", "L", "Bh1L"]
 
 
 def shape_of(name, B, nh, L):
-    return {"B11L": (B, 1, 1, L), "B1LL": (B, 1, L, L), "1hLL": (1, nh, L, L), "BhLL": (B, nh, L, L),
-            "LL": (L, L), "L": (L,), "Bh1L": (B, nh, 1, L)}[name]
+    return {
+        "B11L": (B, 1, 1, L),
+        "B1LL": (B, 1, L, L),
+        "1hLL": (1, nh, L, L),
+        "BhLL": (B, nh, L, L),
+        "LL": (L, L),
+        "L": (L,),
+        "Bh1L": (B, nh, 1, L),
+    }[name]
 
 
 @pytest.mark.parametrize("shape", MASK_SHAPES)
@@ -248,8 +288,8 @@ def test_masked_additive(cpu_isa, shape):
 def test_masked_fully_masked_rows(cpu_isa):
     B, L, nh, d = 2, 19, 2, 32
     keep = bool_mask((B, nh, L, L), seed=4)
-    keep[0, 1, 3] = False          # one query row of one head sees nothing
-    keep[1, :, :, :] = False       # a whole sequence sees nothing
+    keep[0, 1, 3] = False  # one query row of one head sees nothing
+    keep[1, :, :, :] = False  # a whole sequence sees nothing
     out, lse = check_masked(B, L, nh, d, keep)
     assert torch.isneginf(lse[0, 1, 3]) and torch.isneginf(lse[1]).all()
     assert (out[1] == 0).all() and (out[0, 3, 32:64] == 0).all()
@@ -267,7 +307,7 @@ def test_masked_dtype_min_gives_uniform_rows(cpu_isa, dtype):
     mask = (~keep).to(dtype) * torch.finfo(dtype).min
     out, lse = check_masked(B, L, nh, d, mask, dtype=dtype, ref_dtype=dtype)
     qkv, b = make_qkv((B, L, 3 * nh * d), dtype, seed=B * 100 + L)
-    v = (qkv + b)[1, :, 2 * nh * d:]
+    v = (qkv + b)[1, :, 2 * nh * d :]
     torch.testing.assert_close(out[1], v.mean(0, keepdim=True).expand(L, -1), **TOL[dtype])
 
 
@@ -309,8 +349,13 @@ def test_masked_noncontiguous(cpu_isa):
     B, L, nh, d = 2, 17, 2, 16
     qkv, b = make_qkv((B, L, 3 * nh * d), torch.float32, seed=9)
     mask = torch.randn(B, nh, L, L)
-    out, lse = torch.ops.fastbert.attention_masked(qkv.transpose(0, 1).contiguous().transpose(0, 1), b,
-                                                   mask.transpose(-1, -2).contiguous().transpose(-1, -2), nh, 0.25)
+    out, lse = torch.ops.fastbert.attention_masked(
+        qkv.transpose(0, 1).contiguous().transpose(0, 1),
+        b,
+        mask.transpose(-1, -2).contiguous().transpose(-1, -2),
+        nh,
+        0.25,
+    )
     ref_out, ref_lse = torch.ops.fastbert.attention_masked(qkv, b, mask, nh, 0.25)
     torch.testing.assert_close(out, ref_out, atol=0, rtol=0)
     torch.testing.assert_close(lse, ref_lse, atol=0, rtol=0)
@@ -318,12 +363,14 @@ def test_masked_noncontiguous(cpu_isa):
 
 @pytest.mark.parametrize("B,L", [(0, 5), (2, 0)])
 def test_masked_empty(cpu_isa, B, L):
-    out, lse = torch.ops.fastbert.attention_masked(torch.randn(B, L, 48), None, torch.ones(B, 1, 1, L, dtype=torch.bool),
-                                                   2, 0.25)
+    out, lse = torch.ops.fastbert.attention_masked(
+        torch.randn(B, L, 48), None, torch.ones(B, 1, 1, L, dtype=torch.bool), 2, 0.25
+    )
     assert out.shape == (B, L, 16) and lse.shape == (B, 2, L)
 
 
 # ---------------------------------------------------------------- opcheck
+
 
 def test_opcheck_attention():
     cu = cu_of([5, 0, 12])
@@ -334,18 +381,30 @@ def test_opcheck_attention():
 
 def test_opcheck_attention_masked():
     qkv, b = make_qkv((2, 9, 3 * 2 * 16), torch.float32, seed=1)
-    torch.library.opcheck(torch.ops.fastbert.attention_masked.default,
-                          (qkv, b, bool_mask((2, 1, 1, 9), seed=1), 2, 0.25, 0.0, 0, 0))
-    torch.library.opcheck(torch.ops.fastbert.attention_masked.default,
-                          (qkv, None, torch.randn(2, 2, 9, 9), 2, 0.25, 0.2, 3, 4))
+    torch.library.opcheck(
+        torch.ops.fastbert.attention_masked.default, (qkv, b, bool_mask((2, 1, 1, 9), seed=1), 2, 0.25, 0.0, 0, 0)
+    )
+    torch.library.opcheck(
+        torch.ops.fastbert.attention_masked.default, (qkv, None, torch.randn(2, 2, 9, 9), 2, 0.25, 0.2, 3, 4)
+    )
 
 
 # ---------------------------------------------------------------- bad arguments
 
+
 def packed_args(**over):
     nh, d = 2, 16
-    args = dict(qkv=torch.randn(10, 3 * nh * d), qkv_bias=torch.randn(3 * nh * d), cu_seqlens=cu_of([4, 6]),
-                max_seqlen=6, num_heads=nh, scale=0.25, dropout_p=0.0, seed=0, offset=0)
+    args = dict(
+        qkv=torch.randn(10, 3 * nh * d),
+        qkv_bias=torch.randn(3 * nh * d),
+        cu_seqlens=cu_of([4, 6]),
+        max_seqlen=6,
+        num_heads=nh,
+        scale=0.25,
+        dropout_p=0.0,
+        seed=0,
+        offset=0,
+    )
     args.update(over)
     return tuple(args.values())
 
@@ -381,9 +440,16 @@ def test_packed_bad_arguments(over, exc, name):
 
 def masked_args(**over):
     B, L, nh, d = 2, 5, 2, 16
-    args = dict(qkv=torch.randn(B, L, 3 * nh * d), qkv_bias=torch.randn(3 * nh * d),
-                mask=torch.ones(B, 1, 1, L, dtype=torch.bool), num_heads=nh, scale=0.25, dropout_p=0.0, seed=0,
-                offset=0)
+    args = dict(
+        qkv=torch.randn(B, L, 3 * nh * d),
+        qkv_bias=torch.randn(3 * nh * d),
+        mask=torch.ones(B, 1, 1, L, dtype=torch.bool),
+        num_heads=nh,
+        scale=0.25,
+        dropout_p=0.0,
+        seed=0,
+        offset=0,
+    )
     args.update(over)
     return tuple(args.values())
 
@@ -435,8 +501,9 @@ def test_same_bits_at_any_thread_count(cpu_isa):
 #        fp32-staged path's (which rounds only the output; ~1.2-2.2 x measured, the max error 1-5 x);
 #   lse: per row within 2^-8 * scale * max_j sum_c |q_c k_jc| (two bf16 roundings of the score's operands) + 1e-5.
 
-needs_bf16_dot = pytest.mark.skipif(not fastbert.ops.cpu_bf16_dot_supported(),
-                                    reason="the processor has no avx512_bf16")
+needs_bf16_dot = pytest.mark.skipif(
+    not fastbert.ops.cpu_bf16_dot_supported(), reason="the processor has no avx512_bf16"
+)
 
 
 @pytest.fixture
@@ -467,7 +534,7 @@ def rms(x):
 
 def lse_bound(q, k, scale):
     """Per query row, a bound on |lse error| of each row: 2^-8 * |scale| * max over keys of sum_c |q_c| |k_c|."""
-    return 2.0 ** -8 * abs(scale) * (q.abs() @ k.abs().transpose(-1, -2)).amax(-1) + 1e-5
+    return 2.0**-8 * abs(scale) * (q.abs() @ k.abs().transpose(-1, -2)).amax(-1) + 1e-5
 
 
 def check_dot_against_staged(got, staged, ref, tol_scale=1.0):
@@ -482,14 +549,14 @@ def packed_heads(qkv, bias, nh, d, which):
     """(nh, T, d) of Q (which = 0) or K (which = 1), bias added, in float64."""
     x = qkv.double() + (0 if bias is None else bias.double())
     H = nh * d
-    return x[:, which * H:(which + 1) * H].view(-1, nh, d).transpose(0, 1)
+    return x[:, which * H : (which + 1) * H].view(-1, nh, d).transpose(0, 1)
 
 
-def check_dot_packed(lengths, nh, d, dropout_p=0.0, seed=0, offset=0, bias=True, spread=1.0, scale=None,
-                     tol_scale=1.0):
+def check_dot_packed(lengths, nh, d, dropout_p=0.0, seed=0, offset=0, bias=True, spread=1.0, scale=None, tol_scale=1.0):
     cu = cu_of(lengths)
-    qkv, b = make_qkv((int(cu[-1]), 3 * nh * d), torch.bfloat16, seed=hash((tuple(lengths), nh, d)) % 1000,
-                      spread=spread)
+    qkv, b = make_qkv(
+        (int(cu[-1]), 3 * nh * d), torch.bfloat16, seed=hash((tuple(lengths), nh, d)) % 1000, spread=spread
+    )
     b = b if bias else None
     scale = 1 / math.sqrt(d) if scale is None else scale
     mx = max(lengths, default=0)
@@ -523,7 +590,7 @@ def test_bf16_dot_packed(bf16_dot, lengths, d):
 @needs_bf16_dot
 def test_bf16_dot_odd_head_dim_no_bias_other_scale(bf16_dot):
     check_dot_packed([9, 40, 2], 1, 48, bias=False, scale=0.37)
-    check_dot_packed([17, 3], 2, 130, scale=-0.2)       # d = 130: a 16-dim tail, 65 pairs
+    check_dot_packed([17, 3], 2, 130, scale=-0.2)  # d = 130: a 16-dim tail, 65 pairs
     check_dot_packed([20, 5], 4, 8)
     # running max grows over three key blocks; scores of order 10: their bf16 operands move out by up to ~5e-2,
     # against the output rounding alone of the fp32-staged path (3.4 x its RMS error)
@@ -551,7 +618,7 @@ def test_bf16_dot_dropout_mask_bit_exact(bf16_dot, p):
     for s, e in zip(cu[:-1].tolist(), cu[1:].tolist()):
         for h in range(nh):
             for j in range(e - s):
-                qkv[s + j, 2 * H + h * d + j % d] = 1.0   # V = one-hot of key j mod 64
+                qkv[s + j, 2 * H + h * d + j % d] = 1.0  # V = one-hot of key j mod 64
     out, _ = torch.ops.fastbert.attention(qkv, None, cu, max(lengths), nh, 1.0, p, seed, offset)
     kept_total = []
     for s, e in zip(cu[:-1].tolist(), cu[1:].tolist()):
@@ -564,7 +631,7 @@ def test_bf16_dot_dropout_mask_bit_exact(bf16_dot, p):
         # out[i, h, c] * n * (1 - p) = number of kept keys j with j % 64 == c
         counts = torch.zeros(nh, n, d, dtype=torch.float64)
         counts.index_add_(2, torch.arange(n) % d, want)
-        got = (out[s:e].view(n, nh, d).transpose(0, 1).double() * n * (1 - p))
+        got = out[s:e].view(n, nh, d).transpose(0, 1).double() * n * (1 - p)
         assert torch.equal(got.round(), counts), (s, e)
         kept_total.append(want.flatten())
     kept = torch.cat(kept_total).mean().item()
@@ -582,7 +649,7 @@ def check_dot_masked(B, L, nh, d, mask, dropout_p=0.0, seed=0, offset=0):
     H = nh * d
     x = qkv.double() + b.double()
     q = x[..., :H].view(B, L, nh, d).transpose(1, 2)
-    k = x[..., H:2 * H].view(B, L, nh, d).transpose(1, 2)
+    k = x[..., H : 2 * H].view(B, L, nh, d).transpose(1, 2)
     bound = lse_bound(q, k, scale)
     finite = torch.isfinite(ref[1])
     assert ((got[1].double() - ref[1].double()).abs()[finite] <= bound[finite]).all()
@@ -618,7 +685,7 @@ def test_bf16_dot_masked_fully_masked_rows(bf16_dot, kind):
     mask = keep if kind == "bool" else torch.zeros(B, nh, L, L).masked_fill(~keep, float("-inf"))
     out, lse = check_dot_masked(B, L, nh, d, mask)
     assert torch.isneginf(lse[0, 1, 5]) and torch.isneginf(lse[1]).all() and torch.isfinite(lse[0, 0]).all()
-    assert (out[1] == 0).all() and (out[0, 5, d:2 * d] == 0).all()
+    assert (out[1] == 0).all() and (out[0, 5, d : 2 * d] == 0).all()
 
 
 @needs_bf16_dot

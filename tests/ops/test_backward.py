@@ -9,6 +9,7 @@ float64 1e-10; float32 2e-5 on elementwise gradients, 1e-4 on gradients summed o
 summation order); bfloat16 3e-2 and float16 4e-3 (one rounding of the result), looser on row sums of
 rounded terms (SUM_TOL).
 """
+
 import pytest
 import torch
 
@@ -59,6 +60,7 @@ def _threads(n):
 
         def __exit__(self, *exc):
             torch.set_num_threads(self.prev)
+
     return _Ctx()
 
 
@@ -107,18 +109,25 @@ def test_bias_act_opcheck(gen):
     x = _leaf(randn(5, 33, gen=gen))
     b = _leaf(randn(33, gen=gen))
     torch.library.opcheck(torch.ops.fastbert.bias_act.default, (x, b, "gelu"))
-    torch.library.opcheck(torch.ops.fastbert.bias_act_backward.default,
-                          (randn(5, 33, gen=gen), x.detach(), b.detach(), "silu"))
+    torch.library.opcheck(
+        torch.ops.fastbert.bias_act_backward.default, (randn(5, 33, gen=gen), x.detach(), b.detach(), "silu")
+    )
 
 
-@pytest.mark.parametrize("bad, match, exc", [
-    (dict(grad=torch.randn(4, 7)), "grad", RuntimeError),
-    (dict(grad=torch.randn(4, 8, dtype=torch.float64)), "grad", RuntimeError),
-    (dict(bias=torch.randn(7)), "bias", RuntimeError),
-    (dict(activation="tanh"), "activation", ValueError),
-    (dict(x=torch.randint(0, 3, (4, 8)), grad=torch.randint(0, 3, (4, 8)), bias=torch.randint(0, 3, (8,))),
-     "floating", RuntimeError),
-])
+@pytest.mark.parametrize(
+    "bad, match, exc",
+    [
+        (dict(grad=torch.randn(4, 7)), "grad", RuntimeError),
+        (dict(grad=torch.randn(4, 8, dtype=torch.float64)), "grad", RuntimeError),
+        (dict(bias=torch.randn(7)), "bias", RuntimeError),
+        (dict(activation="tanh"), "activation", ValueError),
+        (
+            dict(x=torch.randint(0, 3, (4, 8)), grad=torch.randint(0, 3, (4, 8)), bias=torch.randint(0, 3, (8,))),
+            "floating",
+            RuntimeError,
+        ),
+    ],
+)
 def test_bias_act_backward_bad_args(bad, match, exc):
     args = dict(grad=torch.randn(4, 8), x=torch.randn(4, 8), bias=torch.randn(8), activation="gelu")
     args.update(bad)
@@ -127,6 +136,7 @@ def test_bias_act_backward_bad_args(bad, match, exc):
 
 
 # ================================================================ bias_residual_layernorm
+
 
 def _brln_inputs(gen, dtype, shape, with_bias):
     H = shape[-1]
@@ -148,9 +158,14 @@ def test_bias_residual_layernorm_grads_match_reference(cpu_isa, gen, dtype, shap
     ref_inputs = [_leaf(t) if t is not None else None for t in inputs]
     want = _grads(lambda *a: reference.bias_residual_layernorm(*a, 1e-12), ref_inputs, g)
     names = ["x"] + (["bias"] if with_bias else []) + ["residual", "ln_weight", "ln_bias"]
-    tols = {"x": GRAD_TOL[dtype], "residual": GRAD_TOL[dtype], "bias": SUM_TOL[dtype], "ln_weight": SUM_TOL[dtype],
-            "ln_bias": SUM_TOL[dtype]}
-    if dtype == torch.float32:   # grad_s: rstd * (g w - mean(g w) - xhat mean(g w xhat)), sums over H
+    tols = {
+        "x": GRAD_TOL[dtype],
+        "residual": GRAD_TOL[dtype],
+        "bias": SUM_TOL[dtype],
+        "ln_weight": SUM_TOL[dtype],
+        "ln_bias": SUM_TOL[dtype],
+    }
+    if dtype == torch.float32:  # grad_s: rstd * (g w - mean(g w) - xhat mean(g w xhat)), sums over H
         tols["x"] = tols["residual"] = dict(atol=5e-5, rtol=5e-5)
     _check_grads(got, want, tols, names)
 
@@ -175,10 +190,16 @@ def test_bias_residual_layernorm_backward_deterministic_across_threads(gen):
 
 
 def test_bias_residual_layernorm_backward_empty_rows():
-    x, bias, residual, w, b = (_leaf(torch.empty(0, 16)), _leaf(torch.randn(16)), _leaf(torch.empty(0, 16)),
-                               _leaf(torch.randn(16)), _leaf(torch.randn(16)))
-    grads = _grads(lambda *a: torch.ops.fastbert.bias_residual_layernorm(*a, 1e-12), (x, bias, residual, w, b),
-                   torch.empty(0, 16))
+    x, bias, residual, w, b = (
+        _leaf(torch.empty(0, 16)),
+        _leaf(torch.randn(16)),
+        _leaf(torch.empty(0, 16)),
+        _leaf(torch.randn(16)),
+        _leaf(torch.randn(16)),
+    )
+    grads = _grads(
+        lambda *a: torch.ops.fastbert.bias_residual_layernorm(*a, 1e-12), (x, bias, residual, w, b), torch.empty(0, 16)
+    )
     assert grads[0].shape == (0, 16)
     for gr in grads[1:]:
         assert torch.isfinite(gr).all() and not gr.any()
@@ -190,10 +211,14 @@ def test_bias_residual_layernorm_opcheck(gen):
         torch.library.opcheck(torch.ops.fastbert.bias_residual_layernorm.default, (*inputs, 1e-12))
     x, bias, residual, w, _ = [t.detach() for t in _brln_inputs(gen, torch.float32, (6, 40), True)]
     _, mean, rstd = torch.ops.fastbert.bias_residual_layernorm(x, bias, residual, w, w, 1e-12)
-    torch.library.opcheck(torch.ops.fastbert.bias_residual_layernorm_backward.default,
-                          (randn(6, 40, gen=gen), x, bias, residual, w, mean, rstd))
-    torch.library.opcheck(torch.ops.fastbert.bias_residual_layernorm_backward.default,
-                          (randn(6, 40, gen=gen), x, None, residual, w, mean, rstd))
+    torch.library.opcheck(
+        torch.ops.fastbert.bias_residual_layernorm_backward.default,
+        (randn(6, 40, gen=gen), x, bias, residual, w, mean, rstd),
+    )
+    torch.library.opcheck(
+        torch.ops.fastbert.bias_residual_layernorm_backward.default,
+        (randn(6, 40, gen=gen), x, None, residual, w, mean, rstd),
+    )
 
 
 def test_bias_residual_layernorm_stats_not_differentiable(gen):
@@ -202,23 +227,34 @@ def test_bias_residual_layernorm_stats_not_differentiable(gen):
     assert out.requires_grad and not mean.requires_grad and not rstd.requires_grad
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(grad_out=torch.randn(4, 7)), "grad_out"),
-    (dict(residual=torch.randn(3, 8)), "residual"),
-    (dict(bias=torch.randn(7)), "bias"),
-    (dict(ln_weight=torch.randn(8, dtype=torch.float64)), "ln_weight"),
-    (dict(mean=torch.randn(5)), "mean"),
-    (dict(rstd=torch.randn(4, dtype=torch.float64)), "rstd"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(grad_out=torch.randn(4, 7)), "grad_out"),
+        (dict(residual=torch.randn(3, 8)), "residual"),
+        (dict(bias=torch.randn(7)), "bias"),
+        (dict(ln_weight=torch.randn(8, dtype=torch.float64)), "ln_weight"),
+        (dict(mean=torch.randn(5)), "mean"),
+        (dict(rstd=torch.randn(4, dtype=torch.float64)), "rstd"),
+    ],
+)
 def test_bias_residual_layernorm_backward_bad_args(bad, match):
-    args = dict(grad_out=torch.randn(4, 8), x=torch.randn(4, 8), bias=torch.randn(8), residual=torch.randn(4, 8),
-                ln_weight=torch.randn(8), mean=torch.randn(4), rstd=torch.rand(4))
+    args = dict(
+        grad_out=torch.randn(4, 8),
+        x=torch.randn(4, 8),
+        bias=torch.randn(8),
+        residual=torch.randn(4, 8),
+        ln_weight=torch.randn(8),
+        mean=torch.randn(4),
+        rstd=torch.rand(4),
+    )
     args.update(bad)
     with pytest.raises(RuntimeError, match=match):
         torch.ops.fastbert.bias_residual_layernorm_backward(**args)
 
 
 # ================================================================ embeddings
+
 
 def _emb_inputs(gen, dtype, n, H, V=13, P=11, TV=3, index_dtype=torch.long, types="ids"):
     """Small tables so that ids repeat (the scatter-add must sum them). types: "ids", "zeros" (table, no
@@ -286,11 +322,12 @@ def test_embeddings_padding_idx_follows_hf(gen):
     g = randn(40, 24, gen=gen)
 
     def ours(word, position, tt, w, b):
-        return ops.embeddings(ids, inputs[1], inputs[2], fb_autograd.zero_row_grad(word, pad), position, tt, w, b,
-                              1e-12)
+        return ops.embeddings(
+            ids, inputs[1], inputs[2], fb_autograd.zero_row_grad(word, pad), position, tt, w, b, 1e-12
+        )
 
     def hf_like(word, position, tt, w, b):
-        s = (torch.nn.functional.embedding(ids, word, padding_idx=pad) + position[inputs[1]] + tt[inputs[2]])
+        s = torch.nn.functional.embedding(ids, word, padding_idx=pad) + position[inputs[1]] + tt[inputs[2]]
         return torch.nn.functional.layer_norm(s, (24,), w, b, 1e-12)
 
     leaves = inputs[3:]
@@ -326,36 +363,51 @@ def test_embeddings_opcheck(gen):
     for types in ("ids", "zeros", None):
         inputs = _emb_inputs(gen, torch.float32, 10, 20, types=types)
         torch.library.opcheck(torch.ops.fastbert.embeddings.default, (*inputs, 1e-12))
-    ids, pos, tt_ids, word, position, tt, w, b = [t.detach() if t is not None else None
-                                                   for t in _emb_inputs(gen, torch.float32, 10, 20)]
+    ids, pos, tt_ids, word, position, tt, w, b = [
+        t.detach() if t is not None else None for t in _emb_inputs(gen, torch.float32, 10, 20)
+    ]
     _, mean, rstd = torch.ops.fastbert.embeddings(ids, pos, tt_ids, word, position, tt, w, b, 1e-12)
     g = randn(10, 20, gen=gen)
-    torch.library.opcheck(torch.ops.fastbert.embeddings_backward.default,
-                          (g, ids, pos, tt_ids, word, position, tt, w, mean, rstd))
-    torch.library.opcheck(torch.ops.fastbert.embeddings_backward.default,
-                          (g, ids, pos, None, word, position, None, w, mean, rstd))
+    torch.library.opcheck(
+        torch.ops.fastbert.embeddings_backward.default, (g, ids, pos, tt_ids, word, position, tt, w, mean, rstd)
+    )
+    torch.library.opcheck(
+        torch.ops.fastbert.embeddings_backward.default, (g, ids, pos, None, word, position, None, w, mean, rstd)
+    )
 
 
-@pytest.mark.parametrize("bad, match, exc", [
-    (dict(input_ids=torch.tensor([0, 1, 99])), "input_ids", IndexError),
-    (dict(position_ids=torch.tensor([0, -1, 2])), "position_ids", IndexError),
-    (dict(token_type_ids=torch.tensor([0, 5, 1])), "token_type_ids", IndexError),
-    (dict(grad_out=torch.randn(3, 7)), "grad_out", RuntimeError),
-    (dict(mean=torch.randn(4)), "mean", RuntimeError),
-    (dict(position_weight=torch.randn(11, 7)), "position_weight", RuntimeError),
-    (dict(ln_weight=torch.randn(7)), "ln_weight", RuntimeError),
-])
+@pytest.mark.parametrize(
+    "bad, match, exc",
+    [
+        (dict(input_ids=torch.tensor([0, 1, 99])), "input_ids", IndexError),
+        (dict(position_ids=torch.tensor([0, -1, 2])), "position_ids", IndexError),
+        (dict(token_type_ids=torch.tensor([0, 5, 1])), "token_type_ids", IndexError),
+        (dict(grad_out=torch.randn(3, 7)), "grad_out", RuntimeError),
+        (dict(mean=torch.randn(4)), "mean", RuntimeError),
+        (dict(position_weight=torch.randn(11, 7)), "position_weight", RuntimeError),
+        (dict(ln_weight=torch.randn(7)), "ln_weight", RuntimeError),
+    ],
+)
 def test_embeddings_backward_bad_args(bad, match, exc):
-    args = dict(grad_out=torch.randn(3, 8), input_ids=torch.tensor([0, 1, 2]), position_ids=torch.tensor([0, 1, 2]),
-                token_type_ids=torch.tensor([0, 1, 0]), word_weight=torch.randn(13, 8),
-                position_weight=torch.randn(11, 8), token_type_weight=torch.randn(2, 8), ln_weight=torch.randn(8),
-                mean=torch.randn(3), rstd=torch.rand(3))
+    args = dict(
+        grad_out=torch.randn(3, 8),
+        input_ids=torch.tensor([0, 1, 2]),
+        position_ids=torch.tensor([0, 1, 2]),
+        token_type_ids=torch.tensor([0, 1, 0]),
+        word_weight=torch.randn(13, 8),
+        position_weight=torch.randn(11, 8),
+        token_type_weight=torch.randn(2, 8),
+        ln_weight=torch.randn(8),
+        mean=torch.randn(3),
+        rstd=torch.rand(3),
+    )
     args.update(bad)
     with pytest.raises(exc, match=match):
         torch.ops.fastbert.embeddings_backward(**args)
 
 
 # ================================================================ the Python face of the ops (fastbert.ops)
+
 
 def test_differentiable_ops_run_the_kernel_while_training(gen):
     """Each op in DIFFERENTIABLE has a CPU backward kernel, and ops.<op> takes the forward kernel (not the
@@ -368,6 +420,7 @@ def test_differentiable_ops_run_the_kernel_while_training(gen):
 
 
 # ================================================================ attention (packed) and attention_masked
+
 
 def _cu(lens):
     return torch.tensor([0] + torch.tensor(lens, dtype=torch.long).cumsum(0).tolist(), dtype=torch.int32)
@@ -382,8 +435,12 @@ def _attn_inputs(gen, dtype, lens, nh, d, with_bias=True):
 
 # float32: sums over up to 128 keys and d head dims in a different order, P from the saved lse; float64
 # recomputes the softmax (its saved lse is float32 by the op's contract).
-ATTN_TOL = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float32: dict(atol=5e-5, rtol=5e-5),
-            torch.bfloat16: dict(atol=5e-2, rtol=5e-2), torch.float16: dict(atol=1e-2, rtol=1e-2)}
+ATTN_TOL = {
+    torch.float64: dict(atol=1e-10, rtol=1e-10),
+    torch.float32: dict(atol=5e-5, rtol=5e-5),
+    torch.bfloat16: dict(atol=5e-2, rtol=5e-2),
+    torch.float16: dict(atol=1e-2, rtol=1e-2),
+}
 ATTN_CASES = [([1], 1, 16), ([5, 0, 17, 1], 3, 32), ([33, 7], 2, 80), ([64, 3, 40], 2, 64), ([20, 9], 1, 128)]
 
 
@@ -394,14 +451,21 @@ ATTN_CASES = [([1], 1, 16), ([5, 0, 17, 1], 3, 32), ([33, 7], 2, 80), ([64, 3, 4
 def test_attention_grads_match_reference(cpu_isa, gen, dtype, lens, nh, d, dropout_p, with_bias):
     qkv, bias, cu, max_seqlen = _attn_inputs(gen, dtype, lens, nh, d, with_bias)
     g = randn(sum(lens), nh * d, dtype=dtype, gen=gen)
-    args = (cu, max_seqlen, nh, d ** -0.5, dropout_p, 1234567890123, 77)
+    args = (cu, max_seqlen, nh, d**-0.5, dropout_p, 1234567890123, 77)
     inputs = (qkv, bias) if with_bias else (qkv,)
-    fwd = (lambda q, b: torch.ops.fastbert.attention(q, b, *args)) if with_bias else \
-        (lambda q: torch.ops.fastbert.attention(q, None, *args))
-    ref = (lambda q, b: reference.attention(q, b, *args)) if with_bias else (lambda q: reference.attention(q, None, *args))
+    fwd = (
+        (lambda q, b: torch.ops.fastbert.attention(q, b, *args))
+        if with_bias
+        else (lambda q: torch.ops.fastbert.attention(q, None, *args))
+    )
+    ref = (
+        (lambda q, b: reference.attention(q, b, *args))
+        if with_bias
+        else (lambda q: reference.attention(q, None, *args))
+    )
     got = _grads(fwd, inputs, g)
     want = _grads(ref, [_leaf(t) for t in inputs], g)
-    names = ["qkv", "qkv_bias"][:len(inputs)]
+    names = ["qkv", "qkv_bias"][: len(inputs)]
     tols = {"qkv": ATTN_TOL[dtype], "qkv_bias": SUM_TOL[dtype] if dtype == torch.float32 else ATTN_TOL[dtype]}
     _check_grads(got, want, tols, names)
 
@@ -410,11 +474,14 @@ def test_attention_dropout_changes_gradients(gen):
     """The dropout mask is really applied in the backward (a test of the test: p > 0 differs from p = 0)."""
     qkv, bias, cu, max_seqlen = _attn_inputs(gen, torch.float32, [12, 5], 2, 16)
     g = randn(17, 32, gen=gen)
-    grads = [_grads(lambda q: torch.ops.fastbert.attention(q, bias.detach(), cu, max_seqlen, 2, 0.25, p, 1, 0),
-                    (qkv,), g)[0] for p in (0.0, 0.3)]
+    grads = [
+        _grads(lambda q: torch.ops.fastbert.attention(q, bias.detach(), cu, max_seqlen, 2, 0.25, p, 1, 0), (qkv,), g)[0]
+        for p in (0.0, 0.3)
+    ]
     assert not torch.allclose(grads[0], grads[1])
-    other_seed = _grads(lambda q: torch.ops.fastbert.attention(q, bias.detach(), cu, max_seqlen, 2, 0.25, 0.3, 2, 0),
-                        (qkv,), g)[0]
+    other_seed = _grads(
+        lambda q: torch.ops.fastbert.attention(q, bias.detach(), cu, max_seqlen, 2, 0.25, 0.3, 2, 0), (qkv,), g
+    )[0]
     assert not torch.allclose(grads[1], other_seed)
 
 
@@ -428,8 +495,11 @@ def test_attention_gradcheck(cpu_isa, gen, dropout_p):
 def test_attention_empty_batch_no_nan():
     for lens in ([0], [0, 0, 0]):
         qkv, bias = _leaf(torch.randn(0, 48)), _leaf(torch.randn(48))
-        grads = _grads(lambda q, b: torch.ops.fastbert.attention(q, b, _cu(lens), 0, 2, 0.25, 0.1, 3, 0),
-                       (qkv, bias), torch.empty(0, 16))
+        grads = _grads(
+            lambda q, b: torch.ops.fastbert.attention(q, b, _cu(lens), 0, 2, 0.25, 0.1, 3, 0),
+            (qkv, bias),
+            torch.empty(0, 16),
+        )
         assert grads[0].shape == (0, 48) and torch.equal(grads[1], torch.zeros(48))
 
 
@@ -439,29 +509,46 @@ def test_attention_opcheck(gen):
     torch.library.opcheck(torch.ops.fastbert.attention.default, (qkv, None, cu, max_seqlen, 2, 0.35))
     out, lse = reference.attention(qkv.detach(), bias.detach(), cu, max_seqlen, 2, 0.35, 0.2, 9, 1)
     g = randn(9, 16, gen=gen)
-    torch.library.opcheck(torch.ops.fastbert.attention_backward.default,
-                          (g, qkv.detach(), bias.detach(), out, lse, cu, max_seqlen, 2, 0.35, 0.2, 9, 1))
-    torch.library.opcheck(torch.ops.fastbert.attention_backward.default,
-                          (g, qkv.detach(), None, out, lse, cu, max_seqlen, 2, 0.35))
+    torch.library.opcheck(
+        torch.ops.fastbert.attention_backward.default,
+        (g, qkv.detach(), bias.detach(), out, lse, cu, max_seqlen, 2, 0.35, 0.2, 9, 1),
+    )
+    torch.library.opcheck(
+        torch.ops.fastbert.attention_backward.default, (g, qkv.detach(), None, out, lse, cu, max_seqlen, 2, 0.35)
+    )
 
 
-@pytest.mark.parametrize("bad, match, exc", [
-    (dict(grad_out=torch.randn(9, 15)), "grad_out", RuntimeError),
-    (dict(out=torch.randn(9, 16, dtype=torch.float64)), "out", RuntimeError),
-    (dict(qkv=torch.randn(9, 47)), "qkv", RuntimeError),
-    (dict(qkv_bias=torch.randn(47)), "qkv_bias", RuntimeError),
-    (dict(lse=torch.randn(3, 9)), "lse", RuntimeError),
-    (dict(lse=torch.randn(2, 9, dtype=torch.float64)), "lse", RuntimeError),
-    (dict(cu_seqlens=torch.tensor([0, 6, 9], dtype=torch.int64)), "cu_seqlens", RuntimeError),
-    (dict(cu_seqlens=torch.tensor([0, 6, 8], dtype=torch.int32)), "cu_seqlens", ValueError),
-    (dict(max_seqlen=5), "max_seqlen", ValueError),
-    (dict(num_heads=0), "num_heads", ValueError),
-    (dict(dropout_p=1.0), "dropout_p", ValueError),
-])
+@pytest.mark.parametrize(
+    "bad, match, exc",
+    [
+        (dict(grad_out=torch.randn(9, 15)), "grad_out", RuntimeError),
+        (dict(out=torch.randn(9, 16, dtype=torch.float64)), "out", RuntimeError),
+        (dict(qkv=torch.randn(9, 47)), "qkv", RuntimeError),
+        (dict(qkv_bias=torch.randn(47)), "qkv_bias", RuntimeError),
+        (dict(lse=torch.randn(3, 9)), "lse", RuntimeError),
+        (dict(lse=torch.randn(2, 9, dtype=torch.float64)), "lse", RuntimeError),
+        (dict(cu_seqlens=torch.tensor([0, 6, 9], dtype=torch.int64)), "cu_seqlens", RuntimeError),
+        (dict(cu_seqlens=torch.tensor([0, 6, 8], dtype=torch.int32)), "cu_seqlens", ValueError),
+        (dict(max_seqlen=5), "max_seqlen", ValueError),
+        (dict(num_heads=0), "num_heads", ValueError),
+        (dict(dropout_p=1.0), "dropout_p", ValueError),
+    ],
+)
 def test_attention_backward_bad_args(bad, match, exc):
-    args = dict(grad_out=torch.randn(9, 16), qkv=torch.randn(9, 48), qkv_bias=torch.randn(48), out=torch.randn(9, 16),
-                lse=torch.randn(2, 9), cu_seqlens=torch.tensor([0, 6, 9], dtype=torch.int32), max_seqlen=6,
-                num_heads=2, scale=0.35, dropout_p=0.0, seed=0, offset=0)
+    args = dict(
+        grad_out=torch.randn(9, 16),
+        qkv=torch.randn(9, 48),
+        qkv_bias=torch.randn(48),
+        out=torch.randn(9, 16),
+        lse=torch.randn(2, 9),
+        cu_seqlens=torch.tensor([0, 6, 9], dtype=torch.int32),
+        max_seqlen=6,
+        num_heads=2,
+        scale=0.35,
+        dropout_p=0.0,
+        seed=0,
+        offset=0,
+    )
     args.update(bad)
     with pytest.raises(exc, match=match):
         torch.ops.fastbert.attention_backward(**args)
@@ -469,12 +556,12 @@ def test_attention_backward_bad_args(bad, match, exc):
 
 def _masks(gen, B, nh, L):
     lengths = torch.tensor([L, max(L - 3, 1)] + [1] * (B - 2))[:B]
-    keep = torch.arange(L).view(1, L) < lengths.view(B, 1)                         # (B, L) padding
+    keep = torch.arange(L).view(1, L) < lengths.view(B, 1)  # (B, L) padding
     return {
         "bool_padding": keep.view(B, 1, 1, L),
         "hf_additive": (~keep).view(B, 1, 1, L).float() * torch.finfo(torch.float32).min,
         "float_full": randn(B, nh, L, L, gen=gen),
-        "bool_random_rows": torch.rand(B, 1, L, L, generator=gen) > 0.4,         # some rows fully masked
+        "bool_random_rows": torch.rand(B, 1, L, L, generator=gen) > 0.4,  # some rows fully masked
     }
 
 
@@ -482,8 +569,7 @@ def _masks(gen, B, nh, L):
 @pytest.mark.parametrize("mask_kind", ["bool_padding", "hf_additive", "float_full", "bool_random_rows"])
 @pytest.mark.parametrize("B, L, nh, d", [(2, 7, 2, 16), (1, 1, 1, 32), (3, 20, 3, 80)])
 @pytest.mark.parametrize("dropout_p", [0.0, 0.2])
-def test_attention_masked_grads_match_reference(cpu_isa, gen, dtype, mask_kind, B, L, nh, d,
-                                                dropout_p):
+def test_attention_masked_grads_match_reference(cpu_isa, gen, dtype, mask_kind, B, L, nh, d, dropout_p):
     H = nh * d
     qkv = _leaf(randn(B, L, 3 * H, dtype=dtype, gen=gen))
     bias = _leaf(randn(3 * H, dtype=dtype, gen=gen, scale=0.5))
@@ -491,12 +577,13 @@ def test_attention_masked_grads_match_reference(cpu_isa, gen, dtype, mask_kind, 
     if mask.is_floating_point():
         mask = mask.to(dtype) if mask_kind == "float_full" else mask
     g = randn(B, L, H, dtype=dtype, gen=gen)
-    args = (nh, d ** -0.5, dropout_p, 99, 7)
+    args = (nh, d**-0.5, dropout_p, 99, 7)
     got = _grads(lambda q, b: torch.ops.fastbert.attention_masked(q, b, mask, *args), (qkv, bias), g)
     want = _grads(lambda q, b: reference.attention_masked(q, b, mask, *args), (_leaf(qkv), _leaf(bias)), g)
-    tol = dict(atol=1e-10, rtol=1e-10) if dtype == torch.float64 else ATTN_TOL[dtype]   # softmax recomputed
-    _check_grads(got, want, {"qkv": tol, "qkv_bias": tol if dtype == torch.float64 else SUM_TOL[dtype]},
-                 ["qkv", "qkv_bias"])
+    tol = dict(atol=1e-10, rtol=1e-10) if dtype == torch.float64 else ATTN_TOL[dtype]  # softmax recomputed
+    _check_grads(
+        got, want, {"qkv": tol, "qkv_bias": tol if dtype == torch.float64 else SUM_TOL[dtype]}, ["qkv", "qkv_bias"]
+    )
 
 
 def test_attention_masked_gradcheck(cpu_isa, gen):
@@ -512,9 +599,10 @@ def test_attention_masked_gradcheck(cpu_isa, gen):
 def test_attention_masked_fully_masked_rows_no_nan(gen):
     qkv, bias = _leaf(randn(2, 4, 24, gen=gen)), _leaf(randn(24, gen=gen))
     mask = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
-    mask[0] = True                                                   # batch 1: every row empty
-    gq, gb = _grads(lambda q, b: torch.ops.fastbert.attention_masked(q, b, mask, 2, 0.5), (qkv, bias),
-                    randn(2, 4, 8, gen=gen))
+    mask[0] = True  # batch 1: every row empty
+    gq, gb = _grads(
+        lambda q, b: torch.ops.fastbert.attention_masked(q, b, mask, 2, 0.5), (qkv, bias), randn(2, 4, 8, gen=gen)
+    )
     assert torch.isfinite(gq).all() and torch.isfinite(gb).all() and not gq[1].any()
 
 
@@ -524,22 +612,37 @@ def test_attention_masked_opcheck(gen):
     mask = torch.rand(2, 1, 1, 5, generator=gen) > 0.3
     torch.library.opcheck(torch.ops.fastbert.attention_masked.default, (qkv, bias, mask, 2, 0.5, 0.1, 3, 4))
     out, lse = reference.attention_masked(qkv.detach(), bias.detach(), mask, 2, 0.5, 0.1, 3, 4)
-    torch.library.opcheck(torch.ops.fastbert.attention_masked_backward.default,
-                          (randn(2, 5, 8, gen=gen), qkv.detach(), bias.detach(), mask, out, lse, 2, 0.5, 0.1, 3, 4))
+    torch.library.opcheck(
+        torch.ops.fastbert.attention_masked_backward.default,
+        (randn(2, 5, 8, gen=gen), qkv.detach(), bias.detach(), mask, out, lse, 2, 0.5, 0.1, 3, 4),
+    )
 
 
-@pytest.mark.parametrize("bad, match, exc", [
-    (dict(grad_out=torch.randn(2, 5, 7)), "grad_out", RuntimeError),
-    (dict(qkv=torch.randn(10, 24)), "qkv", RuntimeError),
-    (dict(mask=torch.ones(2, 1, 3, 5, dtype=torch.bool)), "mask", RuntimeError),
-    (dict(mask=torch.ones(2, 1, 1, 5, dtype=torch.int32)), "mask", RuntimeError),
-    (dict(lse=torch.randn(2, 5)), "lse", RuntimeError),
-    (dict(dropout_p=-0.1), "dropout_p", ValueError),
-])
+@pytest.mark.parametrize(
+    "bad, match, exc",
+    [
+        (dict(grad_out=torch.randn(2, 5, 7)), "grad_out", RuntimeError),
+        (dict(qkv=torch.randn(10, 24)), "qkv", RuntimeError),
+        (dict(mask=torch.ones(2, 1, 3, 5, dtype=torch.bool)), "mask", RuntimeError),
+        (dict(mask=torch.ones(2, 1, 1, 5, dtype=torch.int32)), "mask", RuntimeError),
+        (dict(lse=torch.randn(2, 5)), "lse", RuntimeError),
+        (dict(dropout_p=-0.1), "dropout_p", ValueError),
+    ],
+)
 def test_attention_masked_backward_bad_args(bad, match, exc):
-    args = dict(grad_out=torch.randn(2, 5, 8), qkv=torch.randn(2, 5, 24), qkv_bias=torch.randn(24),
-                mask=torch.ones(2, 1, 1, 5, dtype=torch.bool), out=torch.randn(2, 5, 8), lse=torch.randn(2, 2, 5),
-                num_heads=2, scale=0.5, dropout_p=0.0, seed=0, offset=0)
+    args = dict(
+        grad_out=torch.randn(2, 5, 8),
+        qkv=torch.randn(2, 5, 24),
+        qkv_bias=torch.randn(24),
+        mask=torch.ones(2, 1, 1, 5, dtype=torch.bool),
+        out=torch.randn(2, 5, 8),
+        lse=torch.randn(2, 2, 5),
+        num_heads=2,
+        scale=0.5,
+        dropout_p=0.0,
+        seed=0,
+        offset=0,
+    )
     args.update(bad)
     with pytest.raises(exc, match=match):
         torch.ops.fastbert.attention_masked_backward(**args)
@@ -547,14 +650,20 @@ def test_attention_masked_backward_bad_args(bad, match, exc):
 
 # ================================================================ torch.compile
 
+
 def test_compile_fullgraph_backward_matches_eager(gen):
     """The backward ops trace (fake implementations, AOT autograd) and give eager's gradients."""
     T, H, nh = 20, 32, 2
     cu = torch.tensor([0, 7, 7, 20], dtype=torch.int32)
-    ids, pos, types = (torch.randint(0, 13, (T,), generator=gen), torch.randint(0, 11, (T,), generator=gen),
-                       torch.randint(0, 2, (T,), generator=gen))
-    leaves = [_leaf(randn(*s, gen=gen)) for s in
-              [(13, H), (11, H), (2, H), (H,), (H,), (H, 3 * H), (3 * H,), (H,), (H,), (H,)]]
+    ids, pos, types = (
+        torch.randint(0, 13, (T,), generator=gen),
+        torch.randint(0, 11, (T,), generator=gen),
+        torch.randint(0, 2, (T,), generator=gen),
+    )
+    leaves = [
+        _leaf(randn(*s, gen=gen))
+        for s in [(13, H), (11, H), (2, H), (H,), (H,), (H, 3 * H), (3 * H,), (H,), (H,), (H,)]
+    ]
 
     def step(word, position, tt, lw, lb, wqkv, bqkv, b2, w2, beta2):
         x, _, _ = ops.embeddings(ids, pos, types, word, position, tt, lw, lb, 1e-12)
@@ -574,12 +683,17 @@ def test_backward_with_expanded_grad_outputs(gen):
     res, w, beta = _leaf(randn(6, 40, gen=gen)), _leaf(randn(40, gen=gen)), _leaf(randn(40, gen=gen))
     qkv, cu = _leaf(randn(6, 120, gen=gen)), _cu([2, 4])
     cases = [
-        (lambda x, b: torch.ops.fastbert.bias_act(x, b, "gelu"), lambda x, b: reference.bias_act(x, b, "gelu"),
-         (x, b)),
-        (lambda *a: torch.ops.fastbert.bias_residual_layernorm(*a, 1e-12)[0] * torch.arange(40.0),
-         lambda *a: reference.bias_residual_layernorm(*a, 1e-12)[0] * torch.arange(40.0), (x, b, res, w, beta)),
-        (lambda q, b: torch.ops.fastbert.attention(q, b, cu, 4, 2, 0.3)[0],
-         lambda q, b: reference.attention(q, b, cu, 4, 2, 0.3)[0], (qkv, _leaf(randn(120, gen=gen)))),
+        (lambda x, b: torch.ops.fastbert.bias_act(x, b, "gelu"), lambda x, b: reference.bias_act(x, b, "gelu"), (x, b)),
+        (
+            lambda *a: torch.ops.fastbert.bias_residual_layernorm(*a, 1e-12)[0] * torch.arange(40.0),
+            lambda *a: reference.bias_residual_layernorm(*a, 1e-12)[0] * torch.arange(40.0),
+            (x, b, res, w, beta),
+        ),
+        (
+            lambda q, b: torch.ops.fastbert.attention(q, b, cu, 4, 2, 0.3)[0],
+            lambda q, b: reference.attention(q, b, cu, 4, 2, 0.3)[0],
+            (qkv, _leaf(randn(120, gen=gen))),
+        ),
     ]
     for fused, ref, inputs in cases:
         got = torch.autograd.grad(fused(*inputs).sum(), inputs)
@@ -598,8 +712,9 @@ def _selective_cases(gen):
     qkv_pad, mask = randn(2, 3, 72, gen=gen), torch.tensor([[True, True, False], [True, True, True]])
     g, g_pad = randn(5, 24, gen=gen), randn(2, 3, 24, gen=gen)
     emb = [t.detach() if isinstance(t, torch.Tensor) else t for t in _emb_inputs(gen, torch.float32, 9, 24)]
-    emb_none = [t.detach() if isinstance(t, torch.Tensor) else t
-                for t in _emb_inputs(gen, torch.float32, 9, 24, types=None)]
+    emb_none = [
+        t.detach() if isinstance(t, torch.Tensor) else t for t in _emb_inputs(gen, torch.float32, 9, 24, types=None)
+    ]
     brln = lambda *a: torch.ops.fastbert.bias_residual_layernorm(*a, 1e-12)  # noqa: E731
     emb_op = lambda *a: torch.ops.fastbert.embeddings(*a, 1e-12)  # noqa: E731
     return [
@@ -610,8 +725,12 @@ def _selective_cases(gen):
         ("embeddings, no token types", emb_op, emb_none, randn(9, 24, gen=gen)),
         ("attention", lambda q, b: torch.ops.fastbert.attention(q, b, cu, 3, 2, 0.3, 0.2, 11, 1), [qkv, bqkv], g),
         ("attention, no bias", lambda q, b: torch.ops.fastbert.attention(q, b, cu, 3, 2, 0.3), [qkv, None], g),
-        ("attention_masked", lambda q, b: torch.ops.fastbert.attention_masked(q, b, mask.view(2, 1, 1, 3), 2, 0.3,
-                                                                             0.2, 11, 1), [qkv_pad, bqkv], g_pad),
+        (
+            "attention_masked",
+            lambda q, b: torch.ops.fastbert.attention_masked(q, b, mask.view(2, 1, 1, 3), 2, 0.3, 0.2, 11, 1),
+            [qkv_pad, bqkv],
+            g_pad,
+        ),
     ]
 
 

@@ -1,5 +1,6 @@
 """fastbert/ops/gemm.py: the inference loop's x @ W^T, through oneDNN for float32/bfloat16 on CPU (bfloat16 weights
 packed once) and torch.mm otherwise."""
+
 import pytest
 import torch
 
@@ -35,7 +36,7 @@ def test_packed_bfloat16_matches_float64(m, k, n):
     ref = x.double() @ w.double().t()
     assert out.dtype == torch.bfloat16 and out.shape == (m, n)
     # exact bf16 products, fp32 accumulation, one bf16 rounding of the result (relative 2^-8)
-    assert ((out.double() - ref).abs() <= 2 ** -8 * ref.abs() + 1e-5 * k).all()
+    assert ((out.double() - ref).abs() <= 2**-8 * ref.abs() + 1e-5 * k).all()
     assert torch.equal(out, gemm.linear_onednn(x, w))  # the same kernel as on the plain weight
 
 
@@ -91,8 +92,10 @@ def test_onednn_caches_are_capped_unless_the_environment_says_otherwise(monkeypa
     # this process imported fastbert, which set both variables: the child must start without them
     monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
     monkeypatch.delenv("LRU_CACHE_CAPACITY", raising=False)
-    code = ("import os; assert 'LRU_CACHE_CAPACITY' not in os.environ; import fastbert; "
-            "print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], os.environ['LRU_CACHE_CAPACITY'])")
+    code = (
+        "import os; assert 'LRU_CACHE_CAPACITY' not in os.environ; import fastbert; "
+        "print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], os.environ['LRU_CACHE_CAPACITY'])"
+    )
     out = run_python(code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [str(gemm.ONEDNN_CACHE_CAPACITY)] * 2
@@ -118,6 +121,7 @@ def test_padded_rows_give_the_unpadded_results(monkeypatch):
     without it, up to the GEMM's summation order (another row count can block the GEMM differently)."""
     import fastbert
     from tests.helpers import make_hf, ragged
+
     monkeypatch.setattr(gemm, "_choice", "onednn")
     fb = fastbert.from_hf(make_hf(num_hidden_layers=2))
     ids, mask, _ = ragged(3, 23, fb.config.vocab_size, seed=4, lengths=[23, 5, 11])  # 39 rows -> 48

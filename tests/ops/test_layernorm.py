@@ -1,4 +1,5 @@
 """bias_residual_layernorm and embeddings kernels against fastbert/ops/reference.py."""
+
 import pytest
 import torch
 
@@ -36,8 +37,9 @@ def test_layernorm_stable_with_large_offset(gen):
     zeros = torch.zeros(H)
     ones = torch.ones(H)
     out, _, rstd = torch.ops.fastbert.bias_residual_layernorm(x, None, torch.zeros_like(x), ones, zeros, 1e-12)
-    ref, _, ref_rstd = reference.bias_residual_layernorm(x.double(), None, torch.zeros_like(x).double(),
-                                                         ones.double(), zeros.double(), 1e-12)
+    ref, _, ref_rstd = reference.bias_residual_layernorm(
+        x.double(), None, torch.zeros_like(x).double(), ones.double(), zeros.double(), 1e-12
+    )
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out.double(), ref, atol=5e-2, rtol=0)  # fp32 input resolution at 1e3 is 6e-5
     torch.testing.assert_close(rstd.double(), ref_rstd, rtol=5e-2, atol=0)
@@ -51,15 +53,16 @@ def test_layernorm_stats_with_outliers_under_the_pivot(cpu_isa, gen, H):
     x[:, :64:3] += 40.0 * randn(5, len(range(0, min(H, 64), 3)), gen=gen)
     ones, zeros = torch.ones(H), torch.zeros(H)
     out, mean, rstd = torch.ops.fastbert.bias_residual_layernorm(x, None, torch.zeros_like(x), ones, zeros, 1e-12)
-    ref, ref_mean, ref_rstd = reference.bias_residual_layernorm(x.double(), None, torch.zeros_like(x).double(),
-                                                                ones.double(), zeros.double(), 1e-12)
+    ref, ref_mean, ref_rstd = reference.bias_residual_layernorm(
+        x.double(), None, torch.zeros_like(x).double(), ones.double(), zeros.double(), 1e-12
+    )
     torch.testing.assert_close(mean.double(), ref_mean, rtol=1e-6, atol=0)
     torch.testing.assert_close(rstd.double(), ref_rstd, rtol=1e-5, atol=0)
     torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=0)
 
 
 def test_bias_residual_layernorm_3d_and_noncontiguous(gen):
-    x = randn(5, 9, 64, gen=gen).transpose(0, 1)          # (9, 5, 64), non-contiguous
+    x = randn(5, 9, 64, gen=gen).transpose(0, 1)  # (9, 5, 64), non-contiguous
     residual = randn(9, 5, 64, gen=gen)
     w, b, bias = randn(64, gen=gen), randn(64, gen=gen), randn(64, gen=gen)
     out, mean, _ = torch.ops.fastbert.bias_residual_layernorm(x, bias, residual, w, b, 1e-5)
@@ -74,17 +77,26 @@ def test_bias_residual_layernorm_empty():
     assert out.shape == (0, 16) and mean.shape == (0,)
 
 
-@pytest.mark.parametrize("bad, match, exc", [
-    (dict(residual=torch.randn(3, 8)), "residual", RuntimeError),
-    (dict(bias=torch.randn(7)), "bias", RuntimeError),
-    (dict(ln_weight=torch.randn(8, 1)), "ln_weight", RuntimeError),
-    (dict(ln_bias=torch.randn(8, dtype=torch.float64)), "ln_bias", RuntimeError),
-    (dict(x=torch.randint(0, 4, (4, 8))), "floating", RuntimeError),
-    (dict(eps=-1.0), "eps", ValueError),
-])
+@pytest.mark.parametrize(
+    "bad, match, exc",
+    [
+        (dict(residual=torch.randn(3, 8)), "residual", RuntimeError),
+        (dict(bias=torch.randn(7)), "bias", RuntimeError),
+        (dict(ln_weight=torch.randn(8, 1)), "ln_weight", RuntimeError),
+        (dict(ln_bias=torch.randn(8, dtype=torch.float64)), "ln_bias", RuntimeError),
+        (dict(x=torch.randint(0, 4, (4, 8))), "floating", RuntimeError),
+        (dict(eps=-1.0), "eps", ValueError),
+    ],
+)
 def test_bias_residual_layernorm_bad_args(bad, match, exc):
-    args = dict(x=torch.randn(4, 8), bias=torch.randn(8), residual=torch.randn(4, 8), ln_weight=torch.randn(8),
-                ln_bias=torch.randn(8), eps=1e-5)
+    args = dict(
+        x=torch.randn(4, 8),
+        bias=torch.randn(8),
+        residual=torch.randn(4, 8),
+        ln_weight=torch.randn(8),
+        ln_bias=torch.randn(8),
+        eps=1e-5,
+    )
     args.update(bad)
     with pytest.raises(exc, match=match):
         torch.ops.fastbert.bias_residual_layernorm(**args)
@@ -105,8 +117,9 @@ def _embedding_inputs(gen, dtype, H, n, V=97, P=41, TV=3, index_dtype=torch.long
 @pytest.mark.parametrize("index_dtype", [torch.long, torch.int32])
 @pytest.mark.parametrize("with_types", [True, False])
 def test_embeddings(cpu_isa, gen, dtype, H, n, index_dtype, with_types):
-    ids, pos, types, (word, position, tt), (w, b) = _embedding_inputs(gen, dtype, H, n, index_dtype=index_dtype,
-                                                                      with_types=with_types)
+    ids, pos, types, (word, position, tt), (w, b) = _embedding_inputs(
+        gen, dtype, H, n, index_dtype=index_dtype, with_types=with_types
+    )
     out, mean, rstd = torch.ops.fastbert.embeddings(ids, pos, types, word, position, tt, w, b, 1e-12)
     ref, ref_mean, ref_rstd = reference.embeddings(ids, pos, types, word, position, tt, w, b, 1e-12)
     assert out.shape == (n, H)
@@ -123,19 +136,23 @@ def test_embeddings_without_token_type_table(gen):
 def test_embeddings_2d_ids(gen):
     ids, pos, types, (word, position, tt), (w, b) = _embedding_inputs(gen, torch.float32, 48, 12)
     shape = (3, 4)
-    out, mean, _ = torch.ops.fastbert.embeddings(ids.view(shape), pos.view(shape), types.view(shape), word, position,
-                                                 tt, w, b, 1e-5)
+    out, mean, _ = torch.ops.fastbert.embeddings(
+        ids.view(shape), pos.view(shape), types.view(shape), word, position, tt, w, b, 1e-5
+    )
     ref = reference.embeddings(ids, pos, types, word, position, tt, w, b, 1e-5)[0]
     assert out.shape == (3, 4, 48) and mean.shape == shape
     assert_close(out.view(12, 48), ref)
 
 
-@pytest.mark.parametrize("which, value, match", [
-    ("ids", 97, r"input_ids\[\d+\] = 97 is out of range \[0, 97\)"),
-    ("ids", -1, r"input_ids\[\d+\] = -1"),
-    ("pos", 41, r"position_ids\[\d+\] = 41"),
-    ("types", 3, r"token_type_ids\[\d+\] = 3"),
-])
+@pytest.mark.parametrize(
+    "which, value, match",
+    [
+        ("ids", 97, r"input_ids\[\d+\] = 97 is out of range \[0, 97\)"),
+        ("ids", -1, r"input_ids\[\d+\] = -1"),
+        ("pos", 41, r"position_ids\[\d+\] = 41"),
+        ("types", 3, r"token_type_ids\[\d+\] = 3"),
+    ],
+)
 def test_embeddings_index_out_of_range(gen, which, value, match):
     ids, pos, types, (word, position, tt), (w, b) = _embedding_inputs(gen, torch.float32, 16, 10)
     {"ids": ids, "pos": pos, "types": types}[which][4] = value

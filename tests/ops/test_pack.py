@@ -1,4 +1,5 @@
 """pack / unpack kernels against fastbert/ops/reference.py."""
+
 import pytest
 import torch
 
@@ -10,10 +11,10 @@ pytestmark = requires_extension
 
 def _masks(gen):
     yield torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0], [0, 0, 1, 1, 1]])  # right/left/all-pad
-    yield torch.tensor([[1, 0, 1, 0, 1, 1]])                                                  # holes, batch of 1
-    yield torch.tensor([[1]])                                                                 # one token
-    yield (torch.rand(7, 37, generator=gen) > 0.4)                                            # random bool
-    yield (torch.rand(5, 13, generator=gen) > 0.5).float()                                    # float mask
+    yield torch.tensor([[1, 0, 1, 0, 1, 1]])  # holes, batch of 1
+    yield torch.tensor([[1]])  # one token
+    yield (torch.rand(7, 37, generator=gen) > 0.4)  # random bool
+    yield (torch.rand(5, 13, generator=gen) > 0.5).float()  # float mask
 
 
 @pytest.mark.parametrize("case", range(5))
@@ -63,6 +64,7 @@ def test_opcheck(cpu_isa, gen):
 
 def test_pack_traces_under_compile(gen):
     """pack's data-dependent size traces with fullgraph=True."""
+
     def f(mask, x):
         indices, cu, pos = torch.ops.fastbert.pack(mask)
         return torch.ops.fastbert.unpack(x.view(-1, x.shape[-1])[indices] * 2, indices, mask.shape[0], mask.shape[1])

