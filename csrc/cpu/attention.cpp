@@ -35,7 +35,7 @@
 // fits), plus P in bf16 (BQ, BK).
 //
 // Row index of a softmax row (the dropout counter and the lse position): packed: head * T + token;
-// masked: (b * nh + head) * L + query. See fastbert/reference.py (dropout_keep_mask).
+// masked: (b * nh + head) * L + query. The dropout mask is csrc/dropout_hash.h's.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -53,6 +53,7 @@
 
 #include "cpu/isa.h"
 #include "cpu/vec.h"
+#include "dropout_hash.h"
 
 // GCC 12 warns "may be used uninitialized" inside ATen's AVX-512 intrinsics wrappers (masked loads, exp);
 // those are the headers' placeholders, not reads of uninitialised data.
@@ -86,16 +87,6 @@ struct AttnParams {
 namespace CPU_CAPABILITY {
 
 using at::vec::Vectorized;
-
-// ---------------------------------------------------------------- counter-based dropout (uint32)
-
-inline uint32_t fmix32(uint32_t h) {
-  h ^= h >> 16;
-  h *= 0x85EBCA6Bu;
-  h ^= h >> 13;
-  h *= 0xC2B2AE35u;
-  return h ^ (h >> 16);
-}
 
 // ---------------------------------------------------------------- the micro-GEMM
 
@@ -338,27 +329,12 @@ FASTBERT_TARGET_BF16 void block_dot(int64_t rows, int64_t cols, int64_t K2, cons
 
 inline __mmask16 tail_mask(int64_t m) { return m >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << m) - 1); }
 
-// Dropout of one softmax row: the keep test of fastbert/reference.py (dropout_keep_mask) for 16 keys at a time,
-// the same uint32 arithmetic as fmix32 above.
-struct DropoutRow {
-  uint32_t x1, seed_hi, thr;
-};
-
-FASTBERT_TARGET_BF16 inline __m512i fmix32_v(__m512i h) {
-  h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
-  h = _mm512_mullo_epi32(h, _mm512_set1_epi32(static_cast<int>(0x85EBCA6Bu)));
-  h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 13));
-  h = _mm512_mullo_epi32(h, _mm512_set1_epi32(static_cast<int>(0xC2B2AE35u)));
-  return _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
-}
-
-FASTBERT_TARGET_BF16 inline __mmask16 dropout_keep(const DropoutRow& dr, uint32_t col0) {
-  const __m512i col = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(col0)),
-                                       _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-  const __m512i y = _mm512_add_epi32(_mm512_mullo_epi32(col, _mm512_set1_epi32(static_cast<int>(0x85EBCA77u))),
-                                     _mm512_set1_epi32(static_cast<int>(dr.seed_hi)));
-  const __m512i x = fmix32_v(_mm512_xor_si512(_mm512_set1_epi32(static_cast<int>(dr.x1)), y));
-  return _mm512_cmpge_epu32_mask(_mm512_srli_epi32(x, 8), _mm512_set1_epi32(static_cast<int>(dr.thr)));
+// Dropout of 16 keys of one softmax row (csrc/dropout_hash.h): the kept lanes of columns col0 .. col0 + 15.
+FASTBERT_TARGET_BF16 inline __mmask16 dropout_keep16(const DropoutHash& drop, uint32_t key, uint32_t col0) {
+  using u32x16 = uint32_t __attribute__((vector_size(64)));
+  const u32x16 col = col0 + u32x16{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  const __m512i kept = reinterpret_cast<__m512i>(drop.keep_lanes(key, col));
+  return _mm512_test_epi32_mask(kept, kept);
 }
 
 // The softmax step of one row over one key block of nk keys, its mask already in s (fp32 scores, read only):
@@ -366,7 +342,8 @@ FASTBERT_TARGET_BF16 inline __mmask16 dropout_keep(const DropoutRow& dr, uint32_
 // P = bf16(e) into p[0 .. round_up(nk, 16)) (zero past nk), the operand of the PV dot products. The same fp32
 // steps as the kernel's generic loop, without writing the probabilities back in fp32.
 FASTBERT_TARGET_BF16 void softmax_row_dot(const float* s, int64_t nk, float& m_run, float& l_run, float* o,
-                                          int64_t dp, uint16_t* p, const DropoutRow* drop, uint32_t col0) {
+                                          int64_t dp, uint16_t* p, const DropoutHash* drop, uint32_t key,
+                                          uint32_t col0) {
   using V = Vectorized<float>;
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const __m512 vninf = _mm512_set1_ps(neg_inf);
@@ -384,7 +361,7 @@ FASTBERT_TARGET_BF16 void softmax_row_dot(const float* s, int64_t nk, float& m_r
     __mmask16 k = tail_mask(nk - j);
     const __m512 e = vexp<float>(V(_mm512_mask_loadu_ps(vninf, k, s + j)) - vm);
     vsum = _mm512_add_ps(vsum, e);
-    if (drop) k &= dropout_keep(*drop, col0 + static_cast<uint32_t>(j));
+    if (drop) k &= dropout_keep16(*drop, key, col0 + static_cast<uint32_t>(j));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_mov_ps(k, e)));
   }
   const float bsum = _mm512_reduce_add_ps(vsum);
@@ -467,10 +444,7 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
   });
 
   const bool dropout = P.dropout_p > 0;
-  const uint32_t thr = static_cast<uint32_t>(std::nearbyint(P.dropout_p * 16777216.0));
-  const uint32_t seed_lo = static_cast<uint32_t>(static_cast<uint64_t>(P.seed));
-  const uint32_t seed_hi = static_cast<uint32_t>(static_cast<uint64_t>(P.seed) >> 32);
-  const uint32_t off32 = static_cast<uint32_t>(static_cast<uint64_t>(P.offset));
+  const DropoutHash drop = make_dropout_hash(P.dropout_p, P.seed, P.offset);
   const acc out_scale = static_cast<acc>(1.0 / (1.0 - P.dropout_p));
 
   // K^T leading dimension, plus one cache line: with a power-of-two-ish row stride the d rows of a K^T panel
@@ -606,16 +580,13 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
                   }
                 }
               }
+              const uint32_t key =  // the row's dropout key (csrc/dropout_hash.h)
+                  dropout ? drop.row_key(static_cast<uint64_t>(P.cu_seqlens ? h * T + s0 + i : (b * nh + h) * P.seqlen + i))
+                          : 0;
 #ifdef FASTBERT_BF16_DOT
               if constexpr (kDot) {
-                DropoutRow dr{0, seed_hi, thr};
-                if (dropout) {
-                  const uint64_t row = static_cast<uint64_t>(
-                      P.cu_seqlens ? h * T + s0 + i : (b * nh + h) * P.seqlen + i);
-                  dr.x1 = fmix32((static_cast<uint32_t>(row) + off32) * 0x9E3779B1u + seed_lo);
-                }
-                softmax_row_dot(s, nk, m_run[r], l_run[r], O + r * dp, dp, P2 + r * kBK, dropout ? &dr : nullptr,
-                                static_cast<uint32_t>(j0));
+                softmax_row_dot(s, nk, m_run[r], l_run[r], O + r * dp, dp, P2 + r * kBK, dropout ? &drop : nullptr,
+                                key, static_cast<uint32_t>(j0));
                 continue;
               }
 #endif
@@ -649,14 +620,7 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
               }
               l_run[r] += bsum;
               if (dropout) {
-                const uint64_t row = static_cast<uint64_t>(
-                    P.cu_seqlens ? h * T + s0 + i : (b * nh + h) * P.seqlen + i);
-                const uint32_t x1 = fmix32((static_cast<uint32_t>(row) + off32) * 0x9E3779B1u + seed_lo);
-                for (int64_t j = 0; j < nk; ++j) {
-                  const uint32_t col = static_cast<uint32_t>(j0 + j);
-                  const uint32_t x = fmix32(x1 ^ (col * 0x85EBCA77u + seed_hi));
-                  s[j] = (x >> 8) >= thr ? s[j] : acc(0);
-                }
+                for (int64_t j = 0; j < nk; ++j) s[j] = drop.keep(key, static_cast<uint32_t>(j0 + j)) ? s[j] : acc(0);
               }
             }
             // O += P V over this key block: (rows_r, dp).

@@ -47,10 +47,7 @@ void attention_backward_kernel(const at::Tensor& grad_out, const at::Tensor& qkv
                            grad_out.const_data_ptr<scalar_t>(),
                            out.const_data_ptr<scalar_t>(),
                            grad_qkv.mutable_data_ptr<scalar_t>(),
-                           H, d, scale, dropout_p,
-                           static_cast<uint32_t>(static_cast<uint64_t>(seed)),
-                           static_cast<uint32_t>(static_cast<uint64_t>(seed) >> 32),
-                           static_cast<uint32_t>(static_cast<uint64_t>(offset))};
+                           H, d, scale, dropout_p, make_dropout_hash(dropout_p, seed, offset)};
     const float* lsep = lse.const_data_ptr<float>();
     std::atomic<int64_t> next{0};
     const int64_t ntasks = static_cast<int64_t>(tasks.size());

@@ -25,17 +25,10 @@
 
 #include "cpu/layernorm.h"
 #include "cpu/vec.h"
+#include "dropout_hash.h"
 
 namespace fastbert::cpu {
 namespace CPU_CAPABILITY {
-
-inline uint32_t dropout_fmix32(uint32_t h) {
-  h ^= h >> 16;
-  h *= 0x85EBCA6Bu;
-  h ^= h >> 13;
-  h *= 0xC2B2AE35u;
-  return h ^ (h >> 16);
-}
 
 // Row-major C (M, N) = op(X) op(Y) on raw buffers, through at::mm_out (MKL; single-threaded inside the
 // tasks' parallel region). (at::native::cpublas::gemm's BLAS overloads are not exported by libtorch.)
@@ -62,7 +55,7 @@ struct AttnBwdIO {
   int64_t H, d;
   double scale;
   double dropout_p;
-  uint32_t seed_lo, seed_hi, offset;
+  DropoutHash drop;  // make_dropout_hash(dropout_p, seed, offset)
 };
 
 template <typename A>
@@ -117,7 +110,6 @@ void attention_backward_task(const AttnBwdIO<T>& io, int64_t row0, int64_t n, in
 
   const bool dropout = io.dropout_p > 0;
   const A inv_keep = dropout ? A(1) / A(1.0 - io.dropout_p) : A(1);
-  const uint32_t thr = static_cast<uint32_t>(std::nearbyint(io.dropout_p * 16777216.0));
   constexpr A kNegInf = -std::numeric_limits<A>::infinity();
   for (int64_t i = 0; i < n; ++i) {
     A* s = S + i * n;
@@ -147,13 +139,9 @@ void attention_backward_task(const AttnBwdIO<T>& io, int64_t row0, int64_t n, in
       continue;
     }
     if (dropout) {
-      const uint32_t x1 =
-          dropout_fmix32((static_cast<uint32_t>(drop_row0 + i) + io.offset) * 0x9E3779B1u + io.seed_lo);
+      const uint32_t key = io.drop.row_key(drop_row0 + i);
       A* z = buf.z.data();
-      for (int64_t j = 0; j < n; ++j) {
-        const uint32_t x = dropout_fmix32(x1 ^ (static_cast<uint32_t>(j) * 0x85EBCA77u + io.seed_hi));
-        z[j] = (x >> 8) >= thr ? inv_keep : A(0);
-      }
+      for (int64_t j = 0; j < n; ++j) z[j] = io.drop.keep(key, static_cast<uint32_t>(j)) ? inv_keep : A(0);
     }
     const V vshift(shift), vnorm(norm), vD(Dsum[i]);
     for (int64_t j = 0; j < n; j += W) {

@@ -36,10 +36,7 @@ void attention_masked_backward_kernel(const at::Tensor& grad_out, const at::Tens
                            grad_out.const_data_ptr<scalar_t>(),
                            out.const_data_ptr<scalar_t>(),
                            grad_qkv.mutable_data_ptr<scalar_t>(),
-                           H, d, scale, dropout_p,
-                           static_cast<uint32_t>(static_cast<uint64_t>(seed)),
-                           static_cast<uint32_t>(static_cast<uint64_t>(seed) >> 32),
-                           static_cast<uint32_t>(static_cast<uint64_t>(offset))};
+                           H, d, scale, dropout_p, make_dropout_hash(dropout_p, seed, offset)};
     const bool* mb = is_bool ? mask.const_data_ptr<bool>() : nullptr;
     const A* mf = is_bool ? nullptr : mask.const_data_ptr<A>();
     at::parallel_for(0, B * nh, 1, [&](int64_t t0, int64_t t1) {

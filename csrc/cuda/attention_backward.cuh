@@ -220,7 +220,7 @@ __global__ void __launch_bounds__(kBwdThreads, 2) attention_bwd_dq_kernel(Attent
     p.ws[2 * rows + srow] = norm;
   }
 
-  const bool dropout = p.dropout.threshold != 0;
+  const bool dropout = p.dropout.hash.threshold != 0;
   for (int64_t k0 = 0; k0 < n; k0 += kBwdTile) {
     __syncthreads();
     stage_tiles(kbase, stride, kbias, kbase + H, stride, vbias, k0, n, d, p.vec, Ks, Vs);
@@ -294,7 +294,7 @@ __global__ void __launch_bounds__(kBwdThreads, 2) attention_bwd_dkdv_kernel(Atte
   float* Nsh = Ssh + kBwdTile;        // (kBwdTile,) norm
   const int64_t rows = int64_t(p.nh) * p.total;  // stats rows: nh * T or B * nh * L
   const int64_t srow0 = attention_row(p, b, h, start, 0);  // query i's stats row is srow0 + i
-  const bool dropout = p.dropout.threshold != 0;
+  const bool dropout = p.dropout.hash.threshold != 0;
 
   for (int64_t i0 = 0; i0 < n; i0 += kBwdTile) {
     __syncthreads();  // the previous tile is no longer read

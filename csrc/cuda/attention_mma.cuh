@@ -180,7 +180,7 @@ __global__ void __launch_bounds__(kMmaThreads) attention_mma_kernel(AttentionPar
         for (int r = 0; r < 2; ++r) {
           float p0 = exp2f((s[nt][2 * r] - m_use[r]) * kLog2e), p1 = exp2f((s[nt][2 * r + 1] - m_use[r]) * kLog2e);
           l_run[r] += p0 + p1;  // the undropped sum: the reference normalises before dropping
-          if (p.dropout.threshold != 0) {
+          if (p.dropout.hash.threshold != 0) {
             const uint32_t key = uint32_t(k0 + nt * 8 + 2 * t);
             if (!dropout_keep(p.dropout, uint64_t(lse_row[r]), key)) p0 = 0.f;
             if (!dropout_keep(p.dropout, uint64_t(lse_row[r]), key + 1)) p1 = 0.f;
