@@ -2,7 +2,7 @@
 // sm_80+) or csrc/cuda/attention.cuh (fp32, or older GPUs).
 //
 // attention_masked turns its mask into an additive fp32 mask at the mask's own (broadcastable) shape first and
-// passes the kernel the strides of its (B, nh, L, L) broadcast (csrc/cuda/attention_mask.h).
+// passes the kernel the strides of its (B, nh, L, L) broadcast (csrc/cuda/attention_host.h).
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
@@ -13,34 +13,12 @@
 
 #include "cuda/attention.cuh"
 #include "cuda/attention_mma.cuh"
-#include "cuda/attention_mask.h"
+#include "cuda/attention_host.h"
 #include "cuda/host.h"
 
 namespace fastbert::cuda {
 
 namespace {
-
-void check_qkv(const at::Tensor& qkv, const std::optional<at::Tensor>& qkv_bias, int64_t num_heads, const char* op) {
-  check_cuda(qkv, op, "qkv");
-  check_float_dtype(qkv, op, "qkv");
-  TORCH_CHECK_VALUE(num_heads > 0, op, ": num_heads must be > 0, got ", num_heads);
-  const int64_t H3 = qkv.size(-1);
-  TORCH_CHECK(H3 % (3 * num_heads) == 0, op, ": qkv's last dimension ", H3, " must be 3 * num_heads * head_dim (",
-              "num_heads = ", num_heads, ")");
-  const int64_t d = H3 / 3 / num_heads;
-  TORCH_CHECK(d > 0 && d <= 128, op, ": head_dim ", d, " is not supported by the CUDA kernel (1 to 128)");
-  if (qkv_bias) {
-    TORCH_CHECK(qkv_bias->dim() == 1 && qkv_bias->size(0) == H3, op, ": qkv_bias must have shape (", H3, ",), got ",
-                qkv_bias->sizes());
-    TORCH_CHECK(qkv_bias->scalar_type() == qkv.scalar_type(), op, ": qkv_bias dtype ", qkv_bias->scalar_type(),
-                " must match qkv dtype ", qkv.scalar_type());
-    check_same_device(*qkv_bias, qkv, op, "qkv_bias");
-  }
-}
-
-void check_dropout(double p, const char* op) {
-  TORCH_CHECK_VALUE(p >= 0.0 && p < 1.0, op, ": dropout_p must be in [0, 1), got ", p);
-}
 
 // fp16/bf16 run on the tensor cores (attention_mma.cuh) from sm_80 on, unless FASTBERT_CUDA_ATTENTION=fma asks
 // for the fp32-FMA kernel (attention.cuh), which serves fp32 and older GPUs.
@@ -88,15 +66,10 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& qkv, const s
                                                   int64_t offset) {
   TORCH_CHECK(qkv.dim() == 2, "attention: qkv must have shape (tokens, 3 * H), got ", qkv.sizes());
   check_qkv(qkv, qkv_bias, num_heads, "attention");
-  TORCH_CHECK(cu_seqlens.dim() == 1 && cu_seqlens.size(0) >= 1 && cu_seqlens.scalar_type() == at::kInt,
-              "attention: cu_seqlens must be an int32 tensor of shape (batch + 1,), got ", cu_seqlens.scalar_type(),
-              " ", cu_seqlens.sizes());
-  check_same_device(cu_seqlens, qkv, "attention", "cu_seqlens");
-  TORCH_CHECK_VALUE(max_seqlen >= 0, "attention: max_seqlen must be >= 0, got ", max_seqlen);
+  check_cu_seqlens(cu_seqlens, max_seqlen, qkv, "attention");
   check_dropout(dropout_p, "attention");
   const int64_t T = qkv.size(0), H = qkv.size(1) / 3, B = cu_seqlens.size(0) - 1;
-  TORCH_CHECK(B <= 65535, "attention: at most 65535 sequences per call on CUDA, got ", B);
-  TORCH_CHECK(T <= INT32_MAX, "attention: at most 2^31-1 tokens, got ", T);
+  check_grid(B, num_heads, "attention");
   auto out = at::empty({T, H}, qkv.options());
   auto lse = at::empty({num_heads, T}, qkv.options().dtype(at::kFloat));
   if (T == 0 || B == 0 || max_seqlen == 0) return {out, lse};
@@ -134,7 +107,7 @@ std::tuple<at::Tensor, at::Tensor> attention_masked_cuda(const at::Tensor& qkv,
   check_dropout(dropout_p, "attention_masked");
   const int64_t B = qkv.size(0), L = qkv.size(1), H = qkv.size(2) / 3;
   check_attention_mask(mask, qkv, B, num_heads, L, "attention_masked");
-  TORCH_CHECK(B <= 65535, "attention_masked: at most 65535 sequences per call on CUDA, got ", B);
+  check_grid(B, num_heads, "attention_masked");
   auto out = at::empty({B, L, H}, qkv.options());
   auto lse = at::empty({B, num_heads, L}, qkv.options().dtype(at::kFloat));
   if (B == 0 || L == 0) return {out, lse};

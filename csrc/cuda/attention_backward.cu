@@ -13,30 +13,12 @@
 #include <vector>
 
 #include "cuda/attention_backward.cuh"
-#include "cuda/attention_mask.h"
+#include "cuda/attention_host.h"
 #include "cuda/host.h"
 
 namespace fastbert::cuda {
 
 namespace {
-
-void check_qkv(const at::Tensor& qkv, const std::optional<at::Tensor>& qkv_bias, int64_t num_heads, const char* op) {
-  check_cuda(qkv, op, "qkv");
-  check_float_dtype(qkv, op, "qkv");
-  TORCH_CHECK_VALUE(num_heads > 0, op, ": num_heads must be > 0, got ", num_heads);
-  const int64_t H3 = qkv.size(-1);
-  TORCH_CHECK(H3 > 0 && H3 % (3 * num_heads) == 0, op, ": qkv's last dimension ", H3,
-              " must be 3 * num_heads * head_dim (num_heads = ", num_heads, ")");
-  const int64_t d = H3 / 3 / num_heads;
-  TORCH_CHECK(d <= 128, op, ": head_dim ", d, " is not supported by the CUDA kernel (1 to 128)");
-  if (qkv_bias) {
-    TORCH_CHECK(qkv_bias->dim() == 1 && qkv_bias->size(0) == H3, op, ": qkv_bias must have shape (", H3, ",), got ",
-                qkv_bias->sizes());
-    TORCH_CHECK(qkv_bias->scalar_type() == qkv.scalar_type(), op, ": qkv_bias dtype ", qkv_bias->scalar_type(),
-                " must match qkv dtype ", qkv.scalar_type());
-    check_same_device(*qkv_bias, qkv, op, "qkv_bias");
-  }
-}
 
 // grad_out and out: qkv's dtype and device, shape `shape`.
 void check_like_qkv(const at::Tensor& t, const at::Tensor& qkv, at::IntArrayRef shape, const char* op,
@@ -51,10 +33,6 @@ void check_lse(const at::Tensor& lse, const at::Tensor& qkv, at::IntArrayRef sha
   TORCH_CHECK(lse.sizes() == shape, op, ": lse must have shape ", shape, ", got ", lse.sizes());
   TORCH_CHECK(lse.scalar_type() == at::kFloat, op, ": lse must be float32, got ", lse.scalar_type());
   check_same_device(lse, qkv, op, "lse");
-}
-
-void check_dropout(double p, const char* op) {
-  TORCH_CHECK_VALUE(p >= 0.0 && p < 1.0, op, ": dropout_p must be in [0, 1), got ", p);
 }
 
 template <typename T>
@@ -111,15 +89,9 @@ at::Tensor attention_backward_cuda(const at::Tensor& grad_out, const at::Tensor&
   check_like_qkv(grad_out, qkv, {T, H}, op, "grad_out");
   check_like_qkv(out, qkv, {T, H}, op, "out");
   check_lse(lse, qkv, {num_heads, T}, op);
-  TORCH_CHECK(cu_seqlens.dim() == 1 && cu_seqlens.size(0) >= 1 && cu_seqlens.scalar_type() == at::kInt, op,
-              ": cu_seqlens must be an int32 tensor of shape (batch + 1,), got ", cu_seqlens.scalar_type(), " ",
-              cu_seqlens.sizes());
-  check_same_device(cu_seqlens, qkv, op, "cu_seqlens");
-  TORCH_CHECK_VALUE(max_seqlen >= 0, op, ": max_seqlen must be >= 0, got ", max_seqlen);
+  check_cu_seqlens(cu_seqlens, max_seqlen, qkv, op);
   check_dropout(dropout_p, op);
-  TORCH_CHECK(B <= 65535, op, ": at most 65535 sequences per call on CUDA, got ", B);
-  TORCH_CHECK(num_heads <= 65535, op, ": at most 65535 heads on CUDA, got ", num_heads);
-  TORCH_CHECK(T <= INT32_MAX, op, ": at most 2^31-1 tokens, got ", T);
+  check_grid(B, num_heads, op);
   if (T == 0) return at::empty({0, 3 * H}, qkv.options());
   // T > 0 with no sequence or max_seqlen 0 is a cu_seqlens / max_seqlen mismatch the kernel would catch; the
   // kernels do not run then, so no row is written: return zeros, never uninitialised memory.
@@ -156,8 +128,7 @@ at::Tensor attention_masked_backward_cuda(const at::Tensor& grad_out, const at::
   check_lse(lse, qkv, {B, num_heads, L}, op);
   check_dropout(dropout_p, op);
   check_attention_mask(mask, qkv, B, num_heads, L, op);
-  TORCH_CHECK(B <= 65535, op, ": at most 65535 sequences per call on CUDA, got ", B);
-  TORCH_CHECK(num_heads <= 65535, op, ": at most 65535 heads on CUDA, got ", num_heads);
+  check_grid(B, num_heads, op);
   auto grad_qkv = at::empty({B, L, 3 * H}, qkv.options());
   if (B == 0 || L == 0) return grad_qkv;
   const c10::cuda::CUDAGuard guard(qkv.device());
