@@ -22,7 +22,9 @@ namespace {
 
 // fp16/bf16 run on the tensor cores (attention_mma.cuh) from sm_80 on, unless FASTBERT_CUDA_ATTENTION=fma asks
 // for the fp32-FMA kernel (attention.cuh), which serves fp32 and older GPUs.
+template <typename T>
 bool use_tensor_cores() {
+  if (std::is_same_v<T, float>) return false;
   static const bool forced_fma = [] {
     const char* v = std::getenv("FASTBERT_CUDA_ATTENTION");
     return v != nullptr && std::string(v) == "fma";
@@ -32,30 +34,6 @@ bool use_tensor_cores() {
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   return major >= 8;
-}
-
-template <typename T>
-void launch(const AttentionParams<T>& p, int64_t B, int64_t max_seqlen, cudaStream_t stream) {
-  if constexpr (!std::is_same_v<T, float>) {
-    if (use_tensor_cores()) {
-      const dim3 grid(static_cast<unsigned>(ceil_div(max_seqlen, kMmaRows)), static_cast<unsigned>(p.nh),
-                      static_cast<unsigned>(B));
-      const size_t smem = static_cast<size_t>(attention_mma_smem_bytes(p.d));
-      const int dmax = attention_mma_dmax(p.d);
-      if (dmax == 32) attention_mma_kernel<T, 32><<<grid, kMmaThreads, smem, stream>>>(p);
-      else if (dmax == 64) attention_mma_kernel<T, 64><<<grid, kMmaThreads, smem, stream>>>(p);
-      else attention_mma_kernel<T, 128><<<grid, kMmaThreads, smem, stream>>>(p);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      return;
-    }
-  }
-  const int dmax = attention_dmax(p.d);
-  const dim3 grid(static_cast<unsigned>(ceil_div(max_seqlen, attention_rows(dmax))), static_cast<unsigned>(p.nh),
-                  static_cast<unsigned>(B));
-  const size_t smem = static_cast<size_t>(attention_smem_bytes(p.d));
-  if (dmax == 64) attention_kernel<T, 64><<<grid, kAttnThreads, smem, stream>>>(p);
-  else attention_kernel<T, 128><<<grid, kAttnThreads, smem, stream>>>(p);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace
@@ -79,21 +57,20 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& qkv, const s
   auto bc = qkv_bias ? qkv_bias->contiguous() : at::Tensor();
   auto cc = cu_seqlens.contiguous();
   FASTBERT_DISPATCH_FLOAT(qkv.scalar_type(), "attention", [&] {
-    AttentionParams<scalar_t> p{};
-    p.qkv = qc.const_data_ptr<scalar_t>();
-    p.bias = qkv_bias ? bc.const_data_ptr<scalar_t>() : nullptr;
-    p.out = out.mutable_data_ptr<scalar_t>();
-    p.lse = lse.mutable_data_ptr<float>();
-    p.cu_seqlens = cc.const_data_ptr<int32_t>();
-    p.total = T;
-    p.max_seqlen = max_seqlen;
-    p.H = static_cast<int>(H);
-    p.nh = static_cast<int>(num_heads);
-    p.d = static_cast<int>(H / num_heads);
-    p.scale = static_cast<float>(scale);
-    p.dropout = make_dropout_params(dropout_p, seed, offset);
-    p.vec = p.d % Vec16<scalar_t>::n == 0 && is_aligned16(p.qkv) && (!p.bias || is_aligned16(p.bias));
-    launch(p, B, max_seqlen, stream);
+    const auto p = attention_params(AttentionParams<scalar_t>{
+        .qkv = qc.const_data_ptr<scalar_t>(),
+        .bias = qkv_bias ? bc.const_data_ptr<scalar_t>() : nullptr,
+        .out = out.mutable_data_ptr<scalar_t>(),
+        .lse = lse.mutable_data_ptr<float>(),
+        .cu_seqlens = cc.const_data_ptr<int32_t>(),
+        .B = B,
+        .total = T,
+        .max_seqlen = max_seqlen,
+        .H = static_cast<int>(H),
+        .nh = static_cast<int>(num_heads),
+        .scale = static_cast<float>(scale),
+        .dropout = make_dropout_params(dropout_p, seed, offset)});
+    launch(attention_launch(p, use_tensor_cores<scalar_t>()), stream, p);
   });
   return {out, lse};
 }
@@ -117,27 +94,23 @@ std::tuple<at::Tensor, at::Tensor> attention_masked_cuda(const at::Tensor& qkv,
   auto qc = qkv.contiguous();
   auto bc = qkv_bias ? qkv_bias->contiguous() : at::Tensor();
   FASTBERT_DISPATCH_FLOAT(qkv.scalar_type(), "attention_masked", [&] {
-    AttentionParams<scalar_t> p{};
-    p.qkv = qc.const_data_ptr<scalar_t>();
-    p.bias = qkv_bias ? bc.const_data_ptr<scalar_t>() : nullptr;
-    p.out = out.mutable_data_ptr<scalar_t>();
-    p.lse = lse.mutable_data_ptr<float>();
-    p.cu_seqlens = nullptr;
-    p.total = B * L;
-    p.L = L;
-    p.max_seqlen = L;
-    p.H = static_cast<int>(H);
-    p.nh = static_cast<int>(num_heads);
-    p.d = static_cast<int>(H / num_heads);
-    p.scale = static_cast<float>(scale);
-    p.mask = additive.const_data_ptr<float>();
-    p.ms_b = additive.stride(0);
-    p.ms_h = additive.stride(1);
-    p.ms_i = additive.stride(2);
-    p.ms_j = additive.stride(3);
-    p.dropout = make_dropout_params(dropout_p, seed, offset);
-    p.vec = p.d % Vec16<scalar_t>::n == 0 && is_aligned16(p.qkv) && (!p.bias || is_aligned16(p.bias));
-    launch(p, B, L, stream);
+    const auto p = attention_params(AttentionParams<scalar_t>{
+        .qkv = qc.const_data_ptr<scalar_t>(),
+        .bias = qkv_bias ? bc.const_data_ptr<scalar_t>() : nullptr,
+        .out = out.mutable_data_ptr<scalar_t>(),
+        .lse = lse.mutable_data_ptr<float>(),
+        .B = B,
+        .L = L,
+        .H = static_cast<int>(H),
+        .nh = static_cast<int>(num_heads),
+        .scale = static_cast<float>(scale),
+        .mask = additive.const_data_ptr<float>(),
+        .ms_b = additive.stride(0),
+        .ms_h = additive.stride(1),
+        .ms_i = additive.stride(2),
+        .ms_j = additive.stride(3),
+        .dropout = make_dropout_params(dropout_p, seed, offset)});
+    launch(attention_launch(p, use_tensor_cores<scalar_t>()), stream, p);
   });
   return {out, lse};
 }

@@ -42,9 +42,10 @@ struct AttentionParams {
   T* out;                     // (T, H) or (B, L, H)
   float* lse;                 // (nh, T) or (B, nh, L)
   const int32_t* cu_seqlens;  // (B+1,) for the packed op, nullptr for the padded one
+  int64_t B;                  // sequences
   int64_t total;              // T (packed) ; B * L (padded)
   int64_t L;                  // padded sequence length (padded op only)
-  int64_t max_seqlen;         // packed: bound on every sequence length (checked on the device)
+  int64_t max_seqlen;         // packed: bound on every sequence length (checked on the device); padded: L
   int H, nh, d;
   float scale;
   const float* mask;          // padded op: additive mask, element (b, h, i, j) at b*ms_b + h*ms_h + i*ms_i + j*ms_j
@@ -53,8 +54,6 @@ struct AttentionParams {
   bool vec;                   // d % (16 / sizeof(T)) == 0 and qkv, bias 16-byte aligned
 };
 
-// grid (ceil(max_seqlen / attention_rows(DMAX)), nh, B), block kAttnThreads, dynamic shared memory
-// attention_smem_bytes(d).
 FB_HOST_DEVICE int64_t attention_smem_bytes(int64_t d) { return 2 * kBc * d * int64_t(sizeof(float)); }
 
 // The rows of sequence b = blockIdx.z: first row `start` of the (T, 3H) / (B * L, 3H) rows and length `n`
@@ -247,6 +246,27 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttentionParams
     }
     if (sub == 0) p.lse[lse_row] = l_run > 0.f ? m_run + logf(l_run) : -INFINITY;
   }
+}
+
+// The sizes the launchers derive, for the forward's and the backward's params (P) alike: the head dim, and for
+// the padded op (no cu_seqlens) total = B * L rows and max_seqlen = L.
+template <typename P>
+inline void derive_attention_sizes(P& p) {
+  p.d = p.H / p.nh;
+  if (!p.cu_seqlens) {
+    p.total = p.B * p.L;
+    p.max_seqlen = p.L;
+  }
+}
+
+// The launch (host side; attention_mma.cuh's attention_launch): the caller's pointers and sizes (packed:
+// cu_seqlens, B, total = T, max_seqlen; padded: B, L, the mask and its strides; both: H, nh, scale, dropout), the
+// derived sizes and whether the 16-byte staging applies.
+template <typename T>
+inline AttentionParams<T> attention_params(AttentionParams<T> p) {
+  derive_attention_sizes(p);
+  p.vec = p.d % Vec16<T>::n == 0 && aligned16(p.qkv) && (!p.bias || aligned16(p.bias));
+  return p;
 }
 
 }  // namespace fastbert::cuda

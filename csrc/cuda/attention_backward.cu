@@ -35,47 +35,6 @@ void check_lse(const at::Tensor& lse, const at::Tensor& qkv, at::IntArrayRef sha
   check_same_device(lse, qkv, op, "lse");
 }
 
-template <typename T>
-void launch(const AttentionBwdParams<T>& p, int64_t B, int64_t max_seqlen, cudaStream_t stream) {
-  const int dmax = attention_bwd_dmax(p.d);
-  const dim3 grid(static_cast<unsigned>(ceil_div(max_seqlen, attention_bwd_rows(dmax))),
-                  static_cast<unsigned>(p.nh), static_cast<unsigned>(B));
-  const size_t smem_dq = static_cast<size_t>(attention_bwd_dq_smem_bytes(p.d));
-  const size_t smem_dkdv = static_cast<size_t>(attention_bwd_dkdv_smem_bytes(p.d));
-  if (dmax == 64) {
-    attention_bwd_dq_kernel<T, 64><<<grid, kBwdThreads, smem_dq, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    attention_bwd_dkdv_kernel<T, 64><<<grid, kBwdThreads, smem_dkdv, stream>>>(p);
-  } else {
-    attention_bwd_dq_kernel<T, 128><<<grid, kBwdThreads, smem_dq, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    attention_bwd_dkdv_kernel<T, 128><<<grid, kBwdThreads, smem_dkdv, stream>>>(p);
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-// The parameters both ops share; the caller sets the layout-specific ones.
-template <typename T>
-AttentionBwdParams<T> common_params(const at::Tensor& qc, const at::Tensor& bc, bool has_bias, const at::Tensor& oc,
-                                    const at::Tensor& gc, at::Tensor& grad_qkv, at::Tensor& ws, int64_t H,
-                                    int64_t num_heads, double scale, double dropout_p, int64_t seed, int64_t offset) {
-  AttentionBwdParams<T> p{};
-  p.qkv = qc.const_data_ptr<T>();
-  p.bias = has_bias ? bc.const_data_ptr<T>() : nullptr;
-  p.out = oc.const_data_ptr<T>();
-  p.grad_out = gc.const_data_ptr<T>();
-  p.grad_qkv = grad_qkv.mutable_data_ptr<T>();
-  p.ws = ws.mutable_data_ptr<float>();
-  p.H = static_cast<int>(H);
-  p.nh = static_cast<int>(num_heads);
-  p.d = static_cast<int>(H / num_heads);
-  p.scale = static_cast<float>(scale);
-  p.dropout = make_dropout_params(dropout_p, seed, offset);
-  p.vec = p.d % Vec16<T>::n == 0 && is_aligned16(p.qkv) && is_aligned16(p.grad_out) &&
-          (!p.bias || is_aligned16(p.bias));
-  return p;
-}
-
 }  // namespace
 
 at::Tensor attention_backward_cuda(const at::Tensor& grad_out, const at::Tensor& qkv,
@@ -104,13 +63,25 @@ at::Tensor attention_backward_cuda(const at::Tensor& grad_out, const at::Tensor&
   auto bc = qkv_bias ? qkv_bias->contiguous() : at::Tensor();
   auto cc = cu_seqlens.contiguous();
   FASTBERT_DISPATCH_FLOAT(qkv.scalar_type(), "attention_backward", [&] {
-    auto p = common_params<scalar_t>(qc, bc, qkv_bias.has_value(), oc, gc, grad_qkv, ws, H, num_heads, scale,
-                                     dropout_p, seed, offset);
-    p.lse = lc.const_data_ptr<float>();
-    p.cu_seqlens = cc.const_data_ptr<int32_t>();
-    p.total = T;
-    p.max_seqlen = max_seqlen;
-    launch(p, B, max_seqlen, stream);
+    const auto p = attention_bwd_params(AttentionBwdParams<scalar_t>{
+        .qkv = qc.const_data_ptr<scalar_t>(),
+        .bias = qkv_bias ? bc.const_data_ptr<scalar_t>() : nullptr,
+        .out = oc.const_data_ptr<scalar_t>(),
+        .grad_out = gc.const_data_ptr<scalar_t>(),
+        .grad_qkv = grad_qkv.mutable_data_ptr<scalar_t>(),
+        .lse = lc.const_data_ptr<float>(),
+        .ws = ws.mutable_data_ptr<float>(),
+        .cu_seqlens = cc.const_data_ptr<int32_t>(),
+        .B = B,
+        .total = T,
+        .max_seqlen = max_seqlen,
+        .H = static_cast<int>(H),
+        .nh = static_cast<int>(num_heads),
+        .scale = static_cast<float>(scale),
+        .dropout = make_dropout_params(dropout_p, seed, offset)});
+    const auto l = attention_bwd_launches(p);
+    launch(l.dq, stream, p);
+    launch(l.dkdv, stream, p);
   });
   return grad_qkv;
 }
@@ -138,19 +109,28 @@ at::Tensor attention_masked_backward_cuda(const at::Tensor& grad_out, const at::
   auto qc = qkv.contiguous(), oc = out.contiguous(), gc = grad_out.contiguous();
   auto bc = qkv_bias ? qkv_bias->contiguous() : at::Tensor();
   FASTBERT_DISPATCH_FLOAT(qkv.scalar_type(), "attention_masked_backward", [&] {
-    auto p = common_params<scalar_t>(qc, bc, qkv_bias.has_value(), oc, gc, grad_qkv, ws, H, num_heads, scale,
-                                     dropout_p, seed, offset);
-    p.lse = nullptr;  // recomputed
-    p.cu_seqlens = nullptr;
-    p.total = B * L;
-    p.L = L;
-    p.max_seqlen = L;
-    p.mask = additive.const_data_ptr<float>();
-    p.ms_b = additive.stride(0);
-    p.ms_h = additive.stride(1);
-    p.ms_i = additive.stride(2);
-    p.ms_j = additive.stride(3);
-    launch(p, B, L, stream);
+    const auto p = attention_bwd_params(AttentionBwdParams<scalar_t>{
+        .qkv = qc.const_data_ptr<scalar_t>(),
+        .bias = qkv_bias ? bc.const_data_ptr<scalar_t>() : nullptr,
+        .out = oc.const_data_ptr<scalar_t>(),
+        .grad_out = gc.const_data_ptr<scalar_t>(),
+        .grad_qkv = grad_qkv.mutable_data_ptr<scalar_t>(),
+        .lse = nullptr,  // the statistics are recomputed
+        .ws = ws.mutable_data_ptr<float>(),
+        .B = B,
+        .L = L,
+        .H = static_cast<int>(H),
+        .nh = static_cast<int>(num_heads),
+        .scale = static_cast<float>(scale),
+        .mask = additive.const_data_ptr<float>(),
+        .ms_b = additive.stride(0),
+        .ms_h = additive.stride(1),
+        .ms_i = additive.stride(2),
+        .ms_j = additive.stride(3),
+        .dropout = make_dropout_params(dropout_p, seed, offset)});
+    const auto l = attention_bwd_launches(p);
+    launch(l.dq, stream, p);
+    launch(l.dkdv, stream, p);
   });
   return grad_qkv;
 }

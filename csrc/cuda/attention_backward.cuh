@@ -41,9 +41,8 @@ FB_HOST_DEVICE constexpr int attention_bwd_sub(int dmax) { return dmax / kBwdCol
 FB_HOST_DEVICE constexpr int attention_bwd_rows(int dmax) { return kBwdThreads / attention_bwd_sub(dmax); }
 FB_HOST_DEVICE constexpr int attention_bwd_dmax(int64_t d) { return d <= 64 ? 64 : 128; }
 
-// Both kernels: grid (ceil(max_seqlen / attention_bwd_rows(DMAX)), nh, B), block kBwdThreads, dynamic
-// shared memory of these sizes. dQ: K and V tiles (kBwdTile, d). dK/dV: Q and dO tiles (kBwdTile, d) plus
-// D, shift, norm of the tile's queries.
+// Dynamic shared memory. dQ: K and V tiles (kBwdTile, d). dK/dV: Q and dO tiles (kBwdTile, d) plus D, shift,
+// norm of the tile's queries.
 FB_HOST_DEVICE int64_t attention_bwd_dq_smem_bytes(int64_t d) { return 2 * kBwdTile * d * int64_t(sizeof(float)); }
 FB_HOST_DEVICE int64_t attention_bwd_dkdv_smem_bytes(int64_t d) {
   return (2 * kBwdTile * d + 3 * kBwdTile) * int64_t(sizeof(float));
@@ -59,9 +58,10 @@ struct AttentionBwdParams {
   const float* lse;           // packed: (nh, T) from the forward; nullptr: recompute the statistics (padded op)
   float* ws;                  // workspace (3, nh * rows): D, shift, norm per stats row (written by kernel 1)
   const int32_t* cu_seqlens;  // (B+1,) for the packed op, nullptr for the padded one
+  int64_t B;                  // sequences
   int64_t total;              // T (packed) ; B * L (padded)
   int64_t L;                  // padded sequence length (padded op only)
-  int64_t max_seqlen;         // packed: bound on every sequence length (checked on the device)
+  int64_t max_seqlen;         // packed: bound on every sequence length (checked on the device); padded: L
   int H, nh, d;
   float scale;
   const float* mask;          // padded op: additive mask, element (b, h, i, j) at b*ms_b + h*ms_h + i*ms_i + j*ms_j
@@ -350,6 +350,34 @@ __global__ void __launch_bounds__(kBwdThreads, 2) attention_bwd_dkdv_kernel(Atte
       }
     }
   }
+}
+
+// The launches (host side, shared by csrc/cuda/attention_backward.cu and tests/cuda_harness): the caller's
+// pointers and sizes as for attention_params (attention.cuh), plus out, grad_out, grad_qkv and the workspace
+// ws (3, nh * total) fp32, lse for the packed op only; then kernel 1 and kernel 2 on the same grid (row blocks,
+// nh, B), the DMAX instantiation for the head dim.
+template <typename T>
+inline AttentionBwdParams<T> attention_bwd_params(AttentionBwdParams<T> p) {
+  derive_attention_sizes(p);
+  p.vec = p.d % Vec16<T>::n == 0 && aligned16(p.qkv) && aligned16(p.grad_out) && (!p.bias || aligned16(p.bias));
+  return p;
+}
+
+template <typename T>
+struct AttentionBwdLaunches {
+  Launch<void (*)(AttentionBwdParams<T>)> dq, dkdv;
+};
+
+template <typename T>
+inline AttentionBwdLaunches<T> attention_bwd_launches(const AttentionBwdParams<T>& p) {
+  const int dmax = attention_bwd_dmax(p.d);
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.max_seqlen, attention_bwd_rows(dmax))),
+                  static_cast<unsigned>(p.nh), static_cast<unsigned>(p.B));
+  const dim3 block(kBwdThreads);
+  return {make_launch(dmax == 64 ? &attention_bwd_dq_kernel<T, 64> : &attention_bwd_dq_kernel<T, 128>, grid, block,
+                      attention_bwd_dq_smem_bytes(p.d)),
+          make_launch(dmax == 64 ? &attention_bwd_dkdv_kernel<T, 64> : &attention_bwd_dkdv_kernel<T, 128>, grid,
+                      block, attention_bwd_dkdv_smem_bytes(p.d))};
 }
 
 }  // namespace fastbert::cuda

@@ -33,8 +33,7 @@ constexpr float kLog2e = 1.4426950408889634f;
 // The DMAX (32, 64 or 128) the launcher instantiates for head dim d.
 FB_HOST_DEVICE constexpr int attention_mma_dmax(int64_t d) { return d <= 32 ? 32 : d <= 64 ? 64 : 128; }
 
-// grid (ceil(max_seqlen / kMmaRows), nh, B), block kMmaThreads, dynamic shared memory of this size:
-// the Q-then-K tile and the V tile, kMmaKeys x (DMAX + pad) 16-bit elements each.
+// Dynamic shared memory: the Q-then-K tile and the V tile, kMmaKeys x (DMAX + pad) 16-bit elements each.
 FB_HOST_DEVICE int64_t attention_mma_smem_bytes(int64_t d) {
   return 2 * int64_t(kMmaKeys) * (attention_mma_dmax(d) + kMmaPad) * 2;
 }
@@ -214,6 +213,29 @@ __global__ void __launch_bounds__(kMmaThreads) attention_mma_kernel(AttentionPar
     }
     if (t == 0) p.lse[lse_row[r]] = l > 0.f ? m_run[r] + logf(l) : -INFINITY;
   }
+}
+
+// The launch of attention (host side, shared by csrc/cuda/attention.cu and tests/cuda_harness): the tensor-core
+// kernel when `tensor_cores` (fp16 / bf16 only; the launcher asks for it on sm_80+), else the FMA kernel of
+// attention.cuh; grid (query row blocks, nh, B), the DMAX instantiation for the head dim.
+template <typename T>
+inline Launch<void (*)(AttentionParams<T>)> attention_launch(const AttentionParams<T>& p, bool tensor_cores) {
+  if constexpr (!std::is_same_v<T, float>) {
+    if (tensor_cores) {
+      const int dmax = attention_mma_dmax(p.d);
+      return make_launch(dmax == 32   ? &attention_mma_kernel<T, 32>
+                         : dmax == 64 ? &attention_mma_kernel<T, 64>
+                                      : &attention_mma_kernel<T, 128>,
+                         dim3(static_cast<unsigned>(ceil_div(p.max_seqlen, kMmaRows)), static_cast<unsigned>(p.nh),
+                              static_cast<unsigned>(p.B)),
+                         dim3(kMmaThreads), attention_mma_smem_bytes(p.d));
+    }
+  }
+  const int dmax = attention_dmax(p.d);
+  return make_launch(dmax == 64 ? &attention_kernel<T, 64> : &attention_kernel<T, 128>,
+                     dim3(static_cast<unsigned>(ceil_div(p.max_seqlen, attention_rows(dmax))),
+                          static_cast<unsigned>(p.nh), static_cast<unsigned>(p.B)),
+                     dim3(kAttnThreads), attention_smem_bytes(p.d));
 }
 
 }  // namespace fastbert::cuda

@@ -39,13 +39,6 @@ struct BiasActParams {
   bool vec;  // C % (16 / sizeof(T)) == 0 and the three pointers 16-byte aligned
 };
 
-FB_HOST_DEVICE unsigned bias_act_grid(int64_t numel, bool vec, int64_t vec_width) {
-  const int64_t work = vec ? numel / vec_width : numel;
-  const int64_t blocks = ceil_div(work, kBiasActThreads);
-  return static_cast<unsigned>(blocks < 8192 ? (blocks > 0 ? blocks : 1) : 8192);
-}
-
-// grid bias_act_grid(...), block kBiasActThreads.
 template <typename T>
 __global__ void __launch_bounds__(kBiasActThreads) bias_act_kernel(BiasActParams<T> p) {
   constexpr int n = Vec16<T>::n;
@@ -64,6 +57,28 @@ __global__ void __launch_bounds__(kBiasActThreads) bias_act_kernel(BiasActParams
     for (int64_t e = first; e < p.numel; e += stride)
       p.out[e] = from_float<T>(apply_activation(to_float(p.x[e]) + to_float(p.bias[e % p.C]), p.act));
   }
+}
+
+// The launch (host side, shared by csrc/cuda/bias_act.cu and tests/cuda_harness): the caller's pointers and
+// sizes, plus whether the 16-byte path applies; the grid.
+template <typename T>
+inline BiasActParams<T> bias_act_params(BiasActParams<T> p) {
+  p.vec = p.C % Vec16<T>::n == 0 && aligned16(p.x) && aligned16(p.bias) && aligned16(p.out);
+  return p;
+}
+
+// Grid-stride over numel elements (numel / n vectors of n when vec), at most 8192 blocks; bias_act_backward too.
+template <typename T, typename Kernel>
+inline Launch<Kernel> bias_act_grid_launch(Kernel kernel, int64_t numel, bool vec) {
+  const int64_t work = vec ? numel / Vec16<T>::n : numel;
+  const int64_t blocks = ceil_div(work, kBiasActThreads);
+  return make_launch(kernel, dim3(static_cast<unsigned>(blocks < 8192 ? (blocks > 0 ? blocks : 1) : 8192)),
+                     dim3(kBiasActThreads));
+}
+
+template <typename T>
+inline auto bias_act_launch(const BiasActParams<T>& p) {
+  return bias_act_grid_launch<T>(&bias_act_kernel<T>, p.numel, p.vec);
 }
 
 }  // namespace fastbert::cuda

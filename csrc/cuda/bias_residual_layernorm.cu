@@ -5,6 +5,7 @@
 
 #include "cuda/bias_residual_layernorm.cuh"
 #include "cuda/host.h"
+#include "cuda/layernorm_host.h"
 
 namespace fastbert::cuda {
 
@@ -35,9 +36,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bias_residual_layernorm_cuda(
   if (bias) check_vector(*bias, x, H, "bias");
   check_vector(ln_weight, x, H, "ln_weight");
   check_vector(ln_bias, x, H, "ln_bias");
-  const int rows = layernorm_rows_per_block(H);
-  TORCH_CHECK(rows > 0, "bias_residual_layernorm: hidden size ", H, " is larger than the CUDA kernel's limit ",
-              48 * 1024 / 4);
+  check_layernorm_hidden(H, "bias_residual_layernorm");
   auto xc = x.contiguous();
   auto rc = residual.contiguous();
   auto bc = bias ? bias->contiguous() : at::Tensor();
@@ -51,23 +50,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bias_residual_layernorm_cuda(
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   FASTBERT_DISPATCH_FLOAT(x.scalar_type(), "bias_residual_layernorm", [&] {
-    BiasResidualLayerNormParams<scalar_t> p;
-    p.x = xc.const_data_ptr<scalar_t>();
-    p.bias = bias ? bc.const_data_ptr<scalar_t>() : nullptr;
-    p.residual = rc.const_data_ptr<scalar_t>();
-    p.gamma = wc.const_data_ptr<scalar_t>();
-    p.beta = lc.const_data_ptr<scalar_t>();
-    p.out = out.mutable_data_ptr<scalar_t>();
-    p.mean = mean.mutable_data_ptr<float>();
-    p.rstd = rstd.mutable_data_ptr<float>();
-    p.N = N;
-    p.H = H;
-    p.eps = static_cast<float>(eps);
-    p.vec = H % Vec16<scalar_t>::n == 0 && is_aligned16(p.x) && (!p.bias || is_aligned16(p.bias)) &&
-            is_aligned16(p.residual) && is_aligned16(p.gamma) && is_aligned16(p.beta) && is_aligned16(p.out);
-    const auto grid = static_cast<unsigned>(ceil_div(N, rows));
-    bias_residual_layernorm_kernel<scalar_t><<<grid, rows * kWarp, rows * H * sizeof(float), stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const auto p = bias_residual_layernorm_params(BiasResidualLayerNormParams<scalar_t>{
+        .x = xc.const_data_ptr<scalar_t>(),
+        .bias = bias ? bc.const_data_ptr<scalar_t>() : nullptr,
+        .residual = rc.const_data_ptr<scalar_t>(),
+        .gamma = wc.const_data_ptr<scalar_t>(),
+        .beta = lc.const_data_ptr<scalar_t>(),
+        .out = out.mutable_data_ptr<scalar_t>(),
+        .mean = mean.mutable_data_ptr<float>(),
+        .rstd = rstd.mutable_data_ptr<float>(),
+        .N = N,
+        .H = H,
+        .eps = static_cast<float>(eps)});
+    launch(bias_residual_layernorm_launch(p), stream, p);
   });
   return {out, mean, rstd};
 }

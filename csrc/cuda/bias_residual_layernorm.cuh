@@ -23,8 +23,6 @@ struct BiasResidualLayerNormParams {
   bool vec;  // H % (16 / sizeof(T)) == 0 and every pointer 16-byte aligned
 };
 
-// grid (ceil(N / rows)), block (rows * 32), dynamic shared memory rows * H * 4 bytes,
-// rows = layernorm_rows_per_block(H).
 template <typename T>
 __global__ void __launch_bounds__(kLnThreads) bias_residual_layernorm_kernel(BiasResidualLayerNormParams<T> p) {
   constexpr int n = Vec16<T>::n;
@@ -53,6 +51,19 @@ __global__ void __launch_bounds__(kLnThreads) bias_residual_layernorm_kernel(Bia
     sum += v;
   }
   layernorm_epilogue(s, sum, p.H, p.gamma, p.beta, p.out + row * p.H, p.eps, p.vec, p.mean + row, p.rstd + row);
+}
+
+// The launch (host side, shared by csrc/cuda/bias_residual_layernorm.cu and tests/cuda_harness).
+template <typename T>
+inline BiasResidualLayerNormParams<T> bias_residual_layernorm_params(BiasResidualLayerNormParams<T> p) {
+  p.vec = p.H % Vec16<T>::n == 0 && aligned16(p.x) && (!p.bias || aligned16(p.bias)) && aligned16(p.residual) &&
+          aligned16(p.gamma) && aligned16(p.beta) && aligned16(p.out);
+  return p;
+}
+
+template <typename T>
+inline auto bias_residual_layernorm_launch(const BiasResidualLayerNormParams<T>& p) {
+  return layernorm_rows_launch(&bias_residual_layernorm_kernel<T>, p.N, p.H);
 }
 
 }  // namespace fastbert::cuda

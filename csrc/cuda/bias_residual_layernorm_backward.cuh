@@ -26,8 +26,6 @@ struct BrlnBackwardParams {
   bool vec;  // H % (16 / sizeof(T)) == 0 and every (N, H) / (H,) pointer 16-byte aligned
 };
 
-// grid ln_backward_grid(N, warps), block warps * 32, dynamic shared memory ln_backward_smem(H, warps),
-// warps = ln_backward_warps(H, smem limit); then ln_backward_reduce_kernel over the grid's partials.
 template <typename T>
 __global__ void __launch_bounds__(kLnBwdWarps * kWarp) brln_backward_kernel(BrlnBackwardParams<T> p) {
   constexpr int n = Vec16<T>::n;
@@ -59,6 +57,20 @@ __global__ void __launch_bounds__(kLnBwdWarps * kWarp) brln_backward_kernel(Brln
     ln_backward_finish<T, T>(sm, sum_a, sum_b, p.H, g, p.gamma, rstd, p.grad_s + row * p.H, p.vec);
   }
   ln_backward_block_partials(p.H, p.partials);
+}
+
+// The launch (host side, shared by csrc/cuda/bias_residual_layernorm_backward.cu and tests/cuda_harness); then
+// ln_backward_reduce_kernel over the grid's partials.
+template <typename T>
+inline BrlnBackwardParams<T> brln_backward_params(BrlnBackwardParams<T> p) {
+  p.vec = p.H % Vec16<T>::n == 0 && aligned16(p.grad_out) && aligned16(p.x) && (!p.bias || aligned16(p.bias)) &&
+          aligned16(p.residual) && aligned16(p.gamma) && aligned16(p.grad_s);
+  return p;
+}
+
+template <typename T>
+inline auto brln_backward_launch(int64_t N, int64_t H, int64_t smem_limit) {
+  return ln_backward_rows_launch(&brln_backward_kernel<T>, N, H, smem_limit);
 }
 
 }  // namespace fastbert::cuda

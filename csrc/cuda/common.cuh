@@ -64,7 +64,7 @@ FB_DEVICE void store16(T* p, const Vec16<T>& r) {
   *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(&r);
 }
 
-FB_DEVICE bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+FB_HOST_DEVICE bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 // ---- dynamic shared memory (the launch's third <<<>>> argument)
 template <typename T>
@@ -125,5 +125,22 @@ FB_DEVICE bool dropout_keep(const DropoutParams& d, uint64_t row, uint32_t col) 
 }
 
 FB_HOST_DEVICE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// ---- launches. Each <op>.cuh works out its kernels' launches on the host, without ATen or CUDA calls, so the
+// .cu launcher and the CPU test harness (tests/cuda_harness/driver.cpp) launch the same way: which kernel
+// (instantiation), grid, block, dynamic shared memory. The .cu files run one with launch() (host.h).
+constexpr int64_t kSmemDefault = 48 * 1024;  // dynamic shared memory a block gets without opting in
+
+template <typename Kernel>
+struct Launch {
+  Kernel kernel;
+  dim3 grid, block;
+  size_t smem = 0;
+};
+
+template <typename Kernel>
+inline Launch<Kernel> make_launch(Kernel kernel, dim3 grid, dim3 block, int64_t smem = 0) {
+  return {kernel, grid, block, static_cast<size_t>(smem)};
+}
 
 }  // namespace fastbert::cuda

@@ -5,6 +5,7 @@
 
 #include "cuda/embeddings.cuh"
 #include "cuda/host.h"
+#include "cuda/layernorm_host.h"
 
 namespace fastbert::cuda {
 
@@ -51,8 +52,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> embeddings_cuda(
   if (token_type_weight) check_table(*token_type_weight, word_weight, H, "token_type_weight");
   check_vector(ln_weight, word_weight, H, "ln_weight");
   check_vector(ln_bias, word_weight, H, "ln_bias");
-  const int rows = layernorm_rows_per_block(H);
-  TORCH_CHECK(rows > 0, "embeddings: hidden size ", H, " is larger than the CUDA kernel's limit ", 48 * 1024 / 4);
+  check_layernorm_hidden(H, "embeddings");
 
   auto ids = input_ids.contiguous();
   auto pids = position_ids.contiguous();
@@ -72,35 +72,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> embeddings_cuda(
   const c10::cuda::CUDAGuard guard(word.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   FASTBERT_DISPATCH_FLOAT(word.scalar_type(), "embeddings", [&] {
-    auto launch = [&](auto id_tag) {
+    auto run = [&](auto id_tag) {
       using I = decltype(id_tag);
-      EmbeddingsParams<scalar_t, I> p;
-      p.ids = ids.const_data_ptr<I>();
-      p.pos_ids = pids.const_data_ptr<I>();
-      p.type_ids = token_type_ids ? tids.const_data_ptr<I>() : nullptr;
-      p.word = word.const_data_ptr<scalar_t>();
-      p.pos = pos.const_data_ptr<scalar_t>();
-      p.type = token_type_weight ? type.const_data_ptr<scalar_t>() : nullptr;
-      p.gamma = wc.const_data_ptr<scalar_t>();
-      p.beta = lc.const_data_ptr<scalar_t>();
-      p.out = out.mutable_data_ptr<scalar_t>();
-      p.mean = mean.mutable_data_ptr<float>();
-      p.rstd = rstd.mutable_data_ptr<float>();
-      p.N = N;
-      p.H = H;
-      p.V = word.size(0);
-      p.P = pos.size(0);
-      p.TT = token_type_weight ? type.size(0) : 0;
-      p.eps = static_cast<float>(eps);
-      p.vec = H % Vec16<scalar_t>::n == 0 && is_aligned16(p.word) && is_aligned16(p.pos) &&
-              (!p.type || is_aligned16(p.type)) && is_aligned16(p.gamma) && is_aligned16(p.beta) &&
-              is_aligned16(p.out);
-      const auto grid = static_cast<unsigned>(ceil_div(N, rows));
-      embeddings_kernel<scalar_t, I><<<grid, rows * kWarp, rows * H * sizeof(float), stream>>>(p);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const auto p = embeddings_params(EmbeddingsParams<scalar_t, I>{
+          .ids = ids.const_data_ptr<I>(),
+          .pos_ids = pids.const_data_ptr<I>(),
+          .type_ids = token_type_ids ? tids.const_data_ptr<I>() : nullptr,
+          .word = word.const_data_ptr<scalar_t>(),
+          .pos = pos.const_data_ptr<scalar_t>(),
+          .type = token_type_weight ? type.const_data_ptr<scalar_t>() : nullptr,
+          .gamma = wc.const_data_ptr<scalar_t>(),
+          .beta = lc.const_data_ptr<scalar_t>(),
+          .out = out.mutable_data_ptr<scalar_t>(),
+          .mean = mean.mutable_data_ptr<float>(),
+          .rstd = rstd.mutable_data_ptr<float>(),
+          .N = N,
+          .H = H,
+          .V = word.size(0),
+          .P = pos.size(0),
+          .TT = token_type_weight ? type.size(0) : 0,
+          .eps = static_cast<float>(eps)});
+      launch(embeddings_launch(p), stream, p);
     };
-    if (ids.scalar_type() == at::kLong) launch(int64_t{});
-    else launch(int32_t{});
+    if (ids.scalar_type() == at::kLong) run(int64_t{});
+    else run(int32_t{});
   });
   return {out, mean, rstd};
 }

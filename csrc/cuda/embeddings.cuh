@@ -27,8 +27,6 @@ struct EmbeddingsParams {
   bool vec;  // H % (16 / sizeof(T)) == 0 and every table / output pointer 16-byte aligned
 };
 
-// grid (ceil(N / rows)), block (rows * 32), dynamic shared memory rows * H * 4 bytes,
-// rows = layernorm_rows_per_block(H).
 template <typename T, typename I>
 __global__ void __launch_bounds__(kLnThreads) embeddings_kernel(EmbeddingsParams<T, I> p) {
   constexpr int n = Vec16<T>::n;
@@ -62,6 +60,19 @@ __global__ void __launch_bounds__(kLnThreads) embeddings_kernel(EmbeddingsParams
     sum += v;
   }
   layernorm_epilogue(s, sum, p.H, p.gamma, p.beta, p.out + row * p.H, p.eps, p.vec, p.mean + row, p.rstd + row);
+}
+
+// The launch (host side, shared by csrc/cuda/embeddings.cu and tests/cuda_harness).
+template <typename T, typename I>
+inline EmbeddingsParams<T, I> embeddings_params(EmbeddingsParams<T, I> p) {
+  p.vec = p.H % Vec16<T>::n == 0 && aligned16(p.word) && aligned16(p.pos) && (!p.type || aligned16(p.type)) &&
+          aligned16(p.gamma) && aligned16(p.beta) && aligned16(p.out);
+  return p;
+}
+
+template <typename T, typename I>
+inline auto embeddings_launch(const EmbeddingsParams<T, I>& p) {
+  return layernorm_rows_launch(&embeddings_kernel<T, I>, p.N, p.H);
 }
 
 }  // namespace fastbert::cuda

@@ -40,7 +40,6 @@ struct EmbeddingsBackwardParams {
   bool vec;  // H % (16 / sizeof(T)) == 0 and grad_out, the tables and gamma 16-byte aligned
 };
 
-// grid ln_backward_grid(N, warps), block warps * 32, dynamic shared memory ln_backward_smem(H, warps).
 template <typename T, typename I>
 __global__ void __launch_bounds__(kLnBwdWarps * kWarp)
     embeddings_backward_rows_kernel(EmbeddingsBackwardParams<T, I> p) {
@@ -96,10 +95,6 @@ struct EmbeddingsScatterParams {
   int64_t K, N, H, V, P, TT;
 };
 
-FB_HOST_DEVICE dim3 embeddings_scatter_grid(int64_t K, int64_t H) {
-  return dim3(static_cast<unsigned>(ceil_div(K, kScatterChunk)), static_cast<unsigned>(ceil_div(H, kScatterThreads)));
-}
-
 template <typename T>
 FB_DEVICE T* table_row(const EmbeddingsScatterParams<T>& p, int64_t key) {
   FB_KERNEL_ASSERT(key >= 0 && key < p.V + p.P + (p.type ? p.TT : 0));
@@ -108,7 +103,7 @@ FB_DEVICE T* table_row(const EmbeddingsScatterParams<T>& p, int64_t key) {
   return p.type + (key - p.V - p.P) * p.H;
 }
 
-// grid embeddings_scatter_grid(K, H), block kScatterThreads: chunk blockIdx.x, column blockIdx.y * 128 + thread.
+// Chunk blockIdx.x, column blockIdx.y * 128 + thread (embeddings_scatter_launch).
 template <typename T>
 __global__ void __launch_bounds__(kScatterThreads) embeddings_scatter_kernel(EmbeddingsScatterParams<T> p) {
   const int64_t c = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
@@ -152,6 +147,29 @@ __global__ void __launch_bounds__(kScatterThreads) embeddings_scatter_combine_ke
     if (after >= p.K || p.sorted[after] != key) break;
   }
   table_row(p, key)[c] = from_float<T>(acc);
+}
+
+// The launches (host side, shared by csrc/cuda/embeddings_backward.cu and tests/cuda_harness): the row kernel,
+// then ln_backward_reduce_kernel over its grid's partials; after the sort, the scatter and its combine kernel,
+// both on grid (chunks, ceil(H / 128)), the workspace (chunks, 2, H) fp32.
+template <typename T, typename I>
+inline EmbeddingsBackwardParams<T, I> embeddings_backward_params(EmbeddingsBackwardParams<T, I> p) {
+  p.vec = p.H % Vec16<T>::n == 0 && aligned16(p.grad_out) && aligned16(p.word) && aligned16(p.pos) &&
+          (!p.type || aligned16(p.type)) && aligned16(p.gamma);
+  return p;
+}
+
+template <typename T, typename I>
+inline auto embeddings_backward_rows_launch(int64_t N, int64_t H, int64_t smem_limit) {
+  return ln_backward_rows_launch(&embeddings_backward_rows_kernel<T, I>, N, H, smem_limit);
+}
+
+template <typename T>
+inline auto embeddings_scatter_launch(int64_t K, int64_t H, bool combine) {
+  return make_launch(combine ? &embeddings_scatter_combine_kernel<T> : &embeddings_scatter_kernel<T>,
+                     dim3(static_cast<unsigned>(ceil_div(K, kScatterChunk)),
+                          static_cast<unsigned>(ceil_div(H, kScatterThreads))),
+                     dim3(kScatterThreads));
 }
 
 }  // namespace fastbert::cuda

@@ -13,11 +13,20 @@ namespace fastbert::cuda {
 constexpr int kLnWarps = 4;  // rows per block when H is small enough
 constexpr int kLnThreads = kLnWarps * kWarp;
 
-// Rows per 128-thread block and dynamic shared memory for rows of H; 0 rows = H too large.
+// Rows (warps) per block for rows of H, each row's fp32 values in shared memory; 0 rows = H too large.
 FB_HOST_DEVICE int layernorm_rows_per_block(int64_t H) {
   const int64_t bytes = H * int64_t(sizeof(float));
-  if (bytes * kLnWarps <= 48 * 1024) return kLnWarps;
-  return bytes <= 48 * 1024 ? 1 : 0;
+  if (bytes * kLnWarps <= kSmemDefault) return kLnWarps;
+  return bytes <= kSmemDefault ? 1 : 0;
+}
+
+// The launch of a kernel that ends in layernorm_epilogue, one warp per row of N rows of H (the caller has checked
+// layernorm_rows_per_block(H) > 0): grid ceil(N / rows), block rows * 32, shared memory rows * H floats.
+template <typename Kernel>
+inline Launch<Kernel> layernorm_rows_launch(Kernel kernel, int64_t N, int64_t H) {
+  const int rows = layernorm_rows_per_block(H);
+  return make_launch(kernel, dim3(static_cast<unsigned>(ceil_div(N, rows))), dim3(rows * kWarp),
+                     rows * H * int64_t(sizeof(float)));
 }
 
 // Elements of row [0, H) a lane handles: vector chunks [lane*n + 32*n*k, +n) below vec_end, then scalars.

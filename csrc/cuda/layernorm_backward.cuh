@@ -19,7 +19,6 @@ namespace fastbert::cuda {
 
 constexpr int kLnBwdWarps = 4;           // rows in flight per block when H is small enough
 constexpr int kLnBwdMaxBlocks = 512;     // partial rows of the parameter-gradient reduction, at most
-constexpr int64_t kSmemDefault = 48 * 1024;
 constexpr int kLnReduceCols = 32;        // ln_backward_reduce_kernel: columns per block
 constexpr int kLnReduceGroups = 8;       // ... and groups of partial rows summed in parallel
 constexpr int kLnReduceThreads = kLnReduceCols * kLnReduceGroups;
@@ -31,12 +30,6 @@ FB_HOST_DEVICE int ln_backward_warps(int64_t H, int64_t smem_limit) {
     if (w * per_warp <= smem_limit) return w;
   return 0;
 }
-FB_HOST_DEVICE int64_t ln_backward_smem(int64_t H, int warps) { return int64_t(warps) * 3 * H * int64_t(sizeof(float)); }
-FB_HOST_DEVICE unsigned ln_backward_grid(int64_t N, int warps) {
-  const int64_t b = ceil_div(N, warps);
-  return static_cast<unsigned>(b < kLnBwdMaxBlocks ? (b > 0 ? b : 1) : kLnBwdMaxBlocks);
-}
-FB_HOST_DEVICE unsigned ln_reduce_grid(int64_t H) { return static_cast<unsigned>(ceil_div(H, kLnReduceCols)); }
 
 // A warp's three shared rows.
 struct LnBwdSmem {
@@ -120,7 +113,6 @@ FB_DEVICE void ln_backward_block_partials(int64_t H, float* __restrict__ partial
 
 // grad_w, grad_b (H,) = sums of the partial rows (blocks, 2, H) in block order: kLnReduceGroups groups of
 // threads sum every kLnReduceGroups-th partial row, then the groups are added in group order.
-// grid ln_reduce_grid(H), block kLnReduceThreads.
 template <typename T>
 __global__ void __launch_bounds__(kLnReduceThreads)
     ln_backward_reduce_kernel(const float* __restrict__ partials, int64_t blocks, int64_t H, T* __restrict__ grad_w,
@@ -147,6 +139,26 @@ __global__ void __launch_bounds__(kLnReduceThreads)
     grad_w[c] = from_float<T>(tw);
     grad_b[c] = from_float<T>(tb);
   }
+}
+
+// The launches (host side, shared by the .cu launchers and tests/cuda_harness). A row kernel (one warp per row,
+// rows grid-striding, the warps' three shared rows) for N rows of H within smem_limit bytes of shared memory
+// (the caller has checked that ln_backward_warps(H, smem_limit) > 0): at most kLnBwdMaxBlocks blocks, each
+// writing one partial row pair, so the caller allocates (grid.x, 2, H) fp32 partials.
+template <typename Kernel>
+inline Launch<Kernel> ln_backward_rows_launch(Kernel kernel, int64_t N, int64_t H, int64_t smem_limit) {
+  const int warps = ln_backward_warps(H, smem_limit);
+  const int64_t blocks = ceil_div(N, warps);
+  return make_launch(kernel, dim3(static_cast<unsigned>(blocks < kLnBwdMaxBlocks ? (blocks > 0 ? blocks : 1)
+                                                                                  : kLnBwdMaxBlocks)),
+                     dim3(warps * kWarp), int64_t(warps) * 3 * H * int64_t(sizeof(float)));
+}
+
+// ln_backward_reduce_kernel's: kLnReduceCols columns per block.
+template <typename T>
+inline auto ln_backward_reduce_launch(int64_t H) {
+  return make_launch(&ln_backward_reduce_kernel<T>, dim3(static_cast<unsigned>(ceil_div(H, kLnReduceCols))),
+                     dim3(kLnReduceThreads));
 }
 
 }  // namespace fastbert::cuda
