@@ -57,19 +57,9 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& qkv, const s
   auto bc = qkv_bias ? qkv_bias->contiguous() : at::Tensor();
   auto cc = cu_seqlens.contiguous();
   FASTBERT_DISPATCH_FLOAT(qkv.scalar_type(), "attention", [&] {
-    const auto p = attention_params(AttentionParams<scalar_t>{
-        .qkv = qc.const_data_ptr<scalar_t>(),
-        .bias = qkv_bias ? bc.const_data_ptr<scalar_t>() : nullptr,
-        .out = out.mutable_data_ptr<scalar_t>(),
-        .lse = lse.mutable_data_ptr<float>(),
-        .cu_seqlens = cc.const_data_ptr<int32_t>(),
-        .B = B,
-        .total = T,
-        .max_seqlen = max_seqlen,
-        .H = static_cast<int>(H),
-        .nh = static_cast<int>(num_heads),
-        .scale = static_cast<float>(scale),
-        .dropout = make_dropout_params(dropout_p, seed, offset)});
+    const AttentionParams<scalar_t> p{
+        packed_attention_inputs<scalar_t>(qc, bc, cc, max_seqlen, num_heads, scale, dropout_p, seed, offset),
+        out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<float>()};
     launch(attention_launch(p, use_tensor_cores<scalar_t>()), stream, p);
   });
   return {out, lse};
@@ -94,22 +84,9 @@ std::tuple<at::Tensor, at::Tensor> attention_masked_cuda(const at::Tensor& qkv,
   auto qc = qkv.contiguous();
   auto bc = qkv_bias ? qkv_bias->contiguous() : at::Tensor();
   FASTBERT_DISPATCH_FLOAT(qkv.scalar_type(), "attention_masked", [&] {
-    const auto p = attention_params(AttentionParams<scalar_t>{
-        .qkv = qc.const_data_ptr<scalar_t>(),
-        .bias = qkv_bias ? bc.const_data_ptr<scalar_t>() : nullptr,
-        .out = out.mutable_data_ptr<scalar_t>(),
-        .lse = lse.mutable_data_ptr<float>(),
-        .B = B,
-        .L = L,
-        .H = static_cast<int>(H),
-        .nh = static_cast<int>(num_heads),
-        .scale = static_cast<float>(scale),
-        .mask = additive.const_data_ptr<float>(),
-        .ms_b = additive.stride(0),
-        .ms_h = additive.stride(1),
-        .ms_i = additive.stride(2),
-        .ms_j = additive.stride(3),
-        .dropout = make_dropout_params(dropout_p, seed, offset)});
+    const AttentionParams<scalar_t> p{
+        padded_attention_inputs<scalar_t>(qc, bc, additive, num_heads, scale, dropout_p, seed, offset),
+        out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<float>()};
     launch(attention_launch(p, use_tensor_cores<scalar_t>()), stream, p);
   });
   return {out, lse};

@@ -35,12 +35,12 @@ FB_HOST_DEVICE constexpr int attention_rows(int dmax) { return kAttnThreads / at
 // The DMAX (64 or 128) the launcher instantiates for head dim d.
 FB_HOST_DEVICE constexpr int attention_dmax(int64_t d) { return d <= 64 ? 64 : 128; }
 
+// What the forward and the backward kernels both read: the QKV GEMM output and its bias, the batch's layout
+// (packed or padded), the heads, the scale, the mask and the dropout.
 template <typename T>
-struct AttentionParams {
+struct AttentionInputs {
   const T* qkv;               // packed (T, 3H) or padded (B, L, 3H)
   const T* bias;              // (3H,) or nullptr
-  T* out;                     // (T, H) or (B, L, H)
-  float* lse;                 // (nh, T) or (B, nh, L)
   const int32_t* cu_seqlens;  // (B+1,) for the packed op, nullptr for the padded one
   int64_t B;                  // sequences
   int64_t total;              // T (packed) ; B * L (padded)
@@ -51,7 +51,13 @@ struct AttentionParams {
   const float* mask;          // padded op: additive mask, element (b, h, i, j) at b*ms_b + h*ms_h + i*ms_i + j*ms_j
   int64_t ms_b, ms_h, ms_i, ms_j;
   DropoutParams dropout;
-  bool vec;                   // d % (16 / sizeof(T)) == 0 and qkv, bias 16-byte aligned
+  bool vec;                   // d % (16 / sizeof(T)) == 0 and qkv, bias 16-byte aligned (backward: grad_out too)
+};
+
+template <typename T>
+struct AttentionParams : AttentionInputs<T> {
+  T* out;      // (T, H) or (B, L, H)
+  float* lse;  // (nh, T) or (B, nh, L)
 };
 
 FB_HOST_DEVICE int64_t attention_smem_bytes(int64_t d) { return 2 * kBc * d * int64_t(sizeof(float)); }
@@ -248,25 +254,18 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttentionParams
   }
 }
 
-// The sizes the launchers derive, for the forward's and the backward's params (P) alike: the head dim, and for
-// the padded op (no cu_seqlens) total = B * L rows and max_seqlen = L.
-template <typename P>
-inline void derive_attention_sizes(P& p) {
-  p.d = p.H / p.nh;
-  if (!p.cu_seqlens) {
-    p.total = p.B * p.L;
-    p.max_seqlen = p.L;
-  }
-}
-
-// The launch (host side; attention_mma.cuh's attention_launch): the caller's pointers and sizes (packed:
-// cu_seqlens, B, total = T, max_seqlen; padded: B, L, the mask and its strides; both: H, nh, scale, dropout), the
-// derived sizes and whether the 16-byte staging applies.
+// The inputs (host side, shared by the .cu launchers and tests/cuda_harness): the caller's pointers and sizes
+// (packed: cu_seqlens, B, total = T, max_seqlen; padded: B, L, the mask and its strides; both: H, nh, scale,
+// dropout), plus the head dim d, for the padded op total = B * L and max_seqlen = L, and the 16-byte staging.
 template <typename T>
-inline AttentionParams<T> attention_params(AttentionParams<T> p) {
-  derive_attention_sizes(p);
-  p.vec = p.d % Vec16<T>::n == 0 && aligned16(p.qkv) && (!p.bias || aligned16(p.bias));
-  return p;
+inline AttentionInputs<T> attention_inputs(AttentionInputs<T> in) {
+  in.d = in.H / in.nh;
+  if (!in.cu_seqlens) {
+    in.total = in.B * in.L;
+    in.max_seqlen = in.L;
+  }
+  in.vec = in.d % Vec16<T>::n == 0 && aligned16(in.qkv) && (!in.bias || aligned16(in.bias));
+  return in;
 }
 
 }  // namespace fastbert::cuda

@@ -64,21 +64,9 @@ at::Tensor attention_backward_cuda(const at::Tensor& grad_out, const at::Tensor&
   auto cc = cu_seqlens.contiguous();
   FASTBERT_DISPATCH_FLOAT(qkv.scalar_type(), "attention_backward", [&] {
     const auto p = attention_bwd_params(AttentionBwdParams<scalar_t>{
-        .qkv = qc.const_data_ptr<scalar_t>(),
-        .bias = qkv_bias ? bc.const_data_ptr<scalar_t>() : nullptr,
-        .out = oc.const_data_ptr<scalar_t>(),
-        .grad_out = gc.const_data_ptr<scalar_t>(),
-        .grad_qkv = grad_qkv.mutable_data_ptr<scalar_t>(),
-        .lse = lc.const_data_ptr<float>(),
-        .ws = ws.mutable_data_ptr<float>(),
-        .cu_seqlens = cc.const_data_ptr<int32_t>(),
-        .B = B,
-        .total = T,
-        .max_seqlen = max_seqlen,
-        .H = static_cast<int>(H),
-        .nh = static_cast<int>(num_heads),
-        .scale = static_cast<float>(scale),
-        .dropout = make_dropout_params(dropout_p, seed, offset)});
+        packed_attention_inputs<scalar_t>(qc, bc, cc, max_seqlen, num_heads, scale, dropout_p, seed, offset),
+        oc.const_data_ptr<scalar_t>(), gc.const_data_ptr<scalar_t>(), grad_qkv.mutable_data_ptr<scalar_t>(),
+        lc.const_data_ptr<float>(), ws.mutable_data_ptr<float>()});
     const auto l = attention_bwd_launches(p);
     launch(l.dq, stream, p);
     launch(l.dkdv, stream, p);
@@ -110,24 +98,9 @@ at::Tensor attention_masked_backward_cuda(const at::Tensor& grad_out, const at::
   auto bc = qkv_bias ? qkv_bias->contiguous() : at::Tensor();
   FASTBERT_DISPATCH_FLOAT(qkv.scalar_type(), "attention_masked_backward", [&] {
     const auto p = attention_bwd_params(AttentionBwdParams<scalar_t>{
-        .qkv = qc.const_data_ptr<scalar_t>(),
-        .bias = qkv_bias ? bc.const_data_ptr<scalar_t>() : nullptr,
-        .out = oc.const_data_ptr<scalar_t>(),
-        .grad_out = gc.const_data_ptr<scalar_t>(),
-        .grad_qkv = grad_qkv.mutable_data_ptr<scalar_t>(),
-        .lse = nullptr,  // the statistics are recomputed
-        .ws = ws.mutable_data_ptr<float>(),
-        .B = B,
-        .L = L,
-        .H = static_cast<int>(H),
-        .nh = static_cast<int>(num_heads),
-        .scale = static_cast<float>(scale),
-        .mask = additive.const_data_ptr<float>(),
-        .ms_b = additive.stride(0),
-        .ms_h = additive.stride(1),
-        .ms_i = additive.stride(2),
-        .ms_j = additive.stride(3),
-        .dropout = make_dropout_params(dropout_p, seed, offset)});
+        padded_attention_inputs<scalar_t>(qc, bc, additive, num_heads, scale, dropout_p, seed, offset),
+        oc.const_data_ptr<scalar_t>(), gc.const_data_ptr<scalar_t>(), grad_qkv.mutable_data_ptr<scalar_t>(),
+        /*lse: the statistics are recomputed*/ nullptr, ws.mutable_data_ptr<float>()});
     const auto l = attention_bwd_launches(p);
     launch(l.dq, stream, p);
     launch(l.dkdv, stream, p);

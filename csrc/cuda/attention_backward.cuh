@@ -49,25 +49,12 @@ FB_HOST_DEVICE int64_t attention_bwd_dkdv_smem_bytes(int64_t d) {
 }
 
 template <typename T>
-struct AttentionBwdParams {
-  const T* qkv;               // packed (T, 3H) or padded (B, L, 3H)
-  const T* bias;              // (3H,) or nullptr
-  const T* out;               // (rows, H): the forward's output
-  const T* grad_out;          // (rows, H)
-  T* grad_qkv;                // (rows, 3H): dQ | dK | dV in qkv's columns
-  const float* lse;           // packed: (nh, T) from the forward; nullptr: recompute the statistics (padded op)
-  float* ws;                  // workspace (3, nh * rows): D, shift, norm per stats row (written by kernel 1)
-  const int32_t* cu_seqlens;  // (B+1,) for the packed op, nullptr for the padded one
-  int64_t B;                  // sequences
-  int64_t total;              // T (packed) ; B * L (padded)
-  int64_t L;                  // padded sequence length (padded op only)
-  int64_t max_seqlen;         // packed: bound on every sequence length (checked on the device); padded: L
-  int H, nh, d;
-  float scale;
-  const float* mask;          // padded op: additive mask, element (b, h, i, j) at b*ms_b + h*ms_h + i*ms_i + j*ms_j
-  int64_t ms_b, ms_h, ms_i, ms_j;
-  DropoutParams dropout;
-  bool vec;                   // d % (16 / sizeof(T)) == 0 and qkv, bias, grad_out 16-byte aligned
+struct AttentionBwdParams : AttentionInputs<T> {
+  const T* out;       // (rows, H): the forward's output
+  const T* grad_out;  // (rows, H)
+  T* grad_qkv;        // (rows, 3H): dQ | dK | dV in qkv's columns
+  const float* lse;   // packed: (nh, T) from the forward; nullptr: recompute the statistics (padded op)
+  float* ws;          // workspace (3, nh * rows): D, shift, norm per stats row (written by kernel 1)
 };
 
 namespace bwd_detail {
@@ -352,14 +339,13 @@ __global__ void __launch_bounds__(kBwdThreads, 2) attention_bwd_dkdv_kernel(Atte
   }
 }
 
-// The launches (host side, shared by csrc/cuda/attention_backward.cu and tests/cuda_harness): the caller's
-// pointers and sizes as for attention_params (attention.cuh), plus out, grad_out, grad_qkv and the workspace
-// ws (3, nh * total) fp32, lse for the packed op only; then kernel 1 and kernel 2 on the same grid (row blocks,
-// nh, B), the DMAX instantiation for the head dim.
+// The launches (host side, shared by csrc/cuda/attention_backward.cu and tests/cuda_harness): the params from
+// attention_inputs() (attention.cuh), out, grad_out, grad_qkv, lse (packed op only) and the workspace ws (3, nh *
+// total) fp32, the 16-byte staging only if grad_out is aligned too; then kernel 1 and kernel 2 on the same grid
+// (row blocks, nh, B), the DMAX instantiation for the head dim.
 template <typename T>
 inline AttentionBwdParams<T> attention_bwd_params(AttentionBwdParams<T> p) {
-  derive_attention_sizes(p);
-  p.vec = p.d % Vec16<T>::n == 0 && aligned16(p.qkv) && aligned16(p.grad_out) && (!p.bias || aligned16(p.bias));
+  p.vec = p.vec && aligned16(p.grad_out);
   return p;
 }
 

@@ -1,5 +1,6 @@
 // Host side of the attention launchers on CUDA (csrc/cuda/attention.cu, attention_backward.cu): the argument
-// checks the forward and backward ops share, and the mask's conversion to what the kernels read.
+// checks the forward and backward ops share, the mask's conversion to what the kernels read, and the kernels'
+// inputs from the ops' tensors.
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/full.h>
@@ -11,6 +12,7 @@
 #include <optional>
 #include <vector>
 
+#include "cuda/attention.cuh"
 #include "cuda/host.h"
 
 namespace fastbert::cuda {
@@ -80,6 +82,44 @@ inline at::Tensor additive_attention_mask(const at::Tensor& mask, int64_t B, int
                             ? at::where(mask, at::zeros({}, f32), at::full({}, -std::numeric_limits<float>::infinity(), f32))
                             : mask.to(at::kFloat);
   return additive.expand({B, nh, L, L});
+}
+
+// The kernels' inputs (attention.cuh) from contiguous qkv and bias (undefined when absent): the packed layout
+// of cu_seqlens (B + 1,) int32 and max_seqlen, or the padded (B, L, 3H) layout with an additive mask from
+// additive_attention_mask().
+template <typename T>
+AttentionInputs<T> packed_attention_inputs(const at::Tensor& qkv, const at::Tensor& bias, const at::Tensor& cu_seqlens,
+                                           int64_t max_seqlen, int64_t num_heads, double scale, double dropout_p,
+                                           int64_t seed, int64_t offset) {
+  return attention_inputs(AttentionInputs<T>{.qkv = qkv.const_data_ptr<T>(),
+                                             .bias = bias.defined() ? bias.const_data_ptr<T>() : nullptr,
+                                             .cu_seqlens = cu_seqlens.const_data_ptr<int32_t>(),
+                                             .B = cu_seqlens.size(0) - 1,
+                                             .total = qkv.size(0),
+                                             .max_seqlen = max_seqlen,
+                                             .H = static_cast<int>(qkv.size(-1) / 3),
+                                             .nh = static_cast<int>(num_heads),
+                                             .scale = static_cast<float>(scale),
+                                             .dropout = make_dropout_params(dropout_p, seed, offset)});
+}
+
+template <typename T>
+AttentionInputs<T> padded_attention_inputs(const at::Tensor& qkv, const at::Tensor& bias, const at::Tensor& additive,
+                                           int64_t num_heads, double scale, double dropout_p, int64_t seed,
+                                           int64_t offset) {
+  return attention_inputs(AttentionInputs<T>{.qkv = qkv.const_data_ptr<T>(),
+                                             .bias = bias.defined() ? bias.const_data_ptr<T>() : nullptr,
+                                             .B = qkv.size(0),
+                                             .L = qkv.size(1),
+                                             .H = static_cast<int>(qkv.size(-1) / 3),
+                                             .nh = static_cast<int>(num_heads),
+                                             .scale = static_cast<float>(scale),
+                                             .mask = additive.const_data_ptr<float>(),
+                                             .ms_b = additive.stride(0),
+                                             .ms_h = additive.stride(1),
+                                             .ms_i = additive.stride(2),
+                                             .ms_j = additive.stride(3),
+                                             .dropout = make_dropout_params(dropout_p, seed, offset)});
 }
 
 }  // namespace fastbert::cuda

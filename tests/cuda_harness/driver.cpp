@@ -222,39 +222,39 @@ void run_embeddings(Case& c) {
   else run_embeddings_typed<T, int64_t>(c);
 }
 
-// The sizes, scale and dropout that attention and its backward read from a case; packed (cu_seqlens, T,
-// max_seqlen) or padded (L, the additive fp32 mask and its broadcast strides).
-template <typename P>
-void attention_case(Case& c, bool masked, P& p) {
-  p.B = c.i("B");
-  p.nh = int(c.i("nh"));
-  p.H = int(c.i("H"));
-  p.scale = float(c.f("scale"));
-  p.dropout = make_dropout_params(c.f("dropout_p"), c.i("seed"), c.i("offset"));
+// What attention and its backward read from a case: qkv, bias (optional), sizes, scale, dropout; packed
+// (cu_seqlens, T, max_seqlen) or padded (L, the additive fp32 mask and its broadcast strides).
+template <typename T>
+AttentionInputs<T> attention_case(Case& c, bool masked) {
+  AttentionInputs<T> in{.qkv = c.input<T>("qkv"),
+                        .bias = c.opt_input<T>("bias"),
+                        .B = c.i("B"),
+                        .H = int(c.i("H")),
+                        .nh = int(c.i("nh")),
+                        .scale = float(c.f("scale")),
+                        .dropout = make_dropout_params(c.f("dropout_p"), c.i("seed"), c.i("offset"))};
   if (!masked) {
-    p.total = c.i("T");
-    p.max_seqlen = c.i("max_seqlen");
-    p.cu_seqlens = c.input<int32_t>("cu_seqlens");
+    in.cu_seqlens = c.input<int32_t>("cu_seqlens");
+    in.total = c.i("T");
+    in.max_seqlen = c.i("max_seqlen");
   } else {
-    p.L = c.i("L");
-    p.mask = c.input<float>("mask");
-    p.ms_b = c.i("ms_b");
-    p.ms_h = c.i("ms_h");
-    p.ms_i = c.i("ms_i");
-    p.ms_j = c.i("ms_j");
+    in.L = c.i("L");
+    in.mask = c.input<float>("mask");
+    in.ms_b = c.i("ms_b");
+    in.ms_h = c.i("ms_h");
+    in.ms_i = c.i("ms_i");
+    in.ms_j = c.i("ms_j");
   }
+  return attention_inputs(in);
 }
 
 template <typename T>
 void run_attention(Case& c, bool masked) {
   const bool mma = c.has("impl") && c.str("impl") == "mma";
   if (mma && std::is_same_v<T, float>) die("attention impl=mma takes f16 or bf16");
-  AttentionParams<T> in{.qkv = c.input<T>("qkv"), .bias = c.opt_input<T>("bias")};
-  attention_case(c, masked, in);
-  const int64_t rows = masked ? in.B * in.L : in.total;
-  in.out = c.output<T>("out", size_t(rows * in.H));
-  in.lse = c.output<float>("lse", size_t(in.nh * rows));
-  const auto p = attention_params(in);
+  const AttentionInputs<T> in = attention_case<T>(c, masked);
+  const AttentionParams<T> p{in, c.output<T>("out", size_t(in.total * in.H)),
+                             c.output<float>("lse", size_t(in.nh * in.total))};
   if (p.total > 0 && p.B > 0 && p.max_seqlen > 0) run(attention_launch(p, mma), p);
 }
 
@@ -384,16 +384,10 @@ void run_embeddings_backward(Case& c) {
 // ("ws") so its guard zones are checked too.
 template <typename T>
 void run_attention_backward(Case& c, bool masked) {
-  AttentionBwdParams<T> in{.qkv = c.input<T>("qkv"),
-                           .bias = c.opt_input<T>("bias"),
-                           .out = c.input<T>("out"),
-                           .grad_out = c.input<T>("grad_out"),
-                           .lse = masked ? nullptr : c.input<float>("lse")};
-  attention_case(c, masked, in);
-  const int64_t rows = masked ? in.B * in.L : in.total;
-  in.grad_qkv = c.output<T>("grad_qkv", size_t(rows * 3 * in.H));
-  in.ws = c.output<float>("ws", size_t(3 * in.nh * rows));
-  const auto p = attention_bwd_params(in);
+  const AttentionInputs<T> in = attention_case<T>(c, masked);
+  const auto p = attention_bwd_params(AttentionBwdParams<T>{
+      in, c.input<T>("out"), c.input<T>("grad_out"), c.output<T>("grad_qkv", size_t(in.total * 3 * in.H)),
+      masked ? nullptr : c.input<float>("lse"), c.output<float>("ws", size_t(3 * in.nh * in.total))});
   if (p.total == 0 || p.B == 0 || p.max_seqlen == 0) return;
   const auto l = attention_bwd_launches(p);
   run(l.dq, p);
