@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "cuda/embeddings_backward.cuh"
+#include "cuda/embeddings_host.h"
 #include "cuda/host.h"
 #include "cuda/layernorm_host.h"
 
@@ -14,21 +15,6 @@ namespace fastbert::cuda {
 
 namespace {
 constexpr const char* kOp = "embeddings_backward";
-
-void check_table(const at::Tensor& t, const at::Tensor& word, int64_t H, const char* name) {
-  TORCH_CHECK(t.dim() == 2 && t.size(1) == H, kOp, ": ", name, " must have shape (N, ", H, "), got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == word.scalar_type(), kOp, ": ", name, " dtype ", t.scalar_type(),
-              " must match word_weight dtype ", word.scalar_type());
-  check_same_device(t, word, kOp, name);
-}
-
-void check_ids(const at::Tensor& t, const at::Tensor& ids, const at::Tensor& word, const char* name) {
-  TORCH_CHECK(t.scalar_type() == ids.scalar_type(), kOp, ": ", name, " must have input_ids' dtype ",
-              ids.scalar_type(), ", got ", t.scalar_type());
-  TORCH_CHECK(t.sizes() == ids.sizes(), kOp, ": ", name, " must have input_ids' shape ", ids.sizes(), ", got ",
-              t.sizes());
-  check_same_device(t, word, kOp, name);
-}
 
 void check_stat(const at::Tensor& t, const at::Tensor& ids, const at::Tensor& word, const char* name) {
   TORCH_CHECK(t.sizes() == ids.sizes(), kOp, ": ", name, " must have input_ids' shape ", ids.sizes(), ", got ",
@@ -44,24 +30,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> embedding
     const std::optional<at::Tensor>& token_type_ids, const at::Tensor& word_weight, const at::Tensor& position_weight,
     const std::optional<at::Tensor>& token_type_weight, const at::Tensor& ln_weight, const at::Tensor& mean,
     const at::Tensor& rstd) {
-  TORCH_CHECK(input_ids.scalar_type() == at::kLong || input_ids.scalar_type() == at::kInt, kOp,
-              ": input_ids must be int64 or int32, got ", input_ids.scalar_type());
-  TORCH_CHECK(word_weight.dim() == 2 && word_weight.size(1) > 0, kOp,
-              ": word_weight must have shape (vocab, H) with H > 0, got ", word_weight.sizes());
-  check_cuda(word_weight, kOp, "word_weight");
-  check_float_dtype(word_weight, kOp, "word_weight");
-  check_same_device(input_ids, word_weight, kOp, "input_ids");
-  const int64_t H = word_weight.size(1);
-  check_ids(position_ids, input_ids, word_weight, "position_ids");
-  TORCH_CHECK(!token_type_ids || token_type_weight, kOp, ": token_type_ids given without token_type_weight");
-  if (token_type_ids) check_ids(*token_type_ids, input_ids, word_weight, "token_type_ids");
-  check_table(position_weight, word_weight, H, "position_weight");
-  if (token_type_weight) check_table(*token_type_weight, word_weight, H, "token_type_weight");
-  TORCH_CHECK(ln_weight.dim() == 1 && ln_weight.size(0) == H, kOp, ": ln_weight must have shape (", H, ",), got ",
-              ln_weight.sizes());
-  TORCH_CHECK(ln_weight.scalar_type() == word_weight.scalar_type(), kOp, ": ln_weight dtype ",
-              ln_weight.scalar_type(), " must match word_weight dtype ", word_weight.scalar_type());
-  check_same_device(ln_weight, word_weight, kOp, "ln_weight");
+  const int64_t H = check_embeddings_inputs(input_ids, position_ids, token_type_ids, word_weight, position_weight,
+                                            token_type_weight, ln_weight, nullptr, kOp);
   auto out_shape = input_ids.sizes().vec();
   out_shape.push_back(H);
   TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(out_shape), kOp, ": grad_out must have shape ",
@@ -105,24 +75,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> embedding
       const auto l = embeddings_backward_rows_launch<scalar_t, I>(N, H, smem_limit);
       auto partials = at::empty({int64_t(l.grid.x), 2, H}, f32);
       const auto p = embeddings_backward_params(EmbeddingsBackwardParams<scalar_t, I>{
-          .grad_out = go.const_data_ptr<scalar_t>(),
-          .ids = ids.const_data_ptr<I>(),
-          .pos_ids = pids.const_data_ptr<I>(),
-          .type_ids = token_type_ids ? tids.const_data_ptr<I>() : nullptr,
-          .word = word.const_data_ptr<scalar_t>(),
-          .pos = pos.const_data_ptr<scalar_t>(),
-          .type = token_type_weight ? type.const_data_ptr<scalar_t>() : nullptr,
-          .gamma = gamma.const_data_ptr<scalar_t>(),
-          .mean = mc.const_data_ptr<float>(),
-          .rstd = sc.const_data_ptr<float>(),
-          .grad_s = grad_s.mutable_data_ptr<float>(),
-          .keys = keys.mutable_data_ptr<int64_t>(),
-          .partials = partials.mutable_data_ptr<float>(),
-          .N = N,
-          .H = H,
-          .V = word.size(0),
-          .P = pos.size(0),
-          .TT = token_type_weight ? type.size(0) : 0});
+          make_embeddings_inputs<scalar_t, I>(ids, pids, tids, word, pos, type, gamma), go.const_data_ptr<scalar_t>(),
+          mc.const_data_ptr<float>(), sc.const_data_ptr<float>(), grad_s.mutable_data_ptr<float>(),
+          keys.mutable_data_ptr<int64_t>(), partials.mutable_data_ptr<float>()});
       launch(l, stream, p);
       launch(ln_backward_reduce_launch<scalar_t>(H), stream, p.partials, int64_t(l.grid.x), H,
              g_w.mutable_data_ptr<scalar_t>(), g_b.mutable_data_ptr<scalar_t>());

@@ -93,6 +93,27 @@ FB_DEVICE void ln_backward_finish(const LnBwdSmem& sm, float sum_a, float sum_b,
     grad_s[c] = from_float<Out>((to_float(g[c]) * to_float(w[c]) - a - sm.xhat[c] * b) * rstd);
 }
 
+// This warp's row of the backward of out = LayerNorm(row) * w + b: recomputes s = row (layernorm.cuh's
+// SumRow), then the two passes, grad_s (Out: T, or float for a fp32 workspace) from g = dL/dout.
+template <typename T, typename Out>
+FB_DEVICE void ln_backward_row(const LnBwdSmem& sm, const SumRow<T>& row, const T* g, const T* w, float mean,
+                               float rstd, int64_t H, bool vec, Out* grad_s) {
+  constexpr int n = Vec16<T>::n;
+  const int lane = threadIdx.x % kWarp;
+  const RowSplit<T> split(H, vec);
+  float sum_a = 0.f, sum_b = 0.f;
+  for (int64_t c = int64_t(lane) * n; c < split.vec_end; c += kWarp * n) {
+    const auto s = row.load(c);
+    const Vec16<T> gv = load16(g + c), wv = load16(w + c);
+#pragma unroll
+    for (int k = 0; k < n; ++k)
+      ln_backward_col(sm, c + k, (s[k] - mean) * rstd, to_float(gv.v[k]), to_float(wv.v[k]), sum_a, sum_b);
+  }
+  for (int64_t c = split.vec_end + lane; c < H; c += kWarp)
+    ln_backward_col(sm, c, (row.at(c) - mean) * rstd, to_float(g[c]), to_float(w[c]), sum_a, sum_b);
+  ln_backward_finish<T, Out>(sm, sum_a, sum_b, H, g, w, rstd, grad_s, vec);
+}
+
 // At the block's end (every thread of the block calls it): the warps' running sums, added in warp order, into
 // the block's partial rows partials[block] = [sum g xhat | sum g], (blocks, 2, H) fp32.
 FB_DEVICE void ln_backward_block_partials(int64_t H, float* __restrict__ partials) {
@@ -109,6 +130,19 @@ FB_DEVICE void ln_backward_block_partials(int64_t H, float* __restrict__ partial
     out[c] = sw;
     out[H + c] = sb;
   }
+}
+
+// The body of a row kernel of params p (N rows of H, vec, partials): one warp per row, the grid's warps striding
+// over the rows, each calling row_fn(sm, row) (which calls ln_backward_row), then the block's partial rows.
+template <typename T, typename P, typename RowFn>
+FB_DEVICE void ln_backward_rows(const P& p, RowFn&& row_fn) {
+  const int warp = threadIdx.x / kWarp;
+  const LnBwdSmem sm = ln_backward_smem_of_warp(warp, p.H);
+  ln_backward_zero<T>(sm, p.H, p.vec);
+  const int64_t warps_total = int64_t(gridDim.x) * (blockDim.x / kWarp);
+  for (int64_t row = int64_t(blockIdx.x) * (blockDim.x / kWarp) + warp; row < p.N; row += warps_total)
+    row_fn(sm, row);
+  ln_backward_block_partials(p.H, p.partials);
 }
 
 // grad_w, grad_b (H,) = sums of the partial rows (blocks, 2, H) in block order: kLnReduceGroups groups of

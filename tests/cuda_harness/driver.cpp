@@ -193,27 +193,31 @@ void run_brln(Case& c) {
   if (N > 0) run(bias_residual_layernorm_launch(p), p);
 }
 
+// What embeddings and its backward read from a case: ids, position ids, type ids (optional), the tables (the type
+// table optional), gamma, and their sizes.
+template <typename T, typename I>
+EmbeddingsInputs<T, I> embeddings_case(Case& c) {
+  return embeddings_inputs(EmbeddingsInputs<T, I>{.ids = c.input<I>("ids"),
+                                                  .pos_ids = c.input<I>("pos_ids"),
+                                                  .type_ids = c.opt_input<I>("type_ids"),
+                                                  .word = c.input<T>("word"),
+                                                  .pos = c.input<T>("pos"),
+                                                  .type = c.opt_input<T>("type"),
+                                                  .gamma = c.input<T>("gamma"),
+                                                  .N = c.i("N"),
+                                                  .H = c.i("H"),
+                                                  .V = c.i("V"),
+                                                  .P = c.i("P"),
+                                                  .TT = c.has("TT") ? c.i("TT") : 0});
+}
+
 template <typename T, typename I>
 void run_embeddings_typed(Case& c) {
-  const int64_t N = c.i("N"), H = c.i("H");
-  const auto p = embeddings_params(EmbeddingsParams<T, I>{.ids = c.input<I>("ids"),
-                                                          .pos_ids = c.input<I>("pos_ids"),
-                                                          .type_ids = c.opt_input<I>("type_ids"),
-                                                          .word = c.input<T>("word"),
-                                                          .pos = c.input<T>("pos"),
-                                                          .type = c.opt_input<T>("type"),
-                                                          .gamma = c.input<T>("gamma"),
-                                                          .beta = c.input<T>("beta"),
-                                                          .out = c.output<T>("out", size_t(N * H)),
-                                                          .mean = c.output<float>("mean", size_t(N)),
-                                                          .rstd = c.output<float>("rstd", size_t(N)),
-                                                          .N = N,
-                                                          .H = H,
-                                                          .V = c.i("V"),
-                                                          .P = c.i("P"),
-                                                          .TT = c.has("TT") ? c.i("TT") : 0,
-                                                          .eps = float(c.f("eps"))});
-  if (N > 0) run(embeddings_launch(p), p);
+  const EmbeddingsInputs<T, I> in = embeddings_case<T, I>(c);
+  const auto p = embeddings_params(EmbeddingsParams<T, I>{
+      in, c.input<T>("beta"), c.output<T>("out", size_t(in.N * in.H)), c.output<float>("mean", size_t(in.N)),
+      c.output<float>("rstd", size_t(in.N)), float(c.f("eps"))});
+  if (p.N > 0) run(embeddings_launch(p), p);
 }
 
 template <typename T>
@@ -303,22 +307,8 @@ void run_brln_backward(Case& c) {
 
 template <typename T, typename I>
 void run_embeddings_backward_typed(Case& c) {
-  const int64_t N = c.i("N"), H = c.i("H"), V = c.i("V"), P = c.i("P"), TT = c.has("TT") ? c.i("TT") : 0;
-  EmbeddingsBackwardParams<T, I> in{.grad_out = c.input<T>("grad_out"),
-                                    .ids = c.input<I>("ids"),
-                                    .pos_ids = c.input<I>("pos_ids"),
-                                    .type_ids = c.opt_input<I>("type_ids"),
-                                    .word = c.input<T>("word"),
-                                    .pos = c.input<T>("pos"),
-                                    .type = c.opt_input<T>("type"),
-                                    .gamma = c.input<T>("gamma"),
-                                    .mean = c.input<float>("mean"),
-                                    .rstd = c.input<float>("rstd"),
-                                    .N = N,
-                                    .H = H,
-                                    .V = V,
-                                    .P = P,
-                                    .TT = TT};
+  const EmbeddingsInputs<T, I> in = embeddings_case<T, I>(c);
+  const int64_t N = in.N, H = in.H, V = in.V, P = in.P, TT = in.TT;
   // The launcher's outputs: zero-filled tables (the type table only when there is one), then the LN gradients.
   T* g_word = c.output<T>("grad_word", size_t(V * H));
   T* g_pos = c.output<T>("grad_pos", size_t(P * H));
@@ -335,10 +325,9 @@ void run_embeddings_backward_typed(Case& c) {
   const int64_t K = (in.type ? 3 : 2) * N;
   Buf grad_s(size_t(N * H) * sizeof(float)), keys(size_t(K) * sizeof(int64_t)),
       partials(size_t(rows.grid.x) * 2 * size_t(H) * sizeof(float));
-  in.grad_s = grad_s.as<float>();
-  in.keys = keys.as<int64_t>();
-  in.partials = partials.as<float>();
-  const auto p = embeddings_backward_params(in);
+  const auto p = embeddings_backward_params(EmbeddingsBackwardParams<T, I>{
+      in, c.input<T>("grad_out"), c.input<float>("mean"), c.input<float>("rstd"), grad_s.as<float>(),
+      keys.as<int64_t>(), partials.as<float>()});
   run(rows, p);
   run(ln_backward_reduce_launch<T>(H), p.partials, int64_t(rows.grid.x), H, g_w, g_b);
 
