@@ -51,6 +51,7 @@
 #include <memory>
 #include <vector>
 
+#include "cpu/attention_args.h"
 #include "cpu/isa.h"
 #include "cpu/vec.h"
 #include "dropout_hash.h"
@@ -685,32 +686,6 @@ FASTBERT_CPU_DECLARE(void attention_forward(const at::Tensor&, const at::Tensor&
 
 namespace {
 
-bool is_supported_float(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
-}
-
-// Checks shared by both ops: qkv's last dim, the bias, num_heads, dropout_p. Returns the head dim.
-int64_t check_common(const char* op, const at::Tensor& qkv, const std::optional<at::Tensor>& qkv_bias,
-                     int64_t num_heads, double dropout_p) {
-  TORCH_CHECK(qkv.device().is_cpu(), op, ": qkv must be a CPU tensor, got ", qkv.device());
-  TORCH_CHECK(is_supported_float(qkv.scalar_type()), op,
-              ": qkv must be float32, float64, bfloat16 or float16, got ", qkv.scalar_type());
-  TORCH_CHECK_VALUE(num_heads > 0, op, ": num_heads must be > 0, got ", num_heads);
-  const int64_t H3 = qkv.size(-1);
-  TORCH_CHECK(H3 > 0 && H3 % (3 * num_heads) == 0, op, ": qkv's last dimension (", H3,
-              ") must be 3 * hidden with hidden divisible by num_heads = ", num_heads);
-  if (qkv_bias.has_value() && qkv_bias->defined()) {
-    const auto& bias = *qkv_bias;
-    TORCH_CHECK(bias.device().is_cpu(), op, ": qkv_bias must be a CPU tensor, got ", bias.device());
-    TORCH_CHECK(bias.dim() == 1 && bias.size(0) == H3, op, ": qkv_bias must have shape (", H3,
-                ",) to match qkv's last dimension, got ", bias.sizes());
-    TORCH_CHECK(bias.scalar_type() == qkv.scalar_type(), op, ": qkv_bias dtype ", bias.scalar_type(),
-                " must match qkv dtype ", qkv.scalar_type());
-  }
-  TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, op, ": dropout_p must be in [0, 1), got ", dropout_p);
-  return H3 / (3 * num_heads);
-}
-
 // Whether autograd records this call (csrc/autograd.cpp calls the kernel with the tensors that require grad).
 bool records_grad(const at::Tensor& qkv, const std::optional<at::Tensor>& qkv_bias) {
   return qkv.requires_grad() || (qkv_bias.has_value() && qkv_bias->defined() && qkv_bias->requires_grad());
@@ -727,30 +702,12 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& qkv, const st
                                                  int64_t num_heads, double scale, double dropout_p, int64_t seed,
                                                  int64_t offset) {
   TORCH_CHECK(qkv.dim() == 2, "attention: qkv must have shape (T, 3 * hidden), got ", qkv.sizes());
-  const int64_t d = check_common("attention", qkv, qkv_bias, num_heads, dropout_p);
-  TORCH_CHECK(cu_seqlens.device().is_cpu(), "attention: cu_seqlens must be a CPU tensor, got ",
-              cu_seqlens.device());
-  TORCH_CHECK(cu_seqlens.dim() == 1 && cu_seqlens.size(0) >= 1,
-              "attention: cu_seqlens must have shape (batch + 1,), got ", cu_seqlens.sizes());
-  TORCH_CHECK(cu_seqlens.scalar_type() == at::kInt, "attention: cu_seqlens must be int32, got ",
-              cu_seqlens.scalar_type());
-  TORCH_CHECK_VALUE(max_seqlen >= 0, "attention: max_seqlen must be >= 0, got ", max_seqlen);
+  const int64_t d = check_attention_args("attention", qkv, qkv_bias, num_heads, dropout_p);
   const int64_t T = qkv.size(0);
+  const int64_t longest = check_cu_seqlens("attention", cu_seqlens, max_seqlen, T);
   auto cu = cu_seqlens.contiguous();
   const int32_t* cp = cu.const_data_ptr<int32_t>();
   const int64_t B = cu.size(0) - 1;
-  TORCH_CHECK_VALUE(cp[0] == 0, "attention: cu_seqlens[0] must be 0, got ", cp[0]);
-  int64_t longest = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t n = static_cast<int64_t>(cp[b + 1]) - cp[b];
-    TORCH_CHECK_VALUE(n >= 0, "attention: cu_seqlens must be nondecreasing, but cu_seqlens[", b + 1, "] = ",
-                      cp[b + 1], " < cu_seqlens[", b, "] = ", cp[b]);
-    TORCH_CHECK_VALUE(n <= max_seqlen, "attention: sequence ", b, " has length ", n, " > max_seqlen = ",
-                      max_seqlen, " (cu_seqlens[", b + 1, "] - cu_seqlens[", b, "])");
-    longest = std::max(longest, n);
-  }
-  TORCH_CHECK_VALUE(cp[B] == T, "attention: cu_seqlens[-1] = ", cp[B], " must equal qkv.size(0) = T = ", T);
-
   const int64_t H = qkv.size(1) / 3;
   auto q = qkv.contiguous();
   auto bias = bias_or_undefined(qkv_bias);
@@ -780,24 +737,10 @@ std::tuple<at::Tensor, at::Tensor> attention_masked_cpu(const at::Tensor& qkv,
                                                         double dropout_p, int64_t seed, int64_t offset) {
   TORCH_CHECK(qkv.dim() == 3, "attention_masked: qkv must have shape (batch, seqlen, 3 * hidden), got ",
               qkv.sizes());
-  const int64_t d = check_common("attention_masked", qkv, qkv_bias, num_heads, dropout_p);
+  const int64_t d = check_attention_args("attention_masked", qkv, qkv_bias, num_heads, dropout_p);
   const int64_t B = qkv.size(0), L = qkv.size(1), H = qkv.size(2) / 3;
-  TORCH_CHECK(mask.device().is_cpu(), "attention_masked: mask must be a CPU tensor, got ", mask.device());
-  TORCH_CHECK(mask.scalar_type() == at::kBool || is_supported_float(mask.scalar_type()),
-              "attention_masked: mask must be bool (True = keep) or floating (additive), got ",
-              mask.scalar_type());
-  const int64_t target[4] = {B, num_heads, L, L};
-  bool broadcastable = mask.dim() <= 4;
-  for (int64_t i = 0; broadcastable && i < mask.dim(); ++i) {
-    const int64_t s = mask.size(mask.dim() - 1 - i);
-    broadcastable = s == 1 || s == target[3 - i];
-  }
-  TORCH_CHECK(broadcastable, "attention_masked: mask of shape ", mask.sizes(),
-              " is not broadcastable to (batch, num_heads, seqlen, seqlen) = (", B, ", ", num_heads, ", ", L, ", ",
-              L, ")");
-  const auto acc_type = qkv.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor m = mask.scalar_type() == at::kBool ? mask : mask.to(acc_type);
-  m = m.expand({B, num_heads, L, L});  // strides only, no copy
+  check_attention_mask("attention_masked", mask, B, num_heads, L);
+  const at::Tensor m = expanded_attention_mask(mask, qkv.scalar_type(), B, num_heads, L);
 
   auto q = qkv.contiguous();
   auto bias = bias_or_undefined(qkv_bias);
