@@ -34,14 +34,7 @@ void bias_residual_layernorm_kernel(const at::Tensor& x, const at::Tensor* bias,
     A* rstdp = rstd.mutable_data_ptr<A>();
     const int64_t grain = std::max<int64_t>(1, 16384 / H);
     at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-      auto fill = [=](int64_t r) {  // row r's reader: x + residual (+ bias)
-        const scalar_t* xr = xp + r * H;
-        const scalar_t* rr = rp + r * H;
-        return [=](int64_t c, int64_t n) {
-          auto v = load_acc(xr + c, n) + load_acc(rr + c, n);
-          return bp ? v + load_acc(bp + c, n) : v;
-        };
-      };
+      auto fill = [=](int64_t r) { return sum_row(xp + r * H, rp + r * H, bp); };  // x + residual (+ bias)
       layernorm_rows<scalar_t>(begin, end, H, fill, wp, betap, eps, op, meanp, rstdp);
     });
   });

@@ -115,6 +115,17 @@ inline void normalise_row_pair(const acc_t<T>* s0, const acc_t<T>* s1, int64_t H
   }
 }
 
+// The reader of a row a + b (+ c) before normalisation, for layernorm_rows' fill and the backward's recompute: a,
+// b rows of H, c a row of H or nullptr, summed in the accumulation type in that order. bias_residual_layernorm:
+// x, residual, bias; embeddings: the word, position and token type rows.
+template <typename T>
+inline auto sum_row(const T* a, const T* b, const T* c) {
+  return [=](int64_t col, int64_t n) {
+    const AccVec<T> v = load_acc(a + col, n) + load_acc(b + col, n);
+    return c ? v + load_acc(c + col, n) : v;
+  };
+}
+
 // LayerNorm of rows [begin, end) whose inputs a kernel computes: fill(r) returns row r's reader, a callable
 // (c, n) -> AccVec of its values before normalisation at columns [c, c + n), lanes past n zero (see
 // fill_row_pair_stats). Writes out[r * H ...], mean[r], rstd[r].
