@@ -43,12 +43,7 @@ void attention_backward_kernel(const at::Tensor& grad_out, const at::Tensor& qkv
   std::stable_sort(tasks.begin(), tasks.end(), [](auto& x, auto& y) { return x.first > y.first; });
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, qkv.scalar_type(), "attention_backward", [&] {
     using A = acc_t<scalar_t>;
-    AttnBwdIO<scalar_t> io{qkv.const_data_ptr<scalar_t>(),
-                           bias ? bias->const_data_ptr<scalar_t>() : nullptr,
-                           grad_out.const_data_ptr<scalar_t>(),
-                           out.const_data_ptr<scalar_t>(),
-                           grad_qkv.mutable_data_ptr<scalar_t>(),
-                           H, d, scale, dropout_p, make_dropout_hash(dropout_p, seed, offset)};
+    const auto io = attn_bwd_io<scalar_t>(qkv, bias, grad_out, out, grad_qkv, num_heads, scale, dropout_p, seed, offset);
     const float* lsep = lse.const_data_ptr<float>();
     std::atomic<int64_t> next{0};
     const int64_t ntasks = static_cast<int64_t>(tasks.size());

@@ -58,6 +58,17 @@ struct AttnBwdIO {
   DropoutHash drop;  // make_dropout_hash(dropout_p, seed, offset)
 };
 
+// A call's IO from its contiguous tensors (qkv (rows, 3H) or (B, L, 3H); bias or nullptr).
+template <typename T>
+inline AttnBwdIO<T> attn_bwd_io(const at::Tensor& qkv, const at::Tensor* bias, const at::Tensor& grad_out,
+                                const at::Tensor& out, at::Tensor& grad_qkv, int64_t num_heads, double scale,
+                                double dropout_p, int64_t seed, int64_t offset) {
+  const int64_t H = qkv.size(-1) / 3;
+  return {qkv.const_data_ptr<T>(), bias ? bias->const_data_ptr<T>() : nullptr, grad_out.const_data_ptr<T>(),
+          out.const_data_ptr<T>(), grad_qkv.mutable_data_ptr<T>(), H, H / num_heads, scale, dropout_p,
+          make_dropout_hash(dropout_p, seed, offset)};
+}
+
 template <typename A>
 struct AttnBwdScratch {
   std::vector<A> q, k, v, go, dsum, s, ds, dq, dk, dv, z;

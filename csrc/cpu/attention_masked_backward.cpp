@@ -32,12 +32,7 @@ void attention_masked_backward_kernel(const at::Tensor& grad_out, const at::Tens
   const bool is_bool = mask.scalar_type() == at::kBool;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, qkv.scalar_type(), "attention_masked_backward", [&] {
     using A = acc_t<scalar_t>;
-    AttnBwdIO<scalar_t> io{qkv.const_data_ptr<scalar_t>(),
-                           bias ? bias->const_data_ptr<scalar_t>() : nullptr,
-                           grad_out.const_data_ptr<scalar_t>(),
-                           out.const_data_ptr<scalar_t>(),
-                           grad_qkv.mutable_data_ptr<scalar_t>(),
-                           H, d, scale, dropout_p, make_dropout_hash(dropout_p, seed, offset)};
+    const auto io = attn_bwd_io<scalar_t>(qkv, bias, grad_out, out, grad_qkv, num_heads, scale, dropout_p, seed, offset);
     const bool* mb = is_bool ? mask.const_data_ptr<bool>() : nullptr;
     const A* mf = is_bool ? nullptr : mask.const_data_ptr<A>();
     at::parallel_for(0, B * nh, 1, [&](int64_t t0, int64_t t1) {
