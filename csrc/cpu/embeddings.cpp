@@ -25,26 +25,14 @@ void embeddings_typed(const at::Tensor& ids, const at::Tensor& pos, const at::Te
   const int64_t H = word.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, word.scalar_type(), "embeddings", [&] {
     using A = acc_t<scalar_t>;
-    const index_t* idp = ids.const_data_ptr<index_t>();
-    const index_t* posp = pos.const_data_ptr<index_t>();
-    const index_t* typep = types ? types->const_data_ptr<index_t>() : nullptr;
-    const scalar_t* wordp = word.const_data_ptr<scalar_t>();
-    const scalar_t* positionp = position.const_data_ptr<scalar_t>();
-    const scalar_t* ttp = token_type ? token_type->const_data_ptr<scalar_t>() : nullptr;
-    const int64_t V = word.size(0), P = position.size(0), TV = token_type ? token_type->size(0) : 0;
+    const EmbeddingTables<scalar_t, index_t> tables(ids, pos, types, word, position, token_type);
     const scalar_t* wp = weight.const_data_ptr<scalar_t>();
     const scalar_t* bp = beta.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     A* meanp = mean.mutable_data_ptr<A>();
     A* rstdp = rstd.mutable_data_ptr<A>();
     at::parallel_for(0, N, std::max<int64_t>(1, 16384 / H), [&](int64_t begin, int64_t end) {
-      auto fill = [=](int64_t t) {  // token t's reader: word[id] + position[pos] (+ token_type[type])
-        const scalar_t* wr = wordp + checked_id(idp, t, V, "embeddings", "input_ids") * H;
-        const scalar_t* pr = positionp + checked_id(posp, t, P, "embeddings", "position_ids") * H;
-        const scalar_t* tr = nullptr;
-        if (ttp) tr = ttp + (typep ? checked_id(typep, t, TV, "embeddings", "token_type_ids") : 0) * H;
-        return sum_row(wr, pr, tr);
-      };
+      auto fill = [&](int64_t t) { return tables.reader(tables.rows(t, "embeddings")); };
       layernorm_rows<scalar_t>(begin, end, H, fill, wp, bp, eps, op, meanp, rstdp);
     });
   });

@@ -1,12 +1,16 @@
-// What embeddings and embeddings_backward share on the CPU: the kernels' range check of an id, and the ops'
-// checks of the ids, the tables and the LayerNorm parameters (called from the default-ISA object only).
+// What embeddings and embeddings_backward share on the CPU: the kernels' view of the ids and tables with the range
+// check of an id, and the ops' checks of the ids, the tables and the LayerNorm parameters (called from the
+// default-ISA object only).
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <utility>
+
+#include "cpu/layernorm.h"
 
 namespace fastbert::cpu {
 namespace CPU_CAPABILITY {
@@ -18,6 +22,42 @@ inline int64_t checked_id(const index_t* ids, int64_t i, int64_t limit, const ch
   TORCH_CHECK_INDEX(id >= 0 && id < limit, op, ": ", name, "[", i, "] = ", id, " is out of range [0, ", limit, ")");
   return id;
 }
+
+// A call's ids and tables as the kernels read them, from contiguous tensors (type_ids, type: nullptr when absent).
+template <typename T, typename I>
+struct EmbeddingTables {
+  const I* ids;
+  const I* pos_ids;
+  const I* type_ids;
+  const T* word;  // (V, H)
+  const T* pos;   // (P, H)
+  const T* type;  // (TT, H)
+  int64_t H, V, P, TT;
+
+  EmbeddingTables(const at::Tensor& ids, const at::Tensor& pos_ids, const at::Tensor* type_ids, const at::Tensor& word,
+                  const at::Tensor& pos, const at::Tensor* type)
+      : ids(ids.const_data_ptr<I>()),
+        pos_ids(pos_ids.const_data_ptr<I>()),
+        type_ids(type_ids ? type_ids->const_data_ptr<I>() : nullptr),
+        word(word.const_data_ptr<T>()),
+        pos(pos.const_data_ptr<T>()),
+        type(type ? type->const_data_ptr<T>() : nullptr),
+        H(word.size(1)),
+        V(word.size(0)),
+        P(pos.size(0)),
+        TT(type ? type->size(0) : 0) {}
+
+  // Token t's rows of the word, position and token type tables (type 0 without type ids), each checked.
+  std::array<int64_t, 3> rows(int64_t t, const char* op) const {
+    return {checked_id(ids, t, V, op, "input_ids"), checked_id(pos_ids, t, P, op, "position_ids"),
+            type && type_ids ? checked_id(type_ids, t, TT, op, "token_type_ids") : 0};
+  }
+
+  // The reader of word[r[0]] + position[r[1]] (+ token_type[r[2]]) (layernorm.h's sum_row).
+  auto reader(const std::array<int64_t, 3>& r) const {
+    return sum_row(word + r[0] * H, pos + r[1] * H, type ? type + r[2] * H : nullptr);
+  }
+};
 
 }  // namespace CPU_CAPABILITY
 

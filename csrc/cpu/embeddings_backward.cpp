@@ -61,23 +61,15 @@ void embeddings_backward_typed(const at::Tensor& grad_out, const at::Tensor& ids
   const int64_t H = word.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, word.scalar_type(), "embeddings_backward", [&] {
     using A = acc_t<scalar_t>;
-    const index_t* idp = ids.const_data_ptr<index_t>();
-    const index_t* posp = pos.const_data_ptr<index_t>();
-    const index_t* typep = types ? types->const_data_ptr<index_t>() : nullptr;
-    const scalar_t* wordp = word.const_data_ptr<scalar_t>();
-    const scalar_t* positionp = position.const_data_ptr<scalar_t>();
-    const scalar_t* ttp = token_type ? token_type->const_data_ptr<scalar_t>() : nullptr;
-    const int64_t V = word.size(0), P = position.size(0), TV = token_type ? token_type->size(0) : 0;
+    const EmbeddingTables<scalar_t, index_t> in(ids, pos, types, word, position, token_type);
 
     // (1) LayerNorm backward on the re-gathered sums; checked row ids kept for the scatter.
     std::vector<A> grad_s(static_cast<size_t>(N * H));
     std::vector<int64_t> rows(static_cast<size_t>(3 * N));
-    auto fill = [&](int64_t t) {  // token t's reader: word[id] + position[pos] (+ token_type[type])
-      const char* op = "embeddings_backward";
-      rows[t] = checked_id(idp, t, V, op, "input_ids");
-      rows[N + t] = checked_id(posp, t, P, op, "position_ids");
-      rows[2 * N + t] = ttp && typep ? checked_id(typep, t, TV, op, "token_type_ids") : 0;
-      return sum_row(wordp + rows[t] * H, positionp + rows[N + t] * H, ttp ? ttp + rows[2 * N + t] * H : nullptr);
+    auto fill = [&](int64_t t) {
+      const auto r = in.rows(t, "embeddings_backward");
+      for (int k = 0; k < 3; ++k) rows[k * N + t] = r[k];
+      return in.reader(r);
     };
     layernorm_backward_rows<scalar_t>(N, H, fill, grad_out.const_data_ptr<scalar_t>(),
                                       weight.const_data_ptr<scalar_t>(), mean.const_data_ptr<A>(),
