@@ -1,6 +1,6 @@
 // Autograd for the differentiable fused ops, registered in C++ at the Autograd key: each op records a node whose
 // backward calls the op's `<name>_backward` kernel through the dispatcher (CPU or CUDA, whichever the tensors
-// are on; under torch.compile, its fake implementation in fastbert/autograd.py).
+// are on; under torch.compile, its fake implementation in the ops layer, fastbert.ops).
 //
 // Why C++ and not torch.library.register_autograd: that wraps every call of the op in a Python kernel, gradient
 // or not. It cost about 5 us a call, and in a side-by-side run at T = 640 bias_residual_layernorm reached

@@ -4,9 +4,9 @@
 //   qkv      (T, 3H)  the fused QKV GEMM output, [q | k | v], head h at columns h*d .. h*d+d of each third
 //   cu_seqlens (B+1,) int32, sequence b owns packed rows cu_seqlens[b] .. cu_seqlens[b+1]
 //   lse      (nh, T) float32, log-sum-exp of each softmax row (for the backward), -inf for an empty row
-// Every op has a CPU kernel (csrc/cpu/<op>.cpp), a CUDA kernel (csrc/cuda/<op>.cu) unless fastbert/ops.py lists
-// it in CPU_ONLY_OPS (the int8 ops), a fake implementation and a plain-PyTorch reference (fastbert/ops.py,
-// fastbert/reference.py).
+// Every op has a CPU kernel (csrc/cpu/<op>.cpp), a CUDA kernel (csrc/cuda/<op>.cu) unless fastbert.ops lists
+// it in CPU_ONLY_OPS (the int8 ops), a fake implementation and a plain-PyTorch reference (fastbert.ops,
+// fastbert.ops.reference).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -26,7 +26,7 @@ TORCH_LIBRARY(fastbert, m) {
       "-> (Tensor out, Tensor mean, Tensor rstd)");
   // softmax(Q K^T * scale) V per sequence of a ragged packed batch, from the fused QKV output plus its bias.
   // max_seqlen bounds the sequence lengths. Dropout on the probabilities when dropout_p > 0, its mask a
-  // pure function of (seed, offset, head, query row, key index); see fastbert/reference.py.
+  // pure function of (seed, offset, head, query row, key index); see fastbert.ops.reference.
   m.def(
       "attention(Tensor qkv, Tensor? qkv_bias, Tensor cu_seqlens, int max_seqlen, int num_heads, float scale, "
       "float dropout_p=0., int seed=0, int offset=0) -> (Tensor out, Tensor lse)");
@@ -45,7 +45,7 @@ TORCH_LIBRARY(fastbert, m) {
   // with per-output-channel weight scales w_scale (N,) float32 and dynamic per-row activation scales (T,) float32.
   // A row is quantized as q = round_half_even(clamp(x * smooth / scale, -127, 127)), scale = max|x * smooth| / 127
   // (floored at FLT_MIN; 1 for an all-zero row); smooth (K,) float32 is an optional per-input-channel multiplier
-  // (SmoothQuant: the caller folds 1 / smooth into the weight's columns). fastbert/reference.py is the specification.
+  // (SmoothQuant: the caller folds 1 / smooth into the weight's columns). fastbert.ops.reference is the specification.
   // x (T, K) float32/bfloat16 -> q int8 (T, K), scale float32 (T,).
   m.def("quantize_rows(Tensor x, Tensor? smooth) -> (Tensor q, Tensor scale)");
   // acc int32 (T, N) -> acc * x_scale[t] * w_scale[n] in dtype (float32 or bfloat16); no bias.

@@ -30,7 +30,7 @@
 // products, as a bf16 PyTorch model rounds its QKV projection's output and softmax; the statistics (max, sum,
 // rescale), the mask, the dropout mask, lse and the final divide stay fp32 as above. lse moves by up to
 // ~2^-8 |scale| max_j sum_c |q_c k_jc| (5e-3 for O(1) inputs at d = 64), out by ~1-2 x the fp32-staged path's
-// error (its one output rounding) for O(1) inputs, more for sharp softmaxes (tests/test_attention.py). The
+// error (its one output rounding) for O(1) inputs, more for sharp softmaxes (tests/ops/test_attention.py). The
 // bf16 tensors (half the scratch bytes of the fp32 staging) live in the fp32 path's scratch regions (each
 // fits), plus P in bf16 (BQ, BK).
 //

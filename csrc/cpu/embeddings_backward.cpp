@@ -7,7 +7,7 @@
 // grad_table[id[t]] += grad_s[t] for the three tables, parallel over blocks of columns so that each thread
 // owns its columns of every table row and walks the tokens in order: no atomics, the same bits for any
 // thread count. 16-bit tables are accumulated in fp32 and rounded once. No padding_idx here: nn.Embedding's
-// zero gradient at the pad id is the model's to apply (fastbert/autograd.py: zero_row_grad).
+// zero gradient at the pad id is the model's to apply (the ops layer's autograd: zero_row_grad).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>

@@ -26,7 +26,7 @@ bool processor_has(Isa isa) {
 #endif
 }
 
-// FASTBERT_CPU_ISA is validated (with a clear error) by fastbert/ops.py at import; here a bad value is ignored.
+// FASTBERT_CPU_ISA is validated (with a clear error) by fastbert.ops at import; here a bad value is ignored.
 Isa initial_isa() {
   for (Isa isa : {Isa::AVX512, Isa::AVX2}) {
     if (processor_has(isa)) return isa;

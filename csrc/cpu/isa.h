@@ -20,7 +20,7 @@ std::vector<Isa> supported_isas();
 
 // The bfloat16 dot-product path of the AVX-512 attention kernel (VDPBF16PS, AVX512-BF16): supported when the
 // processor has avx512_bf16; on by default where supported, set_bf16_dot(false) (or FASTBERT_CPU_BF16_DOT=0 at
-// import, fastbert/ops.py) keeps the fp32-staged path. bf16_dot_enabled() = supported and on.
+// import, fastbert.ops) keeps the fp32-staged path. bf16_dot_enabled() = supported and on.
 bool bf16_dot_supported();
 bool bf16_dot_enabled();
 void set_bf16_dot(bool on);  // throws when turning it on on a processor without avx512_bf16

@@ -28,7 +28,7 @@ inline typename V::value_type hsum(const V& v) {
 // first min(H, 4W) values. Shifted sums are exact enough when K is near the mean, and this K is provably near
 // it: by Cauchy-Schwarz |K - mean| <= std * sqrt(H / m) for a pivot over m values, so the variance's rounding
 // error grows by at most 1 + H/m (13 at H = 768, 17 at H = 1024) over the two-pass algorithm's, where the
-// naive E[s^2] - E[s]^2 loses everything once the mean dwarfs the spread (tests/test_ops_layernorm.py covers
+// naive E[s^2] - E[s]^2 loses everything once the mean dwarfs the spread (tests/ops/test_layernorm.py covers
 // both a large offset and a pivot placed on outliers). One pass instead of two: a row is stored once and not
 // re-read for its statistics. The two rows go in lockstep: two independent accumulator chains, and loads the
 // rows share (a bias) made once per column. (Plain variables, not arrays over rows: GCC keeps arrays of

@@ -2,7 +2,7 @@
 // dequant_bias_residual_layernorm.cpp): int32 GEMM outputs loaded as floats, and a row quantized to int8 with
 // its dynamic symmetric scale.
 //
-// The row scale rule (fastbert/reference.py's _row_scale is the specification):
+// The row scale rule (fastbert.ops.reference's _row_scale is the specification):
 //   amax  = max_c |x[c] * smooth[c]|
 //   scale = max(amax / 127, FLT_MIN)  when amax > 0,  else 1  (an all-zero row; also a NaN amax)
 //   q[c]  = round_half_even(clamp(x[c] * smooth[c] * (1 / scale), -127, 127))

@@ -15,7 +15,7 @@
 // block in, so every thread of a row holds every probability and needs no shared P tile. Rows whose running
 // max is still -inf (fully masked so far) use 0 as the max, so they add nothing and give lse = -inf, out = 0.
 // Dropout multiplies the probabilities in the accumulator by keep / (1 - p) with the counter-based mask of
-// fastbert/reference.py (l keeps the undropped sum, as the reference normalises before dropping).
+// fastbert.ops.reference (l keeps the undropped sum, as the reference normalises before dropping).
 // Outputs: out in the storage dtype, lse = m + log(l) (fp32, natural log) for the backward.
 // Arithmetic is fp32 FMA (no tensor cores), DMAX = 64 or 128 picks the register budget for head dims. This kernel
 // serves fp32, and fp16/bf16 below sm_80; attention_mma.cuh is the tensor-core kernel for fp16/bf16 on sm_80+.

@@ -1,7 +1,7 @@
 // Warp-wide tensor-core building blocks: the product D (16x8, fp32) += A (16x16) * B (16x8), A and B in fp16 or
 // bf16 (PTX mma.sync.aligned.m16n8k16, sm_80 and newer), and the shared-memory loads that feed it (ldmatrix).
 // Under the CPU test harness each has an exact emulation, so kernels built on them run in
-// tests/test_cuda_harness.py too.
+// tests/ops/test_cuda_harness.py too.
 //
 // Fragment layout (PTX ISA, "Matrix Fragments for mma.m16n8k16"), lane = 4 * g + t (g = lane / 4, t = lane % 4);
 // a 32-bit register holds two 16-bit values, the lower column / row first:

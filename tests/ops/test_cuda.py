@@ -1,7 +1,7 @@
-"""fastbert's CUDA kernels on a GPU: every op against fastbert/reference.py, and the model against HF.
+"""fastbert's CUDA kernels on a GPU: every op against fastbert.ops.reference, and the model against HF.
 
 Skips cleanly without a GPU or without a CUDA build of fastbert._C (CI has neither; the kernels still run there,
-on the CPU, in tests/test_cuda_harness.py). Runs with torch >= 2.11 and no network (the model test uses the
+on the CPU, in tests/ops/test_cuda_harness.py). Runs with torch >= 2.11 and no network (the model test uses the
 local all-MiniLM-L6-v2 package when installed, else a small random BertConfig).
 
 Tolerances: ops, kernel vs reference on the same inputs: tests/helpers.py's TOLERANCES (about two ulps), STAT_TOL
@@ -11,7 +11,7 @@ max |diff| vs HF fp32 (last hidden state of a LayerNorm'd model, |x| ~ 1).
 
 On an image whose Python environment mixes C++ runtimes (seen on a lent H100, see docs/gpu.md), the error tests
 crash instead of raising until g++'s libstdc++ is loaded first:
-    LD_PRELOAD=$(g++ -print-file-name=libstdc++.so.6) python -m pytest tests/test_cuda.py
+    LD_PRELOAD=$(g++ -print-file-name=libstdc++.so.6) python -m pytest tests/ops/test_cuda.py
 """
 from __future__ import annotations
 

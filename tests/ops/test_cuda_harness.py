@@ -4,7 +4,7 @@ The kernel sources (csrc/cuda/*.cuh) are compiled with the host compiler into on
 (tests/cuda_harness/driver.cpp), twice: plain (-O1, guard zones around every buffer) and with
 -fsanitize=address. Each case below writes its inputs as raw files, the driver runs the op's kernels with the
 same launch configuration as csrc/cuda/*.cu, once in forward and once in reverse thread order, and the test
-checks: both orders give bit-identical outputs, and they match fastbert/reference.py within the dtype's
+checks: both orders give bit-identical outputs, and they match fastbert.ops.reference within the dtype's
 tolerance. A deadlock, a divergent barrier, a kernel assert, an out-of-range access (guard zones / ASan) or a
 hang (timeout) fails the run. Planted-fault kernels (tests/cuda_harness/faults.cuh) check that the harness
 catches each kind of bug, every time.
