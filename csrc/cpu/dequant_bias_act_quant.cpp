@@ -38,22 +38,6 @@ void dequant_bias_act_quant_rows(const int32_t* ap, const float* xs, const float
   });
 }
 
-template <typename B>
-void dispatch_activation(Activation act, const int32_t* ap, const float* xs, const float* ws, const B* bp,
-                         const float* smooth, int64_t rows, int64_t N, int8_t* qp, float* sp) {
-  switch (act) {
-    case Activation::Gelu: return dequant_bias_act_quant_rows<Activation::Gelu>(ap, xs, ws, bp, smooth, rows, N, qp, sp);
-    case Activation::GeluTanh:
-      return dequant_bias_act_quant_rows<Activation::GeluTanh>(ap, xs, ws, bp, smooth, rows, N, qp, sp);
-    case Activation::GeluFast:
-      return dequant_bias_act_quant_rows<Activation::GeluFast>(ap, xs, ws, bp, smooth, rows, N, qp, sp);
-    case Activation::QuickGelu:
-      return dequant_bias_act_quant_rows<Activation::QuickGelu>(ap, xs, ws, bp, smooth, rows, N, qp, sp);
-    case Activation::Relu: return dequant_bias_act_quant_rows<Activation::Relu>(ap, xs, ws, bp, smooth, rows, N, qp, sp);
-    case Activation::Silu: return dequant_bias_act_quant_rows<Activation::Silu>(ap, xs, ws, bp, smooth, rows, N, qp, sp);
-  }
-}
-
 void dequant_bias_act_quant_kernel(const at::Tensor& acc, const at::Tensor& x_scale, const at::Tensor& w_scale,
                                    const at::Tensor& bias, Activation act, const float* smooth, at::Tensor& q,
                                    at::Tensor& scale) {
@@ -62,11 +46,14 @@ void dequant_bias_act_quant_kernel(const at::Tensor& acc, const at::Tensor& x_sc
   const float* ws = w_scale.const_data_ptr<float>();
   int8_t* qp = q.mutable_data_ptr<int8_t>();
   float* sp = scale.mutable_data_ptr<float>();
-  if (bias.scalar_type() == at::kBFloat16) {
-    dispatch_activation(act, ap, xs, ws, bias.const_data_ptr<c10::BFloat16>(), smooth, acc.size(0), acc.size(1), qp, sp);
-  } else {
-    dispatch_activation(act, ap, xs, ws, bias.const_data_ptr<float>(), smooth, acc.size(0), acc.size(1), qp, sp);
-  }
+  const int64_t rows = acc.size(0), N = acc.size(1);
+  with_activation(act, [&]<Activation A>() {
+    if (bias.scalar_type() == at::kBFloat16) {
+      dequant_bias_act_quant_rows<A>(ap, xs, ws, bias.const_data_ptr<c10::BFloat16>(), smooth, rows, N, qp, sp);
+    } else {
+      dequant_bias_act_quant_rows<A>(ap, xs, ws, bias.const_data_ptr<float>(), smooth, rows, N, qp, sp);
+    }
+  });
 }
 
 }  // namespace CPU_CAPABILITY
