@@ -49,7 +49,7 @@ ACT_ENUM = {"gelu": 0, "gelu_new": 1, "gelu_pytorch_tanh": 1, "gelu_fast": 2, "q
 # ---------------------------------------------------------------- building the driver
 
 def _sources():
-    files = sorted((ROOT / "csrc" / "cuda").glob("*.cuh")) + [ROOT / "csrc" / "activation.h"]
+    files = sorted((ROOT / "csrc" / "cuda").glob("*.cuh")) + sorted((ROOT / "csrc").glob("*.h"))  # dropout_hash.h
     files += sorted(HARNESS.glob("*.h")) + sorted(HARNESS.glob("*.cuh")) + sorted(HARNESS.glob("*.cpp"))
     return files
 
