@@ -33,7 +33,7 @@ struct EmbeddingsBackwardParams : EmbeddingsInputs<T, I> {
 };
 
 template <typename T, typename I>
-__global__ void __launch_bounds__(kLnBwdWarps * kWarp)
+__global__ void __launch_bounds__(kLnBwdWarps* kWarp)
     embeddings_backward_rows_kernel(EmbeddingsBackwardParams<T, I> p) {
   ln_backward_rows<T>(p, [&](const LnBwdSmem& sm, int64_t row) {
     const TokenIds id = token_ids(p, row);
@@ -130,10 +130,10 @@ inline auto embeddings_backward_rows_launch(int64_t N, int64_t H, int64_t smem_l
 
 template <typename T>
 inline auto embeddings_scatter_launch(int64_t K, int64_t H, bool combine) {
-  return make_launch(combine ? &embeddings_scatter_combine_kernel<T> : &embeddings_scatter_kernel<T>,
-                     dim3(static_cast<unsigned>(ceil_div(K, kScatterChunk)),
-                          static_cast<unsigned>(ceil_div(H, kScatterThreads))),
-                     dim3(kScatterThreads));
+  return make_launch(
+      combine ? &embeddings_scatter_combine_kernel<T> : &embeddings_scatter_kernel<T>,
+      dim3(static_cast<unsigned>(ceil_div(K, kScatterChunk)), static_cast<unsigned>(ceil_div(H, kScatterThreads))),
+      dim3(kScatterThreads));
 }
 
 }  // namespace fastbert::cuda
