@@ -18,6 +18,20 @@ inline bool parse_activation(const std::string& name, Activation* out) {
   return true;
 }
 
+// Runs f.template operator()<A>() for the Activation A that act names: a kernel instantiated per activation,
+// chosen at run time (f: a lambda template, []<Activation A>() { ... }).
+template <typename F>
+inline void with_activation(Activation act, F&& f) {
+  switch (act) {
+    case Activation::Gelu: return f.template operator()<Activation::Gelu>();
+    case Activation::GeluTanh: return f.template operator()<Activation::GeluTanh>();
+    case Activation::GeluFast: return f.template operator()<Activation::GeluFast>();
+    case Activation::QuickGelu: return f.template operator()<Activation::QuickGelu>();
+    case Activation::Relu: return f.template operator()<Activation::Relu>();
+    case Activation::Silu: return f.template operator()<Activation::Silu>();
+  }
+}
+
 constexpr const char* kActivationNames = "gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, quick_gelu, relu, silu, swish";
 
 }  // namespace fastbert

@@ -4,9 +4,9 @@
 //   qkv      (T, 3H)  the fused QKV GEMM output, [q | k | v], head h at columns h*d .. h*d+d of each third
 //   cu_seqlens (B+1,) int32, sequence b owns packed rows cu_seqlens[b] .. cu_seqlens[b+1]
 //   lse      (nh, T) float32, log-sum-exp of each softmax row (for the backward), -inf for an empty row
-// Every op has a CPU kernel (csrc/cpu/<op>.cpp), a CUDA kernel (csrc/cuda/<op>.cu) unless fastbert/ops.py lists
-// it in CPU_ONLY_OPS (the int8 ops), a fake implementation and a plain-PyTorch reference (fastbert/ops.py,
-// fastbert/reference.py).
+// Every op has a CPU kernel (csrc/cpu/<op>.cpp), a CUDA kernel (csrc/cuda/<op>.cu) unless fastbert.ops lists
+// it in CPU_ONLY_OPS (the int8 ops), a fake implementation and a plain-PyTorch reference (fastbert.ops,
+// fastbert.ops.reference).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -26,7 +26,7 @@ TORCH_LIBRARY(fastbert, m) {
       "-> (Tensor out, Tensor mean, Tensor rstd)");
   // softmax(Q K^T * scale) V per sequence of a ragged packed batch, from the fused QKV output plus its bias.
   // max_seqlen bounds the sequence lengths. Dropout on the probabilities when dropout_p > 0, its mask a
-  // pure function of (seed, offset, head, query row, key index); see fastbert/reference.py.
+  // pure function of (seed, offset, head, query row, key index); see fastbert.ops.reference.
   m.def(
       "attention(Tensor qkv, Tensor? qkv_bias, Tensor cu_seqlens, int max_seqlen, int num_heads, float scale, "
       "float dropout_p=0., int seed=0, int offset=0) -> (Tensor out, Tensor lse)");
@@ -48,7 +48,7 @@ TORCH_LIBRARY(fastbert, m) {
   // (scales floored at FLT_MIN; 1 for a zero-range row). smooth (K,) float32 is an optional per-input-channel
   // multiplier (SmoothQuant: the caller folds 1 / smooth into the weight's columns). A GEMM over shifted rows is
   // dequantized with x_shift (the rows' shift) and w_sum (N,) (the dequantized weight's column sums):
-  // acc * x_scale[t] * w_scale[n] + x_shift[t] * w_sum[n]. fastbert/ops/reference.py is the specification.
+  // acc * x_scale[t] * w_scale[n] + x_shift[t] * w_sum[n]. fastbert.ops.reference is the specification.
   // x (T, K) float32/bfloat16 -> q int8 (T, K), scale float32 (T,), shift float32 (T,) (asymmetric) or (0,).
   m.def("quantize_rows(Tensor x, Tensor? smooth, bool asymmetric=False) -> (Tensor q, Tensor scale, Tensor shift)");
   // acc int32 (T, N) -> acc * x_scale[t] * w_scale[n] (+ x_shift[t] * w_sum[n]) in dtype (float32 or bfloat16).
@@ -71,7 +71,7 @@ TORCH_LIBRARY(fastbert, m) {
   // Inference through every BERT layer (csrc/inference.cpp): x (T, H) packed, weights 12 per layer in the order
   // qkv weight (3H, H), qkv bias?, attention output weight, its bias?, LayerNorm weight, bias, intermediate
   // weight, bias, output weight, its bias?, LayerNorm weight, bias; eps 2 per layer. Returns [last layer's
-  // output], or every layer's with all_layers. onednn: float32 CPU GEMMs through oneDNN (fastbert/gemm.py).
+  // output], or every layer's with all_layers. onednn: float32 CPU GEMMs through oneDNN (fastbert.ops.gemm).
   m.def(
       "encoder_layers(Tensor x, Tensor cu_seqlens, int max_seqlen, int num_heads, float scale, str activation, "
       "Tensor?[] weights, float[] eps, bool all_layers=False, bool onednn=False) -> Tensor[]");
@@ -133,9 +133,7 @@ static PyObject* py_supported_cpu_isas(PyObject*, PyObject*) {
   return list;
 }
 
-static PyObject* py_cpu_bf16_dot(PyObject*, PyObject*) {
-  return PyBool_FromLong(fastbert::cpu::bf16_dot_enabled());
-}
+static PyObject* py_cpu_bf16_dot(PyObject*, PyObject*) { return PyBool_FromLong(fastbert::cpu::bf16_dot_enabled()); }
 
 static PyObject* py_set_cpu_bf16_dot(PyObject*, PyObject* arg) {
   const int on = PyObject_IsTrue(arg);

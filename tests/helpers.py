@@ -120,3 +120,58 @@ def run_threads(work, n):
     for th in threads:
         th.join()
     return errors
+
+
+# ---------------------------------------------------------------- the kernels' tests (tests/ops)
+# Tolerances of a kernel against the reference on the same (rounded) inputs, atol = rtol, beside TOLERANCES:
+# fp32 statistics computed in fp32 (LayerNorm's mean and rstd, the FMA attention kernels' lse): STAT_TOL.
+STAT_TOL = 2e-5
+# Attention's out and lse: fp32 5e-5 for out (sums over up to 130 keys in another order); fp16 / bf16 as the
+# tensor-core kernel (csrc/cuda/attention_mma.cuh) gives them: it rounds q, k, v (bias added) and the
+# probabilities to the storage dtype before its products, as cuBLAS-based attention does, a few ulps more than
+# the reference, which multiplies in fp32 (lse: |lse| ~ 1-10). The FMA kernels' 16-bit outputs are within
+# TOLERANCES and their lse within STAT_TOL.
+ATTN_TOL = {torch.float32: 5e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+ATTN_LSE_TOL = {torch.float32: STAT_TOL, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+# Backward of LayerNorm, activations, embeddings (vs float64 autograd through the reference, cast to the
+# kernel's dtype): fp32 5e-5 (sums over H and over rows in another order), 16-bit one rounding of the result.
+BWD_TOL = {torch.float32: 5e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+# Attention backward, grad_qkv vs ref_grad_qkv (|grad| up to ~10): fp32 5e-5 (sums over up to 130 keys in
+# another order, P from a fp32 lse); 16-bit: both sides round to the dtype (one ulp at |g| in [4, 8) is 3.9e-3 /
+# 3.1e-2), and the kernel's D_i = dO_i . O_i uses the forward's rounded out, as the CPU op and FlashAttention do
+# (out from the tensor-core forward on a GPU).
+ATTN_BWD_TOL = {torch.float32: 5e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}
+
+
+def generator(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def length_mask(lengths, L, left=False, holes=False, gen=None):
+    """(len(lengths), L) bool mask, row b True on lengths[b] positions: at the start, at the end (left=True), or
+    at the end of odd rows only (left="odd"); holes=True also clears about L / 7 random positions (gen) of each
+    row longer than 2."""
+    m = torch.zeros(len(lengths), L, dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        if left is True or (left == "odd" and b % 2):
+            m[b, L - n:] = True
+        else:
+            m[b, :n] = True
+        if holes and n > 2:
+            m[b, torch.randint(0, L, (max(1, L // 7),), generator=gen)] = False
+    return m
+
+
+def ref_grad_qkv(fn, qkv, grad_out):
+    """d out / d qkv . grad_out by autograd through fn(qkv) -> (out, lse), a reference attention of qkv."""
+    q = qkv.detach().clone().requires_grad_(True)
+    fn(q)[0].backward(grad_out)
+    return q.grad
+
+
+def grads64(fn, leaves, grad_out):
+    """float64 gradients of fn(*leaves)[0] (or fn(*leaves)) w.r.t. each of the tensors `leaves`, for grad_out."""
+    xs = [t.double().requires_grad_(True) for t in leaves]
+    out = fn(*xs)
+    out = out[0] if isinstance(out, tuple) else out
+    return torch.autograd.grad(out, xs, grad_out.double())

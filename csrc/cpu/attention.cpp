@@ -30,16 +30,16 @@
 // products, as a bf16 PyTorch model rounds its QKV projection's output and softmax; the statistics (max, sum,
 // rescale), the mask, the dropout mask, lse and the final divide stay fp32 as above. lse moves by up to
 // ~2^-8 |scale| max_j sum_c |q_c k_jc| (5e-3 for O(1) inputs at d = 64), out by ~1-2 x the fp32-staged path's
-// error (its one output rounding) for O(1) inputs, more for sharp softmaxes (tests/test_attention.py). The
+// error (its one output rounding) for O(1) inputs, more for sharp softmaxes (tests/ops/test_attention.py). The
 // bf16 tensors (half the scratch bytes of the fp32 staging) live in the fp32 path's scratch regions (each
 // fits), plus P in bf16 (BQ, BK).
 //
 // Row index of a softmax row (the dropout counter and the lse position): packed: head * T + token;
-// masked: (b * nh + head) * L + query. See fastbert/reference.py (dropout_keep_mask).
+// masked: (b * nh + head) * L + query. The dropout mask is csrc/dropout_hash.h's.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
@@ -51,8 +51,10 @@
 #include <memory>
 #include <vector>
 
+#include "cpu/attention_args.h"
 #include "cpu/isa.h"
 #include "cpu/vec.h"
+#include "dropout_hash.h"
 
 // GCC 12 warns "may be used uninitialized" inside ATen's AVX-512 intrinsics wrappers (masked loads, exp);
 // those are the headers' placeholders, not reads of uninitialised data.
@@ -86,16 +88,6 @@ struct AttnParams {
 namespace CPU_CAPABILITY {
 
 using at::vec::Vectorized;
-
-// ---------------------------------------------------------------- counter-based dropout (uint32)
-
-inline uint32_t fmix32(uint32_t h) {
-  h ^= h >> 16;
-  h *= 0x85EBCA6Bu;
-  h ^= h >> 13;
-  h *= 0xC2B2AE35u;
-  return h ^ (h >> 16);
-}
 
 // ---------------------------------------------------------------- the micro-GEMM
 
@@ -143,8 +135,8 @@ inline void micro_gemm(int64_t K, const acc* A, int64_t lda, const acc* B, int64
 // C[rows x cols] (+)= A[rows x K] B[K x cols], rows a multiple of kMR, cols a multiple of W; column panels
 // outermost so a K x NR*W panel of B stays in L1 across the row groups.
 template <typename acc>
-void block_gemm(int64_t rows, int64_t cols, int64_t K, const acc* A, int64_t lda, const acc* B, int64_t ldb,
-                acc* C, int64_t ldc, bool accumulate) {
+void block_gemm(int64_t rows, int64_t cols, int64_t K, const acc* A, int64_t lda, const acc* B, int64_t ldb, acc* C,
+                int64_t ldc, bool accumulate) {
   constexpr int W = Vectorized<acc>::size();
   constexpr int NRM = kNRMax<acc>;
   for (int64_t c0 = 0; c0 < cols; c0 += NRM * W) {
@@ -154,8 +146,12 @@ void block_gemm(int64_t rows, int64_t cols, int64_t K, const acc* A, int64_t lda
       const acc* b = B + c0;
       acc* c = C + r0 * ldc + c0;
       switch (nr) {
-        case 4: if constexpr (NRM >= 4) { micro_gemm<acc, 4>(K, a, lda, b, ldb, c, ldc, accumulate); } break;
-        case 3: if constexpr (NRM >= 3) { micro_gemm<acc, 3>(K, a, lda, b, ldb, c, ldc, accumulate); } break;
+        case 4:
+          if constexpr (NRM >= 4) { micro_gemm<acc, 4>(K, a, lda, b, ldb, c, ldc, accumulate); }
+          break;
+        case 3:
+          if constexpr (NRM >= 3) { micro_gemm<acc, 3>(K, a, lda, b, ldb, c, ldc, accumulate); }
+          break;
         case 2: micro_gemm<acc, 2>(K, a, lda, b, ldb, c, ldc, accumulate); break;
         default: micro_gemm<acc, 1>(K, a, lda, b, ldb, c, ldc, accumulate); break;
       }
@@ -182,7 +178,9 @@ inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 constexpr size_t kKeepBytes = size_t(32) << 20;
 
 struct ScratchLease {
-  struct Free { void operator()(char* p) const { std::free(p); } };
+  struct Free {
+    void operator()(char* p) const { std::free(p); }
+  };
   std::unique_ptr<char, Free> owned;
   char* ptr = nullptr;
 };
@@ -221,7 +219,11 @@ inline void stage_row(const scalar_t* src, const scalar_t* bias, acc mul, bool s
     V x = load_acc(src + c, m);
     if (bias) x = x + load_acc(bias + c, m);
     if (scaled) x = x * V(mul);
-    if (m == W) x.store(dst + c); else { V(acc(0)).store(dst + c); x.store(dst + c, m); }
+    if (m == W) x.store(dst + c);
+    else {
+      V(acc(0)).store(dst + c);
+      x.store(dst + c, m);
+    }
   }
 }
 
@@ -245,16 +247,14 @@ FASTBERT_TARGET_BF16 inline __m512 load_bf16_f32(const c10::BFloat16* p, const c
   const __mmask16 k = m >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << m) - 1);
   __m512 x = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p)), 16));
   if (bias) {
-    x = _mm512_add_ps(x, _mm512_castsi512_ps(
-                             _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, bias)), 16)));
+    x = _mm512_add_ps(
+        x, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, bias)), 16)));
   }
   return x;
 }
 
 // 32 fp32 -> 32 bf16 (round to nearest even): lo's 16 first, then hi's.
-FASTBERT_TARGET_BF16 inline __m512i pack_bf16(__m512 lo, __m512 hi) {
-  return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
-}
+FASTBERT_TARGET_BF16 inline __m512i pack_bf16(__m512 lo, __m512 hi) { return (__m512i)_mm512_cvtne2ps_pbh(hi, lo); }
 
 // One row of d values: dst[0 .. dq) = bf16((src + bias) * mul), zero from d on; dq a multiple of 32.
 FASTBERT_TARGET_BF16 inline void stage_row_bf16(const c10::BFloat16* src, const c10::BFloat16* bias, float mul,
@@ -293,8 +293,8 @@ FASTBERT_TARGET_BF16 inline void stage_pair_bf16(const c10::BFloat16* v0, const 
 // C[MR x NR*16] (+)= sum over K2 pairs: A[m][pair] . B[pair][16 n ..]: A row-major uint32 pairs (lda), B rows of
 // NR*16 uint32 pairs (ldb), C fp32 row-major (ldc).
 template <int NR>
-FASTBERT_TARGET_BF16 inline void micro_dot(int64_t K2, const uint32_t* A, int64_t lda, const uint32_t* B,
-                                           int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+FASTBERT_TARGET_BF16 inline void micro_dot(int64_t K2, const uint32_t* A, int64_t lda, const uint32_t* B, int64_t ldb,
+                                           float* C, int64_t ldc, bool accumulate) {
   __m512 c[kMR][NR];
 #pragma GCC unroll 8
   for (int m = 0; m < kMR; ++m)
@@ -338,41 +338,27 @@ FASTBERT_TARGET_BF16 void block_dot(int64_t rows, int64_t cols, int64_t K2, cons
 
 inline __mmask16 tail_mask(int64_t m) { return m >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << m) - 1); }
 
-// Dropout of one softmax row: the keep test of fastbert/reference.py (dropout_keep_mask) for 16 keys at a time,
-// the same uint32 arithmetic as fmix32 above.
-struct DropoutRow {
-  uint32_t x1, seed_hi, thr;
-};
-
-FASTBERT_TARGET_BF16 inline __m512i fmix32_v(__m512i h) {
-  h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
-  h = _mm512_mullo_epi32(h, _mm512_set1_epi32(static_cast<int>(0x85EBCA6Bu)));
-  h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 13));
-  h = _mm512_mullo_epi32(h, _mm512_set1_epi32(static_cast<int>(0xC2B2AE35u)));
-  return _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
-}
-
-FASTBERT_TARGET_BF16 inline __mmask16 dropout_keep(const DropoutRow& dr, uint32_t col0) {
-  const __m512i col = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(col0)),
-                                       _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-  const __m512i y = _mm512_add_epi32(_mm512_mullo_epi32(col, _mm512_set1_epi32(static_cast<int>(0x85EBCA77u))),
-                                     _mm512_set1_epi32(static_cast<int>(dr.seed_hi)));
-  const __m512i x = fmix32_v(_mm512_xor_si512(_mm512_set1_epi32(static_cast<int>(dr.x1)), y));
-  return _mm512_cmpge_epu32_mask(_mm512_srli_epi32(x, 8), _mm512_set1_epi32(static_cast<int>(dr.thr)));
+// Dropout of 16 keys of one softmax row (csrc/dropout_hash.h): the kept lanes of columns col0 .. col0 + 15.
+FASTBERT_TARGET_BF16 inline __mmask16 dropout_keep16(const DropoutHash& drop, uint32_t key, uint32_t col0) {
+  using u32x16 = uint32_t __attribute__((vector_size(64)));
+  const u32x16 col = col0 + u32x16{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  const __m512i kept = reinterpret_cast<__m512i>(drop.keep_lanes(key, col));
+  return _mm512_test_epi32_mask(kept, kept);
 }
 
 // The softmax step of one row over one key block of nk keys, its mask already in s (fp32 scores, read only):
 // block max, e = exp(s - m), the running max m / sum l (the row of O rescaled when m grows), dropout, and
 // P = bf16(e) into p[0 .. round_up(nk, 16)) (zero past nk), the operand of the PV dot products. The same fp32
 // steps as the kernel's generic loop, without writing the probabilities back in fp32.
-FASTBERT_TARGET_BF16 void softmax_row_dot(const float* s, int64_t nk, float& m_run, float& l_run, float* o,
-                                          int64_t dp, uint16_t* p, const DropoutRow* drop, uint32_t col0) {
+FASTBERT_TARGET_BF16 void softmax_row_dot(const float* s, int64_t nk, float& m_run, float& l_run, float* o, int64_t dp,
+                                          uint16_t* p, const DropoutHash* drop, uint32_t key, uint32_t col0) {
   using V = Vectorized<float>;
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const __m512 vninf = _mm512_set1_ps(neg_inf);
   const int64_t nkW = round_up(nk, 16);
   __m512 vmax = vninf;
-  for (int64_t j = 0; j < nkW; j += 16) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vninf, tail_mask(nk - j), s + j));
+  for (int64_t j = 0; j < nkW; j += 16)
+    vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vninf, tail_mask(nk - j), s + j));
   const float m_new = std::max(m_run, _mm512_reduce_max_ps(vmax));
   if (m_new == neg_inf) {  // nothing kept so far in this row
     std::fill(p, p + nkW, uint16_t(0));
@@ -384,7 +370,7 @@ FASTBERT_TARGET_BF16 void softmax_row_dot(const float* s, int64_t nk, float& m_r
     __mmask16 k = tail_mask(nk - j);
     const __m512 e = vexp<float>(V(_mm512_mask_loadu_ps(vninf, k, s + j)) - vm);
     vsum = _mm512_add_ps(vsum, e);
-    if (drop) k &= dropout_keep(*drop, col0 + static_cast<uint32_t>(j));
+    if (drop) k &= dropout_keep16(*drop, key, col0 + static_cast<uint32_t>(j));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_mov_ps(k, e)));
   }
   const float bsum = _mm512_reduce_add_ps(vsum);
@@ -413,9 +399,7 @@ FASTBERT_TARGET_BF16 void store_row_bf16(const float* o, float inv, c10::BFloat1
 
 // ---------------------------------------------------------------- the kernel
 
-struct Task {
-  int64_t seq, head, q0, q1;
-};
+struct Task { int64_t seq, head, q0, q1; };
 
 // Block sizes (query rows, keys). BQ is a multiple of kMR; BK a multiple of every NR * W.
 constexpr int64_t kBQ = 48;
@@ -440,9 +424,7 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
   const acc neg_inf = -std::numeric_limits<acc>::infinity();
 
   auto seq_start = [&](int64_t b) -> int64_t { return P.cu_seqlens ? P.cu_seqlens[b] : b * P.seqlen; };
-  auto seq_len = [&](int64_t b) -> int64_t {
-    return P.cu_seqlens ? P.cu_seqlens[b + 1] - P.cu_seqlens[b] : P.seqlen;
-  };
+  auto seq_len = [&](int64_t b) -> int64_t { return P.cu_seqlens ? P.cu_seqlens[b + 1] - P.cu_seqlens[b] : P.seqlen; };
 
   // Tasks: (sequence, head), split into query chunks when there are fewer than 4 per thread.
   const int64_t nthreads = std::max<int64_t>(1, at::in_parallel_region() ? 1 : at::get_num_threads());
@@ -467,10 +449,7 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
   });
 
   const bool dropout = P.dropout_p > 0;
-  const uint32_t thr = static_cast<uint32_t>(std::nearbyint(P.dropout_p * 16777216.0));
-  const uint32_t seed_lo = static_cast<uint32_t>(static_cast<uint64_t>(P.seed));
-  const uint32_t seed_hi = static_cast<uint32_t>(static_cast<uint64_t>(P.seed) >> 32);
-  const uint32_t off32 = static_cast<uint32_t>(static_cast<uint64_t>(P.offset));
+  const DropoutHash drop = make_dropout_hash(P.dropout_p, P.seed, P.offset);
   const acc out_scale = static_cast<acc>(1.0 / (1.0 - P.dropout_p));
 
   // K^T leading dimension, plus one cache line: with a power-of-two-ish row stride the d rows of a K^T panel
@@ -484,7 +463,8 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
     for (int64_t tid = tb; tid < te; ++tid) {
       // The bf16 dot path keeps its bf16 tensors in the same regions (each fits: d/2 pairs x ldk for K^T,
       // ldk x dq bf16 for K's rows, V's key pairs and Q) plus P in bf16 (BQ, BK).
-      const int64_t sizes[7] = {d * ldk, ldk * dp, ldk * dp, q_rows * dp, kBQ * kBK, kBQ * dp, kDot ? kBQ * kBK / 2 : 0};
+      const int64_t sizes[7] = {
+          d * ldk, ldk * dp, ldk * dp, q_rows * dp, kBQ * kBK, kBQ * dp, kDot ? kBQ * kBK / 2 : 0};
       int64_t total = 0;
       for (int64_t x : sizes) total += round_up(x, 64);
       ScratchLease lease;
@@ -528,8 +508,7 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
             for (int64_t jj = j; jj < std::min(n, j + 2); ++jj) {
               prefetch_ahead(jj);
               const scalar_t* row = qkv_p + (s0 + jj) * 3 * H + h * d;
-              if (jj >= task.q0 && jj < task.q1)
-                stage_row_bf16(row, qb, scale, true, Q2 + (jj - task.q0) * dq, d, dq);
+              if (jj >= task.q0 && jj < task.q1) stage_row_bf16(row, qb, scale, true, Q2 + (jj - task.q0) * dq, d, dq);
               stage_row_bf16(row + H, kb, 1.f, false, K2 + jj * dq, d, dq);
             }
             const scalar_t* v0 = qkv_p + (s0 + j) * 3 * H + 2 * H + h * d;
@@ -606,15 +585,13 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
                   }
                 }
               }
+              const uint32_t key =  // the row's dropout key (csrc/dropout_hash.h)
+                  dropout
+                      ? drop.row_key(static_cast<uint64_t>(P.cu_seqlens ? h * T + s0 + i : (b * nh + h) * P.seqlen + i))
+                      : 0;
 #ifdef FASTBERT_BF16_DOT
               if constexpr (kDot) {
-                DropoutRow dr{0, seed_hi, thr};
-                if (dropout) {
-                  const uint64_t row = static_cast<uint64_t>(
-                      P.cu_seqlens ? h * T + s0 + i : (b * nh + h) * P.seqlen + i);
-                  dr.x1 = fmix32((static_cast<uint32_t>(row) + off32) * 0x9E3779B1u + seed_lo);
-                }
-                softmax_row_dot(s, nk, m_run[r], l_run[r], O + r * dp, dp, P2 + r * kBK, dropout ? &dr : nullptr,
+                softmax_row_dot(s, nk, m_run[r], l_run[r], O + r * dp, dp, P2 + r * kBK, dropout ? &drop : nullptr, key,
                                 static_cast<uint32_t>(j0));
                 continue;
               }
@@ -622,8 +599,8 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
               for (int64_t j = nk; j < nkW; ++j) s[j] = neg_inf;
               V vmax(neg_inf);
               for (int64_t j = 0; j < nkW; j += W) vmax = at::vec::maximum(vmax, V::loadu(s + j));
-              const acc bmax = at::vec::vec_reduce_all<acc>(
-                  [](const V& x, const V& y) { return at::vec::maximum(x, y); }, vmax);
+              const acc bmax =
+                  at::vec::vec_reduce_all<acc>([](const V& x, const V& y) { return at::vec::maximum(x, y); }, vmax);
               const acc m_new = std::max(m_run[r], bmax);
               if (m_new == neg_inf) {  // nothing kept so far in this row
                 std::fill(s, s + nkW, acc(0));
@@ -649,14 +626,7 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
               }
               l_run[r] += bsum;
               if (dropout) {
-                const uint64_t row = static_cast<uint64_t>(
-                    P.cu_seqlens ? h * T + s0 + i : (b * nh + h) * P.seqlen + i);
-                const uint32_t x1 = fmix32((static_cast<uint32_t>(row) + off32) * 0x9E3779B1u + seed_lo);
-                for (int64_t j = 0; j < nk; ++j) {
-                  const uint32_t col = static_cast<uint32_t>(j0 + j);
-                  const uint32_t x = fmix32(x1 ^ (col * 0x85EBCA77u + seed_hi));
-                  s[j] = (x >> 8) >= thr ? s[j] : acc(0);
-                }
+                for (int64_t j = 0; j < nk; ++j) s[j] = drop.keep(key, static_cast<uint32_t>(j0 + j)) ? s[j] : acc(0);
               }
             }
             // O += P V over this key block: (rows_r, dp).
@@ -716,36 +686,10 @@ void attention_forward(const at::Tensor& qkv, const at::Tensor& bias, const Attn
 }  // namespace CPU_CAPABILITY
 
 #ifdef CPU_CAPABILITY_DEFAULT
-FASTBERT_CPU_DECLARE(void attention_forward(const at::Tensor&, const at::Tensor&, const AttnParams&,
-                                            at::Tensor&, at::Tensor&))
+FASTBERT_CPU_DECLARE(void attention_forward(const at::Tensor&, const at::Tensor&, const AttnParams&, at::Tensor&,
+                                            at::Tensor&))
 
 namespace {
-
-bool is_supported_float(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
-}
-
-// Checks shared by both ops: qkv's last dim, the bias, num_heads, dropout_p. Returns the head dim.
-int64_t check_common(const char* op, const at::Tensor& qkv, const std::optional<at::Tensor>& qkv_bias,
-                     int64_t num_heads, double dropout_p) {
-  TORCH_CHECK(qkv.device().is_cpu(), op, ": qkv must be a CPU tensor, got ", qkv.device());
-  TORCH_CHECK(is_supported_float(qkv.scalar_type()), op,
-              ": qkv must be float32, float64, bfloat16 or float16, got ", qkv.scalar_type());
-  TORCH_CHECK_VALUE(num_heads > 0, op, ": num_heads must be > 0, got ", num_heads);
-  const int64_t H3 = qkv.size(-1);
-  TORCH_CHECK(H3 > 0 && H3 % (3 * num_heads) == 0, op, ": qkv's last dimension (", H3,
-              ") must be 3 * hidden with hidden divisible by num_heads = ", num_heads);
-  if (qkv_bias.has_value() && qkv_bias->defined()) {
-    const auto& bias = *qkv_bias;
-    TORCH_CHECK(bias.device().is_cpu(), op, ": qkv_bias must be a CPU tensor, got ", bias.device());
-    TORCH_CHECK(bias.dim() == 1 && bias.size(0) == H3, op, ": qkv_bias must have shape (", H3,
-                ",) to match qkv's last dimension, got ", bias.sizes());
-    TORCH_CHECK(bias.scalar_type() == qkv.scalar_type(), op, ": qkv_bias dtype ", bias.scalar_type(),
-                " must match qkv dtype ", qkv.scalar_type());
-  }
-  TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, op, ": dropout_p must be in [0, 1), got ", dropout_p);
-  return H3 / (3 * num_heads);
-}
 
 // Whether autograd records this call (csrc/autograd.cpp calls the kernel with the tensors that require grad).
 bool records_grad(const at::Tensor& qkv, const std::optional<at::Tensor>& qkv_bias) {
@@ -759,34 +703,15 @@ at::Tensor bias_or_undefined(const std::optional<at::Tensor>& qkv_bias) {
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& qkv, const std::optional<at::Tensor>& qkv_bias,
-                                                 const at::Tensor& cu_seqlens, int64_t max_seqlen,
-                                                 int64_t num_heads, double scale, double dropout_p, int64_t seed,
-                                                 int64_t offset) {
+                                                 const at::Tensor& cu_seqlens, int64_t max_seqlen, int64_t num_heads,
+                                                 double scale, double dropout_p, int64_t seed, int64_t offset) {
   TORCH_CHECK(qkv.dim() == 2, "attention: qkv must have shape (T, 3 * hidden), got ", qkv.sizes());
-  const int64_t d = check_common("attention", qkv, qkv_bias, num_heads, dropout_p);
-  TORCH_CHECK(cu_seqlens.device().is_cpu(), "attention: cu_seqlens must be a CPU tensor, got ",
-              cu_seqlens.device());
-  TORCH_CHECK(cu_seqlens.dim() == 1 && cu_seqlens.size(0) >= 1,
-              "attention: cu_seqlens must have shape (batch + 1,), got ", cu_seqlens.sizes());
-  TORCH_CHECK(cu_seqlens.scalar_type() == at::kInt, "attention: cu_seqlens must be int32, got ",
-              cu_seqlens.scalar_type());
-  TORCH_CHECK_VALUE(max_seqlen >= 0, "attention: max_seqlen must be >= 0, got ", max_seqlen);
+  const int64_t d = check_attention_args("attention", qkv, qkv_bias, num_heads, dropout_p);
   const int64_t T = qkv.size(0);
+  const int64_t longest = check_cu_seqlens("attention", cu_seqlens, max_seqlen, T);
   auto cu = cu_seqlens.contiguous();
   const int32_t* cp = cu.const_data_ptr<int32_t>();
   const int64_t B = cu.size(0) - 1;
-  TORCH_CHECK_VALUE(cp[0] == 0, "attention: cu_seqlens[0] must be 0, got ", cp[0]);
-  int64_t longest = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t n = static_cast<int64_t>(cp[b + 1]) - cp[b];
-    TORCH_CHECK_VALUE(n >= 0, "attention: cu_seqlens must be nondecreasing, but cu_seqlens[", b + 1, "] = ",
-                      cp[b + 1], " < cu_seqlens[", b, "] = ", cp[b]);
-    TORCH_CHECK_VALUE(n <= max_seqlen, "attention: sequence ", b, " has length ", n, " > max_seqlen = ",
-                      max_seqlen, " (cu_seqlens[", b + 1, "] - cu_seqlens[", b, "])");
-    longest = std::max(longest, n);
-  }
-  TORCH_CHECK_VALUE(cp[B] == T, "attention: cu_seqlens[-1] = ", cp[B], " must equal qkv.size(0) = T = ", T);
-
   const int64_t H = qkv.size(1) / 3;
   auto q = qkv.contiguous();
   auto bias = bias_or_undefined(qkv_bias);
@@ -814,26 +739,11 @@ std::tuple<at::Tensor, at::Tensor> attention_masked_cpu(const at::Tensor& qkv,
                                                         const std::optional<at::Tensor>& qkv_bias,
                                                         const at::Tensor& mask, int64_t num_heads, double scale,
                                                         double dropout_p, int64_t seed, int64_t offset) {
-  TORCH_CHECK(qkv.dim() == 3, "attention_masked: qkv must have shape (batch, seqlen, 3 * hidden), got ",
-              qkv.sizes());
-  const int64_t d = check_common("attention_masked", qkv, qkv_bias, num_heads, dropout_p);
+  TORCH_CHECK(qkv.dim() == 3, "attention_masked: qkv must have shape (batch, seqlen, 3 * hidden), got ", qkv.sizes());
+  const int64_t d = check_attention_args("attention_masked", qkv, qkv_bias, num_heads, dropout_p);
   const int64_t B = qkv.size(0), L = qkv.size(1), H = qkv.size(2) / 3;
-  TORCH_CHECK(mask.device().is_cpu(), "attention_masked: mask must be a CPU tensor, got ", mask.device());
-  TORCH_CHECK(mask.scalar_type() == at::kBool || is_supported_float(mask.scalar_type()),
-              "attention_masked: mask must be bool (True = keep) or floating (additive), got ",
-              mask.scalar_type());
-  const int64_t target[4] = {B, num_heads, L, L};
-  bool broadcastable = mask.dim() <= 4;
-  for (int64_t i = 0; broadcastable && i < mask.dim(); ++i) {
-    const int64_t s = mask.size(mask.dim() - 1 - i);
-    broadcastable = s == 1 || s == target[3 - i];
-  }
-  TORCH_CHECK(broadcastable, "attention_masked: mask of shape ", mask.sizes(),
-              " is not broadcastable to (batch, num_heads, seqlen, seqlen) = (", B, ", ", num_heads, ", ", L, ", ",
-              L, ")");
-  const auto acc_type = qkv.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor m = mask.scalar_type() == at::kBool ? mask : mask.to(acc_type);
-  m = m.expand({B, num_heads, L, L});  // strides only, no copy
+  check_attention_mask("attention_masked", mask, B, num_heads, L);
+  const at::Tensor m = expanded_attention_mask(mask, qkv.scalar_type(), B, num_heads, L);
 
   auto q = qkv.contiguous();
   auto bias = bias_or_undefined(qkv_bias);

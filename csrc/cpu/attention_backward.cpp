@@ -18,6 +18,7 @@
 #include <atomic>
 #include <vector>
 
+#include "cpu/attention_args.h"
 #include "cpu/attention_backward.h"
 #include "cpu/isa.h"
 
@@ -42,15 +43,8 @@ void attention_backward_kernel(const at::Tensor& grad_out, const at::Tensor& qkv
   std::stable_sort(tasks.begin(), tasks.end(), [](auto& x, auto& y) { return x.first > y.first; });
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, qkv.scalar_type(), "attention_backward", [&] {
     using A = acc_t<scalar_t>;
-    AttnBwdIO<scalar_t> io{qkv.const_data_ptr<scalar_t>(),
-                           bias ? bias->const_data_ptr<scalar_t>() : nullptr,
-                           grad_out.const_data_ptr<scalar_t>(),
-                           out.const_data_ptr<scalar_t>(),
-                           grad_qkv.mutable_data_ptr<scalar_t>(),
-                           H, d, scale, dropout_p,
-                           static_cast<uint32_t>(static_cast<uint64_t>(seed)),
-                           static_cast<uint32_t>(static_cast<uint64_t>(seed) >> 32),
-                           static_cast<uint32_t>(static_cast<uint64_t>(offset))};
+    const auto io =
+        attn_bwd_io<scalar_t>(qkv, bias, grad_out, out, grad_qkv, num_heads, scale, dropout_p, seed, offset);
     const float* lsep = lse.const_data_ptr<float>();
     std::atomic<int64_t> next{0};
     const int64_t ntasks = static_cast<int64_t>(tasks.size());
@@ -60,8 +54,9 @@ void attention_backward_kernel(const at::Tensor& grad_out, const at::Tensor& qkv
       for (int64_t t; (t = next.fetch_add(1)) < ntasks;) {
         const int64_t b = tasks[t].second / nh, h = tasks[t].second % nh;
         const int64_t s0 = cu[b], n = cu[b + 1] - cu[b];
-        attention_backward_task<scalar_t>(io, s0, n, h, lsep + h * T + s0, static_cast<uint64_t>(h * T + s0),
-                                          /*recompute_softmax=*/std::is_same_v<A, double>, [](int64_t, A*) {}, buf);
+        attention_backward_task<scalar_t>(
+            io, s0, n, h, lsep + h * T + s0, static_cast<uint64_t>(h * T + s0),
+            /*recompute_softmax=*/std::is_same_v<A, double>, [](int64_t, A*) {}, buf);
       }
     });
   });
@@ -71,9 +66,8 @@ void attention_backward_kernel(const at::Tensor& grad_out, const at::Tensor& qkv
 
 #ifdef CPU_CAPABILITY_DEFAULT
 FASTBERT_CPU_DECLARE(void attention_backward_kernel(const at::Tensor&, const at::Tensor&, const at::Tensor*,
-                                                    const at::Tensor&, const at::Tensor&,
-                                                    const std::vector<int64_t>&, int64_t, double, double, int64_t,
-                                                    int64_t, at::Tensor&))
+                                                    const at::Tensor&, const at::Tensor&, const std::vector<int64_t>&,
+                                                    int64_t, double, double, int64_t, int64_t, at::Tensor&))
 
 at::Tensor attention_backward_cpu(const at::Tensor& grad_out, const at::Tensor& qkv,
                                   const std::optional<at::Tensor>& qkv_bias, const at::Tensor& out,
@@ -81,54 +75,18 @@ at::Tensor attention_backward_cpu(const at::Tensor& grad_out, const at::Tensor& 
                                   int64_t num_heads, double scale, double dropout_p, int64_t seed, int64_t offset) {
   const char* op = "attention_backward";
   TORCH_CHECK(qkv.dim() == 2, op, ": qkv must have shape (T, 3 * hidden), got ", qkv.sizes());
-  TORCH_CHECK(qkv.device().is_cpu(), op, ": qkv must be a CPU tensor, got ", qkv.device());
-  TORCH_CHECK(at::isFloatingType(qkv.scalar_type()), op, ": qkv must be floating point, got ", qkv.scalar_type());
-  TORCH_CHECK_VALUE(num_heads > 0, op, ": num_heads must be > 0, got ", num_heads);
+  check_attention_args(op, qkv, qkv_bias, num_heads, dropout_p);
   const int64_t T = qkv.size(0), H3 = qkv.size(1), H = H3 / 3;
-  TORCH_CHECK(H3 > 0 && H3 % (3 * num_heads) == 0, op, ": qkv's last dimension (", H3,
-              ") must be 3 * hidden with hidden divisible by num_heads = ", num_heads);
-  if (qkv_bias) {
-    TORCH_CHECK(qkv_bias->dim() == 1 && qkv_bias->size(0) == H3, op, ": qkv_bias must have shape (", H3, ",), got ",
-                qkv_bias->sizes());
-    TORCH_CHECK(qkv_bias->scalar_type() == qkv.scalar_type() && qkv_bias->device().is_cpu(), op,
-                ": qkv_bias must be a CPU tensor of qkv's dtype ", qkv.scalar_type());
-  }
-  for (auto [t, name] : {std::pair{&grad_out, "grad_out"}, std::pair{&out, "out"}}) {
-    TORCH_CHECK(t->dim() == 2 && t->size(0) == T && t->size(1) == H, op, ": ", name, " must have shape (", T, ", ",
-                H, "), got ", t->sizes());
-    TORCH_CHECK(t->scalar_type() == qkv.scalar_type() && t->device().is_cpu(), op, ": ", name,
-                " must be a CPU tensor of qkv's dtype ", qkv.scalar_type(), ", got ", t->scalar_type());
-  }
-  TORCH_CHECK(lse.dim() == 2 && lse.size(0) == num_heads && lse.size(1) == T, op, ": lse must have shape (",
-              num_heads, ", ", T, "), got ", lse.sizes());
-  TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.device().is_cpu(), op, ": lse must be a float32 CPU tensor, got ",
-              lse.scalar_type());
-  TORCH_CHECK(cu_seqlens.device().is_cpu() && cu_seqlens.dim() == 1 && cu_seqlens.size(0) >= 1 &&
-                  cu_seqlens.scalar_type() == at::kInt,
-              op, ": cu_seqlens must be a 1-D int32 CPU tensor of B + 1 offsets, got ", cu_seqlens.sizes(), " ",
-              cu_seqlens.scalar_type());
-  TORCH_CHECK_VALUE(max_seqlen >= 0, op, ": max_seqlen must be >= 0, got ", max_seqlen);
-  TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, op, ": dropout_p must be in [0, 1), got ", dropout_p);
+  check_backward_inputs(op, grad_out, out, lse, qkv, {T, H}, {num_heads, T});
+  check_cu_seqlens(op, cu_seqlens, max_seqlen, T);
   auto cuc = cu_seqlens.contiguous();
   const int32_t* cp = cuc.const_data_ptr<int32_t>();
-  const int64_t B = cuc.size(0) - 1;
-  std::vector<int64_t> cu(B + 1);
-  TORCH_CHECK_VALUE(cp[0] == 0, op, ": cu_seqlens[0] must be 0, got ", cp[0]);
-  for (int64_t b = 0; b <= B; ++b) {
-    cu[b] = cp[b];
-    if (b == 0) continue;
-    const int64_t n = cu[b] - cu[b - 1];
-    TORCH_CHECK_VALUE(n >= 0, op, ": cu_seqlens must be nondecreasing, but cu_seqlens[", b, "] = ", cu[b],
-                      " < cu_seqlens[", b - 1, "] = ", cu[b - 1]);
-    TORCH_CHECK_VALUE(n <= max_seqlen, op, ": sequence ", b - 1, " has length ", n, " > max_seqlen = ", max_seqlen);
-  }
-  TORCH_CHECK_VALUE(cu[B] == T, op, ": cu_seqlens[-1] = ", cu[B], " must equal qkv.size(0) = T = ", T);
+  const std::vector<int64_t> cu(cp, cp + cuc.size(0));
   auto grad_qkv = at::zeros({T, H3}, qkv.options());
   if (T > 0) {
     at::Tensor bc = qkv_bias ? qkv_bias->contiguous() : at::Tensor();
-    FASTBERT_CPU_DISPATCH(attention_backward_kernel, grad_out.contiguous(), qkv.contiguous(),
-                          qkv_bias ? &bc : nullptr, out.contiguous(), lse.contiguous(), cu, num_heads, scale,
-                          dropout_p, seed, offset, grad_qkv);
+    FASTBERT_CPU_DISPATCH(attention_backward_kernel, grad_out.contiguous(), qkv.contiguous(), qkv_bias ? &bc : nullptr,
+                          out.contiguous(), lse.contiguous(), cu, num_heads, scale, dropout_p, seed, offset, grad_qkv);
   }
   return grad_qkv;
 }

@@ -25,17 +25,10 @@
 
 #include "cpu/layernorm.h"
 #include "cpu/vec.h"
+#include "dropout_hash.h"
 
 namespace fastbert::cpu {
 namespace CPU_CAPABILITY {
-
-inline uint32_t dropout_fmix32(uint32_t h) {
-  h ^= h >> 16;
-  h *= 0x85EBCA6Bu;
-  h ^= h >> 13;
-  h *= 0xC2B2AE35u;
-  return h ^ (h >> 16);
-}
 
 // Row-major C (M, N) = op(X) op(Y) on raw buffers, through at::mm_out (MKL; single-threaded inside the
 // tasks' parallel region). (at::native::cpublas::gemm's BLAS overloads are not exported by libtorch.)
@@ -62,15 +55,32 @@ struct AttnBwdIO {
   int64_t H, d;
   double scale;
   double dropout_p;
-  uint32_t seed_lo, seed_hi, offset;
+  DropoutHash drop;  // make_dropout_hash(dropout_p, seed, offset)
 };
+
+// A call's IO from its contiguous tensors (qkv (rows, 3H) or (B, L, 3H); bias or nullptr).
+template <typename T>
+inline AttnBwdIO<T> attn_bwd_io(const at::Tensor& qkv, const at::Tensor* bias, const at::Tensor& grad_out,
+                                const at::Tensor& out, at::Tensor& grad_qkv, int64_t num_heads, double scale,
+                                double dropout_p, int64_t seed, int64_t offset) {
+  const int64_t H = qkv.size(-1) / 3;
+  return {qkv.const_data_ptr<T>(),
+          bias ? bias->const_data_ptr<T>() : nullptr,
+          grad_out.const_data_ptr<T>(),
+          out.const_data_ptr<T>(),
+          grad_qkv.mutable_data_ptr<T>(),
+          H,
+          H / num_heads,
+          scale,
+          dropout_p,
+          make_dropout_hash(dropout_p, seed, offset)};
+}
 
 template <typename A>
 struct AttnBwdScratch {
   std::vector<A> q, k, v, go, dsum, s, ds, dq, dk, dv, z;
   explicit AttnBwdScratch(int64_t n, int64_t d)
-      : q(n * d), k(n * d), v(n * d), go(n * d), dsum(n), s(n * n), ds(n * n), dq(n * d), dk(n * d), dv(n * d),
-        z(n) {}
+      : q(n * d), k(n * d), v(n * d), go(n * d), dsum(n), s(n * n), ds(n * n), dq(n * d), dk(n * d), dv(n * d), z(n) {}
 };
 
 // One (sequence, head): rows row0 .. row0 + n of the batch, head h. lse: n values (row i at lse[i]), used when
@@ -117,7 +127,6 @@ void attention_backward_task(const AttnBwdIO<T>& io, int64_t row0, int64_t n, in
 
   const bool dropout = io.dropout_p > 0;
   const A inv_keep = dropout ? A(1) / A(1.0 - io.dropout_p) : A(1);
-  const uint32_t thr = static_cast<uint32_t>(std::nearbyint(io.dropout_p * 16777216.0));
   constexpr A kNegInf = -std::numeric_limits<A>::infinity();
   for (int64_t i = 0; i < n; ++i) {
     A* s = S + i * n;
@@ -147,13 +156,9 @@ void attention_backward_task(const AttnBwdIO<T>& io, int64_t row0, int64_t n, in
       continue;
     }
     if (dropout) {
-      const uint32_t x1 =
-          dropout_fmix32((static_cast<uint32_t>(drop_row0 + i) + io.offset) * 0x9E3779B1u + io.seed_lo);
+      const uint32_t key = io.drop.row_key(drop_row0 + i);
       A* z = buf.z.data();
-      for (int64_t j = 0; j < n; ++j) {
-        const uint32_t x = dropout_fmix32(x1 ^ (static_cast<uint32_t>(j) * 0x85EBCA77u + io.seed_hi));
-        z[j] = (x >> 8) >= thr ? inv_keep : A(0);
-      }
+      for (int64_t j = 0; j < n; ++j) z[j] = io.drop.keep(key, static_cast<uint32_t>(j)) ? inv_keep : A(0);
     }
     const V vshift(shift), vnorm(norm), vD(Dsum[i]);
     for (int64_t j = 0; j < n; j += W) {

@@ -15,6 +15,7 @@
 
 #include <vector>
 
+#include "cpu/attention_args.h"
 #include "cpu/attention_backward.h"
 #include "cpu/isa.h"
 
@@ -31,15 +32,8 @@ void attention_masked_backward_kernel(const at::Tensor& grad_out, const at::Tens
   const bool is_bool = mask.scalar_type() == at::kBool;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, qkv.scalar_type(), "attention_masked_backward", [&] {
     using A = acc_t<scalar_t>;
-    AttnBwdIO<scalar_t> io{qkv.const_data_ptr<scalar_t>(),
-                           bias ? bias->const_data_ptr<scalar_t>() : nullptr,
-                           grad_out.const_data_ptr<scalar_t>(),
-                           out.const_data_ptr<scalar_t>(),
-                           grad_qkv.mutable_data_ptr<scalar_t>(),
-                           H, d, scale, dropout_p,
-                           static_cast<uint32_t>(static_cast<uint64_t>(seed)),
-                           static_cast<uint32_t>(static_cast<uint64_t>(seed) >> 32),
-                           static_cast<uint32_t>(static_cast<uint64_t>(offset))};
+    const auto io =
+        attn_bwd_io<scalar_t>(qkv, bias, grad_out, out, grad_qkv, num_heads, scale, dropout_p, seed, offset);
     const bool* mb = is_bool ? mask.const_data_ptr<bool>() : nullptr;
     const A* mf = is_bool ? nullptr : mask.const_data_ptr<A>();
     at::parallel_for(0, B * nh, 1, [&](int64_t t0, int64_t t1) {
@@ -71,47 +65,17 @@ FASTBERT_CPU_DECLARE(void attention_masked_backward_kernel(const at::Tensor&, co
 
 at::Tensor attention_masked_backward_cpu(const at::Tensor& grad_out, const at::Tensor& qkv,
                                          const std::optional<at::Tensor>& qkv_bias, const at::Tensor& mask,
-                                         const at::Tensor& out, const at::Tensor& lse, int64_t num_heads,
-                                         double scale, double dropout_p, int64_t seed, int64_t offset) {
+                                         const at::Tensor& out, const at::Tensor& lse, int64_t num_heads, double scale,
+                                         double dropout_p, int64_t seed, int64_t offset) {
   const char* op = "attention_masked_backward";
   TORCH_CHECK(qkv.dim() == 3, op, ": qkv must have shape (batch, seqlen, 3 * hidden), got ", qkv.sizes());
-  TORCH_CHECK(qkv.device().is_cpu(), op, ": qkv must be a CPU tensor, got ", qkv.device());
-  TORCH_CHECK(at::isFloatingType(qkv.scalar_type()), op, ": qkv must be floating point, got ", qkv.scalar_type());
-  TORCH_CHECK_VALUE(num_heads > 0, op, ": num_heads must be > 0, got ", num_heads);
+  check_attention_args(op, qkv, qkv_bias, num_heads, dropout_p);
   const int64_t B = qkv.size(0), L = qkv.size(1), H3 = qkv.size(2), H = H3 / 3;
-  TORCH_CHECK(H3 > 0 && H3 % (3 * num_heads) == 0, op, ": qkv's last dimension (", H3,
-              ") must be 3 * hidden with hidden divisible by num_heads = ", num_heads);
-  if (qkv_bias) {
-    TORCH_CHECK(qkv_bias->dim() == 1 && qkv_bias->size(0) == H3, op, ": qkv_bias must have shape (", H3, ",), got ",
-                qkv_bias->sizes());
-    TORCH_CHECK(qkv_bias->scalar_type() == qkv.scalar_type() && qkv_bias->device().is_cpu(), op,
-                ": qkv_bias must be a CPU tensor of qkv's dtype ", qkv.scalar_type());
-  }
-  for (auto [t, name] : {std::pair{&grad_out, "grad_out"}, std::pair{&out, "out"}}) {
-    TORCH_CHECK(t->dim() == 3 && t->size(0) == B && t->size(1) == L && t->size(2) == H, op, ": ", name,
-                " must have shape (", B, ", ", L, ", ", H, "), got ", t->sizes());
-    TORCH_CHECK(t->scalar_type() == qkv.scalar_type() && t->device().is_cpu(), op, ": ", name,
-                " must be a CPU tensor of qkv's dtype ", qkv.scalar_type(), ", got ", t->scalar_type());
-  }
-  TORCH_CHECK(lse.dim() == 3 && lse.size(0) == B && lse.size(1) == num_heads && lse.size(2) == L, op,
-              ": lse must have shape (", B, ", ", num_heads, ", ", L, "), got ", lse.sizes());
-  TORCH_CHECK(mask.device().is_cpu(), op, ": mask must be a CPU tensor, got ", mask.device());
-  TORCH_CHECK(mask.scalar_type() == at::kBool || at::isFloatingType(mask.scalar_type()), op,
-              ": mask must be bool (True = keep) or floating (additive), got ", mask.scalar_type());
-  TORCH_CHECK(mask.dim() <= 4, op, ": mask must be broadcastable to (", B, ", ", num_heads, ", ", L, ", ", L,
-              "), got ", mask.sizes());
-  const std::vector<int64_t> full{B, num_heads, L, L};
-  for (int64_t k = 0; k < mask.dim(); ++k) {
-    const int64_t sz = mask.size(mask.dim() - 1 - k), want = full[3 - k];
-    TORCH_CHECK(sz == 1 || sz == want, op, ": mask of shape ", mask.sizes(), " is not broadcastable to (", B, ", ",
-                num_heads, ", ", L, ", ", L, ")");
-  }
-  TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, op, ": dropout_p must be in [0, 1), got ", dropout_p);
+  check_backward_inputs(op, grad_out, out, lse, qkv, {B, L, H}, {B, num_heads, L});
+  check_attention_mask(op, mask, B, num_heads, L);
   auto grad_qkv = at::zeros({B, L, H3}, qkv.options());
   if (B * L > 0) {
-    const auto acc = qkv.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-    at::Tensor m = mask.scalar_type() == at::kBool ? mask : mask.to(acc);
-    m = m.expand(full);
+    const at::Tensor m = expanded_attention_mask(mask, qkv.scalar_type(), B, num_heads, L);
     at::Tensor bc = qkv_bias ? qkv_bias->contiguous() : at::Tensor();
     FASTBERT_CPU_DISPATCH(attention_masked_backward_kernel, grad_out.contiguous(), qkv.contiguous(),
                           qkv_bias ? &bc : nullptr, m, out.contiguous(), num_heads, scale, dropout_p, seed, offset,

@@ -42,14 +42,7 @@ void bias_act_kernel(const at::Tensor& x, const at::Tensor& bias, at::Tensor& ou
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* bp = bias.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    switch (act) {
-      case Activation::Gelu: return bias_act_rows<Activation::Gelu>(xp, bp, op, N, C);
-      case Activation::GeluTanh: return bias_act_rows<Activation::GeluTanh>(xp, bp, op, N, C);
-      case Activation::GeluFast: return bias_act_rows<Activation::GeluFast>(xp, bp, op, N, C);
-      case Activation::QuickGelu: return bias_act_rows<Activation::QuickGelu>(xp, bp, op, N, C);
-      case Activation::Relu: return bias_act_rows<Activation::Relu>(xp, bp, op, N, C);
-      case Activation::Silu: return bias_act_rows<Activation::Silu>(xp, bp, op, N, C);
-    }
+    with_activation(act, [&]<Activation A>() { bias_act_rows<A>(xp, bp, op, N, C); });
   });
 }
 
@@ -60,8 +53,8 @@ FASTBERT_CPU_DECLARE(void bias_act_kernel(const at::Tensor&, const at::Tensor&, 
 
 at::Tensor bias_act_cpu(const at::Tensor& x, const at::Tensor& bias, c10::string_view activation) {
   Activation act;
-  TORCH_CHECK_VALUE(parse_activation(std::string(activation), &act), "bias_act: unknown activation '",
-                    activation, "'; expected one of ", kActivationNames);
+  TORCH_CHECK_VALUE(parse_activation(std::string(activation), &act), "bias_act: unknown activation '", activation,
+                    "'; expected one of ", kActivationNames);
   TORCH_CHECK(x.dim() >= 1, "bias_act: x must have at least 1 dimension, got ", x.dim());
   TORCH_CHECK(bias.dim() == 1 && bias.size(0) == x.size(-1), "bias_act: bias must have shape (", x.size(-1),
               ",) to match x's last dimension, got ", bias.sizes());

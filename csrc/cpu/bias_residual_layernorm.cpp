@@ -34,14 +34,7 @@ void bias_residual_layernorm_kernel(const at::Tensor& x, const at::Tensor* bias,
     A* rstdp = rstd.mutable_data_ptr<A>();
     const int64_t grain = std::max<int64_t>(1, 16384 / H);
     at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-      auto fill = [=](int64_t r) {  // row r's reader: x + residual (+ bias)
-        const scalar_t* xr = xp + r * H;
-        const scalar_t* rr = rp + r * H;
-        return [=](int64_t c, int64_t n) {
-          auto v = load_acc(xr + c, n) + load_acc(rr + c, n);
-          return bp ? v + load_acc(bp + c, n) : v;
-        };
-      };
+      auto fill = [=](int64_t r) { return sum_row(xp + r * H, rp + r * H, bp); };  // x + residual (+ bias)
       layernorm_rows<scalar_t>(begin, end, H, fill, wp, betap, eps, op, meanp, rstdp);
     });
   });
@@ -62,9 +55,11 @@ static void check_vector(const at::Tensor& t, const char* name, int64_t H, const
   TORCH_CHECK(t.device().is_cpu(), "bias_residual_layernorm: ", name, " must be a CPU tensor");
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> bias_residual_layernorm_cpu(
-    const at::Tensor& x, const std::optional<at::Tensor>& bias, const at::Tensor& residual,
-    const at::Tensor& ln_weight, const at::Tensor& ln_bias, double eps) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bias_residual_layernorm_cpu(const at::Tensor& x,
+                                                                           const std::optional<at::Tensor>& bias,
+                                                                           const at::Tensor& residual,
+                                                                           const at::Tensor& ln_weight,
+                                                                           const at::Tensor& ln_bias, double eps) {
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) > 0, "bias_residual_layernorm: x must have a non-empty last dimension, got ",
               x.sizes());
   TORCH_CHECK(x.device().is_cpu(), "bias_residual_layernorm: x must be a CPU tensor");

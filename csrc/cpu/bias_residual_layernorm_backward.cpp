@@ -31,49 +31,22 @@ void bias_residual_layernorm_backward_kernel(const at::Tensor& grad_out, const a
   const int64_t N = x.numel() / H;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "bias_residual_layernorm_backward", [&] {
     using A = acc_t<scalar_t>;
-    constexpr int64_t W = vec_width<scalar_t>();
-    const scalar_t* gp = grad_out.const_data_ptr<scalar_t>();
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* rp = residual.const_data_ptr<scalar_t>();
     const scalar_t* bp = bias ? bias->const_data_ptr<scalar_t>() : nullptr;
-    const scalar_t* wp = weight.const_data_ptr<scalar_t>();
-    const A* meanp = mean.const_data_ptr<A>();
-    const A* rstdp = rstd.const_data_ptr<A>();
-    scalar_t* gsp = grad_s.mutable_data_ptr<scalar_t>();
-    const int64_t R = ln_backward_chunk_rows(N);
-    const int64_t chunks = (N + R - 1) / R;
-    std::vector<A> partials(static_cast<size_t>(chunks * 2 * H), A(0));
-    at::parallel_for(0, chunks, 1, [&](int64_t k0, int64_t k1) {
-      std::vector<A> row(H);
-      for (int64_t k = k0; k < k1; ++k) {
-        A* part = partials.data() + k * 2 * H;
-        for (int64_t r = k * R; r < std::min(N, (k + 1) * R); ++r) {
-          const scalar_t* xr = xp + r * H;
-          const scalar_t* rr = rp + r * H;
-          for (int64_t c = 0; c < H; c += W) {
-            const int64_t n = std::min(W, H - c);
-            auto v = load_acc(xr + c, n) + load_acc(rr + c, n);
-            if (bp) v = v + load_acc(bp + c, n);
-            v.store(row.data() + c, n);
-          }
-          layernorm_backward_row<scalar_t>(row.data(), gp + r * H, wp, meanp[r], rstdp[r], H, gsp + r * H, part,
-                                           part + H);
-        }
-      }
-    });
-    reduce_ln_partials<scalar_t>(partials.data(), chunks, H, grad_w.mutable_data_ptr<scalar_t>(),
-                                 grad_b.mutable_data_ptr<scalar_t>());
+    layernorm_backward_rows<scalar_t>(
+        N, H, [=](int64_t r) { return sum_row(xp + r * H, rp + r * H, bp); }, grad_out.const_data_ptr<scalar_t>(),
+        weight.const_data_ptr<scalar_t>(), mean.const_data_ptr<A>(), rstd.const_data_ptr<A>(),
+        grad_s.mutable_data_ptr<scalar_t>(), grad_w.mutable_data_ptr<scalar_t>(), grad_b.mutable_data_ptr<scalar_t>());
   });
 }
 
 }  // namespace CPU_CAPABILITY
 
 #ifdef CPU_CAPABILITY_DEFAULT
-FASTBERT_CPU_DECLARE(void bias_residual_layernorm_backward_kernel(const at::Tensor&, const at::Tensor&,
-                                                                  const at::Tensor*, const at::Tensor&,
-                                                                  const at::Tensor&, const at::Tensor&,
-                                                                  const at::Tensor&, at::Tensor&, at::Tensor&,
-                                                                  at::Tensor&))
+FASTBERT_CPU_DECLARE(void bias_residual_layernorm_backward_kernel(
+    const at::Tensor&, const at::Tensor&, const at::Tensor*, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&))
 
 static void check_like_x(const at::Tensor& t, const char* name, const at::Tensor& x) {
   TORCH_CHECK(t.sizes() == x.sizes(), "bias_residual_layernorm_backward: ", name, " must have x's shape ", x.sizes(),
@@ -95,10 +68,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bias_residual_layernorm_backward_
   const int64_t H = x.size(-1);
   for (auto [t, name] : {std::pair{bias ? &*bias : nullptr, "bias"}, std::pair{&ln_weight, "ln_weight"}}) {
     if (t == nullptr) continue;
-    TORCH_CHECK(t->dim() == 1 && t->size(0) == H, "bias_residual_layernorm_backward: ", name, " must have shape (",
-                H, ",) to match x's last dimension, got ", t->sizes());
-    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device().is_cpu(), "bias_residual_layernorm_backward: ",
-                name, " must be a CPU tensor of x's dtype ", x.scalar_type(), ", got ", t->scalar_type());
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == H, "bias_residual_layernorm_backward: ", name, " must have shape (", H,
+                ",) to match x's last dimension, got ", t->sizes());
+    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device().is_cpu(), "bias_residual_layernorm_backward: ", name,
+                " must be a CPU tensor of x's dtype ", x.scalar_type(), ", got ", t->scalar_type());
   }
   const auto stat_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const auto stat_shape = x.sizes().slice(0, x.dim() - 1);

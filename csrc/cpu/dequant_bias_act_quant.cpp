@@ -29,32 +29,23 @@ void dequant_bias_act_quant_rows(const Dequant& d, const B* bp, const float* smo
   at::parallel_for(0, rows, row_grain(d.N), [&](int64_t begin, int64_t end) {
     ScratchRow s(d.N);
     for (int64_t r = begin; r < end; ++r) {
-      auto h = [&](int64_t c, int64_t n) { return apply_activation<A>(dequant(d, r, c, n) + FVec(load_acc(bp + c, n))); };
+      auto h = [&](int64_t c, int64_t n) {
+        return apply_activation<A>(dequant(d, r, c, n) + FVec(load_acc(bp + c, n)));
+      };
       quantize_row(h, smooth, s.p, out, r);
     }
   });
 }
 
-template <typename B>
-void dispatch_activation(Activation act, const Dequant& d, const B* bp, const float* smooth, int64_t rows,
-                         const QuantOut& out) {
-  switch (act) {
-    case Activation::Gelu: return dequant_bias_act_quant_rows<Activation::Gelu>(d, bp, smooth, rows, out);
-    case Activation::GeluTanh: return dequant_bias_act_quant_rows<Activation::GeluTanh>(d, bp, smooth, rows, out);
-    case Activation::GeluFast: return dequant_bias_act_quant_rows<Activation::GeluFast>(d, bp, smooth, rows, out);
-    case Activation::QuickGelu: return dequant_bias_act_quant_rows<Activation::QuickGelu>(d, bp, smooth, rows, out);
-    case Activation::Relu: return dequant_bias_act_quant_rows<Activation::Relu>(d, bp, smooth, rows, out);
-    case Activation::Silu: return dequant_bias_act_quant_rows<Activation::Silu>(d, bp, smooth, rows, out);
-  }
-}
-
 void dequant_bias_act_quant_kernel(const Dequant& d, int64_t rows, const at::Tensor& bias, Activation act,
                                    const float* smooth, const QuantOut& out) {
-  if (bias.scalar_type() == at::kBFloat16) {
-    dispatch_activation(act, d, bias.const_data_ptr<c10::BFloat16>(), smooth, rows, out);
-  } else {
-    dispatch_activation(act, d, bias.const_data_ptr<float>(), smooth, rows, out);
-  }
+  with_activation(act, [&]<Activation A>() {
+    if (bias.scalar_type() == at::kBFloat16) {
+      dequant_bias_act_quant_rows<A>(d, bias.const_data_ptr<c10::BFloat16>(), smooth, rows, out);
+    } else {
+      dequant_bias_act_quant_rows<A>(d, bias.const_data_ptr<float>(), smooth, rows, out);
+    }
+  });
 }
 
 }  // namespace CPU_CAPABILITY
@@ -90,7 +81,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dequant_bias_act_quant_cpu(
     const at::Tensor ac = acc.contiguous(), xs = x_scale.contiguous(), ws = w_scale.contiguous();
     at::Tensor sc, xsh, wsm;
     const Dequant d{ac.const_data_ptr<int32_t>(), xs.const_data_ptr<float>(), ws.const_data_ptr<float>(),
-                    optional_ptr(x_shift, xsh), optional_ptr(w_sum, wsm), N};
+                    optional_ptr(x_shift, xsh),   optional_ptr(w_sum, wsm),   N};
     const QuantOut out{q.mutable_data_ptr<int8_t>(), scale.mutable_data_ptr<float>(),
                        asymmetric ? shift.mutable_data_ptr<float>() : nullptr, N};
     FASTBERT_CPU_DISPATCH(dequant_bias_act_quant_kernel, d, T, bias.contiguous(), act, optional_ptr(smooth, sc), out);

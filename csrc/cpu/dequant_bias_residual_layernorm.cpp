@@ -46,7 +46,8 @@ void dequant_bias_residual_layernorm_typed(const Dequant& d, const T* bp, const 
       T* orow = op + r * H;
       const FVec m(mean), rs(rstd);
       auto value = [=](int64_t c, int64_t n) {
-        const FVec y = at::vec::fmadd((loadf(s + c, n) - m) * rs, FVec(load_acc(wp + c, n)), FVec(load_acc(betap + c, n)));
+        const FVec y =
+            at::vec::fmadd((loadf(s + c, n) - m) * rs, FVec(load_acc(wp + c, n)), FVec(load_acc(betap + c, n)));
         store_acc(orow + c, y, n);
         return round_to<T>(y);
       };
@@ -60,8 +61,7 @@ void dequant_bias_residual_layernorm_typed(const Dequant& d, const T* bp, const 
         normalise_quantize(r, s0, mean[0], rstd[0]);
         normalise_quantize(r + 1, s1, mean[1], rstd[1]);
       } else {
-        normalise_row_pair<T>(s0, s1, H, wp, betap, mean[0], rstd[0], mean[1], rstd[1], op + r * H,
-                              op + (r + 1) * H);
+        normalise_row_pair<T>(s0, s1, H, wp, betap, mean[0], rstd[0], mean[1], rstd[1], op + r * H, op + (r + 1) * H);
       }
     }
     if (r < end) {  // an odd row out: computed as a pair with itself
@@ -74,14 +74,13 @@ void dequant_bias_residual_layernorm_typed(const Dequant& d, const T* bp, const 
 
 void dequant_bias_residual_layernorm_kernel(const Dequant& d, int64_t rows, const at::Tensor* bias,
                                             const at::Tensor& residual, const at::Tensor& weight,
-                                            const at::Tensor& beta, double eps, at::Tensor& out,
-                                            const float* smooth, const QuantOut* quant) {
+                                            const at::Tensor& beta, double eps, at::Tensor& out, const float* smooth,
+                                            const QuantOut* quant) {
   auto run = [&](auto tag) {
     using T = decltype(tag);
-    dequant_bias_residual_layernorm_typed<T>(d, bias ? bias->const_data_ptr<T>() : nullptr,
-                                             residual.const_data_ptr<T>(), weight.const_data_ptr<T>(),
-                                             beta.const_data_ptr<T>(), eps, rows, out.mutable_data_ptr<T>(), smooth,
-                                             quant);
+    dequant_bias_residual_layernorm_typed<T>(
+        d, bias ? bias->const_data_ptr<T>() : nullptr, residual.const_data_ptr<T>(), weight.const_data_ptr<T>(),
+        beta.const_data_ptr<T>(), eps, rows, out.mutable_data_ptr<T>(), smooth, quant);
   };
   if (residual.scalar_type() == at::kBFloat16) run(c10::BFloat16());
   else run(float());
@@ -92,8 +91,8 @@ void dequant_bias_residual_layernorm_kernel(const Dequant& d, int64_t rows, cons
 #ifdef CPU_CAPABILITY_DEFAULT
 FASTBERT_CPU_DECLARE(void dequant_bias_residual_layernorm_kernel(const Dequant&, int64_t, const at::Tensor*,
                                                                  const at::Tensor&, const at::Tensor&,
-                                                                 const at::Tensor&, double, at::Tensor&,
-                                                                 const float*, const QuantOut*))
+                                                                 const at::Tensor&, double, at::Tensor&, const float*,
+                                                                 const QuantOut*))
 
 static void check_channel_vector(const char* name, const at::Tensor& t, int64_t N, const at::Tensor& residual) {
   TORCH_CHECK(t.dim() == 1 && t.size(0) == N && t.scalar_type() == residual.scalar_type() && t.device().is_cpu(),
@@ -115,8 +114,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dequant_bias_residual
   TORCH_CHECK(residual.sizes() == acc.sizes() &&
                   (residual.scalar_type() == at::kFloat || residual.scalar_type() == at::kBFloat16) &&
                   residual.device().is_cpu(),
-              op, ": residual must be a float32 or bfloat16 CPU tensor of acc's shape (T, N) = ", acc.sizes(),
-              ", got ", residual.scalar_type(), " ", residual.sizes());
+              op, ": residual must be a float32 or bfloat16 CPU tensor of acc's shape (T, N) = ", acc.sizes(), ", got ",
+              residual.scalar_type(), " ", residual.sizes());
   if (bias) check_channel_vector("bias", *bias, N, residual);
   check_channel_vector("weight", weight, N, residual);
   check_channel_vector("beta", beta, N, residual);
@@ -126,7 +125,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dequant_bias_residual
   auto out = at::empty({T, N}, residual.options());
   // Without quantize: q, scale and shift are empty (0,) tensors of their dtypes, and smooth (still checked) and
   // asymmetric are unused.
-  auto q = quantize ? at::empty({T, N}, residual.options().dtype(at::kChar)) : at::empty({0}, residual.options().dtype(at::kChar));
+  auto q = quantize ? at::empty({T, N}, residual.options().dtype(at::kChar))
+                    : at::empty({0}, residual.options().dtype(at::kChar));
   auto scale = at::empty({quantize ? T : 0}, residual.options().dtype(at::kFloat));
   auto shift = shift_output(residual, T, quantize && asymmetric);
   if (T > 0) {
@@ -134,7 +134,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dequant_bias_residual
     at::Tensor bc = bias ? bias->contiguous() : at::Tensor();
     at::Tensor sc, xsh, wsm;
     const Dequant d{ac.const_data_ptr<int32_t>(), xs.const_data_ptr<float>(), ws.const_data_ptr<float>(),
-                    optional_ptr(x_shift, xsh), optional_ptr(w_sum, wsm), N};
+                    optional_ptr(x_shift, xsh),   optional_ptr(w_sum, wsm),   N};
     const QuantOut qo{quantize ? q.mutable_data_ptr<int8_t>() : nullptr,
                       quantize ? scale.mutable_data_ptr<float>() : nullptr,
                       quantize && asymmetric ? shift.mutable_data_ptr<float>() : nullptr, N};
@@ -145,7 +145,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dequant_bias_residual
   return {out, q, scale, shift};
 }
 
-TORCH_LIBRARY_IMPL(fastbert, CPU, m) { m.impl("dequant_bias_residual_layernorm", &dequant_bias_residual_layernorm_cpu); }
+TORCH_LIBRARY_IMPL(fastbert, CPU, m) {
+  m.impl("dequant_bias_residual_layernorm", &dequant_bias_residual_layernorm_cpu);
+}
 #endif
 
 }  // namespace fastbert::cpu

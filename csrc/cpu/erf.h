@@ -6,7 +6,7 @@
 // degree 4, fitted in float64 by iteratively reweighted least squares: tools/fit_erf.py prints them), with |x|
 // clamped to 4, where erf rounds to +-1 in float32. Cost per vector: 10 FMAs, one division and 6 other ops.
 //
-// Accuracy in float32 against float64 erf (tests/test_ops_activation.py checks it on a dense grid): max abs
+// Accuracy in float32 against float64 erf (tests/ops/test_activation.py checks it on a dense grid): max abs
 // error 3.5e-7 for erf; for GELU(x) = 0.5 x (1 + erf(x / sqrt 2)) on [-8, 8], 1.3e-6, where PyTorch's own
 // float32 F.gelu is off by up to 1.2e-6. Double keeps Vectorized<double>::erf.
 #pragma once

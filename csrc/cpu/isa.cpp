@@ -14,19 +14,16 @@ bool processor_has(Isa isa) {
   switch (isa) {
     case Isa::AVX512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-             __builtin_cpu_supports("fma");
-    case Isa::AVX2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    default:
-      return true;
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma");
+    case Isa::AVX2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    default: return true;
   }
 #else
   return isa == Isa::Scalar;
 #endif
 }
 
-// FASTBERT_CPU_ISA is validated (with a clear error) by fastbert/ops.py at import; here a bad value is ignored.
+// FASTBERT_CPU_ISA is validated (with a clear error) by fastbert.ops at import; here a bad value is ignored.
 Isa initial_isa() {
   for (Isa isa : {Isa::AVX512, Isa::AVX2}) {
     if (processor_has(isa)) return isa;

@@ -28,15 +28,14 @@ inline typename V::value_type hsum(const V& v) {
 // first min(H, 4W) values. Shifted sums are exact enough when K is near the mean, and this K is provably near
 // it: by Cauchy-Schwarz |K - mean| <= std * sqrt(H / m) for a pivot over m values, so the variance's rounding
 // error grows by at most 1 + H/m (13 at H = 768, 17 at H = 1024) over the two-pass algorithm's, where the
-// naive E[s^2] - E[s]^2 loses everything once the mean dwarfs the spread (tests/test_ops_layernorm.py covers
+// naive E[s^2] - E[s]^2 loses everything once the mean dwarfs the spread (tests/ops/test_layernorm.py covers
 // both a large offset and a pivot placed on outliers). One pass instead of two: a row is stored once and not
 // re-read for its statistics. The two rows go in lockstep: two independent accumulator chains, and loads the
 // rows share (a bias) made once per column. (Plain variables, not arrays over rows: GCC keeps arrays of
 // vectors in memory and stores them every iteration.)
 // row0(c, n), row1(c, n) return the rows' values at columns [c, c + n) as AccVecs, with the lanes past n zero.
 template <typename A, typename Row>
-C10_ALWAYS_INLINE void fill_row_pair_stats(Row row0, Row row1, int64_t H, A* s0, A* s1, double eps, A* mean,
-                                           A* rstd) {
+C10_ALWAYS_INLINE void fill_row_pair_stats(Row row0, Row row1, int64_t H, A* s0, A* s1, double eps, A* mean, A* rstd) {
   using V = at::vec::Vectorized<A>;
   constexpr int64_t W = V::size();
   const int64_t head = std::min(H, 4 * W);
@@ -115,12 +114,23 @@ inline void normalise_row_pair(const acc_t<T>* s0, const acc_t<T>* s1, int64_t H
   }
 }
 
+// The reader of a row a + b (+ c) before normalisation, for layernorm_rows' fill and the backward's recompute: a,
+// b rows of H, c a row of H or nullptr, summed in the accumulation type in that order. bias_residual_layernorm:
+// x, residual, bias; embeddings: the word, position and token type rows.
+template <typename T>
+inline auto sum_row(const T* a, const T* b, const T* c) {
+  return [=](int64_t col, int64_t n) {
+    const AccVec<T> v = load_acc(a + col, n) + load_acc(b + col, n);
+    return c ? v + load_acc(c + col, n) : v;
+  };
+}
+
 // LayerNorm of rows [begin, end) whose inputs a kernel computes: fill(r) returns row r's reader, a callable
 // (c, n) -> AccVec of its values before normalisation at columns [c, c + n), lanes past n zero (see
 // fill_row_pair_stats). Writes out[r * H ...], mean[r], rstd[r].
 template <typename T, typename Fill>
-inline void layernorm_rows(int64_t begin, int64_t end, int64_t H, Fill fill, const T* weight, const T* bias,
-                           double eps, T* out, acc_t<T>* mean, acc_t<T>* rstd) {
+inline void layernorm_rows(int64_t begin, int64_t end, int64_t H, Fill fill, const T* weight, const T* bias, double eps,
+                           T* out, acc_t<T>* mean, acc_t<T>* rstd) {
   using A = acc_t<T>;
   // Two scratch rows, each starting on a cache line: a vector store that straddles two lines costs two.
   constexpr int64_t kLine = 64 / sizeof(A);

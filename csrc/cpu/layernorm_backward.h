@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "cpu/layernorm.h"
 #include "cpu/vec.h"
@@ -24,8 +25,8 @@ inline int64_t ln_backward_chunk_rows(int64_t rows) { return std::max<int64_t>(8
 // s: the recomputed row (acc type), g: dL/dy (T), w: LayerNorm weight (T); writes grad_s (T or acc type) and
 // adds g * xhat into part_w[H], g into part_b[H] (acc type).
 template <typename T, typename Out>
-inline void layernorm_backward_row(const acc_t<T>* s, const T* g, const T* w, acc_t<T> mean, acc_t<T> rstd,
-                                   int64_t H, Out* grad_s, acc_t<T>* part_w, acc_t<T>* part_b) {
+inline void layernorm_backward_row(const acc_t<T>* s, const T* g, const T* w, acc_t<T> mean, acc_t<T> rstd, int64_t H,
+                                   Out* grad_s, acc_t<T>* part_w, acc_t<T>* part_b) {
   using A = acc_t<T>;
   using V = AccVec<T>;
   constexpr int64_t W = vec_width<T>();
@@ -67,6 +68,34 @@ inline void reduce_ln_partials(const acc_t<T>* partials, int64_t chunks, int64_t
       grad_b[c] = static_cast<T>(sb);
     }
   });
+}
+
+// The LayerNorm backward of rows [0, N) of H whose values before normalisation a kernel recomputes: fill(r)
+// returns row r's reader (as layernorm_rows' fill, layernorm.h). g: dL/dy (N, H); w: the LayerNorm weight;
+// mean, rstd: the forward's statistics. Writes grad_s (N, H) (T or the accumulation type) and grad_w, grad_b.
+template <typename T, typename Out, typename Fill>
+inline void layernorm_backward_rows(int64_t N, int64_t H, Fill&& fill, const T* g, const T* w, const acc_t<T>* mean,
+                                    const acc_t<T>* rstd, Out* grad_s, T* grad_w, T* grad_b) {
+  using A = acc_t<T>;
+  constexpr int64_t W = vec_width<T>();
+  const int64_t R = ln_backward_chunk_rows(N);
+  const int64_t chunks = (N + R - 1) / R;
+  std::vector<A> partials(static_cast<size_t>(chunks * 2 * H), A(0));
+  at::parallel_for(0, chunks, 1, [&](int64_t k0, int64_t k1) {
+    std::vector<A> row(H);
+    for (int64_t k = k0; k < k1; ++k) {
+      A* part = partials.data() + k * 2 * H;
+      for (int64_t r = k * R; r < std::min(N, (k + 1) * R); ++r) {
+        const auto reader = fill(r);
+        for (int64_t c = 0; c < H; c += W) {
+          const int64_t n = std::min(W, H - c);
+          reader(c, n).store(row.data() + c, n);
+        }
+        layernorm_backward_row<T>(row.data(), g + r * H, w, mean[r], rstd[r], H, grad_s + r * H, part, part + H);
+      }
+    }
+  });
+  reduce_ln_partials<T>(partials.data(), chunks, H, grad_w, grad_b);
 }
 
 }  // namespace CPU_CAPABILITY

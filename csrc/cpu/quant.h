@@ -2,7 +2,7 @@
 // dequant_bias_residual_layernorm.cpp): int32 GEMM outputs dequantized, and a row quantized to int8 with its
 // dynamic scale, and with a shift when asymmetric.
 //
-// The row rule (fastbert/ops/reference.py's quantize_rows is the specification), v[c] = x[c] * smooth[c]:
+// The row rule (fastbert.ops.reference's quantize_rows is the specification), v[c] = x[c] * smooth[c]:
 //   symmetric:  shift = 0,                             amax = max_c |v[c]|
 //   asymmetric: shift = (max_c v[c] + min_c v[c]) / 2, amax = (max_c v[c] - min_c v[c]) / 2
 //   scale = max(amax / 127, FLT_MIN)  when amax > 0,  else 1  (an all-zero or constant row; also a NaN amax)
@@ -17,8 +17,8 @@
 // inf or NaN in a row leaves that row's q and scale unspecified (but never touches other rows).
 //
 // Quantizing a row takes two passes: the first computes the row's values (whatever the kernel fuses before the
-// quantization), multiplies smooth in, stores them to a per-thread fp32 scratch row and tracks max |.| (or max and min); the
-// second rounds the scratch row, which sits in L1 (3072 floats = 12 KiB), into int8. Only the first pass
+// quantization), multiplies smooth in, stores them to a per-thread fp32 scratch row and tracks max |.| (or max and
+// min); the second rounds the scratch row, which sits in L1 (3072 floats = 12 KiB), into int8. Only the first pass
 // touches memory other than the row's output, so the int8 output costs one write of T*K bytes.
 #pragma once
 #include <ATen/core/Tensor.h>
@@ -71,7 +71,8 @@ inline FVec loadf(const float* p, int64_t n = kFW) { return n == kFW ? FVec::loa
 // n int32 values at p converted to float (round to nearest even past 2^24), lanes past n zero.
 inline FVec load_int32_as_float(const int32_t* p, int64_t n = kFW) {
 #if defined(CPU_CAPABILITY_AVX512)
-  const __m512i i = n == 16 ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi32(static_cast<__mmask16>((1u << n) - 1), p);
+  const __m512i i =
+      n == 16 ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi32(static_cast<__mmask16>((1u << n) - 1), p);
   return FVec(_mm512_cvtepi32_ps(i));
 #elif defined(CPU_CAPABILITY_AVX2)
   if (n == 8) return FVec(_mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
@@ -190,9 +191,9 @@ inline int64_t row_grain(int64_t K) { return std::max<int64_t>(1, 32768 / std::m
 #ifdef CPU_CAPABILITY_DEFAULT
 // Argument checks shared by the int8 ops (compiled once, in the DEFAULT object).
 inline void check_row_scale(const char* op, const char* name, const at::Tensor& t, int64_t len, const char* dim) {
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == len && t.scalar_type() == at::kFloat && t.device().is_cpu(), op, ": ",
-              name, " must be a float32 CPU tensor of shape (", dim, ",) = (", len, ",), got ", t.scalar_type(),
-              " ", t.sizes());
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == len && t.scalar_type() == at::kFloat && t.device().is_cpu(), op, ": ", name,
+              " must be a float32 CPU tensor of shape (", dim, ",) = (", len, ",), got ", t.scalar_type(), " ",
+              t.sizes());
 }
 
 inline void check_int32_acc(const char* op, const at::Tensor& acc) {

@@ -7,7 +7,8 @@
 // fused quantizing variant (the embeddings' output).
 //
 // dequantize_rows: acc int32 (T, N) -> out (T, N) float32/bf16 = acc * x_scale[t] * w_scale[n] (+ x_shift[t] *
-// w_sum[n] for a shifted input), in that order in fp32. One read of acc, one write of out. Used for the QKV GEMM, whose bias the attention op adds itself.
+// w_sum[n] for a shifted input), in that order in fp32. One read of acc, one write of out. Used for the QKV GEMM, whose
+// bias the attention op adds itself.
 //
 // Both parallel over rows (about 32K elements per task), each row in Vectorized<float> chunks with a masked
 // tail.
@@ -74,10 +75,10 @@ FASTBERT_CPU_DECLARE(void dequantize_rows_kernel(const Dequant&, int64_t, at::Te
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rows_cpu(const at::Tensor& x,
                                                                  const std::optional<at::Tensor>& smooth,
                                                                  bool asymmetric) {
-  TORCH_CHECK(x.dim() == 2 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) &&
-                  x.device().is_cpu(),
-              "quantize_rows: x must be a float32 or bfloat16 CPU tensor of shape (T, K), got ", x.scalar_type(),
-              " ", x.sizes());
+  TORCH_CHECK(
+      x.dim() == 2 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) && x.device().is_cpu(),
+      "quantize_rows: x must be a float32 or bfloat16 CPU tensor of shape (T, K), got ", x.scalar_type(), " ",
+      x.sizes());
   const int64_t T = x.size(0), K = x.size(1);
   check_smooth("quantize_rows", smooth, K, "K");
   auto xc = x.contiguous();
@@ -110,7 +111,7 @@ at::Tensor dequantize_rows_cpu(const at::Tensor& acc, const at::Tensor& x_scale,
     const at::Tensor ac = acc.contiguous(), xs = x_scale.contiguous(), ws = w_scale.contiguous();
     at::Tensor xsh, wsm;
     const Dequant d{ac.const_data_ptr<int32_t>(), xs.const_data_ptr<float>(), ws.const_data_ptr<float>(),
-                    optional_ptr(x_shift, xsh), optional_ptr(w_sum, wsm), N};
+                    optional_ptr(x_shift, xsh),   optional_ptr(w_sum, wsm),   N};
     FASTBERT_CPU_DISPATCH(dequantize_rows_kernel, d, T, out);
   }
   return out;

@@ -28,33 +28,26 @@ template <typename T> constexpr int64_t vec_width() { return AccVec<T>::size(); 
 template <typename T>
 constexpr bool is_16bit_float = std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>;
 
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+// A vector of bf16/half values (16 in a ymm for AVX-512, 8 in an xmm for AVX2) <-> as many floats in a vector.
 #if defined(CPU_CAPABILITY_AVX512)
-// 16 bf16/half values <-> 16 floats in one zmm.
+using Raw16 = __m256i;
+using RawF32 = __m512;
+#else
+using Raw16 = __m128i;
+using RawF32 = __m256;
+#endif
 template <typename T>
-inline at::vec::Vectorized<float> widen(__m256i raw) {
-  __m512 out;
+inline at::vec::Vectorized<float> widen(Raw16 raw) {
+  RawF32 out;
   if constexpr (std::is_same_v<T, c10::BFloat16>) at::vec::cvtbf16_fp32(raw, out);
   else at::vec::cvtfp16_fp32(raw, out);
   return out;
 }
 template <typename T>
-inline __m256i narrow(const at::vec::Vectorized<float>& v) {
-  if constexpr (std::is_same_v<T, c10::BFloat16>) return at::vec::cvtfp32_bf16(__m512(v));
-  else return at::vec::cvtfp32_fp16(__m512(v));
-}
-#elif defined(CPU_CAPABILITY_AVX2)
-// 8 bf16/half values <-> 8 floats in one ymm.
-template <typename T>
-inline at::vec::Vectorized<float> widen(__m128i raw) {
-  __m256 out;
-  if constexpr (std::is_same_v<T, c10::BFloat16>) at::vec::cvtbf16_fp32(raw, out);
-  else at::vec::cvtfp16_fp32(raw, out);
-  return out;
-}
-template <typename T>
-inline __m128i narrow(const at::vec::Vectorized<float>& v) {
-  if constexpr (std::is_same_v<T, c10::BFloat16>) return at::vec::cvtfp32_bf16(__m256(v));
-  else return at::vec::cvtfp32_fp16(__m256(v));
+inline Raw16 narrow(const at::vec::Vectorized<float>& v) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) return at::vec::cvtfp32_bf16(RawF32(v));
+  else return at::vec::cvtfp32_fp16(RawF32(v));
 }
 #endif
 
@@ -84,7 +77,8 @@ inline AccVec<T> load_acc(const T* p, int64_t n = vec_width<T>()) {
 template <typename T>
 inline void store_acc(T* p, const AccVec<T>& v, int64_t n = vec_width<T>()) {
   if constexpr (std::is_same_v<T, acc_t<T>>) {
-    if (n == vec_width<T>()) v.store(p); else v.store(p, n);
+    if (n == vec_width<T>()) v.store(p);
+    else v.store(p, n);
   } else {
     static_assert(is_16bit_float<T>);
 #if defined(CPU_CAPABILITY_AVX512)

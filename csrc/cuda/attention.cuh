@@ -15,7 +15,7 @@
 // block in, so every thread of a row holds every probability and needs no shared P tile. Rows whose running
 // max is still -inf (fully masked so far) use 0 as the max, so they add nothing and give lse = -inf, out = 0.
 // Dropout multiplies the probabilities in the accumulator by keep / (1 - p) with the counter-based mask of
-// fastbert/reference.py (l keeps the undropped sum, as the reference normalises before dropping).
+// fastbert.ops.reference (l keeps the undropped sum, as the reference normalises before dropping).
 // Outputs: out in the storage dtype, lse = m + log(l) (fp32, natural log) for the backward.
 // Arithmetic is fp32 FMA (no tensor cores), DMAX = 64 or 128 picks the register budget for head dims. This kernel
 // serves fp32, and fp16/bf16 below sm_80; attention_mma.cuh is the tensor-core kernel for fp16/bf16 on sm_80+.
@@ -35,26 +35,31 @@ FB_HOST_DEVICE constexpr int attention_rows(int dmax) { return kAttnThreads / at
 // The DMAX (64 or 128) the launcher instantiates for head dim d.
 FB_HOST_DEVICE constexpr int attention_dmax(int64_t d) { return d <= 64 ? 64 : 128; }
 
+// What the forward and the backward kernels both read: the QKV GEMM output and its bias, the batch's layout
+// (packed or padded), the heads, the scale, the mask and the dropout.
 template <typename T>
-struct AttentionParams {
+struct AttentionInputs {
   const T* qkv;               // packed (T, 3H) or padded (B, L, 3H)
   const T* bias;              // (3H,) or nullptr
-  T* out;                     // (T, H) or (B, L, H)
-  float* lse;                 // (nh, T) or (B, nh, L)
   const int32_t* cu_seqlens;  // (B+1,) for the packed op, nullptr for the padded one
+  int64_t B;                  // sequences
   int64_t total;              // T (packed) ; B * L (padded)
   int64_t L;                  // padded sequence length (padded op only)
-  int64_t max_seqlen;         // packed: bound on every sequence length (checked on the device)
+  int64_t max_seqlen;         // packed: bound on every sequence length (checked on the device); padded: L
   int H, nh, d;
   float scale;
   const float* mask;          // padded op: additive mask, element (b, h, i, j) at b*ms_b + h*ms_h + i*ms_i + j*ms_j
   int64_t ms_b, ms_h, ms_i, ms_j;
   DropoutParams dropout;
-  bool vec;                   // d % (16 / sizeof(T)) == 0 and qkv, bias 16-byte aligned
+  bool vec;                   // d % (16 / sizeof(T)) == 0 and qkv, bias 16-byte aligned (backward: grad_out too)
 };
 
-// grid (ceil(max_seqlen / attention_rows(DMAX)), nh, B), block kAttnThreads, dynamic shared memory
-// attention_smem_bytes(d).
+template <typename T>
+struct AttentionParams : AttentionInputs<T> {
+  T* out;      // (T, H) or (B, L, H)
+  float* lse;  // (nh, T) or (B, nh, L)
+};
+
 FB_HOST_DEVICE int64_t attention_smem_bytes(int64_t d) { return 2 * kBc * d * int64_t(sizeof(float)); }
 
 // The rows of sequence b = blockIdx.z: first row `start` of the (T, 3H) / (B * L, 3H) rows and length `n`
@@ -226,7 +231,8 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttentionParams
         const float pj = expf(s[j] - m_use);
         l_run += pj;
         float pk = pj;
-        if (p.dropout.threshold != 0 && !dropout_keep(p.dropout, uint64_t(lse_row), uint32_t(k0 + j0 + j))) pk = 0.f;
+        if (p.dropout.hash.threshold != 0 && !dropout_keep(p.dropout, uint64_t(lse_row), uint32_t(k0 + j0 + j)))
+          pk = 0.f;
 #pragma unroll
         for (int m = 0; m < C; ++m) {
           const int c = sub + kSub * m;
@@ -247,6 +253,20 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttentionParams
     }
     if (sub == 0) p.lse[lse_row] = l_run > 0.f ? m_run + logf(l_run) : -INFINITY;
   }
+}
+
+// The inputs (host side, shared by the .cu launchers and tests/cuda_harness): the caller's pointers and sizes
+// (packed: cu_seqlens, B, total = T, max_seqlen; padded: B, L, the mask and its strides; both: H, nh, scale,
+// dropout), plus the head dim d, for the padded op total = B * L and max_seqlen = L, and the 16-byte staging.
+template <typename T>
+inline AttentionInputs<T> attention_inputs(AttentionInputs<T> in) {
+  in.d = in.H / in.nh;
+  if (!in.cu_seqlens) {
+    in.total = in.B * in.L;
+    in.max_seqlen = in.L;
+  }
+  in.vec = in.d % Vec16<T>::n == 0 && aligned16(in.qkv) && (!in.bias || aligned16(in.bias));
+  return in;
 }
 
 }  // namespace fastbert::cuda

@@ -13,30 +13,12 @@
 #include <vector>
 
 #include "cuda/attention_backward.cuh"
-#include "cuda/attention_mask.h"
+#include "cuda/attention_host.h"
 #include "cuda/host.h"
 
 namespace fastbert::cuda {
 
 namespace {
-
-void check_qkv(const at::Tensor& qkv, const std::optional<at::Tensor>& qkv_bias, int64_t num_heads, const char* op) {
-  check_cuda(qkv, op, "qkv");
-  check_float_dtype(qkv, op, "qkv");
-  TORCH_CHECK_VALUE(num_heads > 0, op, ": num_heads must be > 0, got ", num_heads);
-  const int64_t H3 = qkv.size(-1);
-  TORCH_CHECK(H3 > 0 && H3 % (3 * num_heads) == 0, op, ": qkv's last dimension ", H3,
-              " must be 3 * num_heads * head_dim (num_heads = ", num_heads, ")");
-  const int64_t d = H3 / 3 / num_heads;
-  TORCH_CHECK(d <= 128, op, ": head_dim ", d, " is not supported by the CUDA kernel (1 to 128)");
-  if (qkv_bias) {
-    TORCH_CHECK(qkv_bias->dim() == 1 && qkv_bias->size(0) == H3, op, ": qkv_bias must have shape (", H3, ",), got ",
-                qkv_bias->sizes());
-    TORCH_CHECK(qkv_bias->scalar_type() == qkv.scalar_type(), op, ": qkv_bias dtype ", qkv_bias->scalar_type(),
-                " must match qkv dtype ", qkv.scalar_type());
-    check_same_device(*qkv_bias, qkv, op, "qkv_bias");
-  }
-}
 
 // grad_out and out: qkv's dtype and device, shape `shape`.
 void check_like_qkv(const at::Tensor& t, const at::Tensor& qkv, at::IntArrayRef shape, const char* op,
@@ -53,51 +35,6 @@ void check_lse(const at::Tensor& lse, const at::Tensor& qkv, at::IntArrayRef sha
   check_same_device(lse, qkv, op, "lse");
 }
 
-void check_dropout(double p, const char* op) {
-  TORCH_CHECK_VALUE(p >= 0.0 && p < 1.0, op, ": dropout_p must be in [0, 1), got ", p);
-}
-
-template <typename T>
-void launch(const AttentionBwdParams<T>& p, int64_t B, int64_t max_seqlen, cudaStream_t stream) {
-  const int dmax = attention_bwd_dmax(p.d);
-  const dim3 grid(static_cast<unsigned>(ceil_div(max_seqlen, attention_bwd_rows(dmax))),
-                  static_cast<unsigned>(p.nh), static_cast<unsigned>(B));
-  const size_t smem_dq = static_cast<size_t>(attention_bwd_dq_smem_bytes(p.d));
-  const size_t smem_dkdv = static_cast<size_t>(attention_bwd_dkdv_smem_bytes(p.d));
-  if (dmax == 64) {
-    attention_bwd_dq_kernel<T, 64><<<grid, kBwdThreads, smem_dq, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    attention_bwd_dkdv_kernel<T, 64><<<grid, kBwdThreads, smem_dkdv, stream>>>(p);
-  } else {
-    attention_bwd_dq_kernel<T, 128><<<grid, kBwdThreads, smem_dq, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    attention_bwd_dkdv_kernel<T, 128><<<grid, kBwdThreads, smem_dkdv, stream>>>(p);
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-// The parameters both ops share; the caller sets the layout-specific ones.
-template <typename T>
-AttentionBwdParams<T> common_params(const at::Tensor& qc, const at::Tensor& bc, bool has_bias, const at::Tensor& oc,
-                                    const at::Tensor& gc, at::Tensor& grad_qkv, at::Tensor& ws, int64_t H,
-                                    int64_t num_heads, double scale, double dropout_p, int64_t seed, int64_t offset) {
-  AttentionBwdParams<T> p{};
-  p.qkv = qc.const_data_ptr<T>();
-  p.bias = has_bias ? bc.const_data_ptr<T>() : nullptr;
-  p.out = oc.const_data_ptr<T>();
-  p.grad_out = gc.const_data_ptr<T>();
-  p.grad_qkv = grad_qkv.mutable_data_ptr<T>();
-  p.ws = ws.mutable_data_ptr<float>();
-  p.H = static_cast<int>(H);
-  p.nh = static_cast<int>(num_heads);
-  p.d = static_cast<int>(H / num_heads);
-  p.scale = static_cast<float>(scale);
-  p.dropout = make_dropout_params(dropout_p, seed, offset);
-  p.vec = p.d % Vec16<T>::n == 0 && is_aligned16(p.qkv) && is_aligned16(p.grad_out) &&
-          (!p.bias || is_aligned16(p.bias));
-  return p;
-}
-
 }  // namespace
 
 at::Tensor attention_backward_cuda(const at::Tensor& grad_out, const at::Tensor& qkv,
@@ -111,15 +48,9 @@ at::Tensor attention_backward_cuda(const at::Tensor& grad_out, const at::Tensor&
   check_like_qkv(grad_out, qkv, {T, H}, op, "grad_out");
   check_like_qkv(out, qkv, {T, H}, op, "out");
   check_lse(lse, qkv, {num_heads, T}, op);
-  TORCH_CHECK(cu_seqlens.dim() == 1 && cu_seqlens.size(0) >= 1 && cu_seqlens.scalar_type() == at::kInt, op,
-              ": cu_seqlens must be an int32 tensor of shape (batch + 1,), got ", cu_seqlens.scalar_type(), " ",
-              cu_seqlens.sizes());
-  check_same_device(cu_seqlens, qkv, op, "cu_seqlens");
-  TORCH_CHECK_VALUE(max_seqlen >= 0, op, ": max_seqlen must be >= 0, got ", max_seqlen);
+  check_cu_seqlens(cu_seqlens, max_seqlen, qkv, op);
   check_dropout(dropout_p, op);
-  TORCH_CHECK(B <= 65535, op, ": at most 65535 sequences per call on CUDA, got ", B);
-  TORCH_CHECK(num_heads <= 65535, op, ": at most 65535 heads on CUDA, got ", num_heads);
-  TORCH_CHECK(T <= INT32_MAX, op, ": at most 2^31-1 tokens, got ", T);
+  check_grid(B, num_heads, op);
   if (T == 0) return at::empty({0, 3 * H}, qkv.options());
   // T > 0 with no sequence or max_seqlen 0 is a cu_seqlens / max_seqlen mismatch the kernel would catch; the
   // kernels do not run then, so no row is written: return zeros, never uninitialised memory.
@@ -132,21 +63,21 @@ at::Tensor attention_backward_cuda(const at::Tensor& grad_out, const at::Tensor&
   auto bc = qkv_bias ? qkv_bias->contiguous() : at::Tensor();
   auto cc = cu_seqlens.contiguous();
   FASTBERT_DISPATCH_FLOAT(qkv.scalar_type(), "attention_backward", [&] {
-    auto p = common_params<scalar_t>(qc, bc, qkv_bias.has_value(), oc, gc, grad_qkv, ws, H, num_heads, scale,
-                                     dropout_p, seed, offset);
-    p.lse = lc.const_data_ptr<float>();
-    p.cu_seqlens = cc.const_data_ptr<int32_t>();
-    p.total = T;
-    p.max_seqlen = max_seqlen;
-    launch(p, B, max_seqlen, stream);
+    const auto p = attention_bwd_params(AttentionBwdParams<scalar_t>{
+        packed_attention_inputs<scalar_t>(qc, bc, cc, max_seqlen, num_heads, scale, dropout_p, seed, offset),
+        oc.const_data_ptr<scalar_t>(), gc.const_data_ptr<scalar_t>(), grad_qkv.mutable_data_ptr<scalar_t>(),
+        lc.const_data_ptr<float>(), ws.mutable_data_ptr<float>()});
+    const auto l = attention_bwd_launches(p);
+    launch(l.dq, stream, p);
+    launch(l.dkdv, stream, p);
   });
   return grad_qkv;
 }
 
 at::Tensor attention_masked_backward_cuda(const at::Tensor& grad_out, const at::Tensor& qkv,
                                           const std::optional<at::Tensor>& qkv_bias, const at::Tensor& mask,
-                                          const at::Tensor& out, const at::Tensor& lse, int64_t num_heads,
-                                          double scale, double dropout_p, int64_t seed, int64_t offset) {
+                                          const at::Tensor& out, const at::Tensor& lse, int64_t num_heads, double scale,
+                                          double dropout_p, int64_t seed, int64_t offset) {
   const char* op = "attention_masked_backward";
   TORCH_CHECK(qkv.dim() == 3, op, ": qkv must have shape (batch, seqlen, 3 * H), got ", qkv.sizes());
   check_qkv(qkv, qkv_bias, num_heads, op);
@@ -156,8 +87,7 @@ at::Tensor attention_masked_backward_cuda(const at::Tensor& grad_out, const at::
   check_lse(lse, qkv, {B, num_heads, L}, op);
   check_dropout(dropout_p, op);
   check_attention_mask(mask, qkv, B, num_heads, L, op);
-  TORCH_CHECK(B <= 65535, op, ": at most 65535 sequences per call on CUDA, got ", B);
-  TORCH_CHECK(num_heads <= 65535, op, ": at most 65535 heads on CUDA, got ", num_heads);
+  check_grid(B, num_heads, op);
   auto grad_qkv = at::empty({B, L, 3 * H}, qkv.options());
   if (B == 0 || L == 0) return grad_qkv;
   const c10::cuda::CUDAGuard guard(qkv.device());
@@ -167,19 +97,13 @@ at::Tensor attention_masked_backward_cuda(const at::Tensor& grad_out, const at::
   auto qc = qkv.contiguous(), oc = out.contiguous(), gc = grad_out.contiguous();
   auto bc = qkv_bias ? qkv_bias->contiguous() : at::Tensor();
   FASTBERT_DISPATCH_FLOAT(qkv.scalar_type(), "attention_masked_backward", [&] {
-    auto p = common_params<scalar_t>(qc, bc, qkv_bias.has_value(), oc, gc, grad_qkv, ws, H, num_heads, scale,
-                                     dropout_p, seed, offset);
-    p.lse = nullptr;  // recomputed
-    p.cu_seqlens = nullptr;
-    p.total = B * L;
-    p.L = L;
-    p.max_seqlen = L;
-    p.mask = additive.const_data_ptr<float>();
-    p.ms_b = additive.stride(0);
-    p.ms_h = additive.stride(1);
-    p.ms_i = additive.stride(2);
-    p.ms_j = additive.stride(3);
-    launch(p, B, L, stream);
+    const auto p = attention_bwd_params(AttentionBwdParams<scalar_t>{
+        padded_attention_inputs<scalar_t>(qc, bc, additive, num_heads, scale, dropout_p, seed, offset),
+        oc.const_data_ptr<scalar_t>(), gc.const_data_ptr<scalar_t>(), grad_qkv.mutable_data_ptr<scalar_t>(),
+        /*lse: the statistics are recomputed*/ nullptr, ws.mutable_data_ptr<float>()});
+    const auto l = attention_bwd_launches(p);
+    launch(l.dq, stream, p);
+    launch(l.dkdv, stream, p);
   });
   return grad_qkv;
 }

@@ -41,33 +41,20 @@ FB_HOST_DEVICE constexpr int attention_bwd_sub(int dmax) { return dmax / kBwdCol
 FB_HOST_DEVICE constexpr int attention_bwd_rows(int dmax) { return kBwdThreads / attention_bwd_sub(dmax); }
 FB_HOST_DEVICE constexpr int attention_bwd_dmax(int64_t d) { return d <= 64 ? 64 : 128; }
 
-// Both kernels: grid (ceil(max_seqlen / attention_bwd_rows(DMAX)), nh, B), block kBwdThreads, dynamic
-// shared memory of these sizes. dQ: K and V tiles (kBwdTile, d). dK/dV: Q and dO tiles (kBwdTile, d) plus
-// D, shift, norm of the tile's queries.
+// Dynamic shared memory. dQ: K and V tiles (kBwdTile, d). dK/dV: Q and dO tiles (kBwdTile, d) plus D, shift,
+// norm of the tile's queries.
 FB_HOST_DEVICE int64_t attention_bwd_dq_smem_bytes(int64_t d) { return 2 * kBwdTile * d * int64_t(sizeof(float)); }
 FB_HOST_DEVICE int64_t attention_bwd_dkdv_smem_bytes(int64_t d) {
   return (2 * kBwdTile * d + 3 * kBwdTile) * int64_t(sizeof(float));
 }
 
 template <typename T>
-struct AttentionBwdParams {
-  const T* qkv;               // packed (T, 3H) or padded (B, L, 3H)
-  const T* bias;              // (3H,) or nullptr
-  const T* out;               // (rows, H): the forward's output
-  const T* grad_out;          // (rows, H)
-  T* grad_qkv;                // (rows, 3H): dQ | dK | dV in qkv's columns
-  const float* lse;           // packed: (nh, T) from the forward; nullptr: recompute the statistics (padded op)
-  float* ws;                  // workspace (3, nh * rows): D, shift, norm per stats row (written by kernel 1)
-  const int32_t* cu_seqlens;  // (B+1,) for the packed op, nullptr for the padded one
-  int64_t total;              // T (packed) ; B * L (padded)
-  int64_t L;                  // padded sequence length (padded op only)
-  int64_t max_seqlen;         // packed: bound on every sequence length (checked on the device)
-  int H, nh, d;
-  float scale;
-  const float* mask;          // padded op: additive mask, element (b, h, i, j) at b*ms_b + h*ms_h + i*ms_i + j*ms_j
-  int64_t ms_b, ms_h, ms_i, ms_j;
-  DropoutParams dropout;
-  bool vec;                   // d % (16 / sizeof(T)) == 0 and qkv, bias, grad_out 16-byte aligned
+struct AttentionBwdParams : AttentionInputs<T> {
+  const T* out;       // (rows, H): the forward's output
+  const T* grad_out;  // (rows, H)
+  T* grad_qkv;        // (rows, 3H): dQ | dK | dV in qkv's columns
+  const float* lse;   // packed: (nh, T) from the forward; nullptr: recompute the statistics (padded op)
+  float* ws;          // workspace (3, nh * rows): D, shift, norm per stats row (written by kernel 1)
 };
 
 namespace bwd_detail {
@@ -220,7 +207,7 @@ __global__ void __launch_bounds__(kBwdThreads, 2) attention_bwd_dq_kernel(Attent
     p.ws[2 * rows + srow] = norm;
   }
 
-  const bool dropout = p.dropout.threshold != 0;
+  const bool dropout = p.dropout.hash.threshold != 0;
   for (int64_t k0 = 0; k0 < n; k0 += kBwdTile) {
     __syncthreads();
     stage_tiles(kbase, stride, kbias, kbase + H, stride, vbias, k0, n, d, p.vec, Ks, Vs);
@@ -294,7 +281,7 @@ __global__ void __launch_bounds__(kBwdThreads, 2) attention_bwd_dkdv_kernel(Atte
   float* Nsh = Ssh + kBwdTile;        // (kBwdTile,) norm
   const int64_t rows = int64_t(p.nh) * p.total;  // stats rows: nh * T or B * nh * L
   const int64_t srow0 = attention_row(p, b, h, start, 0);  // query i's stats row is srow0 + i
-  const bool dropout = p.dropout.threshold != 0;
+  const bool dropout = p.dropout.hash.threshold != 0;
 
   for (int64_t i0 = 0; i0 < n; i0 += kBwdTile) {
     __syncthreads();  // the previous tile is no longer read
@@ -350,6 +337,33 @@ __global__ void __launch_bounds__(kBwdThreads, 2) attention_bwd_dkdv_kernel(Atte
       }
     }
   }
+}
+
+// The launches (host side, shared by csrc/cuda/attention_backward.cu and tests/cuda_harness): the params from
+// attention_inputs() (attention.cuh), out, grad_out, grad_qkv, lse (packed op only) and the workspace ws (3, nh *
+// total) fp32, the 16-byte staging only if grad_out is aligned too; then kernel 1 and kernel 2 on the same grid
+// (row blocks, nh, B), the DMAX instantiation for the head dim.
+template <typename T>
+inline AttentionBwdParams<T> attention_bwd_params(AttentionBwdParams<T> p) {
+  p.vec = p.vec && aligned16(p.grad_out);
+  return p;
+}
+
+template <typename T>
+struct AttentionBwdLaunches {
+  Launch<void (*)(AttentionBwdParams<T>)> dq, dkdv;
+};
+
+template <typename T>
+inline AttentionBwdLaunches<T> attention_bwd_launches(const AttentionBwdParams<T>& p) {
+  const int dmax = attention_bwd_dmax(p.d);
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.max_seqlen, attention_bwd_rows(dmax))), static_cast<unsigned>(p.nh),
+                  static_cast<unsigned>(p.B));
+  const dim3 block(kBwdThreads);
+  return {make_launch(dmax == 64 ? &attention_bwd_dq_kernel<T, 64> : &attention_bwd_dq_kernel<T, 128>, grid, block,
+                      attention_bwd_dq_smem_bytes(p.d)),
+          make_launch(dmax == 64 ? &attention_bwd_dkdv_kernel<T, 64> : &attention_bwd_dkdv_kernel<T, 128>, grid, block,
+                      attention_bwd_dkdv_smem_bytes(p.d))};
 }
 
 }  // namespace fastbert::cuda

@@ -9,14 +9,13 @@
 // whole pass. The block stages its Q tile (bias added, rounded to T) in shared memory once and each warp keeps
 // its rows as A fragments in registers (ldmatrix). Then, 64 keys at a time: the block stages K and V row-major
 // with the bias added (16-byte stores); each warp forms its 16 x 64 scores with DMAX/16 x 8 mma's (K's B
-// fragments by ldmatrix, V's by ldmatrix.trans), applies scale, mask and sequence end in fp32, folds them into the running max / sum (online softmax, the row statistics
-// shared by the 4 lanes of a quad through two xor-shuffles), and, because the score accumulator's layout is the
-// A-fragment layout of P, converts the probabilities to T in registers and multiplies them by V with no trip
-// through shared memory. Rows and columns past the
-// sequence or head end are zero in shared memory and -inf in the scores, so any length and any head size up
-// to 128 work (DMAX = 32, 64 or 128, padded up). Outputs, lse, fully-masked rows (out 0, lse -inf) and the
-// dropout mask are those of attention.cuh. Shared-memory rows are padded by 8 elements so the 8 rows an
-// ldmatrix phase reads fall in different banks.
+// fragments by ldmatrix, V's by ldmatrix.trans), applies scale, mask and sequence end in fp32, folds them into the
+// running max / sum (online softmax, the row statistics shared by the 4 lanes of a quad through two xor-shuffles), and,
+// because the score accumulator's layout is the A-fragment layout of P, converts the probabilities to T in registers
+// and multiplies them by V with no trip through shared memory. Rows and columns past the sequence or head end are zero
+// in shared memory and -inf in the scores, so any length and any head size up to 128 work (DMAX = 32, 64 or 128, padded
+// up). Outputs, lse, fully-masked rows (out 0, lse -inf) and the dropout mask are those of attention.cuh. Shared-memory
+// rows are padded by 8 elements so the 8 rows an ldmatrix phase reads fall in different banks.
 #pragma once
 #include "cuda/attention.cuh"
 #include "cuda/mma.cuh"
@@ -27,14 +26,13 @@ constexpr int kMmaWarps = 4;
 constexpr int kMmaThreads = kMmaWarps * kWarp;
 constexpr int kMmaRows = 16 * kMmaWarps;  // query rows per block (= keys per shared-memory tile)
 constexpr int kMmaKeys = kMmaRows;
-constexpr int kMmaPad = 8;                // extra elements per shared-memory row (conflict-free ldmatrix)
+constexpr int kMmaPad = 8;  // extra elements per shared-memory row (conflict-free ldmatrix)
 constexpr float kLog2e = 1.4426950408889634f;
 
 // The DMAX (32, 64 or 128) the launcher instantiates for head dim d.
 FB_HOST_DEVICE constexpr int attention_mma_dmax(int64_t d) { return d <= 32 ? 32 : d <= 64 ? 64 : 128; }
 
-// grid (ceil(max_seqlen / kMmaRows), nh, B), block kMmaThreads, dynamic shared memory of this size:
-// the Q-then-K tile and the V tile, kMmaKeys x (DMAX + pad) 16-bit elements each.
+// Dynamic shared memory: the Q-then-K tile and the V tile, kMmaKeys x (DMAX + pad) 16-bit elements each.
 FB_HOST_DEVICE int64_t attention_mma_smem_bytes(int64_t d) {
   return 2 * int64_t(kMmaKeys) * (attention_mma_dmax(d) + kMmaPad) * 2;
 }
@@ -89,8 +87,8 @@ __global__ void __launch_bounds__(kMmaThreads) attention_mma_kernel(AttentionPar
   const int64_t q0 = int64_t(blockIdx.x) * kMmaRows;
   if (q0 >= n) return;  // uniform over the block
 
-  T* Ks = dynamic_smem<T>();   // (kMmaKeys, S): the Q tile first, then each K tile
-  T* Vs = Ks + kMmaKeys * S;   // (kMmaKeys, S): each V tile
+  T* Ks = dynamic_smem<T>();  // (kMmaKeys, S): the Q tile first, then each K tile
+  T* Vs = Ks + kMmaKeys * S;  // (kMmaKeys, S): each V tile
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, g = lane / 4, t = lane % 4;
   const int lm = lane / 8, lr = lane % 8;  // the ldmatrix matrix and row this lane addresses
 
@@ -180,7 +178,7 @@ __global__ void __launch_bounds__(kMmaThreads) attention_mma_kernel(AttentionPar
         for (int r = 0; r < 2; ++r) {
           float p0 = exp2f((s[nt][2 * r] - m_use[r]) * kLog2e), p1 = exp2f((s[nt][2 * r + 1] - m_use[r]) * kLog2e);
           l_run[r] += p0 + p1;  // the undropped sum: the reference normalises before dropping
-          if (p.dropout.threshold != 0) {
+          if (p.dropout.hash.threshold != 0) {
             const uint32_t key = uint32_t(k0 + nt * 8 + 2 * t);
             if (!dropout_keep(p.dropout, uint64_t(lse_row[r]), key)) p0 = 0.f;
             if (!dropout_keep(p.dropout, uint64_t(lse_row[r]), key + 1)) p1 = 0.f;
@@ -214,6 +212,29 @@ __global__ void __launch_bounds__(kMmaThreads) attention_mma_kernel(AttentionPar
     }
     if (t == 0) p.lse[lse_row[r]] = l > 0.f ? m_run[r] + logf(l) : -INFINITY;
   }
+}
+
+// The launch of attention (host side, shared by csrc/cuda/attention.cu and tests/cuda_harness): the tensor-core
+// kernel when `tensor_cores` (fp16 / bf16 only; the launcher asks for it on sm_80+), else the FMA kernel of
+// attention.cuh; grid (query row blocks, nh, B), the DMAX instantiation for the head dim.
+template <typename T>
+inline Launch<void (*)(AttentionParams<T>)> attention_launch(const AttentionParams<T>& p, bool tensor_cores) {
+  if constexpr (!std::is_same_v<T, float>) {
+    if (tensor_cores) {
+      const int dmax = attention_mma_dmax(p.d);
+      return make_launch(dmax == 32   ? &attention_mma_kernel<T, 32>
+                         : dmax == 64 ? &attention_mma_kernel<T, 64>
+                                      : &attention_mma_kernel<T, 128>,
+                         dim3(static_cast<unsigned>(ceil_div(p.max_seqlen, kMmaRows)), static_cast<unsigned>(p.nh),
+                              static_cast<unsigned>(p.B)),
+                         dim3(kMmaThreads), attention_mma_smem_bytes(p.d));
+    }
+  }
+  const int dmax = attention_dmax(p.d);
+  return make_launch(dmax == 64 ? &attention_kernel<T, 64> : &attention_kernel<T, 128>,
+                     dim3(static_cast<unsigned>(ceil_div(p.max_seqlen, attention_rows(dmax))),
+                          static_cast<unsigned>(p.nh), static_cast<unsigned>(p.B)),
+                     dim3(kAttnThreads), attention_smem_bytes(p.d));
 }
 
 }  // namespace fastbert::cuda

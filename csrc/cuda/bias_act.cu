@@ -26,16 +26,13 @@ at::Tensor bias_act_cuda(const at::Tensor& x, const at::Tensor& bias, c10::strin
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   FASTBERT_DISPATCH_FLOAT(x.scalar_type(), "bias_act", [&] {
-    BiasActParams<scalar_t> p;
-    p.x = xc.const_data_ptr<scalar_t>();
-    p.bias = bc.const_data_ptr<scalar_t>();
-    p.out = out.mutable_data_ptr<scalar_t>();
-    p.numel = xc.numel();
-    p.C = xc.size(-1);
-    p.act = act;
-    p.vec = p.C % Vec16<scalar_t>::n == 0 && is_aligned16(p.x) && is_aligned16(p.bias) && is_aligned16(p.out);
-    bias_act_kernel<scalar_t><<<bias_act_grid(p.numel, p.vec, Vec16<scalar_t>::n), kBiasActThreads, 0, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const auto p = bias_act_params(BiasActParams<scalar_t>{.x = xc.const_data_ptr<scalar_t>(),
+                                                           .bias = bc.const_data_ptr<scalar_t>(),
+                                                           .out = out.mutable_data_ptr<scalar_t>(),
+                                                           .numel = xc.numel(),
+                                                           .C = xc.size(-1),
+                                                           .act = act});
+    launch(bias_act_launch(p), stream, p);
   });
   return out;
 }

@@ -13,18 +13,12 @@ constexpr int kBiasActThreads = 256;
 
 FB_DEVICE float apply_activation(float x, Activation act) {
   switch (act) {
-    case Activation::Gelu:
-      return 0.5f * x * (1.f + erff(x * 0.70710678118654752f));
-    case Activation::GeluTanh:
-      return 0.5f * x * (1.f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
-    case Activation::GeluFast:
-      return 0.5f * x * (1.f + tanhf(x * 0.7978845608f * (1.f + 0.044715f * x * x)));
-    case Activation::QuickGelu:
-      return x / (1.f + expf(-1.702f * x));
-    case Activation::Relu:
-      return x < 0.f ? 0.f : x;
-    case Activation::Silu:
-      return x / (1.f + expf(-x));
+    case Activation::Gelu: return 0.5f * x * (1.f + erff(x * 0.70710678118654752f));
+    case Activation::GeluTanh: return 0.5f * x * (1.f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    case Activation::GeluFast: return 0.5f * x * (1.f + tanhf(x * 0.7978845608f * (1.f + 0.044715f * x * x)));
+    case Activation::QuickGelu: return x / (1.f + expf(-1.702f * x));
+    case Activation::Relu: return x < 0.f ? 0.f : x;
+    case Activation::Silu: return x / (1.f + expf(-x));
   }
   return x;
 }
@@ -39,13 +33,6 @@ struct BiasActParams {
   bool vec;  // C % (16 / sizeof(T)) == 0 and the three pointers 16-byte aligned
 };
 
-FB_HOST_DEVICE unsigned bias_act_grid(int64_t numel, bool vec, int64_t vec_width) {
-  const int64_t work = vec ? numel / vec_width : numel;
-  const int64_t blocks = ceil_div(work, kBiasActThreads);
-  return static_cast<unsigned>(blocks < 8192 ? (blocks > 0 ? blocks : 1) : 8192);
-}
-
-// grid bias_act_grid(...), block kBiasActThreads.
 template <typename T>
 __global__ void __launch_bounds__(kBiasActThreads) bias_act_kernel(BiasActParams<T> p) {
   constexpr int n = Vec16<T>::n;
@@ -57,13 +44,36 @@ __global__ void __launch_bounds__(kBiasActThreads) bias_act_kernel(BiasActParams
       const Vec16<T> xv = load16(p.x + e), bv = load16(p.bias + c);
       Vec16<T> o;
 #pragma unroll
-      for (int k = 0; k < n; ++k) o.v[k] = from_float<T>(apply_activation(to_float(xv.v[k]) + to_float(bv.v[k]), p.act));
+      for (int k = 0; k < n; ++k)
+        o.v[k] = from_float<T>(apply_activation(to_float(xv.v[k]) + to_float(bv.v[k]), p.act));
       store16(p.out + e, o);
     }
   } else {
     for (int64_t e = first; e < p.numel; e += stride)
       p.out[e] = from_float<T>(apply_activation(to_float(p.x[e]) + to_float(p.bias[e % p.C]), p.act));
   }
+}
+
+// The launch (host side, shared by csrc/cuda/bias_act.cu and tests/cuda_harness): the caller's pointers and
+// sizes, plus whether the 16-byte path applies; the grid.
+template <typename T>
+inline BiasActParams<T> bias_act_params(BiasActParams<T> p) {
+  p.vec = p.C % Vec16<T>::n == 0 && aligned16(p.x) && aligned16(p.bias) && aligned16(p.out);
+  return p;
+}
+
+// Grid-stride over numel elements (numel / n vectors of n when vec), at most 8192 blocks; bias_act_backward too.
+template <typename T, typename Kernel>
+inline Launch<Kernel> bias_act_grid_launch(Kernel kernel, int64_t numel, bool vec) {
+  const int64_t work = vec ? numel / Vec16<T>::n : numel;
+  const int64_t blocks = ceil_div(work, kBiasActThreads);
+  return make_launch(kernel, dim3(static_cast<unsigned>(blocks < 8192 ? (blocks > 0 ? blocks : 1) : 8192)),
+                     dim3(kBiasActThreads));
+}
+
+template <typename T>
+inline auto bias_act_launch(const BiasActParams<T>& p) {
+  return bias_act_grid_launch<T>(&bias_act_kernel<T>, p.numel, p.vec);
 }
 
 }  // namespace fastbert::cuda

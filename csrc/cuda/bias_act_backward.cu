@@ -33,19 +33,15 @@ at::Tensor bias_act_backward_cuda(const at::Tensor& grad, const at::Tensor& x, c
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   FASTBERT_DISPATCH_FLOAT(x.scalar_type(), op, [&] {
-    BiasActBackwardParams<scalar_t> p;
-    p.grad = gc.const_data_ptr<scalar_t>();
-    p.x = xc.const_data_ptr<scalar_t>();
-    p.bias = bc.const_data_ptr<scalar_t>();
-    p.grad_input = grad_input.mutable_data_ptr<scalar_t>();
-    p.numel = xc.numel();
-    p.C = xc.size(-1);
-    p.act = act;
-    p.vec = p.C % Vec16<scalar_t>::n == 0 && is_aligned16(p.grad) && is_aligned16(p.x) && is_aligned16(p.bias) &&
-            is_aligned16(p.grad_input);
-    bias_act_backward_kernel<scalar_t>
-        <<<bias_act_grid(p.numel, p.vec, Vec16<scalar_t>::n), kBiasActThreads, 0, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const auto p =
+        bias_act_backward_params(BiasActBackwardParams<scalar_t>{.grad = gc.const_data_ptr<scalar_t>(),
+                                                                 .x = xc.const_data_ptr<scalar_t>(),
+                                                                 .bias = bc.const_data_ptr<scalar_t>(),
+                                                                 .grad_input = grad_input.mutable_data_ptr<scalar_t>(),
+                                                                 .numel = xc.numel(),
+                                                                 .C = xc.size(-1),
+                                                                 .act = act});
+    launch(bias_act_backward_launch(p), stream, p);
   });
   return grad_input;
 }

@@ -52,7 +52,12 @@ struct BiasActBackwardParams {
   bool vec;  // C % (16 / sizeof(T)) == 0 and the four pointers 16-byte aligned
 };
 
-// grid bias_act_grid(numel, vec, Vec16<T>::n), block kBiasActThreads.
+template <typename T>
+inline BiasActBackwardParams<T> bias_act_backward_params(BiasActBackwardParams<T> p) {
+  p.vec = p.C % Vec16<T>::n == 0 && aligned16(p.grad) && aligned16(p.x) && aligned16(p.bias) && aligned16(p.grad_input);
+  return p;
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kBiasActThreads) bias_act_backward_kernel(BiasActBackwardParams<T> p) {
   constexpr int n = Vec16<T>::n;
@@ -70,9 +75,15 @@ __global__ void __launch_bounds__(kBiasActThreads) bias_act_backward_kernel(Bias
     }
   } else {
     for (int64_t e = first; e < p.numel; e += stride)
-      p.grad_input[e] =
-          from_float<T>(to_float(p.grad[e]) * activation_derivative(to_float(p.x[e]) + to_float(p.bias[e % p.C]), p.act));
+      p.grad_input[e] = from_float<T>(to_float(p.grad[e]) *
+                                      activation_derivative(to_float(p.x[e]) + to_float(p.bias[e % p.C]), p.act));
   }
+}
+
+// bias_act's grid and block.
+template <typename T>
+inline auto bias_act_backward_launch(const BiasActBackwardParams<T>& p) {
+  return bias_act_grid_launch<T>(&bias_act_backward_kernel<T>, p.numel, p.vec);
 }
 
 }  // namespace fastbert::cuda

@@ -5,22 +5,25 @@
 
 #include "cuda/bias_residual_layernorm.cuh"
 #include "cuda/host.h"
+#include "cuda/layernorm_host.h"
 
 namespace fastbert::cuda {
 
 namespace {
 void check_vector(const at::Tensor& t, const at::Tensor& x, int64_t H, const char* name) {
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == H, "bias_residual_layernorm: ", name, " must have shape (", H,
-              ",), got ", t.sizes());
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == H, "bias_residual_layernorm: ", name, " must have shape (", H, ",), got ",
+              t.sizes());
   TORCH_CHECK(t.scalar_type() == x.scalar_type(), "bias_residual_layernorm: ", name, " dtype ", t.scalar_type(),
               " must match x dtype ", x.scalar_type());
   check_same_device(t, x, "bias_residual_layernorm", name);
 }
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> bias_residual_layernorm_cuda(
-    const at::Tensor& x, const std::optional<at::Tensor>& bias, const at::Tensor& residual,
-    const at::Tensor& ln_weight, const at::Tensor& ln_bias, double eps) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bias_residual_layernorm_cuda(const at::Tensor& x,
+                                                                            const std::optional<at::Tensor>& bias,
+                                                                            const at::Tensor& residual,
+                                                                            const at::Tensor& ln_weight,
+                                                                            const at::Tensor& ln_bias, double eps) {
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) > 0, "bias_residual_layernorm: x must have a non-empty last dimension, got ",
               x.sizes());
   check_cuda(x, "bias_residual_layernorm", "x");
@@ -35,9 +38,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bias_residual_layernorm_cuda(
   if (bias) check_vector(*bias, x, H, "bias");
   check_vector(ln_weight, x, H, "ln_weight");
   check_vector(ln_bias, x, H, "ln_bias");
-  const int rows = layernorm_rows_per_block(H);
-  TORCH_CHECK(rows > 0, "bias_residual_layernorm: hidden size ", H, " is larger than the CUDA kernel's limit ",
-              48 * 1024 / 4);
+  check_layernorm_hidden(H, "bias_residual_layernorm");
   auto xc = x.contiguous();
   auto rc = residual.contiguous();
   auto bc = bias ? bias->contiguous() : at::Tensor();
@@ -51,23 +52,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bias_residual_layernorm_cuda(
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   FASTBERT_DISPATCH_FLOAT(x.scalar_type(), "bias_residual_layernorm", [&] {
-    BiasResidualLayerNormParams<scalar_t> p;
-    p.x = xc.const_data_ptr<scalar_t>();
-    p.bias = bias ? bc.const_data_ptr<scalar_t>() : nullptr;
-    p.residual = rc.const_data_ptr<scalar_t>();
-    p.gamma = wc.const_data_ptr<scalar_t>();
-    p.beta = lc.const_data_ptr<scalar_t>();
-    p.out = out.mutable_data_ptr<scalar_t>();
-    p.mean = mean.mutable_data_ptr<float>();
-    p.rstd = rstd.mutable_data_ptr<float>();
-    p.N = N;
-    p.H = H;
-    p.eps = static_cast<float>(eps);
-    p.vec = H % Vec16<scalar_t>::n == 0 && is_aligned16(p.x) && (!p.bias || is_aligned16(p.bias)) &&
-            is_aligned16(p.residual) && is_aligned16(p.gamma) && is_aligned16(p.beta) && is_aligned16(p.out);
-    const auto grid = static_cast<unsigned>(ceil_div(N, rows));
-    bias_residual_layernorm_kernel<scalar_t><<<grid, rows * kWarp, rows * H * sizeof(float), stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const auto p = bias_residual_layernorm_params(
+        BiasResidualLayerNormParams<scalar_t>{.x = xc.const_data_ptr<scalar_t>(),
+                                              .bias = bias ? bc.const_data_ptr<scalar_t>() : nullptr,
+                                              .residual = rc.const_data_ptr<scalar_t>(),
+                                              .gamma = wc.const_data_ptr<scalar_t>(),
+                                              .beta = lc.const_data_ptr<scalar_t>(),
+                                              .out = out.mutable_data_ptr<scalar_t>(),
+                                              .mean = mean.mutable_data_ptr<float>(),
+                                              .rstd = rstd.mutable_data_ptr<float>(),
+                                              .N = N,
+                                              .H = H,
+                                              .eps = static_cast<float>(eps)});
+    launch(bias_residual_layernorm_launch(p), stream, p);
   });
   return {out, mean, rstd};
 }

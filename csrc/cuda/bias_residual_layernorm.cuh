@@ -23,36 +23,27 @@ struct BiasResidualLayerNormParams {
   bool vec;  // H % (16 / sizeof(T)) == 0 and every pointer 16-byte aligned
 };
 
-// grid (ceil(N / rows)), block (rows * 32), dynamic shared memory rows * H * 4 bytes,
-// rows = layernorm_rows_per_block(H).
 template <typename T>
 __global__ void __launch_bounds__(kLnThreads) bias_residual_layernorm_kernel(BiasResidualLayerNormParams<T> p) {
-  constexpr int n = Vec16<T>::n;
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int warp = threadIdx.x / kWarp;
   const int64_t row = int64_t(blockIdx.x) * (blockDim.x / kWarp) + warp;
   if (row >= p.N) return;  // whole warps only; no block barrier below
   float* s = dynamic_smem<float>() + int64_t(warp) * p.H;
-  const T* x = p.x + row * p.H;
-  const T* r = p.residual + row * p.H;
-  const RowSplit<T> split(p.H, p.vec);
-  float sum = 0.f;
-  for (int64_t c = int64_t(lane) * n; c < split.vec_end; c += kWarp * n) {
-    const Vec16<T> xv = load16(x + c), rv = load16(r + c);
-    Vec16<T> bv;
-    if (p.bias) bv = load16(p.bias + c);
-#pragma unroll
-    for (int k = 0; k < n; ++k) {
-      const float v = to_float(xv.v[k]) + to_float(rv.v[k]) + (p.bias ? to_float(bv.v[k]) : 0.f);
-      s[c + k] = v;
-      sum += v;
-    }
-  }
-  for (int64_t c = split.vec_end + lane; c < p.H; c += kWarp) {
-    const float v = to_float(x[c]) + to_float(r[c]) + (p.bias ? to_float(p.bias[c]) : 0.f);
-    s[c] = v;
-    sum += v;
-  }
+  const float sum = stage_row(SumRow<T>{p.x + row * p.H, p.residual + row * p.H, p.bias}, p.H, p.vec, s);
   layernorm_epilogue(s, sum, p.H, p.gamma, p.beta, p.out + row * p.H, p.eps, p.vec, p.mean + row, p.rstd + row);
+}
+
+// The launch (host side, shared by csrc/cuda/bias_residual_layernorm.cu and tests/cuda_harness).
+template <typename T>
+inline BiasResidualLayerNormParams<T> bias_residual_layernorm_params(BiasResidualLayerNormParams<T> p) {
+  p.vec = p.H % Vec16<T>::n == 0 && aligned16(p.x) && (!p.bias || aligned16(p.bias)) && aligned16(p.residual) &&
+          aligned16(p.gamma) && aligned16(p.beta) && aligned16(p.out);
+  return p;
+}
+
+template <typename T>
+inline auto bias_residual_layernorm_launch(const BiasResidualLayerNormParams<T>& p) {
+  return layernorm_rows_launch(&bias_residual_layernorm_kernel<T>, p.N, p.H);
 }
 
 }  // namespace fastbert::cuda

@@ -7,7 +7,7 @@
 
 #include "cuda/bias_residual_layernorm_backward.cuh"
 #include "cuda/host.h"
-#include "cuda/ln_backward_host.h"
+#include "cuda/layernorm_host.h"
 
 namespace fastbert::cuda {
 
@@ -33,8 +33,8 @@ void check_stat(const at::Tensor& t, const at::Tensor& x, const char* name) {
   const auto shape = x.sizes().slice(0, x.dim() - 1);
   TORCH_CHECK(t.sizes() == shape, kOp, ": ", name, " must have shape ", shape, " (x's leading dimensions), got ",
               t.sizes());
-  TORCH_CHECK(t.scalar_type() == at::kFloat, kOp, ": ", name,
-              " must be float32 (the forward's statistics), got ", t.scalar_type());
+  TORCH_CHECK(t.scalar_type() == at::kFloat, kOp, ": ", name, " must be float32 (the forward's statistics), got ",
+              t.scalar_type());
   check_same_device(t, x, kOp, name);
 }
 }  // namespace
@@ -59,39 +59,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bias_residual_layernorm_backward_
   const int64_t N = xc.numel() / H;
   if (N == 0) return {grad_s, grad_w, grad_b};
   const c10::cuda::CUDAGuard guard(x.device());
-  const LnBackwardConfig cfg = ln_backward_config(H, kOp);
+  const int64_t smem_limit = ln_backward_smem_limit(H, kOp);
   auto gc = grad_out.contiguous();
   auto rc = residual.contiguous();
   auto bc = bias ? bias->contiguous() : at::Tensor();
   auto wc = ln_weight.contiguous();
   auto mc = mean.contiguous();
   auto sc = rstd.contiguous();
-  const unsigned grid = ln_backward_grid(N, cfg.warps);
-  auto partials = at::empty({int64_t(grid), 2, H}, x.options().dtype(at::kFloat));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   FASTBERT_DISPATCH_FLOAT(x.scalar_type(), kOp, [&] {
-    BrlnBackwardParams<scalar_t> p;
-    p.grad_out = gc.const_data_ptr<scalar_t>();
-    p.x = xc.const_data_ptr<scalar_t>();
-    p.bias = bias ? bc.const_data_ptr<scalar_t>() : nullptr;
-    p.residual = rc.const_data_ptr<scalar_t>();
-    p.gamma = wc.const_data_ptr<scalar_t>();
-    p.mean = mc.const_data_ptr<float>();
-    p.rstd = sc.const_data_ptr<float>();
-    p.grad_s = grad_s.mutable_data_ptr<scalar_t>();
-    p.partials = partials.mutable_data_ptr<float>();
-    p.N = N;
-    p.H = H;
-    p.vec = H % Vec16<scalar_t>::n == 0 && is_aligned16(p.grad_out) && is_aligned16(p.x) &&
-            (!p.bias || is_aligned16(p.bias)) && is_aligned16(p.residual) && is_aligned16(p.gamma) &&
-            is_aligned16(p.grad_s);
-    auto kernel = brln_backward_kernel<scalar_t>;
-    allow_smem(kernel, cfg.smem);
-    kernel<<<grid, cfg.warps * kWarp, cfg.smem, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    ln_backward_reduce_kernel<scalar_t><<<ln_reduce_grid(H), kLnReduceThreads, 0, stream>>>(
-        p.partials, int64_t(grid), H, grad_w.mutable_data_ptr<scalar_t>(), grad_b.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const auto rows = brln_backward_launch<scalar_t>(N, H, smem_limit);
+    auto partials = at::empty({int64_t(rows.grid.x), 2, H}, x.options().dtype(at::kFloat));
+    const auto p =
+        brln_backward_params(BrlnBackwardParams<scalar_t>{.grad_out = gc.const_data_ptr<scalar_t>(),
+                                                          .x = xc.const_data_ptr<scalar_t>(),
+                                                          .bias = bias ? bc.const_data_ptr<scalar_t>() : nullptr,
+                                                          .residual = rc.const_data_ptr<scalar_t>(),
+                                                          .gamma = wc.const_data_ptr<scalar_t>(),
+                                                          .mean = mc.const_data_ptr<float>(),
+                                                          .rstd = sc.const_data_ptr<float>(),
+                                                          .grad_s = grad_s.mutable_data_ptr<scalar_t>(),
+                                                          .partials = partials.mutable_data_ptr<float>(),
+                                                          .N = N,
+                                                          .H = H});
+    launch(rows, stream, p);
+    launch(ln_backward_reduce_launch<scalar_t>(H), stream, p.partials, int64_t(rows.grid.x), H,
+           grad_w.mutable_data_ptr<scalar_t>(), grad_b.mutable_data_ptr<scalar_t>());
   });
   return {grad_s, grad_w, grad_b};
 }

@@ -1,5 +1,5 @@
 // Device helpers shared by fastbert's CUDA kernels: storage <-> fp32 conversion, 16-byte vector loads and
-// stores, warp and block reductions, shared-memory declarations, the kernel assert and the dropout hash.
+// stores, warp and block reductions, shared-memory declarations, the kernel assert and the dropout mask.
 //
 // Host-free: this file and every csrc/cuda/<op>.cuh compile under nvcc and, with tests/cuda_harness/harness.h
 // included first (FASTBERT_CUDA_HARNESS), under the host compiler, where the test harness runs the kernels on
@@ -11,6 +11,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "dropout_hash.h"
+
 #ifndef FASTBERT_CUDA_HARNESS
 #include <cuda_runtime.h>
 #endif
@@ -18,11 +20,13 @@
 // Static shared memory: FB_SHARED(float, partial, 32) declares `partial`, 32 floats shared by the block.
 // Under the harness each such array is its own exact-size, NaN-filled allocation per block.
 #ifdef FASTBERT_CUDA_HARNESS
-#define FB_SHARED(type, name, count)         \
-  static const char name##_fbh_key = 0;      \
+#define FB_SHARED(type, name, count)    \
+  static const char name##_fbh_key = 0; \
   type* name = static_cast<type*>(::fbh::block_shared(&name##_fbh_key, sizeof(type) * (count)))
-#define FB_KERNEL_ASSERT(cond) \
-  do { if (!(cond)) ::fbh::kernel_assert_fail(#cond, __FILE__, __LINE__); } while (0)
+#define FB_KERNEL_ASSERT(cond)                                         \
+  do {                                                                 \
+    if (!(cond)) ::fbh::kernel_assert_fail(#cond, __FILE__, __LINE__); \
+  } while (0)
 #else
 #define FB_SHARED(type, name, count) __shared__ type name[count]
 #define FB_KERNEL_ASSERT(cond) CUDA_KERNEL_ASSERT(cond)
@@ -39,9 +43,13 @@ constexpr unsigned kFullMask = 0xffffffffu;
 // ---- 16-bit storage: all arithmetic is fp32 (c10::Half / c10::BFloat16 convert in registers, so sm_75,
 // which has no bf16 arithmetic, runs the bf16 kernels too).
 template <typename T>
-FB_DEVICE float to_float(T v) { return static_cast<float>(v); }
+FB_DEVICE float to_float(T v) {
+  return static_cast<float>(v);
+}
 template <typename T>
-FB_DEVICE T from_float(float v) { return static_cast<T>(v); }
+FB_DEVICE T from_float(float v) {
+  return static_cast<T>(v);
+}
 
 // ---- 16-byte vectors: VecN<T>::n elements of T in one 128-bit load/store.
 template <typename T>
@@ -62,7 +70,7 @@ FB_DEVICE void store16(T* p, const Vec16<T>& r) {
   *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(&r);
 }
 
-FB_DEVICE bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+FB_HOST_DEVICE bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 // ---- dynamic shared memory (the launch's third <<<>>> argument)
 template <typename T>
@@ -106,43 +114,39 @@ FB_DEVICE int block_sum_int(int v, int* scratch) {
   return total;
 }
 
-// ---- the dropout mask: fastbert/reference.py dropout_keep_mask, bit for bit, in uint32 arithmetic.
-FB_DEVICE uint32_t fmix32(uint32_t h) {
-  h ^= h >> 16;
-  h *= 0x85EBCA6Bu;
-  h ^= h >> 13;
-  h *= 0xC2B2AE35u;
-  h ^= h >> 16;
-  return h;
-}
-
+// ---- the dropout mask (csrc/dropout_hash.h) and the scale of the kept probabilities.
 struct DropoutParams {
-  uint32_t seed_lo = 0, seed_hi = 0;
-  uint64_t offset = 0;
-  uint32_t threshold = 0;  // round(p * 2^24); 0 = no dropout
+  DropoutHash hash;        // hash.threshold 0 = no dropout
   float keep_scale = 1.f;  // 1 / (1 - p)
 };
 
 // Plain C++ (host side of the .cu launchers and of the test harness driver).
 inline DropoutParams make_dropout_params(double p, int64_t seed, int64_t offset) {
-  DropoutParams d;
-  if (p <= 0.0) return d;
-  d.seed_lo = static_cast<uint32_t>(static_cast<uint64_t>(seed));
-  d.seed_hi = static_cast<uint32_t>(static_cast<uint64_t>(seed) >> 32);
-  d.offset = static_cast<uint64_t>(offset);
-  d.threshold = static_cast<uint32_t>(std::nearbyint(p * 16777216.0));  // Python's round(): half to even
-  d.keep_scale = static_cast<float>(1.0 / (1.0 - p));
-  return d;
+  return {make_dropout_hash(p, seed, offset), static_cast<float>(1.0 / (1.0 - p))};
 }
 
 // row: head * T + query token (packed) or (b * nh + h) * L + query (masked); col: key index in its sequence.
 FB_DEVICE bool dropout_keep(const DropoutParams& d, uint64_t row, uint32_t col) {
-  const uint32_t a = static_cast<uint32_t>(row + d.offset);
-  uint32_t x = fmix32(a * 0x9E3779B1u + d.seed_lo);
-  x = fmix32(x ^ (col * 0x85EBCA77u + d.seed_hi));
-  return (x >> 8) >= d.threshold;
+  return d.hash.keep(d.hash.row_key(row), col);
 }
 
 FB_HOST_DEVICE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// ---- launches. Each <op>.cuh works out its kernels' launches on the host, without ATen or CUDA calls, so the
+// .cu launcher and the CPU test harness (tests/cuda_harness/driver.cpp) launch the same way: which kernel
+// (instantiation), grid, block, dynamic shared memory. The .cu files run one with launch() (host.h).
+constexpr int64_t kSmemDefault = 48 * 1024;  // dynamic shared memory a block gets without opting in
+
+template <typename Kernel>
+struct Launch {
+  Kernel kernel;
+  dim3 grid, block;
+  size_t smem = 0;
+};
+
+template <typename Kernel>
+inline Launch<Kernel> make_launch(Kernel kernel, dim3 grid, dim3 block, int64_t smem = 0) {
+  return {kernel, grid, block, static_cast<size_t>(smem)};
+}
 
 }  // namespace fastbert::cuda

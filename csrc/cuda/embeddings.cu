@@ -4,55 +4,21 @@
 #include <torch/library.h>
 
 #include "cuda/embeddings.cuh"
+#include "cuda/embeddings_host.h"
 #include "cuda/host.h"
+#include "cuda/layernorm_host.h"
 
 namespace fastbert::cuda {
-
-namespace {
-void check_table(const at::Tensor& t, const at::Tensor& word, int64_t H, const char* name) {
-  TORCH_CHECK(t.dim() == 2 && t.size(1) == H, "embeddings: ", name, " must have shape (N, ", H, "), got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == word.scalar_type(), "embeddings: ", name, " dtype ", t.scalar_type(),
-              " must match word_weight dtype ", word.scalar_type());
-  check_same_device(t, word, "embeddings", name);
-}
-void check_ids(const at::Tensor& t, const at::Tensor& ids, const at::Tensor& word, const char* name) {
-  TORCH_CHECK(t.scalar_type() == ids.scalar_type(), "embeddings: ", name, " must have input_ids' dtype ",
-              ids.scalar_type(), ", got ", t.scalar_type());
-  TORCH_CHECK(t.sizes() == ids.sizes(), "embeddings: ", name, " must have input_ids' shape ", ids.sizes(), ", got ",
-              t.sizes());
-  check_same_device(t, word, "embeddings", name);
-}
-void check_vector(const at::Tensor& t, const at::Tensor& word, int64_t H, const char* name) {
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == H, "embeddings: ", name, " must have shape (", H, ",), got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == word.scalar_type(), "embeddings: ", name, " dtype ", t.scalar_type(),
-              " must match word_weight dtype ", word.scalar_type());
-  check_same_device(t, word, "embeddings", name);
-}
-}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> embeddings_cuda(
     const at::Tensor& input_ids, const at::Tensor& position_ids, const std::optional<at::Tensor>& token_type_ids,
     const at::Tensor& word_weight, const at::Tensor& position_weight,
     const std::optional<at::Tensor>& token_type_weight, const at::Tensor& ln_weight, const at::Tensor& ln_bias,
     double eps) {
-  TORCH_CHECK(input_ids.scalar_type() == at::kLong || input_ids.scalar_type() == at::kInt,
-              "embeddings: input_ids must be int64 or int32, got ", input_ids.scalar_type());
-  TORCH_CHECK(word_weight.dim() == 2 && word_weight.size(1) > 0,
-              "embeddings: word_weight must have shape (vocab, H) with H > 0, got ", word_weight.sizes());
-  check_cuda(word_weight, "embeddings", "word_weight");
-  check_float_dtype(word_weight, "embeddings", "word_weight");
-  check_same_device(input_ids, word_weight, "embeddings", "input_ids");
+  const int64_t H = check_embeddings_inputs(input_ids, position_ids, token_type_ids, word_weight, position_weight,
+                                            token_type_weight, ln_weight, &ln_bias, "embeddings");
   TORCH_CHECK_VALUE(eps >= 0, "embeddings: eps must be >= 0, got ", eps);
-  const int64_t H = word_weight.size(1);
-  check_ids(position_ids, input_ids, word_weight, "position_ids");
-  TORCH_CHECK(!token_type_ids || token_type_weight, "embeddings: token_type_ids given without token_type_weight");
-  if (token_type_ids) check_ids(*token_type_ids, input_ids, word_weight, "token_type_ids");
-  check_table(position_weight, word_weight, H, "position_weight");
-  if (token_type_weight) check_table(*token_type_weight, word_weight, H, "token_type_weight");
-  check_vector(ln_weight, word_weight, H, "ln_weight");
-  check_vector(ln_bias, word_weight, H, "ln_bias");
-  const int rows = layernorm_rows_per_block(H);
-  TORCH_CHECK(rows > 0, "embeddings: hidden size ", H, " is larger than the CUDA kernel's limit ", 48 * 1024 / 4);
+  check_layernorm_hidden(H, "embeddings");
 
   auto ids = input_ids.contiguous();
   auto pids = position_ids.contiguous();
@@ -72,35 +38,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> embeddings_cuda(
   const c10::cuda::CUDAGuard guard(word.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   FASTBERT_DISPATCH_FLOAT(word.scalar_type(), "embeddings", [&] {
-    auto launch = [&](auto id_tag) {
+    auto run = [&](auto id_tag) {
       using I = decltype(id_tag);
-      EmbeddingsParams<scalar_t, I> p;
-      p.ids = ids.const_data_ptr<I>();
-      p.pos_ids = pids.const_data_ptr<I>();
-      p.type_ids = token_type_ids ? tids.const_data_ptr<I>() : nullptr;
-      p.word = word.const_data_ptr<scalar_t>();
-      p.pos = pos.const_data_ptr<scalar_t>();
-      p.type = token_type_weight ? type.const_data_ptr<scalar_t>() : nullptr;
-      p.gamma = wc.const_data_ptr<scalar_t>();
-      p.beta = lc.const_data_ptr<scalar_t>();
-      p.out = out.mutable_data_ptr<scalar_t>();
-      p.mean = mean.mutable_data_ptr<float>();
-      p.rstd = rstd.mutable_data_ptr<float>();
-      p.N = N;
-      p.H = H;
-      p.V = word.size(0);
-      p.P = pos.size(0);
-      p.TT = token_type_weight ? type.size(0) : 0;
-      p.eps = static_cast<float>(eps);
-      p.vec = H % Vec16<scalar_t>::n == 0 && is_aligned16(p.word) && is_aligned16(p.pos) &&
-              (!p.type || is_aligned16(p.type)) && is_aligned16(p.gamma) && is_aligned16(p.beta) &&
-              is_aligned16(p.out);
-      const auto grid = static_cast<unsigned>(ceil_div(N, rows));
-      embeddings_kernel<scalar_t, I><<<grid, rows * kWarp, rows * H * sizeof(float), stream>>>(p);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const auto p = embeddings_params(EmbeddingsParams<scalar_t, I>{
+          make_embeddings_inputs<scalar_t, I>(ids, pids, tids, word, pos, type, wc), lc.const_data_ptr<scalar_t>(),
+          out.mutable_data_ptr<scalar_t>(), mean.mutable_data_ptr<float>(), rstd.mutable_data_ptr<float>(),
+          static_cast<float>(eps)});
+      launch(embeddings_launch(p), stream, p);
     };
-    if (ids.scalar_type() == at::kLong) launch(int64_t{});
-    else launch(int32_t{});
+    if (ids.scalar_type() == at::kLong) run(int64_t{});
+    else run(int32_t{});
   });
   return {out, mean, rstd};
 }

@@ -9,59 +9,77 @@
 
 namespace fastbert::cuda {
 
+// What the forward and the backward kernels both read: the tokens' ids, the tables, the LayerNorm weight.
 template <typename T, typename I>
-struct EmbeddingsParams {
-  const I* ids;        // (N,)
-  const I* pos_ids;    // (N,)
-  const I* type_ids;   // (N,) or nullptr (then type 0 when type_weight is given)
-  const T* word;       // (V, H)
-  const T* pos;        // (P, H)
-  const T* type;       // (TT, H) or nullptr
-  const T* gamma;      // (H,)
-  const T* beta;       // (H,)
-  T* out;              // (N, H)
-  float* mean;         // (N,)
-  float* rstd;         // (N,)
+struct EmbeddingsInputs {
+  const I* ids;       // (N,)
+  const I* pos_ids;   // (N,)
+  const I* type_ids;  // (N,) or nullptr (then type 0 when type is given)
+  const T* word;      // (V, H)
+  const T* pos;       // (P, H)
+  const T* type;      // (TT, H) or nullptr
+  const T* gamma;     // (H,)
   int64_t N, H, V, P, TT;
-  float eps;
-  bool vec;  // H % (16 / sizeof(T)) == 0 and every table / output pointer 16-byte aligned
+  bool vec;  // H % (16 / sizeof(T)) == 0 and the tables, gamma and the op's other (N, H) / (H,) pointers aligned
 };
 
-// grid (ceil(N / rows)), block (rows * 32), dynamic shared memory rows * H * 4 bytes,
-// rows = layernorm_rows_per_block(H).
+// A token's ids, checked against the table sizes: one assert for the three, as each assert is a call site whose
+// saved registers can spill.
+struct TokenIds { int64_t word, pos, type; };
+
+template <typename T, typename I>
+FB_DEVICE TokenIds token_ids(const EmbeddingsInputs<T, I>& p, int64_t row) {
+  const TokenIds id{p.ids[row], p.pos_ids[row], p.type_ids ? int64_t(p.type_ids[row]) : 0};
+  FB_KERNEL_ASSERT(id.word >= 0 && id.word < p.V && id.pos >= 0 && id.pos < p.P &&
+                   (!p.type || (id.type >= 0 && id.type < p.TT)));
+  return id;
+}
+
+// The token's sum word[id] + position[pos] (+ token_type[type]).
+template <typename T, typename I>
+FB_DEVICE SumRow<T> token_row(const EmbeddingsInputs<T, I>& p, const TokenIds& id) {
+  return {p.word + id.word * p.H, p.pos + id.pos * p.H, p.type ? p.type + id.type * p.H : nullptr};
+}
+
+template <typename T, typename I>
+struct EmbeddingsParams : EmbeddingsInputs<T, I> {
+  const T* beta;  // (H,)
+  T* out;         // (N, H)
+  float* mean;    // (N,)
+  float* rstd;    // (N,)
+  float eps;
+};
+
 template <typename T, typename I>
 __global__ void __launch_bounds__(kLnThreads) embeddings_kernel(EmbeddingsParams<T, I> p) {
-  constexpr int n = Vec16<T>::n;
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int warp = threadIdx.x / kWarp;
   const int64_t row = int64_t(blockIdx.x) * (blockDim.x / kWarp) + warp;
   if (row >= p.N) return;  // whole warps only; no block barrier below
-  const int64_t id = p.ids[row], pid = p.pos_ids[row], tid = p.type_ids ? int64_t(p.type_ids[row]) : 0;
-  FB_KERNEL_ASSERT(id >= 0 && id < p.V);
-  FB_KERNEL_ASSERT(pid >= 0 && pid < p.P);
-  FB_KERNEL_ASSERT(!p.type || (tid >= 0 && tid < p.TT));
-  const T* w = p.word + id * p.H;
-  const T* q = p.pos + pid * p.H;
-  const T* t = p.type ? p.type + tid * p.H : nullptr;
+  const TokenIds id = token_ids(p, row);
   float* s = dynamic_smem<float>() + int64_t(warp) * p.H;
-  const RowSplit<T> split(p.H, p.vec);
-  float sum = 0.f;
-  for (int64_t c = int64_t(lane) * n; c < split.vec_end; c += kWarp * n) {
-    const Vec16<T> wv = load16(w + c), qv = load16(q + c);
-    Vec16<T> tv;
-    if (t) tv = load16(t + c);
-#pragma unroll
-    for (int k = 0; k < n; ++k) {
-      const float v = to_float(wv.v[k]) + to_float(qv.v[k]) + (t ? to_float(tv.v[k]) : 0.f);
-      s[c + k] = v;
-      sum += v;
-    }
-  }
-  for (int64_t c = split.vec_end + lane; c < p.H; c += kWarp) {
-    const float v = to_float(w[c]) + to_float(q[c]) + (t ? to_float(t[c]) : 0.f);
-    s[c] = v;
-    sum += v;
-  }
+  const float sum = stage_row(token_row(p, id), p.H, p.vec, s);
   layernorm_epilogue(s, sum, p.H, p.gamma, p.beta, p.out + row * p.H, p.eps, p.vec, p.mean + row, p.rstd + row);
+}
+
+// The launch (host side, shared by the .cu launchers and tests/cuda_harness): the inputs from the caller's
+// pointers and sizes, plus whether the tables and gamma allow the 16-byte path; the forward's params, which
+// also need beta and out aligned for it.
+template <typename T, typename I>
+inline EmbeddingsInputs<T, I> embeddings_inputs(EmbeddingsInputs<T, I> in) {
+  in.vec = in.H % Vec16<T>::n == 0 && aligned16(in.word) && aligned16(in.pos) && (!in.type || aligned16(in.type)) &&
+           aligned16(in.gamma);
+  return in;
+}
+
+template <typename T, typename I>
+inline EmbeddingsParams<T, I> embeddings_params(EmbeddingsParams<T, I> p) {
+  p.vec = p.vec && aligned16(p.beta) && aligned16(p.out);
+  return p;
+}
+
+template <typename T, typename I>
+inline auto embeddings_launch(const EmbeddingsParams<T, I>& p) {
+  return layernorm_rows_launch(&embeddings_kernel<T, I>, p.N, p.H);
 }
 
 }  // namespace fastbert::cuda

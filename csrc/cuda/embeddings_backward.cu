@@ -7,28 +7,14 @@
 #include <torch/library.h>
 
 #include "cuda/embeddings_backward.cuh"
+#include "cuda/embeddings_host.h"
 #include "cuda/host.h"
-#include "cuda/ln_backward_host.h"
+#include "cuda/layernorm_host.h"
 
 namespace fastbert::cuda {
 
 namespace {
 constexpr const char* kOp = "embeddings_backward";
-
-void check_table(const at::Tensor& t, const at::Tensor& word, int64_t H, const char* name) {
-  TORCH_CHECK(t.dim() == 2 && t.size(1) == H, kOp, ": ", name, " must have shape (N, ", H, "), got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == word.scalar_type(), kOp, ": ", name, " dtype ", t.scalar_type(),
-              " must match word_weight dtype ", word.scalar_type());
-  check_same_device(t, word, kOp, name);
-}
-
-void check_ids(const at::Tensor& t, const at::Tensor& ids, const at::Tensor& word, const char* name) {
-  TORCH_CHECK(t.scalar_type() == ids.scalar_type(), kOp, ": ", name, " must have input_ids' dtype ",
-              ids.scalar_type(), ", got ", t.scalar_type());
-  TORCH_CHECK(t.sizes() == ids.sizes(), kOp, ": ", name, " must have input_ids' shape ", ids.sizes(), ", got ",
-              t.sizes());
-  check_same_device(t, word, kOp, name);
-}
 
 void check_stat(const at::Tensor& t, const at::Tensor& ids, const at::Tensor& word, const char* name) {
   TORCH_CHECK(t.sizes() == ids.sizes(), kOp, ": ", name, " must have input_ids' shape ", ids.sizes(), ", got ",
@@ -44,24 +30,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> embedding
     const std::optional<at::Tensor>& token_type_ids, const at::Tensor& word_weight, const at::Tensor& position_weight,
     const std::optional<at::Tensor>& token_type_weight, const at::Tensor& ln_weight, const at::Tensor& mean,
     const at::Tensor& rstd) {
-  TORCH_CHECK(input_ids.scalar_type() == at::kLong || input_ids.scalar_type() == at::kInt, kOp,
-              ": input_ids must be int64 or int32, got ", input_ids.scalar_type());
-  TORCH_CHECK(word_weight.dim() == 2 && word_weight.size(1) > 0, kOp,
-              ": word_weight must have shape (vocab, H) with H > 0, got ", word_weight.sizes());
-  check_cuda(word_weight, kOp, "word_weight");
-  check_float_dtype(word_weight, kOp, "word_weight");
-  check_same_device(input_ids, word_weight, kOp, "input_ids");
-  const int64_t H = word_weight.size(1);
-  check_ids(position_ids, input_ids, word_weight, "position_ids");
-  TORCH_CHECK(!token_type_ids || token_type_weight, kOp, ": token_type_ids given without token_type_weight");
-  if (token_type_ids) check_ids(*token_type_ids, input_ids, word_weight, "token_type_ids");
-  check_table(position_weight, word_weight, H, "position_weight");
-  if (token_type_weight) check_table(*token_type_weight, word_weight, H, "token_type_weight");
-  TORCH_CHECK(ln_weight.dim() == 1 && ln_weight.size(0) == H, kOp, ": ln_weight must have shape (", H, ",), got ",
-              ln_weight.sizes());
-  TORCH_CHECK(ln_weight.scalar_type() == word_weight.scalar_type(), kOp, ": ln_weight dtype ",
-              ln_weight.scalar_type(), " must match word_weight dtype ", word_weight.scalar_type());
-  check_same_device(ln_weight, word_weight, kOp, "ln_weight");
+  const int64_t H = check_embeddings_inputs(input_ids, position_ids, token_type_ids, word_weight, position_weight,
+                                            token_type_weight, ln_weight, nullptr, kOp);
   auto out_shape = input_ids.sizes().vec();
   out_shape.push_back(H);
   TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(out_shape), kOp, ": grad_out must have shape ",
@@ -83,7 +53,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> embedding
 
   const c10::cuda::CUDAGuard guard(word_weight.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const LnBackwardConfig cfg = ln_backward_config(H, kOp);
+  const int64_t smem_limit = ln_backward_smem_limit(H, kOp);
   auto ids = input_ids.contiguous();
   auto pids = position_ids.contiguous();
   auto tids = token_type_ids ? token_type_ids->contiguous() : at::Tensor();
@@ -98,68 +68,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> embedding
   const auto f32 = opts.dtype(at::kFloat);
   auto grad_s = at::empty({N, H}, f32);
   auto keys = at::empty({tables * N}, opts.dtype(at::kLong));
-  const unsigned grid = ln_backward_grid(N, cfg.warps);
-  auto partials = at::empty({int64_t(grid), 2, H}, f32);
 
   FASTBERT_DISPATCH_FLOAT(word.scalar_type(), kOp, [&] {
     auto rows = [&](auto id_tag) {
       using I = decltype(id_tag);
-      EmbeddingsBackwardParams<scalar_t, I> p;
-      p.grad_out = go.const_data_ptr<scalar_t>();
-      p.ids = ids.const_data_ptr<I>();
-      p.pos_ids = pids.const_data_ptr<I>();
-      p.type_ids = token_type_ids ? tids.const_data_ptr<I>() : nullptr;
-      p.word = word.const_data_ptr<scalar_t>();
-      p.pos = pos.const_data_ptr<scalar_t>();
-      p.type = token_type_weight ? type.const_data_ptr<scalar_t>() : nullptr;
-      p.gamma = gamma.const_data_ptr<scalar_t>();
-      p.mean = mc.const_data_ptr<float>();
-      p.rstd = sc.const_data_ptr<float>();
-      p.grad_s = grad_s.mutable_data_ptr<float>();
-      p.keys = keys.mutable_data_ptr<int64_t>();
-      p.partials = partials.mutable_data_ptr<float>();
-      p.N = N;
-      p.H = H;
-      p.V = word.size(0);
-      p.P = pos.size(0);
-      p.TT = token_type_weight ? type.size(0) : 0;
-      p.vec = H % Vec16<scalar_t>::n == 0 && is_aligned16(p.grad_out) && is_aligned16(p.word) &&
-              is_aligned16(p.pos) && (!p.type || is_aligned16(p.type)) && is_aligned16(p.gamma);
-      auto kernel = embeddings_backward_rows_kernel<scalar_t, I>;
-      allow_smem(kernel, cfg.smem);
-      kernel<<<grid, cfg.warps * kWarp, cfg.smem, stream>>>(p);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const auto l = embeddings_backward_rows_launch<scalar_t, I>(N, H, smem_limit);
+      auto partials = at::empty({int64_t(l.grid.x), 2, H}, f32);
+      const auto p = embeddings_backward_params(EmbeddingsBackwardParams<scalar_t, I>{
+          make_embeddings_inputs<scalar_t, I>(ids, pids, tids, word, pos, type, gamma), go.const_data_ptr<scalar_t>(),
+          mc.const_data_ptr<float>(), sc.const_data_ptr<float>(), grad_s.mutable_data_ptr<float>(),
+          keys.mutable_data_ptr<int64_t>(), partials.mutable_data_ptr<float>()});
+      launch(l, stream, p);
+      launch(ln_backward_reduce_launch<scalar_t>(H), stream, p.partials, int64_t(l.grid.x), H,
+             g_w.mutable_data_ptr<scalar_t>(), g_b.mutable_data_ptr<scalar_t>());
     };
     if (ids.scalar_type() == at::kLong) rows(int64_t{});
     else rows(int32_t{});
-    ln_backward_reduce_kernel<scalar_t><<<ln_reduce_grid(H), kLnReduceThreads, 0, stream>>>(
-        partials.const_data_ptr<float>(), int64_t(grid), H, g_w.mutable_data_ptr<scalar_t>(),
-        g_b.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
 
     // Stable: equal keys keep token order, so each table row sums its tokens in order.
     auto [sorted, perm] = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
     const int64_t K = keys.numel();
-    const dim3 sgrid = embeddings_scatter_grid(K, H);
-    auto ws = at::empty({int64_t(sgrid.x), 2, H}, f32);
-    EmbeddingsScatterParams<scalar_t> s;
-    s.sorted = sorted.const_data_ptr<int64_t>();
-    s.perm = perm.const_data_ptr<int64_t>();
-    s.grad_s = grad_s.const_data_ptr<float>();
-    s.ws = ws.mutable_data_ptr<float>();
-    s.word = g_word.mutable_data_ptr<scalar_t>();
-    s.pos = g_pos.mutable_data_ptr<scalar_t>();
-    s.type = token_type_weight ? g_tt.mutable_data_ptr<scalar_t>() : nullptr;
-    s.K = K;
-    s.N = N;
-    s.H = H;
-    s.V = word.size(0);
-    s.P = pos.size(0);
-    s.TT = token_type_weight ? type.size(0) : 0;
-    embeddings_scatter_kernel<scalar_t><<<sgrid, kScatterThreads, 0, stream>>>(s);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    embeddings_scatter_combine_kernel<scalar_t><<<sgrid, kScatterThreads, 0, stream>>>(s);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const auto scatter = embeddings_scatter_launch<scalar_t>(K, H, /*combine=*/false);
+    auto ws = at::empty({int64_t(scatter.grid.x), 2, H}, f32);
+    const EmbeddingsScatterParams<scalar_t> s{.sorted = sorted.const_data_ptr<int64_t>(),
+                                              .perm = perm.const_data_ptr<int64_t>(),
+                                              .grad_s = grad_s.const_data_ptr<float>(),
+                                              .ws = ws.mutable_data_ptr<float>(),
+                                              .word = g_word.mutable_data_ptr<scalar_t>(),
+                                              .pos = g_pos.mutable_data_ptr<scalar_t>(),
+                                              .type = token_type_weight ? g_tt.mutable_data_ptr<scalar_t>() : nullptr,
+                                              .K = K,
+                                              .N = N,
+                                              .H = H,
+                                              .V = word.size(0),
+                                              .P = pos.size(0),
+                                              .TT = token_type_weight ? type.size(0) : 0};
+    launch(scatter, stream, s);
+    launch(embeddings_scatter_launch<scalar_t>(K, H, /*combine=*/true), stream, s);
   });
   return {g_word, g_pos, g_tt, g_w, g_b};
 }

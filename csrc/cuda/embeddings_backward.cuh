@@ -14,6 +14,7 @@
 // summed by many blocks at once, in a fixed order. 16-bit tables: fp32 sums, rounded once. Rows no token
 // uses stay as the launcher zeroed them.
 #pragma once
+#include "cuda/embeddings.cuh"
 #include "cuda/layernorm_backward.cuh"
 
 namespace fastbert::cuda {
@@ -22,66 +23,28 @@ constexpr int kScatterChunk = 32;     // sorted keys per block
 constexpr int kScatterThreads = 128;  // columns per block
 
 template <typename T, typename I>
-struct EmbeddingsBackwardParams {
-  const T* grad_out;   // (N, H)
-  const I* ids;        // (N,)
-  const I* pos_ids;    // (N,)
-  const I* type_ids;   // (N,) or nullptr (then type 0 when type is given)
-  const T* word;       // (V, H)
-  const T* pos;        // (P, H)
-  const T* type;       // (TT, H) or nullptr
-  const T* gamma;      // (H,)
-  const float* mean;   // (N,)
-  const float* rstd;   // (N,)
-  float* grad_s;       // (N, H)
-  int64_t* keys;       // (tables * N,): [word ids | V + position ids | V + P + type ids]
-  float* partials;     // (gridDim.x, 2, H)
-  int64_t N, H, V, P, TT;
-  bool vec;  // H % (16 / sizeof(T)) == 0 and grad_out, the tables and gamma 16-byte aligned
+struct EmbeddingsBackwardParams : EmbeddingsInputs<T, I> {
+  const T* grad_out;  // (N, H)
+  const float* mean;  // (N,)
+  const float* rstd;  // (N,)
+  float* grad_s;      // (N, H)
+  int64_t* keys;      // (tables * N,): [word ids | V + position ids | V + P + type ids]
+  float* partials;    // (gridDim.x, 2, H)
 };
 
-// grid ln_backward_grid(N, warps), block warps * 32, dynamic shared memory ln_backward_smem(H, warps).
 template <typename T, typename I>
-__global__ void __launch_bounds__(kLnBwdWarps * kWarp)
+__global__ void __launch_bounds__(kLnBwdWarps* kWarp)
     embeddings_backward_rows_kernel(EmbeddingsBackwardParams<T, I> p) {
-  constexpr int n = Vec16<T>::n;
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  const LnBwdSmem sm = ln_backward_smem_of_warp(warp, p.H);
-  const RowSplit<T> split(p.H, p.vec);
-  ln_backward_zero<T>(sm, p.H, p.vec);
-  const int64_t warps_total = int64_t(gridDim.x) * (blockDim.x / kWarp);
-  for (int64_t row = int64_t(blockIdx.x) * (blockDim.x / kWarp) + warp; row < p.N; row += warps_total) {
-    const int64_t id = p.ids[row], pid = p.pos_ids[row], tid = p.type_ids ? int64_t(p.type_ids[row]) : 0;
-    // One assert for the three ids: each assert is a call site whose saved registers can spill.
-    FB_KERNEL_ASSERT(id >= 0 && id < p.V && pid >= 0 && pid < p.P && (!p.type || (tid >= 0 && tid < p.TT)));
-    if (lane == 0) {
-      p.keys[row] = id;
-      p.keys[p.N + row] = p.V + pid;
-      if (p.type) p.keys[2 * p.N + row] = p.V + p.P + tid;
+  ln_backward_rows<T>(p, [&](const LnBwdSmem& sm, int64_t row) {
+    const TokenIds id = token_ids(p, row);
+    if (threadIdx.x % kWarp == 0) {
+      p.keys[row] = id.word;
+      p.keys[p.N + row] = p.V + id.pos;
+      if (p.type) p.keys[2 * p.N + row] = p.V + p.P + id.type;
     }
-    const T* w = p.word + id * p.H;
-    const T* q = p.pos + pid * p.H;
-    const T* t = p.type ? p.type + tid * p.H : nullptr;
-    const T* g = p.grad_out + row * p.H;
-    const float mean = p.mean[row], rstd = p.rstd[row];
-    float sum_a = 0.f, sum_b = 0.f;
-    for (int64_t c = int64_t(lane) * n; c < split.vec_end; c += kWarp * n) {
-      const Vec16<T> wv = load16(w + c), qv = load16(q + c), gv = load16(g + c), gam = load16(p.gamma + c);
-      Vec16<T> tv;
-      if (t) tv = load16(t + c);
-#pragma unroll
-      for (int k = 0; k < n; ++k) {
-        const float s = to_float(wv.v[k]) + to_float(qv.v[k]) + (t ? to_float(tv.v[k]) : 0.f);
-        ln_backward_col(sm, c + k, (s - mean) * rstd, to_float(gv.v[k]), to_float(gam.v[k]), sum_a, sum_b);
-      }
-    }
-    for (int64_t c = split.vec_end + lane; c < p.H; c += kWarp) {
-      const float s = to_float(w[c]) + to_float(q[c]) + (t ? to_float(t[c]) : 0.f);
-      ln_backward_col(sm, c, (s - mean) * rstd, to_float(g[c]), to_float(p.gamma[c]), sum_a, sum_b);
-    }
-    ln_backward_finish<T, float>(sm, sum_a, sum_b, p.H, g, p.gamma, rstd, p.grad_s + row * p.H, p.vec);
-  }
-  ln_backward_block_partials(p.H, p.partials);
+    ln_backward_row(sm, token_row(p, id), p.grad_out + row * p.H, p.gamma, p.mean[row], p.rstd[row], p.H, p.vec,
+                    p.grad_s + row * p.H);
+  });
 }
 
 template <typename T>
@@ -96,10 +59,6 @@ struct EmbeddingsScatterParams {
   int64_t K, N, H, V, P, TT;
 };
 
-FB_HOST_DEVICE dim3 embeddings_scatter_grid(int64_t K, int64_t H) {
-  return dim3(static_cast<unsigned>(ceil_div(K, kScatterChunk)), static_cast<unsigned>(ceil_div(H, kScatterThreads)));
-}
-
 template <typename T>
 FB_DEVICE T* table_row(const EmbeddingsScatterParams<T>& p, int64_t key) {
   FB_KERNEL_ASSERT(key >= 0 && key < p.V + p.P + (p.type ? p.TT : 0));
@@ -108,7 +67,7 @@ FB_DEVICE T* table_row(const EmbeddingsScatterParams<T>& p, int64_t key) {
   return p.type + (key - p.V - p.P) * p.H;
 }
 
-// grid embeddings_scatter_grid(K, H), block kScatterThreads: chunk blockIdx.x, column blockIdx.y * 128 + thread.
+// Chunk blockIdx.x, column blockIdx.y * 128 + thread (embeddings_scatter_launch).
 template <typename T>
 __global__ void __launch_bounds__(kScatterThreads) embeddings_scatter_kernel(EmbeddingsScatterParams<T> p) {
   const int64_t c = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
@@ -152,6 +111,29 @@ __global__ void __launch_bounds__(kScatterThreads) embeddings_scatter_combine_ke
     if (after >= p.K || p.sorted[after] != key) break;
   }
   table_row(p, key)[c] = from_float<T>(acc);
+}
+
+// The launches (host side, shared by csrc/cuda/embeddings_backward.cu and tests/cuda_harness): the params from
+// embeddings_inputs() (embeddings.cuh) and the rest, the 16-byte path only if grad_out is aligned too; the row kernel,
+// then ln_backward_reduce_kernel over its grid's partials; after the sort, the scatter and its combine kernel,
+// both on grid (chunks, ceil(H / 128)), the workspace (chunks, 2, H) fp32.
+template <typename T, typename I>
+inline EmbeddingsBackwardParams<T, I> embeddings_backward_params(EmbeddingsBackwardParams<T, I> p) {
+  p.vec = p.vec && aligned16(p.grad_out);
+  return p;
+}
+
+template <typename T, typename I>
+inline auto embeddings_backward_rows_launch(int64_t N, int64_t H, int64_t smem_limit) {
+  return ln_backward_rows_launch(&embeddings_backward_rows_kernel<T, I>, N, H, smem_limit);
+}
+
+template <typename T>
+inline auto embeddings_scatter_launch(int64_t K, int64_t H, bool combine) {
+  return make_launch(
+      combine ? &embeddings_scatter_combine_kernel<T> : &embeddings_scatter_kernel<T>,
+      dim3(static_cast<unsigned>(ceil_div(K, kScatterChunk)), static_cast<unsigned>(ceil_div(H, kScatterThreads))),
+      dim3(kScatterThreads));
 }
 
 }  // namespace fastbert::cuda

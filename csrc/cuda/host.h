@@ -1,10 +1,13 @@
-// Host-side helpers of the CUDA launchers (csrc/cuda/*.cu only; the kernels themselves live in *.cuh).
+// Host-side helpers of the CUDA launchers (csrc/cuda/*.cu only; the kernels and their launch configurations live
+// in *.cuh).
 #pragma once
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+
+#include "cuda/common.cuh"
 
 namespace fastbert::cuda {
 
@@ -24,12 +27,22 @@ inline void check_float_dtype(const at::Tensor& t, const char* op, const char* n
               " must be float32, float16 or bfloat16 on CUDA, got ", s);
 }
 
-inline bool is_aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+// Runs a Launch worked out by a kernel's .cuh (common.cuh) on `stream`, and checks it. More than the default
+// 48 KiB of dynamic shared memory is opted into first (the caller has checked that the device allows it).
+template <typename Kernel, typename... Args>
+void launch(const Launch<Kernel>& l, cudaStream_t stream, const Args&... args) {
+  if (l.smem > static_cast<size_t>(kSmemDefault))
+    C10_CUDA_CHECK(
+        cudaFuncSetAttribute(l.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(l.smem)));
+  const Kernel kernel = l.kernel;
+  kernel<<<l.grid, l.block, l.smem, stream>>>(args...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
 
 // AT_DISPATCH over the three storage dtypes, binding scalar_t to float / c10::Half / c10::BFloat16.
-#define FASTBERT_DISPATCH_FLOAT(TYPE, NAME, ...)                                                   \
-  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)                          \
-                                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)                       \
-                                         AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
+#define FASTBERT_DISPATCH_FLOAT(TYPE, NAME, ...)                                                        \
+  AT_DISPATCH_SWITCH(TYPE, NAME,                                                                        \
+                     AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__) \
+                         AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
 }  // namespace fastbert::cuda

@@ -19,7 +19,6 @@ namespace fastbert::cuda {
 
 constexpr int kLnBwdWarps = 4;           // rows in flight per block when H is small enough
 constexpr int kLnBwdMaxBlocks = 512;     // partial rows of the parameter-gradient reduction, at most
-constexpr int64_t kSmemDefault = 48 * 1024;
 constexpr int kLnReduceCols = 32;        // ln_backward_reduce_kernel: columns per block
 constexpr int kLnReduceGroups = 8;       // ... and groups of partial rows summed in parallel
 constexpr int kLnReduceThreads = kLnReduceCols * kLnReduceGroups;
@@ -31,12 +30,6 @@ FB_HOST_DEVICE int ln_backward_warps(int64_t H, int64_t smem_limit) {
     if (w * per_warp <= smem_limit) return w;
   return 0;
 }
-FB_HOST_DEVICE int64_t ln_backward_smem(int64_t H, int warps) { return int64_t(warps) * 3 * H * int64_t(sizeof(float)); }
-FB_HOST_DEVICE unsigned ln_backward_grid(int64_t N, int warps) {
-  const int64_t b = ceil_div(N, warps);
-  return static_cast<unsigned>(b < kLnBwdMaxBlocks ? (b > 0 ? b : 1) : kLnBwdMaxBlocks);
-}
-FB_HOST_DEVICE unsigned ln_reduce_grid(int64_t H) { return static_cast<unsigned>(ceil_div(H, kLnReduceCols)); }
 
 // A warp's three shared rows.
 struct LnBwdSmem {
@@ -100,6 +93,27 @@ FB_DEVICE void ln_backward_finish(const LnBwdSmem& sm, float sum_a, float sum_b,
     grad_s[c] = from_float<Out>((to_float(g[c]) * to_float(w[c]) - a - sm.xhat[c] * b) * rstd);
 }
 
+// This warp's row of the backward of out = LayerNorm(row) * w + b: recomputes s = row (layernorm.cuh's
+// SumRow), then the two passes, grad_s (Out: T, or float for a fp32 workspace) from g = dL/dout.
+template <typename T, typename Out>
+FB_DEVICE void ln_backward_row(const LnBwdSmem& sm, const SumRow<T>& row, const T* g, const T* w, float mean,
+                               float rstd, int64_t H, bool vec, Out* grad_s) {
+  constexpr int n = Vec16<T>::n;
+  const int lane = threadIdx.x % kWarp;
+  const RowSplit<T> split(H, vec);
+  float sum_a = 0.f, sum_b = 0.f;
+  for (int64_t c = int64_t(lane) * n; c < split.vec_end; c += kWarp * n) {
+    const auto s = row.load(c);
+    const Vec16<T> gv = load16(g + c), wv = load16(w + c);
+#pragma unroll
+    for (int k = 0; k < n; ++k)
+      ln_backward_col(sm, c + k, (s[k] - mean) * rstd, to_float(gv.v[k]), to_float(wv.v[k]), sum_a, sum_b);
+  }
+  for (int64_t c = split.vec_end + lane; c < H; c += kWarp)
+    ln_backward_col(sm, c, (row.at(c) - mean) * rstd, to_float(g[c]), to_float(w[c]), sum_a, sum_b);
+  ln_backward_finish<T, Out>(sm, sum_a, sum_b, H, g, w, rstd, grad_s, vec);
+}
+
 // At the block's end (every thread of the block calls it): the warps' running sums, added in warp order, into
 // the block's partial rows partials[block] = [sum g xhat | sum g], (blocks, 2, H) fp32.
 FB_DEVICE void ln_backward_block_partials(int64_t H, float* __restrict__ partials) {
@@ -118,9 +132,20 @@ FB_DEVICE void ln_backward_block_partials(int64_t H, float* __restrict__ partial
   }
 }
 
+// The body of a row kernel of params p (N rows of H, vec, partials): one warp per row, the grid's warps striding
+// over the rows, each calling row_fn(sm, row) (which calls ln_backward_row), then the block's partial rows.
+template <typename T, typename P, typename RowFn>
+FB_DEVICE void ln_backward_rows(const P& p, RowFn&& row_fn) {
+  const int warp = threadIdx.x / kWarp;
+  const LnBwdSmem sm = ln_backward_smem_of_warp(warp, p.H);
+  ln_backward_zero<T>(sm, p.H, p.vec);
+  const int64_t warps_total = int64_t(gridDim.x) * (blockDim.x / kWarp);
+  for (int64_t row = int64_t(blockIdx.x) * (blockDim.x / kWarp) + warp; row < p.N; row += warps_total) row_fn(sm, row);
+  ln_backward_block_partials(p.H, p.partials);
+}
+
 // grad_w, grad_b (H,) = sums of the partial rows (blocks, 2, H) in block order: kLnReduceGroups groups of
 // threads sum every kLnReduceGroups-th partial row, then the groups are added in group order.
-// grid ln_reduce_grid(H), block kLnReduceThreads.
 template <typename T>
 __global__ void __launch_bounds__(kLnReduceThreads)
     ln_backward_reduce_kernel(const float* __restrict__ partials, int64_t blocks, int64_t H, T* __restrict__ grad_w,
@@ -147,6 +172,26 @@ __global__ void __launch_bounds__(kLnReduceThreads)
     grad_w[c] = from_float<T>(tw);
     grad_b[c] = from_float<T>(tb);
   }
+}
+
+// The launches (host side, shared by the .cu launchers and tests/cuda_harness). A row kernel (one warp per row,
+// rows grid-striding, the warps' three shared rows) for N rows of H within smem_limit bytes of shared memory
+// (the caller has checked that ln_backward_warps(H, smem_limit) > 0): at most kLnBwdMaxBlocks blocks, each
+// writing one partial row pair, so the caller allocates (grid.x, 2, H) fp32 partials.
+template <typename Kernel>
+inline Launch<Kernel> ln_backward_rows_launch(Kernel kernel, int64_t N, int64_t H, int64_t smem_limit) {
+  const int warps = ln_backward_warps(H, smem_limit);
+  const int64_t blocks = ceil_div(N, warps);
+  return make_launch(
+      kernel, dim3(static_cast<unsigned>(blocks < kLnBwdMaxBlocks ? (blocks > 0 ? blocks : 1) : kLnBwdMaxBlocks)),
+      dim3(warps * kWarp), int64_t(warps) * 3 * H * int64_t(sizeof(float)));
+}
+
+// ln_backward_reduce_kernel's: kLnReduceCols columns per block.
+template <typename T>
+inline auto ln_backward_reduce_launch(int64_t H) {
+  return make_launch(&ln_backward_reduce_kernel<T>, dim3(static_cast<unsigned>(ceil_div(H, kLnReduceCols))),
+                     dim3(kLnReduceThreads));
 }
 
 }  // namespace fastbert::cuda

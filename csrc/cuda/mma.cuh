@@ -1,7 +1,7 @@
 // Warp-wide tensor-core building blocks: the product D (16x8, fp32) += A (16x16) * B (16x8), A and B in fp16 or
 // bf16 (PTX mma.sync.aligned.m16n8k16, sm_80 and newer), and the shared-memory loads that feed it (ldmatrix).
 // Under the CPU test harness each has an exact emulation, so kernels built on them run in
-// tests/test_cuda_harness.py too.
+// tests/ops/test_cuda_harness.py too.
 //
 // Fragment layout (PTX ISA, "Matrix Fragments for mma.m16n8k16"), lane = 4 * g + t (g = lane / 4, t = lane % 4);
 // a 32-bit register holds two 16-bit values, the lower column / row first:
@@ -63,9 +63,7 @@ FB_DEVICE void ldmatrix_x4(uint32_t r[4], const void* row) {
   ::fbh::warp_gather(reinterpret_cast<uint64_t>(row), rows);
   const int lane = int(threadIdx.x % kWarp), g = lane / 4, t = lane % 4;
   for (int j = 0; j < 4; ++j) {
-    auto at = [&](int rr, int cc) {
-      return uint32_t(reinterpret_cast<const uint16_t*>(rows[8 * j + rr])[cc]);
-    };
+    auto at = [&](int rr, int cc) { return uint32_t(reinterpret_cast<const uint16_t*>(rows[8 * j + rr])[cc]); };
     r[j] = kTrans ? (at(2 * t, g) | at(2 * t + 1, g) << 16) : (at(g, 2 * t) | at(g, 2 * t + 1) << 16);
   }
 #endif

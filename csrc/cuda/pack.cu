@@ -26,35 +26,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pack_cuda(const at::Tensor& atten
   auto cu_seqlens = at::empty({B + 1}, opts.dtype(at::kInt));
   auto counts = at::empty({B}, opts.dtype(at::kInt));
   const bool* kp = keep.const_data_ptr<bool>();
-  if (B > 0) {
-    pack_count_kernel<<<static_cast<unsigned>(B), kPackThreads, 0, stream>>>(kp, L, counts.mutable_data_ptr<int32_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  pack_scan_kernel<<<1, kPackThreads, 0, stream>>>(counts.const_data_ptr<int32_t>(), B,
-                                                   cu_seqlens.mutable_data_ptr<int32_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (B > 0) launch(pack_rows_launch(&pack_count_kernel, B), stream, kp, L, counts.mutable_data_ptr<int32_t>());
+  launch(pack_scan_launch(), stream, counts.const_data_ptr<int32_t>(), B, cu_seqlens.mutable_data_ptr<int32_t>());
   const int64_t T = cu_seqlens[B].item<int32_t>();  // device-to-host copy: synchronises the stream
   auto indices = at::empty({T}, opts.dtype(at::kLong));
   auto positions = at::empty({T}, opts.dtype(at::kLong));
-  if (T > 0) {
-    pack_write_kernel<<<static_cast<unsigned>(B), kPackThreads, 0, stream>>>(
-        kp, L, cu_seqlens.const_data_ptr<int32_t>(), indices.mutable_data_ptr<int64_t>(),
-        positions.mutable_data_ptr<int64_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+  if (T > 0)
+    launch(pack_rows_launch(&pack_write_kernel, B), stream, kp, L, cu_seqlens.const_data_ptr<int32_t>(),
+           indices.mutable_data_ptr<int64_t>(), positions.mutable_data_ptr<int64_t>());
   return {indices, cu_seqlens, positions};
 }
-
-namespace {
-template <typename E>
-void launch_unpack_copy(const void* x, const int32_t* inv, int64_t N, int64_t row_bytes, void* out,
-                        cudaStream_t stream) {
-  const int64_t W = row_bytes / static_cast<int64_t>(sizeof(E));
-  unpack_copy_kernel<E><<<unpack_grid(N * W), kUnpackThreads, 0, stream>>>(static_cast<const E*>(x), inv, N, W,
-                                                                           static_cast<E*>(out));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-}  // namespace
 
 at::Tensor unpack_cuda(const at::Tensor& x, const at::Tensor& indices, int64_t batch, int64_t seqlen) {
   TORCH_CHECK(x.dim() == 2, "unpack: x must have shape (tokens, H), got ", x.sizes());
@@ -74,23 +55,11 @@ at::Tensor unpack_cuda(const at::Tensor& x, const at::Tensor& indices, int64_t b
   auto xc = x.contiguous();
   auto ic = indices.contiguous();
   auto inv = at::empty({N}, x.options().dtype(at::kInt));
-  unpack_fill_kernel<<<unpack_grid(N), kUnpackThreads, 0, stream>>>(inv.mutable_data_ptr<int32_t>(), N);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (T > 0) {
-    unpack_scatter_kernel<<<unpack_grid(T), kUnpackThreads, 0, stream>>>(ic.const_data_ptr<int64_t>(), T, N,
-                                                                         inv.mutable_data_ptr<int32_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  const void* src = xc.const_data_ptr();
-  void* dst = out.mutable_data_ptr();
-  const int32_t* iv = inv.const_data_ptr<int32_t>();
-  const uintptr_t align = reinterpret_cast<uintptr_t>(src) | reinterpret_cast<uintptr_t>(dst) |
-                          static_cast<uintptr_t>(row_bytes);
-  if (align % 16 == 0) launch_unpack_copy<uint4>(src, iv, N, row_bytes, dst, stream);
-  else if (align % 8 == 0) launch_unpack_copy<uint2>(src, iv, N, row_bytes, dst, stream);
-  else if (align % 4 == 0) launch_unpack_copy<uint32_t>(src, iv, N, row_bytes, dst, stream);
-  else if (align % 2 == 0) launch_unpack_copy<uint16_t>(src, iv, N, row_bytes, dst, stream);
-  else launch_unpack_copy<uint8_t>(src, iv, N, row_bytes, dst, stream);
+  int32_t* iv = inv.mutable_data_ptr<int32_t>();
+  launch(unpack_launch(&unpack_fill_kernel, N), stream, iv, N);
+  if (T > 0) launch(unpack_launch(&unpack_scatter_kernel, T), stream, ic.const_data_ptr<int64_t>(), T, N, iv);
+  const auto p = unpack_copy_params(xc.const_data_ptr(), iv, out.mutable_data_ptr(), N, row_bytes);
+  launch(unpack_copy_launch(p), stream, p);
   return out;
 }
 

@@ -15,9 +15,9 @@ namespace fastbert::cuda {
 
 constexpr int kPackThreads = 256;
 
-// (B, L) keep -> counts (B,). grid (B), block kPackThreads.
-__global__ void __launch_bounds__(kPackThreads) pack_count_kernel(const bool* __restrict__ keep, int64_t L,
-                                                                   int32_t* __restrict__ counts) {
+// (B, L) keep -> counts (B,). Block b counts row b.
+__global__ void __launch_bounds__(kPackThreads)
+    pack_count_kernel(const bool* __restrict__ keep, int64_t L, int32_t* __restrict__ counts) {
   FB_SHARED(int, scratch, 32);
   const int64_t b = blockIdx.x;
   int n = 0;
@@ -26,9 +26,9 @@ __global__ void __launch_bounds__(kPackThreads) pack_count_kernel(const bool* __
   if (threadIdx.x == 0) counts[b] = n;
 }
 
-// counts (B,) -> cu_seqlens (B+1,) exclusive prefix sum. grid (1), block kPackThreads.
-__global__ void __launch_bounds__(kPackThreads) pack_scan_kernel(const int32_t* __restrict__ counts, int64_t B,
-                                                                  int32_t* __restrict__ cu_seqlens) {
+// counts (B,) -> cu_seqlens (B+1,) exclusive prefix sum, by one block.
+__global__ void __launch_bounds__(kPackThreads)
+    pack_scan_kernel(const int32_t* __restrict__ counts, int64_t B, int32_t* __restrict__ cu_seqlens) {
   FB_SHARED(int, warp_totals, 32);
   FB_SHARED(int, carry, 1);
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, nwarps = blockDim.x / kWarp;
@@ -61,11 +61,10 @@ __global__ void __launch_bounds__(kPackThreads) pack_scan_kernel(const int32_t* 
   }
 }
 
-// keep (B, L), cu_seqlens (B+1,) -> indices (T,), positions (T,). grid (B), block kPackThreads.
-__global__ void __launch_bounds__(kPackThreads) pack_write_kernel(const bool* __restrict__ keep, int64_t L,
-                                                                   const int32_t* __restrict__ cu_seqlens,
-                                                                   int64_t* __restrict__ indices,
-                                                                   int64_t* __restrict__ positions) {
+// keep (B, L), cu_seqlens (B+1,) -> indices (T,), positions (T,). Block b writes row b's tokens.
+__global__ void __launch_bounds__(kPackThreads)
+    pack_write_kernel(const bool* __restrict__ keep, int64_t L, const int32_t* __restrict__ cu_seqlens,
+                      int64_t* __restrict__ indices, int64_t* __restrict__ positions) {
   FB_SHARED(int, warp_totals, 32);
   const int64_t b = blockIdx.x;
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, nwarps = blockDim.x / kWarp;
@@ -94,20 +93,15 @@ __global__ void __launch_bounds__(kPackThreads) pack_write_kernel(const bool* __
 
 constexpr int kUnpackThreads = 256;
 
-FB_HOST_DEVICE unsigned unpack_grid(int64_t work) {
-  const int64_t blocks = ceil_div(work, kUnpackThreads);
-  return static_cast<unsigned>(blocks < 4096 ? (blocks > 0 ? blocks : 1) : 4096);
-}
-
-// inv (N,) = -1. grid unpack_grid(N), block kUnpackThreads.
+// inv (N,) = -1. Grid-stride, as the other unpack kernels.
 __global__ void __launch_bounds__(kUnpackThreads) unpack_fill_kernel(int32_t* __restrict__ inv, int64_t N) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < N; i += int64_t(gridDim.x) * blockDim.x)
     inv[i] = -1;
 }
 
-// inv[indices[t]] = t for t < T; indices must lie in [0, N). grid unpack_grid(T), block kUnpackThreads.
-__global__ void __launch_bounds__(kUnpackThreads) unpack_scatter_kernel(const int64_t* __restrict__ indices, int64_t T,
-                                                                        int64_t N, int32_t* __restrict__ inv) {
+// inv[indices[t]] = t for t < T; indices must lie in [0, N).
+__global__ void __launch_bounds__(kUnpackThreads)
+    unpack_scatter_kernel(const int64_t* __restrict__ indices, int64_t T, int64_t N, int32_t* __restrict__ inv) {
   for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < T; t += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i = indices[t];
     FB_KERNEL_ASSERT(i >= 0 && i < N);
@@ -116,22 +110,68 @@ __global__ void __launch_bounds__(kUnpackThreads) unpack_scatter_kernel(const in
 }
 
 // out (N, W) = inv[r] >= 0 ? x[inv[r]] : 0, rows of W words of type E (uint4, uint2, unsigned, uint16_t or
-// uint8_t, the widest that the row size and the pointers' alignment allow). grid unpack_grid(N*W).
+// uint8_t, the widest that the row size and the pointers' alignment allow: UnpackCopyParams::word bytes).
+struct UnpackCopyParams {
+  const void* x;       // (T, W) words
+  const int32_t* inv;  // (N,)
+  void* out;           // (N, W) words
+  int64_t N, W;
+  int word;            // bytes per word: 16, 8, 4, 2 or 1
+};
+
 template <typename E>
-__global__ void __launch_bounds__(kUnpackThreads) unpack_copy_kernel(const E* __restrict__ x,
-                                                                     const int32_t* __restrict__ inv, int64_t N,
-                                                                     int64_t W, E* __restrict__ out) {
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < N * W; e += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t r = e / W, c = e - r * W;
-    const int32_t t = inv[r];
+__global__ void __launch_bounds__(kUnpackThreads) unpack_copy_kernel(UnpackCopyParams p) {
+  const E* __restrict__ x = static_cast<const E*>(p.x);
+  E* __restrict__ out = static_cast<E*>(p.out);
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < p.N * p.W;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = e / p.W, c = e - r * p.W;
+    const int32_t t = p.inv[r];
     E v;
     if (t >= 0) {
-      v = x[int64_t(t) * W + c];
+      v = x[int64_t(t) * p.W + c];
     } else {
       v = E{};
     }
     out[e] = v;
   }
+}
+
+// ---- the launches (host side, shared by csrc/cuda/pack.cu and tests/cuda_harness)
+
+// pack_count_kernel and pack_write_kernel: one block per row of B.
+template <typename Kernel>
+inline Launch<Kernel> pack_rows_launch(Kernel kernel, int64_t B) {
+  return make_launch(kernel, dim3(static_cast<unsigned>(B)), dim3(kPackThreads));
+}
+
+inline auto pack_scan_launch() { return make_launch(&pack_scan_kernel, dim3(1), dim3(kPackThreads)); }
+
+// The unpack kernels grid-stride over `work` items, at most 4096 blocks.
+template <typename Kernel>
+inline Launch<Kernel> unpack_launch(Kernel kernel, int64_t work) {
+  const int64_t blocks = ceil_div(work, kUnpackThreads);
+  return make_launch(kernel, dim3(static_cast<unsigned>(blocks < 4096 ? (blocks > 0 ? blocks : 1) : 4096)),
+                     dim3(kUnpackThreads));
+}
+
+// The copy of N rows of row_bytes bytes from x's rows (inv[r] >= 0) or zeros into out, in the widest words
+// that x, out and row_bytes allow.
+inline UnpackCopyParams unpack_copy_params(const void* x, const int32_t* inv, void* out, int64_t N, int64_t row_bytes) {
+  const uintptr_t align =
+      reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(out) | static_cast<uintptr_t>(row_bytes);
+  int word = 16;
+  while (align % word != 0) word /= 2;
+  return {x, inv, out, N, row_bytes / word, word};
+}
+
+inline Launch<void (*)(UnpackCopyParams)> unpack_copy_launch(const UnpackCopyParams& p) {
+  void (*kernel)(UnpackCopyParams) = p.word == 16  ? &unpack_copy_kernel<uint4>
+                                     : p.word == 8 ? &unpack_copy_kernel<uint2>
+                                     : p.word == 4 ? &unpack_copy_kernel<uint32_t>
+                                     : p.word == 2 ? &unpack_copy_kernel<uint16_t>
+                                                   : &unpack_copy_kernel<uint8_t>;
+  return unpack_launch(kernel, p.N * p.W);
 }
 
 }  // namespace fastbert::cuda

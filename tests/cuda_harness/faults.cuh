@@ -1,4 +1,4 @@
-// Kernels with planted faults, to check that the harness catches each kind every time (tests/test_cuda_harness.py).
+// Kernels with planted faults, to check that the harness catches each kind every time (tests/ops/test_cuda_harness.py).
 //
 // Every kernel computes out[b] = sum of x[b*64 .. b*64+64) with blocks of 64 threads; fault_control_kernel
 // does it correctly (the check that a fault-free kernel passes), each other one plants one bug.

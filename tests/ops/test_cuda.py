@@ -1,14 +1,13 @@
-"""fastbert's CUDA kernels on a GPU: every op against fastbert/ops/reference.py, and the model against HF.
+"""fastbert's CUDA kernels on a GPU: every op against fastbert.ops.reference, and the model against HF.
 
 Skips cleanly without a GPU or without a CUDA build of fastbert._C (CI has neither; the kernels still run there,
 on the CPU, in tests/ops/test_cuda_harness.py). Runs with torch >= 2.11 and no network (the model test uses the
 local all-MiniLM-L6-v2 package when installed, else a small random BertConfig).
 
-Tolerances: ops, kernel vs reference on the same inputs: fp32 2e-5 (attention 5e-5), fp16 2e-3, bf16 1.6e-2
-(about two ulps), fp32 statistics 2e-5; the tensor-core attention: see ATTN_TOL; attention backward
-(grad_qkv vs autograd through the reference): fp32 5e-5, fp16 1e-2, bf16 6e-2 (see ATTN_BWD_TOL). Model: fp32 <= 1e-4
-max |diff| vs HF fp32 at real positions;
-fp16 <= 2e-2 and bf16 <= 6e-2 max |diff| vs HF fp32 (last hidden state of a LayerNorm'd model, |x| ~ 1).
+Tolerances: ops, kernel vs reference on the same inputs: tests/helpers.py's TOLERANCES (about two ulps), STAT_TOL
+(fp32 statistics), ATTN_TOL / ATTN_LSE_TOL (fp16 / bf16 attention runs on the tensor cores from sm_80 on),
+BWD_TOL, ATTN_BWD_TOL. Model: fp32 <= 1e-4 max |diff| vs HF fp32 at real positions; fp16 <= 2e-2 and bf16 <= 6e-2
+max |diff| vs HF fp32 (last hidden state of a LayerNorm'd model, |x| ~ 1).
 
 On an image whose Python environment mixes C++ runtimes (seen on a lent H100, see docs/gpu.md), the error tests
 crash instead of raising until g++'s libstdc++ is loaded first:
@@ -22,22 +21,19 @@ import pytest
 import torch
 
 import fastbert
-from fastbert import ops
 from fastbert.ops import reference
+from tests.helpers import (ATTN_BWD_TOL, ATTN_LSE_TOL, ATTN_TOL, BWD_TOL, STAT_TOL, TOLERANCES, generator as _gen,
+                           grads64, length_mask, ref_grad_qkv)
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
-    pytest.mark.skipif(not (ops.HAS_EXTENSION and ops.has_kernel("attention", "cuda")),
+    pytest.mark.skipif(not (fastbert.ops.HAS_EXTENSION and
+                            torch._C._dispatch_has_kernel_for_dispatch_key("fastbert::attention", "CUDA")),
                        reason="fastbert._C has no CUDA kernels (CPU-only build)"),
 ]
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-# Attention in fp16/bf16 runs on the tensor cores from sm_80 on (csrc/cuda/attention_mma.cuh), which round
-# q, k, v (bias added) and the probabilities to the storage dtype before the products: out within these, and
-# lse (|lse| ~ 1-10) within ATTN_LSE_TOL, relative and absolute. fp32 attention: 5e-5 for both.
-ATTN_TOL = {torch.float32: 5e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
-ATTN_LSE_TOL = {torch.float32: 5e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+TOL = {dtype: TOLERANCES[dtype][0] for dtype in DTYPES}
 DEV = "cuda"
 
 
@@ -45,18 +41,8 @@ def close(got, want, tol):
     torch.testing.assert_close(got.float().cpu(), want.float().cpu(), atol=tol, rtol=tol)
 
 
-def _gen():
-    return torch.Generator(device="cpu").manual_seed(0)
-
-
 def _mask(lengths, L):
-    m = torch.zeros(len(lengths), L, dtype=torch.long)
-    for b, n in enumerate(lengths):  # even rows right-padded, odd rows left-padded
-        if b % 2:
-            m[b, L - n:] = 1
-        else:
-            m[b, :n] = 1
-    return m
+    return length_mask(lengths, L, left="odd").long()  # even rows right-padded, odd rows left-padded
 
 
 @pytest.mark.parametrize("lengths,L", [([5, 0, 37], 40), ([1], 1), ([300, 2, 511, 128], 512)])
@@ -85,8 +71,8 @@ def test_embeddings(dtype, H):
     got = torch.ops.fastbert.embeddings(*(a.to(DEV) if isinstance(a, torch.Tensor) else a for a in args))
     want = reference.embeddings(*args)
     close(got[0], want[0], TOL[dtype])
-    close(got[1], want[1], 2e-5)
-    close(got[2], want[2], 2e-5)
+    close(got[1], want[1], STAT_TOL)
+    close(got[2], want[2], STAT_TOL)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -102,8 +88,8 @@ def test_bias_residual_layernorm(dtype, H, with_bias):
                                                      w.to(DEV), b.to(DEV), 1e-12)
     want = reference.bias_residual_layernorm(x, bias, r, w, b, 1e-12)
     close(got[0], want[0], TOL[dtype])
-    close(got[1], want[1], 2e-5)
-    close(got[2], want[2], 2e-5)
+    close(got[1], want[1], STAT_TOL)
+    close(got[2], want[2], STAT_TOL)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -163,18 +149,6 @@ def test_attention_masked(dtype, mask_kind):
 
 # ---------------------------------------------------------------- attention backward
 
-# grad_qkv vs autograd through the reference on the CPU (atol = rtol), |grad| up to ~10: fp32 5e-5 (sums over
-# up to 130 keys in another order, P from the GPU forward's fp32 lse); fp16 1e-2 and bf16 6e-2 (both sides
-# round to the dtype, and D_i = dO_i . O_i uses the forward's rounded out: test_backward.py's CPU bounds).
-ATTN_BWD_TOL = {torch.float32: 5e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}
-
-
-def _ref_grad_qkv(fn, qkv, grad_out):
-    q = qkv.detach().clone().requires_grad_(True)
-    fn(q)[0].backward(grad_out)
-    return q.grad
-
-
 def _packed_inputs(dtype, d, lengths, nh=3, with_bias=True):
     g = _gen()
     H, T = nh * d, sum(lengths)
@@ -198,7 +172,7 @@ def test_attention_backward(dtype, d, dropout_p):
     args = (max(lengths), 3, 1 / math.sqrt(d), dropout_p, 1234, 7)
     out, lse = torch.ops.fastbert.attention(_opt_dev(qkv), _opt_dev(bias), cu.to(DEV), *args)  # the GPU forward's out, lse
     got = torch.ops.fastbert.attention_backward(grad_out.to(DEV), qkv.to(DEV), _opt_dev(bias), out, lse, cu.to(DEV), *args)
-    want = _ref_grad_qkv(lambda q: reference.attention(q, bias, cu, *args), qkv, grad_out)
+    want = ref_grad_qkv(lambda q: reference.attention(q, bias, cu, *args), qkv, grad_out)
     assert got.shape == qkv.shape and got.dtype == dtype
     close(got, want, ATTN_BWD_TOL[dtype])
     again = torch.ops.fastbert.attention_backward(grad_out.to(DEV), qkv.to(DEV), _opt_dev(bias), out, lse, cu.to(DEV),
@@ -235,7 +209,7 @@ def test_attention_masked_backward(dtype, mask_kind, dropout_p):
     out, lse = torch.ops.fastbert.attention_masked(qkv.to(DEV), bias.to(DEV), mask.to(DEV), *args)
     got = torch.ops.fastbert.attention_masked_backward(grad_out.to(DEV), qkv.to(DEV), bias.to(DEV), mask.to(DEV),
                                                        out, lse, *args)
-    want = _ref_grad_qkv(lambda q: reference.attention_masked(q, bias, mask, *args), qkv, grad_out)
+    want = ref_grad_qkv(lambda q: reference.attention_masked(q, bias, mask, *args), qkv, grad_out)
     assert got.shape == qkv.shape and got.dtype == dtype
     close(got, want, ATTN_BWD_TOL[dtype])
     if mask_kind == "bool":
@@ -249,11 +223,11 @@ def test_attention_backward_through_autograd():
     qkv, bias, grad_out, cu = _packed_inputs(torch.float32, 32, lengths, nh=2)
     q, b = (t.to(DEV).detach().clone().requires_grad_(True) for t in (qkv, bias))
     args = (max(lengths), 2, 1 / math.sqrt(32), 0.1, 5, 0)
-    out, _ = ops.attention(q, b, cu.to(DEV), *args)
+    out, _ = fastbert.ops.attention(q, b, cu.to(DEV), *args)
     out.backward(grad_out.to(DEV))
     qr, br = (t.detach().clone().requires_grad_(True) for t in (qkv, bias))
     reference.attention(qr, br, cu, *args)[0].backward(grad_out)
-    close(q.grad, qr.grad, 5e-5)
+    close(q.grad, qr.grad, ATTN_BWD_TOL[torch.float32])
     close(b.grad, br.grad, 2e-4)  # summed over 48 rows
 
 
@@ -314,22 +288,12 @@ def test_uses_current_stream():
     with torch.cuda.stream(s):
         out = torch.ops.fastbert.bias_act(x, b, "gelu")
     s.synchronize()
-    close(out, reference.bias_act(x.cpu(), b.cpu(), "gelu"), 2e-5)
+    close(out, reference.bias_act(x.cpu(), b.cpu(), "gelu"), TOL[torch.float32])
 
 
 # ---------------------------------------------------------------- backward ops
-# Expected: torch.autograd through the reference forward in float64 on the same (rounded) inputs, cast to the
-# kernel's dtype; the kernels get the forward's fp32 statistics. fp32 5e-5 (sums over H and over rows in another
-# order), 16-bit as the forward ops (one rounding of the result).
-
-BWD_TOL = {torch.float32: 5e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-
-
-def _grads64(fn, leaves, grad_out):
-    xs = [t.double().requires_grad_(True) for t in leaves]
-    out = fn(*xs)
-    out = out[0] if isinstance(out, tuple) else out
-    return torch.autograd.grad(out, xs, grad_out.double())
+# Expected: torch.autograd through the reference forward in float64 on the same (rounded) inputs (grads64), cast
+# to the kernel's dtype; the kernels get the forward's fp32 statistics.
 
 
 def _dev(*ts):
@@ -345,7 +309,7 @@ def test_bias_act_backward(dtype, act, C):
     bias = torch.randn(C, generator=g).to(dtype)
     grad = torch.randn(9, C, generator=g).to(dtype)
     got = torch.ops.fastbert.bias_act_backward(*_dev(grad, x, bias), act)
-    (want,) = _grads64(lambda x: reference.bias_act(x, bias.double(), act), [x], grad)
+    (want,) = grads64(lambda x: reference.bias_act(x, bias.double(), act), [x], grad)
     assert got.dtype == dtype and got.shape == x.shape
     close(got, want, BWD_TOL[dtype])
 
@@ -364,7 +328,7 @@ def test_bias_residual_layernorm_backward(dtype, shape, with_bias):
     _, mean, rstd = torch.ops.fastbert.bias_residual_layernorm(*_dev(x, bias, r, w, b), 1e-12)
     got = torch.ops.fastbert.bias_residual_layernorm_backward(*_dev(grad_out, x, bias, r, w), mean, rstd)
     bias64 = None if bias is None else bias.double()
-    want = _grads64(lambda x, w, b: reference.bias_residual_layernorm(x, bias64, r.double(), w, b, 1e-12),
+    want = grads64(lambda x, w, b: reference.bias_residual_layernorm(x, bias64, r.double(), w, b, 1e-12),
                     [x, w, b], grad_out)
     for a, e in zip(got, want):
         assert a.dtype == dtype and a.shape == e.shape
@@ -399,7 +363,7 @@ def test_embeddings_backward(dtype, shape, H, V, P, TT, types):
     _, mean, rstd = torch.ops.fastbert.embeddings(*_dev(ids, pids, tids, word, pos, typ, w, b), 1e-12)
     got = torch.ops.fastbert.embeddings_backward(*_dev(grad_out, ids, pids, tids, word, pos, typ, w), mean, rstd)
     leaves = [word, pos, w, b] + ([typ] if typ is not None else [])
-    want = list(_grads64(lambda word, pos, w, b, *t: reference.embeddings(ids, pids, tids, word, pos,
+    want = list(grads64(lambda word, pos, w, b, *t: reference.embeddings(ids, pids, tids, word, pos,
                                                                           t[0] if t else None, w, b, 1e-12),
                          leaves, grad_out))
     want_tt = want.pop() if typ is not None else torch.zeros(0, H)
@@ -416,7 +380,7 @@ def test_embeddings_backward(dtype, shape, H, V, P, TT, types):
 
 def test_backward_kernels_train_on_cuda():
     """The autograd formulas (csrc/autograd.cpp) take the CUDA backward kernels; gradients match the CPU ops'."""
-    from fastbert.ops import autograd as fb_autograd
+    from fastbert import autograd as fb_autograd
     for name in ("bias_act", "bias_residual_layernorm", "embeddings"):
         assert fb_autograd.has_backward_kernel(name, torch.device(DEV)), name
     g = _gen()
@@ -426,8 +390,8 @@ def test_backward_kernels_train_on_cuda():
 
     def run(device):
         leaves = [t.to(device).requires_grad_(True) for t in (x, bias, r, w, b)]
-        h = ops.bias_act(leaves[0], leaves[1], "gelu")
-        out = ops.bias_residual_layernorm(h, leaves[1], leaves[2], leaves[3], leaves[4], 1e-12)[0]
+        h = fastbert.ops.bias_act(leaves[0], leaves[1], "gelu")
+        out = fastbert.ops.bias_residual_layernorm(h, leaves[1], leaves[2], leaves[3], leaves[4], 1e-12)[0]
         return torch.autograd.grad(out, leaves, grad.to(device))
 
     for a, e in zip(run(DEV), run("cpu")):
@@ -540,7 +504,7 @@ def test_cuda_graphs_match_the_plain_loop(dtype):
     """Batches of changing token and sequence counts through the graphs give the un-graphed loop's output (up to
     cuBLAS's choice of kernel for the padded row count), hidden states included, under no_grad and inference_mode
     alternately; batches in one bucket share a graph."""
-    from fastbert.runtime import cuda_graphs
+    from fastbert import cuda_graphs
     fb = _graph_model(dtype)
     batches = [([37, 5, 64], 64), ([36, 6, 64], 64), ([1], 64), ([200, 3, 77, 150, 9], 200), ([40] * 9, 64)]
     for i, (lengths, L) in enumerate(batches):
@@ -566,7 +530,7 @@ def test_cuda_graphs_match_the_plain_loop(dtype):
 def test_cuda_graphs_follow_weight_changes():
     """An in-place update is read by the existing graph; a replaced Linear gets a new graph; both match the plain
     loop. clear_cuda_graphs frees them; MAX_GRAPHS bounds the cache."""
-    from fastbert.runtime import cuda_graphs
+    from fastbert import cuda_graphs
     fb = _graph_model(torch.float32)
     ids, mask = _ragged_batch([30, 7, 51], 64, seed=3)
 
@@ -608,7 +572,7 @@ def test_cuda_graphs_follow_weight_changes():
 def test_cuda_graphs_serve_several_threads():
     """Threads sharing one model (and the default stream) replay its graphs without mixing their batches: two of
     the batches share a graph."""
-    from fastbert.runtime import cuda_graphs
+    from fastbert import cuda_graphs
     from tests.helpers import run_threads
     fb = _graph_model(torch.float16)
     batches = [_ragged_batch(lengths, 64, seed=i) for i, lengths in enumerate([[30, 7], [30, 9], [64, 1, 2], [5]])]
@@ -634,7 +598,7 @@ def test_cuda_graphs_serve_several_threads():
 def test_a_failed_capture_falls_back_to_the_plain_loop(monkeypatch):
     """A capture that raises costs one warning; the forward and every later one run op by op, with the same
     output."""
-    from fastbert.runtime import cuda_graphs
+    from fastbert import cuda_graphs
     fb = _graph_model(torch.float32)
     ids, mask = _ragged_batch([20, 3], 32, seed=7)
     with torch.no_grad():

@@ -4,14 +4,15 @@ The kernel sources (csrc/cuda/*.cuh) are compiled with the host compiler into on
 (tests/cuda_harness/driver.cpp), twice: plain (-O1, guard zones around every buffer) and with
 -fsanitize=address. Each case below writes its inputs as raw files, the driver runs the op's kernels with the
 same launch configuration as csrc/cuda/*.cu, once in forward and once in reverse thread order, and the test
-checks: both orders give bit-identical outputs, and they match fastbert/ops/reference.py within the dtype's
+checks: both orders give bit-identical outputs, and they match fastbert.ops.reference within the dtype's
 tolerance. A deadlock, a divergent barrier, a kernel assert, an out-of-range access (guard zones / ASan) or a
 hang (timeout) fails the run. Planted-fault kernels (tests/cuda_harness/faults.cuh) check that the harness
 catches each kind of bug, every time.
 
-Tolerances (kernel vs reference on the same inputs, both fp32 arithmetic): fp32 outputs atol = rtol = 2e-5
-(attention 5e-5); fp16 outputs 2e-3 (one fp16 ulp at |x| ~ 1 is 1e-3: the two sides may round differently);
-bf16 outputs 1.6e-2 (one bf16 ulp is 7.8e-3); fp32 statistics (mean, rstd, lse) 2e-5 relative and absolute.
+Tolerances (kernel vs reference on the same inputs): tests/helpers.py's TOLERANCES for the outputs (fp16 2e-3:
+one fp16 ulp at |x| ~ 1 is 1e-3, the two sides may round differently; bf16 1.6e-2: one bf16 ulp is 7.8e-3),
+STAT_TOL for fp32 statistics (mean, rstd, lse), ATTN_TOL / ATTN_LSE_TOL for attention, BWD_TOL and ATTN_BWD_TOL
+for the backward ops.
 Needs g++ (or $CXX) and torch's headers; no GPU, no CUDA toolkit.
 """
 from __future__ import annotations
@@ -29,7 +30,8 @@ import pytest
 import torch
 
 from fastbert.ops import CPU_ONLY_OPS, reference  # CPU_ONLY_OPS: a CPU kernel only, by design (the int8 ops)
-from tests.helpers import ROOT as _ROOT
+from tests.helpers import ATTN_BWD_TOL, ATTN_LSE_TOL, ATTN_TOL, BWD_TOL, ROOT as _ROOT, STAT_TOL, TOLERANCES
+from tests.helpers import generator as _gen, grads64, length_mask as _mask, ref_grad_qkv
 
 ROOT = Path(_ROOT)
 
@@ -40,12 +42,6 @@ TIMEOUT = int(os.environ.get("FASTBERT_HARNESS_TIMEOUT", "600"))
 pytestmark = pytest.mark.skipif(shutil.which(CXX) is None, reason=f"no C++ compiler ({CXX})")
 
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
-TOL = {"f32": 2e-5, "f16": 2e-3, "bf16": 1.6e-2}
-# The tensor-core attention kernel rounds q + bias, k + bias, v + bias and the probabilities to the storage
-# dtype before its products (fp32 accumulation), as cuBLAS-based attention does: a few ulps more than the
-# reference, which adds the bias and multiplies in fp32.
-MMA_TOL = {"f16": 4e-3, "bf16": 3e-2}
-MMA_STAT_TOL = {"f16": 2e-3, "bf16": 1.6e-2}  # its lse (|lse| ~ 1-10), relative and absolute
 ACT_ENUM = {"gelu": 0, "gelu_new": 1, "gelu_pytorch_tanh": 1, "gelu_fast": 2, "quick_gelu": 3, "relu": 4,
             "silu": 5, "swish": 5}  # csrc/activation.h's Activation enum
 
@@ -53,7 +49,7 @@ ACT_ENUM = {"gelu": 0, "gelu_new": 1, "gelu_pytorch_tanh": 1, "gelu_fast": 2, "q
 # ---------------------------------------------------------------- building the driver
 
 def _sources():
-    files = sorted((ROOT / "csrc" / "cuda").glob("*.cuh")) + [ROOT / "csrc" / "activation.h"]
+    files = sorted((ROOT / "csrc" / "cuda").glob("*.cuh")) + sorted((ROOT / "csrc").glob("*.h"))  # dropout_hash.h
     files += sorted(HARNESS.glob("*.h")) + sorted(HARNESS.glob("*.cuh")) + sorted(HARNESS.glob("*.cpp"))
     return files
 
@@ -120,7 +116,7 @@ def _read(path: Path, dtype: torch.dtype, shape) -> torch.Tensor:
 
 class Case:
     def __init__(self, name, op, dtype="f32", inputs=None, scalars=None, expected=None, tol=None, exact=False,
-                 stat_tol=2e-5):
+                 stat_tol=STAT_TOL):
         self.name, self.op, self.dtype = name, op, dtype
         self.stat_tol = stat_tol
         self.inputs = inputs or {}
@@ -146,7 +142,7 @@ class Case:
             if self.exact or not want.dtype.is_floating_point:
                 assert torch.equal(got["fwd"], want), f"{self.name}.{name}: mismatch\n got {got['fwd']}\nwant {want}"
             else:
-                tol = self.tol or (TOL[self.dtype] if want.dtype != torch.float32 or name == "out" else 2e-5)
+                tol = self.tol or TOLERANCES[DTYPES[self.dtype] if name == "out" else want.dtype][0]
                 if name in ("mean", "rstd", "lse"):
                     tol = self.stat_tol
                 torch.testing.assert_close(got["fwd"].float(), want.float(), atol=tol, rtol=tol, equal_nan=False,
@@ -160,22 +156,6 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a, b)
 
 
-def _gen(seed):
-    return torch.Generator().manual_seed(seed)
-
-
-def _mask(lengths, L, g, left=False, holes=False):
-    m = torch.zeros(len(lengths), L, dtype=torch.bool)
-    for b, n in enumerate(lengths):
-        if left:
-            m[b, L - n:] = True
-        else:
-            m[b, :n] = True
-        if holes and n > 2:
-            m[b, torch.randint(0, L, (max(1, L // 7),), generator=g)] = False
-    return m
-
-
 def pack_cases():
     g = _gen(1)
     out = []
@@ -184,7 +164,7 @@ def pack_cases():
     for name, lengths, L, left, holes in specs:
         if lengths is None:
             lengths = torch.randint(0, L + 1, (300,), generator=g).tolist()
-        m = _mask(lengths, L, g, left, holes)
+        m = _mask(lengths, L, left, holes, g)
         idx, cu, pos = reference.pack(m)
         out.append(Case(f"pack_{name}", "pack", inputs={"keep": m}, scalars={"B": m.shape[0], "L": L},
                         expected={"cu_seqlens": cu, "indices": idx, "positions": pos}))
@@ -196,7 +176,7 @@ def unpack_cases():
     out = []
     for dt in DTYPES:
         for C, misalign in ((24, 0), (7, 0), (100, 0), (24, 2)):
-            m = _mask([5, 0, 9], 11, g, holes=True)
+            m = _mask([5, 0, 9], 11, holes=True, gen=g)
             idx, _, _ = reference.pack(m)
             x = torch.randn(idx.numel(), C, generator=g).to(DTYPES[dt])
             want = reference.unpack(x, idx, 3, 11).reshape(33, C)
@@ -318,8 +298,8 @@ def _attention_case(name, dt, lengths, nh, d, with_bias, p, misalign, g, impl=No
     if impl:
         scalars["impl"] = impl
     return Case(name, "attention", dt, inputs, scalars, {"out": o, "lse": lse},
-                tol=5e-5 if dt == "f32" else MMA_TOL[dt] if impl == "mma" else None,
-                stat_tol=MMA_STAT_TOL[dt] if impl == "mma" else 2e-5)
+                tol=ATTN_TOL[DTYPES[dt]] if dt == "f32" or impl == "mma" else None,
+                stat_tol=ATTN_LSE_TOL[DTYPES[dt]] if impl == "mma" else STAT_TOL)
 
 
 def attention_masked_cases():
@@ -359,25 +339,15 @@ def attention_masked_cases():
                 scalars["impl"] = impl
             out.append(Case(f"attention_masked_{impl or 'fma'}_{dt}_{k}_{kind}", "attention_masked", dt,
                             {"qkv": qkv, "bias": bias, "mask": add}, scalars,
-                            {"out": o, "lse": lse}, tol=5e-5 if dt == "f32" else MMA_TOL[dt] if impl else None,
-                            stat_tol=MMA_STAT_TOL[dt] if impl else 2e-5))
+                            {"out": o, "lse": lse}, tol=ATTN_TOL[DTYPES[dt]] if dt == "f32" or impl else None,
+                            stat_tol=ATTN_LSE_TOL[DTYPES[dt]] if impl else STAT_TOL))
     return out
 
 
 # ---------------------------------------------------------------- backward ops
 # Expected gradients: torch.autograd through the reference forward in float64 on the same (rounded) inputs,
-# cast to the kernel's output dtype. The kernels get the forward's fp32 statistics (mean, rstd), as in training.
-# fp32 tolerance 5e-5 (test_backward.py's for LayerNorm gradients: grad_s sums over H, the parameter and table
-# gradients over rows, in another order than float64's); 16-bit outputs as above (one rounding of the result).
-BWD_F32_TOL = 5e-5
-
-
-def _grads64(fn, leaves, others, grad_out):
-    """float64 gradients of fn(**leaves, **others)[0] w.r.t. the tensors in `leaves` (dict), in their order."""
-    xs = {k: v.double().requires_grad_(True) for k, v in leaves.items()}
-    out = fn(**xs, **others)
-    out = out[0] if isinstance(out, tuple) else out
-    return dict(zip(xs, torch.autograd.grad(out, list(xs.values()), grad_out.double())))
+# cast to the kernel's output dtype (grads64), or through the reference attention (ref_grad_qkv). The kernels
+# get the forward's fp32 statistics (mean, rstd; lse), as in training.
 
 
 def bias_act_backward_cases():
@@ -389,12 +359,11 @@ def bias_act_backward_cases():
                 x = (3 * torch.randn(N, C, generator=g)).to(DTYPES[dt])
                 bias = torch.randn(C, generator=g).to(DTYPES[dt])
                 grad = torch.randn(N, C, generator=g).to(DTYPES[dt])
-                want = _grads64(lambda x, bias: reference.bias_act(x, bias, act), {"x": x}, {"bias": bias.double()},
-                                grad)["x"].to(DTYPES[dt])
+                (want,) = grads64(lambda x: reference.bias_act(x, bias.double(), act), [x], grad)
                 out.append(Case(f"bias_act_backward_{dt}_{act}_n{N}_c{C}_m{misalign}", "bias_act_backward", dt,
                                 {"grad": grad, "x": x, "bias": bias},
-                                {"N": N, "C": C, "act": ACT_ENUM[act], "misalign": misalign}, {"grad_input": want},
-                                tol=BWD_F32_TOL if dt == "f32" else None))
+                                {"N": N, "C": C, "act": ACT_ENUM[act], "misalign": misalign},
+                                {"grad_input": want.to(DTYPES[dt])}, tol=BWD_TOL[DTYPES[dt]]))
     return out
 
 
@@ -411,17 +380,16 @@ def brln_backward_cases():
             w, b = _ln_params(H, dt, g)
             grad_out = torch.randn(N, H, generator=g).to(DTYPES[dt])
             _, mean, rstd = reference.bias_residual_layernorm(x, bias, r, w, b, 1e-12)
-            want = _grads64(lambda x, ln_weight, ln_bias: reference.bias_residual_layernorm(
-                x, None if bias is None else bias.double(), r.double(), ln_weight, ln_bias, 1e-12),
-                {"x": x, "ln_weight": w, "ln_bias": b}, {}, grad_out)
+            bias64 = None if bias is None else bias.double()
+            want = grads64(lambda x, w, b: reference.bias_residual_layernorm(x, bias64, r.double(), w, b, 1e-12),
+                           [x, w, b], grad_out)
             inputs = {"grad_out": grad_out, "x": x, "residual": r, "gamma": w, "mean": mean, "rstd": rstd}
             if with_bias:
                 inputs["bias"] = bias
-            expected = {"grad_s": want["x"], "grad_w": want["ln_weight"], "grad_b": want["ln_bias"]}
+            expected = dict(zip(("grad_s", "grad_w", "grad_b"), want))
             out.append(Case(f"brln_backward_{dt}_n{N}_h{H}_b{int(with_bias)}_m{misalign}",
                             "bias_residual_layernorm_backward", dt, inputs, {"N": N, "H": H, "misalign": misalign},
-                            {k: v.to(DTYPES[dt]) for k, v in expected.items()},
-                            tol=BWD_F32_TOL if dt == "f32" else None))
+                            {k: v.to(DTYPES[dt]) for k, v in expected.items()}, tol=BWD_TOL[DTYPES[dt]]))
     return out
 
 
@@ -452,43 +420,22 @@ def embeddings_backward_cases():
             w, b = _ln_params(H, dt, g)
             grad_out = torch.randn(N, H, generator=g).to(DTYPES[dt])
             _, mean, rstd = reference.embeddings(ids, pids, tids, word, pos, typ, w, b, 1e-12)
-            leaves = {"word_weight": word, "position_weight": pos, "ln_weight": w, "ln_bias": b}
-            if typ is not None:
-                leaves["token_type_weight"] = typ
-            want = _grads64(lambda **kw: reference.embeddings(ids, pids, tids, eps=1e-12, **kw),
-                            leaves, {} if typ is not None else {"token_type_weight": None}, grad_out)
+            want = grads64(lambda word, pos, w, b, *t: reference.embeddings(ids, pids, tids, word, pos,
+                                                                            t[0] if t else None, w, b, 1e-12),
+                           [word, pos, w, b] + ([typ] if typ is not None else []), grad_out)
             itype = torch.int32 if idtype == "i32" else torch.int64
             inputs = {"grad_out": grad_out, "ids": ids.to(itype), "pos_ids": pids.to(itype), "word": word,
                       "pos": pos, "gamma": w, "mean": mean, "rstd": rstd}
-            expected = {"grad_word": want["word_weight"], "grad_pos": want["position_weight"],
-                        "grad_w": want["ln_weight"], "grad_b": want["ln_bias"]}
+            expected = dict(zip(("grad_word", "grad_pos", "grad_w", "grad_b", "grad_type"), want))
             if typ is not None:
                 inputs["type"] = typ
-                expected["grad_type"] = want["token_type_weight"]
             if tids is not None:
                 inputs["type_ids"] = tids.to(itype)
             out.append(Case(f"embeddings_backward_{dt}_n{N}_h{H}_{types}_{idtype}_m{misalign}", "embeddings_backward",
                             dt, inputs, {"N": N, "H": H, "V": V, "P": P, "TT": TT if typ is not None else 0,
                                          "idtype": idtype, "misalign": misalign},
-                            {k: v.to(DTYPES[dt]) for k, v in expected.items()},
-                            tol=BWD_F32_TOL if dt == "f32" else None))
+                            {k: v.to(DTYPES[dt]) for k, v in expected.items()}, tol=BWD_TOL[DTYPES[dt]]))
     return out
-
-
-# Backward tolerances (grad_qkv vs autograd through the reference, same inputs; atol = rtol), max |grad| ~ 10.
-# fp32 2e-5: sums over up to 70 keys and 128 head dims in another order, P from the saved fp32 lse (seen: 4e-6).
-# fp16 5e-3, bf16 4e-2: both sides round the result to the dtype (one ulp at |g| in [4, 8) is 3.9e-3 / 3.1e-2)
-# and the kernel's D_i = dO_i . O_i uses the forward's rounded out, as the CPU op and FlashAttention do (seen:
-# at most 0.6 of the bound).
-ATTN_BWD_TOL = {"f32": 2e-5, "f16": 5e-3, "bf16": 4e-2}
-
-
-def _ref_grad_qkv(fn, qkv, grad_out):
-    """d out / d qkv . grad_out by autograd through a reference function of qkv (fp32 inside, qkv's dtype out)."""
-    q = qkv.clone().requires_grad_(True)
-    out, _ = fn(q)
-    out.backward(grad_out)
-    return q.grad
 
 
 def attention_backward_cases():
@@ -512,7 +459,7 @@ def attention_backward_cases():
             cu = torch.tensor([0] + list(np.cumsum(lengths)), dtype=torch.int32)
             args = (cu, max(lengths), nh, 1 / math.sqrt(d), p, 0x1234_5678_9ABC, 17)
             o, lse = reference.attention(qkv, bias, *args)
-            want = _ref_grad_qkv(lambda q: reference.attention(q, bias, *args), qkv, grad_out)
+            want = ref_grad_qkv(lambda q: reference.attention(q, bias, *args), qkv, grad_out)
             inputs = {"qkv": qkv, "cu_seqlens": cu, "out": o, "lse": lse, "grad_out": grad_out}
             if bias is not None:
                 inputs["bias"] = bias
@@ -520,7 +467,7 @@ def attention_backward_cases():
                             {"B": len(lengths), "T": T, "max_seqlen": max(lengths), "nh": nh, "H": H,
                              "scale": repr(args[3]), "dropout_p": p, "seed": args[5], "offset": args[6],
                              "misalign": misalign},
-                            {"grad_qkv": want}, tol=ATTN_BWD_TOL[dt]))
+                            {"grad_qkv": want}, tol=ATTN_BWD_TOL[DTYPES[dt]]))
     return out
 
 
@@ -554,7 +501,7 @@ def attention_masked_backward_cases():
             scale = 1 / math.sqrt(d)
             args = (nh, scale, p, 99, 5)
             o, lse = reference.attention_masked(qkv, bias, mask, *args)
-            want = _ref_grad_qkv(lambda q: reference.attention_masked(q, bias, mask, *args), qkv, grad_out)
+            want = ref_grad_qkv(lambda q: reference.attention_masked(q, bias, mask, *args), qkv, grad_out)
             add = torch.where(mask, 0.0, float("-inf")) if mask.dtype == torch.bool else mask.float()
             add = add.contiguous()
             st = add.expand(B, nh, L, L).stride()
@@ -562,7 +509,7 @@ def attention_masked_backward_cases():
                             {"qkv": qkv, "bias": bias, "mask": add, "out": o, "grad_out": grad_out},
                             {"B": B, "L": L, "nh": nh, "H": H, "scale": repr(scale), "dropout_p": p, "seed": 99,
                              "offset": 5, "ms_b": st[0], "ms_h": st[1], "ms_i": st[2], "ms_j": st[3]},
-                            {"grad_qkv": want}, tol=ATTN_BWD_TOL[dt]))
+                            {"grad_qkv": want}, tol=ATTN_BWD_TOL[DTYPES[dt]]))
     return out
 
 
