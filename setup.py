@@ -6,6 +6,10 @@ Switches (environment):
   FASTBERT_PTXAS_VERBOSE=1  print ptxas registers/spills per kernel
   FASTBERT_DEBUG=1          -O0 -g
 
+The objects go to build/temp.<platform>-<python>/ in the source tree, also for `pip install -e` (whose default is
+a fresh temporary folder each time): ninja then recompiles only what changed, so installing the package again
+(another extra, another editable install) only links.
+
 The CPU kernels (csrc/cpu/*.cpp) are compiled three times, once per instruction set (AVX-512, AVX2,
 plain C++), each into its own namespace (CPU_CAPABILITY); csrc/cpu/isa.h picks one at run time.
 Build against the torch that is installed: pip install --no-build-isolation .
@@ -83,6 +87,14 @@ def cuda_arch_flags():
 
 class BuildExtension(cpp_extension.BuildExtension):
     """torch's BuildExtension, plus one compile of csrc/cpu/*.cpp per CPU instruction set."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        if getattr(self, "editable_mode", False):
+            # setuptools' editable build compiles in a new temporary folder each time, so every
+            # `pip install -e` recompiled everything; build/ keeps ninja's objects and logs between installs.
+            plat = self.get_finalized_command("build").plat_name
+            self.build_temp = os.path.join(ROOT, "build", f"temp.{plat}-{sys.implementation.cache_tag}")
 
     def build_extension(self, ext):
         isa_sources = getattr(ext, "isa_sources", [])
