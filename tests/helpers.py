@@ -1,6 +1,7 @@
 """What the tests share: tolerances per dtype, random inputs, small random HF BERT models with every parameter
 moved off its init (LayerNorm weights/biases and Linear biases too, so each one matters), ragged batches, and a
 fresh Python process. Fixtures live in tests/conftest.py; everything else a test imports comes from here."""
+
 import os
 import subprocess
 import sys
@@ -38,14 +39,22 @@ def randn(*shape, dtype=torch.float32, gen=None, scale=1.0):
 def run_python(code, **env):
     """Runs code in a fresh interpreter from the repository root, with env added to the environment."""
     full_env = dict(os.environ, **env)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=full_env,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=full_env, timeout=120
+    )
 
 
 TOL = 1e-4  # fp32 max |diff| vs HF eager at real positions (the documented parity bound)
 
-SMALL = dict(vocab_size=211, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
-             max_position_embeddings=40, type_vocab_size=2)
+SMALL = dict(
+    vocab_size=211,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=96,
+    max_position_embeddings=40,
+    type_vocab_size=2,
+)
 BASE = dict(vocab_size=1000, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
 LARGE = dict(vocab_size=1000, hidden_size=1024, num_hidden_layers=3, num_attention_heads=16, intermediate_size=4096)
 
@@ -85,7 +94,7 @@ def ragged(B, L, vocab, seed=0, lengths=None, left=False, holes=False, types=0):
     mask = torch.zeros(B, L, dtype=torch.long)
     for b, n in enumerate(lengths):
         if left:
-            mask[b, L - n:] = 1
+            mask[b, L - n :] = 1
         else:
             mask[b, :n] = 1
     if holes:
@@ -154,7 +163,7 @@ def length_mask(lengths, L, left=False, holes=False, gen=None):
     m = torch.zeros(len(lengths), L, dtype=torch.bool)
     for b, n in enumerate(lengths):
         if left is True or (left == "odd" and b % 2):
-            m[b, L - n:] = True
+            m[b, L - n :] = True
         else:
             m[b, :n] = True
         if holes and n > 2:

