@@ -92,7 +92,7 @@ def build(
         )
         sess = ort.InferenceSession(opt_path, so, providers=providers)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # the session holds the model; the export (GBs for bert-large) goes
+        shutil.rmtree(tmp, ignore_errors=True)  # ort holds the model; the export (GBs for bert-large) goes
 
     def f(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         feeds = {
