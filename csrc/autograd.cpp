@@ -65,7 +65,6 @@ Tensor if_needed(bool need, const Tensor& grad) { return need ? grad : Tensor();
 
 // ---------------------------------------------------------------- bias_act
 
-
 struct BiasAct : torch::autograd::Function<BiasAct> {
   static const c10::TypedOperatorHandle<BiasActSig>& kernel() {  // the op below autograd
     static const auto op = op_handle<BiasActSig>("fastbert::bias_act");
@@ -99,7 +98,6 @@ Tensor bias_act_autograd(const Tensor& x, const Tensor& bias, c10::string_view a
 
 // ---------------------------------------------------------------- bias_residual_layernorm
 
-
 struct BiasResidualLayerNorm : torch::autograd::Function<BiasResidualLayerNorm> {
   static const c10::TypedOperatorHandle<BrlnSig>& kernel() {  // the op below autograd
     static const auto op = op_handle<BrlnSig>("fastbert::bias_residual_layernorm");
@@ -123,8 +121,9 @@ struct BiasResidualLayerNorm : torch::autograd::Function<BiasResidualLayerNorm> 
     const auto needs = needs_grad(ctx, {true, has_bias, true, true, true, false});
     if (!(needs[0] || needs[1] || needs[2] || needs[3] || needs[4])) return variable_list(6);
     auto [grad_s, grad_w, grad_b] = op.call(grads[0], s[0], as_optional(s[1]), s[2], s[3], s[4], s[5]);
-    return {if_needed(needs[0], grad_s), needs[1] ? row_sum(grad_s, s[1]) : Tensor(), if_needed(needs[2], grad_s),
-            if_needed(needs[3], grad_w), if_needed(needs[4], grad_b), Tensor()};
+    return {if_needed(needs[0], grad_s), needs[1] ? row_sum(grad_s, s[1]) : Tensor(),
+            if_needed(needs[2], grad_s), if_needed(needs[3], grad_w),
+            if_needed(needs[4], grad_b), Tensor()};
   }
 };
 
@@ -140,7 +139,6 @@ Tensor3 bias_residual_layernorm_autograd(const Tensor& x, const OptTensor& bias,
 
 // ---------------------------------------------------------------- embeddings
 
-
 struct Embeddings : torch::autograd::Function<Embeddings> {
   static const c10::TypedOperatorHandle<EmbSig>& kernel() {  // the op below autograd
     static const auto op = op_handle<EmbSig>("fastbert::embeddings");
@@ -153,8 +151,8 @@ struct Embeddings : torch::autograd::Function<Embeddings> {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [out, mean, rstd] = kernel().call(ids, pos, types, word, position, token_type, ln_weight, ln_bias, eps);
     ctx->mark_non_differentiable({mean, rstd});
-    ctx->save_for_backward({ids, pos, value_or_undefined(types), word, position, value_or_undefined(token_type),
-                            ln_weight, mean, rstd});
+    ctx->save_for_backward(
+        {ids, pos, value_or_undefined(types), word, position, value_or_undefined(token_type), ln_weight, mean, rstd});
     ctx->saved_data["has_types"] = types.has_value();
     ctx->saved_data["has_token_type"] = token_type.has_value();
     return {out, mean, rstd};
@@ -164,13 +162,20 @@ struct Embeddings : torch::autograd::Function<Embeddings> {
     static auto op = op_handle<EmbBackwardSig>("fastbert::embeddings_backward");
     const auto s = ctx->get_saved_variables();  // ids, pos, types, word, position, token_type, ln_weight, mean, rstd
     const bool has_tt = ctx->saved_data["has_token_type"].toBool();
-    const auto needs = needs_grad(
-        ctx, {true, true, ctx->saved_data["has_types"].toBool(), true, true, has_tt, true, true, false});
+    const auto needs =
+        needs_grad(ctx, {true, true, ctx->saved_data["has_types"].toBool(), true, true, has_tt, true, true, false});
     if (!(needs[3] || needs[4] || needs[5] || needs[6] || needs[7])) return variable_list(9);
     auto [g_word, g_pos, g_tt, g_w, g_b] =
         op.call(grads[0], s[0], s[1], as_optional(s[2]), s[3], s[4], as_optional(s[5]), s[6], s[7], s[8]);
-    return {Tensor(), Tensor(), Tensor(), if_needed(needs[3], g_word), if_needed(needs[4], g_pos),
-            if_needed(needs[5], g_tt), if_needed(needs[6], g_w), if_needed(needs[7], g_b), Tensor()};
+    return {Tensor(),
+            Tensor(),
+            Tensor(),
+            if_needed(needs[3], g_word),
+            if_needed(needs[4], g_pos),
+            if_needed(needs[5], g_tt),
+            if_needed(needs[6], g_w),
+            if_needed(needs[7], g_b),
+            Tensor()};
   }
 };
 
@@ -219,7 +224,6 @@ variable_list attention_grads(AutogradContext* ctx, size_t n_args, GradQkv grad_
   return result;
 }
 
-
 struct Attention : torch::autograd::Function<Attention> {
   static const c10::TypedOperatorHandle<AttnSig>& kernel() {  // the op below autograd
     static const auto op = op_handle<AttnSig>("fastbert::attention");
@@ -246,9 +250,8 @@ struct Attention : torch::autograd::Function<Attention> {
   }
 };
 
-Tensor2 attention_autograd(const Tensor& qkv, const OptTensor& qkv_bias, const Tensor& cu_seqlens,
-                           int64_t max_seqlen, int64_t num_heads, double scale, double dropout_p, int64_t seed,
-                           int64_t offset) {
+Tensor2 attention_autograd(const Tensor& qkv, const OptTensor& qkv_bias, const Tensor& cu_seqlens, int64_t max_seqlen,
+                           int64_t num_heads, double scale, double dropout_p, int64_t seed, int64_t offset) {
   if (!records({&qkv, ptr(qkv_bias)})) {
     at::AutoDispatchBelowADInplaceOrView below;
     return Attention::kernel().call(qkv, qkv_bias, cu_seqlens, max_seqlen, num_heads, scale, dropout_p, seed, offset);
@@ -256,7 +259,6 @@ Tensor2 attention_autograd(const Tensor& qkv, const OptTensor& qkv_bias, const T
   auto outs = Attention::apply(qkv, qkv_bias, cu_seqlens, max_seqlen, num_heads, scale, dropout_p, seed, offset);
   return {outs[0], outs[1]};
 }
-
 
 struct AttentionMasked : torch::autograd::Function<AttentionMasked> {
   static const c10::TypedOperatorHandle<MaskedSig>& kernel() {  // the op below autograd
@@ -275,8 +277,8 @@ struct AttentionMasked : torch::autograd::Function<AttentionMasked> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static auto op = op_handle<MaskedBackwardSig>("fastbert::attention_masked_backward");
     return attention_grads(ctx, 8, [&](const variable_list& s, auto& d) {
-      return op.call(grads[0], s[0], as_optional(s[1]), s[2], s[3], s[4], d["num_heads"].toInt(),
-                     d["scale"].toDouble(), d["dropout_p"].toDouble(), d["seed"].toInt(), d["offset"].toInt());
+      return op.call(grads[0], s[0], as_optional(s[1]), s[2], s[3], s[4], d["num_heads"].toInt(), d["scale"].toDouble(),
+                     d["dropout_p"].toDouble(), d["seed"].toInt(), d["offset"].toInt());
     });
   }
 };

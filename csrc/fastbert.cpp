@@ -126,9 +126,7 @@ static PyObject* py_supported_cpu_isas(PyObject*, PyObject*) {
   return list;
 }
 
-static PyObject* py_cpu_bf16_dot(PyObject*, PyObject*) {
-  return PyBool_FromLong(fastbert::cpu::bf16_dot_enabled());
-}
+static PyObject* py_cpu_bf16_dot(PyObject*, PyObject*) { return PyBool_FromLong(fastbert::cpu::bf16_dot_enabled()); }
 
 static PyObject* py_set_cpu_bf16_dot(PyObject*, PyObject* arg) {
   const int on = PyObject_IsTrue(arg);

@@ -32,10 +32,9 @@ using OneDnnLinearSig = Tensor(const Tensor&, const Tensor&, const OptTensor&, c
 // and with it at::mm's error message for a mismatched weight.
 Tensor linear(const Tensor& x, const Tensor& w, bool onednn) {
   const bool packed = w.is_mkldnn();
-  if (packed || (onednn && x.device().is_cpu() &&
-                 (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) &&
-                 w.scalar_type() == x.scalar_type() && w.device() == x.device() && w.dim() == 2 &&
-                 w.size(1) == x.size(-1))) {
+  if (packed ||
+      (onednn && x.device().is_cpu() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) &&
+       w.scalar_type() == x.scalar_type() && w.device() == x.device() && w.dim() == 2 && w.size(1) == x.size(-1))) {
     TORCH_CHECK(!packed || (w.scalar_type() == x.scalar_type() && w.dim() == 2 && w.size(1) == x.size(-1)),
                 "encoder_layers: a packed weight of dtype ", w.scalar_type(), " and shape ", w.sizes(),
                 " cannot multiply x of dtype ", x.scalar_type(), " and shape ", x.sizes());
@@ -51,23 +50,23 @@ Tensor required(const c10::List<OptTensor>& weights, size_t i, const char* what)
   return *t;
 }
 
-std::vector<Tensor> encoder_layers(const Tensor& x_in, const Tensor& cu_seqlens, int64_t max_seqlen,
-                                   int64_t num_heads, double scale, c10::string_view activation,
-                                   const c10::List<OptTensor>& weights, at::ArrayRef<double> eps, bool all_layers,
-                                   bool onednn) {
+std::vector<Tensor> encoder_layers(const Tensor& x_in, const Tensor& cu_seqlens, int64_t max_seqlen, int64_t num_heads,
+                                   double scale, c10::string_view activation, const c10::List<OptTensor>& weights,
+                                   at::ArrayRef<double> eps, bool all_layers, bool onednn) {
   TORCH_CHECK(weights.size() % kTensorsPerLayer == 0, "encoder_layers: ", weights.size(),
               " weights is not a multiple of ", kTensorsPerLayer, " per layer");
   const size_t layers = weights.size() / kTensorsPerLayer;
-  TORCH_CHECK(eps.size() == 2 * layers, "encoder_layers: expected 2 LayerNorm eps per layer (", 2 * layers,
-              "), got ", eps.size());
+  TORCH_CHECK(eps.size() == 2 * layers, "encoder_layers: expected 2 LayerNorm eps per layer (", 2 * layers, "), got ",
+              eps.size());
   if (at::GradMode::is_enabled()) {
     bool grad = x_in.requires_grad();
     for (size_t i = 0; i < weights.size() && !grad; ++i) {
       const OptTensor t = weights.get(i);
       grad = t.has_value() && t->requires_grad();
     }
-    TORCH_CHECK(!grad, "encoder_layers is inference-only and records no gradient: call it under torch.no_grad() "
-                       "or torch.inference_mode()");
+    TORCH_CHECK(!grad,
+                "encoder_layers is inference-only and records no gradient: call it under torch.no_grad() "
+                "or torch.inference_mode()");
   }
   static const auto attention = op_handle<AttnSig>("fastbert::attention");
   static const auto bias_act = op_handle<BiasActSig>("fastbert::bias_act");
@@ -85,15 +84,14 @@ std::vector<Tensor> encoder_layers(const Tensor& x_in, const Tensor& cu_seqlens,
                                                     cu_seqlens, max_seqlen, num_heads, scale, 0.0, 0, 0));
       y = linear(ctx, w(2, "attention output weight"), onednn);
     }
-    x = std::get<0>(brln.call(y, weights.get(i + 3), x, w(4, "LayerNorm weight"), w(5, "LayerNorm bias"),
-                              eps[2 * l]));
+    x = std::get<0>(brln.call(y, weights.get(i + 3), x, w(4, "LayerNorm weight"), w(5, "LayerNorm bias"), eps[2 * l]));
     {
-      const Tensor h = bias_act.call(linear(x, w(6, "intermediate weight"), onednn), w(7, "intermediate bias"),
-                                     activation);
+      const Tensor h =
+          bias_act.call(linear(x, w(6, "intermediate weight"), onednn), w(7, "intermediate bias"), activation);
       y = linear(h, w(8, "output weight"), onednn);  // h (T, I) freed here, before the LayerNorm
     }
-    x = std::get<0>(brln.call(y, weights.get(i + 9), x, w(10, "LayerNorm weight"), w(11, "LayerNorm bias"),
-                              eps[2 * l + 1]));
+    x = std::get<0>(
+        brln.call(y, weights.get(i + 9), x, w(10, "LayerNorm weight"), w(11, "LayerNorm bias"), eps[2 * l + 1]));
     y.reset();
     if (all_layers) outputs.push_back(x);
   }

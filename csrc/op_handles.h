@@ -2,8 +2,8 @@
 // dispatcher: csrc/autograd.cpp calls the kernels below autograd with them, csrc/inference.cpp the layer loop.
 #pragma once
 
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <optional>
 #include <tuple>
@@ -28,9 +28,10 @@ using BrlnBackwardSig = Tensor3(const Tensor&, const Tensor&, const OptTensor&, 
                                 const Tensor&, const Tensor&);
 using EmbSig = Tensor3(const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&, const OptTensor&,
                        const Tensor&, const Tensor&, double);
-using EmbBackwardSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
-    const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&, const OptTensor&,
-    const Tensor&, const Tensor&, const Tensor&);
+using EmbBackwardSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                                          const OptTensor&, const Tensor&,
+                                                                          const Tensor&, const OptTensor&,
+                                                                          const Tensor&, const Tensor&, const Tensor&);
 using AttnSig = Tensor2(const Tensor&, const OptTensor&, const Tensor&, int64_t, int64_t, double, double, int64_t,
                         int64_t);
 using AttnBackwardSig = Tensor(const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&,

@@ -38,8 +38,8 @@
 // masked: (b * nh + head) * L + query. The dropout mask is csrc/dropout_hash.h's.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
@@ -135,8 +135,8 @@ inline void micro_gemm(int64_t K, const acc* A, int64_t lda, const acc* B, int64
 // C[rows x cols] (+)= A[rows x K] B[K x cols], rows a multiple of kMR, cols a multiple of W; column panels
 // outermost so a K x NR*W panel of B stays in L1 across the row groups.
 template <typename acc>
-void block_gemm(int64_t rows, int64_t cols, int64_t K, const acc* A, int64_t lda, const acc* B, int64_t ldb,
-                acc* C, int64_t ldc, bool accumulate) {
+void block_gemm(int64_t rows, int64_t cols, int64_t K, const acc* A, int64_t lda, const acc* B, int64_t ldb, acc* C,
+                int64_t ldc, bool accumulate) {
   constexpr int W = Vectorized<acc>::size();
   constexpr int NRM = kNRMax<acc>;
   for (int64_t c0 = 0; c0 < cols; c0 += NRM * W) {
@@ -146,8 +146,12 @@ void block_gemm(int64_t rows, int64_t cols, int64_t K, const acc* A, int64_t lda
       const acc* b = B + c0;
       acc* c = C + r0 * ldc + c0;
       switch (nr) {
-        case 4: if constexpr (NRM >= 4) { micro_gemm<acc, 4>(K, a, lda, b, ldb, c, ldc, accumulate); } break;
-        case 3: if constexpr (NRM >= 3) { micro_gemm<acc, 3>(K, a, lda, b, ldb, c, ldc, accumulate); } break;
+        case 4:
+          if constexpr (NRM >= 4) { micro_gemm<acc, 4>(K, a, lda, b, ldb, c, ldc, accumulate); }
+          break;
+        case 3:
+          if constexpr (NRM >= 3) { micro_gemm<acc, 3>(K, a, lda, b, ldb, c, ldc, accumulate); }
+          break;
         case 2: micro_gemm<acc, 2>(K, a, lda, b, ldb, c, ldc, accumulate); break;
         default: micro_gemm<acc, 1>(K, a, lda, b, ldb, c, ldc, accumulate); break;
       }
@@ -174,7 +178,9 @@ inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 constexpr size_t kKeepBytes = size_t(32) << 20;
 
 struct ScratchLease {
-  struct Free { void operator()(char* p) const { std::free(p); } };
+  struct Free {
+    void operator()(char* p) const { std::free(p); }
+  };
   std::unique_ptr<char, Free> owned;
   char* ptr = nullptr;
 };
@@ -213,7 +219,11 @@ inline void stage_row(const scalar_t* src, const scalar_t* bias, acc mul, bool s
     V x = load_acc(src + c, m);
     if (bias) x = x + load_acc(bias + c, m);
     if (scaled) x = x * V(mul);
-    if (m == W) x.store(dst + c); else { V(acc(0)).store(dst + c); x.store(dst + c, m); }
+    if (m == W) x.store(dst + c);
+    else {
+      V(acc(0)).store(dst + c);
+      x.store(dst + c, m);
+    }
   }
 }
 
@@ -237,16 +247,14 @@ FASTBERT_TARGET_BF16 inline __m512 load_bf16_f32(const c10::BFloat16* p, const c
   const __mmask16 k = m >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << m) - 1);
   __m512 x = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p)), 16));
   if (bias) {
-    x = _mm512_add_ps(x, _mm512_castsi512_ps(
-                             _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, bias)), 16)));
+    x = _mm512_add_ps(
+        x, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, bias)), 16)));
   }
   return x;
 }
 
 // 32 fp32 -> 32 bf16 (round to nearest even): lo's 16 first, then hi's.
-FASTBERT_TARGET_BF16 inline __m512i pack_bf16(__m512 lo, __m512 hi) {
-  return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
-}
+FASTBERT_TARGET_BF16 inline __m512i pack_bf16(__m512 lo, __m512 hi) { return (__m512i)_mm512_cvtne2ps_pbh(hi, lo); }
 
 // One row of d values: dst[0 .. dq) = bf16((src + bias) * mul), zero from d on; dq a multiple of 32.
 FASTBERT_TARGET_BF16 inline void stage_row_bf16(const c10::BFloat16* src, const c10::BFloat16* bias, float mul,
@@ -285,8 +293,8 @@ FASTBERT_TARGET_BF16 inline void stage_pair_bf16(const c10::BFloat16* v0, const 
 // C[MR x NR*16] (+)= sum over K2 pairs: A[m][pair] . B[pair][16 n ..]: A row-major uint32 pairs (lda), B rows of
 // NR*16 uint32 pairs (ldb), C fp32 row-major (ldc).
 template <int NR>
-FASTBERT_TARGET_BF16 inline void micro_dot(int64_t K2, const uint32_t* A, int64_t lda, const uint32_t* B,
-                                           int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+FASTBERT_TARGET_BF16 inline void micro_dot(int64_t K2, const uint32_t* A, int64_t lda, const uint32_t* B, int64_t ldb,
+                                           float* C, int64_t ldc, bool accumulate) {
   __m512 c[kMR][NR];
 #pragma GCC unroll 8
   for (int m = 0; m < kMR; ++m)
@@ -342,15 +350,15 @@ FASTBERT_TARGET_BF16 inline __mmask16 dropout_keep16(const DropoutHash& drop, ui
 // block max, e = exp(s - m), the running max m / sum l (the row of O rescaled when m grows), dropout, and
 // P = bf16(e) into p[0 .. round_up(nk, 16)) (zero past nk), the operand of the PV dot products. The same fp32
 // steps as the kernel's generic loop, without writing the probabilities back in fp32.
-FASTBERT_TARGET_BF16 void softmax_row_dot(const float* s, int64_t nk, float& m_run, float& l_run, float* o,
-                                          int64_t dp, uint16_t* p, const DropoutHash* drop, uint32_t key,
-                                          uint32_t col0) {
+FASTBERT_TARGET_BF16 void softmax_row_dot(const float* s, int64_t nk, float& m_run, float& l_run, float* o, int64_t dp,
+                                          uint16_t* p, const DropoutHash* drop, uint32_t key, uint32_t col0) {
   using V = Vectorized<float>;
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const __m512 vninf = _mm512_set1_ps(neg_inf);
   const int64_t nkW = round_up(nk, 16);
   __m512 vmax = vninf;
-  for (int64_t j = 0; j < nkW; j += 16) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vninf, tail_mask(nk - j), s + j));
+  for (int64_t j = 0; j < nkW; j += 16)
+    vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vninf, tail_mask(nk - j), s + j));
   const float m_new = std::max(m_run, _mm512_reduce_max_ps(vmax));
   if (m_new == neg_inf) {  // nothing kept so far in this row
     std::fill(p, p + nkW, uint16_t(0));
@@ -391,9 +399,7 @@ FASTBERT_TARGET_BF16 void store_row_bf16(const float* o, float inv, c10::BFloat1
 
 // ---------------------------------------------------------------- the kernel
 
-struct Task {
-  int64_t seq, head, q0, q1;
-};
+struct Task { int64_t seq, head, q0, q1; };
 
 // Block sizes (query rows, keys). BQ is a multiple of kMR; BK a multiple of every NR * W.
 constexpr int64_t kBQ = 48;
@@ -418,9 +424,7 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
   const acc neg_inf = -std::numeric_limits<acc>::infinity();
 
   auto seq_start = [&](int64_t b) -> int64_t { return P.cu_seqlens ? P.cu_seqlens[b] : b * P.seqlen; };
-  auto seq_len = [&](int64_t b) -> int64_t {
-    return P.cu_seqlens ? P.cu_seqlens[b + 1] - P.cu_seqlens[b] : P.seqlen;
-  };
+  auto seq_len = [&](int64_t b) -> int64_t { return P.cu_seqlens ? P.cu_seqlens[b + 1] - P.cu_seqlens[b] : P.seqlen; };
 
   // Tasks: (sequence, head), split into query chunks when there are fewer than 4 per thread.
   const int64_t nthreads = std::max<int64_t>(1, at::in_parallel_region() ? 1 : at::get_num_threads());
@@ -459,7 +463,8 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
     for (int64_t tid = tb; tid < te; ++tid) {
       // The bf16 dot path keeps its bf16 tensors in the same regions (each fits: d/2 pairs x ldk for K^T,
       // ldk x dq bf16 for K's rows, V's key pairs and Q) plus P in bf16 (BQ, BK).
-      const int64_t sizes[7] = {d * ldk, ldk * dp, ldk * dp, q_rows * dp, kBQ * kBK, kBQ * dp, kDot ? kBQ * kBK / 2 : 0};
+      const int64_t sizes[7] = {
+          d * ldk, ldk * dp, ldk * dp, q_rows * dp, kBQ * kBK, kBQ * dp, kDot ? kBQ * kBK / 2 : 0};
       int64_t total = 0;
       for (int64_t x : sizes) total += round_up(x, 64);
       ScratchLease lease;
@@ -503,8 +508,7 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
             for (int64_t jj = j; jj < std::min(n, j + 2); ++jj) {
               prefetch_ahead(jj);
               const scalar_t* row = qkv_p + (s0 + jj) * 3 * H + h * d;
-              if (jj >= task.q0 && jj < task.q1)
-                stage_row_bf16(row, qb, scale, true, Q2 + (jj - task.q0) * dq, d, dq);
+              if (jj >= task.q0 && jj < task.q1) stage_row_bf16(row, qb, scale, true, Q2 + (jj - task.q0) * dq, d, dq);
               stage_row_bf16(row + H, kb, 1.f, false, K2 + jj * dq, d, dq);
             }
             const scalar_t* v0 = qkv_p + (s0 + j) * 3 * H + 2 * H + h * d;
@@ -582,20 +586,21 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
                 }
               }
               const uint32_t key =  // the row's dropout key (csrc/dropout_hash.h)
-                  dropout ? drop.row_key(static_cast<uint64_t>(P.cu_seqlens ? h * T + s0 + i : (b * nh + h) * P.seqlen + i))
-                          : 0;
+                  dropout
+                      ? drop.row_key(static_cast<uint64_t>(P.cu_seqlens ? h * T + s0 + i : (b * nh + h) * P.seqlen + i))
+                      : 0;
 #ifdef FASTBERT_BF16_DOT
               if constexpr (kDot) {
-                softmax_row_dot(s, nk, m_run[r], l_run[r], O + r * dp, dp, P2 + r * kBK, dropout ? &drop : nullptr,
-                                key, static_cast<uint32_t>(j0));
+                softmax_row_dot(s, nk, m_run[r], l_run[r], O + r * dp, dp, P2 + r * kBK, dropout ? &drop : nullptr, key,
+                                static_cast<uint32_t>(j0));
                 continue;
               }
 #endif
               for (int64_t j = nk; j < nkW; ++j) s[j] = neg_inf;
               V vmax(neg_inf);
               for (int64_t j = 0; j < nkW; j += W) vmax = at::vec::maximum(vmax, V::loadu(s + j));
-              const acc bmax = at::vec::vec_reduce_all<acc>(
-                  [](const V& x, const V& y) { return at::vec::maximum(x, y); }, vmax);
+              const acc bmax =
+                  at::vec::vec_reduce_all<acc>([](const V& x, const V& y) { return at::vec::maximum(x, y); }, vmax);
               const acc m_new = std::max(m_run[r], bmax);
               if (m_new == neg_inf) {  // nothing kept so far in this row
                 std::fill(s, s + nkW, acc(0));
@@ -681,8 +686,8 @@ void attention_forward(const at::Tensor& qkv, const at::Tensor& bias, const Attn
 }  // namespace CPU_CAPABILITY
 
 #ifdef CPU_CAPABILITY_DEFAULT
-FASTBERT_CPU_DECLARE(void attention_forward(const at::Tensor&, const at::Tensor&, const AttnParams&,
-                                            at::Tensor&, at::Tensor&))
+FASTBERT_CPU_DECLARE(void attention_forward(const at::Tensor&, const at::Tensor&, const AttnParams&, at::Tensor&,
+                                            at::Tensor&))
 
 namespace {
 
@@ -698,9 +703,8 @@ at::Tensor bias_or_undefined(const std::optional<at::Tensor>& qkv_bias) {
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& qkv, const std::optional<at::Tensor>& qkv_bias,
-                                                 const at::Tensor& cu_seqlens, int64_t max_seqlen,
-                                                 int64_t num_heads, double scale, double dropout_p, int64_t seed,
-                                                 int64_t offset) {
+                                                 const at::Tensor& cu_seqlens, int64_t max_seqlen, int64_t num_heads,
+                                                 double scale, double dropout_p, int64_t seed, int64_t offset) {
   TORCH_CHECK(qkv.dim() == 2, "attention: qkv must have shape (T, 3 * hidden), got ", qkv.sizes());
   const int64_t d = check_attention_args("attention", qkv, qkv_bias, num_heads, dropout_p);
   const int64_t T = qkv.size(0);
@@ -735,8 +739,7 @@ std::tuple<at::Tensor, at::Tensor> attention_masked_cpu(const at::Tensor& qkv,
                                                         const std::optional<at::Tensor>& qkv_bias,
                                                         const at::Tensor& mask, int64_t num_heads, double scale,
                                                         double dropout_p, int64_t seed, int64_t offset) {
-  TORCH_CHECK(qkv.dim() == 3, "attention_masked: qkv must have shape (batch, seqlen, 3 * hidden), got ",
-              qkv.sizes());
+  TORCH_CHECK(qkv.dim() == 3, "attention_masked: qkv must have shape (batch, seqlen, 3 * hidden), got ", qkv.sizes());
   const int64_t d = check_attention_args("attention_masked", qkv, qkv_bias, num_heads, dropout_p);
   const int64_t B = qkv.size(0), L = qkv.size(1), H = qkv.size(2) / 3;
   check_attention_mask("attention_masked", mask, B, num_heads, L);

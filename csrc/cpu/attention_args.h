@@ -18,8 +18,8 @@ inline bool is_supported_float(at::ScalarType t) {
 inline int64_t check_attention_args(const char* op, const at::Tensor& qkv, const std::optional<at::Tensor>& qkv_bias,
                                     int64_t num_heads, double dropout_p) {
   TORCH_CHECK(qkv.device().is_cpu(), op, ": qkv must be a CPU tensor, got ", qkv.device());
-  TORCH_CHECK(is_supported_float(qkv.scalar_type()), op,
-              ": qkv must be float32, float64, bfloat16 or float16, got ", qkv.scalar_type());
+  TORCH_CHECK(is_supported_float(qkv.scalar_type()), op, ": qkv must be float32, float64, bfloat16 or float16, got ",
+              qkv.scalar_type());
   TORCH_CHECK_VALUE(num_heads > 0, op, ": num_heads must be > 0, got ", num_heads);
   const int64_t H3 = qkv.size(-1);
   TORCH_CHECK(H3 > 0 && H3 % (3 * num_heads) == 0, op, ": qkv's last dimension (", H3,
@@ -40,8 +40,8 @@ inline int64_t check_attention_args(const char* op, const at::Tensor& qkv, const
 // most max_seqlen (>= 0) long. Returns the longest sequence's length.
 inline int64_t check_cu_seqlens(const char* op, const at::Tensor& cu_seqlens, int64_t max_seqlen, int64_t T) {
   TORCH_CHECK(cu_seqlens.device().is_cpu(), op, ": cu_seqlens must be a CPU tensor, got ", cu_seqlens.device());
-  TORCH_CHECK(cu_seqlens.dim() == 1 && cu_seqlens.size(0) >= 1, op,
-              ": cu_seqlens must have shape (batch + 1,), got ", cu_seqlens.sizes());
+  TORCH_CHECK(cu_seqlens.dim() == 1 && cu_seqlens.size(0) >= 1, op, ": cu_seqlens must have shape (batch + 1,), got ",
+              cu_seqlens.sizes());
   TORCH_CHECK(cu_seqlens.scalar_type() == at::kInt, op, ": cu_seqlens must be int32, got ", cu_seqlens.scalar_type());
   TORCH_CHECK_VALUE(max_seqlen >= 0, op, ": max_seqlen must be >= 0, got ", max_seqlen);
   const at::Tensor cu = cu_seqlens.contiguous();
@@ -73,8 +73,8 @@ inline void check_attention_mask(const char* op, const at::Tensor& mask, int64_t
     broadcastable = s == 1 || s == target[3 - i];
   }
   TORCH_CHECK(broadcastable, op, ": mask of shape ", mask.sizes(),
-              " is not broadcastable to (batch, num_heads, seqlen, seqlen) = (", B, ", ", num_heads, ", ", L, ", ",
-              L, ")");
+              " is not broadcastable to (batch, num_heads, seqlen, seqlen) = (", B, ", ", num_heads, ", ", L, ", ", L,
+              ")");
 }
 
 // The mask as the kernels read it: bool, or floating in the accumulation type of qkv's dtype, expanded by strides

@@ -18,8 +18,8 @@
 #include <atomic>
 #include <vector>
 
-#include "cpu/attention_backward.h"
 #include "cpu/attention_args.h"
+#include "cpu/attention_backward.h"
 #include "cpu/isa.h"
 
 namespace fastbert::cpu {
@@ -43,7 +43,8 @@ void attention_backward_kernel(const at::Tensor& grad_out, const at::Tensor& qkv
   std::stable_sort(tasks.begin(), tasks.end(), [](auto& x, auto& y) { return x.first > y.first; });
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, qkv.scalar_type(), "attention_backward", [&] {
     using A = acc_t<scalar_t>;
-    const auto io = attn_bwd_io<scalar_t>(qkv, bias, grad_out, out, grad_qkv, num_heads, scale, dropout_p, seed, offset);
+    const auto io =
+        attn_bwd_io<scalar_t>(qkv, bias, grad_out, out, grad_qkv, num_heads, scale, dropout_p, seed, offset);
     const float* lsep = lse.const_data_ptr<float>();
     std::atomic<int64_t> next{0};
     const int64_t ntasks = static_cast<int64_t>(tasks.size());
@@ -53,8 +54,9 @@ void attention_backward_kernel(const at::Tensor& grad_out, const at::Tensor& qkv
       for (int64_t t; (t = next.fetch_add(1)) < ntasks;) {
         const int64_t b = tasks[t].second / nh, h = tasks[t].second % nh;
         const int64_t s0 = cu[b], n = cu[b + 1] - cu[b];
-        attention_backward_task<scalar_t>(io, s0, n, h, lsep + h * T + s0, static_cast<uint64_t>(h * T + s0),
-                                          /*recompute_softmax=*/std::is_same_v<A, double>, [](int64_t, A*) {}, buf);
+        attention_backward_task<scalar_t>(
+            io, s0, n, h, lsep + h * T + s0, static_cast<uint64_t>(h * T + s0),
+            /*recompute_softmax=*/std::is_same_v<A, double>, [](int64_t, A*) {}, buf);
       }
     });
   });
@@ -64,9 +66,8 @@ void attention_backward_kernel(const at::Tensor& grad_out, const at::Tensor& qkv
 
 #ifdef CPU_CAPABILITY_DEFAULT
 FASTBERT_CPU_DECLARE(void attention_backward_kernel(const at::Tensor&, const at::Tensor&, const at::Tensor*,
-                                                    const at::Tensor&, const at::Tensor&,
-                                                    const std::vector<int64_t>&, int64_t, double, double, int64_t,
-                                                    int64_t, at::Tensor&))
+                                                    const at::Tensor&, const at::Tensor&, const std::vector<int64_t>&,
+                                                    int64_t, double, double, int64_t, int64_t, at::Tensor&))
 
 at::Tensor attention_backward_cpu(const at::Tensor& grad_out, const at::Tensor& qkv,
                                   const std::optional<at::Tensor>& qkv_bias, const at::Tensor& out,
@@ -84,9 +85,8 @@ at::Tensor attention_backward_cpu(const at::Tensor& grad_out, const at::Tensor& 
   auto grad_qkv = at::zeros({T, H3}, qkv.options());
   if (T > 0) {
     at::Tensor bc = qkv_bias ? qkv_bias->contiguous() : at::Tensor();
-    FASTBERT_CPU_DISPATCH(attention_backward_kernel, grad_out.contiguous(), qkv.contiguous(),
-                          qkv_bias ? &bc : nullptr, out.contiguous(), lse.contiguous(), cu, num_heads, scale,
-                          dropout_p, seed, offset, grad_qkv);
+    FASTBERT_CPU_DISPATCH(attention_backward_kernel, grad_out.contiguous(), qkv.contiguous(), qkv_bias ? &bc : nullptr,
+                          out.contiguous(), lse.contiguous(), cu, num_heads, scale, dropout_p, seed, offset, grad_qkv);
   }
   return grad_qkv;
 }

@@ -64,8 +64,15 @@ inline AttnBwdIO<T> attn_bwd_io(const at::Tensor& qkv, const at::Tensor* bias, c
                                 const at::Tensor& out, at::Tensor& grad_qkv, int64_t num_heads, double scale,
                                 double dropout_p, int64_t seed, int64_t offset) {
   const int64_t H = qkv.size(-1) / 3;
-  return {qkv.const_data_ptr<T>(), bias ? bias->const_data_ptr<T>() : nullptr, grad_out.const_data_ptr<T>(),
-          out.const_data_ptr<T>(), grad_qkv.mutable_data_ptr<T>(), H, H / num_heads, scale, dropout_p,
+  return {qkv.const_data_ptr<T>(),
+          bias ? bias->const_data_ptr<T>() : nullptr,
+          grad_out.const_data_ptr<T>(),
+          out.const_data_ptr<T>(),
+          grad_qkv.mutable_data_ptr<T>(),
+          H,
+          H / num_heads,
+          scale,
+          dropout_p,
           make_dropout_hash(dropout_p, seed, offset)};
 }
 
@@ -73,8 +80,7 @@ template <typename A>
 struct AttnBwdScratch {
   std::vector<A> q, k, v, go, dsum, s, ds, dq, dk, dv, z;
   explicit AttnBwdScratch(int64_t n, int64_t d)
-      : q(n * d), k(n * d), v(n * d), go(n * d), dsum(n), s(n * n), ds(n * n), dq(n * d), dk(n * d), dv(n * d),
-        z(n) {}
+      : q(n * d), k(n * d), v(n * d), go(n * d), dsum(n), s(n * n), ds(n * n), dq(n * d), dk(n * d), dv(n * d), z(n) {}
 };
 
 // One (sequence, head): rows row0 .. row0 + n of the batch, head h. lse: n values (row i at lse[i]), used when

@@ -15,8 +15,8 @@
 
 #include <vector>
 
-#include "cpu/attention_backward.h"
 #include "cpu/attention_args.h"
+#include "cpu/attention_backward.h"
 #include "cpu/isa.h"
 
 namespace fastbert::cpu {
@@ -32,7 +32,8 @@ void attention_masked_backward_kernel(const at::Tensor& grad_out, const at::Tens
   const bool is_bool = mask.scalar_type() == at::kBool;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, qkv.scalar_type(), "attention_masked_backward", [&] {
     using A = acc_t<scalar_t>;
-    const auto io = attn_bwd_io<scalar_t>(qkv, bias, grad_out, out, grad_qkv, num_heads, scale, dropout_p, seed, offset);
+    const auto io =
+        attn_bwd_io<scalar_t>(qkv, bias, grad_out, out, grad_qkv, num_heads, scale, dropout_p, seed, offset);
     const bool* mb = is_bool ? mask.const_data_ptr<bool>() : nullptr;
     const A* mf = is_bool ? nullptr : mask.const_data_ptr<A>();
     at::parallel_for(0, B * nh, 1, [&](int64_t t0, int64_t t1) {
@@ -64,8 +65,8 @@ FASTBERT_CPU_DECLARE(void attention_masked_backward_kernel(const at::Tensor&, co
 
 at::Tensor attention_masked_backward_cpu(const at::Tensor& grad_out, const at::Tensor& qkv,
                                          const std::optional<at::Tensor>& qkv_bias, const at::Tensor& mask,
-                                         const at::Tensor& out, const at::Tensor& lse, int64_t num_heads,
-                                         double scale, double dropout_p, int64_t seed, int64_t offset) {
+                                         const at::Tensor& out, const at::Tensor& lse, int64_t num_heads, double scale,
+                                         double dropout_p, int64_t seed, int64_t offset) {
   const char* op = "attention_masked_backward";
   TORCH_CHECK(qkv.dim() == 3, op, ": qkv must have shape (batch, seqlen, 3 * hidden), got ", qkv.sizes());
   check_attention_args(op, qkv, qkv_bias, num_heads, dropout_p);

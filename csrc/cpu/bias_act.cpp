@@ -53,8 +53,8 @@ FASTBERT_CPU_DECLARE(void bias_act_kernel(const at::Tensor&, const at::Tensor&, 
 
 at::Tensor bias_act_cpu(const at::Tensor& x, const at::Tensor& bias, c10::string_view activation) {
   Activation act;
-  TORCH_CHECK_VALUE(parse_activation(std::string(activation), &act), "bias_act: unknown activation '",
-                    activation, "'; expected one of ", kActivationNames);
+  TORCH_CHECK_VALUE(parse_activation(std::string(activation), &act), "bias_act: unknown activation '", activation,
+                    "'; expected one of ", kActivationNames);
   TORCH_CHECK(x.dim() >= 1, "bias_act: x must have at least 1 dimension, got ", x.dim());
   TORCH_CHECK(bias.dim() == 1 && bias.size(0) == x.size(-1), "bias_act: bias must have shape (", x.size(-1),
               ",) to match x's last dimension, got ", bias.sizes());

@@ -47,8 +47,7 @@ inline V activation_derivative(const V& u, Activation act) {
       const V s = one / (one + (a.neg() * u).exp());
       return s + a * u * s * (one - s);
     }
-    case Activation::Relu:
-      return u.gt(V(S(0)));
+    case Activation::Relu: return u.gt(V(S(0)));
     case Activation::Silu: {
       // y = u sigmoid(u);  y' = s (1 + u (1 - s))
       const V s = one / (one + u.neg().exp());
@@ -88,8 +87,8 @@ void bias_act_backward_kernel(const at::Tensor& grad, const at::Tensor& x, const
 }  // namespace CPU_CAPABILITY
 
 #ifdef CPU_CAPABILITY_DEFAULT
-FASTBERT_CPU_DECLARE(void bias_act_backward_kernel(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                   at::Tensor&, Activation))
+FASTBERT_CPU_DECLARE(void bias_act_backward_kernel(const at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor&,
+                                                   Activation))
 
 at::Tensor bias_act_backward_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& bias,
                                  c10::string_view activation) {
@@ -99,8 +98,8 @@ at::Tensor bias_act_backward_cpu(const at::Tensor& grad, const at::Tensor& x, co
   TORCH_CHECK(x.dim() >= 1, "bias_act_backward: x must have at least 1 dimension, got ", x.dim());
   TORCH_CHECK(grad.sizes() == x.sizes(), "bias_act_backward: grad must have x's shape ", x.sizes(), ", got ",
               grad.sizes());
-  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == x.size(-1), "bias_act_backward: bias must have shape (",
-              x.size(-1), ",) to match x's last dimension, got ", bias.sizes());
+  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == x.size(-1), "bias_act_backward: bias must have shape (", x.size(-1),
+              ",) to match x's last dimension, got ", bias.sizes());
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), "bias_act_backward: x must be floating point, got ",
               x.scalar_type());
   TORCH_CHECK(grad.scalar_type() == x.scalar_type(), "bias_act_backward: grad dtype ", grad.scalar_type(),

@@ -55,9 +55,11 @@ static void check_vector(const at::Tensor& t, const char* name, int64_t H, const
   TORCH_CHECK(t.device().is_cpu(), "bias_residual_layernorm: ", name, " must be a CPU tensor");
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> bias_residual_layernorm_cpu(
-    const at::Tensor& x, const std::optional<at::Tensor>& bias, const at::Tensor& residual,
-    const at::Tensor& ln_weight, const at::Tensor& ln_bias, double eps) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bias_residual_layernorm_cpu(const at::Tensor& x,
+                                                                           const std::optional<at::Tensor>& bias,
+                                                                           const at::Tensor& residual,
+                                                                           const at::Tensor& ln_weight,
+                                                                           const at::Tensor& ln_bias, double eps) {
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) > 0, "bias_residual_layernorm: x must have a non-empty last dimension, got ",
               x.sizes());
   TORCH_CHECK(x.device().is_cpu(), "bias_residual_layernorm: x must be a CPU tensor");

@@ -44,11 +44,9 @@ void bias_residual_layernorm_backward_kernel(const at::Tensor& grad_out, const a
 }  // namespace CPU_CAPABILITY
 
 #ifdef CPU_CAPABILITY_DEFAULT
-FASTBERT_CPU_DECLARE(void bias_residual_layernorm_backward_kernel(const at::Tensor&, const at::Tensor&,
-                                                                  const at::Tensor*, const at::Tensor&,
-                                                                  const at::Tensor&, const at::Tensor&,
-                                                                  const at::Tensor&, at::Tensor&, at::Tensor&,
-                                                                  at::Tensor&))
+FASTBERT_CPU_DECLARE(void bias_residual_layernorm_backward_kernel(
+    const at::Tensor&, const at::Tensor&, const at::Tensor*, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&))
 
 static void check_like_x(const at::Tensor& t, const char* name, const at::Tensor& x) {
   TORCH_CHECK(t.sizes() == x.sizes(), "bias_residual_layernorm_backward: ", name, " must have x's shape ", x.sizes(),
@@ -70,10 +68,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bias_residual_layernorm_backward_
   const int64_t H = x.size(-1);
   for (auto [t, name] : {std::pair{bias ? &*bias : nullptr, "bias"}, std::pair{&ln_weight, "ln_weight"}}) {
     if (t == nullptr) continue;
-    TORCH_CHECK(t->dim() == 1 && t->size(0) == H, "bias_residual_layernorm_backward: ", name, " must have shape (",
-                H, ",) to match x's last dimension, got ", t->sizes());
-    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device().is_cpu(), "bias_residual_layernorm_backward: ",
-                name, " must be a CPU tensor of x's dtype ", x.scalar_type(), ", got ", t->scalar_type());
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == H, "bias_residual_layernorm_backward: ", name, " must have shape (", H,
+                ",) to match x's last dimension, got ", t->sizes());
+    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device().is_cpu(), "bias_residual_layernorm_backward: ", name,
+                " must be a CPU tensor of x's dtype ", x.scalar_type(), ", got ", t->scalar_type());
   }
   const auto stat_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const auto stat_shape = x.sizes().slice(0, x.dim() - 1);

@@ -23,8 +23,8 @@ namespace fastbert::cpu {
 namespace CPU_CAPABILITY {
 
 template <Activation A, typename B>
-void dequant_bias_act_quant_rows(const int32_t* ap, const float* xs, const float* ws, const B* bp,
-                                 const float* smooth, int64_t rows, int64_t N, int8_t* qp, float* sp) {
+void dequant_bias_act_quant_rows(const int32_t* ap, const float* xs, const float* ws, const B* bp, const float* smooth,
+                                 int64_t rows, int64_t N, int8_t* qp, float* sp) {
   at::parallel_for(0, rows, row_grain(N), [&](int64_t begin, int64_t end) {
     ScratchRow s(N);
     for (int64_t r = begin; r < end; ++r) {
@@ -86,9 +86,8 @@ std::tuple<at::Tensor, at::Tensor> dequant_bias_act_quant_cpu(const at::Tensor& 
     scale.fill_(1.0);
   } else if (T > 0) {
     at::Tensor sc = smooth ? smooth->contiguous() : at::Tensor();
-    FASTBERT_CPU_DISPATCH(dequant_bias_act_quant_kernel, acc.contiguous(), x_scale.contiguous(),
-                          w_scale.contiguous(), bias.contiguous(), act,
-                          smooth ? sc.const_data_ptr<float>() : nullptr, q, scale);
+    FASTBERT_CPU_DISPATCH(dequant_bias_act_quant_kernel, acc.contiguous(), x_scale.contiguous(), w_scale.contiguous(),
+                          bias.contiguous(), act, smooth ? sc.const_data_ptr<float>() : nullptr, q, scale);
   }
   return {q, scale};
 }

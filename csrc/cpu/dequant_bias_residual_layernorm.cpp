@@ -47,7 +47,8 @@ void dequant_bias_residual_layernorm_typed(const int32_t* ap, const float* xs, c
       T* orow = op + r * H;
       const FVec m(mean), rs(rstd);
       auto value = [=](int64_t c, int64_t n) {
-        const FVec y = at::vec::fmadd((loadf(s + c, n) - m) * rs, FVec(load_acc(wp + c, n)), FVec(load_acc(betap + c, n)));
+        const FVec y =
+            at::vec::fmadd((loadf(s + c, n) - m) * rs, FVec(load_acc(wp + c, n)), FVec(load_acc(betap + c, n)));
         store_acc(orow + c, y, n);
         return round_to<T>(y);
       };
@@ -61,8 +62,7 @@ void dequant_bias_residual_layernorm_typed(const int32_t* ap, const float* xs, c
         normalise_quantize(r, s0, mean[0], rstd[0]);
         normalise_quantize(r + 1, s1, mean[1], rstd[1]);
       } else {
-        normalise_row_pair<T>(s0, s1, H, wp, betap, mean[0], rstd[0], mean[1], rstd[1], op + r * H,
-                              op + (r + 1) * H);
+        normalise_row_pair<T>(s0, s1, H, wp, betap, mean[0], rstd[0], mean[1], rstd[1], op + r * H, op + (r + 1) * H);
       }
     }
     if (r < end) {  // an odd row out: computed as a pair with itself
@@ -73,11 +73,10 @@ void dequant_bias_residual_layernorm_typed(const int32_t* ap, const float* xs, c
   });
 }
 
-void dequant_bias_residual_layernorm_kernel(const at::Tensor& acc, const at::Tensor& x_scale,
-                                            const at::Tensor& w_scale, const at::Tensor* bias,
-                                            const at::Tensor& residual, const at::Tensor& weight,
-                                            const at::Tensor& beta, double eps, at::Tensor& out,
-                                            const float* smooth, at::Tensor* q, at::Tensor* scale) {
+void dequant_bias_residual_layernorm_kernel(const at::Tensor& acc, const at::Tensor& x_scale, const at::Tensor& w_scale,
+                                            const at::Tensor* bias, const at::Tensor& residual,
+                                            const at::Tensor& weight, const at::Tensor& beta, double eps,
+                                            at::Tensor& out, const float* smooth, at::Tensor* q, at::Tensor* scale) {
   const int32_t* ap = acc.const_data_ptr<int32_t>();
   const float* xs = x_scale.const_data_ptr<float>();
   const float* ws = w_scale.const_data_ptr<float>();
@@ -97,11 +96,9 @@ void dequant_bias_residual_layernorm_kernel(const at::Tensor& acc, const at::Ten
 }  // namespace CPU_CAPABILITY
 
 #ifdef CPU_CAPABILITY_DEFAULT
-FASTBERT_CPU_DECLARE(void dequant_bias_residual_layernorm_kernel(const at::Tensor&, const at::Tensor&,
-                                                                 const at::Tensor&, const at::Tensor*,
-                                                                 const at::Tensor&, const at::Tensor&,
-                                                                 const at::Tensor&, double, at::Tensor&,
-                                                                 const float*, at::Tensor*, at::Tensor*))
+FASTBERT_CPU_DECLARE(void dequant_bias_residual_layernorm_kernel(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor*, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, double, at::Tensor&, const float*, at::Tensor*, at::Tensor*))
 
 static void check_channel_vector(const char* name, const at::Tensor& t, int64_t N, const at::Tensor& residual) {
   TORCH_CHECK(t.dim() == 1 && t.size(0) == N && t.scalar_type() == residual.scalar_type() && t.device().is_cpu(),
@@ -122,8 +119,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dequant_bias_residual_layernorm_c
   TORCH_CHECK(residual.sizes() == acc.sizes() &&
                   (residual.scalar_type() == at::kFloat || residual.scalar_type() == at::kBFloat16) &&
                   residual.device().is_cpu(),
-              op, ": residual must be a float32 or bfloat16 CPU tensor of acc's shape (T, N) = ", acc.sizes(),
-              ", got ", residual.scalar_type(), " ", residual.sizes());
+              op, ": residual must be a float32 or bfloat16 CPU tensor of acc's shape (T, N) = ", acc.sizes(), ", got ",
+              residual.scalar_type(), " ", residual.sizes());
   if (bias) check_channel_vector("bias", *bias, N, residual);
   check_channel_vector("weight", weight, N, residual);
   check_channel_vector("beta", beta, N, residual);
@@ -131,7 +128,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dequant_bias_residual_layernorm_c
   check_smooth(op, smooth, N, "N");
   auto out = at::empty({T, N}, residual.options());
   // Without quantize: q and scale are empty (0,) tensors of their dtypes, and smooth (still checked) is unused.
-  auto q = quantize ? at::empty({T, N}, residual.options().dtype(at::kChar)) : at::empty({0}, residual.options().dtype(at::kChar));
+  auto q = quantize ? at::empty({T, N}, residual.options().dtype(at::kChar))
+                    : at::empty({0}, residual.options().dtype(at::kChar));
   auto scale = at::empty({quantize ? T : 0}, residual.options().dtype(at::kFloat));
   if (T > 0) {
     at::Tensor bc = bias ? bias->contiguous() : at::Tensor();
@@ -144,7 +142,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dequant_bias_residual_layernorm_c
   return {out, q, scale};
 }
 
-TORCH_LIBRARY_IMPL(fastbert, CPU, m) { m.impl("dequant_bias_residual_layernorm", &dequant_bias_residual_layernorm_cpu); }
+TORCH_LIBRARY_IMPL(fastbert, CPU, m) {
+  m.impl("dequant_bias_residual_layernorm", &dequant_bias_residual_layernorm_cpu);
+}
 #endif
 
 }  // namespace fastbert::cpu

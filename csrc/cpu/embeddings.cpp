@@ -51,10 +51,9 @@ void embeddings_kernel(const at::Tensor& ids, const at::Tensor& pos, const at::T
 }  // namespace CPU_CAPABILITY
 
 #ifdef CPU_CAPABILITY_DEFAULT
-FASTBERT_CPU_DECLARE(void embeddings_kernel(const at::Tensor&, const at::Tensor&, const at::Tensor*,
-                                            const at::Tensor&, const at::Tensor&, const at::Tensor*,
-                                            const at::Tensor&, const at::Tensor&, double, at::Tensor&, at::Tensor&,
-                                            at::Tensor&))
+FASTBERT_CPU_DECLARE(void embeddings_kernel(const at::Tensor&, const at::Tensor&, const at::Tensor*, const at::Tensor&,
+                                            const at::Tensor&, const at::Tensor*, const at::Tensor&, const at::Tensor&,
+                                            double, at::Tensor&, at::Tensor&, at::Tensor&))
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> embeddings_cpu(
     const at::Tensor& input_ids, const at::Tensor& position_ids, const std::optional<at::Tensor>& token_type_ids,

@@ -67,13 +67,13 @@ struct EmbeddingTables {
 inline int64_t check_embeddings_inputs(const char* op, const at::Tensor& input_ids, const at::Tensor& position_ids,
                                        const std::optional<at::Tensor>& token_type_ids, const at::Tensor& word_weight,
                                        const at::Tensor& position_weight,
-                                       const std::optional<at::Tensor>& token_type_weight,
-                                       const at::Tensor& ln_weight, const at::Tensor* ln_bias) {
+                                       const std::optional<at::Tensor>& token_type_weight, const at::Tensor& ln_weight,
+                                       const at::Tensor* ln_bias) {
   TORCH_CHECK(input_ids.scalar_type() == at::kLong || input_ids.scalar_type() == at::kInt, op,
               ": input_ids must be int64 or int32, got ", input_ids.scalar_type());
   TORCH_CHECK(input_ids.device().is_cpu(), op, ": input_ids must be a CPU tensor");
-  TORCH_CHECK(word_weight.dim() == 2 && word_weight.size(1) > 0, op,
-              ": word_weight must have shape (vocab, H), got ", word_weight.sizes());
+  TORCH_CHECK(word_weight.dim() == 2 && word_weight.size(1) > 0, op, ": word_weight must have shape (vocab, H), got ",
+              word_weight.sizes());
   TORCH_CHECK(at::isFloatingType(word_weight.scalar_type()) && word_weight.device().is_cpu(), op,
               ": word_weight must be a floating-point CPU tensor");
   const int64_t H = word_weight.size(1);
@@ -87,15 +87,15 @@ inline int64_t check_embeddings_inputs(const char* op, const at::Tensor& input_i
     TORCH_CHECK(t->device().is_cpu(), op, ": ", name, " must be a CPU tensor");
   }
   TORCH_CHECK(!token_type_ids || token_type_weight, op, ": token_type_ids given without token_type_weight");
-  for (auto [t, name, table] : {std::tuple{&position_weight, "position_weight", true},
-                                std::tuple{token_type_weight ? &*token_type_weight : nullptr, "token_type_weight", true},
-                                std::tuple{&ln_weight, "ln_weight", false}, std::tuple{ln_bias, "ln_bias", false}}) {
+  for (auto [t, name, table] :
+       {std::tuple{&position_weight, "position_weight", true},
+        std::tuple{token_type_weight ? &*token_type_weight : nullptr, "token_type_weight", true},
+        std::tuple{&ln_weight, "ln_weight", false}, std::tuple{ln_bias, "ln_bias", false}}) {
     if (t == nullptr) continue;
     TORCH_CHECK(table ? t->dim() == 2 && t->size(1) == H : t->dim() == 1 && t->size(0) == H, op, ": ", name,
                 " must have shape ", table ? "(N, " : "(", H, table ? ")" : ",)", ", got ", t->sizes());
     TORCH_CHECK(t->scalar_type() == word_weight.scalar_type() && t->device().is_cpu(), op, ": ", name,
-                " must be a CPU tensor of word_weight's dtype ", word_weight.scalar_type(), ", got ",
-                t->scalar_type());
+                " must be a CPU tensor of word_weight's dtype ", word_weight.scalar_type(), ", got ", t->scalar_type());
   }
   return H;
 }

@@ -71,10 +71,9 @@ void embeddings_backward_typed(const at::Tensor& grad_out, const at::Tensor& ids
       for (int k = 0; k < 3; ++k) rows[k * N + t] = r[k];
       return in.reader(r);
     };
-    layernorm_backward_rows<scalar_t>(N, H, fill, grad_out.const_data_ptr<scalar_t>(),
-                                      weight.const_data_ptr<scalar_t>(), mean.const_data_ptr<A>(),
-                                      rstd.const_data_ptr<A>(), grad_s.data(), g_w.mutable_data_ptr<scalar_t>(),
-                                      g_b.mutable_data_ptr<scalar_t>());
+    layernorm_backward_rows<scalar_t>(
+        N, H, fill, grad_out.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(), mean.const_data_ptr<A>(),
+        rstd.const_data_ptr<A>(), grad_s.data(), g_w.mutable_data_ptr<scalar_t>(), g_b.mutable_data_ptr<scalar_t>());
 
     // (2) Deterministic scatter-add into the (acc type) tables.
     std::vector<const int64_t*> row_ids{rows.data(), rows.data() + N};
@@ -116,8 +115,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> embedding
     const std::optional<at::Tensor>& token_type_ids, const at::Tensor& word_weight, const at::Tensor& position_weight,
     const std::optional<at::Tensor>& token_type_weight, const at::Tensor& ln_weight, const at::Tensor& mean,
     const at::Tensor& rstd) {
-  const int64_t H = check_embeddings_inputs("embeddings_backward", input_ids, position_ids, token_type_ids,
-                                            word_weight, position_weight, token_type_weight, ln_weight, nullptr);
+  const int64_t H = check_embeddings_inputs("embeddings_backward", input_ids, position_ids, token_type_ids, word_weight,
+                                            position_weight, token_type_weight, ln_weight, nullptr);
   auto out_shape = input_ids.sizes().vec();
   out_shape.push_back(H);
   TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(out_shape), "embeddings_backward: grad_out must have shape ",
@@ -144,8 +143,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> embedding
     FASTBERT_CPU_DISPATCH(embeddings_backward_kernel, grad_out.contiguous(), input_ids.contiguous(),
                           position_ids.contiguous(), token_type_ids ? &types : nullptr, word_weight.contiguous(),
                           position_weight.contiguous(), token_type_weight ? &tt : nullptr, ln_weight.contiguous(),
-                          mean.contiguous(), rstd.contiguous(), g_word, g_pos, token_type_weight ? &g_tt : nullptr,
-                          g_w, g_b);
+                          mean.contiguous(), rstd.contiguous(), g_word, g_pos, token_type_weight ? &g_tt : nullptr, g_w,
+                          g_b);
   }
   const auto dtype = word_weight.scalar_type();
   return {g_word.to(dtype), g_pos.to(dtype), g_tt.to(dtype), g_w, g_b};

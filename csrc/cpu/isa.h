@@ -28,17 +28,23 @@ void set_bf16_dot(bool on);  // throws when turning it on on a processor without
 }  // namespace fastbert::cpu
 
 // Declares a kernel in each instruction set's namespace: FASTBERT_CPU_DECLARE(void f(int));
-#define FASTBERT_CPU_DECLARE(...)      \
-  namespace AVX512 { __VA_ARGS__; }    \
-  namespace AVX2 { __VA_ARGS__; }      \
-  namespace DEFAULT { __VA_ARGS__; }
+#define FASTBERT_CPU_DECLARE(...) \
+  namespace AVX512 {              \
+  __VA_ARGS__;                    \
+  }                               \
+  namespace AVX2 {                \
+  __VA_ARGS__;                    \
+  }                               \
+  namespace DEFAULT {             \
+  __VA_ARGS__;                    \
+  }
 
 // Calls the chosen instruction set's version of a kernel declared with FASTBERT_CPU_DECLARE.
-#define FASTBERT_CPU_DISPATCH(fn, ...)                          \
-  do {                                                          \
-    switch (::fastbert::cpu::active_isa()) {                    \
+#define FASTBERT_CPU_DISPATCH(fn, ...)                                   \
+  do {                                                                   \
+    switch (::fastbert::cpu::active_isa()) {                             \
       case ::fastbert::cpu::Isa::AVX512: AVX512::fn(__VA_ARGS__); break; \
       case ::fastbert::cpu::Isa::AVX2: AVX2::fn(__VA_ARGS__); break;     \
-      default: DEFAULT::fn(__VA_ARGS__); break;                 \
-    }                                                           \
+      default: DEFAULT::fn(__VA_ARGS__); break;                          \
+    }                                                                    \
   } while (0)

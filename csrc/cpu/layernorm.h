@@ -35,8 +35,7 @@ inline typename V::value_type hsum(const V& v) {
 // vectors in memory and stores them every iteration.)
 // row0(c, n), row1(c, n) return the rows' values at columns [c, c + n) as AccVecs, with the lanes past n zero.
 template <typename A, typename Row>
-C10_ALWAYS_INLINE void fill_row_pair_stats(Row row0, Row row1, int64_t H, A* s0, A* s1, double eps, A* mean,
-                                           A* rstd) {
+C10_ALWAYS_INLINE void fill_row_pair_stats(Row row0, Row row1, int64_t H, A* s0, A* s1, double eps, A* mean, A* rstd) {
   using V = at::vec::Vectorized<A>;
   constexpr int64_t W = V::size();
   const int64_t head = std::min(H, 4 * W);
@@ -130,8 +129,8 @@ inline auto sum_row(const T* a, const T* b, const T* c) {
 // (c, n) -> AccVec of its values before normalisation at columns [c, c + n), lanes past n zero (see
 // fill_row_pair_stats). Writes out[r * H ...], mean[r], rstd[r].
 template <typename T, typename Fill>
-inline void layernorm_rows(int64_t begin, int64_t end, int64_t H, Fill fill, const T* weight, const T* bias,
-                           double eps, T* out, acc_t<T>* mean, acc_t<T>* rstd) {
+inline void layernorm_rows(int64_t begin, int64_t end, int64_t H, Fill fill, const T* weight, const T* bias, double eps,
+                           T* out, acc_t<T>* mean, acc_t<T>* rstd) {
   using A = acc_t<T>;
   // Two scratch rows, each starting on a cache line: a vector store that straddles two lines costs two.
   constexpr int64_t kLine = 64 / sizeof(A);

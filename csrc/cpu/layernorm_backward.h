@@ -25,8 +25,8 @@ inline int64_t ln_backward_chunk_rows(int64_t rows) { return std::max<int64_t>(8
 // s: the recomputed row (acc type), g: dL/dy (T), w: LayerNorm weight (T); writes grad_s (T or acc type) and
 // adds g * xhat into part_w[H], g into part_b[H] (acc type).
 template <typename T, typename Out>
-inline void layernorm_backward_row(const acc_t<T>* s, const T* g, const T* w, acc_t<T> mean, acc_t<T> rstd,
-                                   int64_t H, Out* grad_s, acc_t<T>* part_w, acc_t<T>* part_b) {
+inline void layernorm_backward_row(const acc_t<T>* s, const T* g, const T* w, acc_t<T> mean, acc_t<T> rstd, int64_t H,
+                                   Out* grad_s, acc_t<T>* part_w, acc_t<T>* part_b) {
   using A = acc_t<T>;
   using V = AccVec<T>;
   constexpr int64_t W = vec_width<T>();

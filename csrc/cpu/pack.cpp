@@ -72,13 +72,14 @@ at::Tensor unpack_cpu(const at::Tensor& x, const at::Tensor& indices, int64_t ba
   const int64_t row_bytes = H * static_cast<int64_t>(x.element_size());
   const char* src = static_cast<const char*>(xc.const_data_ptr());
   char* dst = static_cast<char*>(out.mutable_data_ptr());
-  at::parallel_for(0, T, std::max<int64_t>(1, 65536 / std::max<int64_t>(row_bytes, 1)), [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      TORCH_CHECK_INDEX(ip[t] >= 0 && ip[t] < N, "unpack: indices[", t, "] = ", ip[t], " is out of range [0, ", N,
-                        ")");
-      std::memcpy(dst + ip[t] * row_bytes, src + t * row_bytes, row_bytes);
-    }
-  });
+  at::parallel_for(0, T, std::max<int64_t>(1, 65536 / std::max<int64_t>(row_bytes, 1)),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t t = begin; t < end; ++t) {
+                       TORCH_CHECK_INDEX(ip[t] >= 0 && ip[t] < N, "unpack: indices[", t, "] = ", ip[t],
+                                         " is out of range [0, ", N, ")");
+                       std::memcpy(dst + ip[t] * row_bytes, src + t * row_bytes, row_bytes);
+                     }
+                   });
   return out;
 }
 

@@ -45,7 +45,8 @@ inline FVec loadf(const float* p, int64_t n = kFW) { return n == kFW ? FVec::loa
 // n int32 values at p converted to float (round to nearest even past 2^24), lanes past n zero.
 inline FVec load_int32_as_float(const int32_t* p, int64_t n = kFW) {
 #if defined(CPU_CAPABILITY_AVX512)
-  const __m512i i = n == 16 ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi32(static_cast<__mmask16>((1u << n) - 1), p);
+  const __m512i i =
+      n == 16 ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi32(static_cast<__mmask16>((1u << n) - 1), p);
   return FVec(_mm512_cvtepi32_ps(i));
 #elif defined(CPU_CAPABILITY_AVX2)
   if (n == 8) return FVec(_mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
@@ -148,9 +149,9 @@ inline int64_t row_grain(int64_t K) { return std::max<int64_t>(1, 32768 / std::m
 #ifdef CPU_CAPABILITY_DEFAULT
 // Argument checks shared by the int8 ops (compiled once, in the DEFAULT object).
 inline void check_row_scale(const char* op, const char* name, const at::Tensor& t, int64_t len, const char* dim) {
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == len && t.scalar_type() == at::kFloat && t.device().is_cpu(), op, ": ",
-              name, " must be a float32 CPU tensor of shape (", dim, ",) = (", len, ",), got ", t.scalar_type(),
-              " ", t.sizes());
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == len && t.scalar_type() == at::kFloat && t.device().is_cpu(), op, ": ", name,
+              " must be a float32 CPU tensor of shape (", dim, ",) = (", len, ",), got ", t.scalar_type(), " ",
+              t.sizes());
 }
 
 inline void check_int32_acc(const char* op, const at::Tensor& acc) {

@@ -30,8 +30,7 @@ void quantize_rows_typed(const T* xp, const float* smooth, int64_t rows, int64_t
     ScratchRow s(K);
     for (int64_t r = begin; r < end; ++r) {
       const T* xr = xp + r * K;
-      quantize_row([=](int64_t c, int64_t n) { return FVec(load_acc(xr + c, n)); }, K, smooth, s.p, qp + r * K,
-                   sp + r);
+      quantize_row([=](int64_t c, int64_t n) { return FVec(load_acc(xr + c, n)); }, K, smooth, s.p, qp + r * K, sp + r);
     }
   });
 }
@@ -80,14 +79,13 @@ void dequantize_rows_kernel(const at::Tensor& acc, const at::Tensor& x_scale, co
 
 #ifdef CPU_CAPABILITY_DEFAULT
 FASTBERT_CPU_DECLARE(void quantize_rows_kernel(const at::Tensor&, const float*, at::Tensor&, at::Tensor&))
-FASTBERT_CPU_DECLARE(void dequantize_rows_kernel(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                 at::Tensor&))
+FASTBERT_CPU_DECLARE(void dequantize_rows_kernel(const at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor&))
 
 std::tuple<at::Tensor, at::Tensor> quantize_rows_cpu(const at::Tensor& x, const std::optional<at::Tensor>& smooth) {
-  TORCH_CHECK(x.dim() == 2 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) &&
-                  x.device().is_cpu(),
-              "quantize_rows: x must be a float32 or bfloat16 CPU tensor of shape (T, K), got ", x.scalar_type(),
-              " ", x.sizes());
+  TORCH_CHECK(
+      x.dim() == 2 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) && x.device().is_cpu(),
+      "quantize_rows: x must be a float32 or bfloat16 CPU tensor of shape (T, K), got ", x.scalar_type(), " ",
+      x.sizes());
   const int64_t T = x.size(0), K = x.size(1);
   check_smooth("quantize_rows", smooth, K, "K");
   auto xc = x.contiguous();

@@ -77,7 +77,8 @@ inline AccVec<T> load_acc(const T* p, int64_t n = vec_width<T>()) {
 template <typename T>
 inline void store_acc(T* p, const AccVec<T>& v, int64_t n = vec_width<T>()) {
   if constexpr (std::is_same_v<T, acc_t<T>>) {
-    if (n == vec_width<T>()) v.store(p); else v.store(p, n);
+    if (n == vec_width<T>()) v.store(p);
+    else v.store(p, n);
   } else {
     static_assert(is_16bit_float<T>);
 #if defined(CPU_CAPABILITY_AVX512)

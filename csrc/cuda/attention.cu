@@ -12,8 +12,8 @@
 #include <type_traits>
 
 #include "cuda/attention.cuh"
-#include "cuda/attention_mma.cuh"
 #include "cuda/attention_host.h"
+#include "cuda/attention_mma.cuh"
 #include "cuda/host.h"
 
 namespace fastbert::cuda {
@@ -39,9 +39,8 @@ bool use_tensor_cores() {
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& qkv, const std::optional<at::Tensor>& qkv_bias,
-                                                  const at::Tensor& cu_seqlens, int64_t max_seqlen,
-                                                  int64_t num_heads, double scale, double dropout_p, int64_t seed,
-                                                  int64_t offset) {
+                                                  const at::Tensor& cu_seqlens, int64_t max_seqlen, int64_t num_heads,
+                                                  double scale, double dropout_p, int64_t seed, int64_t offset) {
   TORCH_CHECK(qkv.dim() == 2, "attention: qkv must have shape (tokens, 3 * H), got ", qkv.sizes());
   check_qkv(qkv, qkv_bias, num_heads, "attention");
   check_cu_seqlens(cu_seqlens, max_seqlen, qkv, "attention");

@@ -231,7 +231,8 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttentionParams
         const float pj = expf(s[j] - m_use);
         l_run += pj;
         float pk = pj;
-        if (p.dropout.hash.threshold != 0 && !dropout_keep(p.dropout, uint64_t(lse_row), uint32_t(k0 + j0 + j))) pk = 0.f;
+        if (p.dropout.hash.threshold != 0 && !dropout_keep(p.dropout, uint64_t(lse_row), uint32_t(k0 + j0 + j)))
+          pk = 0.f;
 #pragma unroll
         for (int m = 0; m < C; ++m) {
           const int c = sub + kSub * m;

@@ -76,8 +76,8 @@ at::Tensor attention_backward_cuda(const at::Tensor& grad_out, const at::Tensor&
 
 at::Tensor attention_masked_backward_cuda(const at::Tensor& grad_out, const at::Tensor& qkv,
                                           const std::optional<at::Tensor>& qkv_bias, const at::Tensor& mask,
-                                          const at::Tensor& out, const at::Tensor& lse, int64_t num_heads,
-                                          double scale, double dropout_p, int64_t seed, int64_t offset) {
+                                          const at::Tensor& out, const at::Tensor& lse, int64_t num_heads, double scale,
+                                          double dropout_p, int64_t seed, int64_t offset) {
   const char* op = "attention_masked_backward";
   TORCH_CHECK(qkv.dim() == 3, op, ": qkv must have shape (batch, seqlen, 3 * H), got ", qkv.sizes());
   check_qkv(qkv, qkv_bias, num_heads, op);

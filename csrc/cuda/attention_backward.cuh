@@ -357,13 +357,13 @@ struct AttentionBwdLaunches {
 template <typename T>
 inline AttentionBwdLaunches<T> attention_bwd_launches(const AttentionBwdParams<T>& p) {
   const int dmax = attention_bwd_dmax(p.d);
-  const dim3 grid(static_cast<unsigned>(ceil_div(p.max_seqlen, attention_bwd_rows(dmax))),
-                  static_cast<unsigned>(p.nh), static_cast<unsigned>(p.B));
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.max_seqlen, attention_bwd_rows(dmax))), static_cast<unsigned>(p.nh),
+                  static_cast<unsigned>(p.B));
   const dim3 block(kBwdThreads);
   return {make_launch(dmax == 64 ? &attention_bwd_dq_kernel<T, 64> : &attention_bwd_dq_kernel<T, 128>, grid, block,
                       attention_bwd_dq_smem_bytes(p.d)),
-          make_launch(dmax == 64 ? &attention_bwd_dkdv_kernel<T, 64> : &attention_bwd_dkdv_kernel<T, 128>, grid,
-                      block, attention_bwd_dkdv_smem_bytes(p.d))};
+          make_launch(dmax == 64 ? &attention_bwd_dkdv_kernel<T, 64> : &attention_bwd_dkdv_kernel<T, 128>, grid, block,
+                      attention_bwd_dkdv_smem_bytes(p.d))};
 }
 
 }  // namespace fastbert::cuda

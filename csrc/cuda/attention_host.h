@@ -38,8 +38,7 @@ inline void check_qkv(const at::Tensor& qkv, const std::optional<at::Tensor>& qk
 }
 
 // The packed ops' cu_seqlens (B + 1,) int32 on qkv's device, and max_seqlen; the kernels check the values.
-inline void check_cu_seqlens(const at::Tensor& cu_seqlens, int64_t max_seqlen, const at::Tensor& qkv,
-                             const char* op) {
+inline void check_cu_seqlens(const at::Tensor& cu_seqlens, int64_t max_seqlen, const at::Tensor& qkv, const char* op) {
   TORCH_CHECK(cu_seqlens.dim() == 1 && cu_seqlens.size(0) >= 1 && cu_seqlens.scalar_type() == at::kInt, op,
               ": cu_seqlens must be an int32 tensor of shape (batch + 1,), got ", cu_seqlens.scalar_type(), " ",
               cu_seqlens.sizes());
@@ -78,9 +77,10 @@ inline void check_attention_mask(const at::Tensor& mask, const at::Tensor& qkv, 
 // b * stride(0) + h * stride(1) + i * stride(2) + j * stride(3).
 inline at::Tensor additive_attention_mask(const at::Tensor& mask, int64_t B, int64_t nh, int64_t L) {
   const auto f32 = mask.options().dtype(at::kFloat);
-  at::Tensor additive = mask.scalar_type() == at::kBool
-                            ? at::where(mask, at::zeros({}, f32), at::full({}, -std::numeric_limits<float>::infinity(), f32))
-                            : mask.to(at::kFloat);
+  at::Tensor additive =
+      mask.scalar_type() == at::kBool
+          ? at::where(mask, at::zeros({}, f32), at::full({}, -std::numeric_limits<float>::infinity(), f32))
+          : mask.to(at::kFloat);
   return additive.expand({B, nh, L, L});
 }
 

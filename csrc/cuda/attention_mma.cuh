@@ -9,14 +9,13 @@
 // whole pass. The block stages its Q tile (bias added, rounded to T) in shared memory once and each warp keeps
 // its rows as A fragments in registers (ldmatrix). Then, 64 keys at a time: the block stages K and V row-major
 // with the bias added (16-byte stores); each warp forms its 16 x 64 scores with DMAX/16 x 8 mma's (K's B
-// fragments by ldmatrix, V's by ldmatrix.trans), applies scale, mask and sequence end in fp32, folds them into the running max / sum (online softmax, the row statistics
-// shared by the 4 lanes of a quad through two xor-shuffles), and, because the score accumulator's layout is the
-// A-fragment layout of P, converts the probabilities to T in registers and multiplies them by V with no trip
-// through shared memory. Rows and columns past the
-// sequence or head end are zero in shared memory and -inf in the scores, so any length and any head size up
-// to 128 work (DMAX = 32, 64 or 128, padded up). Outputs, lse, fully-masked rows (out 0, lse -inf) and the
-// dropout mask are those of attention.cuh. Shared-memory rows are padded by 8 elements so the 8 rows an
-// ldmatrix phase reads fall in different banks.
+// fragments by ldmatrix, V's by ldmatrix.trans), applies scale, mask and sequence end in fp32, folds them into the
+// running max / sum (online softmax, the row statistics shared by the 4 lanes of a quad through two xor-shuffles), and,
+// because the score accumulator's layout is the A-fragment layout of P, converts the probabilities to T in registers
+// and multiplies them by V with no trip through shared memory. Rows and columns past the sequence or head end are zero
+// in shared memory and -inf in the scores, so any length and any head size up to 128 work (DMAX = 32, 64 or 128, padded
+// up). Outputs, lse, fully-masked rows (out 0, lse -inf) and the dropout mask are those of attention.cuh. Shared-memory
+// rows are padded by 8 elements so the 8 rows an ldmatrix phase reads fall in different banks.
 #pragma once
 #include "cuda/attention.cuh"
 #include "cuda/mma.cuh"
@@ -27,7 +26,7 @@ constexpr int kMmaWarps = 4;
 constexpr int kMmaThreads = kMmaWarps * kWarp;
 constexpr int kMmaRows = 16 * kMmaWarps;  // query rows per block (= keys per shared-memory tile)
 constexpr int kMmaKeys = kMmaRows;
-constexpr int kMmaPad = 8;                // extra elements per shared-memory row (conflict-free ldmatrix)
+constexpr int kMmaPad = 8;  // extra elements per shared-memory row (conflict-free ldmatrix)
 constexpr float kLog2e = 1.4426950408889634f;
 
 // The DMAX (32, 64 or 128) the launcher instantiates for head dim d.
@@ -88,8 +87,8 @@ __global__ void __launch_bounds__(kMmaThreads) attention_mma_kernel(AttentionPar
   const int64_t q0 = int64_t(blockIdx.x) * kMmaRows;
   if (q0 >= n) return;  // uniform over the block
 
-  T* Ks = dynamic_smem<T>();   // (kMmaKeys, S): the Q tile first, then each K tile
-  T* Vs = Ks + kMmaKeys * S;   // (kMmaKeys, S): each V tile
+  T* Ks = dynamic_smem<T>();  // (kMmaKeys, S): the Q tile first, then each K tile
+  T* Vs = Ks + kMmaKeys * S;  // (kMmaKeys, S): each V tile
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, g = lane / 4, t = lane % 4;
   const int lm = lane / 8, lr = lane % 8;  // the ldmatrix matrix and row this lane addresses
 

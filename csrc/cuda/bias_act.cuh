@@ -13,18 +13,12 @@ constexpr int kBiasActThreads = 256;
 
 FB_DEVICE float apply_activation(float x, Activation act) {
   switch (act) {
-    case Activation::Gelu:
-      return 0.5f * x * (1.f + erff(x * 0.70710678118654752f));
-    case Activation::GeluTanh:
-      return 0.5f * x * (1.f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
-    case Activation::GeluFast:
-      return 0.5f * x * (1.f + tanhf(x * 0.7978845608f * (1.f + 0.044715f * x * x)));
-    case Activation::QuickGelu:
-      return x / (1.f + expf(-1.702f * x));
-    case Activation::Relu:
-      return x < 0.f ? 0.f : x;
-    case Activation::Silu:
-      return x / (1.f + expf(-x));
+    case Activation::Gelu: return 0.5f * x * (1.f + erff(x * 0.70710678118654752f));
+    case Activation::GeluTanh: return 0.5f * x * (1.f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    case Activation::GeluFast: return 0.5f * x * (1.f + tanhf(x * 0.7978845608f * (1.f + 0.044715f * x * x)));
+    case Activation::QuickGelu: return x / (1.f + expf(-1.702f * x));
+    case Activation::Relu: return x < 0.f ? 0.f : x;
+    case Activation::Silu: return x / (1.f + expf(-x));
   }
   return x;
 }
@@ -50,7 +44,8 @@ __global__ void __launch_bounds__(kBiasActThreads) bias_act_kernel(BiasActParams
       const Vec16<T> xv = load16(p.x + e), bv = load16(p.bias + c);
       Vec16<T> o;
 #pragma unroll
-      for (int k = 0; k < n; ++k) o.v[k] = from_float<T>(apply_activation(to_float(xv.v[k]) + to_float(bv.v[k]), p.act));
+      for (int k = 0; k < n; ++k)
+        o.v[k] = from_float<T>(apply_activation(to_float(xv.v[k]) + to_float(bv.v[k]), p.act));
       store16(p.out + e, o);
     }
   } else {

@@ -33,14 +33,14 @@ at::Tensor bias_act_backward_cuda(const at::Tensor& grad, const at::Tensor& x, c
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   FASTBERT_DISPATCH_FLOAT(x.scalar_type(), op, [&] {
-    const auto p = bias_act_backward_params(BiasActBackwardParams<scalar_t>{
-        .grad = gc.const_data_ptr<scalar_t>(),
-        .x = xc.const_data_ptr<scalar_t>(),
-        .bias = bc.const_data_ptr<scalar_t>(),
-        .grad_input = grad_input.mutable_data_ptr<scalar_t>(),
-        .numel = xc.numel(),
-        .C = xc.size(-1),
-        .act = act});
+    const auto p =
+        bias_act_backward_params(BiasActBackwardParams<scalar_t>{.grad = gc.const_data_ptr<scalar_t>(),
+                                                                 .x = xc.const_data_ptr<scalar_t>(),
+                                                                 .bias = bc.const_data_ptr<scalar_t>(),
+                                                                 .grad_input = grad_input.mutable_data_ptr<scalar_t>(),
+                                                                 .numel = xc.numel(),
+                                                                 .C = xc.size(-1),
+                                                                 .act = act});
     launch(bias_act_backward_launch(p), stream, p);
   });
   return grad_input;

@@ -54,8 +54,7 @@ struct BiasActBackwardParams {
 
 template <typename T>
 inline BiasActBackwardParams<T> bias_act_backward_params(BiasActBackwardParams<T> p) {
-  p.vec = p.C % Vec16<T>::n == 0 && aligned16(p.grad) && aligned16(p.x) && aligned16(p.bias) &&
-          aligned16(p.grad_input);
+  p.vec = p.C % Vec16<T>::n == 0 && aligned16(p.grad) && aligned16(p.x) && aligned16(p.bias) && aligned16(p.grad_input);
   return p;
 }
 
@@ -76,8 +75,8 @@ __global__ void __launch_bounds__(kBiasActThreads) bias_act_backward_kernel(Bias
     }
   } else {
     for (int64_t e = first; e < p.numel; e += stride)
-      p.grad_input[e] =
-          from_float<T>(to_float(p.grad[e]) * activation_derivative(to_float(p.x[e]) + to_float(p.bias[e % p.C]), p.act));
+      p.grad_input[e] = from_float<T>(to_float(p.grad[e]) *
+                                      activation_derivative(to_float(p.x[e]) + to_float(p.bias[e % p.C]), p.act));
   }
 }
 

@@ -11,17 +11,19 @@ namespace fastbert::cuda {
 
 namespace {
 void check_vector(const at::Tensor& t, const at::Tensor& x, int64_t H, const char* name) {
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == H, "bias_residual_layernorm: ", name, " must have shape (", H,
-              ",), got ", t.sizes());
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == H, "bias_residual_layernorm: ", name, " must have shape (", H, ",), got ",
+              t.sizes());
   TORCH_CHECK(t.scalar_type() == x.scalar_type(), "bias_residual_layernorm: ", name, " dtype ", t.scalar_type(),
               " must match x dtype ", x.scalar_type());
   check_same_device(t, x, "bias_residual_layernorm", name);
 }
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> bias_residual_layernorm_cuda(
-    const at::Tensor& x, const std::optional<at::Tensor>& bias, const at::Tensor& residual,
-    const at::Tensor& ln_weight, const at::Tensor& ln_bias, double eps) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bias_residual_layernorm_cuda(const at::Tensor& x,
+                                                                            const std::optional<at::Tensor>& bias,
+                                                                            const at::Tensor& residual,
+                                                                            const at::Tensor& ln_weight,
+                                                                            const at::Tensor& ln_bias, double eps) {
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) > 0, "bias_residual_layernorm: x must have a non-empty last dimension, got ",
               x.sizes());
   check_cuda(x, "bias_residual_layernorm", "x");
@@ -50,18 +52,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bias_residual_layernorm_cuda(
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   FASTBERT_DISPATCH_FLOAT(x.scalar_type(), "bias_residual_layernorm", [&] {
-    const auto p = bias_residual_layernorm_params(BiasResidualLayerNormParams<scalar_t>{
-        .x = xc.const_data_ptr<scalar_t>(),
-        .bias = bias ? bc.const_data_ptr<scalar_t>() : nullptr,
-        .residual = rc.const_data_ptr<scalar_t>(),
-        .gamma = wc.const_data_ptr<scalar_t>(),
-        .beta = lc.const_data_ptr<scalar_t>(),
-        .out = out.mutable_data_ptr<scalar_t>(),
-        .mean = mean.mutable_data_ptr<float>(),
-        .rstd = rstd.mutable_data_ptr<float>(),
-        .N = N,
-        .H = H,
-        .eps = static_cast<float>(eps)});
+    const auto p = bias_residual_layernorm_params(
+        BiasResidualLayerNormParams<scalar_t>{.x = xc.const_data_ptr<scalar_t>(),
+                                              .bias = bias ? bc.const_data_ptr<scalar_t>() : nullptr,
+                                              .residual = rc.const_data_ptr<scalar_t>(),
+                                              .gamma = wc.const_data_ptr<scalar_t>(),
+                                              .beta = lc.const_data_ptr<scalar_t>(),
+                                              .out = out.mutable_data_ptr<scalar_t>(),
+                                              .mean = mean.mutable_data_ptr<float>(),
+                                              .rstd = rstd.mutable_data_ptr<float>(),
+                                              .N = N,
+                                              .H = H,
+                                              .eps = static_cast<float>(eps)});
     launch(bias_residual_layernorm_launch(p), stream, p);
   });
   return {out, mean, rstd};

@@ -33,8 +33,8 @@ void check_stat(const at::Tensor& t, const at::Tensor& x, const char* name) {
   const auto shape = x.sizes().slice(0, x.dim() - 1);
   TORCH_CHECK(t.sizes() == shape, kOp, ": ", name, " must have shape ", shape, " (x's leading dimensions), got ",
               t.sizes());
-  TORCH_CHECK(t.scalar_type() == at::kFloat, kOp, ": ", name,
-              " must be float32 (the forward's statistics), got ", t.scalar_type());
+  TORCH_CHECK(t.scalar_type() == at::kFloat, kOp, ": ", name, " must be float32 (the forward's statistics), got ",
+              t.scalar_type());
   check_same_device(t, x, kOp, name);
 }
 }  // namespace
@@ -70,18 +70,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bias_residual_layernorm_backward_
   FASTBERT_DISPATCH_FLOAT(x.scalar_type(), kOp, [&] {
     const auto rows = brln_backward_launch<scalar_t>(N, H, smem_limit);
     auto partials = at::empty({int64_t(rows.grid.x), 2, H}, x.options().dtype(at::kFloat));
-    const auto p = brln_backward_params(BrlnBackwardParams<scalar_t>{
-        .grad_out = gc.const_data_ptr<scalar_t>(),
-        .x = xc.const_data_ptr<scalar_t>(),
-        .bias = bias ? bc.const_data_ptr<scalar_t>() : nullptr,
-        .residual = rc.const_data_ptr<scalar_t>(),
-        .gamma = wc.const_data_ptr<scalar_t>(),
-        .mean = mc.const_data_ptr<float>(),
-        .rstd = sc.const_data_ptr<float>(),
-        .grad_s = grad_s.mutable_data_ptr<scalar_t>(),
-        .partials = partials.mutable_data_ptr<float>(),
-        .N = N,
-        .H = H});
+    const auto p =
+        brln_backward_params(BrlnBackwardParams<scalar_t>{.grad_out = gc.const_data_ptr<scalar_t>(),
+                                                          .x = xc.const_data_ptr<scalar_t>(),
+                                                          .bias = bias ? bc.const_data_ptr<scalar_t>() : nullptr,
+                                                          .residual = rc.const_data_ptr<scalar_t>(),
+                                                          .gamma = wc.const_data_ptr<scalar_t>(),
+                                                          .mean = mc.const_data_ptr<float>(),
+                                                          .rstd = sc.const_data_ptr<float>(),
+                                                          .grad_s = grad_s.mutable_data_ptr<scalar_t>(),
+                                                          .partials = partials.mutable_data_ptr<float>(),
+                                                          .N = N,
+                                                          .H = H});
     launch(rows, stream, p);
     launch(ln_backward_reduce_launch<scalar_t>(H), stream, p.partials, int64_t(rows.grid.x), H,
            grad_w.mutable_data_ptr<scalar_t>(), grad_b.mutable_data_ptr<scalar_t>());

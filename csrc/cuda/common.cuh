@@ -20,11 +20,13 @@
 // Static shared memory: FB_SHARED(float, partial, 32) declares `partial`, 32 floats shared by the block.
 // Under the harness each such array is its own exact-size, NaN-filled allocation per block.
 #ifdef FASTBERT_CUDA_HARNESS
-#define FB_SHARED(type, name, count)         \
-  static const char name##_fbh_key = 0;      \
+#define FB_SHARED(type, name, count)    \
+  static const char name##_fbh_key = 0; \
   type* name = static_cast<type*>(::fbh::block_shared(&name##_fbh_key, sizeof(type) * (count)))
-#define FB_KERNEL_ASSERT(cond) \
-  do { if (!(cond)) ::fbh::kernel_assert_fail(#cond, __FILE__, __LINE__); } while (0)
+#define FB_KERNEL_ASSERT(cond)                                         \
+  do {                                                                 \
+    if (!(cond)) ::fbh::kernel_assert_fail(#cond, __FILE__, __LINE__); \
+  } while (0)
 #else
 #define FB_SHARED(type, name, count) __shared__ type name[count]
 #define FB_KERNEL_ASSERT(cond) CUDA_KERNEL_ASSERT(cond)
@@ -41,9 +43,13 @@ constexpr unsigned kFullMask = 0xffffffffu;
 // ---- 16-bit storage: all arithmetic is fp32 (c10::Half / c10::BFloat16 convert in registers, so sm_75,
 // which has no bf16 arithmetic, runs the bf16 kernels too).
 template <typename T>
-FB_DEVICE float to_float(T v) { return static_cast<float>(v); }
+FB_DEVICE float to_float(T v) {
+  return static_cast<float>(v);
+}
 template <typename T>
-FB_DEVICE T from_float(float v) { return static_cast<T>(v); }
+FB_DEVICE T from_float(float v) {
+  return static_cast<T>(v);
+}
 
 // ---- 16-byte vectors: VecN<T>::n elements of T in one 128-bit load/store.
 template <typename T>

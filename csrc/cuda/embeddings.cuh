@@ -25,9 +25,7 @@ struct EmbeddingsInputs {
 
 // A token's ids, and their check against the table sizes (one assert for the three: each assert is a call site
 // whose saved registers can spill).
-struct TokenIds {
-  int64_t word, pos, type;
-};
+struct TokenIds { int64_t word, pos, type; };
 
 template <typename T, typename I>
 FB_DEVICE TokenIds token_ids(const EmbeddingsInputs<T, I>& p, int64_t row) {

@@ -1,6 +1,7 @@
 // embeddings_backward on CUDA: argument checks and the launches of csrc/cuda/embeddings_backward.cuh (see its
-// comment): the keys kernel (it checks the ids), the row kernel and the LayerNorm parameters' reduction, a stable sort of the row keys (ATen), then
-// the two scatter kernels. Ids out of range stop the keys kernel with a device-side assert.
+// comment): the keys kernel (it checks the ids), the row kernel and the LayerNorm parameters' reduction, a stable sort
+// of the row keys (ATen), then the two scatter kernels. Ids out of range stop the keys kernel with a device-side
+// assert.
 #include <ATen/ops/empty.h>
 #include <ATen/ops/sort.h>
 #include <ATen/ops/zeros.h>

@@ -38,12 +38,13 @@ struct EmbeddingsBackwardParams : EmbeddingsInputs<T, I> {
 // Grid-stride over the N tokens.
 template <typename T, typename I>
 __global__ void __launch_bounds__(kKeysThreads) embeddings_keys_kernel(EmbeddingsBackwardParams<T, I> p) {
-  for (int64_t row = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; row < p.N; row += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t row = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; row < p.N;
+       row += int64_t(gridDim.x) * blockDim.x) {
     const TokenIds id = token_ids(p, row);
     check_token_ids(p, id);
-  p.keys[row] = id.word;
-  p.keys[p.N + row] = p.V + id.pos;
-  if (p.type) p.keys[2 * p.N + row] = p.V + p.P + id.type;
+    p.keys[row] = id.word;
+    p.keys[p.N + row] = p.V + id.pos;
+    if (p.type) p.keys[2 * p.N + row] = p.V + p.P + id.type;
   }
 }
 
@@ -124,9 +125,9 @@ __global__ void __launch_bounds__(kScatterThreads) embeddings_scatter_combine_ke
 }
 
 // The launches (host side, shared by csrc/cuda/embeddings_backward.cu and tests/cuda_harness): the params from
-// embeddings_inputs() (embeddings.cuh) and the rest, the 16-byte path only if grad_out is aligned too; the keys kernel, the row kernel,
-// then ln_backward_reduce_kernel over its grid's partials; after the sort, the scatter and its combine kernel,
-// both on grid (chunks, ceil(H / 128)), the workspace (chunks, 2, H) fp32.
+// embeddings_inputs() (embeddings.cuh) and the rest, the 16-byte path only if grad_out is aligned too; the keys kernel,
+// the row kernel, then ln_backward_reduce_kernel over its grid's partials; after the sort, the scatter and its combine
+// kernel, both on grid (chunks, ceil(H / 128)), the workspace (chunks, 2, H) fp32.
 template <typename T, typename I>
 inline EmbeddingsBackwardParams<T, I> embeddings_backward_params(EmbeddingsBackwardParams<T, I> p) {
   p.vec = p.vec && aligned16(p.grad_out);
@@ -147,10 +148,10 @@ inline auto embeddings_backward_rows_launch(int64_t N, int64_t H, int64_t smem_l
 
 template <typename T>
 inline auto embeddings_scatter_launch(int64_t K, int64_t H, bool combine) {
-  return make_launch(combine ? &embeddings_scatter_combine_kernel<T> : &embeddings_scatter_kernel<T>,
-                     dim3(static_cast<unsigned>(ceil_div(K, kScatterChunk)),
-                          static_cast<unsigned>(ceil_div(H, kScatterThreads))),
-                     dim3(kScatterThreads));
+  return make_launch(
+      combine ? &embeddings_scatter_combine_kernel<T> : &embeddings_scatter_kernel<T>,
+      dim3(static_cast<unsigned>(ceil_div(K, kScatterChunk)), static_cast<unsigned>(ceil_div(H, kScatterThreads))),
+      dim3(kScatterThreads));
 }
 
 }  // namespace fastbert::cuda

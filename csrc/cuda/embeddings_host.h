@@ -16,8 +16,8 @@ namespace fastbert::cuda {
 inline int64_t check_embeddings_inputs(const at::Tensor& input_ids, const at::Tensor& position_ids,
                                        const std::optional<at::Tensor>& token_type_ids, const at::Tensor& word_weight,
                                        const at::Tensor& position_weight,
-                                       const std::optional<at::Tensor>& token_type_weight,
-                                       const at::Tensor& ln_weight, const at::Tensor* ln_bias, const char* op) {
+                                       const std::optional<at::Tensor>& token_type_weight, const at::Tensor& ln_weight,
+                                       const at::Tensor* ln_bias, const char* op) {
   TORCH_CHECK(input_ids.scalar_type() == at::kLong || input_ids.scalar_type() == at::kInt, op,
               ": input_ids must be int64 or int32, got ", input_ids.scalar_type());
   TORCH_CHECK(word_weight.dim() == 2 && word_weight.size(1) > 0, op,
@@ -53,20 +53,21 @@ inline int64_t check_embeddings_inputs(const at::Tensor& input_ids, const at::Te
 // The kernels' inputs (embeddings.cuh) from contiguous tensors; type_ids and type undefined when absent.
 template <typename T, typename I>
 EmbeddingsInputs<T, I> make_embeddings_inputs(const at::Tensor& ids, const at::Tensor& pos_ids,
-                                              const at::Tensor& type_ids, const at::Tensor& word,
-                                              const at::Tensor& pos, const at::Tensor& type, const at::Tensor& gamma) {
-  return embeddings_inputs(EmbeddingsInputs<T, I>{.ids = ids.const_data_ptr<I>(),
-                                                  .pos_ids = pos_ids.const_data_ptr<I>(),
-                                                  .type_ids = type_ids.defined() ? type_ids.const_data_ptr<I>() : nullptr,
-                                                  .word = word.const_data_ptr<T>(),
-                                                  .pos = pos.const_data_ptr<T>(),
-                                                  .type = type.defined() ? type.const_data_ptr<T>() : nullptr,
-                                                  .gamma = gamma.const_data_ptr<T>(),
-                                                  .N = ids.numel(),
-                                                  .H = word.size(1),
-                                                  .V = word.size(0),
-                                                  .P = pos.size(0),
-                                                  .TT = type.defined() ? type.size(0) : 0});
+                                              const at::Tensor& type_ids, const at::Tensor& word, const at::Tensor& pos,
+                                              const at::Tensor& type, const at::Tensor& gamma) {
+  return embeddings_inputs(
+      EmbeddingsInputs<T, I>{.ids = ids.const_data_ptr<I>(),
+                             .pos_ids = pos_ids.const_data_ptr<I>(),
+                             .type_ids = type_ids.defined() ? type_ids.const_data_ptr<I>() : nullptr,
+                             .word = word.const_data_ptr<T>(),
+                             .pos = pos.const_data_ptr<T>(),
+                             .type = type.defined() ? type.const_data_ptr<T>() : nullptr,
+                             .gamma = gamma.const_data_ptr<T>(),
+                             .N = ids.numel(),
+                             .H = word.size(1),
+                             .V = word.size(0),
+                             .P = pos.size(0),
+                             .TT = type.defined() ? type.size(0) : 0});
 }
 
 }  // namespace fastbert::cuda

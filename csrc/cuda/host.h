@@ -32,16 +32,17 @@ inline void check_float_dtype(const at::Tensor& t, const char* op, const char* n
 template <typename Kernel, typename... Args>
 void launch(const Launch<Kernel>& l, cudaStream_t stream, const Args&... args) {
   if (l.smem > static_cast<size_t>(kSmemDefault))
-    C10_CUDA_CHECK(cudaFuncSetAttribute(l.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(l.smem)));
+    C10_CUDA_CHECK(
+        cudaFuncSetAttribute(l.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(l.smem)));
   const Kernel kernel = l.kernel;
   kernel<<<l.grid, l.block, l.smem, stream>>>(args...);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // AT_DISPATCH over the three storage dtypes, binding scalar_t to float / c10::Half / c10::BFloat16.
-#define FASTBERT_DISPATCH_FLOAT(TYPE, NAME, ...)                                                   \
-  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)                          \
-                                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)                       \
-                                         AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
+#define FASTBERT_DISPATCH_FLOAT(TYPE, NAME, ...)                                                        \
+  AT_DISPATCH_SWITCH(TYPE, NAME,                                                                        \
+                     AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__) \
+                         AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
 }  // namespace fastbert::cuda

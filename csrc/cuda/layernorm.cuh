@@ -2,9 +2,9 @@
 //
 // One warp owns one row of H. stage_row writes the row's fp32 pre-norm values s = a + b (+ c) into the warp's
 // slice of shared memory, each lane the elements it will read back (lane-private, so no barrier), and returns
-// their partial sum. Then layernorm_epilogue: mean by a warp reduction; the variance as the mean of (s - mean)^2, a second pass over shared
-// memory (never E[s^2] - mean^2, which cancels badly at eps = 1e-12); then the normalized, scaled, shifted row,
-// stored with 16-byte stores when `vec`.
+// their partial sum. Then layernorm_epilogue: mean by a warp reduction; the variance as the mean of (s - mean)^2, a
+// second pass over shared memory (never E[s^2] - mean^2, which cancels badly at eps = 1e-12); then the normalized,
+// scaled, shifted row, stored with 16-byte stores when `vec`.
 #pragma once
 #include "cuda/common.cuh"
 

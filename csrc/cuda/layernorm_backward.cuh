@@ -141,8 +141,7 @@ FB_DEVICE void ln_backward_rows(const P& p, RowFn&& row_fn) {
   const LnBwdSmem sm = ln_backward_smem_of_warp(warp, p.H);
   ln_backward_zero<T>(sm, p.H, p.vec);
   const int64_t warps_total = int64_t(gridDim.x) * (blockDim.x / kWarp);
-  for (int64_t row = int64_t(blockIdx.x) * (blockDim.x / kWarp) + warp; row < p.N; row += warps_total)
-    row_fn(sm, row);
+  for (int64_t row = int64_t(blockIdx.x) * (blockDim.x / kWarp) + warp; row < p.N; row += warps_total) row_fn(sm, row);
   ln_backward_block_partials(p.H, p.partials);
 }
 
@@ -184,9 +183,9 @@ template <typename Kernel>
 inline Launch<Kernel> ln_backward_rows_launch(Kernel kernel, int64_t N, int64_t H, int64_t smem_limit) {
   const int warps = ln_backward_warps(H, smem_limit);
   const int64_t blocks = ceil_div(N, warps);
-  return make_launch(kernel, dim3(static_cast<unsigned>(blocks < kLnBwdMaxBlocks ? (blocks > 0 ? blocks : 1)
-                                                                                  : kLnBwdMaxBlocks)),
-                     dim3(warps * kWarp), int64_t(warps) * 3 * H * int64_t(sizeof(float)));
+  return make_launch(
+      kernel, dim3(static_cast<unsigned>(blocks < kLnBwdMaxBlocks ? (blocks > 0 ? blocks : 1) : kLnBwdMaxBlocks)),
+      dim3(warps * kWarp), int64_t(warps) * 3 * H * int64_t(sizeof(float)));
 }
 
 // ln_backward_reduce_kernel's: kLnReduceCols columns per block.

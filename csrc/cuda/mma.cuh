@@ -63,9 +63,7 @@ FB_DEVICE void ldmatrix_x4(uint32_t r[4], const void* row) {
   ::fbh::warp_gather(reinterpret_cast<uint64_t>(row), rows);
   const int lane = int(threadIdx.x % kWarp), g = lane / 4, t = lane % 4;
   for (int j = 0; j < 4; ++j) {
-    auto at = [&](int rr, int cc) {
-      return uint32_t(reinterpret_cast<const uint16_t*>(rows[8 * j + rr])[cc]);
-    };
+    auto at = [&](int rr, int cc) { return uint32_t(reinterpret_cast<const uint16_t*>(rows[8 * j + rr])[cc]); };
     r[j] = kTrans ? (at(2 * t, g) | at(2 * t + 1, g) << 16) : (at(g, 2 * t) | at(g, 2 * t + 1) << 16);
   }
 #endif

@@ -16,8 +16,8 @@ namespace fastbert::cuda {
 constexpr int kPackThreads = 256;
 
 // (B, L) keep -> counts (B,). Block b counts row b.
-__global__ void __launch_bounds__(kPackThreads) pack_count_kernel(const bool* __restrict__ keep, int64_t L,
-                                                                   int32_t* __restrict__ counts) {
+__global__ void __launch_bounds__(kPackThreads)
+    pack_count_kernel(const bool* __restrict__ keep, int64_t L, int32_t* __restrict__ counts) {
   FB_SHARED(int, scratch, 32);
   const int64_t b = blockIdx.x;
   int n = 0;
@@ -27,8 +27,8 @@ __global__ void __launch_bounds__(kPackThreads) pack_count_kernel(const bool* __
 }
 
 // counts (B,) -> cu_seqlens (B+1,) exclusive prefix sum, by one block.
-__global__ void __launch_bounds__(kPackThreads) pack_scan_kernel(const int32_t* __restrict__ counts, int64_t B,
-                                                                  int32_t* __restrict__ cu_seqlens) {
+__global__ void __launch_bounds__(kPackThreads)
+    pack_scan_kernel(const int32_t* __restrict__ counts, int64_t B, int32_t* __restrict__ cu_seqlens) {
   FB_SHARED(int, warp_totals, 32);
   FB_SHARED(int, carry, 1);
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, nwarps = blockDim.x / kWarp;
@@ -62,10 +62,9 @@ __global__ void __launch_bounds__(kPackThreads) pack_scan_kernel(const int32_t* 
 }
 
 // keep (B, L), cu_seqlens (B+1,) -> indices (T,), positions (T,). Block b writes row b's tokens.
-__global__ void __launch_bounds__(kPackThreads) pack_write_kernel(const bool* __restrict__ keep, int64_t L,
-                                                                   const int32_t* __restrict__ cu_seqlens,
-                                                                   int64_t* __restrict__ indices,
-                                                                   int64_t* __restrict__ positions) {
+__global__ void __launch_bounds__(kPackThreads)
+    pack_write_kernel(const bool* __restrict__ keep, int64_t L, const int32_t* __restrict__ cu_seqlens,
+                      int64_t* __restrict__ indices, int64_t* __restrict__ positions) {
   FB_SHARED(int, warp_totals, 32);
   const int64_t b = blockIdx.x;
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, nwarps = blockDim.x / kWarp;
@@ -101,8 +100,8 @@ __global__ void __launch_bounds__(kUnpackThreads) unpack_fill_kernel(int32_t* __
 }
 
 // inv[indices[t]] = t for t < T; indices must lie in [0, N).
-__global__ void __launch_bounds__(kUnpackThreads) unpack_scatter_kernel(const int64_t* __restrict__ indices, int64_t T,
-                                                                        int64_t N, int32_t* __restrict__ inv) {
+__global__ void __launch_bounds__(kUnpackThreads)
+    unpack_scatter_kernel(const int64_t* __restrict__ indices, int64_t T, int64_t N, int32_t* __restrict__ inv) {
   for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < T; t += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i = indices[t];
     FB_KERNEL_ASSERT(i >= 0 && i < N);
@@ -158,8 +157,7 @@ inline Launch<Kernel> unpack_launch(Kernel kernel, int64_t work) {
 
 // The copy of N rows of row_bytes bytes from x's rows (inv[r] >= 0) or zeros into out, in the widest words
 // that x, out and row_bytes allow.
-inline UnpackCopyParams unpack_copy_params(const void* x, const int32_t* inv, void* out, int64_t N,
-                                           int64_t row_bytes) {
+inline UnpackCopyParams unpack_copy_params(const void* x, const int32_t* inv, void* out, int64_t N, int64_t row_bytes) {
   const uintptr_t align =
       reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(out) | static_cast<uintptr_t>(row_bytes);
   int word = 16;

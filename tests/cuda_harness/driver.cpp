@@ -52,8 +52,8 @@ constexpr size_t kGuard = 64;
 struct Buf {
   std::vector<unsigned char> mem;
   size_t bytes = 0, off = 0;
-  Buf(size_t n, size_t misalign = 0) : mem(n + 2 * kGuard + misalign + (n == 0 ? 1 : 0), 0xFF), bytes(n),
-                                        off(kGuard + misalign) {}
+  Buf(size_t n, size_t misalign = 0)
+      : mem(n + 2 * kGuard + misalign + (n == 0 ? 1 : 0), 0xFF), bytes(n), off(kGuard + misalign) {}
   void* ptr() { return mem.data() + off; }
   template <typename T> T* as() { return reinterpret_cast<T*>(ptr()); }
   bool guards_ok() const {
@@ -178,18 +178,18 @@ void run_bias_act(Case& c) {
 template <typename T>
 void run_brln(Case& c) {
   const int64_t N = c.i("N"), H = c.i("H");
-  const auto p = bias_residual_layernorm_params(BiasResidualLayerNormParams<T>{
-      .x = c.input<T>("x"),
-      .bias = c.opt_input<T>("bias"),
-      .residual = c.input<T>("residual"),
-      .gamma = c.input<T>("gamma"),
-      .beta = c.input<T>("beta"),
-      .out = c.output<T>("out", size_t(N * H)),
-      .mean = c.output<float>("mean", size_t(N)),
-      .rstd = c.output<float>("rstd", size_t(N)),
-      .N = N,
-      .H = H,
-      .eps = float(c.f("eps"))});
+  const auto p =
+      bias_residual_layernorm_params(BiasResidualLayerNormParams<T>{.x = c.input<T>("x"),
+                                                                    .bias = c.opt_input<T>("bias"),
+                                                                    .residual = c.input<T>("residual"),
+                                                                    .gamma = c.input<T>("gamma"),
+                                                                    .beta = c.input<T>("beta"),
+                                                                    .out = c.output<T>("out", size_t(N * H)),
+                                                                    .mean = c.output<float>("mean", size_t(N)),
+                                                                    .rstd = c.output<float>("rstd", size_t(N)),
+                                                                    .N = N,
+                                                                    .H = H,
+                                                                    .eps = float(c.f("eps"))});
   if (N > 0) run(bias_residual_layernorm_launch(p), p);
 }
 
@@ -267,14 +267,14 @@ void run_attention(Case& c, bool masked) {
 template <typename T>
 void run_bias_act_backward(Case& c) {
   const int64_t C = c.i("C"), numel = c.i("N") * C;
-  const auto p = bias_act_backward_params(BiasActBackwardParams<T>{
-      .grad = c.input<T>("grad"),
-      .x = c.input<T>("x"),
-      .bias = c.input<T>("bias"),
-      .grad_input = c.output<T>("grad_input", size_t(numel)),
-      .numel = numel,
-      .C = C,
-      .act = static_cast<Activation>(c.i("act"))});
+  const auto p =
+      bias_act_backward_params(BiasActBackwardParams<T>{.grad = c.input<T>("grad"),
+                                                        .x = c.input<T>("x"),
+                                                        .bias = c.input<T>("bias"),
+                                                        .grad_input = c.output<T>("grad_input", size_t(numel)),
+                                                        .numel = numel,
+                                                        .C = C,
+                                                        .act = static_cast<Activation>(c.i("act"))});
   if (numel > 0) run(bias_act_backward_launch(p), p);
 }
 
@@ -325,9 +325,9 @@ void run_embeddings_backward_typed(Case& c) {
   const int64_t K = (in.type ? 3 : 2) * N;
   Buf grad_s(size_t(N * H) * sizeof(float)), keys(size_t(K) * sizeof(int64_t)),
       partials(size_t(rows.grid.x) * 2 * size_t(H) * sizeof(float));
-  const auto p = embeddings_backward_params(EmbeddingsBackwardParams<T, I>{
-      in, c.input<T>("grad_out"), c.input<float>("mean"), c.input<float>("rstd"), grad_s.as<float>(),
-      keys.as<int64_t>(), partials.as<float>()});
+  const auto p = embeddings_backward_params(
+      EmbeddingsBackwardParams<T, I>{in, c.input<T>("grad_out"), c.input<float>("mean"), c.input<float>("rstd"),
+                                     grad_s.as<float>(), keys.as<int64_t>(), partials.as<float>()});
   run(embeddings_keys_launch<T, I>(N), p);
   run(rows, p);
   run(ln_backward_reduce_launch<T>(H), p.partials, int64_t(rows.grid.x), H, g_w, g_b);
@@ -398,7 +398,8 @@ void run_fault(Case& c) {
   else if (kind == "global_oob_write") fbh::launch(g, b, 0, fault_global_oob_write_kernel, x, out);
   else if (kind == "global_oob_read") fbh::launch(g, b, 0, fault_global_oob_read_kernel, x, out);
   else if (kind == "shared_oob") fbh::launch(g, b, 0, fault_shared_oob_kernel, x, out);
-  else if (kind == "dynamic_smem_oob") fbh::launch(g, b, size_t(threads) * sizeof(float), fault_dynamic_smem_oob_kernel, x, out);
+  else if (kind == "dynamic_smem_oob")
+    fbh::launch(g, b, size_t(threads) * sizeof(float), fault_dynamic_smem_oob_kernel, x, out);
   else if (kind == "uninit_shared") fbh::launch(g, b, 0, fault_uninit_shared_kernel, x, out);
   else if (kind == "divergent_barrier") fbh::launch(g, b, 0, fault_divergent_barrier_kernel, x, out);
   else if (kind == "shuffle_exited_lane") fbh::launch(g, b, 0, fault_shuffle_exited_lane_kernel, x, out);
@@ -421,7 +422,8 @@ void run_case(Case& c) {
   else if (op == "unpack") run_unpack(c);
   else if (op == "fault") run_fault(c);
   else if (op == "bias_act")
-    dispatch([&] { run_bias_act<float>(c); }, [&] { run_bias_act<c10::Half>(c); }, [&] { run_bias_act<c10::BFloat16>(c); });
+    dispatch([&] { run_bias_act<float>(c); }, [&] { run_bias_act<c10::Half>(c); },
+             [&] { run_bias_act<c10::BFloat16>(c); });
   else if (op == "bias_residual_layernorm")
     dispatch([&] { run_brln<float>(c); }, [&] { run_brln<c10::Half>(c); }, [&] { run_brln<c10::BFloat16>(c); });
   else if (op == "embeddings")

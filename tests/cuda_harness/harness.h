@@ -169,8 +169,8 @@ inline void set_order(Order o) { st().order = o; }
                  s.block_idx.y, s.block_idx.z, s.cur->tid.x, s.cur->tid.y, s.cur->tid.z,
                  (unsigned long long)s.launches);
   } else {
-    std::fprintf(stderr, "fbh: %s (block (%u,%u,%u), launch %llu)\n", what, s.block_idx.x, s.block_idx.y,
-                 s.block_idx.z, (unsigned long long)s.launches);
+    std::fprintf(stderr, "fbh: %s (block (%u,%u,%u), launch %llu)\n", what, s.block_idx.x, s.block_idx.y, s.block_idx.z,
+                 (unsigned long long)s.launches);
   }
   std::fflush(stderr);
   std::_Exit(2);
@@ -417,7 +417,8 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, Kernel kernel, Args... arg
   const uint64_t nblocks = uint64_t(grid.x) * grid.y * grid.z;
   for (uint64_t k = 0; k < nblocks; ++k) {
     const uint64_t b = s.order == Order::Forward ? k : nblocks - 1 - k;
-    s.block_idx = uint3{unsigned(b % grid.x), unsigned((b / grid.x) % grid.y), unsigned(b / (uint64_t(grid.x) * grid.y))};
+    s.block_idx =
+        uint3{unsigned(b % grid.x), unsigned((b / grid.x) % grid.y), unsigned(b / (uint64_t(grid.x) * grid.y))};
     run_block();
   }
   s.fibers.clear();
@@ -501,23 +502,65 @@ inline float __expf(float x) { return std::exp(x); }
 inline float __logf(float x) { return std::log(x); }
 inline float __fdividef(float a, float b) { return a / b; }
 inline float __saturatef(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }
-inline float __int_as_float(int x) { float f; std::memcpy(&f, &x, 4); return f; }
-inline int __float_as_int(float f) { int x; std::memcpy(&x, &f, 4); return x; }
-inline float __uint_as_float(unsigned x) { float f; std::memcpy(&f, &x, 4); return f; }
-inline unsigned __float_as_uint(float f) { unsigned x; std::memcpy(&x, &f, 4); return x; }
+inline float __int_as_float(int x) {
+  float f;
+  std::memcpy(&f, &x, 4);
+  return f;
+}
+inline int __float_as_int(float f) {
+  int x;
+  std::memcpy(&x, &f, 4);
+  return x;
+}
+inline float __uint_as_float(unsigned x) {
+  float f;
+  std::memcpy(&f, &x, 4);
+  return f;
+}
+inline unsigned __float_as_uint(float f) {
+  unsigned x;
+  std::memcpy(&x, &f, 4);
+  return x;
+}
 template <typename T>
-inline T __ldg(const T* p) { return *p; }
+inline T __ldg(const T* p) {
+  return *p;
+}
 
 // Atomics: the fibers of a block run one at a time, so a plain read-modify-write is atomic.
 template <typename T>
-inline T atomicAdd(T* p, T v) { T old = *p; *p = old + v; return old; }
+inline T atomicAdd(T* p, T v) {
+  T old = *p;
+  *p = old + v;
+  return old;
+}
 template <typename T>
-inline T atomicMax(T* p, T v) { T old = *p; *p = old < v ? v : old; return old; }
+inline T atomicMax(T* p, T v) {
+  T old = *p;
+  *p = old < v ? v : old;
+  return old;
+}
 template <typename T>
-inline T atomicMin(T* p, T v) { T old = *p; *p = v < old ? v : old; return old; }
+inline T atomicMin(T* p, T v) {
+  T old = *p;
+  *p = v < old ? v : old;
+  return old;
+}
 template <typename T>
-inline T atomicExch(T* p, T v) { T old = *p; *p = v; return old; }
+inline T atomicExch(T* p, T v) {
+  T old = *p;
+  *p = v;
+  return old;
+}
 template <typename T>
-inline T atomicCAS(T* p, T cmp, T v) { T old = *p; if (old == cmp) *p = v; return old; }
+inline T atomicCAS(T* p, T cmp, T v) {
+  T old = *p;
+  if (old == cmp) *p = v;
+  return old;
+}
 template <typename T>
-inline T atomicOr(T* p, T v) { T old = *p; *p = old | v; return old; }
+inline T atomicOr(T* p, T v) {
+  T old = *p;
+  *p = old | v;
+  return old;
+}
