@@ -66,8 +66,11 @@ if [ "$kernels" -eq 0 ] && grep -q "\.cu" <<<"$(ls csrc/cuda)"; then
   exit 1
 fi
 if [ -n "$spills" ]; then
-  echo "FAIL: ptxas spills registers:"
-  grep -B2 -E "bytes spill stores" "$log" | grep -B2 -Ev " 0 bytes spill stores, 0 bytes spill loads" | head -60
+  echo "FAIL: ptxas spills registers in:"
+  # The kernel and arch of each report: the "Compiling entry function 'NAME' for 'ARCH'" line before it.
+  awk "/Compiling entry function/ {match(\$0, /'[^']*' for '[^']*'/); k = substr(\$0, RSTART, RLENGTH)}
+       /bytes spill stores/ && !/ 0 bytes spill stores, 0 bytes spill loads/ {print \"  \" k \":\" \$0}" "$log" |
+    (c++filt 2>/dev/null || cat) | head -60 || true
   exit 1
 fi
 grep -E "Used [0-9]+ registers" "$log" | sed -E 's/.*(Used [0-9]+ registers).*/\1/' | sort | uniq -c | sort -rn | head -5 || true

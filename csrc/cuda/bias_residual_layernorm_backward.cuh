@@ -27,7 +27,7 @@ struct BrlnBackwardParams {
 };
 
 template <typename T>
-__global__ void __launch_bounds__(kLnBwdWarps* kWarp) brln_backward_kernel(BrlnBackwardParams<T> p) {
+__global__ void __launch_bounds__(kLnBwdThreads) brln_backward_kernel(BrlnBackwardParams<T> p) {
   ln_backward_rows<T>(p, [&](const LnBwdSmem& sm, int64_t row) {
     ln_backward_row(sm, SumRow<T>{p.x + row * p.H, p.residual + row * p.H, p.bias}, p.grad_out + row * p.H, p.gamma,
                     p.mean[row], p.rstd[row], p.H, p.vec, p.grad_s + row * p.H);

@@ -23,16 +23,19 @@ struct EmbeddingsInputs {
   bool vec;  // H % (16 / sizeof(T)) == 0 and the tables, gamma and the op's other (N, H) / (H,) pointers aligned
 };
 
-// A token's ids, checked against the table sizes: one assert for the three, as each assert is a call site whose
-// saved registers can spill.
+// A token's ids, and their check against the table sizes (one assert for the three: each assert is a call site
+// whose saved registers can spill).
 struct TokenIds { int64_t word, pos, type; };
 
 template <typename T, typename I>
 FB_DEVICE TokenIds token_ids(const EmbeddingsInputs<T, I>& p, int64_t row) {
-  const TokenIds id{p.ids[row], p.pos_ids[row], p.type_ids ? int64_t(p.type_ids[row]) : 0};
+  return {p.ids[row], p.pos_ids[row], p.type_ids ? int64_t(p.type_ids[row]) : 0};
+}
+
+template <typename T, typename I>
+FB_DEVICE void check_token_ids(const EmbeddingsInputs<T, I>& p, const TokenIds& id) {
   FB_KERNEL_ASSERT(id.word >= 0 && id.word < p.V && id.pos >= 0 && id.pos < p.P &&
                    (!p.type || (id.type >= 0 && id.type < p.TT)));
-  return id;
 }
 
 // The token's sum word[id] + position[pos] (+ token_type[type]).
@@ -56,6 +59,7 @@ __global__ void __launch_bounds__(kLnThreads) embeddings_kernel(EmbeddingsParams
   const int64_t row = int64_t(blockIdx.x) * (blockDim.x / kWarp) + warp;
   if (row >= p.N) return;  // whole warps only; no block barrier below
   const TokenIds id = token_ids(p, row);
+  check_token_ids(p, id);
   float* s = dynamic_smem<float>() + int64_t(warp) * p.H;
   const float sum = stage_row(token_row(p, id), p.H, p.vec, s);
   layernorm_epilogue(s, sum, p.H, p.gamma, p.beta, p.out + row * p.H, p.eps, p.vec, p.mean + row, p.rstd + row);

@@ -1,6 +1,7 @@
 // embeddings_backward on CUDA: argument checks and the launches of csrc/cuda/embeddings_backward.cuh (see its
-// comment): the row kernel and the LayerNorm parameters' reduction, a stable sort of the row keys (ATen), then
-// the two scatter kernels. Ids out of range stop the row kernel with a device-side assert.
+// comment): the keys kernel (it checks the ids), the row kernel and the LayerNorm parameters' reduction, a stable sort
+// of the row keys (ATen), then the two scatter kernels. Ids out of range stop the keys kernel with a device-side
+// assert.
 #include <ATen/ops/empty.h>
 #include <ATen/ops/sort.h>
 #include <ATen/ops/zeros.h>
@@ -78,6 +79,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> embedding
           make_embeddings_inputs<scalar_t, I>(ids, pids, tids, word, pos, type, gamma), go.const_data_ptr<scalar_t>(),
           mc.const_data_ptr<float>(), sc.const_data_ptr<float>(), grad_s.mutable_data_ptr<float>(),
           keys.mutable_data_ptr<int64_t>(), partials.mutable_data_ptr<float>()});
+      launch(embeddings_keys_launch<scalar_t, I>(N), stream, p);
       launch(l, stream, p);
       launch(ln_backward_reduce_launch<scalar_t>(H), stream, p.partials, int64_t(l.grid.x), H,
              g_w.mutable_data_ptr<scalar_t>(), g_b.mutable_data_ptr<scalar_t>());

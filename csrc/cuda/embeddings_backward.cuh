@@ -1,9 +1,11 @@
 // embeddings_backward kernels: the gradients of out = LayerNorm(word[id] + position[pos] + token_type[type]).
 //
-// (1) embeddings_backward_rows_kernel fuses the re-gather of each token's table rows (their sum is never
-// saved), the LayerNorm backward with the forward's fp32 (mean, rstd) and the first stage of the LayerNorm
-// parameters' reduction (layernorm_backward.cuh): grad_s (N, H) fp32, one warp per token. It also writes each
-// token's row key per table (word id, V + position id, V + P + type id) and stops on an id out of range.
+// (1) embeddings_keys_kernel checks each token's ids against the table sizes (a device-side assert) and writes
+// its row key per table (word id, V + position id, V + P + type id). embeddings_backward_rows_kernel then fuses
+// the re-gather of each token's table rows (their sum is never saved), the LayerNorm backward with the
+// forward's fp32 (mean, rstd) and the first stage of the LayerNorm parameters' reduction (layernorm_backward.cuh):
+// grad_s (N, H) fp32, one warp per token. The assert has a kernel of its own because its call site spills
+// registers of the row loop.
 // (2) The tables' gradients, dense like nn.Embedding's, by a deterministic scatter-add without atomics: the
 // launcher sorts the keys (stable, so equal keys keep token order) and each run of equal keys is one table
 // row, the sum of its tokens' grad_s rows. The sorted keys are cut into chunks of kScatterChunk; a block per
@@ -21,6 +23,7 @@ namespace fastbert::cuda {
 
 constexpr int kScatterChunk = 32;     // sorted keys per block
 constexpr int kScatterThreads = 128;  // columns per block
+constexpr int kKeysThreads = 256;     // embeddings_keys_kernel's block
 
 template <typename T, typename I>
 struct EmbeddingsBackwardParams : EmbeddingsInputs<T, I> {
@@ -32,16 +35,24 @@ struct EmbeddingsBackwardParams : EmbeddingsInputs<T, I> {
   float* partials;    // (gridDim.x, 2, H)
 };
 
+// Grid-stride over the N tokens.
 template <typename T, typename I>
-__global__ void __launch_bounds__(kLnBwdWarps* kWarp)
-    embeddings_backward_rows_kernel(EmbeddingsBackwardParams<T, I> p) {
+__global__ void __launch_bounds__(kKeysThreads) embeddings_keys_kernel(EmbeddingsBackwardParams<T, I> p) {
+  for (int64_t row = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; row < p.N;
+       row += int64_t(gridDim.x) * blockDim.x) {
+    const TokenIds id = token_ids(p, row);
+    check_token_ids(p, id);
+    p.keys[row] = id.word;
+    p.keys[p.N + row] = p.V + id.pos;
+    if (p.type) p.keys[2 * p.N + row] = p.V + p.P + id.type;
+  }
+}
+
+// After embeddings_keys_kernel, which checked the ids.
+template <typename T, typename I>
+__global__ void __launch_bounds__(kLnBwdThreads) embeddings_backward_rows_kernel(EmbeddingsBackwardParams<T, I> p) {
   ln_backward_rows<T>(p, [&](const LnBwdSmem& sm, int64_t row) {
     const TokenIds id = token_ids(p, row);
-    if (threadIdx.x % kWarp == 0) {
-      p.keys[row] = id.word;
-      p.keys[p.N + row] = p.V + id.pos;
-      if (p.type) p.keys[2 * p.N + row] = p.V + p.P + id.type;
-    }
     ln_backward_row(sm, token_row(p, id), p.grad_out + row * p.H, p.gamma, p.mean[row], p.rstd[row], p.H, p.vec,
                     p.grad_s + row * p.H);
   });
@@ -114,13 +125,20 @@ __global__ void __launch_bounds__(kScatterThreads) embeddings_scatter_combine_ke
 }
 
 // The launches (host side, shared by csrc/cuda/embeddings_backward.cu and tests/cuda_harness): the params from
-// embeddings_inputs() (embeddings.cuh) and the rest, the 16-byte path only if grad_out is aligned too; the row kernel,
-// then ln_backward_reduce_kernel over its grid's partials; after the sort, the scatter and its combine kernel,
-// both on grid (chunks, ceil(H / 128)), the workspace (chunks, 2, H) fp32.
+// embeddings_inputs() (embeddings.cuh) and the rest, the 16-byte path only if grad_out is aligned too; the keys kernel,
+// the row kernel, then ln_backward_reduce_kernel over its grid's partials; after the sort, the scatter and its combine
+// kernel, both on grid (chunks, ceil(H / 128)), the workspace (chunks, 2, H) fp32.
 template <typename T, typename I>
 inline EmbeddingsBackwardParams<T, I> embeddings_backward_params(EmbeddingsBackwardParams<T, I> p) {
   p.vec = p.vec && aligned16(p.grad_out);
   return p;
+}
+
+template <typename T, typename I>
+inline auto embeddings_keys_launch(int64_t N) {
+  const int64_t blocks = ceil_div(N, kKeysThreads);
+  return make_launch(&embeddings_keys_kernel<T, I>, dim3(static_cast<unsigned>(blocks < 4096 ? blocks : 4096)),
+                     dim3(kKeysThreads));
 }
 
 template <typename T, typename I>

@@ -18,6 +18,7 @@
 namespace fastbert::cuda {
 
 constexpr int kLnBwdWarps = 4;           // rows in flight per block when H is small enough
+constexpr int kLnBwdThreads = kLnBwdWarps * kWarp;  // ... the row kernels\' largest block
 constexpr int kLnBwdMaxBlocks = 512;     // partial rows of the parameter-gradient reduction, at most
 constexpr int kLnReduceCols = 32;        // ln_backward_reduce_kernel: columns per block
 constexpr int kLnReduceGroups = 8;       // ... and groups of partial rows summed in parallel

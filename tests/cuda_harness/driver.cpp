@@ -328,6 +328,7 @@ void run_embeddings_backward_typed(Case& c) {
   const auto p = embeddings_backward_params(
       EmbeddingsBackwardParams<T, I>{in, c.input<T>("grad_out"), c.input<float>("mean"), c.input<float>("rstd"),
                                      grad_s.as<float>(), keys.as<int64_t>(), partials.as<float>()});
+  run(embeddings_keys_launch<T, I>(N), p);
   run(rows, p);
   run(ln_backward_reduce_launch<T>(H), p.partials, int64_t(rows.grid.x), H, g_w, g_b);
 
