@@ -453,7 +453,7 @@ def test_embeddings_backward(dtype, shape, H, V, P, TT, types):
 
 def test_backward_kernels_train_on_cuda():
     """The autograd formulas (csrc/autograd.cpp) take the CUDA backward kernels; gradients match the CPU ops'."""
-    from fastbert import autograd as fb_autograd
+    from fastbert.ops import autograd as fb_autograd
 
     for name in ("bias_act", "bias_residual_layernorm", "embeddings"):
         assert fb_autograd.has_backward_kernel(name, torch.device(DEV)), name
@@ -618,7 +618,7 @@ def test_cuda_graphs_match_the_plain_loop(dtype):
     """Batches of changing token and sequence counts through the graphs give the un-graphed loop's output (up to
     cuBLAS's choice of kernel for the padded row count), hidden states included, under no_grad and inference_mode
     alternately; batches in one bucket share a graph."""
-    from fastbert import cuda_graphs
+    from fastbert.runtime import cuda_graphs
 
     fb = _graph_model(dtype)
     batches = [([37, 5, 64], 64), ([36, 6, 64], 64), ([1], 64), ([200, 3, 77, 150, 9], 200), ([40] * 9, 64)]
@@ -645,7 +645,7 @@ def test_cuda_graphs_match_the_plain_loop(dtype):
 def test_cuda_graphs_follow_weight_changes():
     """An in-place update is read by the existing graph; a replaced Linear gets a new graph; both match the plain
     loop. clear_cuda_graphs frees them; MAX_GRAPHS bounds the cache."""
-    from fastbert import cuda_graphs
+    from fastbert.runtime import cuda_graphs
 
     fb = _graph_model(torch.float32)
     ids, mask = _ragged_batch([30, 7, 51], 64, seed=3)
@@ -688,7 +688,7 @@ def test_cuda_graphs_follow_weight_changes():
 def test_cuda_graphs_serve_several_threads():
     """Threads sharing one model (and the default stream) replay its graphs without mixing their batches: two of
     the batches share a graph."""
-    from fastbert import cuda_graphs
+    from fastbert.runtime import cuda_graphs
     from tests.helpers import run_threads
 
     fb = _graph_model(torch.float16)
@@ -715,7 +715,7 @@ def test_cuda_graphs_serve_several_threads():
 def test_a_failed_capture_falls_back_to_the_plain_loop(monkeypatch):
     """A capture that raises costs one warning; the forward and every later one run op by op, with the same
     output."""
-    from fastbert import cuda_graphs
+    from fastbert.runtime import cuda_graphs
 
     fb = _graph_model(torch.float32)
     ids, mask = _ragged_batch([20, 3], 32, seed=7)
