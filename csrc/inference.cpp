@@ -5,10 +5,10 @@
 // costs 10-35 us of interpreter and dispatch on the machines we measured, so 12 layers spend 1-4 ms on the host for
 // about 1.3 ms of GPU work (docs/gpu.md). Here each call is a typed dispatcher call below autograd, a few us.
 //
-// The arithmetic is fastbert/inference.py's, op for op: the fused QKV GEMM, attention with the bias added on load,
-// the output GEMM and bias+residual+LayerNorm, the MLP's GEMM, bias+activation, GEMM, bias+residual+LayerNorm.
+// The arithmetic is that of fastbert.runtime.layers, op for op: the fused QKV GEMM, attention with the bias added on
+// load, the output GEMM and bias+residual+LayerNorm, the MLP's GEMM, bias+activation, GEMM, bias+residual+LayerNorm.
 // The GEMMs are x @ W^T through at::mm, or for float32/bfloat16 on CPU oneDNN's inner product when the caller asks
-// or hands a packed weight (fastbert/gemm.py says why); the results are the per-layer path's bit for bit with the
+// or hands a packed weight (fastbert.ops.gemm says why); the results are the per-layer path's bit for bit with the
 // same GEMM library.
 // Inference only: an input that requires grad under grad mode is refused (the per-layer path trains).
 #include <ATen/ATen.h>
@@ -27,7 +27,7 @@ constexpr size_t kTensorsPerLayer = 12;  // see the schema's comment in csrc/fas
 using OneDnnLinearSig = Tensor(const Tensor&, const Tensor&, const OptTensor&, c10::string_view,
                                c10::List<std::optional<c10::Scalar>>, std::optional<c10::string_view>);
 
-// x @ w^T (w as nn.Linear stores it, or packed into oneDNN's layout by fastbert/gemm.py). oneDNN where it takes
+// x @ w^T (w as nn.Linear stores it, or packed into oneDNN's layout by fastbert.ops.gemm). oneDNN where it takes
 // the operands as they are (and always for a packed weight, which only oneDNN reads); anything else gets at::mm,
 // and with it at::mm's error message for a mismatched weight.
 Tensor linear(const Tensor& x, const Tensor& w, bool onednn) {
@@ -102,7 +102,7 @@ std::vector<Tensor> encoder_layers(const Tensor& x_in, const Tensor& cu_seqlens,
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastbert, CPU, m) { m.impl("encoder_layers", &encoder_layers); }
-// Weights packed into oneDNN's layout (fastbert/gemm.py) are MkldnnCPU tensors: the same loop serves that key.
+// Weights packed into oneDNN's layout (fastbert.ops.gemm) are MkldnnCPU tensors: the same loop serves that key.
 TORCH_LIBRARY_IMPL(fastbert, MkldnnCPU, m) { m.impl("encoder_layers", &encoder_layers); }
 #ifdef FASTBERT_WITH_CUDA
 TORCH_LIBRARY_IMPL(fastbert, CUDA, m) { m.impl("encoder_layers", &encoder_layers); }
