@@ -35,7 +35,7 @@ from ..runtime.weights import fused_qkv, layer_parts
 from .checks import check_inputs
 from .config import check_pad_outputs
 
-__all__ = ["run", "pool", "EncoderOutput", "set_fast_inference", "fast_inference"]
+__all__ = ["run", "pool", "EncoderOutput", "set_fast_inference"]
 
 _FAST_INFERENCE = True
 
@@ -45,10 +45,6 @@ def set_fast_inference(enabled: bool) -> None:
     per-layer path; the two compute the same, tests compare them."""
     global _FAST_INFERENCE
     _FAST_INFERENCE = bool(enabled)
-
-
-def fast_inference() -> bool:
-    return _FAST_INFERENCE
 
 
 class EncoderOutput(NamedTuple):
