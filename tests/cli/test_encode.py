@@ -435,6 +435,8 @@ def test_encode_tunes_malloc(tmp_path, capsys, monkeypatch):
     calls = []
     monkeypatch.setattr(malloc, "tune_malloc", lambda *a: calls.append(a) or True)
     write_txt(tmp_path / "in.txt", TEXTS[:3])
-    code, _, err = run(capsys, "encode", "--model", MODEL, "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy"))
+    code, _, err = run(
+        capsys, "encode", "--model", MODEL, "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy")
+    )
     assert code == 0, err
     assert calls == [()]
