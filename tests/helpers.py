@@ -59,6 +59,18 @@ BASE = dict(vocab_size=1000, hidden_size=768, num_hidden_layers=12, num_attentio
 LARGE = dict(vocab_size=1000, hidden_size=1024, num_hidden_layers=3, num_attention_heads=16, intermediate_size=4096)
 
 
+def load_benchmark(name: str):
+    """The script benchmarks/<name>.py as a module (benchmarks/ is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def hf_config(**kw):
     d = dict(SMALL)
     d.update(kw)

