@@ -18,6 +18,8 @@ What differs from transformers, and why:
 
 from __future__ import annotations
 
+from typing import Unpack
+
 import torch
 from torch import Tensor, nn
 from transformers import BertConfig
@@ -30,6 +32,7 @@ from transformers.modeling_outputs import (
     TokenClassifierOutput,
 )
 from transformers.models.bert import modeling_bert as hf
+from transformers.utils import TransformersKwargs
 
 from .. import ops
 from ..model import check_pad_outputs, validate_config
@@ -97,7 +100,7 @@ class BertForSequenceClassification(hf.BertForSequenceClassification):
         position_ids: Tensor | None = None,
         inputs_embeds: Tensor | None = None,
         labels: Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[Tensor] | SequenceClassifierOutput:
         if labels is not None and _checking():
             B, _ = _batch_and_length(input_ids, inputs_embeds)
@@ -147,7 +150,7 @@ class BertForTokenClassification(hf.BertForTokenClassification):
         position_ids: Tensor | None = None,
         inputs_embeds: Tensor | None = None,
         labels: Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[Tensor] | TokenClassifierOutput:
         if labels is not None and _checking():
             _check_class_labels(
@@ -182,7 +185,7 @@ class BertForQuestionAnswering(hf.BertForQuestionAnswering):
         start_positions: Tensor | None = None,
         end_positions: Tensor | None = None,
         return_dict: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[Tensor] | QuestionAnsweringModelOutput:
         B, _ = _batch_and_length(input_ids, inputs_embeds)
         if _checking():
@@ -240,10 +243,17 @@ class BertForMaskedLM(hf.BertForMaskedLM):
         token_type_ids: Tensor | None = None,
         position_ids: Tensor | None = None,
         inputs_embeds: Tensor | None = None,
+        encoder_hidden_states: Tensor | None = None,
+        encoder_attention_mask: Tensor | None = None,
         labels: Tensor | None = None,
         return_dict: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[Tensor] | MaskedLMOutput:
+        if encoder_hidden_states is not None or encoder_attention_mask is not None:
+            raise NotImplementedError(
+                "encoder_hidden_states / encoder_attention_mask: fastbert runs BERT as an encoder only "
+                "(no cross-attention)"
+            )
         if labels is not None and _checking():
             _check_class_labels(
                 "labels",
@@ -298,7 +308,7 @@ class BertForNextSentencePrediction(hf.BertForNextSentencePrediction):
         position_ids: Tensor | None = None,
         inputs_embeds: Tensor | None = None,
         labels: Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[Tensor] | NextSentencePredictorOutput:
         if labels is not None and _checking():
             B, _ = _batch_and_length(input_ids, inputs_embeds)
@@ -330,7 +340,7 @@ class BertForPreTraining(hf.BertForPreTraining):
         inputs_embeds: Tensor | None = None,
         labels: Tensor | None = None,
         next_sentence_label: Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[Tensor] | hf.BertForPreTrainingOutput:
         if _checking() and (labels is not None or next_sentence_label is not None):
             shape = _batch_and_length(input_ids, inputs_embeds)
@@ -365,7 +375,7 @@ class BertForMultipleChoice(hf.BertForMultipleChoice):
         position_ids: Tensor | None = None,
         inputs_embeds: Tensor | None = None,
         labels: Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[Tensor] | MultipleChoiceModelOutput:
         if _checking():
             for name, t, rank in (

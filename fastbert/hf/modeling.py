@@ -9,13 +9,14 @@ The registry of optimized classes (one subclass per original class) is kept here
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Unpack
 
 from torch import Tensor, nn
 from transformers import BertConfig
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
 from transformers.models.bert import modeling_bert as hf
+from transformers.utils import TransformersKwargs
 
 from ..model import FastBertModule, check_pad_outputs, pool, run, validate_config
 
@@ -55,7 +56,8 @@ class FastBertMixin(FastBertModule):
         output_hidden_states: bool | int | Sequence[int] | None = None,
         return_dict: bool | None = None,
         head_mask: Tensor | None = None,
-        **kwargs,
+        cache: Cache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[Tensor] | BaseModelOutputWithPoolingAndCrossAttentions:
         config = self.config
         if head_mask is not None:
@@ -67,10 +69,11 @@ class FastBertMixin(FastBertModule):
             or encoder_hidden_states is not None
             or encoder_attention_mask is not None
             or past_key_values is not None
+            or cache is not None
         ):
             raise NotImplementedError(
                 "fastbert runs BERT as an encoder only: decoder use (is_decoder, "
-                "encoder_hidden_states, cross-attention, past_key_values) is not supported"
+                "encoder_hidden_states, cross-attention, cache / past_key_values) is not supported"
             )
         if output_attentions is None:
             output_attentions = bool(getattr(config, "output_attentions", False))

@@ -207,11 +207,17 @@ def _padded_layer(
 
 
 def _checkpointed(layer: nn.Module, need_grad: bool, fn: Callable[..., Any], *args: Any) -> Any:
-    """fn(*args), under activation checkpointing when HF's gradient_checkpointing_enable() marked the layer."""
+    """fn(*args), under activation checkpointing when transformers' gradient_checkpointing_enable() (or
+    activation_checkpointing_enable()) marked the layer: through the checkpoint function it gave the layer, so its
+    settings (use_reentrant, offloading, a function of the user's own) hold; torch's non-reentrant checkpoint when
+    the flag was set by hand."""
     if need_grad and layer.training and getattr(layer, "gradient_checkpointing", False):
-        from torch.utils.checkpoint import checkpoint
+        checkpoint = getattr(layer, "_gradient_checkpointing_func", None)
+        if checkpoint is None:
+            from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
-        return checkpoint(fn, *args, use_reentrant=False)
+            return torch_checkpoint(fn, *args, use_reentrant=False)
+        return checkpoint(fn, *args)
     return fn(*args)
 
 
@@ -281,6 +287,18 @@ def run(
         if hidden is not None:
             hidden.append(t_fn() if sel is None or i in sel else None)
 
+    def continue_from_state(
+        i: int, y: Tensor, to_state: Callable[[Tensor], Tensor], from_state: Callable[[Tensor, Tensor], Tensor]
+    ) -> Tensor:
+        """Keep hidden state i (to_state(y)) and, when gradients flow, go on from it (from_state(state, y)): the
+        next layer then reads the returned state, which is on the gradient path as transformers' hidden states
+        are (retain_grad, hooks and autograd.grad on it work). Without gradients, y goes on unchanged."""
+        keep_state(i, lambda: to_state(y))
+        kept = hidden[-1] if hidden is not None else None
+        return from_state(kept, y) if need_grad and kept is not None else y
+
+    last = len(layers)
+
     if not padded:
         # ---- padding-free: real tokens only
         if mask2d is None:
@@ -300,7 +318,14 @@ def run(
             x = embed(emb, ids, positions, types, None, need_grad)
         if training and p_hidden > 0:
             x = F.dropout(x, p_hidden, True)
-        keep_state(0, lambda: ops.unpack(x, indices, B, L))
+
+        def unpacked(y: Tensor) -> Tensor:
+            return ops.unpack(y, indices, B, L)
+
+        def repacked(h: Tensor, _: Tensor) -> Tensor:
+            return h.reshape(B * L, h.shape[-1]).index_select(0, indices)
+
+        x = continue_from_state(0, x, unpacked, repacked)
         weights = int8 = None
         if not need_grad and not training and _FAST_INFERENCE and not ops.compiling():
             int8 = int8_path.int8_layers(model) if x.device.type == "cpu" else None
@@ -335,7 +360,10 @@ def run(
         else:
             for i, layer in enumerate(layers):
                 x = _checkpointed(layer, need_grad, _packed_layer, config, layer, x, cu_seqlens, L, need_grad, training)
-                keep_state(i + 1, lambda y=x: ops.unpack(y, indices, B, L))
+                if i + 1 < last:
+                    x = continue_from_state(i + 1, x, unpacked, repacked)
+                else:
+                    keep_state(last, lambda y=x: y)  # replaced by the output below
         out = ops.unpack(x, indices, B, L)
         if hidden is not None and hidden[-1] is not None:
             hidden[-1] = out
@@ -365,14 +393,17 @@ def run(
     def state(t: Tensor) -> Tensor:
         return t.masked_fill(~keep_tok, 0) if keep_tok is not None else t
 
-    keep_state(0, lambda: state(x))
+    def real_rows_from(h: Tensor, y: Tensor) -> Tensor:  # real rows from the state, pad rows (not zeroed) from y
+        return torch.where(keep_tok, h, y) if keep_tok is not None else h
+
+    x = continue_from_state(0, x, state, real_rows_from)
     for i, layer in enumerate(layers):
         if output_attentions:
             x, probs = _padded_layer(config, layer, x, mask, need_grad, training, True)
             attentions.append(probs)
         else:
             x = _checkpointed(layer, need_grad, _padded_layer, config, layer, x, mask, need_grad, training, False)
-        keep_state(i + 1, lambda y=x: state(y))
+        x = continue_from_state(i + 1, x, state, real_rows_from)
     out = state(x)
     if hidden is not None and hidden[-1] is not None:
         hidden[-1] = out
