@@ -101,6 +101,7 @@ class Reader:
         text_field: str | None = None,
         pair_field: str | None = None,
         header: bool = True,
+        extra_fields: tuple[str, ...] = (),
     ):
         self.path = str(path)
         self.fmt = input_format(self.path, fmt)
@@ -116,7 +117,13 @@ class Reader:
         self.text_field = text_field
         self.pair_field = pair_field
         self.header = header
+        # extra_fields (fine-tuning's labels): their values follow (text, pair) in each row, as the file holds
+        # them (JSON and Parquet values keep their types; CSV/TSV cells are strings)
+        self.extra_fields = tuple(extra_fields)
+        if self.fmt == "txt" and self.extra_fields:
+            raise InputError(f"{self.path}: a .txt input has no fields; use .jsonl, .csv, .tsv or .parquet")
         self.rows = 0
+        self.where = self.path  # "path:line" (or "path: row N" for Parquet) of the row last yielded
         self.total_bytes = os.path.getsize(self.path)
         self.bytes_read = 0
         self.total_rows: int | None = None
@@ -128,7 +135,7 @@ class Reader:
                 raise InputError(f"{self.path}: not a readable Parquet file ({exc})") from None
             self.total_rows = self._pq.metadata.num_rows
             names = self._pq.schema_arrow.names
-            for f in (self.text_field or "text", self.pair_field):
+            for f in (self.text_field or "text", self.pair_field, *self.extra_fields):
                 if f is not None and f not in names:
                     raise InputError(
                         f"{self.path}: no column {f!r} (columns: {', '.join(names)}); pass --text-field/--pair-field"
@@ -180,13 +187,20 @@ class Reader:
             return ""
         return value if isinstance(value, str) else str(value)
 
+    def _value(self, obj: dict, name: str, where: str) -> object:
+        if name not in obj:
+            raise InputError(f"{where}: no field {name!r} (fields: {', '.join(map(str, obj)) or 'none'})")
+        return obj[name]
+
     def _jsonl(self) -> Iterator[Row]:
         text_field = self.text_field or "text"
         for lineno, line in self._lines():
+            where = f"{self.path}:{lineno}"
             if not line.strip():
+                if self.extra_fields:
+                    raise InputError(f"{where}: an empty line where a row with {self.extra_fields[0]!r} was expected")
                 yield "", ("" if self.pair_field else None)
                 continue
-            where = f"{self.path}:{lineno}"
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -200,10 +214,12 @@ class Reader:
                 raise InputError(
                     f"{where}: expected a JSON object with a {text_field!r} field, got {type(obj).__name__}"
                 )
-            yield (
+            self.where = where
+            row = (
                 self._field(obj, text_field, where),
                 self._field(obj, self.pair_field, where) if self.pair_field else None,
             )
+            yield row + tuple(self._value(obj, name, where) for name in self.extra_fields)
 
     def _csv(self) -> Iterator[Row]:
         lineno = 0
@@ -216,6 +232,7 @@ class Reader:
         delimiter = "\t" if self.fmt == "tsv" else ","
         reader = csv.reader(lines(), delimiter=delimiter)
         text_col = pair_col = None
+        extra_cols: list[int] = []
         try:
             first = True
             for record in reader:
@@ -236,18 +253,31 @@ class Reader:
                                 f"{self.pair_field!r} (columns: {', '.join(names)})"
                             )
                         pair_col = names.index(self.pair_field)
+                    for name in self.extra_fields:
+                        if name not in names:
+                            raise InputError(
+                                f"{self.path}:{lineno}: the header has no column {name!r} (columns: {', '.join(names)})"
+                            )
+                        extra_cols.append(names.index(name))
                     continue
                 if first:  # no header: fields are 0-based column numbers
                     first = False
                     text_col = self._column_number(self.text_field or "0")
                     pair_col = None if self.pair_field is None else self._column_number(self.pair_field)
+                    extra_cols = [self._column_number(name) for name in self.extra_fields]
+                self.where = f"{self.path}:{lineno}"
                 if not record:  # a blank line is an empty row
+                    if extra_cols:
+                        raise InputError(
+                            f"{self.where}: an empty line where a row with {self.extra_fields[0]!r} was expected"
+                        )
                     yield "", ("" if pair_col is not None else None)
                     continue
-                need = max(text_col, pair_col if pair_col is not None else -1)
+                need = max(text_col, pair_col if pair_col is not None else -1, *extra_cols)
                 if need >= len(record):
                     raise InputError(f"{self.path}:{lineno}: {len(record)} column(s), expected at least {need + 1}")
-                yield record[text_col], (record[pair_col] if pair_col is not None else None)
+                row = (record[text_col], (record[pair_col] if pair_col is not None else None))
+                yield row + tuple(record[c] for c in extra_cols)
         except csv.Error as exc:
             raise InputError(f"{self.path}:{lineno}: malformed {self.fmt.upper()} ({exc})") from None
 
@@ -261,14 +291,17 @@ class Reader:
 
     def _parquet(self) -> Iterator[Row]:
         text_field = self.text_field or "text"
-        columns = [text_field] + ([self.pair_field] if self.pair_field else [])
+        columns = [text_field] + ([self.pair_field] if self.pair_field else []) + list(self.extra_fields)
+        first_extra = 2 if self.pair_field else 1
         for batch in self._pq.iter_batches(batch_size=4096, columns=columns):
             texts = batch.column(0).to_pylist()
             pairs = batch.column(1).to_pylist() if self.pair_field else [None] * len(texts)
-            for t, p in zip(texts, pairs):
+            extras = [batch.column(first_extra + i).to_pylist() for i in range(len(self.extra_fields))]
+            for i, (t, p) in enumerate(zip(texts, pairs)):
                 if self.pair_field:
                     p = "" if p is None else str(p)
-                yield ("" if t is None else str(t)), p
+                self.where = f"{self.path}: row {self.rows + 1}"
+                yield (("" if t is None else str(t)), p) + tuple(column[i] for column in extras)
 
 
 # ---------------------------------------------------------------------------------------------- writers

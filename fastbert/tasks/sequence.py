@@ -1,0 +1,161 @@
+"""The sequence-level task families: one text or a pair of texts with one label per row.
+
+    classify   text (+ optional text_pair), a class label (strings or integers)  -> accuracy, macro-F1, MCC
+    pair       text, text_pair, a class label                                    -> accuracy, F1
+    regress    text (+ optional text_pair), a number                             -> Pearson, Spearman (MSE loss)
+
+Rows come from fastbert.batch.files.Reader (CSV, TSV, JSONL, Parquet); a bad label is reported with the file,
+the line and the field. Metrics are computed with numpy from their textbook definitions (the tests check them
+against scikit-learn and scipy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..batch.files import InputError, Reader
+
+FAMILIES = ("classify", "pair", "regress")
+
+
+@dataclass
+class Examples:
+    texts: list[str]
+    pairs: list[str] | None
+    labels: list  # raw values as read (class names or numbers)
+    wheres: list[str] = field(repr=False)  # "file:line" of each row, for errors
+
+
+def read_examples(
+    path: str, family: str, text_field: str = "text", pair_field: str | None = None, label_field: str = "label"
+) -> Examples:
+    """Every row of a labelled file. ``pair`` needs a second text (``pair_field``, default ``text_pair``)."""
+    if family == "pair" and pair_field is None:
+        pair_field = "text_pair"
+    reader = Reader(path, text_field=text_field, pair_field=pair_field, extra_fields=(label_field,))
+    texts, pairs, labels, wheres = [], [] if pair_field else None, [], []
+    for text, pair, label in reader:
+        if label is None or (isinstance(label, str) and not label.strip()):
+            raise InputError(f"{reader.where}: field {label_field!r} is empty")
+        texts.append(text)
+        if pairs is not None:
+            pairs.append(pair)
+        labels.append(label)
+        wheres.append(reader.where)
+    if not texts:
+        raise InputError(f"{path}: no rows")
+    return Examples(texts, pairs, labels, wheres)
+
+
+def _label_key(value: object) -> object:
+    """Class labels as the file holds them: integers (3, "3", 3.0) as int, anything else as its string."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    text = str(value).strip()
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def label_names(train: Examples) -> list[str]:
+    """The label set of a classification training file, sorted (numbers numerically, then strings)."""
+    keys = {_label_key(v) for v in train.labels}
+    ints = sorted(k for k in keys if isinstance(k, int))
+    strs = sorted(k for k in keys if not isinstance(k, int))
+    if len(keys) < 2:
+        raise InputError(f"{train.wheres[0].split(':')[0]}: one label value only ({next(iter(keys))!r}); need two")
+    return [str(k) for k in ints + strs]
+
+
+def class_ids(examples: Examples, names: list[str], label_field: str = "label") -> list[int]:
+    index = {name: i for i, name in enumerate(names)}
+    ids = []
+    for value, where in zip(examples.labels, examples.wheres):
+        key = str(_label_key(value))
+        if key not in index:
+            raise InputError(f"{where}: {label_field} {value!r} is not in the training labels ({', '.join(names)})")
+        ids.append(index[key])
+    return ids
+
+
+def numbers(examples: Examples, label_field: str = "label") -> list[float]:
+    out = []
+    for value, where in zip(examples.labels, examples.wheres):
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            raise InputError(
+                f"{where}: {label_field} {value!r} is not a number (regress needs numeric labels)"
+            ) from None
+        if not np.isfinite(x):
+            raise InputError(f"{where}: {label_field} {value!r} is not finite")
+        out.append(x)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def _confusion(pred: np.ndarray, gold: np.ndarray, n: int) -> np.ndarray:
+    return np.bincount(gold * n + pred, minlength=n * n).reshape(n, n).astype(np.float64)  # [gold, pred]
+
+
+def classification_metrics(pred: np.ndarray, gold: np.ndarray, n: int, binary_f1: bool = False) -> dict[str, float]:
+    """accuracy, macro-F1 (classes that occur in gold or pred), MCC (multi-class, Gorodkin's R_K); with
+    binary_f1 and two classes, f1 of class 1 as well."""
+    pred, gold = np.asarray(pred, dtype=np.int64), np.asarray(gold, dtype=np.int64)
+    c = _confusion(pred, gold, n)
+    tp = np.diag(c)
+    predicted, actual = c.sum(0), c.sum(1)
+    denom = predicted + actual
+    present = denom > 0
+    f1 = np.divide(2 * tp, denom, out=np.zeros(n), where=present)
+    s, correct = c.sum(), tp.sum()
+    cov = correct * s - (predicted * actual).sum()
+    norm = np.sqrt((s * s - (predicted**2).sum()) * (s * s - (actual**2).sum()))
+    out = {
+        "accuracy": float(correct / s),
+        "macro_f1": float(f1[present].mean()),
+        "mcc": float(cov / norm) if norm > 0 else 0.0,
+    }
+    if binary_f1 and n == 2:
+        out["f1"] = float(f1[1])
+    return out
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties given their average rank."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x), dtype=np.float64)
+    xs = x[order]
+    start = 0
+    for end in range(1, len(x) + 1):
+        if end == len(x) or xs[end] != xs[start]:
+            ranks[order[start:end]] = (start + end + 1) / 2
+            start = end
+    return ranks
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    norm = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / norm) if norm > 0 else 0.0
+
+
+def regression_metrics(pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+    pred, gold = np.asarray(pred, dtype=np.float64).reshape(-1), np.asarray(gold, dtype=np.float64).reshape(-1)
+    return {
+        "pearson": _pearson(pred, gold),
+        "spearman": _pearson(_ranks(pred), _ranks(gold)),
+        "mse": float(((pred - gold) ** 2).mean()),
+    }
+
+
+BEST_METRIC = {"classify": "accuracy", "pair": "accuracy", "regress": "pearson"}

@@ -1,0 +1,48 @@
+"""Small learnable labelled data for the fine-tuning tests, generated and seeded (no download): review sentences
+whose sentiment is decided by their adjectives and negation."""
+
+from __future__ import annotations
+
+import random
+
+POSITIVE = "good great excellent wonderful delightful brilliant enjoyable superb pleasant charming".split()
+NEGATIVE = "bad awful terrible boring dull poor disappointing weak horrible tedious".split()
+SUBJECTS = ["the movie", "the film", "this book", "the acting", "the plot", "the music", "the ending", "the cast"]
+
+
+def _clause(rng: random.Random) -> tuple[str, bool]:
+    positive = rng.random() < 0.5
+    negated = rng.random() < 0.25
+    adj = rng.choice(POSITIVE if positive else NEGATIVE)
+    return f"{rng.choice(SUBJECTS)} was {'not ' if negated else ''}{adj}", positive != negated
+
+
+def sentiment(n: int, seed: int) -> list[dict]:
+    """classify: {"text", "label": "positive" | "negative"}."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        text, pos = _clause(rng)
+        rows.append({"text": text.capitalize() + ".", "label": "positive" if pos else "negative"})
+    return rows
+
+
+def same_sentiment(n: int, seed: int) -> list[dict]:
+    """pair: {"text", "text_pair", "label": 1 if both have the same sentiment else 0}."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        (a, pa), (b, pb) = _clause(rng), _clause(rng)
+        rows.append({"text": a.capitalize() + ".", "text_pair": b.capitalize() + ".", "label": int(pa == pb)})
+    return rows
+
+
+def positivity(n: int, seed: int) -> list[dict]:
+    """regress: {"text", "label": the share of positive clauses among three}."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        clauses = [_clause(rng) for _ in range(3)]
+        text = ", ".join(t for t, _ in clauses).capitalize() + "."
+        rows.append({"text": text, "label": sum(p for _, p in clauses) / 3})
+    return rows
