@@ -158,6 +158,16 @@ def _attention_probs(
     return ctx, probs
 
 
+def packed_sequence_starts(position_ids: Tensor) -> Tensor | None:
+    """position_ids (B, L) without an attention mask, read as transformers (5.25 and later) reads them: several
+    sequences packed in a row, a new one starting wherever a position is not its predecessor's plus one; tokens
+    attend within their own sequence only. (B, L) bool, True at each sequence's first token; None when every row
+    is one sequence."""
+    starts = torch.ones_like(position_ids, dtype=torch.bool)
+    starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
+    return starts if bool(starts[:, 1:].any()) else None
+
+
 def attention_geometry(config: Any) -> tuple[int, float]:
     """(num_heads, softmax scale 1/sqrt(head_dim))."""
     nh = config.num_attention_heads
@@ -274,6 +284,9 @@ def run(
 
     if position_ids is not None:
         position_ids = position_ids.reshape(-1, L).expand(B, L)
+    starts = None  # not under torch.compile: the check is data-dependent control flow
+    if attention_mask is None and position_ids is not None and not ops.compiling():
+        starts = packed_sequence_starts(position_ids)
     if token_type_ids is not None and not token_type_ids.is_contiguous():
         token_type_ids = token_type_ids.contiguous()
 
@@ -304,7 +317,11 @@ def run(
         if mask2d is None:
             T = B * L
             indices = torch.arange(T, device=device)
-            cu_seqlens = torch.arange(0, T + 1, L, dtype=torch.int32, device=device)
+            if starts is None:
+                cu_seqlens = torch.arange(0, T + 1, L, dtype=torch.int32, device=device)
+            else:
+                first = starts.reshape(-1).nonzero().reshape(-1)
+                cu_seqlens = torch.cat([first, first.new_full((1,), T)]).to(torch.int32)
             positions = indices % L
         else:
             indices, cu_seqlens, positions = ops.pack(mask2d)
@@ -379,7 +396,10 @@ def run(
     if training and p_hidden > 0:
         x = F.dropout(x, p_hidden, True)
     minval = torch.finfo(x.dtype).min
-    if attention_mask is None:
+    if attention_mask is None and starts is not None:
+        seq = starts.cumsum(-1)
+        mask = (seq.unsqueeze(-1) == seq.unsqueeze(-2)).unsqueeze(1)  # (B, 1, L, L) keep: within a packed sequence
+    elif attention_mask is None:
         mask = torch.zeros(B, 1, 1, L, dtype=x.dtype, device=device)
     elif mask2d is not None:
         mask = torch.zeros(B, 1, 1, L, dtype=x.dtype, device=device).masked_fill(~mask2d.view(B, 1, 1, L), minval)

@@ -243,3 +243,16 @@ def test_inference_loop_sees_weight_changes(monkeypatch):
             forward.set_fast_inference(True)
     assert not torch.equal(before, after)
     assert torch.equal(after, general)
+
+
+@pytest.mark.parametrize("pad_outputs", ["zero", "hf"])
+def test_position_ids_without_a_mask_pack_sequences(pad_outputs):
+    """Two sequences packed in one row (positions 0..6 then 0..4, no mask) give each sequence's own result."""
+    fb = fastbert.from_hf(make_hf(), pad_outputs=pad_outputs).eval()
+    ids, _, _ = ragged(1, 12, fb.config.vocab_size, lengths=[12], seed=3)
+    pos = torch.tensor([list(range(7)) + list(range(5))])
+    with torch.no_grad():
+        packed = fb(ids, position_ids=pos).last_hidden_state
+        first = fb(ids[:, :7]).last_hidden_state
+        second = fb(ids[:, 7:]).last_hidden_state
+    assert max_diff(packed[:, :7], first) <= TOL and max_diff(packed[:, 7:], second) <= TOL
