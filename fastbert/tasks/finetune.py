@@ -5,8 +5,8 @@ The output folder is complete when the run ends, and only then: the best model (
 validation file, else the last), its tokenizer, ``metrics.json`` (the final validation metrics, or the
 training metrics without a validation file) and ``log.jsonl`` (every Trainer log line). It is written under a
 temporary name and renamed into place, so an interrupted run leaves its checkpoints (in ``OUTPUT.checkpoints``,
-for ``resume=True``) but never a half-written output folder. The folder loads in transformers'
-``BertForSequenceClassification`` and in fastbert's.
+for ``resume=True``; removed when a run completes) but never a half-written output folder. The folder loads in
+transformers' ``BertForSequenceClassification`` and in fastbert's.
 """
 
 from __future__ import annotations
@@ -162,4 +162,5 @@ def finetune(
     if out.exists():
         out.rmdir()  # empty (checked above)
     os.replace(staging, out)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # the run is complete: nothing left to resume
     return metrics
