@@ -137,9 +137,8 @@ class Reader:
             names = self._pq.schema_arrow.names
             for f in (self.text_field or "text", self.pair_field, *self.extra_fields):
                 if f is not None and f not in names:
-                    raise InputError(
-                        f"{self.path}: no column {f!r} (columns: {', '.join(names)}); pass --text-field/--pair-field"
-                    )
+                    option = "--label-field" if f in self.extra_fields else "--text-field/--pair-field"
+                    raise InputError(f"{self.path}: no column {f!r} (columns: {', '.join(names)}); pass {option}")
 
     def estimated_rows(self) -> float | None:
         """Rows in the whole file: exact for Parquet, else extrapolated from the bytes read so far."""

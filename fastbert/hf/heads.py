@@ -18,7 +18,10 @@ What differs from transformers, and why:
 
 from __future__ import annotations
 
-from typing import Unpack
+try:
+    from typing import Unpack
+except ImportError:  # Python 3.10
+    from typing_extensions import Unpack
 
 import torch
 from torch import Tensor, nn

@@ -8,8 +8,13 @@ The registry of optimized classes (one subclass per original class) is kept here
 
 from __future__ import annotations
 
+try:
+    from typing import Unpack
+except ImportError:  # Python 3.10
+    from typing_extensions import Unpack
+
 from collections.abc import Sequence
-from typing import Any, Unpack
+from typing import Any
 
 from torch import Tensor, nn
 from transformers import BertConfig

@@ -231,6 +231,15 @@ def _checkpointed(layer: nn.Module, need_grad: bool, fn: Callable[..., Any], *ar
     return fn(*args)
 
 
+def _checkpoint_input(x: Tensor, layers: Sequence[nn.Module], need_grad: bool) -> Tensor:
+    """The layers' input, made to require grad when a checkpointed layer follows frozen embeddings: torch's
+    reentrant checkpoint passes gradients only to inputs that require them (transformers arranges this with a
+    hook on word_embeddings, enable_input_require_grads, which fastbert's fused embedding never calls)."""
+    if need_grad and not x.requires_grad and any(getattr(layer, "gradient_checkpointing", False) for layer in layers):
+        return x.detach().requires_grad_()
+    return x
+
+
 def _select(hidden_sel: bool | int | Sequence[int] | None, n: int) -> set[int] | None:
     if hidden_sel is None or isinstance(hidden_sel, bool):
         return None
@@ -335,6 +344,7 @@ def run(
             x = embed(emb, ids, positions, types, None, need_grad)
         if training and p_hidden > 0:
             x = F.dropout(x, p_hidden, True)
+        x = _checkpoint_input(x, layers, need_grad)
 
         def unpacked(y: Tensor) -> Tensor:
             return ops.unpack(y, indices, B, L)
@@ -395,6 +405,7 @@ def run(
         x = embed(emb, input_ids, position_ids, token_type_ids, None, need_grad)  # (B, L, H)
     if training and p_hidden > 0:
         x = F.dropout(x, p_hidden, True)
+    x = _checkpoint_input(x, layers, need_grad)
     minval = torch.finfo(x.dtype).min
     if attention_mask is None and starts is not None:
         seq = starts.cumsum(-1)

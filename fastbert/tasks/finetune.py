@@ -47,19 +47,6 @@ def _metrics_fn(task: str, n_labels: int) -> Callable[[Any], dict[str, float]]:
     return compute
 
 
-def _jsonl_log(path: Path) -> Any:
-    """A TrainerCallback appending each log line to a JSONL file (made here: transformers is imported lazily)."""
-    from transformers import TrainerCallback
-
-    class Log(TrainerCallback):
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
-            if state.is_world_process_zero and logs:
-                with open(path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(dict(logs, step=state.global_step, epoch=state.epoch)) + "\n")
-
-    return Log()
-
-
 def finetune(
     task: str,
     model: str,
@@ -91,12 +78,18 @@ def finetune(
         raise InputError(f"{output}: exists and is not empty; choose a new output folder")
     train_ex = sequence.read_examples(train, task, text_field, pair_field, label_field)
     val_ex = sequence.read_examples(validation, task, text_field, pair_field, label_field) if validation else None
-    names = None if task == "regress" else sequence.label_names(train_ex)
+    names = None if task == "regress" else sequence.label_names(train_ex, train)
     train_labels = _labels(task, train_ex, names, label_field)
     val_labels = _labels(task, val_ex, names, label_field) if val_ex else None
 
     import torch
     from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+    from transformers.utils import is_accelerate_available
+
+    if not is_accelerate_available():
+        raise InputError(
+            'fine-tuning runs on transformers\' Trainer, which needs accelerate: pip install "fastbert[finetune]"'
+        )
 
     from ..hf.heads import BertForSequenceClassification
 
@@ -114,7 +107,7 @@ def finetune(
     train_ds = _tokenize(tokenizer, train_ex, train_labels, max_length)
     val_ds = _tokenize(tokenizer, val_ex, val_labels, max_length) if val_ex else None
 
-    checkpoints = Path(f"{output}.checkpoints")
+    checkpoints = out.with_name(out.name + ".checkpoints")
     best = sequence.BEST_METRIC[task]
     args = TrainingArguments(
         output_dir=str(checkpoints),
@@ -139,28 +132,36 @@ def finetune(
         disable_tqdm=not progress,
         use_cpu=not torch.cuda.is_available(),
     )
-    staging = Path(f"{output}.partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    trainer = Trainer(
-        model=net,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=val_ds,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=_metrics_fn(task, n_labels),
-        callbacks=[_jsonl_log(staging / "log.jsonl")],
-    )
-    has_checkpoint = checkpoints.is_dir() and any(p.name.startswith("checkpoint-") for p in checkpoints.iterdir())
-    result = trainer.train(resume_from_checkpoint=True if resume and has_checkpoint else None)
-    metrics = trainer.evaluate() if val_ds else dict(result.metrics)
-    metrics = {k[len("eval_") :] if k.startswith("eval_") else k: float(v) for k, v in metrics.items()}
-    trainer.save_model(str(staging))
-    tokenizer.save_pretrained(str(staging))
-    (staging / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    if out.exists():
-        out.rmdir()  # empty (checked above)
-    os.replace(staging, out)
+    staging = out.with_name(out.name + ".partial")
+    if not resume:
+        shutil.rmtree(checkpoints, ignore_errors=True)  # another run's checkpoints must not mix with this one's
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        trainer = Trainer(
+            model=net,
+            args=args,
+            train_dataset=train_ds,
+            eval_dataset=val_ds,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            compute_metrics=_metrics_fn(task, n_labels),
+        )
+        has_checkpoint = checkpoints.is_dir() and any(p.name.startswith("checkpoint-") for p in checkpoints.iterdir())
+        result = trainer.train(resume_from_checkpoint=True if resume and has_checkpoint else None)
+        metrics = trainer.evaluate() if val_ds else dict(result.metrics)
+        metrics = {k[len("eval_") :] if k.startswith("eval_") else k: float(v) for k, v in metrics.items()}
+        staging.mkdir(parents=True)
+        trainer.save_model(str(staging))
+        tokenizer.save_pretrained(str(staging))
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        # every log line of the run, those before a --resume included
+        with open(staging / "log.jsonl", "w", encoding="utf-8") as f:
+            for entry in trainer.state.log_history:
+                f.write(json.dumps(entry) + "\n")
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     shutil.rmtree(checkpoints, ignore_errors=True)  # the run is complete: nothing left to resume
     return metrics

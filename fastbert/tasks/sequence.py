@@ -58,19 +58,23 @@ def _label_key(value: object) -> object:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     text = str(value).strip()
-    try:
-        return int(text)
-    except ValueError:
-        return text
+    for parse in (int, float):  # "3" and "3.0" as 3, as a JSON 3 or 3.0 is
+        try:
+            number = parse(text)
+        except ValueError:
+            continue
+        if parse is int or number.is_integer():
+            return int(number)
+    return text.lower() if text.lower() in ("true", "false") else text
 
 
-def label_names(train: Examples) -> list[str]:
+def label_names(train: Examples, path: str = "the training file") -> list[str]:
     """The label set of a classification training file, sorted (numbers numerically, then strings)."""
     keys = {_label_key(v) for v in train.labels}
     ints = sorted(k for k in keys if isinstance(k, int))
     strs = sorted(k for k in keys if not isinstance(k, int))
     if len(keys) < 2:
-        raise InputError(f"{train.wheres[0].split(':')[0]}: one label value only ({next(iter(keys))!r}); need two")
+        raise InputError(f"{path}: one label value only ({next(iter(keys))!r}); need two")
     return [str(k) for k in ints + strs]
 
 
@@ -88,6 +92,8 @@ def class_ids(examples: Examples, names: list[str], label_field: str = "label") 
 def numbers(examples: Examples, label_field: str = "label") -> list[float]:
     out = []
     for value, where in zip(examples.labels, examples.wheres):
+        if isinstance(value, bool):
+            raise InputError(f"{where}: {label_field} {value!r} is not a number (regress needs numeric labels)")
         try:
             x = float(value)
         except (TypeError, ValueError):

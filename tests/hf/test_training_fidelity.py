@@ -151,3 +151,22 @@ def test_masked_lm_refuses_cross_attention_inputs():
     ids, mask, _ = ragged(1, 5, fb.config.vocab_size)
     with pytest.raises(NotImplementedError, match="encoder_hidden_states"):
         fb(input_ids=ids, attention_mask=mask, encoder_hidden_states=torch.zeros(1, 5, fb.config.hidden_size))
+
+
+def test_reentrant_checkpointing_with_frozen_embeddings():
+    """Frozen embeddings (as under LoRA) and use_reentrant=True: the layers still get their gradients, as in
+    transformers (which makes the embedding output require grad)."""
+    ref = make_hf(hf.BertForSequenceClassification, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    fb = fastbert.from_hf(ref)
+    batch = dict(zip(("input_ids", "attention_mask"), ragged(2, 9, ref.config.vocab_size, seed=6)[:2]))
+    labels = torch.tensor([1, 0])
+    for model in (ref, fb):
+        model.bert.embeddings.requires_grad_(False)
+        _enable_checkpointing(model, use_reentrant=True)
+        model.train()
+        model(**batch, labels=labels).loss.backward()
+    for (name, a), b in zip(fb.named_parameters(), ref.parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        if b.grad is not None:
+            assert max_diff(a.grad, b.grad) <= 1e-3 * max(1.0, float(b.grad.abs().max())), name
+    assert fb.bert.encoder.layer[0].attention.self.query.weight.grad is not None

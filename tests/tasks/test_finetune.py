@@ -39,7 +39,7 @@ def test_classify_learns_and_the_folder_loads_in_transformers(tmp_path, capsys):
         "--validation",
         dev,
         "--output",
-        str(out),
+        str(out) + "/",  # a trailing slash, as the help's example writes it
         "--epochs",
         "3",
         "--batch-size",
@@ -157,3 +157,18 @@ def test_bad_input_is_refused_before_training(tmp_path, capsys):
     (tmp_path / "full" / "x").write_text("")
     assert _run("finetune", "classify", "--model", MODEL, "--train", train, "--output", str(tmp_path / "full")) == 2
     assert "exists and is not empty" in capsys.readouterr().err
+
+
+def test_a_failed_run_leaves_no_output(tmp_path, capsys, monkeypatch):
+    """An error during training (here: the Trainer's step raising) leaves neither OUTPUT nor OUTPUT.partial."""
+    import transformers
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", boom)
+    train = _jsonl(tmp_path / "t.jsonl", data.sentiment(20, seed=0))
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="disk full"):
+        _run("finetune", "classify", "--model", MODEL, "--train", train, "--output", str(out), "--no-progress")
+    assert not out.exists() and not (tmp_path / "out.partial").exists()
