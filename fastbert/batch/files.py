@@ -186,6 +186,11 @@ class Reader:
             return ""
         return value if isinstance(value, str) else str(value)
 
+    def _blank_row(self, where: str) -> None:
+        """A blank line is an empty text, but never a row of labels."""
+        if self.extra_fields:
+            raise InputError(f"{where}: an empty line where a row with {self.extra_fields[0]!r} was expected")
+
     def _value(self, obj: dict, name: str, where: str) -> object:
         if name not in obj:
             raise InputError(f"{where}: no field {name!r} (fields: {', '.join(map(str, obj)) or 'none'})")
@@ -196,8 +201,7 @@ class Reader:
         for lineno, line in self._lines():
             where = f"{self.path}:{lineno}"
             if not line.strip():
-                if self.extra_fields:
-                    raise InputError(f"{where}: an empty line where a row with {self.extra_fields[0]!r} was expected")
+                self._blank_row(where)
                 yield "", ("" if self.pair_field else None)
                 continue
             try:
@@ -266,10 +270,7 @@ class Reader:
                     extra_cols = [self._column_number(name) for name in self.extra_fields]
                 self.where = f"{self.path}:{lineno}"
                 if not record:  # a blank line is an empty row
-                    if extra_cols:
-                        raise InputError(
-                            f"{self.where}: an empty line where a row with {self.extra_fields[0]!r} was expected"
-                        )
+                    self._blank_row(self.where)
                     yield "", ("" if pair_col is not None else None)
                     continue
                 need = max(text_col, pair_col if pair_col is not None else -1, *extra_cols)

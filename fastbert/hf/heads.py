@@ -252,11 +252,6 @@ class BertForMaskedLM(hf.BertForMaskedLM):
         return_dict: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[Tensor] | MaskedLMOutput:
-        if encoder_hidden_states is not None or encoder_attention_mask is not None:
-            raise NotImplementedError(
-                "encoder_hidden_states / encoder_attention_mask: fastbert runs BERT as an encoder only "
-                "(no cross-attention)"
-            )
         if labels is not None and _checking():
             _check_class_labels(
                 "labels",
@@ -272,6 +267,8 @@ class BertForMaskedLM(hf.BertForMaskedLM):
                 token_type_ids=token_type_ids,
                 position_ids=position_ids,
                 inputs_embeds=inputs_embeds,
+                encoder_hidden_states=encoder_hidden_states,  # refused by fastbert.BertModel: an encoder only
+                encoder_attention_mask=encoder_attention_mask,
                 labels=labels,
                 return_dict=return_dict,
                 **kwargs,
@@ -282,6 +279,8 @@ class BertForMaskedLM(hf.BertForMaskedLM):
             token_type_ids=token_type_ids,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
             return_dict=True,
             **kwargs,
         )

@@ -434,7 +434,10 @@ def run(
             attentions.append(probs)
         else:
             x = _checkpointed(layer, need_grad, _padded_layer, config, layer, x, mask, need_grad, training, False)
-        x = continue_from_state(i + 1, x, state, real_rows_from)
+        if i + 1 < last:
+            x = continue_from_state(i + 1, x, state, real_rows_from)
+        else:
+            keep_state(last, lambda y=x: y)  # replaced by the output below
     out = state(x)
     if hidden is not None and hidden[-1] is not None:
         hidden[-1] = out

@@ -25,13 +25,11 @@ def _run(*argv):
     return main(list(argv))
 
 
-def test_classify_learns_and_the_folder_loads_in_transformers(tmp_path, capsys):
-    train = _jsonl(tmp_path / "train.jsonl", data.sentiment(480, seed=0))
-    dev = _jsonl(tmp_path / "dev.jsonl", data.sentiment(120, seed=1))
-    out = tmp_path / "out"
-    code = _run(
+def _finetune(task, train, dev, output, epochs):
+    """A fine-tuning run at the tests' budget (batch 16, learning rate 1e-4, no progress bar); its exit code."""
+    return _run(
         "finetune",
-        "classify",
+        task,
         "--model",
         MODEL,
         "--train",
@@ -39,15 +37,22 @@ def test_classify_learns_and_the_folder_loads_in_transformers(tmp_path, capsys):
         "--validation",
         dev,
         "--output",
-        str(out) + "/",  # a trailing slash, as the help's example writes it
+        output,
         "--epochs",
-        "3",
+        str(epochs),
         "--batch-size",
         "16",
         "--lr",
         "1e-4",
         "--no-progress",
     )
+
+
+def test_classify_learns_and_the_folder_loads_in_transformers(tmp_path, capsys):
+    train = _jsonl(tmp_path / "train.jsonl", data.sentiment(480, seed=0))
+    dev = _jsonl(tmp_path / "dev.jsonl", data.sentiment(120, seed=1))
+    out = tmp_path / "out"
+    code = _finetune("classify", train, dev, str(out) + "/", 3)  # a trailing slash, as the help writes it
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["accuracy"] >= 0.9, metrics  # measured 1.0
@@ -86,53 +91,14 @@ def test_classify_learns_and_the_folder_loads_in_transformers(tmp_path, capsys):
 def test_pair_and_regress_learn(tmp_path, capsys):
     pair_train = _jsonl(tmp_path / "p.jsonl", data.same_sentiment(400, seed=3))
     pair_dev = _jsonl(tmp_path / "pd.jsonl", data.same_sentiment(100, seed=4))
-    code = _run(
-        "finetune",
-        "pair",
-        "--model",
-        MODEL,
-        "--train",
-        pair_train,
-        "--validation",
-        pair_dev,
-        "--output",
-        str(tmp_path / "pair"),
-        "--epochs",
-        "4",
-        "--batch-size",
-        "16",
-        "--lr",
-        "1e-4",
-        "--no-progress",
-    )
+    code = _finetune("pair", pair_train, pair_dev, str(tmp_path / "pair"), 4)
     assert code == 0
     metrics = json.loads((tmp_path / "pair" / "metrics.json").read_text())
     assert metrics["accuracy"] >= 0.75 and metrics["f1"] >= 0.7, metrics  # measured 0.90 / 0.89
 
     reg_train = _jsonl(tmp_path / "r.jsonl", data.positivity(320, seed=5))
     reg_dev = _jsonl(tmp_path / "rd.jsonl", data.positivity(80, seed=6))
-    assert (
-        _run(
-            "finetune",
-            "regress",
-            "--model",
-            MODEL,
-            "--train",
-            reg_train,
-            "--validation",
-            reg_dev,
-            "--output",
-            str(tmp_path / "reg"),
-            "--epochs",
-            "3",
-            "--batch-size",
-            "16",
-            "--lr",
-            "1e-4",
-            "--no-progress",
-        )
-        == 0
-    )
+    assert _finetune("regress", reg_train, reg_dev, str(tmp_path / "reg"), 3) == 0
     metrics = json.loads((tmp_path / "reg" / "metrics.json").read_text())
     assert metrics["pearson"] >= 0.6 and metrics["spearman"] >= 0.6, metrics  # measured 0.88 / 0.89
     pred = tmp_path / "reg.csv"

@@ -82,6 +82,10 @@ def test_bad_input_names_file_line_and_field(tmp_path):
     blank = _write(tmp_path / "b.jsonl", [{"text": "a", "label": ""}], "jsonl")
     with pytest.raises(InputError, match=r"b\.jsonl:1: field 'label' is empty"):
         sequence.read_examples(blank, "classify")
+    gap = tmp_path / "g.jsonl"
+    gap.write_text('{"text": "a", "label": "x"}\n\n{"text": "b", "label": "y"}\n')
+    with pytest.raises(InputError, match=r"g\.jsonl:2: an empty line where a row with 'label' was expected"):
+        sequence.read_examples(str(gap), "classify")
     one = sequence.read_examples(_write(tmp_path / "o.jsonl", ROWS[:1], "jsonl"), "classify")
     with pytest.raises(InputError, match="one label value only"):
         sequence.label_names(one)
