@@ -10,17 +10,19 @@ import sys
 from .common import PROG, Formatter, die
 
 FINETUNE_HELP = """\
-Fine-tune a BERT folder for a sequence-level task on fastbert's kernels, with transformers' Trainer:
+Fine-tune a BERT folder on fastbert's kernels, with transformers' Trainer:
 
   classify   one text (--text-field, default text; --pair-field for pairs) and a class label
              (--label-field, default label; strings or integers)       -> accuracy, macro-F1, MCC
   pair       two texts (text, text_pair) and a class label              -> accuracy, F1
   regress    a text (or pair) and a number                              -> Pearson, Spearman (MSE loss)
+  tag        words and one tag each (--text-field tokens, --label-field tags; BIO/IOBES), from JSONL
+             or CoNLL (word ... tag per line, blank line between sentences) -> entity precision, recall, F1
 
-Input: CSV, TSV, JSONL or Parquet. OUTPUT holds the best model (by accuracy, or Pearson for regress, on
---validation; else the last), its tokenizer, metrics.json and log.jsonl, and loads in transformers'
-BertForSequenceClassification. It appears only when the run completes; checkpoints go to OUTPUT.checkpoints
-(--resume continues from the last one).
+Input: CSV, TSV, JSONL or Parquet. OUTPUT holds the best model (by accuracy; Pearson for regress, entity F1
+for tag; on --validation, else the last), its tokenizer, metrics.json and log.jsonl, and loads in transformers'
+BertForSequenceClassification (BertForTokenClassification for tag). It appears only when the run
+completes; checkpoints go to OUTPUT.checkpoints (--resume continues from the last one).
 
   fastbert finetune classify --model MODEL --train train.csv --validation dev.csv --output out/
   fastbert predict --model out/ --input test.csv --output predictions.jsonl
@@ -34,14 +36,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=FINETUNE_HELP,
         formatter_class=Formatter,
     )
-    p.add_argument("task", choices=["classify", "pair", "regress"])
+    p.add_argument("task", choices=["classify", "pair", "regress", "tag"])
     p.add_argument("--model", required=True, help="a BERT folder (config, weights, tokenizer)")
-    p.add_argument("--train", required=True, help="labelled training file (.csv, .tsv, .jsonl, .parquet)")
+    p.add_argument(
+        "--train", required=True, help="labelled training file (.csv, .tsv, .jsonl, .parquet; tag: .jsonl, CoNLL)"
+    )
     p.add_argument("--validation", default=None, help="labelled validation file (evaluated each epoch)")
     p.add_argument("--output", required=True, help="a new folder for the fine-tuned model")
-    p.add_argument("--text-field", default="text")
+    p.add_argument("--text-field", default=None, help="the text (default: text; tag: tokens, a list of words)")
     p.add_argument("--pair-field", default=None, help="second text (default: text_pair for pair, none otherwise)")
-    p.add_argument("--label-field", default="label")
+    p.add_argument("--label-field", default=None, help="the label (default: label; tag: tags, one per word)")
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (linear warmup, then linear decay)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -54,15 +58,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     q = sub.add_parser(
         "predict",
-        help="predict with a fine-tuned sequence model",
+        help="predict with a fine-tuned model",
         formatter_class=Formatter,
         description="One prediction per input row, in order: label and score (classification) "
-        "or score (regression), to .jsonl, .csv or .tsv.",
+        "or score (regression), to .jsonl, .csv or .tsv; tokens and tags (tagging), to .jsonl.",
     )
     q.add_argument("--model", required=True, help="a fine-tuned folder (fastbert finetune's output)")
-    q.add_argument("--input", required=True, help="rows to predict (.csv, .tsv, .jsonl, .parquet, .txt)")
+    q.add_argument("--input", required=True, help="rows to predict (.csv, .tsv, .jsonl, .parquet, .txt; tag: CoNLL)")
     q.add_argument("--output", required=True, help="predictions file (.jsonl, .csv, .tsv)")
-    q.add_argument("--text-field", default="text")
+    q.add_argument("--text-field", default=None, help="the text (default: text; tagging models: tokens)")
     q.add_argument("--pair-field", default=None)
     q.add_argument("--batch-size", type=int, default=64)
     q.add_argument("--max-length", type=int, default=128)

@@ -1,9 +1,10 @@
-"""``predict``: run a fine-tuned sequence model (a ``finetune`` output folder, or any BertForSequenceClassification
-folder) over an input file (``input_file``) and write one prediction per input row, in input order.
+"""``predict``: run a fine-tuned model (a ``finetune`` output folder, or any BertForSequenceClassification /
+BertForTokenClassification folder) over an input file and write one prediction per input row, in input order.
 
-Output (by the output's suffix): JSONL or CSV/TSV rows of ``label`` and ``score`` (the predicted class's
-probability) for classification, ``score`` (the predicted value) for regression. Written under a temporary name
-and renamed when complete (fastbert.batch.files.atomic_output).
+Sequence models: rows of ``label`` and ``score`` (the predicted class's probability) for classification, of
+``score`` (the predicted value) for regression, as JSONL, CSV or TSV by the output's suffix. Tagging models:
+JSONL rows of ``tokens`` and ``tags`` (null for words cut by ``max_length``), from JSONL or CoNLL input
+(fastbert/tasks/tagging.py). Written under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
@@ -11,62 +12,108 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 from ..batch.files import InputError, Reader, atomic_output
+from . import tagging
 
 _OUTPUT = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv"}
+
+
+def _sequence_rows(net: Any, tokenizer: Any, rows: list, paired: bool, batch_size: int, max_length: int) -> list:
+    import torch
+
+    regression = net.config.problem_type == "regression" or net.config.num_labels == 1
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(rows), batch_size):
+            chunk = rows[i : i + batch_size]
+            pairs = [p for _, p in chunk] if paired else None
+            enc = tokenizer(
+                [t for t, _ in chunk], pairs, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+            )
+            logits = net(**enc).logits.float()
+            if regression:
+                out += [{"score": float(v)} for v in logits.reshape(-1)]
+            else:
+                score, idx = logits.softmax(-1).max(-1)
+                out += [{"label": net.config.id2label[int(k)], "score": float(s)} for k, s in zip(idx, score)]
+    return out
+
+
+def _tag_rows(net: Any, tokenizer: Any, words: list[list[str]], batch_size: int, max_length: int) -> list:
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(words), batch_size):
+            chunk = words[i : i + batch_size]
+            enc = tokenizer(
+                chunk,
+                is_split_into_words=True,
+                truncation=True,
+                max_length=max_length,
+                padding=True,
+                return_tensors="pt",
+            )
+            pred = net(**enc).logits.argmax(-1)
+            for r, sentence in enumerate(chunk):
+                tags: list[str | None] = [None] * len(sentence)
+                prev = None
+                for j, w in enumerate(enc.word_ids(r)):
+                    if w is not None and w != prev:  # a word's first token carries its tag
+                        tags[w] = net.config.id2label[int(pred[r, j])]
+                    prev = w
+                out.append({"tokens": sentence, "tags": tags})
+    return out
 
 
 def predict(
     model: str,
     input_file: str,
     output: str,
-    text_field: str = "text",
+    text_field: str | None = None,
     pair_field: str | None = None,
     batch_size: int = 64,
     max_length: int = 128,
 ) -> int:
-    """Predictions for every row of ``input_file`` into ``output``; returns the number of rows."""
+    """Predictions for every row of ``input_file`` into ``output``; returns the number of rows. text_field
+    defaults to text (sequence models) or tokens (tagging models)."""
     fmt = _OUTPUT.get(Path(output).suffix.lower())
     if fmt is None:
         raise InputError(f"{output}: write predictions to .jsonl, .csv or .tsv")
     if batch_size < 1:
         raise InputError(f"batch size: expected >= 1, got {batch_size}")
-    rows = list(Reader(input_file, text_field=text_field, pair_field=pair_field))
+    from transformers import AutoConfig, AutoTokenizer
 
-    import torch
-    from transformers import AutoTokenizer
+    from ..hf import heads
 
-    from ..hf.heads import BertForSequenceClassification
-
+    try:
+        architectures = AutoConfig.from_pretrained(model).architectures or []
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{model}: not a model folder ({exc})") from None
+    tagger = "BertForTokenClassification" in architectures
+    if tagger and fmt != "jsonl":
+        raise InputError(f"{output}: a tagging model's predictions (lists of tags) are written to .jsonl")
+    if tagger:
+        sentences = tagging.read_sentences(input_file, text_field or "tokens", None)
+    else:
+        rows = list(Reader(input_file, text_field=text_field or "text", pair_field=pair_field))
     tokenizer = AutoTokenizer.from_pretrained(model)
-    net = BertForSequenceClassification.from_pretrained(model).eval()
-    regression = net.config.problem_type == "regression" or net.config.num_labels == 1
-    id2label = net.config.id2label
-    results = []
-    with torch.inference_mode():
-        for i in range(0, len(rows), batch_size):
-            chunk = rows[i : i + batch_size]
-            pairs = [p for _, p in chunk] if pair_field else None
-            enc = tokenizer(
-                [t for t, _ in chunk], pairs, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
-            )
-            logits = net(**enc).logits.float()
-            if regression:
-                results += [{"score": float(v)} for v in logits.reshape(-1)]
-            else:
-                prob = logits.softmax(-1)
-                score, idx = prob.max(-1)
-                results += [{"label": id2label[int(k)], "score": float(s)} for k, s in zip(idx, score)]
+    head = heads.BertForTokenClassification if tagger else heads.BertForSequenceClassification
+    net = head.from_pretrained(model).eval()
+    if tagger:
+        results = _tag_rows(net, tokenizer, sentences.words, batch_size, max_length)
+    else:
+        results = _sequence_rows(net, tokenizer, rows, pair_field is not None, batch_size, max_length)
     with atomic_output(output) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             if fmt == "jsonl":
                 for r in results:
                     f.write(json.dumps(r) + "\n")
             else:
-                writer = csv.DictWriter(
-                    f, fieldnames=list(results[0]) if results else ["score"], delimiter="\t" if fmt == "tsv" else ","
-                )
+                fields = list(results[0]) if results else ["score"]
+                writer = csv.DictWriter(f, fieldnames=fields, delimiter="\t" if fmt == "tsv" else ",")
                 writer.writeheader()
                 writer.writerows(results)
     return len(results)

@@ -11,11 +11,14 @@ against scikit-learn and scipy).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from ..batch.files import InputError, Reader
+from .prepared import Prepared
 
 FAMILIES = ("classify", "pair", "regress")
 
@@ -164,4 +167,66 @@ def regression_metrics(pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
     }
 
 
-BEST_METRIC = {"classify": "accuracy", "pair": "accuracy", "regress": "pearson"}
+# ---------------------------------------------------------------------------------------------- the run's inputs
+
+
+def _tokenize(tokenizer: Any, ex: Examples, labels: list, max_length: int) -> list[dict[str, Any]]:
+    enc = tokenizer(ex.texts, ex.pairs, truncation=True, max_length=max_length)
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    return [dict({k: enc[k][i] for k in keys}, labels=labels[i]) for i in range(len(labels))]
+
+
+def _metrics_fn(family: str, n_labels: int) -> Callable[[Any], dict[str, float]]:
+    def compute(eval_pred: Any) -> dict[str, float]:
+        logits, gold = eval_pred.predictions, eval_pred.label_ids
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        if family == "regress":
+            return regression_metrics(logits.reshape(-1), gold)
+        return classification_metrics(np.argmax(logits, -1), gold, n_labels, binary_f1=family == "pair")
+
+    return compute
+
+
+def prepare(
+    family: str,
+    tokenizer: Any,
+    train: str,
+    validation: str | None,
+    max_length: int,
+    text_field: str | None = None,
+    pair_field: str | None = None,
+    label_field: str | None = None,
+) -> Prepared:
+    """The tokenized rows, head, label set and metrics of a classify / pair / regress run."""
+    from transformers import DataCollatorWithPadding
+
+    text_field, label_field = text_field or "text", label_field or "label"
+    train_ex = read_examples(train, family, text_field, pair_field, label_field)
+    val_ex = read_examples(validation, family, text_field, pair_field, label_field) if validation else None
+    if family == "regress":
+        names = None
+        config: dict[str, Any] = {"num_labels": 1, "problem_type": "regression"}
+
+        def labels(ex: Examples) -> list:
+            return numbers(ex, label_field)
+    else:
+        names = label_names(train_ex, train)
+        config = {
+            "num_labels": len(names),
+            "id2label": dict(enumerate(names)),
+            "label2id": {n: i for i, n in enumerate(names)},
+            "problem_type": "single_label_classification",
+        }
+
+        def labels(ex: Examples) -> list:
+            return class_ids(ex, names, label_field)
+
+    return Prepared(
+        head="BertForSequenceClassification",
+        config=config,
+        train=_tokenize(tokenizer, train_ex, labels(train_ex), max_length),
+        validation=_tokenize(tokenizer, val_ex, labels(val_ex), max_length) if val_ex else None,
+        collator=DataCollatorWithPadding(tokenizer),
+        metrics=_metrics_fn(family, config["num_labels"]),
+        best="pearson" if family == "regress" else "accuracy",
+    )

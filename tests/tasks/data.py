@@ -46,3 +46,33 @@ def positivity(n: int, seed: int) -> list[dict]:
         text = ", ".join(t for t, _ in clauses).capitalize() + "."
         rows.append({"text": text, "label": sum(p for _, p in clauses) / 3})
     return rows
+
+
+FIRST = ["john", "mary", "peter", "anna", "paul", "linda", "george", "susan"]
+LAST = ["smith", "jones", "brown", "taylor", "wilson", "davies", "evans", "thomas"]
+CITIES = [["paris"], ["london"], ["new", "york"], ["berlin"], ["los", "angeles"], ["madrid"], ["rome"]]
+FRAMES = [
+    ("{p} lives in {c} .", None),
+    ("yesterday {p} flew to {c} .", None),
+    ("{c} is where {p} works .", None),
+    ("the weather in {c} was cold .", "no person"),
+    ("{p} likes coffee .", "no city"),
+]
+
+
+def people_and_places(n: int, seed: int) -> list[dict]:
+    """tag: {"tokens", "tags"} with PER (one or two words) and LOC (one or two words) entities, IOB2 tags."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        frame, _ = rng.choice(FRAMES)
+        person = [rng.choice(FIRST)] + ([rng.choice(LAST)] if rng.random() < 0.5 else [])
+        city = rng.choice(CITIES)
+        tokens, tags = [], []
+        for piece in frame.split():
+            words, kind = (person, "PER") if piece == "{p}" else (city, "LOC") if piece == "{c}" else ([piece], None)
+            for k, w in enumerate(words):
+                tokens.append(w)
+                tags.append("O" if kind is None else ("B-" if k == 0 else "I-") + kind)
+        rows.append({"tokens": tokens, "tags": tags})
+    return rows

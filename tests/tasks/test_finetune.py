@@ -138,3 +138,28 @@ def test_a_failed_run_leaves_no_output(tmp_path, capsys, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         _run("finetune", "classify", "--model", MODEL, "--train", train, "--output", str(out), "--no-progress")
     assert not out.exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_tag_learns_and_predicts_per_word(tmp_path, capsys):
+    train = _jsonl(tmp_path / "t.jsonl", data.people_and_places(300, seed=7))
+    dev_rows = data.people_and_places(80, seed=8)
+    dev = tmp_path / "d.conll"  # CoNLL for validation: word, a dummy POS column, tag
+    dev.write_text("".join("".join(f"{w} X {t}\n" for w, t in zip(r["tokens"], r["tags"])) + "\n" for r in dev_rows))
+    out = tmp_path / "tagger"
+    assert _finetune("tag", train, str(dev), str(out), 3) == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["f1"] >= 0.85 and {"precision", "recall", "accuracy"} <= set(metrics), metrics  # measured 1.0
+
+    from transformers import BertForTokenClassification
+
+    assert BertForTokenClassification.from_pretrained(out).config.id2label[0] == "O"
+    words = _jsonl(tmp_path / "w.jsonl", [{"tokens": r["tokens"]} for r in dev_rows[:20]])
+    pred_path = tmp_path / "tags.jsonl"
+    assert _run("predict", "--model", str(out), "--input", words, "--output", str(pred_path)) == 0
+    preds = [json.loads(line) for line in pred_path.read_text().splitlines()]
+    assert [p["tokens"] for p in preds] == [r["tokens"] for r in dev_rows[:20]]
+    assert all(len(p["tags"]) == len(p["tokens"]) for p in preds)
+    right = sum(a == b for p, r in zip(preds, dev_rows) for a, b in zip(p["tags"], r["tags"]))
+    assert right >= 0.9 * sum(len(r["tags"]) for r in dev_rows[:20])
+    assert _run("predict", "--model", str(out), "--input", words, "--output", str(tmp_path / "t.csv")) == 2
+    assert "written to .jsonl" in capsys.readouterr().err
