@@ -18,10 +18,12 @@ Fine-tune a BERT folder on fastbert's kernels, with transformers' Trainer:
   regress    a text (or pair) and a number                              -> Pearson, Spearman (MSE loss)
   tag        words and one tag each (--text-field tokens, --label-field tags; BIO/IOBES), from JSONL
              or CoNLL (word ... tag per line, blank line between sentences) -> entity precision, recall, F1
+  qa         SQuAD JSON, or JSONL question, context, answers {text, answer_start} (empty: no answer, as
+             in SQuAD 2.0); long contexts in windows (--doc-stride)     -> exact match, F1 (SQuAD's)
 
-Input: CSV, TSV, JSONL or Parquet. OUTPUT holds the best model (by accuracy; Pearson for regress, entity F1
-for tag; on --validation, else the last), its tokenizer, metrics.json and log.jsonl, and loads in transformers'
-BertForSequenceClassification (BertForTokenClassification for tag). It appears only when the run
+classify, pair and regress read CSV, TSV, JSONL or Parquet. OUTPUT holds the best model (by accuracy;
+Pearson for regress, entity F1 for tag, F1 for qa; on --validation, else the last), its tokenizer,
+metrics.json and log.jsonl, and loads in transformers' matching BertFor* class. It appears only when the run
 completes; checkpoints go to OUTPUT.checkpoints (--resume continues from the last one).
 
   fastbert finetune classify --model MODEL --train train.csv --validation dev.csv --output out/
@@ -36,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=FINETUNE_HELP,
         formatter_class=Formatter,
     )
-    p.add_argument("task", choices=["classify", "pair", "regress", "tag"])
+    p.add_argument("task", choices=["classify", "pair", "regress", "tag", "qa"])
     p.add_argument("--model", required=True, help="a BERT folder (config, weights, tokenizer)")
     p.add_argument(
         "--train", required=True, help="labelled training file (.csv, .tsv, .jsonl, .parquet; tag: .jsonl, CoNLL)"
@@ -50,6 +52,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (linear warmup, then linear decay)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=128)
+    p.add_argument(
+        "--doc-stride", type=int, default=None, help="qa: overlap of a long context's windows (default: max length / 4)"
+    )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT.checkpoints")
@@ -61,7 +66,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="predict with a fine-tuned model",
         formatter_class=Formatter,
         description="One prediction per input row, in order: label and score (classification) "
-        "or score (regression), to .jsonl, .csv or .tsv; tokens and tags (tagging), to .jsonl.",
+        "or score (regression), to .jsonl, .csv or .tsv; tokens and tags (tagging) or id, answer and score (qa), "
+        "to .jsonl.",
     )
     q.add_argument("--model", required=True, help="a fine-tuned folder (fastbert finetune's output)")
     q.add_argument("--input", required=True, help="rows to predict (.csv, .tsv, .jsonl, .parquet, .txt; tag: CoNLL)")
@@ -91,6 +97,7 @@ def run_finetune(args: argparse.Namespace) -> int:
             learning_rate=args.lr,
             batch_size=args.batch_size,
             max_length=args.max_length,
+            stride=args.doc_stride,
             seed=args.seed,
             bf16=args.bf16,
             resume=args.resume,

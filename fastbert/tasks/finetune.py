@@ -1,6 +1,6 @@
 """``finetune``: a fine-tuning run on one of fastbert's heads with transformers' Trainer (which does the loop,
 evaluation, checkpoints, ``--resume`` and bf16 autocast). The task family (fastbert/tasks/sequence.py for
-classify, pair and regress; fastbert/tasks/tagging.py for tag) reads and tokenizes the data and names the head,
+classify, pair and regress; tagging.py for tag; qa.py for qa) reads and tokenizes the data and names the head,
 the label set and the metrics.
 
 The output folder is complete when the run ends, and only then: the best model (by the family's metric on the
@@ -19,9 +19,9 @@ import shutil
 from pathlib import Path
 
 from ..batch.files import InputError
-from . import sequence, tagging
+from . import qa, sequence, tagging
 
-TASKS = (*sequence.FAMILIES, *tagging.FAMILIES)
+TASKS = (*sequence.FAMILIES, *tagging.FAMILIES, *qa.FAMILIES)
 
 
 def finetune(
@@ -37,6 +37,7 @@ def finetune(
     learning_rate: float = 5e-5,
     batch_size: int = 32,
     max_length: int = 128,
+    stride: int | None = None,
     warmup_ratio: float = 0.1,
     weight_decay: float = 0.01,
     seed: int = 42,
@@ -44,9 +45,10 @@ def finetune(
     resume: bool = False,
     progress: bool = True,
 ) -> dict[str, float]:
-    """Fine-tune the BERT folder ``model`` for ``task`` (classify, pair, regress, tag) on ``train``; returns the
+    """Fine-tune the BERT folder ``model`` for ``task`` (classify, pair, regress, tag, qa) on ``train``; returns the
     metrics written to ``OUTPUT/metrics.json``. Fields default by family (text / text_pair / label; tag: tokens /
-    tags). Raises InputError (naming file, line and field) for bad data."""
+    tags); ``stride``: qa's window overlap in tokens (default max_length / 4). Raises InputError (naming file,
+    line and field) for bad data."""
     if task not in TASKS:
         raise InputError(f"task: unknown {task!r}; choose one of {', '.join(TASKS)}")
     if epochs <= 0 or learning_rate <= 0 or batch_size < 1 or max_length < 2:
@@ -55,7 +57,7 @@ def finetune(
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise InputError(f"{output}: exists and is not empty; choose a new output folder")
     import torch
-    from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
+    from transformers import AutoConfig, AutoTokenizer, Trainer, TrainingArguments, set_seed
     from transformers.utils import is_accelerate_available
 
     from ..hf import heads
@@ -68,9 +70,12 @@ def finetune(
     tokenizer = AutoTokenizer.from_pretrained(model)
     if task in tagging.FAMILIES:
         job = tagging.prepare(tokenizer, train, validation, max_length, text_field, label_field)
+    elif task in qa.FAMILIES:
+        job = qa.prepare(tokenizer, train, validation, max_length, stride)
     else:
         job = sequence.prepare(task, tokenizer, train, validation, max_length, text_field, pair_field, label_field)
-    net = getattr(heads, job.head).from_pretrained(model, **job.config)
+    config = AutoConfig.from_pretrained(model, **job.config)  # keys the head does not know are kept on the config
+    net = getattr(heads, job.head).from_pretrained(model, config=config)
     train_ds, val_ds = job.train, job.validation
 
     checkpoints = out.with_name(out.name + ".checkpoints")

@@ -1,10 +1,13 @@
-"""``predict``: run a fine-tuned model (a ``finetune`` output folder, or any BertForSequenceClassification /
-BertForTokenClassification folder) over an input file and write one prediction per input row, in input order.
+"""``predict``: run a fine-tuned model (a ``finetune`` output folder, or any BertForSequenceClassification,
+BertForTokenClassification or BertForQuestionAnswering folder) over an input file and write one prediction per
+input row, in input order.
 
 Sequence models: rows of ``label`` and ``score`` (the predicted class's probability) for classification, of
 ``score`` (the predicted value) for regression, as JSONL, CSV or TSV by the output's suffix. Tagging models:
 JSONL rows of ``tokens`` and ``tags`` (null for words cut by ``max_length``), from JSONL or CoNLL input
-(fastbert/tasks/tagging.py). Written under a temporary name and renamed when complete.
+(fastbert/tasks/tagging.py). Question-answering models: JSONL rows of ``id``, ``answer`` and ``score`` from SQuAD
+JSON or JSONL questions with contexts (fastbert/tasks/qa.py). Written under a temporary name and renamed when
+complete.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from ..batch.files import InputError, Reader, atomic_output
-from . import tagging
+from . import qa, tagging
 
 _OUTPUT = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv"}
+_HEADS = ("BertForSequenceClassification", "BertForTokenClassification", "BertForQuestionAnswering")
 
 
 def _sequence_rows(net: Any, tokenizer: Any, rows: list, paired: bool, batch_size: int, max_length: int) -> list:
@@ -92,18 +96,21 @@ def predict(
         architectures = AutoConfig.from_pretrained(model).architectures or []
     except (OSError, ValueError) as exc:
         raise InputError(f"{model}: not a model folder ({exc})") from None
-    tagger = "BertForTokenClassification" in architectures
-    if tagger and fmt != "jsonl":
-        raise InputError(f"{output}: a tagging model's predictions (lists of tags) are written to .jsonl")
-    if tagger:
+    kind = next((a for a in architectures if a in _HEADS), "BertForSequenceClassification")
+    if kind != "BertForSequenceClassification" and fmt != "jsonl":
+        raise InputError(f"{output}: a {kind} model's predictions are written to .jsonl")
+    if kind == "BertForTokenClassification":
         sentences = tagging.read_sentences(input_file, text_field or "tokens", None)
+    elif kind == "BertForQuestionAnswering":
+        questions = qa.read_questions(input_file, with_answers=False)
     else:
         rows = list(Reader(input_file, text_field=text_field or "text", pair_field=pair_field))
     tokenizer = AutoTokenizer.from_pretrained(model)
-    head = heads.BertForTokenClassification if tagger else heads.BertForSequenceClassification
-    net = head.from_pretrained(model).eval()
-    if tagger:
+    net = getattr(heads, kind).from_pretrained(model).eval()
+    if kind == "BertForTokenClassification":
         results = _tag_rows(net, tokenizer, sentences.words, batch_size, max_length)
+    elif kind == "BertForQuestionAnswering":
+        results = qa.answer_rows(net, tokenizer, questions, batch_size, max_length)
     else:
         results = _sequence_rows(net, tokenizer, rows, pair_field is not None, batch_size, max_length)
     with atomic_output(output) as tmp:

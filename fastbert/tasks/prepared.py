@@ -10,7 +10,7 @@ from typing import Any
 @dataclass
 class Prepared:
     head: str  # the fastbert.hf.heads class to fine-tune, e.g. "BertForSequenceClassification"
-    config: dict[str, Any]  # from_pretrained keywords: num_labels, id2label, label2id, problem_type
+    config: dict[str, Any]  # config values: num_labels, id2label, label2id, problem_type, a family's own
     train: list[dict[str, Any]]  # tokenized rows: input_ids, attention_mask, token_type_ids, labels
     validation: list[dict[str, Any]] | None
     collator: Any  # a transformers data collator for these rows

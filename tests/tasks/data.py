@@ -76,3 +76,35 @@ def people_and_places(n: int, seed: int) -> list[dict]:
                 tags.append("O" if kind is None else ("B-" if k == 0 else "I-") + kind)
         rows.append({"tokens": tokens, "tags": tags})
     return rows
+
+
+COMPANIES = ["acme", "globex", "initech", "umbrella", "hooli", "stark industries", "wayne enterprises"]
+
+
+def questions(n: int, seed: int, filler: int = 0) -> list[dict]:
+    """qa: {"id", "question", "context", "answers": {"text", "answer_start"}}: a context of three facts (with
+    `filler` random words before them), a question about one."""
+    rng = random.Random(seed)
+    rows = []
+    for k in range(n):
+        a, b, c = rng.sample(FIRST, 3)
+        city, company, pet = " ".join(rng.choice(CITIES)), rng.choice(COMPANIES), rng.choice(["cat", "dog", "parrot"])
+        words = " ".join(rng.choice(SUBJECTS).split()[-1] for _ in range(filler))
+        facts = [
+            (f"{a} lives in {city} .", f"where does {a} live ?", city),
+            (f"{b} works at {company} .", f"where does {b} work ?", company),
+            (f"{c} owns a {pet} .", f"what does {c} own ?", pet),
+        ]
+        rng.shuffle(facts)
+        context = (words + " " if words else "") + " ".join(f for f, _, _ in facts)
+        fact, question, answer = rng.choice(facts)
+        start = context.index(fact) + fact.index(answer, len(fact.split()[0]))
+        rows.append(
+            {
+                "id": f"q{k}",
+                "question": question,
+                "context": context,
+                "answers": {"text": [answer], "answer_start": [start]},
+            }
+        )
+    return rows

@@ -25,27 +25,11 @@ def _run(*argv):
     return main(list(argv))
 
 
-def _finetune(task, train, dev, output, epochs):
-    """A fine-tuning run at the tests' budget (batch 16, learning rate 1e-4, no progress bar); its exit code."""
-    return _run(
-        "finetune",
-        task,
-        "--model",
-        MODEL,
-        "--train",
-        train,
-        "--validation",
-        dev,
-        "--output",
-        output,
-        "--epochs",
-        str(epochs),
-        "--batch-size",
-        "16",
-        "--lr",
-        "1e-4",
-        "--no-progress",
-    )
+def _finetune(task, train, dev, output, epochs, *options):
+    """A fine-tuning run at the tests' budget (batch 16, learning rate 1e-4 unless options say otherwise, no
+    progress bar); its exit code."""
+    base = ["finetune", task, "--model", MODEL, "--train", train, "--validation", dev, "--output", output]
+    return _run(*base, "--epochs", str(epochs), "--batch-size", "16", "--lr", "1e-4", "--no-progress", *options)
 
 
 def test_classify_learns_and_the_folder_loads_in_transformers(tmp_path, capsys):
@@ -163,3 +147,25 @@ def test_tag_learns_and_predicts_per_word(tmp_path, capsys):
     assert right >= 0.9 * sum(len(r["tags"]) for r in dev_rows[:20])
     assert _run("predict", "--model", str(out), "--input", words, "--output", str(tmp_path / "t.csv")) == 2
     assert "written to .jsonl" in capsys.readouterr().err
+
+
+def test_qa_learns_and_answers(tmp_path, capsys):
+    train = _jsonl(tmp_path / "t.jsonl", data.questions(300, seed=9))
+    dev_rows = data.questions(60, seed=10, filler=40)  # longer contexts: several windows each at 64 tokens
+    dev = _jsonl(tmp_path / "d.jsonl", dev_rows)
+    out = tmp_path / "reader"
+    code = _finetune("qa", train, dev, str(out), 4, "--lr", "2e-4", "--max-length", "64", "--doc-stride", "16")
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["exact_match"] >= 70 and metrics["f1"] >= 75, metrics  # measured 100 / 100
+
+    from transformers import BertForQuestionAnswering
+
+    assert BertForQuestionAnswering.from_pretrained(out).config.architectures == ["BertForQuestionAnswering"]
+    unanswered = _jsonl(tmp_path / "u.jsonl", [{k: r[k] for k in ("id", "question", "context")} for r in dev_rows])
+    pred = tmp_path / "answers.jsonl"
+    assert _run("predict", "--model", str(out), "--input", unanswered, "--output", str(pred), "--max-length", "64") == 0
+    answers = [json.loads(line) for line in pred.read_text().splitlines()]
+    assert [a["id"] for a in answers] == [r["id"] for r in dev_rows]
+    right = sum(a["answer"] == r["answers"]["text"][0] for a, r in zip(answers, dev_rows))
+    assert right >= 0.7 * len(dev_rows)
