@@ -11,7 +11,8 @@ What differs from transformers, and why:
   may fail deep inside a loss or, for some values, not at all;
 - ``BertForQuestionAnswering`` with ``pad_outputs="zero"`` sets the start/end logits of pad positions to the
   dtype's minimum (pad positions have no hidden state; transformers computes logits there from one);
-- ``BertForMaskedLM(config, sparse_prediction=True)`` (off by default) runs the MLM decoder only on positions
+- ``BertForMaskedLM(config, sparse_prediction=True)`` (and ``BertForPreTraining``'s, with both labels; off by
+  default) runs the MLM decoder only on positions
   whose label is not -100 when labels are given: the loss is the same, ``logits`` then has shape
   (number of labelled positions, vocab) instead of (B, L, vocab).
 """
@@ -86,6 +87,13 @@ def _batch_and_length(input_ids: Tensor | None, inputs_embeds: Tensor | None) ->
     if ref is None:
         raise ValueError("input_ids: either input_ids or inputs_embeds must be given")
     return ref.shape[0], ref.shape[1] if ref.dim() > 1 else 1
+
+
+def _sparse_mlm(predictions: nn.Module, hidden: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """(logits, loss) of the MLM decoder run only on the labelled positions: (labelled positions, vocab)."""
+    selected = labels.reshape(-1) != IGNORE_INDEX
+    logits = predictions(hidden.reshape(-1, hidden.shape[-1])[selected])
+    return logits, nn.functional.cross_entropy(logits, labels.reshape(-1)[selected])
 
 
 class BertForSequenceClassification(hf.BertForSequenceClassification):
@@ -284,10 +292,7 @@ class BertForMaskedLM(hf.BertForMaskedLM):
             return_dict=True,
             **kwargs,
         )
-        selected = labels.reshape(-1) != IGNORE_INDEX
-        hidden = outputs[0].reshape(-1, outputs[0].shape[-1])[selected]
-        logits = self.cls(hidden)
-        loss = nn.functional.cross_entropy(logits, labels.reshape(-1)[selected])
+        logits, loss = _sparse_mlm(self.cls, outputs[0], labels)
         out = MaskedLMOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
@@ -327,11 +332,14 @@ class BertForNextSentencePrediction(hf.BertForNextSentencePrediction):
 
 
 class BertForPreTraining(hf.BertForPreTraining):
-    """Masked LM + next-sentence prediction, BERT's pretraining objective."""
+    """Masked LM + next-sentence prediction, BERT's pretraining objective. ``sparse_prediction=True`` (off by
+    default) runs the MLM decoder only on labelled positions when both labels are given, as in
+    ``BertForMaskedLM``: the same loss, ``prediction_logits`` of shape (labelled positions, vocab)."""
 
-    def __init__(self, config: BertConfig, pad_outputs: str = "zero"):
+    def __init__(self, config: BertConfig, pad_outputs: str = "zero", sparse_prediction: bool = False):
         super().__init__(config)
         _use_fastbert_encoder(self, pad_outputs)
+        self.sparse_prediction = sparse_prediction
 
     def forward(
         self,
@@ -350,6 +358,26 @@ class BertForPreTraining(hf.BertForPreTraining):
                 _check_class_labels("labels", labels, self.config.vocab_size, allow_ignore=True, shape=shape)
             if next_sentence_label is not None:
                 _check_class_labels("next_sentence_label", next_sentence_label.reshape(-1), 2, shape=(shape[0],))
+        if self.sparse_prediction and labels is not None and next_sentence_label is not None:
+            outputs = self.bert(
+                input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=token_type_ids,
+                position_ids=position_ids,
+                inputs_embeds=inputs_embeds,
+                return_dict=True,
+                **kwargs,
+            )
+            logits, mlm_loss = _sparse_mlm(self.cls.predictions, outputs[0], labels)
+            nsp_logits = self.cls.seq_relationship(outputs[1])
+            nsp_loss = nn.functional.cross_entropy(nsp_logits, next_sentence_label.reshape(-1))
+            return hf.BertForPreTrainingOutput(
+                loss=mlm_loss + nsp_loss,
+                prediction_logits=logits,
+                seq_relationship_logits=nsp_logits,
+                hidden_states=outputs.hidden_states,
+                attentions=outputs.attentions,
+            )
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,

@@ -127,6 +127,23 @@ def test_sparse_mlm_prediction_same_loss():
     assert math.isclose(a.loss.item(), b.loss.item(), rel_tol=1e-5)
 
 
+def test_sparse_pretraining_prediction_same_loss_and_gradients():
+    ref, dense = _pair("BertForPreTraining", "zero")
+    sparse = heads.BertForPreTraining(ref.config, sparse_prediction=True)
+    sparse.load_state_dict(ref.state_dict())
+    kw = _batch("BertForPreTraining", ref.config)
+    a, b = dense.eval()(**kw), sparse.eval()(**kw)
+    n_labelled = int((kw["labels"] != -100).sum())
+    assert b.prediction_logits.shape == (n_labelled, ref.config.vocab_size)
+    assert math.isclose(a.loss.item(), b.loss.item(), rel_tol=1e-5)
+    assert torch.allclose(a.seq_relationship_logits, b.seq_relationship_logits)
+    a.loss.backward()
+    b.loss.backward()
+    for (name, p), q in zip(dense.named_parameters(), sparse.parameters()):
+        if p.grad is not None:
+            assert torch.allclose(p.grad, q.grad, atol=1e-5, rtol=1e-4), name
+
+
 def test_mlm_decoder_tied_and_checkpoints_round_trip(tmp_path):
     ref, ours = _pair("BertForMaskedLM", "zero")
     assert ours.cls.predictions.decoder.weight is ours.bert.embeddings.word_embeddings.weight
