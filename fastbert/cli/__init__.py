@@ -1,4 +1,4 @@
-"""The `fastbert` command: `encode`, `validate`, `bench`, `info`, `finetune` and `predict`, a module each.
+"""The `fastbert` command: `encode`, `validate`, `bench`, `info`, `finetune` and `predict`, `pretrain`.
 
 Only argparse is imported up front; each subcommand imports what it needs when it runs, so `fastbert encode`
 never pays for transformers (about 4 s of start-up here) and `--help` stays instant.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, encode, finetune, info, validate
+from . import bench, encode, finetune, info, pretrain, validate
 from .common import PROG
 
 __all__ = ["build_parser", "main"]
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `fastbert <command> --help` for a command's options.",
     )
     sub = parser.add_subparsers(dest="command", metavar="command")
-    for command in (encode, validate, bench, info, finetune):
+    for command in (encode, validate, bench, info, finetune, pretrain):
         command.add_parser(sub)
     return parser
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..tasks.run import RunOptions
 
 PROG = "fastbert"
 
@@ -35,3 +39,30 @@ def die(cmd: str, msg: str, code: int = 2) -> int:
     """Print `fastbert <cmd>: error: <msg>` to stderr; returns the exit code."""
     print(f"{PROG} {cmd}: error: {msg}", file=sys.stderr, flush=True)
     return code
+
+
+def add_run_options(p: argparse.ArgumentParser, lr: float) -> None:
+    """The training-run options `finetune` and `pretrain` share (fastbert.tasks.run.RunOptions)."""
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--lr", type=float, default=lr, help="peak learning rate (linear warmup, then linear decay)")
+    p.add_argument("--warmup", type=float, default=0.1, help="share of the steps spent warming up")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT.checkpoints")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def run_options(args: argparse.Namespace) -> RunOptions:
+    from ..tasks.run import RunOptions
+
+    return RunOptions(
+        epochs=args.epochs,
+        learning_rate=args.lr,
+        batch_size=args.batch_size,
+        warmup_ratio=args.warmup,
+        seed=args.seed,
+        bf16=args.bf16,
+        resume=args.resume,
+        progress=args.progress,
+    )

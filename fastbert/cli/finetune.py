@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from .common import PROG, Formatter, die
+from .common import PROG, Formatter, add_run_options, die, run_options
 
 FINETUNE_HELP = """\
 Fine-tune a BERT folder on fastbert's kernels, with transformers' Trainer:
@@ -48,17 +48,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-field", default=None, help="the text (default: text; tag: tokens, a list of words)")
     p.add_argument("--pair-field", default=None, help="second text (default: text_pair for pair, none otherwise)")
     p.add_argument("--label-field", default=None, help="the label (default: label; tag: tags, one per word)")
-    p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (linear warmup, then linear decay)")
-    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument(
         "--doc-stride", type=int, default=None, help="qa: overlap of a long context's windows (default: max length / 4)"
     )
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT.checkpoints")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_run_options(p, lr=5e-5)
     p.set_defaults(func=run_finetune)
 
     q = sub.add_parser(
@@ -93,15 +87,9 @@ def run_finetune(args: argparse.Namespace) -> int:
             text_field=args.text_field,
             pair_field=args.pair_field,
             label_field=args.label_field,
-            epochs=args.epochs,
-            learning_rate=args.lr,
-            batch_size=args.batch_size,
             max_length=args.max_length,
             stride=args.doc_stride,
-            seed=args.seed,
-            bf16=args.bf16,
-            resume=args.resume,
-            progress=args.progress,
+            options=run_options(args),
         )
     except (InputError, OSError) as exc:
         return die("finetune", str(exc))

@@ -108,3 +108,36 @@ def questions(n: int, seed: int, filler: int = 0) -> list[dict]:
             }
         )
     return rows
+
+
+SYLLABLES = "ka lo mi su te ra no vi da pe zu fo gi ba ho".split()
+FUNCTION_WORDS = "the a of and to in is was".split()
+
+
+def corpus(n_docs: int, seed: int, topics: int = 16) -> list[list[str]]:
+    """Pretraining documents (lists of sentences): each about one of `topics` topics, whose own 25 words (made of
+    syllables) fill its sentences between common function words. Next-sentence prediction is learnable (a random
+    B is from another topic 15 times in 16), and so is masked LM (a word's topic narrows it down)."""
+    rng = random.Random(seed)
+    vocab = [
+        [rng.choice(SYLLABLES) + rng.choice(SYLLABLES) + rng.choice(SYLLABLES) for _ in range(25)]
+        for _ in range(topics)
+    ]
+    docs = []
+    for _ in range(n_docs):
+        words = vocab[rng.randrange(topics)]
+        doc = []
+        for _ in range(rng.randint(4, 9)):
+            sent = [
+                rng.choice(words) if rng.random() < 0.7 else rng.choice(FUNCTION_WORDS)
+                for _ in range(rng.randint(6, 14))
+            ]
+            doc.append(" ".join(sent) + " .")
+        docs.append(doc)
+    return docs
+
+
+def write_corpus(path, docs: list[list[str]]) -> str:
+    """BERT's text format: a sentence per line, a blank line between documents."""
+    path.write_text("\n\n".join("\n".join(d) for d in docs) + "\n")
+    return str(path)

@@ -1,0 +1,189 @@
+"""``pretrain``: BERT pretraining (masked LM + next-sentence prediction) from raw text on fastbert's
+BertForPreTraining, with transformers' Trainer (fastbert/tasks/run.py: checkpoints, ``--resume``, bf16, an
+output written whole). The data is made as BERT's recipe makes it (fastbert/tasks/pretrain_data.py).
+
+Tokenizer: the one in ``model`` (continued pretraining, or a new model with ``config``), else a WordPiece
+vocabulary trained on the corpus (``tokenizers``' trainer, BERT's normalization, ``vocab_size``, ``lowercase``),
+saved with the model so the output is a complete folder. Model: ``model``'s weights, or a new model from
+``config``: a preset (tiny, mini, small, medium, base, large: the sizes of Google's BERT releases) or a
+config.json. The MLM decoder runs on masked positions only. Batches are grouped by length (transformers'
+``train_sampling_strategy="group_by_length"``), so they carry little padding. ``validation_share`` of the pairs
+(at least one) is held out: ``metrics.json`` reports their MLM loss and accuracy and NSP accuracy, each measured
+on the same masks every time.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from ..batch.files import InputError
+from . import pretrain_data
+from .run import RunOptions, new_output, require_trainer, train_into, training_arguments
+
+PRESETS = {  # (layers, hidden, heads); intermediate = 4 x hidden
+    "tiny": (2, 128, 2),
+    "mini": (4, 256, 4),
+    "small": (4, 512, 8),
+    "medium": (8, 512, 8),
+    "base": (12, 768, 12),
+    "large": (24, 1024, 16),
+}
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _train_tokenizer(documents: list[list[str]], vocab_size: int, lowercase: bool) -> Any:
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertTokenizerFast
+
+    wp = BertWordPieceTokenizer(lowercase=lowercase, strip_accents=lowercase)
+    wp.train_from_iterator((s for d in documents for s in d), vocab_size=vocab_size, special_tokens=SPECIAL)
+    pad, unk, cls, sep, mask = SPECIAL
+    return BertTokenizerFast(
+        tokenizer_object=wp._tokenizer,  # the trained tokenizers.Tokenizer (wp only wraps it)
+        pad_token=pad,
+        unk_token=unk,
+        cls_token=cls,
+        sep_token=sep,
+        mask_token=mask,
+        do_lower_case=lowercase,
+    )
+
+
+def _model_config(config: str, vocab_size: int, max_seq_length: int) -> Any:
+    from transformers import BertConfig
+
+    if config in PRESETS:
+        layers, hidden, heads = PRESETS[config]
+        return BertConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=4 * hidden,
+            max_position_embeddings=max(512, max_seq_length),
+        )
+    path = Path(config)
+    if not path.is_file():
+        raise InputError(f"config: {config!r} is neither a preset ({', '.join(PRESETS)}) nor a config.json file")
+    try:
+        cfg = BertConfig.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+        raise InputError(f"{config}: not a BERT config ({exc})") from None
+    cfg.vocab_size = vocab_size
+    if cfg.max_position_embeddings < max_seq_length:
+        raise InputError(f"{config}: max_position_embeddings {cfg.max_position_embeddings} < max_seq_length")
+    return cfg
+
+
+def evaluate(net: Any, pairs: list[dict], collator: Any, batch_size: int = 64) -> dict[str, float]:
+    """MLM loss and accuracy on the masked positions, NSP accuracy, over held-out pairs (masks from the
+    collator's own generator, so a fixed seed gives the same masks every time)."""
+    import torch
+
+    mlm_loss = mlm_right = n_masked = nsp_right = 0.0
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        for i in range(0, len(pairs), batch_size):
+            batch = collator(pairs[i : i + batch_size])
+            labels, nsp = batch.pop("labels"), batch.pop("next_sentence_label", None)
+            out = net(**batch)
+            logits = out.prediction_logits.float()
+            sel = labels != pretrain_data.IGNORE
+            mlm_loss += float(torch.nn.functional.cross_entropy(logits[sel], labels[sel], reduction="sum"))
+            mlm_right += float((logits[sel].argmax(-1) == labels[sel]).sum())
+            n_masked += float(sel.sum())
+            if nsp is not None:
+                nsp_right += float((out.seq_relationship_logits.argmax(-1) == nsp).sum())
+    net.train(was_training)
+    metrics = {"mlm_loss": mlm_loss / n_masked, "mlm_accuracy": mlm_right / n_masked}
+    if collator.nsp:
+        metrics["nsp_accuracy"] = nsp_right / len(pairs)
+    return metrics
+
+
+def pretrain(
+    corpus: list[str],
+    output: str,
+    model: str | None = None,
+    config: str | None = None,
+    vocab_size: int = 30522,
+    lowercase: bool = True,
+    max_seq_length: int = 128,
+    short_seq_prob: float = 0.1,
+    mask_rate: float = 0.15,
+    whole_word: bool = False,
+    nsp: bool = True,
+    text_field: str = "text",
+    validation_share: float = 0.02,
+    options: RunOptions | None = None,
+) -> dict[str, float]:
+    """Pretrain on the corpus files; returns the held-out metrics written to ``OUTPUT/metrics.json``. ``model``
+    alone continues pretraining that folder; ``config`` (default tiny) makes a new model, with ``model``'s
+    tokenizer when given, else one trained on the corpus."""
+    opts = options or RunOptions(learning_rate=1e-4)
+    opts.check()
+    if not 0 < mask_rate < 1:
+        raise InputError(f"mask rate: expected a share in (0, 1), got {mask_rate}")
+    if not 0 <= short_seq_prob <= 1 or not 0 <= validation_share < 0.5:
+        raise InputError("short_seq_prob must be in [0, 1] and validation_share in [0, 0.5)")
+    out = new_output(output)
+    require_trainer()
+    from transformers import AutoTokenizer, Trainer, set_seed
+
+    from ..hf.heads import BertForPreTraining
+
+    documents = [doc for path in corpus for doc in pretrain_data.read_documents(path, text_field)]
+    if not documents:
+        raise InputError(f"corpus: no text in {', '.join(corpus)}")
+    set_seed(opts.seed)
+    if model is not None:
+        tokenizer = AutoTokenizer.from_pretrained(model)
+    else:
+        tokenizer = _train_tokenizer(documents, vocab_size, lowercase)
+    sentences = [s for d in documents for s in d]
+    ids = tokenizer(sentences, add_special_tokens=False)["input_ids"]
+    tokenized, k = [], 0
+    for d in documents:
+        tokenized.append([t for t in ids[k : k + len(d)] if t])
+        k += len(d)
+    rng = random.Random(opts.seed)
+    pairs = pretrain_data.make_pairs(
+        tokenized, tokenizer.cls_token_id, tokenizer.sep_token_id, max_seq_length, rng, short_seq_prob, nsp
+    )
+    rows = [
+        {"input_ids": p.input_ids, "token_type_ids": p.token_type_ids, "next_sentence_label": p.next_sentence_label}
+        for p in pairs
+    ]
+    rng.shuffle(rows)
+    n_val = max(1, int(len(rows) * validation_share)) if validation_share > 0 else 0
+    val_rows, train_rows = rows[:n_val], rows[n_val:]
+    if not train_rows:
+        raise InputError("corpus: too little text to make a training pair")
+
+    if model is not None and config is None:  # continued pretraining
+        net = BertForPreTraining.from_pretrained(model, sparse_prediction=True)
+    else:
+        net = BertForPreTraining(
+            _model_config(config or "tiny", len(tokenizer), max_seq_length), sparse_prediction=True
+        )
+    collator = pretrain_data.PretrainingCollator(tokenizer, mask_rate, whole_word, nsp, seed=opts.seed)
+
+    def make_trainer(checkpoints: Path) -> Trainer:
+        args = training_arguments(
+            checkpoints, opts, train_sampling_strategy="group_by_length", remove_unused_columns=False
+        )
+        return Trainer(model=net, args=args, train_dataset=train_rows, data_collator=collator)
+
+    def finish(trainer: Trainer, result: Any, staging: Path) -> dict[str, float]:
+        trainer.save_model(str(staging))
+        tokenizer.save_pretrained(str(staging))
+        held_out = pretrain_data.PretrainingCollator(tokenizer, mask_rate, whole_word, nsp, seed=opts.seed + 1)
+        metrics = evaluate(net, val_rows, held_out) if val_rows else {}
+        metrics.update(train_loss=float(result.training_loss), pairs=len(train_rows), held_out_pairs=len(val_rows))
+        return metrics
+
+    return train_into(out, opts, make_trainer, finish)

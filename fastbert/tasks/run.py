@@ -1,0 +1,117 @@
+"""The run machinery that fine-tuning and pretraining share: the output folder, transformers' TrainingArguments
+with the project's defaults, and a Trainer run whose output appears whole or not at all.
+
+``OUTPUT`` must be new or empty. The run writes its checkpoints to ``OUTPUT.checkpoints`` (cleared first unless
+resuming; removed when the run completes) and its result to ``OUTPUT.partial``, renamed to ``OUTPUT`` at the end;
+on any failure ``OUTPUT.partial`` is removed, so nothing half-written is left under the output's name.
+``log.jsonl`` holds every Trainer log line of the run (those before a resume included), ``metrics.json`` the
+metrics the caller computed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..batch.files import InputError
+
+
+@dataclass
+class RunOptions:
+    epochs: float = 3.0
+    learning_rate: float = 5e-5
+    batch_size: int = 32
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    seed: int = 42
+    bf16: bool = False
+    resume: bool = False
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.epochs <= 0 or self.learning_rate <= 0 or self.batch_size < 1:
+            raise InputError("epochs, learning rate and batch size must be positive")
+        if not 0 <= self.warmup_ratio < 1:
+            raise InputError(f"warmup ratio: expected a share in [0, 1), got {self.warmup_ratio}")
+
+
+def new_output(output: str) -> Path:
+    out = Path(output)
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise InputError(f"{output}: exists and is not empty; choose a new output folder")
+    return out
+
+
+def require_trainer() -> None:
+    from transformers.utils import is_accelerate_available
+
+    if not is_accelerate_available():
+        raise InputError(
+            'training runs on transformers\' Trainer, which needs accelerate: pip install "fastbert[train]"'
+        )
+
+
+def training_arguments(checkpoints: Path, opts: RunOptions, **overrides: Any) -> Any:
+    """TrainingArguments: AdamW, linear warmup then linear decay, a checkpoint per epoch, logs every 10 steps."""
+    import torch
+    from transformers import TrainingArguments
+
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(checkpoints),
+        num_train_epochs=opts.epochs,
+        learning_rate=opts.learning_rate,
+        per_device_train_batch_size=opts.batch_size,
+        per_device_eval_batch_size=max(opts.batch_size, 64),
+        warmup_steps=opts.warmup_ratio,  # a float below 1: a share of the steps
+        weight_decay=opts.weight_decay,
+        lr_scheduler_type="linear",
+        seed=opts.seed,
+        data_seed=opts.seed,
+        bf16=opts.bf16,
+        save_strategy="epoch",
+        save_total_limit=1,
+        logging_steps=10,
+        report_to=[],
+        disable_tqdm=not opts.progress,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)
+
+
+def train_into(
+    out: Path,
+    opts: RunOptions,
+    make_trainer: Callable[[Path], Any],
+    finish: Callable[[Any, Any, Path], dict[str, float]],
+) -> dict[str, float]:
+    """make_trainer(checkpoints folder) -> Trainer; train it (resuming when asked and possible); then
+    finish(trainer, train result, staging folder) saves what the output holds and returns its metrics."""
+    checkpoints = out.with_name(out.name + ".checkpoints")
+    staging = out.with_name(out.name + ".partial")
+    if not opts.resume:
+        shutil.rmtree(checkpoints, ignore_errors=True)  # another run's checkpoints must not mix with this one's
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        trainer = make_trainer(checkpoints)
+        has_checkpoint = checkpoints.is_dir() and any(p.name.startswith("checkpoint-") for p in checkpoints.iterdir())
+        result = trainer.train(resume_from_checkpoint=True if opts.resume and has_checkpoint else None)
+        staging.mkdir(parents=True)
+        metrics = finish(trainer, result, staging)
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        with open(staging / "log.jsonl", "w", encoding="utf-8") as f:
+            for entry in trainer.state.log_history:
+                f.write(json.dumps(entry) + "\n")
+        if out.exists():
+            out.rmdir()  # empty (new_output checked)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(checkpoints, ignore_errors=True)  # the run is complete: nothing left to resume
+    return metrics
