@@ -40,6 +40,12 @@ def _train_tokenizer(documents: list[list[str]], vocab_size: int, lowercase: boo
 
     wp = BertWordPieceTokenizer(lowercase=lowercase, strip_accents=lowercase)
     wp.train_from_iterator((s for d in documents for s in d), vocab_size=vocab_size, special_tokens=SPECIAL)
+    # The trainer numbers tokens in an order that varies from run to run (the same tokens, ties broken by hash
+    # order): renumber them, special tokens first, the rest sorted, so a seeded run is reproducible.
+    from tokenizers.models import WordPiece
+
+    tokens = SPECIAL + sorted(set(wp.get_vocab()) - set(SPECIAL))
+    wp._tokenizer.model = WordPiece({t: i for i, t in enumerate(tokens)}, unk_token=SPECIAL[1])
     pad, unk, cls, sep, mask = SPECIAL
     return BertTokenizerFast(
         tokenizer_object=wp._tokenizer,  # the trained tokenizers.Tokenizer (wp only wraps it)
@@ -170,7 +176,7 @@ def pretrain(
         net = BertForPreTraining(
             _model_config(config or "tiny", len(tokenizer), max_seq_length), sparse_prediction=True
         )
-    collator = pretrain_data.PretrainingCollator(tokenizer, mask_rate, whole_word, nsp, seed=opts.seed)
+    collator = pretrain_data.PretrainingCollator(tokenizer, mask_rate, whole_word, nsp)
 
     def make_trainer(checkpoints: Path) -> Trainer:
         args = training_arguments(

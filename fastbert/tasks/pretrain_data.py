@@ -189,9 +189,14 @@ def mask_tokens(
 
 
 class PretrainingCollator:
-    """Pads a batch of Pairs and masks it afresh (transformers' Trainer calls it for every batch)."""
+    """Pads a batch of Pairs and masks it afresh (transformers' Trainer calls it for every batch). With seed=None
+    each batch's masks are drawn from a generator seeded by torch's global RNG, which the Trainer's checkpoints
+    save and restore, so a resumed run masks as the uninterrupted one would; with a seed, from one generator of
+    that seed (the same masks every time: evaluation)."""
 
-    def __init__(self, tokenizer: Any, rate: float = 0.15, whole_word: bool = False, nsp: bool = True, seed: int = 0):
+    def __init__(
+        self, tokenizer: Any, rate: float = 0.15, whole_word: bool = False, nsp: bool = True, seed: int | None = None
+    ):
         self.pad_id, self.mask_id = tokenizer.pad_token_id, tokenizer.mask_token_id
         self.vocab_size, self.rate, self.nsp = len(tokenizer), rate, nsp
         self.special_ids = np.array(sorted(set(tokenizer.all_special_ids)))
@@ -199,11 +204,12 @@ class PretrainingCollator:
         if whole_word:
             vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
             self.continuation = np.array([t.startswith("##") for t in vocab])
-        self.rng = np.random.default_rng(seed)
+        self.rng = None if seed is None else np.random.default_rng(seed)
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
+        rng = self.rng or np.random.default_rng(int(torch.randint(0, 2**62, ())))
         n = max(len(r["input_ids"]) for r in batch)
         ids = np.full((len(batch), n), self.pad_id, dtype=np.int64)
         types = np.zeros((len(batch), n), dtype=np.int64)
@@ -213,7 +219,7 @@ class PretrainingCollator:
             row = np.asarray(r["input_ids"], dtype=np.int64)
             special = np.isin(row, self.special_ids)
             starts = ~self.continuation[row] if self.whole_word else None
-            masked, lab = mask_tokens(row, special, self.rng, self.mask_id, self.vocab_size, self.rate, starts)
+            masked, lab = mask_tokens(row, special, rng, self.mask_id, self.vocab_size, self.rate, starts)
             k = len(row)
             ids[i, :k], labels[i, :k], types[i, :k], mask[i, :k] = masked, lab, r["token_type_ids"], 1
         out = {

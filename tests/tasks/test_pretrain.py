@@ -3,6 +3,8 @@ that learns masked LM and next-sentence prediction, an output folder transformer
 
 import json
 
+import pytest
+
 from fastbert.cli import main
 from tests.tasks import data
 
@@ -41,3 +43,60 @@ def test_bad_corpus_is_refused(tmp_path, capsys):
     assert "no such corpus file" in capsys.readouterr().err
     assert main(["pretrain", "--corpus", one, "--output", str(tmp_path / "o"), "--config", "huge"]) == 2
     assert not (tmp_path / "o").exists()
+
+
+def test_an_interrupted_run_resumed_ends_with_the_same_weights(tmp_path, monkeypatch):
+    """Two epochs straight through, against one epoch, an interruption right after its checkpoint, and --resume:
+    the same final weights (model, optimizer, schedule, RNG and masks all continue where they stopped)."""
+    import torch
+    import transformers
+    from safetensors.torch import load_file
+
+    from fastbert.tasks.pretrain import pretrain
+    from fastbert.tasks.run import RunOptions
+
+    corpus = data.write_corpus(tmp_path / "c.txt", data.corpus(120, seed=1))
+    kw = dict(config="tiny", vocab_size=300, max_seq_length=48)
+
+    def opts(resume=False):
+        return RunOptions(epochs=2, learning_rate=1e-3, batch_size=16, seed=3, resume=resume, progress=False)
+
+    pretrain([corpus], str(tmp_path / "straight"), options=opts(), **kw)
+
+    save = transformers.Trainer._save_checkpoint
+
+    def save_then_stop(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(transformers.Trainer, "_save_checkpoint", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain([corpus], str(tmp_path / "resumed"), options=opts(), **kw)
+    assert not (tmp_path / "resumed").exists() and (tmp_path / "resumed.checkpoints").is_dir()
+    monkeypatch.setattr(transformers.Trainer, "_save_checkpoint", save)
+    steps = []
+    step = transformers.Trainer.training_step
+
+    def counted(self, *args, **kwargs):
+        steps.append(self.state.epoch)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", counted)
+    pretrain([corpus], str(tmp_path / "resumed"), options=opts(resume=True), **kw)
+    assert steps and min(steps) >= 1.0  # it went on from the checkpoint: only the second epoch's steps ran
+
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_the_trained_vocabulary_is_reproducible():
+    """tokenizers' WordPiece trainer numbers tokens differently from run to run; fastbert renumbers them."""
+    from fastbert.tasks.pretrain import SPECIAL, _train_tokenizer
+
+    docs = data.corpus(120, seed=1)
+    vocabs = [_train_tokenizer(docs, 300, True).get_vocab() for _ in range(4)]
+    assert all(v == vocabs[0] for v in vocabs)
+    assert [vocabs[0][t] for t in SPECIAL] == [0, 1, 2, 3, 4]
