@@ -4,8 +4,9 @@ with the project's defaults, and a Trainer run whose output appears whole or not
 ``OUTPUT`` must be new or empty. The run writes its checkpoints to ``OUTPUT.checkpoints`` (cleared first unless
 resuming; removed when the run completes) and its result to ``OUTPUT.partial``, renamed to ``OUTPUT`` at the end;
 on any failure ``OUTPUT.partial`` is removed, so nothing half-written is left under the output's name.
-``log.jsonl`` holds every Trainer log line of the run (those before a resume included), ``metrics.json`` the
-metrics the caller computed.
+``log.jsonl`` holds every Trainer log line of the run (those before a resume included), ``loss.png`` their
+curves (training loss, evaluation metrics; when matplotlib is installed), ``metrics.json`` the metrics the
+caller computed.
 """
 
 from __future__ import annotations
@@ -84,6 +85,36 @@ def training_arguments(checkpoints: Path, opts: RunOptions, **overrides: Any) ->
     return TrainingArguments(**kwargs)
 
 
+def plot_losses(log: list[dict[str, Any]], path: Path) -> bool:
+    """loss.png: the training loss by step, and every eval_* value by step beside it, when matplotlib is
+    installed (it is optional); returns whether it was written."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    train = [(e["step"], e["loss"]) for e in log if "loss" in e and "step" in e]
+    evals = sorted({k for e in log for k in e if k.startswith("eval_") and isinstance(e[k], (int, float))})
+    evals = [k for k in evals if k not in ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")]
+    fig, axes = plt.subplots(1, 2 if evals else 1, figsize=(10 if evals else 5, 3.5), squeeze=False)
+    if train:
+        axes[0][0].plot(*zip(*train), label="training loss")
+    axes[0][0].set_xlabel("step")
+    axes[0][0].legend()
+    for k in evals:
+        points = [(e["step"], e[k]) for e in log if k in e and "step" in e]
+        axes[0][1].plot(*zip(*points), marker="o", label=k[len("eval_") :])
+    if evals:
+        axes[0][1].set_xlabel("step")
+        axes[0][1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def train_into(
     out: Path,
     opts: RunOptions,
@@ -107,6 +138,7 @@ def train_into(
         with open(staging / "log.jsonl", "w", encoding="utf-8") as f:
             for entry in trainer.state.log_history:
                 f.write(json.dumps(entry) + "\n")
+        plot_losses(trainer.state.log_history, staging / "loss.png")
         if out.exists():
             out.rmdir()  # empty (new_output checked)
         os.replace(staging, out)

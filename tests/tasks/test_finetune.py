@@ -43,6 +43,7 @@ def test_classify_learns_and_the_folder_loads_in_transformers(tmp_path, capsys):
     assert {"macro_f1", "mcc", "loss"} <= set(metrics)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert any("loss" in e for e in log) and any("eval_accuracy" in e for e in log)
+    assert (out / "loss.png").is_file()
     assert not (tmp_path / "out.partial").exists() and not (tmp_path / "out.checkpoints").exists()
 
     from transformers import AutoTokenizer, BertForSequenceClassification
