@@ -46,7 +46,9 @@ def add_run_options(p: argparse.ArgumentParser, lr: float) -> None:
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--lr", type=float, default=lr, help="peak learning rate (linear warmup, then linear decay)")
     p.add_argument("--warmup", type=float, default=0.1, help="share of the steps spent warming up")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="examples per step (per process under torchrun)")
+    p.add_argument("--grad-accum", type=int, default=1, help="batches whose gradients add up to one step")
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: none)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT.checkpoints")
@@ -60,6 +62,8 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         epochs=args.epochs,
         learning_rate=args.lr,
         batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        max_grad_norm=args.max_grad_norm,
         warmup_ratio=args.warmup,
         seed=args.seed,
         bf16=args.bf16,

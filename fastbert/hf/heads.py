@@ -333,8 +333,10 @@ class BertForNextSentencePrediction(hf.BertForNextSentencePrediction):
 
 class BertForPreTraining(hf.BertForPreTraining):
     """Masked LM + next-sentence prediction, BERT's pretraining objective. ``sparse_prediction=True`` (off by
-    default) runs the MLM decoder only on labelled positions when both labels are given, as in
-    ``BertForMaskedLM``: the same loss, ``prediction_logits`` of shape (labelled positions, vocab)."""
+    default) runs the MLM decoder only on labelled positions when ``labels`` are given, as in
+    ``BertForMaskedLM``: the same loss, ``prediction_logits`` of shape (labelled positions, vocab); without
+    ``next_sentence_label`` the loss is the MLM loss alone (masked-LM-only pretraining; transformers' class
+    returns no loss then)."""
 
     def __init__(self, config: BertConfig, pad_outputs: str = "zero", sparse_prediction: bool = False):
         super().__init__(config)
@@ -358,7 +360,7 @@ class BertForPreTraining(hf.BertForPreTraining):
                 _check_class_labels("labels", labels, self.config.vocab_size, allow_ignore=True, shape=shape)
             if next_sentence_label is not None:
                 _check_class_labels("next_sentence_label", next_sentence_label.reshape(-1), 2, shape=(shape[0],))
-        if self.sparse_prediction and labels is not None and next_sentence_label is not None:
+        if self.sparse_prediction and labels is not None:
             outputs = self.bert(
                 input_ids,
                 attention_mask=attention_mask,
@@ -370,9 +372,11 @@ class BertForPreTraining(hf.BertForPreTraining):
             )
             logits, mlm_loss = _sparse_mlm(self.cls.predictions, outputs[0], labels)
             nsp_logits = self.cls.seq_relationship(outputs[1])
-            nsp_loss = nn.functional.cross_entropy(nsp_logits, next_sentence_label.reshape(-1))
+            loss = mlm_loss
+            if next_sentence_label is not None:
+                loss = loss + nn.functional.cross_entropy(nsp_logits, next_sentence_label.reshape(-1))
             return hf.BertForPreTrainingOutput(
-                loss=mlm_loss + nsp_loss,
+                loss=loss,
                 prediction_logits=logits,
                 seq_relationship_logits=nsp_logits,
                 hidden_states=outputs.hidden_states,

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..batch.files import InputError
 from . import qa, sequence, tagging
-from .run import RunOptions, new_output, require_trainer, train_into, training_arguments
+from .run import RunOptions, build_trainer, new_output, require_trainer, train_into, training_arguments
 
 TASKS = (*sequence.FAMILIES, *tagging.FAMILIES, *qa.FAMILIES)
 
@@ -72,7 +72,8 @@ def finetune(
             metric_for_best_model=job.best if validating else None,
             greater_is_better=True,
         )
-        return Trainer(
+        return build_trainer(
+            checkpoints,
             model=net,
             args=args,
             train_dataset=job.train,
@@ -84,7 +85,8 @@ def finetune(
     def finish(trainer: Trainer, result: Any, staging: Path) -> dict[str, float]:
         metrics = trainer.evaluate() if validating else dict(result.metrics)
         trainer.save_model(str(staging))
-        tokenizer.save_pretrained(str(staging))
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(str(staging))
         return {k[len("eval_") :] if k.startswith("eval_") else k: float(v) for k, v in metrics.items()}
 
     return train_into(out, opts, make_trainer, finish)

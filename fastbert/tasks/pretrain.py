@@ -21,7 +21,7 @@ from typing import Any
 
 from ..batch.files import InputError
 from . import pretrain_data
-from .run import RunOptions, new_output, require_trainer, train_into, training_arguments
+from .run import RunOptions, build_trainer, new_output, require_trainer, train_into, training_arguments
 
 PRESETS = {  # (layers, hidden, heads); intermediate = 4 x hidden
     "tiny": (2, 128, 2),
@@ -138,9 +138,10 @@ def pretrain(
         raise InputError("short_seq_prob must be in [0, 1] and validation_share in [0, 0.5)")
     out = new_output(output)
     require_trainer()
-    from transformers import AutoTokenizer, Trainer, set_seed
+    from transformers import AutoTokenizer, set_seed
 
     from ..hf.heads import BertForPreTraining
+    from .pretrain_trainer import PretrainingTrainer
 
     documents = [doc for path in corpus for doc in pretrain_data.read_documents(path, text_field)]
     if not documents:
@@ -178,15 +179,22 @@ def pretrain(
         )
     collator = pretrain_data.PretrainingCollator(tokenizer, mask_rate, whole_word, nsp)
 
-    def make_trainer(checkpoints: Path) -> Trainer:
+    def make_trainer(checkpoints: Path) -> PretrainingTrainer:
         args = training_arguments(
-            checkpoints, opts, train_sampling_strategy="group_by_length", remove_unused_columns=False
+            checkpoints,
+            opts,
+            train_sampling_strategy="group_by_length",
+            remove_unused_columns=False,
+            include_num_input_tokens_seen="non_padding",  # logs train_tokens_per_second
         )
-        return Trainer(model=net, args=args, train_dataset=train_rows, data_collator=collator)
+        return build_trainer(
+            checkpoints, PretrainingTrainer, model=net, args=args, train_dataset=train_rows, data_collator=collator
+        )
 
-    def finish(trainer: Trainer, result: Any, staging: Path) -> dict[str, float]:
+    def finish(trainer: PretrainingTrainer, result: Any, staging: Path) -> dict[str, float]:
         trainer.save_model(str(staging))
-        tokenizer.save_pretrained(str(staging))
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(str(staging))
         held_out = pretrain_data.PretrainingCollator(tokenizer, mask_rate, whole_word, nsp, seed=opts.seed + 1)
         metrics = evaluate(net, val_rows, held_out) if val_rows else {}
         metrics.update(train_loss=float(result.training_loss), pairs=len(train_rows), held_out_pairs=len(val_rows))

@@ -22,6 +22,7 @@ token with 0.1, and stays with 0.1. Labels are the original ids at the chosen po
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -190,9 +191,9 @@ def mask_tokens(
 
 class PretrainingCollator:
     """Pads a batch of Pairs and masks it afresh (transformers' Trainer calls it for every batch). With seed=None
-    each batch's masks are drawn from a generator seeded by torch's global RNG, which the Trainer's checkpoints
-    save and restore, so a resumed run masks as the uninterrupted one would; with a seed, from one generator of
-    that seed (the same masks every time: evaluation)."""
+    each batch's masks are drawn from a generator seeded by torch's global RNG (and the process's rank), which the
+    Trainer's checkpoints save and restore, so a resumed run masks as the uninterrupted one would; with a seed,
+    from one generator of that seed (the same masks every time: evaluation)."""
 
     def __init__(
         self, tokenizer: Any, rate: float = 0.15, whole_word: bool = False, nsp: bool = True, seed: int | None = None
@@ -209,7 +210,8 @@ class PretrainingCollator:
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
-        rng = self.rng or np.random.default_rng(int(torch.randint(0, 2**62, ())))
+        # torch's RNG is seeded alike in every process of a torchrun job: the rank keeps their masks apart
+        rng = self.rng or np.random.default_rng([int(torch.randint(0, 2**62, ())), int(os.environ.get("RANK", 0))])
         n = max(len(r["input_ids"]) for r in batch)
         ids = np.full((len(batch), n), self.pad_id, dtype=np.int64)
         types = np.zeros((len(batch), n), dtype=np.int64)

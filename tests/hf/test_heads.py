@@ -144,6 +144,18 @@ def test_sparse_pretraining_prediction_same_loss_and_gradients():
             assert torch.allclose(p.grad, q.grad, atol=1e-5, rtol=1e-4), name
 
 
+def test_sparse_pretraining_without_nsp_labels_is_the_mlm_loss():
+    ref, _ = _pair("BertForMaskedLM", "zero")
+    mlm = heads.BertForMaskedLM(ref.config)
+    mlm.load_state_dict(ref.state_dict())
+    sparse = heads.BertForPreTraining(ref.config, sparse_prediction=True)
+    sparse.load_state_dict(ref.state_dict(), strict=False)  # the NSP layer has no counterpart in the MLM head
+    kw = _batch("BertForMaskedLM", ref.config)
+    with torch.no_grad():
+        want, got = mlm.eval()(**kw).loss, sparse.eval()(**kw).loss
+    assert got is not None and math.isclose(got.item(), want.item(), rel_tol=1e-5)
+
+
 def test_mlm_decoder_tied_and_checkpoints_round_trip(tmp_path):
     ref, ours = _pair("BertForMaskedLM", "zero")
     assert ours.cls.predictions.decoder.weight is ours.bert.embeddings.word_embeddings.weight

@@ -1,6 +1,7 @@
 """`fastbert pretrain` end to end on a generated corpus: a WordPiece vocabulary trained on it, a tiny model
 that learns masked LM and next-sentence prediction, an output folder transformers loads, and bad input refused."""
 
+import importlib.util
 import json
 
 import pytest
@@ -20,6 +21,13 @@ def test_tiny_model_learns_mlm_and_nsp(tmp_path, capsys):
     # 0.97 is the ceiling), MLM loss 3.27 (uniform over the vocabulary: ln 600 = 6.4)
     assert metrics["nsp_accuracy"] >= 0.9, metrics
     assert metrics["mlm_loss"] <= 4.0, metrics
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = [e for e in log if "loss" in e]
+    assert {"mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "train_tokens_per_second"} <= set(steps[-1])
+    assert steps[-1]["nsp_accuracy"] > steps[0]["nsp_accuracy"] and steps[-1]["mlm_loss"] < steps[0]["mlm_loss"]
+    assert (out / "loss.png").is_file()
+    if importlib.util.find_spec("tensorboard"):
+        assert any(p.name.startswith("events.out.tfevents") for p in (out / "runs").iterdir())
 
     from transformers import AutoTokenizer, BertForPreTraining, BertModel
 
