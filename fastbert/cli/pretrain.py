@@ -21,9 +21,14 @@ Pretrain BERT the way BERT was pretrained, on fastbert's kernels with transforme
              with --config, a new model on DIR's tokenizer); without --model a WordPiece vocabulary is
              trained on the corpus (--vocab-size, --lowercase / --cased)
 
+The corpus streams: pairs are made --window documents at a time (a NotNext segment comes from the same
+window) and kept on disk beside OUTPUT until the run ends. The log (progress bar, log.jsonl, loss.png,
+TensorBoard when installed) carries the loss, MLM and NSP loss and accuracy, and tokens/s.
+
 OUTPUT holds the model (loads in transformers' BertForPreTraining and BertModel), its tokenizer,
 metrics.json (MLM loss and accuracy, NSP accuracy on held-out pairs) and log.jsonl; it appears only when the
-run completes; --resume continues from OUTPUT.checkpoints.
+run completes; --resume continues from OUTPUT.checkpoints. Several processes: torchrun --nproc_per_node N
+-m fastbert pretrain ... (--batch-size is per process).
 
   fastbert pretrain --corpus wiki.txt books.txt --output bert-mini/ --config mini --epochs 10
 """
@@ -45,6 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--whole-word", action="store_true", help="mask whole words")
     p.add_argument("--no-nsp", dest="nsp", action="store_false", help="masked LM only")
     p.add_argument("--validation-share", type=float, default=0.02, help="pairs held out for metrics.json")
+    p.add_argument("--window", type=int, default=5000, help="documents read into memory at a time to make pairs")
     add_run_options(p, lr=1e-4)
     p.set_defaults(func=run)
 
@@ -68,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
             nsp=args.nsp,
             text_field=args.text_field,
             validation_share=args.validation_share,
+            window=args.window,
             options=run_options(args),
         )
     except (InputError, OSError) as exc:

@@ -10,17 +10,25 @@ config.json. The MLM decoder runs on masked positions only. Batches are grouped 
 ``train_sampling_strategy="group_by_length"``), so they carry little padding. ``validation_share`` of the pairs
 (at least one) is held out: ``metrics.json`` reports their MLM loss and accuracy and NSP accuracy, each measured
 on the same masks every time.
+
+Memory: the corpus is read as a stream (twice when a vocabulary is trained on it) and its pairs are made
+``window`` documents at a time (fastbert/tasks/pair_store.py) into a hidden folder beside the output
+(``.OUTPUT.pairs-*``: the pairs' tokens, 4 bytes each, and 17 bytes a pair; one per process under torchrun),
+removed when the run ends. The same seed makes the same pairs, so ``--resume`` rebuilds them as they were.
 """
 
 from __future__ import annotations
 
 import json
-import random
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..batch.files import InputError
 from . import pretrain_data
+from .pair_store import PairStore, write_pairs
 from .run import RunOptions, build_trainer, new_output, require_trainer, train_into, training_arguments
 
 PRESETS = {  # (layers, hidden, heads); intermediate = 4 x hidden
@@ -34,12 +42,12 @@ PRESETS = {  # (layers, hidden, heads); intermediate = 4 x hidden
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def _train_tokenizer(documents: list[list[str]], vocab_size: int, lowercase: bool) -> Any:
+def _train_tokenizer(sentences: Iterable[str], vocab_size: int, lowercase: bool) -> Any:
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertTokenizerFast
 
     wp = BertWordPieceTokenizer(lowercase=lowercase, strip_accents=lowercase)
-    wp.train_from_iterator((s for d in documents for s in d), vocab_size=vocab_size, special_tokens=SPECIAL)
+    wp.train_from_iterator(sentences, vocab_size=vocab_size, special_tokens=SPECIAL)
     # The trainer numbers tokens in an order that varies from run to run (the same tokens, ties broken by hash
     # order): renumber them, special tokens first, the rest sorted, so a seeded run is reproducible.
     from tokenizers.models import WordPiece
@@ -84,7 +92,7 @@ def _model_config(config: str, vocab_size: int, max_seq_length: int) -> Any:
     return cfg
 
 
-def evaluate(net: Any, pairs: list[dict], collator: Any, batch_size: int = 64) -> dict[str, float]:
+def evaluate(net: Any, pairs: PairStore, collator: Any, batch_size: int = 64) -> dict[str, float]:
     """MLM loss and accuracy on the masked positions, NSP accuracy, over held-out pairs (masks from the
     collator's own generator, so a fixed seed gives the same masks every time)."""
     import torch
@@ -94,7 +102,7 @@ def evaluate(net: Any, pairs: list[dict], collator: Any, batch_size: int = 64) -
     net.eval()
     with torch.no_grad():
         for i in range(0, len(pairs), batch_size):
-            batch = collator(pairs[i : i + batch_size])
+            batch = collator([pairs[j] for j in range(i, min(i + batch_size, len(pairs)))])
             labels, nsp = batch.pop("labels"), batch.pop("next_sentence_label", None)
             out = net(**batch)
             logits = out.prediction_logits.float()
@@ -125,6 +133,7 @@ def pretrain(
     nsp: bool = True,
     text_field: str = "text",
     validation_share: float = 0.02,
+    window: int = 5000,
     options: RunOptions | None = None,
 ) -> dict[str, float]:
     """Pretrain on the corpus files; returns the held-out metrics written to ``OUTPUT/metrics.json``. ``model``
@@ -143,61 +152,52 @@ def pretrain(
     from ..hf.heads import BertForPreTraining
     from .pretrain_trainer import PretrainingTrainer
 
-    documents = [doc for path in corpus for doc in pretrain_data.read_documents(path, text_field)]
-    if not documents:
+    def documents() -> Iterator[list[str]]:  # read afresh each time: the corpus is never held whole
+        for path in corpus:
+            yield from pretrain_data.read_documents(path, text_field)
+
+    if next(documents(), None) is None:
         raise InputError(f"corpus: no text in {', '.join(corpus)}")
     set_seed(opts.seed)
     if model is not None:
         tokenizer = AutoTokenizer.from_pretrained(model)
     else:
-        tokenizer = _train_tokenizer(documents, vocab_size, lowercase)
-    sentences = [s for d in documents for s in d]
-    ids = tokenizer(sentences, add_special_tokens=False)["input_ids"]
-    tokenized, k = [], 0
-    for d in documents:
-        tokenized.append([t for t in ids[k : k + len(d)] if t])
-        k += len(d)
-    rng = random.Random(opts.seed)
-    pairs = pretrain_data.make_pairs(
-        tokenized, tokenizer.cls_token_id, tokenizer.sep_token_id, max_seq_length, rng, short_seq_prob, nsp
-    )
-    rows = [
-        {"input_ids": p.input_ids, "token_type_ids": p.token_type_ids, "next_sentence_label": p.next_sentence_label}
-        for p in pairs
-    ]
-    rng.shuffle(rows)
-    n_val = max(1, int(len(rows) * validation_share)) if validation_share > 0 else 0
-    val_rows, train_rows = rows[:n_val], rows[n_val:]
-    if not train_rows:
-        raise InputError("corpus: too little text to make a training pair")
-
-    if model is not None and config is None:  # continued pretraining
-        net = BertForPreTraining.from_pretrained(model, sparse_prediction=True)
-    else:
-        net = BertForPreTraining(
-            _model_config(config or "tiny", len(tokenizer), max_seq_length), sparse_prediction=True
+        tokenizer = _train_tokenizer((s for d in documents() for s in d), vocab_size, lowercase)
+    store = Path(tempfile.mkdtemp(prefix=f".{out.name}.pairs-", dir=out.absolute().parent))
+    try:
+        train_pairs, held_out_pairs = write_pairs(
+            documents(), tokenizer, store, max_seq_length, opts.seed, short_seq_prob, nsp, validation_share, window
         )
-    collator = pretrain_data.PretrainingCollator(tokenizer, mask_rate, whole_word, nsp)
+        if model is not None and config is None:  # continued pretraining
+            net = BertForPreTraining.from_pretrained(model, sparse_prediction=True)
+        else:
+            model_config = _model_config(config or "tiny", len(tokenizer), max_seq_length)
+            net = BertForPreTraining(model_config, sparse_prediction=True)
+        collator = pretrain_data.PretrainingCollator(tokenizer, mask_rate, whole_word, nsp)
 
-    def make_trainer(checkpoints: Path) -> PretrainingTrainer:
-        args = training_arguments(
-            checkpoints,
-            opts,
-            train_sampling_strategy="group_by_length",
-            remove_unused_columns=False,
-            include_num_input_tokens_seen="non_padding",  # logs train_tokens_per_second
-        )
-        return build_trainer(
-            checkpoints, PretrainingTrainer, model=net, args=args, train_dataset=train_rows, data_collator=collator
-        )
+        def make_trainer(checkpoints: Path) -> PretrainingTrainer:
+            args = training_arguments(
+                checkpoints,
+                opts,
+                train_sampling_strategy="group_by_length",
+                remove_unused_columns=False,
+                include_num_input_tokens_seen="non_padding",  # logs train_tokens_per_second
+            )
+            return build_trainer(
+                checkpoints, PretrainingTrainer, model=net, args=args, train_dataset=train_pairs, data_collator=collator
+            )
 
-    def finish(trainer: PretrainingTrainer, result: Any, staging: Path) -> dict[str, float]:
-        trainer.save_model(str(staging))
-        if trainer.is_world_process_zero():
-            tokenizer.save_pretrained(str(staging))
-        held_out = pretrain_data.PretrainingCollator(tokenizer, mask_rate, whole_word, nsp, seed=opts.seed + 1)
-        metrics = evaluate(net, val_rows, held_out) if val_rows else {}
-        metrics.update(train_loss=float(result.training_loss), pairs=len(train_rows), held_out_pairs=len(val_rows))
-        return metrics
+        def finish(trainer: PretrainingTrainer, result: Any, staging: Path) -> dict[str, float]:
+            trainer.save_model(str(staging))
+            if trainer.is_world_process_zero():
+                tokenizer.save_pretrained(str(staging))
+            held_out = pretrain_data.PretrainingCollator(tokenizer, mask_rate, whole_word, nsp, seed=opts.seed + 1)
+            metrics = evaluate(net, held_out_pairs, held_out) if len(held_out_pairs) else {}
+            metrics.update(
+                train_loss=float(result.training_loss), pairs=len(train_pairs), held_out_pairs=len(held_out_pairs)
+            )
+            return metrics
 
-    return train_into(out, opts, make_trainer, finish)
+        return train_into(out, opts, make_trainer, finish)
+    finally:
+        shutil.rmtree(store, ignore_errors=True)

@@ -105,6 +105,6 @@ def test_the_trained_vocabulary_is_reproducible():
     from fastbert.tasks.pretrain import SPECIAL, _train_tokenizer
 
     docs = data.corpus(120, seed=1)
-    vocabs = [_train_tokenizer(docs, 300, True).get_vocab() for _ in range(4)]
+    vocabs = [_train_tokenizer((s for d in docs for s in d), 300, True).get_vocab() for _ in range(4)]
     assert all(v == vocabs[0] for v in vocabs)
     assert [vocabs[0][t] for t in SPECIAL] == [0, 1, 2, 3, 4]
