@@ -66,8 +66,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--model", required=True, help="a fine-tuned folder (fastbert finetune's output)")
     q.add_argument("--input", required=True, help="rows to predict (.csv, .tsv, .jsonl, .parquet, .txt; tag: CoNLL)")
     q.add_argument("--output", required=True, help="predictions file (.jsonl, .csv, .tsv)")
-    q.add_argument("--text-field", default=None, help="the text (default: text; tagging models: tokens)")
-    q.add_argument("--pair-field", default=None)
+    q.add_argument(
+        "--text-field", default=None, help="the text (default: as fine-tuned, else text; tagging models: tokens)"
+    )
+    q.add_argument("--pair-field", default=None, help="the second text (default: as fine-tuned)")
+    q.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     q.add_argument("--batch-size", type=int, default=64)
     q.add_argument("--max-length", type=int, default=128)
     q.set_defaults(func=run_predict)
@@ -111,7 +114,14 @@ def run_predict(args: argparse.Namespace) -> int:
 
     try:
         n = predict(
-            args.model, args.input, args.output, args.text_field, args.pair_field, args.batch_size, args.max_length
+            args.model,
+            args.input,
+            args.output,
+            args.text_field,
+            args.pair_field,
+            args.batch_size,
+            args.max_length,
+            args.device,
         )
     except (InputError, OSError) as exc:
         return die("predict", str(exc))

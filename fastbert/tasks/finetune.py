@@ -58,7 +58,9 @@ def finetune(
         job = qa.prepare(tokenizer, train, validation, max_length, stride)
     else:
         job = sequence.prepare(task, tokenizer, train, validation, max_length, text_field, pair_field, label_field)
-    config = AutoConfig.from_pretrained(model, **job.config)  # keys the head does not know are kept on the config
+    config = AutoConfig.from_pretrained(model)
+    for key, value in job.config.items():  # set one by one: from_pretrained drops keys a config class does not know
+        setattr(config, key, value)
     net = getattr(heads, job.head).from_pretrained(model, config=config)
     validating = job.validation is not None
 

@@ -7,7 +7,7 @@ Sequence models: rows of ``label`` and ``score`` (the predicted class's probabil
 JSONL rows of ``tokens`` and ``tags`` (null for words cut by ``max_length``), from JSONL or CoNLL input
 (fastbert/tasks/tagging.py). Question-answering models: JSONL rows of ``id``, ``answer`` and ``score`` from SQuAD
 JSON or JSONL questions with contexts (fastbert/tasks/qa.py). Written under a temporary name and renamed when
-complete.
+complete. The model runs on ``device`` (CUDA when available, else the CPU).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 from ..batch.files import InputError, Reader, atomic_output
 from . import qa, tagging
+from .sequence import FIELDS
 
 _OUTPUT = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 _HEADS = ("BertForSequenceClassification", "BertForTokenClassification", "BertForQuestionAnswering")
@@ -36,7 +37,7 @@ def _sequence_rows(net: Any, tokenizer: Any, rows: list, paired: bool, batch_siz
             enc = tokenizer(
                 [t for t, _ in chunk], pairs, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
             )
-            logits = net(**enc).logits.float()
+            logits = net(**enc.to(net.device)).logits.float().cpu()
             if regression:
                 out += [{"score": float(v)} for v in logits.reshape(-1)]
             else:
@@ -60,7 +61,7 @@ def _tag_rows(net: Any, tokenizer: Any, words: list[list[str]], batch_size: int,
                 padding=True,
                 return_tensors="pt",
             )
-            pred = net(**enc).logits.argmax(-1)
+            pred = net(**enc.to(net.device)).logits.argmax(-1).cpu()
             for r, sentence in enumerate(chunk):
                 tags: list[str | None] = [None] * len(sentence)
                 prev = None
@@ -80,22 +81,34 @@ def predict(
     pair_field: str | None = None,
     batch_size: int = 64,
     max_length: int = 128,
+    device: str | None = None,
 ) -> int:
-    """Predictions for every row of ``input_file`` into ``output``; returns the number of rows. text_field
-    defaults to text (sequence models) or tokens (tagging models)."""
+    """Predictions for every row of ``input_file`` into ``output``; returns the number of rows. The fields
+    default to those the model was fine-tuned on (``finetune`` records them in its config: a pair model reads
+    two texts), else text (sequence models) or tokens (tagging models). ``device``: where the model runs
+    (default: CUDA when available, else the CPU)."""
     fmt = _OUTPUT.get(Path(output).suffix.lower())
     if fmt is None:
         raise InputError(f"{output}: write predictions to .jsonl, .csv or .tsv")
     if batch_size < 1:
         raise InputError(f"batch size: expected >= 1, got {batch_size}")
+    import torch
     from transformers import AutoConfig, AutoTokenizer
 
     from ..hf import heads
 
     try:
-        architectures = AutoConfig.from_pretrained(model).architectures or []
+        config = AutoConfig.from_pretrained(model)
     except (OSError, ValueError) as exc:
         raise InputError(f"{model}: not a model folder ({exc})") from None
+    try:
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as exc:
+        raise InputError(f"device: {device!r} cannot run here ({exc})") from None
+    architectures = config.architectures or []
+    fields = getattr(config, FIELDS, None) or {}
+    text_field, pair_field = text_field or fields.get("text"), pair_field or fields.get("pair")
     kind = next((a for a in architectures if a in _HEADS), "BertForSequenceClassification")
     if kind != "BertForSequenceClassification" and fmt != "jsonl":
         raise InputError(f"{output}: a {kind} model's predictions are written to .jsonl")
@@ -106,7 +119,7 @@ def predict(
     else:
         rows = list(Reader(input_file, text_field=text_field or "text", pair_field=pair_field))
     tokenizer = AutoTokenizer.from_pretrained(model)
-    net = getattr(heads, kind).from_pretrained(model).eval()
+    net = getattr(heads, kind).from_pretrained(model).eval().to(device)
     if kind == "BertForTokenClassification":
         results = _tag_rows(net, tokenizer, sentences.words, batch_size, max_length)
     elif kind == "BertForQuestionAnswering":

@@ -262,7 +262,7 @@ def answer_rows(net: Any, tokenizer: Any, questions: list[Question], batch_size:
             chunk = [
                 {k: v for k, v in r.items() if not k.endswith("_positions")} for r in windows.rows[i : i + batch_size]
             ]
-            out = net(**tokenizer.pad(chunk, return_tensors="pt"))
+            out = net(**tokenizer.pad(chunk, return_tensors="pt").to(net.device))
             starts += list(out.start_logits.float().numpy())
             ends += list(out.end_logits.float().numpy())
     allow_empty = bool(getattr(net.config, EMPTY_ANSWERS, False))

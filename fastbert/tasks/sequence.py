@@ -31,6 +31,9 @@ class Examples:
     wheres: list[str] = field(repr=False)  # "file:line" of each row, for errors
 
 
+FIELDS = "fastbert_fields"  # config key: the input fields the model was fine-tuned on
+
+
 def read_examples(
     path: str, family: str, text_field: str = "text", pair_field: str | None = None, label_field: str = "label"
 ) -> Examples:
@@ -201,6 +204,8 @@ def prepare(
     from transformers import DataCollatorWithPadding
 
     text_field, label_field = text_field or "text", label_field or "label"
+    if family == "pair" and pair_field is None:
+        pair_field = "text_pair"
     train_ex = read_examples(train, family, text_field, pair_field, label_field)
     val_ex = read_examples(validation, family, text_field, pair_field, label_field) if validation else None
     if family == "regress":
@@ -221,6 +226,7 @@ def prepare(
         def labels(ex: Examples) -> list:
             return class_ids(ex, names, label_field)
 
+    config[FIELDS] = {"text": text_field, "pair": pair_field}  # predict reads the same fields by default
     return Prepared(
         head="BertForSequenceClassification",
         config=config,

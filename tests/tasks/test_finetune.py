@@ -80,6 +80,16 @@ def test_pair_and_regress_learn(tmp_path, capsys):
     assert code == 0
     metrics = json.loads((tmp_path / "pair" / "metrics.json").read_text())
     assert metrics["accuracy"] >= 0.75 and metrics["f1"] >= 0.7, metrics  # measured 0.90 / 0.89
+    # predict reads both texts without being told (the fields are recorded in the model's config), on the CPU
+    pred = tmp_path / "pair.jsonl"
+    argv = ["predict", "--model", str(tmp_path / "pair"), "--input", pair_dev, "--output", str(pred)]
+    assert _run(*argv, "--device", "cpu") == 0
+    labels = [json.loads(line)["label"] for line in pred.read_text().splitlines()]
+    truth = [r["label"] for r in data.same_sentiment(100, seed=4)]
+    assert sum(int(p) == t for p, t in zip(labels, truth)) / 100 == pytest.approx(metrics["accuracy"])
+    capsys.readouterr()
+    assert _run(*argv[:-1], str(tmp_path / "p2.jsonl"), "--device", "tpu9") == 2
+    assert "device: 'tpu9'" in capsys.readouterr().err
 
     reg_train = _jsonl(tmp_path / "r.jsonl", data.positivity(320, seed=5))
     reg_dev = _jsonl(tmp_path / "rd.jsonl", data.positivity(80, seed=6))
@@ -163,6 +173,7 @@ def test_qa_learns_and_answers(tmp_path, capsys):
     from transformers import BertForQuestionAnswering
 
     assert BertForQuestionAnswering.from_pretrained(out).config.architectures == ["BertForQuestionAnswering"]
+    assert json.loads((out / "config.json").read_text())["fastbert_qa_empty_answers"] is False  # predict reads it
     unanswered = _jsonl(tmp_path / "u.jsonl", [{k: r[k] for k in ("id", "question", "context")} for r in dev_rows])
     pred = tmp_path / "answers.jsonl"
     assert _run("predict", "--model", str(out), "--input", unanswered, "--output", str(pred), "--max-length", "64") == 0
