@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..ops import reference
 from ..ops.autograd import zero_row_grad
+from ..ops.linear import linear
 from ..runtime import int8 as int8_path
 from ..runtime import layers as layer_loop
 from ..runtime.weights import fused_qkv, layer_parts
@@ -128,13 +129,13 @@ def _residual_ln(y: Tensor, dense: nn.Module, ln: nn.Module, residual: Tensor, p
 
 
 def _attn_out(ctx: Tensor, dense: nn.Module, ln: nn.Module, x: Tensor, p_drop: float, training: bool) -> Tensor:
-    return _residual_ln(F.linear(ctx, dense.weight), dense, ln, x, p_drop, training)
+    return _residual_ln(linear(ctx, dense.weight), dense, ln, x, p_drop, training)
 
 
 def _mlp(config: Any, layer: nn.Module, x: Tensor, training: bool, p_hidden: float) -> Tensor:
     _, _, _, inter, out_dense, out_ln = layer_parts(layer)
-    h = _act(config, layer, F.linear(x, inter.weight), inter.bias)  # (T, I)
-    y = F.linear(h, out_dense.weight)  # (T, H)
+    h = _act(config, layer, linear(x, inter.weight), inter.bias)  # (T, I)
+    y = linear(h, out_dense.weight)  # (T, H)
     del h  # free (T, I) before the LayerNorm
     return _residual_ln(y, out_dense, out_ln, x, p_hidden, training)
 
@@ -183,7 +184,7 @@ def _packed_layer(
     p_hidden = float(config.hidden_dropout_prob) if training else 0.0
     p_attn = float(config.attention_probs_dropout_prob) if training else 0.0
     w, b = fused_qkv(sa, need_grad)
-    qkv = F.linear(x, w)  # (T, 3H), bias left to attention
+    qkv = linear(x, w)  # (T, 3H), bias left to attention
     seed = _dropout_seed() if p_attn > 0 else 0
     ctx, _ = ops.attention(qkv, _like(b, qkv), cu_seqlens, max_seqlen, nh, scale, p_attn, seed, 0)  # (T, H)
     del qkv  # free (T, 3H) before the MLP: lower peak memory
@@ -201,7 +202,7 @@ def _padded_layer(
     p_hidden = float(config.hidden_dropout_prob) if training else 0.0
     p_attn = float(config.attention_probs_dropout_prob) if training else 0.0
     w, b = fused_qkv(sa, need_grad)
-    qkv = F.linear(x, w)  # (B, L, 3H)
+    qkv = linear(x, w)  # (B, L, 3H)
     probs = None
     if with_probs:
         ctx, probs = _attention_probs(qkv, _like(b, qkv), mask, nh, scale, p_attn, training)

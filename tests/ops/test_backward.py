@@ -441,7 +441,15 @@ ATTN_TOL = {
     torch.bfloat16: dict(atol=5e-2, rtol=5e-2),
     torch.float16: dict(atol=1e-2, rtol=1e-2),
 }
-ATTN_CASES = [([1], 1, 16), ([5, 0, 17, 1], 3, 32), ([33, 7], 2, 80), ([64, 3, 40], 2, 64), ([20, 9], 1, 128)]
+# n x n x d up to 64^3 runs in plain loops, larger through at::mm_out (csrc/cpu/attention_backward.h): both kinds
+ATTN_CASES = [
+    ([1], 1, 16),
+    ([5, 0, 17, 1], 3, 32),
+    ([33, 7], 2, 80),
+    ([64, 3, 40], 2, 64),
+    ([20, 9], 1, 128),
+    ([90, 5], 2, 48),
+]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
@@ -567,7 +575,7 @@ def _masks(gen, B, nh, L):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("mask_kind", ["bool_padding", "hf_additive", "float_full", "bool_random_rows"])
-@pytest.mark.parametrize("B, L, nh, d", [(2, 7, 2, 16), (1, 1, 1, 32), (3, 20, 3, 80)])
+@pytest.mark.parametrize("B, L, nh, d", [(2, 7, 2, 16), (1, 1, 1, 32), (3, 20, 3, 80), (1, 70, 2, 64)])
 @pytest.mark.parametrize("dropout_p", [0.0, 0.2])
 def test_attention_masked_grads_match_reference(cpu_isa, gen, dtype, mask_kind, B, L, nh, d, dropout_p):
     H = nh * d
