@@ -153,7 +153,8 @@ def describe() -> list:
     )
     return [
         f"CPU GEMMs of the inference loop (FASTBERT_CPU_GEMM=onednn|mm, now {lib}): float32 {fp32}; "
-        f"bfloat16 {bf16}; float16/float64 torch.mm",
+        f"bfloat16 {bf16}; float16/float64 torch.mm; float32 training GEMMs (forward and gradients): "
+        f"{'oneDNN' if lib == 'onednn' else 'torch.mm (MKL)'}",
         f"oneDNN primitive caches: {caps}",
     ]
 
