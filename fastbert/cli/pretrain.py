@@ -20,6 +20,7 @@ Pretrain BERT the way BERT was pretrained, on fastbert's kernels with transforme
   model      --config tiny|mini|small|medium|base|large|config.json (new), or --model DIR (continue;
              with --config, a new model on DIR's tokenizer); without --model a WordPiece vocabulary is
              trained on the corpus (--vocab-size, --lowercase / --cased)
+  batches    --batch-size pairs grouped by length, or --max-tokens: cut by a token budget
 
 The corpus streams: pairs are made --window documents at a time (a NotNext segment comes from the same
 window) and kept on disk beside OUTPUT until the run ends. The log (progress bar, log.jsonl, loss.png,
@@ -51,6 +52,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-nsp", dest="nsp", action="store_false", help="masked LM only")
     p.add_argument("--validation-share", type=float, default=0.02, help="pairs held out for metrics.json")
     p.add_argument("--window", type=int, default=5000, help="documents read into memory at a time to make pairs")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="cut batches by a token budget (pairs x the longest, per process) instead of --batch-size pairs",
+    )
     add_run_options(p, lr=1e-4)
     p.set_defaults(func=run)
 
@@ -75,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
             text_field=args.text_field,
             validation_share=args.validation_share,
             window=args.window,
+            max_tokens=args.max_tokens,
             options=run_options(args),
         )
     except (InputError, OSError) as exc:

@@ -7,9 +7,10 @@ vocabulary trained on the corpus (``tokenizers``' trainer, BERT's normalization,
 saved with the model so the output is a complete folder. Model: ``model``'s weights, or a new model from
 ``config``: a preset (tiny, mini, small, medium, base, large: the sizes of Google's BERT releases) or a
 config.json. The MLM decoder runs on masked positions only. Batches are grouped by length (transformers'
-``train_sampling_strategy="group_by_length"``), so they carry little padding. ``validation_share`` of the pairs
-(at least one) is held out: ``metrics.json`` reports their MLM loss and accuracy and NSP accuracy, each measured
-on the same masks every time.
+``train_sampling_strategy="group_by_length"``), so they carry little padding, or, with ``max_tokens``, cut by a
+token budget (fastbert/tasks/pretrain_trainer.py: pairs x the longest pair at most ``max_tokens``).
+``validation_share`` of the pairs (at least one) is held out: ``metrics.json`` reports their MLM loss and accuracy
+and NSP accuracy, each measured on the same masks every time.
 
 Memory: the corpus is read as a stream (twice when a vocabulary is trained on it) and its pairs are made
 ``window`` documents at a time (fastbert/tasks/pair_store.py) into a hidden folder beside the output
@@ -134,6 +135,7 @@ def pretrain(
     text_field: str = "text",
     validation_share: float = 0.02,
     window: int = 5000,
+    max_tokens: int | None = None,
     options: RunOptions | None = None,
 ) -> dict[str, float]:
     """Pretrain on the corpus files; returns the held-out metrics written to ``OUTPUT/metrics.json``. ``model``
@@ -143,6 +145,8 @@ def pretrain(
     opts.check()
     if not 0 < mask_rate < 1:
         raise InputError(f"mask rate: expected a share in (0, 1), got {mask_rate}")
+    if max_tokens is not None and max_tokens < max_seq_length:
+        raise InputError(f"max tokens: expected at least max_seq_length ({max_seq_length}), got {max_tokens}")
     if not 0 <= short_seq_prob <= 1 or not 0 <= validation_share < 0.5:
         raise InputError("short_seq_prob must be in [0, 1] and validation_share in [0, 0.5)")
     out = new_output(output)
@@ -184,7 +188,13 @@ def pretrain(
                 include_num_input_tokens_seen="non_padding",  # logs train_tokens_per_second
             )
             return build_trainer(
-                checkpoints, PretrainingTrainer, model=net, args=args, train_dataset=train_pairs, data_collator=collator
+                checkpoints,
+                PretrainingTrainer,
+                model=net,
+                args=args,
+                train_dataset=train_pairs,
+                data_collator=collator,
+                max_tokens=max_tokens,
             )
 
         def finish(trainer: PretrainingTrainer, result: Any, staging: Path) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """Training runs under torchrun (two processes, gloo on the CPU): a fine-tuning run with the same global batch
 trains as the one-process run does (same losses, same weights, same metrics), and so does one process
-accumulating two half batches; pretraining runs under torchrun and logs its parts; one output folder appears."""
+accumulating two half batches; pretraining (batches cut by a token budget) runs under torchrun and logs its parts;
+one output folder appears."""
 
 import json
 import os
@@ -74,7 +75,7 @@ def test_two_processes_and_accumulation_train_as_one_batch(tmp_path, monkeypatch
 
 def test_pretraining_under_torchrun(tmp_path):
     corpus = data.write_corpus(tmp_path / "corpus.txt", data.corpus(200, seed=0))
-    options = "--config tiny --vocab-size 400 --max-seq-length 48 --epochs 1 --batch-size 8 --no-progress"
+    options = "--config tiny --vocab-size 400 --max-seq-length 48 --epochs 1 --max-tokens 256 --no-progress"
     _torchrun("pretrain", "--corpus", corpus, "--output", "bert", *options.split(), cwd=tmp_path)
     out = tmp_path / "bert"
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]

@@ -53,9 +53,11 @@ def test_bad_corpus_is_refused(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_an_interrupted_run_resumed_ends_with_the_same_weights(tmp_path, monkeypatch):
+@pytest.mark.parametrize("max_tokens", [None, 300])
+def test_an_interrupted_run_resumed_ends_with_the_same_weights(tmp_path, monkeypatch, max_tokens):
     """Two epochs straight through, against one epoch, an interruption right after its checkpoint, and --resume:
-    the same final weights (model, optimizer, schedule, RNG and masks all continue where they stopped)."""
+    the same final weights (model, optimizer, schedule, RNG, masks and batch order all continue where they
+    stopped), with batches of a fixed count or cut by a token budget."""
     import torch
     import transformers
     from safetensors.torch import load_file
@@ -64,7 +66,7 @@ def test_an_interrupted_run_resumed_ends_with_the_same_weights(tmp_path, monkeyp
     from fastbert.tasks.run import RunOptions
 
     corpus = data.write_corpus(tmp_path / "c.txt", data.corpus(120, seed=1))
-    kw = dict(config="tiny", vocab_size=300, max_seq_length=48)
+    kw = dict(config="tiny", vocab_size=300, max_seq_length=48, max_tokens=max_tokens)
 
     def opts(resume=False):
         return RunOptions(epochs=2, learning_rate=1e-3, batch_size=16, seed=3, resume=resume, progress=False)
