@@ -43,7 +43,7 @@ from transformers import TrainerCallback
 from ..hf import heads
 from ..tasks import pretrain_data, qa, sequence, tagging
 from ..tasks.prepared import Prepared
-from ..tasks.pretrain import _model_config
+from ..tasks.pretrain import new_model_config
 from ..tasks.run import RunOptions, training_arguments
 
 FAMILIES = ("classify", "pair", "regress", "tag", "qa")
@@ -308,7 +308,7 @@ def prepare_pretrain(
         if len(rows) < max_pairs:
             raise ValueError(f"documents: {len(rows)} pairs, fewer than max_pairs={max_pairs}")
         rows = rows[:max_pairs]
-    config = _model_config(preset, len(tokenizer), max_seq_length)
+    config = new_model_config(preset, len(tokenizer), max_seq_length)
     torch.manual_seed(seed)
     ref = transformers.BertForPreTraining(copy.deepcopy(config))
     initial = {k: v.detach().clone() for k, v in ref.state_dict().items()}

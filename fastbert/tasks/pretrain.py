@@ -67,7 +67,7 @@ def _train_tokenizer(sentences: Iterable[str], vocab_size: int, lowercase: bool)
     )
 
 
-def _model_config(config: str, vocab_size: int, max_seq_length: int) -> Any:
+def new_model_config(config: str, vocab_size: int, max_seq_length: int) -> Any:
     from transformers import BertConfig
 
     if config in PRESETS:
@@ -175,7 +175,7 @@ def pretrain(
         if model is not None and config is None:  # continued pretraining
             net = BertForPreTraining.from_pretrained(model, sparse_prediction=True)
         else:
-            model_config = _model_config(config or "tiny", len(tokenizer), max_seq_length)
+            model_config = new_model_config(config or "tiny", len(tokenizer), max_seq_length)
             net = BertForPreTraining(model_config, sparse_prediction=True)
         collator = pretrain_data.PretrainingCollator(tokenizer, mask_rate, whole_word, nsp)
 
