@@ -34,6 +34,10 @@ class _OneDNNLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
         x, w = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward: differentiable products (oneDNN's op records no graph)
+            dx = grad.matmul(w) if ctx.needs_input_grad[0] else None
+            dw = grad.t().matmul(x) if ctx.needs_input_grad[1] else None
+            return dx, dw
         grad = grad.contiguous()
         dx = gemm.linear_onednn(grad, w.t().contiguous()) if ctx.needs_input_grad[0] else None
         dw = gemm.linear_onednn(grad.t().contiguous(), x.t().contiguous()) if ctx.needs_input_grad[1] else None

@@ -9,7 +9,8 @@ to the training store. Memory holds one window; the pairs themselves are on disk
 
 A store is a folder of two flat files: ``tokens.int32`` (every pair's ``[CLS] A [SEP] B [SEP]`` one after the
 other) and ``pairs.rec`` (per pair: where its tokens start, how many, where B starts, its NSP label).
-``PairStore`` reads them memory-mapped as a map-style Dataset of the rows ``PretrainingCollator`` takes.
+``PairStore`` reads the tokens memory-mapped and the index (17 bytes a pair) into memory, as a map-style
+Dataset of the rows ``PretrainingCollator`` takes.
 """
 
 from __future__ import annotations

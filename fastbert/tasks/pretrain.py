@@ -13,16 +13,19 @@ token budget (fastbert/tasks/pretrain_trainer.py: pairs x the longest pair at mo
 and NSP accuracy, each measured on the same masks every time.
 
 Memory: the corpus is read as a stream (twice when a vocabulary is trained on it) and its pairs are made
-``window`` documents at a time (fastbert/tasks/pair_store.py) into a hidden folder beside the output
-(``.OUTPUT.pairs-*``: the pairs' tokens, 4 bytes each, and 17 bytes a pair; one per process under torchrun),
-removed when the run ends. The same seed makes the same pairs, so ``--resume`` rebuilds them as they were.
+``window`` documents at a time (fastbert/tasks/pair_store.py) into a folder beside the output
+(``OUTPUT.pairs/rank-N``: the pairs' tokens, 4 bytes each, memory-mapped, and an index of 17 bytes a pair, read
+into memory; one per process under torchrun), cleared when a run starts and removed when it ends. While training,
+memory grows with the number of pairs only through that index and the batch sampler's lists (tens of bytes a
+pair), not with the text. The same seed makes the same pairs, so ``--resume`` rebuilds them as they were.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -104,6 +107,7 @@ def evaluate(net: Any, pairs: PairStore, collator: Any, batch_size: int = 64) ->
     with torch.no_grad():
         for i in range(0, len(pairs), batch_size):
             batch = collator([pairs[j] for j in range(i, min(i + batch_size, len(pairs)))])
+            batch = {k: v.to(net.device) for k, v in batch.items()}
             labels, nsp = batch.pop("labels"), batch.pop("next_sentence_label", None)
             out = net(**batch)
             logits = out.prediction_logits.float()
@@ -167,7 +171,9 @@ def pretrain(
         tokenizer = AutoTokenizer.from_pretrained(model)
     else:
         tokenizer = _train_tokenizer((s for d in documents() for s in d), vocab_size, lowercase)
-    store = Path(tempfile.mkdtemp(prefix=f".{out.name}.pairs-", dir=out.absolute().parent))
+    # OUTPUT.pairs/<rank>: this process's pairs, cleared first (a killed run's are not left for good)
+    store = out.with_name(out.name + ".pairs") / f"rank-{os.environ.get('RANK', '0')}"
+    shutil.rmtree(store, ignore_errors=True)
     try:
         train_pairs, held_out_pairs = write_pairs(
             documents(), tokenizer, store, max_seq_length, opts.seed, short_seq_prob, nsp, validation_share, window
@@ -211,3 +217,5 @@ def pretrain(
         return train_into(out, opts, make_trainer, finish)
     finally:
         shutil.rmtree(store, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            store.parent.rmdir()  # the last process out removes the folder

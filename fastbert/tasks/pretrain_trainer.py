@@ -7,8 +7,10 @@ lines and TensorBoard with the Trainer's own ``loss``.
 With ``max_tokens``, batches are cut by a token budget instead of a count (``TokenBudgetBatches``): pairs sorted
 by length are cut into batches whose padded size (pairs x the longest) stays within the budget, so short pairs
 travel many to a batch and long ones few; the batches are made once and their order is shuffled every epoch
-(seeded by the run's seed and the epoch, so a resumed run sees the same order), as fairseq batches by tokens.
-Under torchrun each process takes every n-th batch.
+(seeded by the run's seed and the epoch, so a run resumed from an epoch's checkpoint sees the same order), as
+fairseq batches by tokens. Under torchrun each process takes every n-th batch. (Checkpoints are written at the
+end of each epoch; resuming inside an epoch under torchrun would replay epoch 0's order: accelerate's batch
+skipper does not pass the epoch on through its shard.)
 """
 
 from __future__ import annotations
@@ -109,7 +111,8 @@ class PretrainingTrainer(Trainer):
             nsp_loss = torch.nn.functional.cross_entropy(nsp_logits, nsp.reshape(-1))
             nsp_accuracy = (nsp_logits.argmax(-1) == nsp.reshape(-1)).float().mean()
         has_nsp = torch.tensor(float(nsp is not None))
-        parts = (loss.detach().float() - nsp_loss, mlm_accuracy, nsp_loss, nsp_accuracy, torch.ones(()), has_nsp)
+        total = loss.detach().float().mean()  # a vector under nn.DataParallel (several GPUs, one process)
+        parts = (total - nsp_loss, mlm_accuracy, nsp_loss, nsp_accuracy, torch.ones(()), has_nsp)
         self._sums += torch.stack([p.detach().double().cpu() for p in parts])
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

@@ -263,8 +263,8 @@ def answer_rows(net: Any, tokenizer: Any, questions: list[Question], batch_size:
                 {k: v for k, v in r.items() if not k.endswith("_positions")} for r in windows.rows[i : i + batch_size]
             ]
             out = net(**tokenizer.pad(chunk, return_tensors="pt").to(net.device))
-            starts += list(out.start_logits.float().numpy())
-            ends += list(out.end_logits.float().numpy())
+            starts += list(out.start_logits.float().cpu().numpy())
+            ends += list(out.end_logits.float().cpu().numpy())
     allow_empty = bool(getattr(net.config, EMPTY_ANSWERS, False))
     answers = decode(starts, ends, windows, questions, allow_empty=allow_empty)
     return [{"id": q.id, "answer": answers[q.id][0], "score": answers[q.id][1]} for q in questions]

@@ -59,3 +59,18 @@ def test_f_linear_where_onednn_is_not_the_choice(monkeypatch, case):
         y = linear(x, w)
     assert "mkldnn::_linear_pointwise" not in names
     assert y.dtype == (torch.bfloat16 if case == "autocast" else dtype)
+
+
+def test_double_backward_matches_f_linear():
+    """A gradient penalty (create_graph=True) differentiates the backward's products: the same second-order
+    gradient as F.linear's, not zero."""
+    g = torch.Generator().manual_seed(7)
+    x0, w0 = torch.randn(6, 10, generator=g), torch.randn(4, 10, generator=g)
+    results = []
+    for fn in (linear, F.linear):
+        x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        (dx,) = torch.autograd.grad(fn(x, w).tanh().sum(), x, create_graph=True)
+        dx.pow(2).sum().backward()
+        results.append(w.grad)
+    assert float(results[1].abs().max()) > 0.1
+    assert max_diff(results[0], results[1]) <= 1e-5 * float(results[1].abs().max())

@@ -53,6 +53,23 @@ def test_bad_corpus_is_refused(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_output_in_a_new_folder_and_a_killed_runs_pairs_cleared(tmp_path):
+    """OUTPUT's parent folders are made; pairs a killed run left in OUTPUT.pairs are cleared, and the run removes
+    its own."""
+    from fastbert.tasks.pretrain import pretrain
+    from fastbert.tasks.run import RunOptions
+
+    corpus = data.write_corpus(tmp_path / "c.txt", data.corpus(40, seed=2))
+    out = tmp_path / "runs" / "new" / "bert"
+    stale = out.with_name("bert.pairs") / "rank-0"
+    stale.mkdir(parents=True)
+    (stale / "tokens.int32").write_bytes(b"left by a killed run")
+    options = RunOptions(epochs=1, batch_size=16, progress=False)
+    metrics = pretrain([corpus], str(out), config="tiny", vocab_size=200, max_seq_length=32, options=options)
+    assert metrics["pairs"] > 0 and (out / "model.safetensors").is_file()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["bert"]
+
+
 @pytest.mark.parametrize("max_tokens", [None, 300])
 def test_an_interrupted_run_resumed_ends_with_the_same_weights(tmp_path, monkeypatch, max_tokens):
     """Two epochs straight through, against one epoch, an interruption right after its checkpoint, and --resume:
