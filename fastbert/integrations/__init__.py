@@ -1,0 +1,1 @@
+"""Integrations of fastbert with other engines: ray.py (Ray Data batch inference)."""
