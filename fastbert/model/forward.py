@@ -248,6 +248,21 @@ def _select(hidden_sel: bool | int | Sequence[int] | None, n: int) -> set[int] |
     return {i % n for i in sel if -n <= i < n}
 
 
+def _refuse_sharded_parts(model: nn.Module) -> None:
+    """FSDP2 gathers a sharded module's parameters in hooks around its forward(); fastbert runs its layers'
+    computation without calling their forward(), so a part sharded on its own would reach the kernels as shards."""
+    if not torch.distributed.is_available():
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    if any(isinstance(part, FSDPModule) for part in (model.embeddings, *model.encoder.layer)):
+        raise NotImplementedError(
+            "fully_shard: a fastbert model's embeddings and layers cannot be sharded one by one (fastbert runs "
+            "their computation without calling their forward(), where FSDP gathers the shards); shard the "
+            "model as a whole: fully_shard(model)"
+        )
+
+
 def run(
     model: nn.Module,
     config: Any,
@@ -269,6 +284,8 @@ def run(
 
     emb = model.embeddings
     layers = model.encoder.layer
+    if not ops.compiling():
+        _refuse_sharded_parts(model)
     training = model.training
     need_grad = _params_need_grad(model) or (
         inputs_embeds is not None and inputs_embeds.requires_grad and torch.is_grad_enabled()
