@@ -1,7 +1,8 @@
 """fastbert's models under torch's own distributed training, 2 processes on the CPU (torchrun, gloo): one step of
 BertForSequenceClassification wrapped in DistributedDataParallel, or sharded by FSDP2's fully_shard, gives the
 loss and the gradients of one unwrapped process on the same global batch; sharding a layer on its own is refused
-with an error that says what to do."""
+with an error that says what to do; an Accelerate fine-tuning loop runs unchanged (one line: the model's class)
+under `accelerate launch` with 2 processes and logs the one-process losses."""
 
 import json
 import os
@@ -49,3 +50,20 @@ def test_sharding_a_layer_on_its_own_is_refused(monkeypatch):
     ids = torch.randint(5, 100, (2, 7))
     with pytest.raises(NotImplementedError, match=r"shard the model as a whole: fully_shard\(model\)"):
         model(ids)
+
+
+def test_accelerate_launch_runs_a_fine_tuning_loop_unchanged(tmp_path):
+    pytest.importorskip("accelerate")
+    script = str(Path(__file__).with_name("accelerate_finetune.py"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    subprocess.run([sys.executable, script, str(one)], env=env, check=True, capture_output=True)
+    # without GPUs, --multi_gpu starts the processes through torchrun and Accelerator(cpu=True) joins them on gloo
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch += ["--main_process_port", str(_free_port())]
+    done = subprocess.run([*launch, script, str(two)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert (a["processes"], b["processes"]) == (1, 2) and len(a["losses"]) == 8
+    assert b["losses"] == pytest.approx(a["losses"], abs=1e-5)  # measured 1.2e-7
