@@ -112,3 +112,26 @@ def test_ten_thousand_rows_through_two_actors(tmp_path, ray_cluster, fail):
     got = np.stack([r["embedding"] for r in sorted(rows, key=lambda r: r["id"])])
     assert np.array_equal(got, want)
     assert all(r["text"] == texts[r["id"]] for r in rows)
+
+
+def test_parquet_in_parquet_out_as_documented(tmp_path, ray_cluster):
+    """docs/usage.md's example: read_parquet -> map_batches(Embedder) -> write_parquet keeps every column."""
+    ray = ray_cluster
+    pd = pytest.importorskip("pandas")
+    texts = _texts(1000, seed=3)
+    want = _encode(tmp_path, texts)
+    (tmp_path / "corpus").mkdir()
+    pd.DataFrame({"id": np.arange(1000), "text": texts, "lang": "en"}).to_parquet(tmp_path / "corpus" / "part.parquet")
+    ds = ray.data.read_parquet(str(tmp_path / "corpus"))
+    ds = ds.map_batches(
+        Embedder,
+        fn_constructor_kwargs={"threads": 1},
+        batch_size=250,
+        compute=ray.data.ActorPoolStrategy(size=2),
+        num_cpus=0.5,  # the two actors leave a CPU of the 2 to the read and write tasks
+    )
+    ds.write_parquet(str(tmp_path / "embeddings"))
+    frame = pd.concat(pd.read_parquet(p) for p in sorted((tmp_path / "embeddings").glob("*.parquet")))
+    frame = frame.sort_values("id")
+    assert list(frame.columns) == ["id", "text", "lang", "embedding"] and frame["id"].tolist() == list(range(1000))
+    assert np.array_equal(np.stack(frame["embedding"].to_list()), want)
