@@ -44,3 +44,5 @@ for batch in loader:
 if accelerator.is_main_process:
     with open(sys.argv[1], "w") as f:
         json.dump({"losses": losses, "processes": accelerator.num_processes}, f)
+accelerator.wait_for_everyone()
+accelerator.end_training()  # destroys the process group: a process leaving with it alive can abort in gloo
