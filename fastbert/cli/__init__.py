@@ -34,13 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        return int(args.func(args) or 0)
-    finally:
-        # under torchrun the command's process group is ours to end: a process leaving with gloo alive can abort
-        dist = sys.modules.get("torch.distributed")
-        if dist is not None and dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+    return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":
