@@ -251,8 +251,8 @@ def _select(hidden_sel: bool | int | Sequence[int] | None, n: int) -> set[int] |
 def _refuse_sharded_parts(model: nn.Module) -> None:
     """FSDP2 gathers a sharded module's parameters in hooks around its forward(); fastbert runs its layers'
     computation without calling their forward(), so a part sharded on its own would reach the kernels as shards."""
-    if not torch.distributed.is_available():
-        return
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return  # no process group, no sharding: the common forward pays two calls, not an import and a scan
     from torch.distributed.fsdp import FSDPModule
 
     if any(isinstance(part, FSDPModule) for part in (model.embeddings, *model.encoder.layer)):

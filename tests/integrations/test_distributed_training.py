@@ -47,6 +47,7 @@ def test_sharding_a_layer_on_its_own_is_refused(monkeypatch):
     layer = model.encoder.layer[0]
     # what fully_shard(layer) does to the layer's class (without a process group)
     monkeypatch.setattr(layer, "__class__", type("FSDPBertLayer", (FSDPModule, type(layer)), {}))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)  # fully_shard needs a process group
     ids = torch.randint(5, 100, (2, 7))
     with pytest.raises(NotImplementedError, match=r"shard the model as a whole: fully_shard\(model\)"):
         model(ids)
