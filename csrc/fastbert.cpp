@@ -51,6 +51,11 @@ TORCH_LIBRARY(fastbert, m) {
   // acc * x_scale[t] * w_scale[n] + x_shift[t] * w_sum[n]. fastbert.ops.reference is the specification.
   // x (T, K) float32/bfloat16 -> q int8 (T, K), scale float32 (T,), shift float32 (T,) (asymmetric) or (0,).
   m.def("quantize_rows(Tensor x, Tensor? smooth, bool asymmetric=False) -> (Tensor q, Tensor scale, Tensor shift)");
+  // attention (no dropout, no lse) whose output rows (T, H) come quantized: q, scale, shift = quantize_rows(out,
+  // smooth (H,), asymmetric) of the out attention would return, computed without writing it.
+  m.def(
+      "attention_quant(Tensor qkv, Tensor? qkv_bias, Tensor cu_seqlens, int max_seqlen, int num_heads, float scale, "
+      "Tensor? smooth, bool asymmetric=False) -> (Tensor q, Tensor scale, Tensor shift)");
   // acc int32 (T, N) -> acc * x_scale[t] * w_scale[n] (+ x_shift[t] * w_sum[n]) in dtype (float32 or bfloat16).
   m.def(
       "dequantize_rows(Tensor acc, Tensor x_scale, Tensor w_scale, ScalarType dtype, Tensor? x_shift=None, "

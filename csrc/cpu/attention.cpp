@@ -3,14 +3,15 @@
 //
 // Fuses: the QKV bias add, the split into heads, the scale, QK^T, the mask, the softmax (fp32 statistics; fp64
 // for float64), the counter-based dropout of the probabilities, PV, and the merge of heads back into (T, H).
-// Memory traffic: qkv is read once per (sequence, head) task; out (T, H) and lse are written once.
+// Memory traffic: each head of qkv is read once per task that covers it; out (T, H) and lse are written once.
 //
-// Parallel decomposition: one task per (sequence, head), split further into query chunks only when there are
-// too few tasks for the threads; tasks are handed out longest first from an atomic counter (sequences of a
-// ragged batch differ in cost by n^2). A task first stages its head in per-thread scratch (kept between calls),
-// in the accumulation type, bias added: K^T (d, n) (rows staged, then transposed in 16 x 16 register tiles),
-// V (n, dp) and Q * scale (rows, dp), dp = d rounded up to the vector width, zero padded; qkv rows are 3H apart,
-// so they are software-prefetched. Then, per block of BQ = 48 query rows and BK = 256 keys:
+// Parallel decomposition: one task per sequence (every head in turn) for batches of many short sequences, else
+// one per (sequence, head), split further into query chunks only when there are too few tasks for the threads;
+// tasks are handed out longest first from an atomic counter (sequences of a ragged batch differ in cost by n^2). A task
+// first stages its head in per-thread scratch (kept between calls), in the accumulation type, bias added: K^T (d, n)
+// (rows staged, then transposed in 16 x 16 register tiles), V (n, dp) and Q * scale (rows, dp), dp = d rounded up to
+// the vector width, zero padded; qkv rows are 3H apart, so they are software-prefetched. Then, per block of BQ = 48
+// query rows and BK = 256 keys:
 //   S = Q K^T        register-blocked micro-GEMM: MR query rows x NR vectors of keys, FMA over d
 //   mask, online softmax (running max m, running sum l, O rescaled when m grows), dropout
 //   O += P V         the same micro-GEMM: MR rows x NR vectors of head dims, FMA over keys
@@ -34,6 +35,10 @@
 // bf16 tensors (half the scratch bytes of the fp32 staging) live in the fp32 path's scratch regions (each
 // fits), plus P in bf16 (BQ, BK).
 //
+// attention_quant: the same computation, its output rows quantized to int8 for the next GEMM (csrc/cpu/quant.h's
+// row rule, exactly quantize_rows of the output attention would write) without the float output being read back
+// from memory: with tasks of every head, each task quantizes its rows from its scratch.
+//
 // Row index of a softmax row (the dropout counter and the lse position): packed: head * T + token;
 // masked: (b * nh + head) * L + query. The dropout mask is csrc/dropout_hash.h's.
 #include <ATen/Dispatch.h>
@@ -53,6 +58,7 @@
 
 #include "cpu/attention_args.h"
 #include "cpu/isa.h"
+#include "cpu/quant.h"
 #include "cpu/vec.h"
 #include "dropout_hash.h"
 
@@ -64,13 +70,13 @@ namespace fastbert::cpu {
 
 // What one call computes; shared by the packed and the masked op (plain data, the same in every ISA).
 struct AttnParams {
-  int64_t T = 0;           // tokens: packed T, or B * L for the masked layout
-  int64_t num_heads = 0;   // nh
-  int64_t head_dim = 0;    // d
-  int64_t hidden = 0;      // H = nh * d
-  int64_t batch = 0;       // B (sequences)
+  int64_t T = 0;  // tokens: packed T, or B * L for the masked layout
+  int64_t num_heads = 0;  // nh
+  int64_t head_dim = 0;  // d
+  int64_t hidden = 0;  // H = nh * d
+  int64_t batch = 0;  // B (sequences)
   const int32_t* cu_seqlens = nullptr;  // packed: (B + 1,); masked: nullptr (sequence b owns b*L .. b*L+L)
-  int64_t seqlen = 0;      // masked: L
+  int64_t seqlen = 0;  // masked: L
   int64_t max_seqlen = 0;  // the longest sequence
   double scale = 1.0;
   double dropout_p = 0.0;
@@ -83,6 +89,10 @@ struct AttnParams {
   // bfloat16 may take the AVX512-BF16 dot-product path: false when autograd records the call (qkv or its bias
   // requires grad), whose backward recomputes the scores in fp32 against this call's lse.
   bool bf16_dot = true;
+  // attention_quant: the output rows quantized to int8 (quant.h's row rule, after smooth) instead of written in
+  // float; out and lse are then not written.
+  const QuantOut* quant = nullptr;
+  const float* quant_smooth = nullptr;
 };
 
 namespace CPU_CAPABILITY {
@@ -399,7 +409,11 @@ FASTBERT_TARGET_BF16 void store_row_bf16(const float* o, float inv, c10::BFloat1
 
 // ---------------------------------------------------------------- the kernel
 
-struct Task { int64_t seq, head, q0, q1; };
+struct Task { int64_t seq, head, q0, q1; };  // head -1: every head of the rows q0 .. q1
+
+// The longest sequence for tasks of every head (a multiple of kBQ): attention_quant holds such a task's output
+// rows, every head, in its scratch until it quantizes them.
+constexpr int64_t kAllHeadsRows = 144;
 
 // Block sizes (query rows, keys). BQ is a multiple of kMR; BK a multiple of every NR * W.
 constexpr int64_t kBQ = 48;
@@ -415,23 +429,30 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
   const int64_t T = P.T, nh = P.num_heads, d = P.head_dim, H = P.hidden;
   const int64_t dp = round_up(d, W);
   [[maybe_unused]] const int64_t dq = round_up(d, 32);  // bf16 dot path: a Q / K row in bf16
-  [[maybe_unused]] const int64_t d2 = (d + 1) / 2;      // bf16 dot path: pairs of head dims
+  [[maybe_unused]] const int64_t d2 = (d + 1) / 2;  // bf16 dot path: pairs of head dims
   const scalar_t* qkv_p = qkv.const_data_ptr<scalar_t>();
   const scalar_t* bias_p = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
-  scalar_t* out_p = out.mutable_data_ptr<scalar_t>();
-  float* lse_p = lse.mutable_data_ptr<float>();
+  scalar_t* out_p = out.defined() ? out.mutable_data_ptr<scalar_t>() : nullptr;  // undefined: attention_quant
+  float* lse_p = lse.defined() ? lse.mutable_data_ptr<float>() : nullptr;
   const acc scale = static_cast<acc>(P.scale);
   const acc neg_inf = -std::numeric_limits<acc>::infinity();
 
   auto seq_start = [&](int64_t b) -> int64_t { return P.cu_seqlens ? P.cu_seqlens[b] : b * P.seqlen; };
   auto seq_len = [&](int64_t b) -> int64_t { return P.cu_seqlens ? P.cu_seqlens[b + 1] - P.cu_seqlens[b] : P.seqlen; };
 
-  // Tasks: (sequence, head), split into query chunks when there are fewer than 4 per thread.
+  // Tasks: one per sequence, covering every head, when the sequences are at most kAllHeadsRows long and there are
+  // at least 4 per thread (measured 0-12% faster than one task per head on such batches: fewer, larger tasks,
+  // each reading whole qkv rows); otherwise one per (sequence, head), split into query chunks when there are
+  // fewer than 4 per thread. attention_quant's rows are quantized by the task that computed them (every head of
+  // the row is then in the task's scratch), or, with per-head tasks, row by row after the attention, while the
+  // output is still in cache.
   const int64_t nthreads = std::max<int64_t>(1, at::in_parallel_region() ? 1 : at::get_num_threads());
   int64_t nonempty = 0;
   for (int64_t b = 0; b < P.batch; ++b) nonempty += seq_len(b) > 0;
   if (nonempty == 0) return;
-  const int64_t base_tasks = nonempty * nh;
+  const bool all_heads = P.max_seqlen <= kAllHeadsRows && nonempty >= 4 * nthreads;
+  const bool quant_rows = all_heads && P.quant != nullptr;  // a task quantizes its rows from its scratch
+  const int64_t base_tasks = nonempty * (all_heads ? 1 : nh);
   int64_t chunk = round_up(std::max<int64_t>(P.max_seqlen, 1), kBQ);
   if (base_tasks < 4 * nthreads) {
     const int64_t split = (4 * nthreads + base_tasks - 1) / base_tasks;
@@ -440,7 +461,7 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
   std::vector<Task> tasks;
   for (int64_t b = 0; b < P.batch; ++b) {
     const int64_t n = seq_len(b);
-    for (int64_t h = 0; h < nh; ++h)
+    for (int64_t h = all_heads ? -1 : 0; h < (all_heads ? 0 : nh); ++h)
       for (int64_t q0 = 0; q0 < n; q0 += chunk) tasks.push_back({b, h, q0, std::min(n, q0 + chunk)});
   }
   // Longest work first (cost ~ rows * keys), so the last tasks to start are the short ones.
@@ -463,212 +484,245 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
     for (int64_t tid = tb; tid < te; ++tid) {
       // The bf16 dot path keeps its bf16 tensors in the same regions (each fits: d/2 pairs x ldk for K^T,
       // ldk x dq bf16 for K's rows, V's key pairs and Q) plus P in bf16 (BQ, BK).
-      const int64_t sizes[7] = {
-          d * ldk, ldk * dp, ldk * dp, q_rows * dp, kBQ * kBK, kBQ * dp, kDot ? kBQ * kBK / 2 : 0};
+      const int64_t sizes[9] = {d * ldk,
+                                ldk * dp,
+                                ldk * dp,
+                                q_rows * dp,
+                                kBQ * kBK,
+                                kBQ * dp,
+                                kDot ? kBQ * kBK / 2 : 0,
+                                quant_rows ? q_rows * H : 0,
+                                quant_rows ? H : 0};
       int64_t total = 0;
       for (int64_t x : sizes) total += round_up(x, 64);
       ScratchLease lease;
       lease_scratch(lease, total * sizeof(acc));
       acc* base = reinterpret_cast<acc*>(lease.ptr);
-      acc* KT = base;                           // (d, ldk)    K^T, bias added
-      acc* Kr = KT + round_up(sizes[0], 64);    // (ldk, dp)   K rows, bias added (staging)
-      acc* Vb = Kr + round_up(sizes[1], 64);    // (ldk, dp)   V, bias added
-      acc* Q = Vb + round_up(sizes[2], 64);     // (q_rows, dp) Q * scale, bias added
-      acc* S = Q + round_up(sizes[3], 64);      // (BQ, BK)    scores, then probabilities
-      acc* O = S + round_up(sizes[4], 64);      // (BQ, dp)    unnormalised output
+      acc* KT = base;  // (d, ldk)    K^T, bias added
+      acc* Kr = KT + round_up(sizes[0], 64);  // (ldk, dp)   K rows, bias added (staging)
+      acc* Vb = Kr + round_up(sizes[1], 64);  // (ldk, dp)   V, bias added
+      acc* Q = Vb + round_up(sizes[2], 64);  // (q_rows, dp) Q * scale, bias added
+      acc* S = Q + round_up(sizes[3], 64);  // (BQ, BK)    scores, then probabilities
+      acc* O = S + round_up(sizes[4], 64);  // (BQ, dp)    unnormalised output
       [[maybe_unused]] uint16_t* P2 = reinterpret_cast<uint16_t*>(O + round_up(sizes[5], 64));  // (BQ, BK) bf16 P
+      acc* after_p2 = O + round_up(sizes[5], 64) + round_up(sizes[6], 64);
+      scalar_t* rows_out = reinterpret_cast<scalar_t*>(after_p2);  // every head: (q_rows, H) outputs
+      float* quant_row = reinterpret_cast<float*>(after_p2 + round_up(sizes[7], 64));  // every head: (H,) scratch
       acc m_run[kBQ], l_run[kBQ];
       for (int64_t k = next.fetch_add(1); k < ntasks; k = next.fetch_add(1)) {
         const Task& task = tasks[k];
-        const int64_t b = task.seq, h = task.head, s0 = seq_start(b), n = seq_len(b);
+        const int64_t b = task.seq, s0 = seq_start(b), n = seq_len(b);
         const int64_t nW = round_up(n, W);
-        // Stage K (bias added), V and Q * scale of head h for this sequence / query chunk, prefetching the
-        // rows ahead (the rows are 3H apart: too far for the hardware prefetcher to follow on its own).
-        const scalar_t* qb = bias_p ? bias_p + h * d : nullptr;
-        const scalar_t* kb = bias_p ? bias_p + H + h * d : nullptr;
-        const scalar_t* vb = bias_p ? bias_p + 2 * H + h * d : nullptr;
-        const int64_t row_bytes = d * static_cast<int64_t>(sizeof(scalar_t));
-        constexpr int64_t kAhead = 16;
-        const int64_t rows_all = task.q1 - task.q0;
-        // Staging key j: prefetch the q (when staged), k and v slices of key j + kAhead.
-        auto prefetch_ahead = [&](int64_t j) {
-          if (j + kAhead >= n) return;
-          const scalar_t* ahead = qkv_p + (s0 + j + kAhead) * 3 * H + h * d;
-          if (j + kAhead >= task.q0 && j + kAhead < task.q1) prefetch_bytes(ahead, row_bytes);
-          prefetch_bytes(ahead + H, row_bytes);
-          prefetch_bytes(ahead + 2 * H, row_bytes);
-        };
+        for (int64_t h = std::max<int64_t>(task.head, 0); h < (task.head < 0 ? nh : task.head + 1); ++h) {
+          // Stage K (bias added), V and Q * scale of head h for this sequence / query chunk, prefetching the
+          // rows ahead (the rows are 3H apart: too far for the hardware prefetcher to follow on its own).
+          const scalar_t* qb = bias_p ? bias_p + h * d : nullptr;
+          const scalar_t* kb = bias_p ? bias_p + H + h * d : nullptr;
+          const scalar_t* vb = bias_p ? bias_p + 2 * H + h * d : nullptr;
+          const int64_t row_bytes = d * static_cast<int64_t>(sizeof(scalar_t));
+          constexpr int64_t kAhead = 16;
+          const int64_t rows_all = task.q1 - task.q0;
+          // Staging key j: prefetch the q (when staged), k and v slices of key j + kAhead.
+          auto prefetch_ahead = [&](int64_t j) {
+            if (j + kAhead >= n) return;
+            const scalar_t* ahead = qkv_p + (s0 + j + kAhead) * 3 * H + h * d;
+            if (j + kAhead >= task.q0 && j + kAhead < task.q1) prefetch_bytes(ahead, row_bytes);
+            prefetch_bytes(ahead + H, row_bytes);
+            prefetch_bytes(ahead + 2 * H, row_bytes);
+          };
 #ifdef FASTBERT_BF16_DOT
-        if constexpr (kDot) {
-          // bf16: Q * scale and K rows (dq = d rounded up to 32), V as key pairs; K^T as d/2 rows of bf16 pairs.
-          uint16_t* Q2 = reinterpret_cast<uint16_t*>(Q);
-          uint16_t* K2 = reinterpret_cast<uint16_t*>(Kr);
-          uint16_t* V2 = reinterpret_cast<uint16_t*>(Vb);
-          for (int64_t j = 0; j < n; j += 2) {
-            for (int64_t jj = j; jj < std::min(n, j + 2); ++jj) {
-              prefetch_ahead(jj);
-              const scalar_t* row = qkv_p + (s0 + jj) * 3 * H + h * d;
-              if (jj >= task.q0 && jj < task.q1) stage_row_bf16(row, qb, scale, true, Q2 + (jj - task.q0) * dq, d, dq);
-              stage_row_bf16(row + H, kb, 1.f, false, K2 + jj * dq, d, dq);
+          if constexpr (kDot) {
+            // bf16: Q * scale and K rows (dq = d rounded up to 32), V as key pairs; K^T as d/2 rows of bf16 pairs.
+            uint16_t* Q2 = reinterpret_cast<uint16_t*>(Q);
+            uint16_t* K2 = reinterpret_cast<uint16_t*>(Kr);
+            uint16_t* V2 = reinterpret_cast<uint16_t*>(Vb);
+            for (int64_t j = 0; j < n; j += 2) {
+              for (int64_t jj = j; jj < std::min(n, j + 2); ++jj) {
+                prefetch_ahead(jj);
+                const scalar_t* row = qkv_p + (s0 + jj) * 3 * H + h * d;
+                if (jj >= task.q0 && jj < task.q1)
+                  stage_row_bf16(row, qb, scale, true, Q2 + (jj - task.q0) * dq, d, dq);
+                stage_row_bf16(row + H, kb, 1.f, false, K2 + jj * dq, d, dq);
+              }
+              const scalar_t* v0 = qkv_p + (s0 + j) * 3 * H + 2 * H + h * d;
+              stage_pair_bf16(v0, j + 1 < n ? v0 + 3 * H : nullptr, vb, V2 + j * dp, d, dp);
             }
-            const scalar_t* v0 = qkv_p + (s0 + j) * 3 * H + 2 * H + h * d;
-            stage_pair_bf16(v0, j + 1 < n ? v0 + 3 * H : nullptr, vb, V2 + j * dp, d, dp);
-          }
-          std::fill(Q2 + rows_all * dq, Q2 + round_up(rows_all, kMR) * dq, uint16_t(0));
-          std::fill(K2 + n * dq, K2 + nW * dq, uint16_t(0));
-          // K^T as pairs: (nW, dq/2) uint32 -> (d2, nW); the transpose only moves 32-bit words.
-          at::vec::transpose_mxn<float>(reinterpret_cast<const float*>(K2), dq / 2, KT, ldk, static_cast<int>(nW),
-                                        static_cast<int>(d2));
-        } else
+            std::fill(Q2 + rows_all * dq, Q2 + round_up(rows_all, kMR) * dq, uint16_t(0));
+            std::fill(K2 + n * dq, K2 + nW * dq, uint16_t(0));
+            // K^T as pairs: (nW, dq/2) uint32 -> (d2, nW); the transpose only moves 32-bit words.
+            at::vec::transpose_mxn<float>(reinterpret_cast<const float*>(K2), dq / 2, KT, ldk, static_cast<int>(nW),
+                                          static_cast<int>(d2));
+          } else
 #endif
-        {
-          for (int64_t j = 0; j < n; ++j) {
-            prefetch_ahead(j);
-            const scalar_t* row = qkv_p + (s0 + j) * 3 * H + h * d;
-            if (j >= task.q0 && j < task.q1) stage_row(row, qb, scale, true, Q + (j - task.q0) * dp, d, dp);
-            stage_row(row + H, kb, acc(1), false, Kr + j * dp, d, dp);
-            stage_row(row + 2 * H, vb, acc(1), false, Vb + j * dp, d, dp);
+          {
+            for (int64_t j = 0; j < n; ++j) {
+              prefetch_ahead(j);
+              const scalar_t* row = qkv_p + (s0 + j) * 3 * H + h * d;
+              if (j >= task.q0 && j < task.q1) stage_row(row, qb, scale, true, Q + (j - task.q0) * dp, d, dp);
+              stage_row(row + H, kb, acc(1), false, Kr + j * dp, d, dp);
+              stage_row(row + 2 * H, vb, acc(1), false, Vb + j * dp, d, dp);
+            }
+            std::fill(Q + rows_all * dp, Q + round_up(rows_all, kMR) * dp, acc(0));
+            std::fill(Kr + n * dp, Kr + nW * dp, acc(0));
+            // K^T: (nW, d) -> (d, nW), 16 x 16 register tiles on AVX-512 (float), scalar elsewhere.
+            at::vec::transpose_mxn<acc>(Kr, dp, KT, ldk, static_cast<int>(nW), static_cast<int>(d));
           }
-          std::fill(Q + rows_all * dp, Q + round_up(rows_all, kMR) * dp, acc(0));
-          std::fill(Kr + n * dp, Kr + nW * dp, acc(0));
-          // K^T: (nW, d) -> (d, nW), 16 x 16 register tiles on AVX-512 (float), scalar elsewhere.
-          at::vec::transpose_mxn<acc>(Kr, dp, KT, ldk, static_cast<int>(nW), static_cast<int>(d));
-        }
 
-        for (int64_t i0 = task.q0; i0 < task.q1; i0 += kBQ) {
-          const int64_t rows = std::min(kBQ, task.q1 - i0);
-          const int64_t rows_r = round_up(rows, kMR);
-          [[maybe_unused]] const acc* Qb = Q + (i0 - task.q0) * dp;
-          for (int64_t r = 0; r < rows; ++r) {
-            m_run[r] = neg_inf;
-            l_run[r] = 0;
-          }
-          std::fill(O, O + rows_r * dp, acc(0));
-          for (int64_t j0 = 0; j0 < n; j0 += kBK) {
-            const int64_t nk = std::min(kBK, n - j0);
-            const int64_t nkW = round_up(nk, W);
-            // S = (Q * scale) K^T over this key block: (rows_r, nkW).
-#ifdef FASTBERT_BF16_DOT
-            if constexpr (kDot) {
-              block_dot(rows_r, nkW, d2, reinterpret_cast<const uint32_t*>(Q) + (i0 - task.q0) * (dq / 2), dq / 2,
-                        reinterpret_cast<const uint32_t*>(KT) + j0, ldk, S, kBK, false);
-            } else
-#endif
-            {
-              block_gemm<acc>(rows_r, nkW, d, Qb, dp, KT + j0, ldk, S, kBK, false);
+          for (int64_t i0 = task.q0; i0 < task.q1; i0 += kBQ) {
+            const int64_t rows = std::min(kBQ, task.q1 - i0);
+            const int64_t rows_r = round_up(rows, kMR);
+            [[maybe_unused]] const acc* Qb = Q + (i0 - task.q0) * dp;
+            for (int64_t r = 0; r < rows; ++r) {
+              m_run[r] = neg_inf;
+              l_run[r] = 0;
             }
-            for (int64_t r = 0; r < rows_r; ++r) {
-              acc* s = S + r * kBK;
-              if (r >= rows) {  // padding rows: P = 0
+            std::fill(O, O + rows_r * dp, acc(0));
+            for (int64_t j0 = 0; j0 < n; j0 += kBK) {
+              const int64_t nk = std::min(kBK, n - j0);
+              const int64_t nkW = round_up(nk, W);
+              // S = (Q * scale) K^T over this key block: (rows_r, nkW).
+#ifdef FASTBERT_BF16_DOT
+              if constexpr (kDot) {
+                block_dot(rows_r, nkW, d2, reinterpret_cast<const uint32_t*>(Q) + (i0 - task.q0) * (dq / 2), dq / 2,
+                          reinterpret_cast<const uint32_t*>(KT) + j0, ldk, S, kBK, false);
+              } else
+#endif
+              {
+                block_gemm<acc>(rows_r, nkW, d, Qb, dp, KT + j0, ldk, S, kBK, false);
+              }
+              for (int64_t r = 0; r < rows_r; ++r) {
+                acc* s = S + r * kBK;
+                if (r >= rows) {  // padding rows: P = 0
+#ifdef FASTBERT_BF16_DOT
+                  if constexpr (kDot) {
+                    std::fill(P2 + r * kBK, P2 + r * kBK + nkW, uint16_t(0));
+                    continue;
+                  }
+#endif
+                  std::fill(s, s + nk, acc(0));
+                  continue;
+                }
+                const int64_t i = i0 + r;  // query index within the sequence
+                if (P.mask_kind != 0) {
+                  const int64_t* ms = P.mask_stride;
+                  const int64_t moff = b * ms[0] + h * ms[1] + i * ms[2] + j0 * ms[3];
+                  if (P.mask_kind == 1) {
+                    const bool* mp = static_cast<const bool*>(P.mask) + moff;
+                    for (int64_t j = 0; j < nk; ++j) s[j] = mp[j * ms[3]] ? s[j] : neg_inf;
+                  } else {
+                    const acc* mp = static_cast<const acc*>(P.mask) + moff;
+                    if (ms[3] == 1) {
+                      for (int64_t j = 0; j < nk; ++j) s[j] += mp[j];
+                    } else {
+                      for (int64_t j = 0; j < nk; ++j) s[j] += mp[j * ms[3]];
+                    }
+                  }
+                }
+                const uint32_t key =  // the row's dropout key (csrc/dropout_hash.h)
+                    dropout ? drop.row_key(
+                                  static_cast<uint64_t>(P.cu_seqlens ? h * T + s0 + i : (b * nh + h) * P.seqlen + i))
+                            : 0;
 #ifdef FASTBERT_BF16_DOT
                 if constexpr (kDot) {
-                  std::fill(P2 + r * kBK, P2 + r * kBK + nkW, uint16_t(0));
+                  softmax_row_dot(s, nk, m_run[r], l_run[r], O + r * dp, dp, P2 + r * kBK, dropout ? &drop : nullptr,
+                                  key, static_cast<uint32_t>(j0));
                   continue;
                 }
 #endif
-                std::fill(s, s + nk, acc(0));
-                continue;
-              }
-              const int64_t i = i0 + r;  // query index within the sequence
-              if (P.mask_kind != 0) {
-                const int64_t* ms = P.mask_stride;
-                const int64_t moff = b * ms[0] + h * ms[1] + i * ms[2] + j0 * ms[3];
-                if (P.mask_kind == 1) {
-                  const bool* mp = static_cast<const bool*>(P.mask) + moff;
-                  for (int64_t j = 0; j < nk; ++j) s[j] = mp[j * ms[3]] ? s[j] : neg_inf;
-                } else {
-                  const acc* mp = static_cast<const acc*>(P.mask) + moff;
-                  if (ms[3] == 1) {
-                    for (int64_t j = 0; j < nk; ++j) s[j] += mp[j];
-                  } else {
-                    for (int64_t j = 0; j < nk; ++j) s[j] += mp[j * ms[3]];
-                  }
+                for (int64_t j = nk; j < nkW; ++j) s[j] = neg_inf;
+                V vmax(neg_inf);
+                for (int64_t j = 0; j < nkW; j += W) vmax = at::vec::maximum(vmax, V::loadu(s + j));
+                const acc bmax =
+                    at::vec::vec_reduce_all<acc>([](const V& x, const V& y) { return at::vec::maximum(x, y); }, vmax);
+                const acc m_new = std::max(m_run[r], bmax);
+                if (m_new == neg_inf) {  // nothing kept so far in this row
+                  std::fill(s, s + nkW, acc(0));
+                  continue;
+                }
+                const V vm(m_new);
+                V vsum(acc(0));
+                for (int64_t j = 0; j < nkW; j += W) {
+                  V e = vexp<acc>(V::loadu(s + j) - vm);
+                  e.store(s + j);
+                  vsum = vsum + e;
+                }
+                const acc bsum = at::vec::vec_reduce_all<acc>([](const V& x, const V& y) { return x + y; }, vsum);
+                if (m_run[r] == neg_inf) {  // first kept block of this row: O and l are still 0
+                  m_run[r] = m_new;
+                } else if (m_run[r] != m_new) {
+                  const acc alpha = std::exp(m_run[r] - m_new);
+                  l_run[r] *= alpha;
+                  const V va(alpha);
+                  acc* o = O + r * dp;
+                  for (int64_t c = 0; c < dp; c += W) (V::loadu(o + c) * va).store(o + c);
+                  m_run[r] = m_new;
+                }
+                l_run[r] += bsum;
+                if (dropout) {
+                  for (int64_t j = 0; j < nk; ++j) s[j] = drop.keep(key, static_cast<uint32_t>(j0 + j)) ? s[j] : acc(0);
                 }
               }
-              const uint32_t key =  // the row's dropout key (csrc/dropout_hash.h)
-                  dropout
-                      ? drop.row_key(static_cast<uint64_t>(P.cu_seqlens ? h * T + s0 + i : (b * nh + h) * P.seqlen + i))
-                      : 0;
+              // O += P V over this key block: (rows_r, dp).
 #ifdef FASTBERT_BF16_DOT
               if constexpr (kDot) {
-                softmax_row_dot(s, nk, m_run[r], l_run[r], O + r * dp, dp, P2 + r * kBK, dropout ? &drop : nullptr, key,
-                                static_cast<uint32_t>(j0));
-                continue;
-              }
+                // over key pairs: P2 rows as uint32 pairs, V's pairs of this block (dp uint32 each)
+                block_dot(rows_r, dp, (nk + 1) / 2, reinterpret_cast<const uint32_t*>(P2), kBK / 2,
+                          reinterpret_cast<const uint32_t*>(Vb) + (j0 / 2) * dp, dp, O, dp, true);
+              } else
 #endif
-              for (int64_t j = nk; j < nkW; ++j) s[j] = neg_inf;
-              V vmax(neg_inf);
-              for (int64_t j = 0; j < nkW; j += W) vmax = at::vec::maximum(vmax, V::loadu(s + j));
-              const acc bmax =
-                  at::vec::vec_reduce_all<acc>([](const V& x, const V& y) { return at::vec::maximum(x, y); }, vmax);
-              const acc m_new = std::max(m_run[r], bmax);
-              if (m_new == neg_inf) {  // nothing kept so far in this row
-                std::fill(s, s + nkW, acc(0));
-                continue;
-              }
-              const V vm(m_new);
-              V vsum(acc(0));
-              for (int64_t j = 0; j < nkW; j += W) {
-                V e = vexp<acc>(V::loadu(s + j) - vm);
-                e.store(s + j);
-                vsum = vsum + e;
-              }
-              const acc bsum = at::vec::vec_reduce_all<acc>([](const V& x, const V& y) { return x + y; }, vsum);
-              if (m_run[r] == neg_inf) {  // first kept block of this row: O and l are still 0
-                m_run[r] = m_new;
-              } else if (m_run[r] != m_new) {
-                const acc alpha = std::exp(m_run[r] - m_new);
-                l_run[r] *= alpha;
-                const V va(alpha);
-                acc* o = O + r * dp;
-                for (int64_t c = 0; c < dp; c += W) (V::loadu(o + c) * va).store(o + c);
-                m_run[r] = m_new;
-              }
-              l_run[r] += bsum;
-              if (dropout) {
-                for (int64_t j = 0; j < nk; ++j) s[j] = drop.keep(key, static_cast<uint32_t>(j0 + j)) ? s[j] : acc(0);
+              {
+                block_gemm<acc>(rows_r, dp, nk, S, kBK, Vb + j0 * dp, dp, O, dp, true);
               }
             }
-            // O += P V over this key block: (rows_r, dp).
+            // out = O / (l (1 - p)); lse = m + log l.
+            for (int64_t r = 0; r < rows; ++r) {
+              const int64_t i = i0 + r;
+              const int64_t row = P.cu_seqlens ? h * T + s0 + i : (b * nh + h) * P.seqlen + i;
+              scalar_t* od = quant_rows ? rows_out + (i - task.q0) * H + h * d : out_p + (s0 + i) * H + h * d;
+              const acc* o = O + r * dp;
+              if (m_run[r] == neg_inf) {
+                for (int64_t c = 0; c < d; ++c) od[c] = scalar_t(0);
+                if (lse_p) lse_p[row] = -std::numeric_limits<float>::infinity();
+                continue;
+              }
+              const acc inv = out_scale / l_run[r];
+              if (lse_p) lse_p[row] = static_cast<float>(m_run[r] + std::log(l_run[r]));
 #ifdef FASTBERT_BF16_DOT
-            if constexpr (kDot) {
-              // over key pairs: P2 rows as uint32 pairs, V's pairs of this block (dp uint32 each)
-              block_dot(rows_r, dp, (nk + 1) / 2, reinterpret_cast<const uint32_t*>(P2), kBK / 2,
-                        reinterpret_cast<const uint32_t*>(Vb) + (j0 / 2) * dp, dp, O, dp, true);
-            } else
+              if constexpr (kDot) {
+                store_row_bf16(o, inv, od, d);
+                continue;
+              }
 #endif
-            {
-              block_gemm<acc>(rows_r, dp, nk, S, kBK, Vb + j0 * dp, dp, O, dp, true);
+              const V vinv(inv);
+              int64_t c = 0;
+              for (; c + W <= d; c += W) store_acc(od + c, V::loadu(o + c) * vinv);
+              if (c < d) store_acc(od + c, V::loadu(o + c) * vinv, d - c);
             }
           }
-          // out = O / (l (1 - p)); lse = m + log l.
-          for (int64_t r = 0; r < rows; ++r) {
-            const int64_t i = i0 + r;
-            const int64_t row = P.cu_seqlens ? h * T + s0 + i : (b * nh + h) * P.seqlen + i;
-            scalar_t* od = out_p + (s0 + i) * H + h * d;
-            const acc* o = O + r * dp;
-            if (m_run[r] == neg_inf) {
-              for (int64_t c = 0; c < d; ++c) od[c] = scalar_t(0);
-              lse_p[row] = -std::numeric_limits<float>::infinity();
-              continue;
-            }
-            const acc inv = out_scale / l_run[r];
-            lse_p[row] = static_cast<float>(m_run[r] + std::log(l_run[r]));
-#ifdef FASTBERT_BF16_DOT
-            if constexpr (kDot) {
-              store_row_bf16(o, inv, od, d);
-              continue;
-            }
-#endif
-            const V vinv(inv);
-            int64_t c = 0;
-            for (; c + W <= d; c += W) store_acc(od + c, V::loadu(o + c) * vinv);
-            if (c < d) store_acc(od + c, V::loadu(o + c) * vinv, d - c);
+        }  // heads
+        if constexpr (std::is_same_v<acc, float>) {
+          // Every head of rows q0 .. q1 is in rows_out, in the output dtype: quantize each row as quantize_rows would.
+          for (int64_t r = 0; quant_rows && r < task.q1 - task.q0; ++r) {
+            const scalar_t* xr = rows_out + r * H;
+            quantize_row([=](int64_t c, int64_t m) { return FVec(load_acc(xr + c, m)); }, P.quant_smooth, quant_row,
+                         *P.quant, s0 + task.q0 + r);
           }
         }
       }
     }
   });
+  if constexpr (std::is_same_v<acc, float>) {
+    if (P.quant != nullptr && !all_heads) {  // the output is in out: quantize its rows
+      at::parallel_for(0, T, row_grain(H), [&](int64_t begin, int64_t end) {
+        ScratchRow s(H);
+        for (int64_t r = begin; r < end; ++r) {
+          const scalar_t* xr = out_p + r * H;
+          quantize_row([=](int64_t c, int64_t m) { return FVec(load_acc(xr + c, m)); }, P.quant_smooth, s.p, *P.quant,
+                       r);
+        }
+      });
+    }
+  }
 }
 
 void attention_forward(const at::Tensor& qkv, const at::Tensor& bias, const AttnParams& P, at::Tensor& out,
@@ -769,9 +823,51 @@ std::tuple<at::Tensor, at::Tensor> attention_masked_cpu(const at::Tensor& qkv,
   return {out, lse};
 }
 
+// attention without lse, its output rows quantized for the int8 GEMM that reads them (quant.h's row rule): no
+// float output is written and read back.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_quant_cpu(
+    const at::Tensor& qkv, const std::optional<at::Tensor>& qkv_bias, const at::Tensor& cu_seqlens, int64_t max_seqlen,
+    int64_t num_heads, double scale, const std::optional<at::Tensor>& smooth, bool asymmetric) {
+  TORCH_CHECK(qkv.dim() == 2, "attention_quant: qkv must have shape (T, 3 * hidden), got ", qkv.sizes());
+  TORCH_CHECK(qkv.scalar_type() == at::kFloat || qkv.scalar_type() == at::kBFloat16,
+              "attention_quant: qkv must be float32 or bfloat16, got ", qkv.scalar_type());
+  const int64_t d = check_attention_args("attention_quant", qkv, qkv_bias, num_heads, 0.0);
+  const int64_t T = qkv.size(0);
+  const int64_t longest = check_cu_seqlens("attention_quant", cu_seqlens, max_seqlen, T);
+  const int64_t H = qkv.size(1) / 3;
+  check_smooth("attention_quant", smooth, H, "hidden");
+  auto cu = cu_seqlens.contiguous();
+  auto q = qkv.contiguous();
+  auto bias = bias_or_undefined(qkv_bias);
+  auto codes = at::empty({T, H}, q.options().dtype(at::kChar));
+  auto row_scale = at::empty({T}, q.options().dtype(at::kFloat));
+  auto shift = shift_output(q, T, asymmetric);
+  at::Tensor smooth_keep;
+  const QuantOut out{codes.mutable_data_ptr<int8_t>(), row_scale.mutable_data_ptr<float>(),
+                     asymmetric ? shift.mutable_data_ptr<float>() : nullptr, H};
+  AttnParams P;
+  P.T = T;
+  P.num_heads = num_heads;
+  P.head_dim = d;
+  P.hidden = H;
+  P.batch = cu.size(0) - 1;
+  P.cu_seqlens = cu.const_data_ptr<int32_t>();
+  P.max_seqlen = longest;
+  P.scale = scale;
+  P.quant = &out;
+  P.quant_smooth = optional_ptr(smooth, smooth_keep);
+  // Written only where the kernel quantizes after the attention (long or few sequences); memory is not touched
+  // otherwise.
+  auto out_rows = at::empty({T, H}, q.options());
+  at::Tensor no_lse;
+  if (T > 0) FASTBERT_CPU_DISPATCH(attention_forward, q, bias, P, out_rows, no_lse);
+  return {codes, row_scale, shift};
+}
+
 TORCH_LIBRARY_IMPL(fastbert, CPU, m) {
   m.impl("attention", &attention_cpu);
   m.impl("attention_masked", &attention_masked_cpu);
+  m.impl("attention_quant", &attention_quant_cpu);
 }
 #endif
 

@@ -8,8 +8,9 @@ Scheme (accurate without a calibration set, no extra pass over memory):
 * Activations: int8 per token with a shift, ``x[t, c] ~ q[t, c] * scale[t] + shift[t]``: shift the centre of the
   row's range, scale its half-width / 127, so every row uses all 255 levels (the GELU's output is one-sided: a
   symmetric scale would leave it 128). Computed by the kernel that writes the activation: the LayerNorms
-  (``dequant_bias_residual_layernorm``), the GELU (``dequant_bias_act_quant``); the embeddings' and attention's
-  outputs go through ``quantize_rows``. The int32 GEMM output is dequantized inside the op that reads it:
+  (``dequant_bias_residual_layernorm``), the GELU (``dequant_bias_act_quant``), attention (``attention_quant``,
+  whose float output is never written); only the embeddings' output goes through ``quantize_rows``. The int32
+  GEMM output is dequantized inside the op that reads it:
   ``acc * scale[t] * w_scale[n] + shift[t] * w_sum[n]``, ``w_sum`` the dequantized weight's column sums.
 * Outlier channels: BERT's LayerNorm outputs carry a few channels tens of times larger than the rest, which would
   take a per-token scale and leave the other channels a few levels. Each GEMM input is smoothed (SmoothQuant,

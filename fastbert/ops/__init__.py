@@ -31,9 +31,16 @@ OPS = (
     "dequantize_rows",
     "dequant_bias_act_quant",
     "dequant_bias_residual_layernorm",
+    "attention_quant",
 )
 # Ops with a CPU kernel only, by design (int8 inference around torch._int_mm); on CUDA they run the reference.
-CPU_ONLY_OPS = ("quantize_rows", "dequantize_rows", "dequant_bias_act_quant", "dequant_bias_residual_layernorm")
+CPU_ONLY_OPS = (
+    "quantize_rows",
+    "dequantize_rows",
+    "dequant_bias_act_quant",
+    "dequant_bias_residual_layernorm",
+    "attention_quant",
+)
 
 _C = None
 LOAD_ERROR: str | None = None
@@ -206,6 +213,20 @@ if HAS_EXTENSION:
         T = x.shape[0]
         return x.new_empty(x.shape, dtype=torch.int8), _rows_fake(x, T, True), _rows_fake(x, T, asymmetric)
 
+    @torch.library.register_fake("fastbert::attention_quant")
+    def _attention_quant_fake(
+        qkv: Tensor,
+        qkv_bias: Tensor | None,
+        cu_seqlens: Tensor,
+        max_seqlen: int,
+        num_heads: int,
+        scale: float,
+        smooth: Tensor | None,
+        asymmetric: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        T, H = qkv.shape[0], qkv.shape[1] // 3
+        return qkv.new_empty((T, H), dtype=torch.int8), _rows_fake(qkv, T, True), _rows_fake(qkv, T, asymmetric)
+
     @torch.library.register_fake("fastbert::dequantize_rows")
     def _dequantize_rows_fake(
         acc: Tensor,
@@ -358,6 +379,22 @@ def quantize_rows(x: Tensor, smooth: Tensor | None = None, asymmetric: bool = Fa
     if _use_kernel("quantize_rows", x.device, x, smooth):
         return torch.ops.fastbert.quantize_rows(x, smooth, asymmetric)
     return reference.quantize_rows(x, smooth, asymmetric)
+
+
+def attention_quant(
+    qkv: Tensor,
+    qkv_bias: Tensor | None,
+    cu_seqlens: Tensor,
+    max_seqlen: int,
+    num_heads: int,
+    scale: float,
+    smooth: Tensor | None = None,
+    asymmetric: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    args = (qkv, qkv_bias, cu_seqlens, max_seqlen, num_heads, scale, smooth, asymmetric)
+    if _use_kernel("attention_quant", qkv.device, qkv, qkv_bias, smooth):
+        return torch.ops.fastbert.attention_quant(*args)
+    return reference.attention_quant(*args)
 
 
 def dequantize_rows(

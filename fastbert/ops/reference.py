@@ -29,6 +29,7 @@ __all__ = [
     "dequantize_rows",
     "dequant_bias_act_quant",
     "dequant_bias_residual_layernorm",
+    "attention_quant",
 ]
 
 
@@ -255,6 +256,22 @@ def dequant_bias_residual_layernorm(
         scale = torch.empty(0, dtype=torch.float32, device=acc.device)
         shift = torch.empty(0, dtype=torch.float32, device=acc.device)
     return out, q, scale, shift
+
+
+def attention_quant(
+    qkv: torch.Tensor,
+    qkv_bias: torch.Tensor | None,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    num_heads: int,
+    scale: float,
+    smooth: torch.Tensor | None = None,
+    asymmetric: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """quantize_rows(attention(qkv, ...)'s out, smooth, asymmetric): attention's output (no dropout) as the int8
+    input of the attention-output GEMM, of the out in qkv's dtype (for bfloat16, of its rounded values)."""
+    out, _ = attention(qkv, qkv_bias, cu_seqlens, max_seqlen, num_heads, scale)
+    return quantize_rows(out, smooth, asymmetric)
 
 
 # ---------------------------------------------------------------- dropout mask (counter-based)

@@ -134,10 +134,8 @@ def run_layers_int8(
         sa, o_dense, ln1, inter, out_dense, ln2 = layer_parts(block)
         _, bqkv = fused_qkv(sa, False)
         qkv = F.dequantize_rows(torch._int_mm(xq, q.qkv.weight), xs, q.qkv.scale, dtype, xh, q.qkv.w_sum)
-        ctx, _ = F.attention(qkv, bqkv, cu_seqlens, max_seqlen, nh, scale, 0.0, 0, 0)
+        cq, cs, ch = F.attention_quant(qkv, bqkv, cu_seqlens, max_seqlen, nh, scale, q.out.smooth, True)
         del qkv
-        cq, cs, ch = F.quantize_rows(ctx, q.out.smooth, True)
-        del ctx
         x, xq, xs, xh = F.dequant_bias_residual_layernorm(
             torch._int_mm(cq, q.out.weight),
             cs,

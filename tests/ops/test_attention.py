@@ -94,6 +94,7 @@ LENGTHS = [
     [5, 0, 1, 33],  # an empty sequence, a one-token sequence
     [0, 0, 3],  # empty first
     [130, 0, 257, 1, 64],  # crosses the 256-key block, odd lengths
+    SHORT_MANY := [9, 144, 1, 0, 60, 33, 90, 12, 5, 140, 77],  # many sequences <= 144: a task per sequence, every head
 ]
 
 
@@ -173,6 +174,7 @@ def test_ops_wrapper_uses_kernel():
 def test_packed_dropout_matches_reference(cpu_isa, p, seed, offset):
     check_packed([37, 0, 300, 1], 2, 32, torch.float32, dropout_p=p, seed=seed, offset=offset)
     check_packed([37, 5], 3, 16, torch.float64, dropout_p=p, seed=seed, offset=offset)
+    check_packed(SHORT_MANY, 3, 16, torch.float32, dropout_p=p, seed=seed, offset=offset)
 
 
 def reveal_mask(lengths, nh, p, seed, offset):
@@ -272,6 +274,8 @@ def test_masked_bool(cpu_isa, shape, d):
     B, L, nh = 3, 37, 2
     mask = bool_mask(shape_of(shape, B, nh, L), seed=d)
     check_masked(B, L, nh, d, mask)
+    B = 9  # enough sequences for a task per sequence, every head
+    check_masked(B, L, nh, d, bool_mask(shape_of(shape, B, nh, L), seed=d + 1))
 
 
 @pytest.mark.parametrize("shape", MASK_SHAPES)
@@ -476,19 +480,22 @@ def test_masked_bad_arguments(over, exc, name):
 def test_same_bits_at_any_thread_count(cpu_isa):
     # each softmax row is computed by one task in a fixed order: results do not depend on the thread count
     # (which changes how the work is split into tasks)
-    lengths, nh, d = [70, 0, 9], 1, 32
-    cu = cu_of(lengths)
-    qkv, b = make_qkv((79, 3 * nh * d), torch.float32, seed=12)
+    # (which changes how the work is split into tasks: [70, 0, 9] into row chunks, SHORT_MANY into a task per
+    # sequence for every head at 1 and 2 threads, per (sequence, head) at 3)
     before = torch.get_num_threads()
-    try:
-        results = []
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
-            results.append(torch.ops.fastbert.attention(qkv, b, cu, 70, nh, 0.2, 0.2, 9, 1))
-    finally:
-        torch.set_num_threads(before)
-    for out, lse in results[1:]:
-        assert torch.equal(out, results[0][0]) and torch.equal(lse, results[0][1])
+    for lengths, nh in (([70, 0, 9], 1), (SHORT_MANY, 2)):
+        d = 32
+        cu = cu_of(lengths)
+        qkv, b = make_qkv((int(cu[-1]), 3 * nh * d), torch.float32, seed=12)
+        try:
+            results = []
+            for threads in (1, 2, 3):
+                torch.set_num_threads(threads)
+                results.append(torch.ops.fastbert.attention(qkv, b, cu, max(lengths), nh, 0.2, 0.2, 9, 1))
+        finally:
+            torch.set_num_threads(before)
+        for out, lse in results[1:]:
+            assert torch.equal(out, results[0][0]) and torch.equal(lse, results[0][1])
 
 
 # ---------------------------------------------------------------- bfloat16: the AVX512-BF16 dot-product path
@@ -575,7 +582,7 @@ def check_dot_packed(lengths, nh, d, dropout_p=0.0, seed=0, offset=0, bias=True,
     return got
 
 
-DOT_LENGTHS = [[1], [7], [33], [129], [300], [5, 0, 1, 33], [130, 0, 257, 1, 64], [700, 3]]
+DOT_LENGTHS = [[1], [7], [33], [129], [300], [5, 0, 1, 33], [130, 0, 257, 1, 64], [700, 3], SHORT_MANY]
 
 
 @needs_bf16_dot
@@ -603,6 +610,7 @@ def test_bf16_dot_odd_head_dim_no_bias_other_scale(bf16_dot):
 def test_bf16_dot_packed_dropout(bf16_dot, p, seed, offset):
     check_dot_packed([37, 0, 300, 1], 2, 32, dropout_p=p, seed=seed, offset=offset)
     check_dot_packed([129, 7], 3, 64, dropout_p=p, seed=seed, offset=offset)
+    check_dot_packed(SHORT_MANY, 2, 32, dropout_p=p, seed=seed, offset=offset)
 
 
 @needs_bf16_dot

@@ -1,6 +1,6 @@
-"""int8 inference ops (quantize_rows, dequantize_rows, dequant_bias_act_quant, dequant_bias_residual_layernorm)
-against fastbert/ops/reference.py, on every instruction set, dtype and awkward shape, quantizing symmetric and
-asymmetric (with a per-row shift) and dequantizing plain and shifted GEMM inputs.
+"""int8 inference ops (quantize_rows, dequantize_rows, dequant_bias_act_quant, dequant_bias_residual_layernorm,
+attention_quant) against fastbert/ops/reference.py, on every instruction set, dtype and awkward shape,
+quantizing symmetric and asymmetric (with a per-row shift) and dequantizing plain and shifted GEMM inputs.
 
 int8 outputs may differ from the reference by 1 where a value lands within an ulp of a .5 tie (the kernels
 multiply by 1 / scale and use their own activation polynomials), and such differences must be rare."""
@@ -12,7 +12,7 @@ import torch
 
 from fastbert import ops
 from fastbert.ops import reference
-from tests.helpers import requires_extension
+from tests.helpers import TOLERANCES, requires_extension
 
 pytestmark = requires_extension
 
@@ -362,6 +362,72 @@ def test_dequant_bias_residual_layernorm_stable_and_constant_rows(cpu_isa, gen):
     assert torch.isfinite(scale).all()
 
 
+# ---------------------------------------------------------------- attention_quant
+
+
+def _packed_qkv(lengths, nh, d, dtype, gen):
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(torch.tensor(lengths), 0)
+    T, H = int(cu[-1]), nh * d
+    qkv = torch.randn(T, 3 * H, generator=gen).to(dtype)
+    bias = (torch.randn(3 * H, generator=gen) * 0.5).to(dtype)
+    return qkv, bias, cu, max(lengths)
+
+
+ATTN_CASES = [
+    ([1], 1, 16),  # one token
+    ([5, 37, 0, 130], 3, 20),  # ragged, an empty sequence, a head size off the vector width
+    ([300], 2, 64),  # one sequence longer than a task's rows: split into row chunks
+    ([7, 64, 129, 3, 50], 12, 32),  # MiniLM's heads
+    ([7, 144, 1, 0, 60, 33, 90, 12, 5, 140, 77], 6, 24),  # many short sequences: one task quantizes each
+    ([17, 200], 2, 128),
+    ([9, 2], 1, 33),
+]
+
+
+@pytest.mark.parametrize("asym", [False, True], ids=["sym", "asym"])
+@pytest.mark.parametrize("smooth", [False, True], ids=["plain", "smooth"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("lengths,nh,d", ATTN_CASES, ids=[f"{len(c[0])}seq-{c[1]}x{c[2]}" for c in ATTN_CASES])
+def test_attention_quant(cpu_isa, lengths, nh, d, dtype, smooth, asym):
+    gen = _gen("attnq", tuple(lengths), nh, d)
+    qkv, bias, cu, mx = _packed_qkv(lengths, nh, d, dtype, gen)
+    sm = _smooth(nh * d, gen) if smooth else None
+    scale = d**-0.5
+    q, row_scale, shift = torch.ops.fastbert.attention_quant(qkv, bias, cu, mx, nh, scale, sm, asym)
+    # exactly what quantizing the attention kernel's own output gives (the fused op never writes that output)
+    out, _ = torch.ops.fastbert.attention(qkv, bias, cu, mx, nh, scale)
+    q_own, scale_own, shift_own = torch.ops.fastbert.quantize_rows(out, sm, asym)
+    assert torch.equal(q, q_own) and torch.equal(row_scale, scale_own) and torch.equal(shift, shift_own)
+    # and the values it stands for are the reference attention's, within half a step plus attention's tolerance
+    # (tests/ops/test_attention.py's, scaled by smooth)
+    out_ref, _ = reference.attention(qkv.double(), bias.double(), cu, mx, nh, scale)
+    factor = sm if smooth else torch.ones(nh * d)
+    v_ref = out_ref.float() * factor
+    deq = _deq(q, row_scale, shift)
+    atol, rtol = TOLERANCES[dtype]
+    tol = row_scale[:, None] * 0.5 * (1 + 1e-5) + (atol + rtol * out_ref.float().abs()) * factor
+    assert ((deq - v_ref).abs() <= tol).all(), f"max err {((deq - v_ref).abs() - tol).max().item()} over tolerance"
+    assert (q != -128).all() and q.shape == (qkv.shape[0], nh * d)
+    assert shift.shape == ((qkv.shape[0],) if asym else (0,))
+
+
+def test_attention_quant_threads(gen):
+    """The same codes on one thread and on two: 6 sequences are 6 tasks of every head on one thread, and 24
+    tasks of one head, quantized after the attention, on two."""
+    qkv, bias, cu, mx = _packed_qkv([100, 3, 77, 5, 9, 120], 4, 32, torch.bfloat16, gen)
+    args = (qkv, bias, cu, mx, 4, 32**-0.5, _smooth(128, gen), True)
+    two = torch.ops.fastbert.attention_quant(*args)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch.ops.fastbert.attention_quant(*args)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+
+
 # ---------------------------------------------------------------- opcheck and argument errors
 
 
@@ -387,6 +453,11 @@ def _opcheck_cases(gen):
             (acc, x_scale, w_scale, b, res, w, b, 1e-12, True, sm, x_shift, w_sum, True),
         ),
         (torch.ops.fastbert.quantize_rows.default, (x.bfloat16(), _smooth(K, gen))),
+        (torch.ops.fastbert.attention_quant.default, (*_packed_qkv([3, 4], 2, 16, torch.float32, gen), 2, 0.25, None)),
+        (
+            torch.ops.fastbert.attention_quant.default,
+            (*_packed_qkv([5], 2, 16, torch.bfloat16, gen), 2, 0.25, _smooth(32, gen), True),
+        ),
         (torch.ops.fastbert.dequantize_rows.default, (acc, x_scale, w_scale, torch.float32)),
         (torch.ops.fastbert.dequantize_rows.default, (acc, x_scale, w_scale, torch.bfloat16)),
         (torch.ops.fastbert.dequant_bias_act_quant.default, (acc, x_scale, w_scale, b, "gelu", sm)),
