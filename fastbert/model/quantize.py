@@ -5,6 +5,8 @@ Scheme (accurate without a calibration set, no extra pass over memory):
 
 * Weights: symmetric int8 per output channel, ``w ~ w_scale[n] * wq[n, k]``, stored transposed (K, N) for
   ``torch._int_mm`` (oneDNN's s8s8 GEMM with int32 accumulation, VNNI/AMX-INT8 where the processor has them).
+  The codes are rounded by GPTQ (fastbert/model/gptq.py): column by column, each column's rounding error
+  compensated on the later ones through the calibration inputs' Gram matrix, so the GEMM's output stays close.
 * Activations: int8 per token with a shift, ``x[t, c] ~ q[t, c] * scale[t] + shift[t]``: shift the centre of the
   row's range, scale its half-width / 127, so every row uses all 255 levels (the GELU's output is one-sided: a
   symmetric scale would leave it 128). Computed by the kernel that writes the activation: the LayerNorms
@@ -32,16 +34,18 @@ bfloat16), accumulating in fp32.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..runtime.int8 import GEMMS, STATE_ATTR, Int8Layer, Int8State, quantize_weight
+from ..ops import gemm
+from ..runtime.int8 import GEMMS, STATE_ATTR, Int8Layer, Int8State, int8_gemm, quantize_weight, weight_scale
 from ..runtime.weights import fused_qkv, layer_parts
 from .forward import attention_geometry, embed
+from .gptq import gptq_codes
 from .modules import FastBertModule
 
 __all__ = ["quantize", "dequantize", "is_quantized", "base_dtype", "SMOOTH_ALPHA"]
@@ -56,16 +60,28 @@ def _smoothing(x_amax: Tensor, w: Tensor, alpha: float) -> Tensor:
     return s / s.median()  # centred, so neither side's range drifts far from 1
 
 
-def _calibration_ids(config: Any, seed: int = 0, batch: int = 8, length: int = 64) -> Tensor:
+def _calibration_ids(config: Any, seed: int = 0, batch: int = 16, length: int = 128) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     length = min(length, int(config.max_position_embeddings))
     return torch.randint(1, int(config.vocab_size), (batch, length), generator=g)
 
 
+class _Inputs(NamedTuple):
+    """What a float32 calibration forward saw at one GEMM's input X (T, K): per-channel max |x| and X^T X."""
+
+    amax: Tensor
+    gram: Tensor
+
+
+def _seen(x: Tensor) -> _Inputs:
+    xt = x.t().contiguous()
+    return _Inputs(x.abs().amax(dim=0), gemm.linear_fn(xt)(xt, xt))  # X^T X on the inference loop's GEMM library
+
+
 @torch.no_grad()
-def _gemm_input_amax(model: nn.Module, config: Any, ids: Tensor, mask: Tensor | None) -> list[list[Tensor]]:
-    """Per layer, the per-channel max |x| of the four GEMM inputs (QKV, attention output, FFN in, FFN out), from
-    a float32 forward of the model on ids."""
+def _gemm_inputs(model: nn.Module, config: Any, ids: Tensor, mask: Tensor | None) -> Iterator[list[_Inputs]]:
+    """Per layer, in order, what the four GEMMs (QKV, attention output, FFN in, FFN out) see in a float32 forward
+    of the model on ids: one layer at a time, so only one layer's Gram matrices are held."""
     emb = model.embeddings
     if mask is None:
         mask = torch.ones_like(ids)
@@ -74,49 +90,52 @@ def _gemm_input_amax(model: nn.Module, config: Any, ids: Tensor, mask: Tensor | 
     nh, scale = attention_geometry(config)
     L = ids.shape[1]
     act = config.hidden_act
-    stats = []
     for layer in model.encoder.layer:
         sa, o_dense, ln1, inter, out_dense, ln2 = layer_parts(layer)
         w, b = fused_qkv(sa, True)
         w, b = w.float(), None if b is None else b.float()
-        amax = [x.abs().amax(dim=0)]
+        seen = [_seen(x)]
         ctx, _ = ops.attention(x @ w.t(), b, cu_seqlens, L, nh, scale, 0.0, 0, 0)
-        amax.append(ctx.abs().amax(dim=0))
+        seen.append(_seen(ctx))
         y = ctx @ o_dense.weight.float().t()
         x, _, _ = ops.bias_residual_layernorm(y, _f(o_dense.bias), x, ln1.weight.float(), ln1.bias.float(), ln1.eps)
-        amax.append(x.abs().amax(dim=0))
+        seen.append(_seen(x))
         h = ops.bias_act(x @ inter.weight.float().t(), inter.bias.float(), act)
-        amax.append(h.abs().amax(dim=0))
+        seen.append(_seen(h))
         y = h @ out_dense.weight.float().t()
         x, _, _ = ops.bias_residual_layernorm(y, _f(out_dense.bias), x, ln2.weight.float(), ln2.bias.float(), ln2.eps)
-        stats.append(amax)
-    return stats
+        yield seen
 
 
 def _f(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.float()
 
 
+def _quantize_gemm(w: Tensor, seen: _Inputs, state: Int8State):
+    """One GEMM's Int8Gemm: smoothed by what its input saw (state.smooth), its codes by GPTQ (state.gptq)."""
+    s = _smoothing(seen.amax, w, SMOOTH_ALPHA) if state.smooth else None
+    if not state.gptq:
+        return quantize_weight(w, s)
+    wf = w.detach().float() if s is None else w.detach().float() * s
+    gram = seen.gram if s is None else seen.gram / (s[:, None] * s[None, :])  # of the smoothed inputs x / s
+    scale = weight_scale(wf)
+    return int8_gemm(gptq_codes(wf, scale, gram), scale, s)
+
+
 def _build(model: nn.Module, state: Int8State) -> list[Int8Layer]:
     config = model.config
     ids, mask = state.calibration if state.calibration is not None else (_calibration_ids(config), None)
-    amax = (
-        _gemm_input_amax(model, config, ids.to(model.embeddings.word_embeddings.weight.device), mask)
-        if state.smooth
-        else None
-    )
+    device = model.embeddings.word_embeddings.weight.device
     layers = []
-    for i, layer in enumerate(model.encoder.layer):
+    for layer, seen in zip(model.encoder.layer, _gemm_inputs(model, config, ids.to(device), mask)):
         sa, o_dense, _, inter, out_dense, _ = layer_parts(layer)
         wqkv, _ = fused_qkv(sa, True)
         ws = (wqkv, o_dense.weight, inter.weight, out_dense.weight)
-        gemms = [
-            quantize_weight(w, _smoothing(amax[i][j], w, SMOOTH_ALPHA) if amax is not None else None)
-            if GEMMS[j] not in state.keep_float
-            else None
-            for j, w in enumerate(ws)
-        ]
-        layers.append(Int8Layer(*gemms))
+        layers.append(
+            Int8Layer(
+                *(None if GEMMS[j] in state.keep_float else _quantize_gemm(w, seen[j], state) for j, w in enumerate(ws))
+            )
+        )
     return layers
 
 
@@ -126,14 +145,16 @@ def quantize(
     calibration_ids: Tensor | None = None,
     calibration_mask: Tensor | None = None,
     keep_float: Sequence[str] = (),
+    gptq: bool = True,
 ) -> nn.Module:
     """Run the encoder GEMMs of every fastbert model inside ``model`` in int8 (CPU, eval mode, no gradient), in
     place; returns model. ``model``: ``fastbert.BertModel``, a ``fastbert.BertFor*`` head, a model made by
     ``fastbert.optimize``, or ``fastbert.load_encoder``'s Encoder. ``smooth``: migrate activation outliers into
     the weights (see the module docstring); ``calibration_ids`` (B, L) (and mask): the text whose activations set
     the smoothing (default: random token ids). ``keep_float``: GEMMs left in the model's float dtype, of
-    ``"ffn_out"`` (the one whose input, the GELU's output, int8 represents worst) so far.
-    ``fastbert.dequantize(model)`` goes back to float."""
+    ``"ffn_out"`` (the one whose input, the GELU's output, int8 represents worst) so far. ``gptq``: round the
+    weights so each GEMM's output, not each weight, stays close (fastbert/model/gptq.py), from the calibration
+    forward's inputs; False rounds each weight to nearest. ``fastbert.dequantize(model)`` goes back to float."""
     bad = set(keep_float) - {"ffn_out"}
     if isinstance(keep_float, str) or bad:
         raise ValueError(f"keep_float: expected a sequence of GEMM names from ('ffn_out',), got {keep_float!r}")
@@ -162,6 +183,7 @@ def quantize(
             smooth=smooth,
             calibration=None if calibration_ids is None else (calibration_ids, calibration_mask),
             keep_float=keep_float,
+            gptq=gptq,
         )
         state.refresh(m)
         m.__dict__[STATE_ATTR] = state

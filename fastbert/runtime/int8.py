@@ -25,6 +25,8 @@ __all__ = [
     "GEMMS",
     "QMAX",
     "quantize_weight",
+    "weight_scale",
+    "int8_gemm",
     "int8_layers",
     "run_layers_int8",
     "STATE_ATTR",
@@ -51,18 +53,28 @@ class Int8Layer(NamedTuple):
 GEMMS = ("qkv", "attention_output", "ffn_in", "ffn_out")  # the four GEMMs of a layer, for keep_float
 
 
-def quantize_weight(w: Tensor, s: Tensor | None = None) -> Int8Gemm:
-    """w (N, K) float -> Int8Gemm: per-output-channel symmetric int8 of w * s (columns), transposed to (K, N)."""
-    wf = w.detach().float()
-    if s is not None:
-        wf = wf * s
+def weight_scale(wf: Tensor) -> Tensor:
+    """The per-output-channel scale of a float32 weight (N, K): max |row| / 127 (1 for a zero row)."""
     amax = wf.abs().amax(dim=1)
-    scale = torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
-    q = torch.round(wf / scale[:, None]).clamp_(-QMAX, QMAX).to(torch.int8)
+    return torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
+
+
+def int8_gemm(q: Tensor, scale: Tensor, s: Tensor | None) -> Int8Gemm:
+    """The Int8Gemm of codes q (N, K) int8 with per-output-channel scale (N,), for the columns smoothed by s."""
     w_sum = (q.sum(dim=1, dtype=torch.int64).double() * scale.double()).float()
     return Int8Gemm(
         q.t().contiguous(), scale.contiguous(), None if s is None else (1.0 / s).contiguous(), w_sum.contiguous()
     )
+
+
+def quantize_weight(w: Tensor, s: Tensor | None = None) -> Int8Gemm:
+    """w (N, K) float -> Int8Gemm: per-output-channel symmetric int8 of w * s (columns), rounded to nearest,
+    transposed to (K, N)."""
+    wf = w.detach().float()
+    if s is not None:
+        wf = wf * s
+    scale = weight_scale(wf)
+    return int8_gemm(torch.round(wf / scale[:, None]).clamp_(-QMAX, QMAX).to(torch.int8), scale, s)
 
 
 def encoder_parameters(model: nn.Module) -> tuple:
@@ -75,7 +87,7 @@ class Int8State:
     Not copied by deepcopy or pickle (a copy is a float model until quantized again).
     ``build(model, state)`` makes the layers from the float parameters (fastbert.model.quantize's builder)."""
 
-    __slots__ = ("layers", "key", "build", "smooth", "calibration", "keep_float", "__weakref__")
+    __slots__ = ("layers", "key", "build", "smooth", "calibration", "keep_float", "gptq", "__weakref__")
 
     def __init__(
         self,
@@ -83,9 +95,11 @@ class Int8State:
         smooth: bool = True,
         calibration: tuple[Tensor, Tensor | None] | None = None,
         keep_float: Sequence[str] = (),
+        gptq: bool = True,
     ):
         self.layers, self.key, self.build = None, None, build
         self.smooth, self.calibration, self.keep_float = smooth, calibration, tuple(keep_float)
+        self.gptq = gptq
 
     def refresh(self, model: nn.Module) -> list[Int8Layer]:
         """The layers, rebuilt first when a parameter changed since they were built."""

@@ -47,7 +47,8 @@ def test_minilm_int8_text_cosine():
         outs = [fb(**enc).last_hidden_state, lean(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])]
     for out in outs:
         cos = F.cosine_similarity(_mean_pool(out, enc["attention_mask"]), ref, dim=-1)
-        # measured 0.9986 / 0.9993 (2026-12-02); symmetric activations (no shift) gave 0.9982 / 0.9988
+        # measured 0.9992 / 0.9994 with GPTQ weights (2026-12-06; rounded to nearest: 0.9992 / 0.9994 here, and
+        # 0.9986 / 0.9993 before the calibration batch grew to 16 x 128); symmetric activations gave 0.9982 / 0.9988
         assert float(cos.min()) >= 0.998 and float(cos.mean()) >= 0.999, (float(cos.min()), float(cos.mean()))
     # the FFN's second GEMM in float: the most accurate setting
     fastbert.quantize(fb, keep_float=("ffn_out",))
