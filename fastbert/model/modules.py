@@ -113,6 +113,13 @@ class Encoder(FastBertModule, nn.Module):
             self, self.config, input_ids, attention_mask, token_type_ids, position_ids, pad_outputs=self.pad_outputs
         ).last_hidden_state
 
+    @property
+    def uses_token_types(self) -> bool:
+        """Whether token_type_ids change the output: a family with a token type table of more than one row
+        (BERT, ELECTRA; not RoBERTa's single type, not DistilBERT)."""
+        tt = getattr(self.embeddings, "token_type_embeddings", None)
+        return tt is not None and tt.num_embeddings > 1
+
     def pool(self, last_hidden_state: Tensor) -> Tensor:
         """tanh(dense(last_hidden_state[:, 0])), HF's pooler output (B, H)."""
         if self.pooler is None:
