@@ -113,3 +113,14 @@ def test_model_defaults_read_distilbert_dim(tmp_path):
     save_tokenizer(tmp_path, "distilbert")
     assert json.loads((tmp_path / "config.json").read_text())["dim"] == 32
     assert job.model_defaults(str(tmp_path)).hidden_size == 32
+
+
+@pytest.mark.parametrize("family", ["roberta", "xlm-roberta", "camembert", "distilbert", "electra"])
+def test_validate_command_passes(tmp_path, capsys, family):
+    save_model(tmp_path, family, "ForMaskedLM")  # a head checkpoint: keys under the family's prefix
+    save_tokenizer(tmp_path, family)
+    code = cli.main(["validate", "--model", str(tmp_path), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert HF_BASE[family] + " last_hidden_state" in out and "sentences and pairs, tokenized" in out
+    assert "PASS" in out
