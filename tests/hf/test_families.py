@@ -308,3 +308,93 @@ def test_distilbert_refuses_token_type_ids():
 
     with pytest.raises(ValueError, match="token_type_ids"):
         run(enc, enc.config, torch.ones(1, 3, dtype=torch.long), token_type_ids=torch.zeros(1, 3, dtype=torch.long))
+
+
+def _additive(keep4d):
+    return torch.zeros(keep4d.shape).masked_fill(~keep4d.bool(), torch.finfo(torch.float32).min)
+
+
+@pytest.mark.parametrize("family", ["roberta", "distilbert", "electra"])
+def test_every_mask_form(family):
+    """2-D bool/int/float masks agree; 3-D keep masks and 4-D bool or additive masks match transformers given
+    the equivalent 4-D additive mask."""
+    ref, ours = pair(family, "Model", seed=4)
+    ids, mask = batch(family, 3, 13, "holes-pad", seed=5)
+    with torch.no_grad():
+        expected = ref(input_ids=ids, attention_mask=mask).last_hidden_state
+        for m in (mask.bool(), mask.float(), mask.int()):
+            assert max_diff(ours(input_ids=ids, attention_mask=m).last_hidden_state, expected, mask) <= TOL
+        full = torch.randint(2, VOCAB, (3, 12), generator=torch.Generator().manual_seed(6))
+        keep = torch.rand(3, 1, 12, 12, generator=torch.Generator().manual_seed(7)) < 0.6
+        keep[..., 0] = True
+        r = ref(input_ids=full, attention_mask=_additive(keep)).last_hidden_state
+        for m in (keep, _additive(keep), keep[:, 0], keep[:, 0].long()):
+            assert max_diff(ours(input_ids=full, attention_mask=m).last_hidden_state, r) <= TOL
+
+
+@pytest.mark.parametrize("family", ["roberta", "distilbert", "electra"])
+def test_position_ids_attentions_and_inputs_embeds(family):
+    ref, ours = pair(family, "Model", seed=5)
+    ids, mask = batch(family, 3, 11, "right", seed=6)
+    pos = torch.randint(0, MAX_POS - 11, (1,)).item() + torch.arange(11).expand(3, 11)
+    embeds = ref.embeddings.word_embeddings(ids).detach()
+    with torch.no_grad():
+        for kw in (
+            dict(input_ids=ids, attention_mask=mask, position_ids=pos),
+            dict(inputs_embeds=embeds, attention_mask=mask),
+            dict(input_ids=ids[:, :7], position_ids=torch.tensor([[2, 3, 4, 2, 3, 4, 5]])),  # packed rows
+        ):
+            keep = kw.get("attention_mask")
+            r, o = ref(**kw), ours(**kw)
+            assert max_diff(o.last_hidden_state, r.last_hidden_state, keep) <= TOL, sorted(kw)
+        r = ref(input_ids=ids, attention_mask=mask, output_attentions=True)
+        o = ours(input_ids=ids, attention_mask=mask, output_attentions=True)
+        assert len(o.attentions) == LAYERS
+        for a, b in zip(r.attentions, o.attentions):
+            assert (
+                max_diff(b[mask.bool()[:, None, :, None].expand_as(b)], a[mask.bool()[:, None, :, None].expand_as(a)])
+                <= TOL
+            )
+
+
+def test_pickle_and_deepcopy_of_an_optimized_model():
+    import copy
+    import pickle
+
+    ref, _ = pair("distilbert", "ForSequenceClassification")
+    fastbert.optimize(ref)
+    ids, mask = batch("distilbert", 3, 9, "right")
+    with torch.no_grad():
+        expected = ref(input_ids=ids, attention_mask=mask).logits
+        for other in (pickle.loads(pickle.dumps(ref)), copy.deepcopy(ref)):
+            assert fastbert.is_optimized(other)
+            assert max_diff(other(input_ids=ids, attention_mask=mask).logits, expected) == 0.0
+
+
+@pytest.mark.parametrize("family", ["distilbert", "electra"])
+def test_int8_names_the_families_it_runs(family):
+    _, ours = pair(family, "Model")
+    with pytest.raises(NotImplementedError, match="model_type"):
+        fastbert.quantize(ours)
+
+
+def test_sentence_transformers_model_on_roberta(tmp_path):
+    """A real sentence-transformers model (its Transformer module + mean pooling) over a RoBERTa folder, optimized
+    in place, then restored."""
+    st = pytest.importorskip("sentence_transformers")
+    from tests.model.test_family_loading import save_tokenizer
+
+    ref, _ = pair("roberta", "Model", seed=8)
+    ref.save_pretrained(tmp_path)
+    save_tokenizer(tmp_path, "roberta")
+    (tmp_path / "tokenizer_config.json").write_text(
+        '{"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "<pad>", "model_max_length": 32}'
+    )
+    model = st.SentenceTransformer(str(tmp_path), device="cpu", model_kwargs={"attn_implementation": "eager"})
+    texts = ["the quick brown fox", "a dog", "the lazy cat sleeps and the red fox runs"]
+    expected = model.encode(texts, convert_to_tensor=True)
+    fastbert.optimize(model)
+    assert fastbert.is_optimized(model)
+    assert max_diff(model.encode(texts, convert_to_tensor=True), expected) <= TOL
+    fastbert.restore(model)
+    assert not fastbert.is_optimized(model)
