@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from torch import nn
 
-__all__ = ["LayerLayout", "BERT_LAYER", "DISTILBERT_LAYER", "LAYOUTS", "layout_of", "qkv_names", "part"]
+__all__ = ["LayerLayout", "BERT_LAYER", "DISTILBERT_LAYER", "LAYOUTS", "layout_of", "qkv_names", "part", "parts"]
 
 
 class LayerLayout(NamedTuple):
@@ -72,6 +72,36 @@ def part(module: nn.Module, path: str) -> nn.Module:
     for name in path.split("."):
         module = module._modules[name]
     return module
+
+
+def _split(layout: LayerLayout) -> tuple[tuple[str, ...], ...]:
+    paths = (
+        layout.attention,
+        layout.attention_output,
+        layout.attention_norm,
+        layout.intermediate,
+        layout.output,
+        layout.output_norm,
+    )
+    return tuple(tuple(p.split(".")) for p in paths)
+
+
+_PARTS = {layout: _split(layout) for layout in LAYOUTS}  # the six paths of each layout, split once
+
+
+def parts(layer: nn.Module) -> tuple[nn.Module, ...]:
+    """The six modules a forward reads from a layer of any layout: (the module holding q/k/v, attention
+    output Linear, its LayerNorm, intermediate Linear, output Linear, its LayerNorm). Through the modules'
+    dicts, afresh on every call (a replaced module is never stale); KeyError when one is absent."""
+    mods = layer._modules
+    paths = _PARTS[DISTILBERT_LAYER if DISTILBERT_LAYER.marker in mods else BERT_LAYER]
+    out = []
+    for names in paths:
+        m = mods[names[0]]
+        for name in names[1:]:
+            m = m._modules[name]
+        out.append(m)
+    return tuple(out)
 
 
 def qkv_names(attention: nn.Module) -> tuple[str, str, str]:

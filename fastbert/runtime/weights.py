@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from .layout import layout_of, part, qkv_names
+from .layout import parts, qkv_names
 
 __all__ = ["layer_parts", "fused_qkv", "packed_weight", "clear_fused_cache", "tensors_key", "key_matches"]
 
@@ -32,15 +32,7 @@ def layer_parts(layer: nn.Module) -> tuple:
     """The submodules of a layer a forward reads, in any family's names (fastbert/runtime/layout.py):
     (the module holding q/k/v, attention output dense, its LayerNorm, intermediate dense, output dense, its
     LayerNorm)."""
-    lay = layout_of(layer)
-    return (
-        part(layer, lay.attention),
-        part(layer, lay.attention_output),
-        part(layer, lay.attention_norm),
-        part(layer, lay.intermediate),
-        part(layer, lay.output),
-        part(layer, lay.output_norm),
-    )
+    return parts(layer)
 
 
 class _FusedCache:
