@@ -398,3 +398,38 @@ def test_sentence_transformers_model_on_roberta(tmp_path):
     assert max_diff(model.encode(texts, convert_to_tensor=True), expected) <= TOL
     fastbert.restore(model)
     assert not fastbert.is_optimized(model)
+
+
+@pytest.mark.skipif(
+    not all(fastbert.ops.has_kernel(op, "cpu") for op in ("attention", "attention_masked", "pack")),
+    reason="fullgraph needs the compiled CPU attention kernels",
+)
+@pytest.mark.parametrize("family", ["roberta", "distilbert", "electra"])
+def test_compile_fullgraph(family):
+    torch._dynamo.reset()
+    ref, ours = pair(family, "Model", seed=2)
+    compiled = torch.compile(ours, fullgraph=True, dynamic=True)
+    for B, L in ((3, 13), (2, 9)):
+        ids, mask = batch(family, B, L, "right")
+        with torch.no_grad():
+            o = compiled(input_ids=ids, attention_mask=mask).last_hidden_state
+            assert max_diff(o, ref(input_ids=ids, attention_mask=mask).last_hidden_state, mask) <= TOL
+
+
+@pytest.mark.parametrize("family", ["roberta", "distilbert", "electra"])
+def test_gradient_checkpointing(family):
+    ref, ours = pair(family, "ForTokenClassification", seed=6)
+    ours.gradient_checkpointing_enable()
+    assert all(
+        layer.gradient_checkpointing
+        for layer in ours.base_model.get_submodule("transformer.layer" if family == "distilbert" else "encoder.layer")
+    )
+    ref.train(), ours.train()
+    kw, keep = inputs(family, "ForTokenClassification", 3, 9, "right", seed=7)
+    kw["labels"] = torch.randint(0, 2, keep.shape).masked_fill(~keep, -100)
+    ref(**kw).loss.backward()
+    ours(**kw).loss.backward()
+    grads = dict(ours.named_parameters())
+    for name, p in ref.named_parameters():
+        if p.grad is not None:
+            assert float((grads[name].grad - p.grad).abs().max()) <= 1e-3 * float(p.grad.abs().max()) + 1e-6, name
