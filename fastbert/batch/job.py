@@ -257,7 +257,10 @@ def load_model(model_dir: str, dtype: str = "float32", device: str = "cpu") -> M
     if dtype == "int8":
         from ..model.quantize import quantize
 
-        quantize(enc)
+        try:
+            quantize(enc)
+        except NotImplementedError as exc:
+            raise InputError(f"--dtype int8: {exc}") from None
     hidden = int(enc.config.hidden_size)
     forward = enc.forward
     if not enc.uses_token_types:

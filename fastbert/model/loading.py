@@ -9,7 +9,7 @@ import os
 import torch
 
 from .config import EncoderConfig
-from .family import family_of
+from .family import MODEL_TYPES, family_of
 from .modules import Encoder
 
 __all__ = ["load_encoder"]
@@ -76,6 +76,11 @@ def load_encoder(
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"{model_dir}: model folder not found")
     config = EncoderConfig.from_json(os.path.join(model_dir, "config.json"))
+    if config.model_type not in MODEL_TYPES:
+        raise ValueError(
+            f"{os.path.join(model_dir, 'config.json')}: model_type {config.model_type!r} is not one fastbert runs "
+            f"(one of {', '.join(MODEL_TYPES)})"
+        )
     raw, path = _read_state_dict(model_dir)
     sd = {}
     prefix = family_of(config).prefix + "."

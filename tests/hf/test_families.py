@@ -287,7 +287,10 @@ def test_roberta_length_limit_counts_the_offset():
 
 
 @pytest.mark.parametrize("family", ["roberta", "electra", "distilbert"])
-@pytest.mark.parametrize("field,value", [("position_embedding_type", "relative_key"), ("is_decoder", True)])
+@pytest.mark.parametrize(
+    "field,value",
+    [("position_embedding_type", "relative_key"), ("is_decoder", True), ("add_cross_attention", True)],
+)
 def test_unsupported_configurations_name_the_field(family, field, value):
     config = make_config(family, **{field: value})
     prefix = FAMILIES[family][1]

@@ -124,3 +124,19 @@ def test_validate_command_passes(tmp_path, capsys, family):
     assert code == 0, out
     assert HF_BASE[family] + " last_hidden_state" in out and "sentences and pairs, tokenized" in out
     assert "PASS" in out
+
+
+def test_unknown_model_type_and_int8_are_named(tmp_path, capsys):
+    save_model(tmp_path, "distilbert")
+    save_tokenizer(tmp_path, "distilbert")
+    (tmp_path / "in.txt").write_text("the dog\n", encoding="utf-8")
+    code = cli.main(
+        ["encode", "--model", str(tmp_path), "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy")]
+        + ["--dtype", "int8"]
+    )
+    assert code != 0 and "model_type" in capsys.readouterr().err
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["model_type"] = "albert"
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="model_type 'albert'"):
+        fastbert.load_encoder(str(tmp_path))
