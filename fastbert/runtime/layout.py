@@ -63,8 +63,14 @@ LAYOUTS = (BERT_LAYER, DISTILBERT_LAYER)
 
 
 def layout_of(layer: nn.Module) -> LayerLayout:
-    """The layout of ``layer`` (BERT's unless the layer has DistilBERT's children)."""
-    return DISTILBERT_LAYER if DISTILBERT_LAYER.marker in layer._modules else BERT_LAYER
+    """The layout of ``layer`` (BERT's unless the layer has DistilBERT's children; a wrapper that forwards
+    attributes, such as an activation-checkpoint wrapper, is looked through)."""
+    mods = layer._modules
+    if DISTILBERT_LAYER.marker in mods:
+        return DISTILBERT_LAYER
+    if BERT_LAYER.marker in mods or not hasattr(layer, DISTILBERT_LAYER.marker):
+        return BERT_LAYER
+    return DISTILBERT_LAYER
 
 
 def part(module: nn.Module, path: str) -> nn.Module:
@@ -92,15 +98,24 @@ _PARTS = {layout: _split(layout) for layout in LAYOUTS}  # the six paths of each
 def parts(layer: nn.Module) -> tuple[nn.Module, ...]:
     """The six modules a forward reads from a layer of any layout: (the module holding q/k/v, attention
     output Linear, its LayerNorm, intermediate Linear, output Linear, its LayerNorm). Through the modules'
-    dicts, afresh on every call (a replaced module is never stale); KeyError when one is absent."""
+    dicts, afresh on every call (a replaced module is never stale); by attribute through a wrapper that
+    forwards them (AttributeError when a part is absent)."""
     mods = layer._modules
     paths = _PARTS[DISTILBERT_LAYER if DISTILBERT_LAYER.marker in mods else BERT_LAYER]
     out = []
-    for names in paths:
-        m = mods[names[0]]
-        for name in names[1:]:
-            m = m._modules[name]
-        out.append(m)
+    try:
+        for names in paths:
+            m = mods[names[0]]
+            for name in names[1:]:
+                m = m._modules[name]
+            out.append(m)
+    except KeyError:  # a wrapper that forwards attributes: by attribute (AttributeError when truly absent)
+        out = []
+        for names in _PARTS[layout_of(layer)]:
+            m = layer
+            for name in names:
+                m = getattr(m, name)
+            out.append(m)
     return tuple(out)
 
 

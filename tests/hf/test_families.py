@@ -436,3 +436,15 @@ def test_gradient_checkpointing(family):
     for name, p in ref.named_parameters():
         if p.grad is not None:
             assert float((grads[name].grad - p.grad).abs().max()) <= 1e-3 * float(p.grad.abs().max()) + 1e-6, name
+
+
+@pytest.mark.parametrize("family", ["roberta", "distilbert"])
+def test_layer_parts_look_through_a_forwarding_wrapper(family):
+    """An activation-checkpoint wrapper forwards attributes; the layer's parts are found through it."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    from fastbert.runtime.weights import layer_parts
+
+    _, ours = pair(family, "Model")
+    layer = ours.base_model.get_submodule("transformer.layer" if family == "distilbert" else "encoder.layer")[0]
+    assert layer_parts(checkpoint_wrapper(layer)) == layer_parts(layer)
