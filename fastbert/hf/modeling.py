@@ -107,7 +107,7 @@ class FastBertMixin(FastBertModule):
             )
         if getattr(config, "is_decoder", False) or decoder_use:
             raise NotImplementedError(
-                "fastbert runs the BERT family as encoders only: decoder use (is_decoder, "
+                "fastbert runs a BERT-family model as an encoder only: decoder use (is_decoder, "
                 "encoder_hidden_states, cross-attention, cache / past_key_values) is not supported"
             )
         if output_attentions is None:

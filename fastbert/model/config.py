@@ -88,7 +88,7 @@ def validate_config(config: Any) -> None:
     for name in ("is_decoder", "add_cross_attention"):
         if getattr(config, name, False):
             raise NotImplementedError(
-                f"{name}: fastbert runs the BERT family as encoders only: is_decoder/add_cross_attention are not "
+                f"{name}: fastbert runs a BERT-family model as an encoder only: is_decoder/add_cross_attention are not "
                 "supported (use transformers' own model for decoder use)"
             )
     pet = getattr(config, "position_embedding_type", "absolute")
