@@ -381,6 +381,17 @@ def test_int8_names_the_families_it_runs(family):
         fastbert.quantize(ours)
 
 
+@pytest.mark.skipif(not fastbert.ops.has_kernel("quantize_rows", "cpu"), reason="int8 kernels not built")
+def test_int8_runs_roberta():
+    ref, ours = pair("roberta", "Model", seed=3)
+    ids, mask = batch("roberta", 3, 13, "right")
+    with torch.no_grad():
+        expected = ref(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = fastbert.quantize(ours)(input_ids=ids, attention_mask=mask).last_hidden_state
+    keep = mask.bool()
+    assert float(torch.nn.functional.cosine_similarity(got[keep], expected[keep], dim=-1).min()) >= 0.999
+
+
 def test_sentence_transformers_model_on_roberta(tmp_path):
     """A real sentence-transformers model (its Transformer module + mean pooling) over a RoBERTa folder, optimized
     in place, then restored."""
