@@ -40,31 +40,31 @@ class Family(NamedTuple):
     fixed: dict[str, Any]  # BertConfig fields this family's config lacks, and their value
 
 
-BERT = Family("bert", ("bert",), "bert", "encoder.layer", BERT_LAYER, "absolute", True, True, None, {}, {})
-ROBERTA = Family(
-    "roberta",
-    ("roberta", "xlm-roberta", "camembert"),
-    "roberta",
-    "encoder.layer",
-    BERT_LAYER,
-    "after_padding",
-    True,
-    True,
-    None,
-    {},
-    {},
+BERT = Family(
+    name="bert",
+    model_types=("bert",),
+    prefix="bert",
+    layers="encoder.layer",
+    layer=BERT_LAYER,
+    positions="absolute",
+    token_types=True,
+    packed_position_ids=True,
+    projection=None,
+    renames={},
+    fixed={},
 )
-DISTILBERT = Family(
-    "distilbert",
-    ("distilbert",),
-    "distilbert",
-    "transformer.layer",
-    DISTILBERT_LAYER,
-    "absolute",
-    False,
-    False,
-    None,
-    {
+ROBERTA = BERT._replace(
+    name="roberta", model_types=("roberta", "xlm-roberta", "camembert"), prefix="roberta", positions="after_padding"
+)
+DISTILBERT = BERT._replace(
+    name="distilbert",
+    model_types=("distilbert",),
+    prefix="distilbert",
+    layers="transformer.layer",
+    layer=DISTILBERT_LAYER,
+    token_types=False,
+    packed_position_ids=False,  # transformers' DistilBertModel builds its mask without position_ids
+    renames={
         "hidden_size": "dim",
         "num_attention_heads": "n_heads",
         "num_hidden_layers": "n_layers",
@@ -73,21 +73,9 @@ DISTILBERT = Family(
         "hidden_dropout_prob": "dropout",
         "attention_probs_dropout_prob": "attention_dropout",
     },
-    {"type_vocab_size": 0, "layer_norm_eps": 1e-12},
+    fixed={"type_vocab_size": 0, "layer_norm_eps": 1e-12},
 )
-ELECTRA = Family(
-    "electra",
-    ("electra",),
-    "electra",
-    "encoder.layer",
-    BERT_LAYER,
-    "absolute",
-    True,
-    True,
-    "embeddings_project",
-    {},
-    {},
-)
+ELECTRA = BERT._replace(name="electra", model_types=("electra",), prefix="electra", projection="embeddings_project")
 
 FAMILIES = (BERT, ROBERTA, DISTILBERT, ELECTRA)
 _BY_TYPE = {t: f for f in FAMILIES for t in f.model_types}
