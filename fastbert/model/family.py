@@ -27,6 +27,9 @@ __all__ = ["Family", "FAMILIES", "family_of", "family_for", "bert_names", "rober
 
 
 class Family(NamedTuple):
+    """What one family of the BERT family does its own way: where its parts live, how positions and token types
+    are made, what its config fields are called."""
+
     name: str
     model_types: tuple[str, ...]  # config.model_type values this family serves
     prefix: str  # the base model's attribute in transformers' head models (checkpoint key prefix)
