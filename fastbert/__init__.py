@@ -1,8 +1,9 @@
-"""fastbert: a padding-free BERT for PyTorch on fused C++/CUDA kernels, a drop-in for transformers' BERT.
+"""fastbert: a padding-free BERT for PyTorch on fused C++/CUDA kernels, a drop-in for transformers' BERT (and
+RoBERTa, XLM-RoBERTa, CamemBERT, DistilBERT, ELECTRA).
 
 Layers, top-down (a forward never returns to a layer it left):
 
-    fastbert.hf       transformers' classes on fastbert (BertModel, BertFor*, optimize/restore/from_hf)
+    fastbert.hf       transformers' classes on fastbert (BertModel, BertFor*, the other families, optimize/...)
     fastbert.model    config, input checks, module tree, the fused forward, load_encoder, quantize
     fastbert.runtime  the eval-mode layer loop, cached fused/packed weights, int8 loop, CUDA graphs
     fastbert.ops      torch.ops.fastbert's Python face: kernels or the reference, fakes, autograd, GEMM choice
@@ -38,6 +39,37 @@ __all__ = [
     "BertForNextSentencePrediction",
     "BertForPreTraining",
     "BertForMultipleChoice",
+    "RobertaModel",
+    "XLMRobertaModel",
+    "CamembertModel",
+    "RobertaForSequenceClassification",
+    "RobertaForTokenClassification",
+    "RobertaForQuestionAnswering",
+    "RobertaForMaskedLM",
+    "RobertaForMultipleChoice",
+    "XLMRobertaForSequenceClassification",
+    "XLMRobertaForTokenClassification",
+    "XLMRobertaForQuestionAnswering",
+    "XLMRobertaForMaskedLM",
+    "XLMRobertaForMultipleChoice",
+    "CamembertForSequenceClassification",
+    "CamembertForTokenClassification",
+    "CamembertForQuestionAnswering",
+    "CamembertForMaskedLM",
+    "CamembertForMultipleChoice",
+    "DistilBertModel",
+    "DistilBertForSequenceClassification",
+    "DistilBertForTokenClassification",
+    "DistilBertForQuestionAnswering",
+    "DistilBertForMaskedLM",
+    "DistilBertForMultipleChoice",
+    "ElectraModel",
+    "ElectraForPreTraining",
+    "ElectraForSequenceClassification",
+    "ElectraForTokenClassification",
+    "ElectraForQuestionAnswering",
+    "ElectraForMaskedLM",
+    "ElectraForMultipleChoice",
 ]
 
 # Names that need transformers come from fastbert.hf on first use (PEP 562): `import fastbert` does not load it.

@@ -85,7 +85,7 @@ def model_defaults(model_dir: str) -> ModelDefaults:
     p = check_model_dir(model_dir)
     d = ModelDefaults()
     cfg = _read_json(p / "config.json")
-    d.hidden_size = int(cfg.get("hidden_size", 0))
+    d.hidden_size = int(cfg.get("hidden_size", cfg.get("dim", 0)))  # DistilBERT's config says "dim"
     max_pos = int(cfg.get("max_position_embeddings", 512))
     d.max_length = max_pos
     tok_cfg = p / "tokenizer_config.json"
@@ -257,9 +257,19 @@ def load_model(model_dir: str, dtype: str = "float32", device: str = "cpu") -> M
     if dtype == "int8":
         from ..model.quantize import quantize
 
-        quantize(enc)
+        try:
+            quantize(enc)
+        except NotImplementedError as exc:
+            raise InputError(f"--dtype int8: {exc}") from None
     hidden = int(enc.config.hidden_size)
-    return Model(enc.forward, hidden, enc.pool if enc.pooler is not None else None, device, "fastbert")
+    forward = enc.forward
+    if not enc.uses_token_types:
+        # RoBERTa's and DistilBERT's tokenizers give no token types to their models (transformers' tokenizers
+        # for them return none); the tokenizer.json's own type ids are not the model's.
+        def forward(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None = None) -> torch.Tensor:
+            return enc(ids, mask)
+
+    return Model(forward, hidden, enc.pool if enc.pooler is not None else None, device, "fastbert")
 
 
 def pool_embeddings(hidden: torch.Tensor, mask: torch.Tensor, mode: str, model: Model, normalize: bool) -> torch.Tensor:

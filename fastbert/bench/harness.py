@@ -36,14 +36,21 @@ from ..ops import gemm
 from .timing import compare
 
 if TYPE_CHECKING:
-    from transformers import BertConfig, BertModel
+    from transformers import BertModel, PretrainedConfig
 
 IMPLS = ("hf_eager", "hf_sdpa", "native", "fastbert")
 
+_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+_ROBERTA = dict(_BASE, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1, layer_norm_eps=1e-5)
+# name -> config fields (transformers' names for the model_type; "model_type" picks the family, BERT's by default)
 MODEL_CONFIGS = {
-    "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "bert-base": _BASE,
     "bert-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
     "minilm-l6": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+    "roberta-base": dict(_ROBERTA, model_type="roberta", vocab_size=50265),
+    "xlm-roberta-base": dict(_ROBERTA, model_type="xlm-roberta", vocab_size=250002),
+    "distilbert-base": dict(model_type="distilbert", dim=768, n_layers=6, n_heads=12, hidden_dim=3072),
+    "electra-base": dict(_BASE, model_type="electra", embedding_size=768),
 }
 
 
@@ -83,14 +90,16 @@ def _cpu_name() -> str:
 # ---------------------------------------------------------------- models
 
 
-def make_hf_config(model: str = "bert-base", num_layers: int | None = None, **overrides) -> BertConfig:
-    """A transformers BertConfig for a named size ("bert-base", "bert-large", "minilm-l6") or an HF folder."""
-    from transformers import BertConfig
+def make_hf_config(model: str = "bert-base", num_layers: int | None = None, **overrides) -> PretrainedConfig:
+    """A transformers config for a named size (MODEL_CONFIGS: "bert-base", "roberta-base", "distilbert-base", ...)
+    or an HF folder of the BERT family (its config class by model_type)."""
+    from transformers import AutoConfig
 
     if os.path.isdir(model):
-        cfg = BertConfig.from_pretrained(model)
+        cfg = AutoConfig.from_pretrained(model)
     elif model in MODEL_CONFIGS:
-        cfg = BertConfig(**MODEL_CONFIGS[model])
+        fields = dict(MODEL_CONFIGS[model])
+        cfg = AutoConfig.for_model(fields.pop("model_type", "bert"), **fields)
     else:
         raise ValueError(f"model: expected one of {sorted(MODEL_CONFIGS)} or a model folder, got {model!r}")
     if num_layers is not None:
@@ -101,12 +110,18 @@ def make_hf_config(model: str = "bert-base", num_layers: int | None = None, **ov
 
 
 class NativeFastPath(nn.Module):
-    """HF's embeddings + nn.TransformerEncoder (post-norm, batch_first) holding the same weights as an HF
-    BertModel; in eval + no_grad with a key padding mask it runs PyTorch's fused nested-tensor fast path."""
+    """HF's embeddings (and ELECTRA's projection) + nn.TransformerEncoder (post-norm, batch_first) holding the
+    same weights as an HF model of the BERT family; in eval + no_grad with a key padding mask it runs PyTorch's
+    fused nested-tensor fast path."""
 
     def __init__(self, hf_model: BertModel):
         super().__init__()
-        c = hf_model.config
+        from ..model.family import bert_names, family_of
+        from ..runtime.layout import part
+        from ..runtime.weights import fused_qkv, layer_parts
+
+        fam = family_of(hf_model.config)
+        c = bert_names(hf_model.config)
         act = c.hidden_act if c.hidden_act in ("gelu", "relu") else None
         if act is None:
             raise ValueError(f"hidden_act: the native fast path supports gelu/relu, got {c.hidden_act!r}")
@@ -123,26 +138,28 @@ class NativeFastPath(nn.Module):
         )
         self.encoder = nn.TransformerEncoder(layer, c.num_hidden_layers, enable_nested_tensor=True, mask_check=False)
         self.embeddings = hf_model.embeddings
+        self.project = hf_model._modules.get(fam.projection) if fam.projection else None
         sd = {}
-        for i, hl in enumerate(hf_model.encoder.layer):
-            sa, p = hl.attention.self, f"layers.{i}."
-            sd[p + "self_attn.in_proj_weight"] = torch.cat([sa.query.weight, sa.key.weight, sa.value.weight]).detach()
-            sd[p + "self_attn.in_proj_bias"] = torch.cat([sa.query.bias, sa.key.bias, sa.value.bias]).detach()
-            sd[p + "self_attn.out_proj.weight"] = hl.attention.output.dense.weight.detach()
-            sd[p + "self_attn.out_proj.bias"] = hl.attention.output.dense.bias.detach()
-            sd[p + "linear1.weight"] = hl.intermediate.dense.weight.detach()
-            sd[p + "linear1.bias"] = hl.intermediate.dense.bias.detach()
-            sd[p + "linear2.weight"] = hl.output.dense.weight.detach()
-            sd[p + "linear2.bias"] = hl.output.dense.bias.detach()
-            sd[p + "norm1.weight"] = hl.attention.output.LayerNorm.weight.detach()
-            sd[p + "norm1.bias"] = hl.attention.output.LayerNorm.bias.detach()
-            sd[p + "norm2.weight"] = hl.output.LayerNorm.weight.detach()
-            sd[p + "norm2.bias"] = hl.output.LayerNorm.bias.detach()
+        for i, hl in enumerate(part(hf_model, fam.layers)):
+            sa, o_dense, ln1, inter, out_dense, ln2 = layer_parts(hl)
+            w, b = fused_qkv(sa, True)
+            p = f"layers.{i}."
+            sd[p + "self_attn.in_proj_weight"], sd[p + "self_attn.in_proj_bias"] = w.detach(), b.detach()
+            for name, m in (
+                ("self_attn.out_proj", o_dense),
+                ("linear1", inter),
+                ("linear2", out_dense),
+                ("norm1", ln1),
+                ("norm2", ln2),
+            ):
+                sd[p + name + ".weight"], sd[p + name + ".bias"] = m.weight.detach(), m.bias.detach()
         self.encoder.load_state_dict(sd, strict=True, assign=True)
         self.eval()
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         x = self.embeddings(input_ids=input_ids)
+        if self.project is not None:
+            x = self.project(x)
         out = self.encoder(x, src_key_padding_mask=attention_mask == 0)
         if out.is_nested:
             out = out.to_padded_tensor(0.0, x.shape)
@@ -158,10 +175,12 @@ def build_models(
     num_layers: int | None = None,
 ) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
     """name -> f(input_ids, attention_mask) -> last_hidden_state (B, L, H), all sharing one set of weights
-    (random, seeded, LayerNorm parameters perturbed, unless ``model`` is a folder)."""
-    from transformers import BertModel
+    (random, seeded, LayerNorm parameters perturbed, unless ``model`` is a folder). Any model type of the BERT
+    family: transformers' own class for it (AutoModel), fastbert's namesake."""
+    from transformers import AutoModel
 
-    import fastbert
+    from ..hf.modeling import optimized_class
+    from ..model.family import family_of
 
     unknown = set(impls) - set(IMPLS)
     if unknown:
@@ -169,13 +188,15 @@ def build_models(
     cfg = make_hf_config(model, num_layers)
     torch.manual_seed(seed)
     if os.path.isdir(model):
-        base = BertModel.from_pretrained(model, attn_implementation="eager", torch_dtype=dtype)
+        base = AutoModel.from_pretrained(model, attn_implementation="eager", torch_dtype=dtype)
         if num_layers is not None:
-            base.encoder.layer = base.encoder.layer[:num_layers]
+            parent, _, leaf = family_of(cfg).layers.rpartition(".")
+            holder = base.get_submodule(parent)
+            setattr(holder, leaf, getattr(holder, leaf)[:num_layers])
             base.config.num_hidden_layers = num_layers
     else:
         cfg._attn_implementation = "eager"
-        base = BertModel(cfg)
+        base = AutoModel.from_config(cfg)
         with torch.no_grad():
             for m in base.modules():
                 if isinstance(m, nn.LayerNorm):
@@ -183,6 +204,8 @@ def build_models(
                     m.bias.normal_(0.0, 0.05)
     int8 = dtype == torch.int8  # fastbert's encoder GEMMs in int8 (fastbert.quantize), as `encode --dtype int8`
     if int8:
+        import fastbert
+
         dtype = fastbert.model.base_dtype()
     base = base.to(device=device, dtype=dtype).eval().requires_grad_(False)
     out: dict[str, Callable] = {}
@@ -197,13 +220,17 @@ def build_models(
         if name == "hf_eager":
             out[name] = hf_fn(base)
         elif name == "hf_sdpa":
-            sdpa = _share(base, BertModel, "sdpa")
+            sdpa = _share(base, type(base), "sdpa")
             out[name] = hf_fn(sdpa)
         elif name == "native":
             out[name] = NativeFastPath(base)
         elif name == "fastbert":
-            fb = _share(base, fastbert.BertModel, "eager")
-            out[name] = hf_fn(fastbert.quantize(fb) if int8 else fb)
+            fb = _share(base, optimized_class(type(base)), "eager")
+            if int8:
+                import fastbert
+
+                fb = fastbert.quantize(fb)
+            out[name] = hf_fn(fb)
     return out
 
 
@@ -213,8 +240,9 @@ def _share(base: BertModel, cls: type[BertModel], attn: str) -> BertModel:
 
     cfg = copy.deepcopy(base.config)
     cfg._attn_implementation = attn
+    kw = {"add_pooling_layer": base.pooler is not None} if hasattr(base, "pooler") else {}
     with torch.device("meta"):
-        m = cls(cfg, add_pooling_layer=base.pooler is not None)
+        m = cls(cfg, **kw)
     m.load_state_dict(base.state_dict(), strict=True, assign=True)
     for name, buf in base.named_buffers():  # non-persistent buffers (position_ids) stay on meta
         mod_name, _, leaf = name.rpartition(".")
@@ -248,8 +276,20 @@ def make_batch(
     return ids.to(device), mask.to(device), lengths.tolist()
 
 
+def max_length(config: Any) -> int:
+    """The longest sequence a config's model takes without position_ids (RoBERTa's positions start after
+    padding_idx)."""
+    from ..model.family import family_of
+
+    first = config.pad_token_id + 1 if family_of(config).positions == "after_padding" else 0
+    return int(config.max_position_embeddings) - first
+
+
 def forward_flops(config: Any, lengths: Sequence[int]) -> float:
     """FLOPs of the encoder forward on the real tokens: GEMMs (2 per multiply-add) + QK^T + PV per sequence."""
+    from ..model.family import bert_names
+
+    config = bert_names(config)
     H, I, n_layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     T = sum(lengths)
     gemms = 2 * T * H * (3 * H + H + 2 * I)
@@ -267,6 +307,9 @@ def gemm_probe(
 ) -> tuple[Callable[[], None], float]:
     """(fn, flops): fn runs ``mm(x, w)`` (x @ w^T, w packed by ``pack`` when given) once on each of one layer's
     GEMM shapes for ``tokens`` rows."""
+    from ..model.family import bert_names
+
+    config = bert_names(config)
     H, I = config.hidden_size, config.intermediate_size
     shapes = [(tokens, H, 3 * H), (tokens, H, H), (tokens, H, I), (tokens, I, H)]
     mats = [
@@ -285,6 +328,9 @@ def gemm_probe(
 
 def int8_gemm_probe(config: Any, tokens: int, device: torch.device | str = "cpu") -> tuple[Callable[[], None], float]:
     """(fn, ops): torch._int_mm (int8 x int8 -> int32, the GEMM of fastbert.quantize) on one layer's shapes."""
+    from ..model.family import bert_names
+
+    config = bert_names(config)
     H, I = config.hidden_size, config.intermediate_size
     shapes = [(tokens, H, 3 * H), (tokens, H, H), (tokens, H, I), (tokens, I, H)]
     mats = [

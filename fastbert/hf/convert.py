@@ -1,9 +1,11 @@
-"""Moving transformers BERT models onto fastbert and back: ``from_hf``, ``optimize``, ``restore``.
+"""Moving transformers BERT-family models onto fastbert and back: ``from_hf``, ``optimize``, ``restore``.
 
-``optimize(model)`` changes, in place, the class of every transformers ``BertModel`` inside ``model`` (the model
-itself, the ``.bert`` of a BertFor* head, the ``auto_model`` of a sentence-transformers model, ...) to a subclass
-whose forward is fastbert's fused encoder. Parameters, buffers, module names and therefore ``state_dict``,
-``save_pretrained`` and ``deepcopy`` stay exactly HF's; ``isinstance(m, transformers.BertModel)`` stays true.
+``optimize(model)`` changes, in place, the class of every transformers base model of the BERT family inside
+``model`` (``BertModel``, ``RobertaModel``, ``XLMRobertaModel``, ``CamembertModel``, ``DistilBertModel``,
+``ElectraModel``: the model itself, the ``.bert``/``.roberta``/... of a head, the ``auto_model`` of a
+sentence-transformers model, ...) to a subclass whose forward is fastbert's fused encoder. Parameters, buffers,
+module names and therefore ``state_dict``, ``save_pretrained`` and ``deepcopy`` stay exactly HF's;
+``isinstance(m, transformers.BertModel)`` (or its family's class) stays true.
 The only extra memory is one cached fused QKV weight per layer (3H x H + 3H values), built on the first
 no-grad forward and rebuilt whenever q/k/v change. ``restore`` undoes it.
 """
@@ -13,11 +15,10 @@ from __future__ import annotations
 import copy
 
 from torch import nn
-from transformers.models.bert import modeling_bert as hf
 
 from ..model import check_pad_outputs, dequantize, validate_config
 from ..runtime.weights import clear_fused_cache
-from .modeling import FastBertMixin, optimized_class, original_class
+from .modeling import FastBertMixin, hf_bases, optimized_class, original_class
 
 __all__ = ["from_hf", "optimize", "restore", "is_optimized"]
 
@@ -67,11 +68,13 @@ def _check_replaceable(bert: nn.Module, where: str) -> None:
 
 
 def _berts(model: nn.Module):
-    return [(name or type(model).__name__, m) for name, m in model.named_modules() if isinstance(m, hf.BertModel)]
+    bases = hf_bases()
+    return [(name or type(model).__name__, m) for name, m in model.named_modules() if isinstance(m, bases)]
 
 
 def optimize(model: nn.Module, pad_outputs: str = "zero") -> nn.Module:
-    """Make every transformers BertModel inside ``model`` run on fastbert, in place; returns ``model``.
+    """Make every transformers BertModel (or RobertaModel, XLMRobertaModel, CamembertModel, DistilBertModel,
+    ElectraModel) inside ``model`` run on fastbert, in place; returns ``model``.
 
     Refuses (TypeError/ValueError/NotImplementedError naming the module) decoder configs, PEFT/LoRA-wrapped,
     quantized or parametrized layers, and forward hooks on the parts it replaces."""
@@ -80,7 +83,10 @@ def optimize(model: nn.Module, pad_outputs: str = "zero") -> nn.Module:
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     berts = _berts(model)
     if not berts:
-        raise TypeError(f"model: no transformers BertModel found inside {type(model).__name__}")
+        raise TypeError(
+            f"model: no transformers BertModel (or RobertaModel, XLMRobertaModel, CamembertModel, DistilBertModel, "
+            f"ElectraModel) found inside {type(model).__name__}"
+        )
     for where, bert in berts:  # check all before changing any
         _check_replaceable(bert, where)
     for _, bert in berts:
@@ -90,7 +96,7 @@ def optimize(model: nn.Module, pad_outputs: str = "zero") -> nn.Module:
 
 
 def restore(model: nn.Module) -> nn.Module:
-    """Undo ``optimize``: every fastbert-run BertModel inside ``model`` gets its transformers class back."""
+    """Undo ``optimize``: every fastbert-run base model inside ``model`` gets its transformers class back."""
     found = False
     for _, bert in _berts(model):
         if isinstance(bert, FastBertMixin):
@@ -109,7 +115,7 @@ def is_optimized(model: nn.Module) -> bool:
 
 
 def from_hf(model: nn.Module, pad_outputs: str = "zero") -> nn.Module:
-    """A fastbert copy of an in-memory transformers BERT model (BertModel or a head model holding one): same
+    """A fastbert copy of an in-memory transformers BERT-family model (a base model or a head model holding one): same
     weights (copied), same type family, running on fastbert. The original is left untouched."""
     if not isinstance(model, nn.Module) or not _berts(model):
         raise TypeError(f"model: expected a transformers BERT model, got {type(model).__name__}")

@@ -3,7 +3,10 @@
 ``fastbert.BertModel`` subclasses transformers' ``BertModel``: same constructor, module tree, state_dict keys,
 ``from_pretrained``/``save_pretrained``, output classes; only ``forward`` differs. ``FastBertMixin`` carries that
 forward so ``fastbert.optimize`` can give it to an existing transformers model object (fastbert/hf/convert.py).
-The registry of optimized classes (one subclass per original class) is kept here, next to the classes.
+The other families (fastbert/hf/roberta.py, distilbert.py, electra.py) reuse it: a family differs here only in
+its forward signature and output class (``_encode`` and ``_outputs`` are shared), and registers its transformers
+base class with ``register_base``. The registry of optimized classes (one subclass per original class) is kept
+here, next to the classes.
 """
 
 from __future__ import annotations
@@ -21,11 +24,11 @@ from transformers import BertConfig
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
 from transformers.models.bert import modeling_bert as hf
-from transformers.utils import TransformersKwargs
+from transformers.utils import ModelOutput, TransformersKwargs
 
-from ..model import FastBertModule, check_pad_outputs, pool, run, validate_config
+from ..model import EncoderOutput, FastBertModule, check_pad_outputs, pool, run, validate_config
 
-__all__ = ["FastBertMixin", "BertModel", "optimized_class", "original_class"]
+__all__ = ["FastBertMixin", "BertModel", "optimized_class", "original_class", "register_base", "hf_bases"]
 
 
 class FastBertMixin(FastBertModule):
@@ -42,7 +45,7 @@ class FastBertMixin(FastBertModule):
         # class>" and rebuilt by _new_optimized (state, parameters and pad_outputs as usual).
         reduced = super().__reduce_ex__(protocol)
         cls = type(self)
-        if cls is BertModel or not isinstance(reduced, tuple) or len(reduced) < 2:
+        if cls in _NAMED or not isinstance(reduced, tuple) or len(reduced) < 2:
             return reduced
         return (_new_optimized, (original_class(cls),)) + tuple(reduced[2:])
 
@@ -64,20 +67,47 @@ class FastBertMixin(FastBertModule):
         cache: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[Tensor] | BaseModelOutputWithPoolingAndCrossAttentions:
+        res, return_dict = self._encode(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            inputs_embeds,
+            output_attentions,
+            output_hidden_states,
+            return_dict,
+            head_mask=head_mask,
+            decoder_use=encoder_hidden_states is not None
+            or encoder_attention_mask is not None
+            or past_key_values is not None
+            or cache is not None,
+        )
+        out = self._outputs(res)
+        return out if return_dict else out.to_tuple()
+
+    def _encode(
+        self,
+        input_ids: Tensor | None,
+        attention_mask: Tensor | None,
+        token_type_ids: Tensor | None,
+        position_ids: Tensor | None,
+        inputs_embeds: Tensor | None,
+        output_attentions: bool | None,
+        output_hidden_states: bool | int | Sequence[int] | None,
+        return_dict: bool | None,
+        head_mask: Tensor | None = None,
+        decoder_use: bool = False,
+    ) -> tuple[EncoderOutput, bool]:
+        """The checks and config defaults every family's forward shares, then fastbert's run: (its output,
+        return_dict)."""
         config = self.config
         if head_mask is not None:
             raise ValueError(
                 "head_mask: not supported by fastbert (transformers 5.x ignores it silently); pass head_mask=None"
             )
-        if (
-            getattr(config, "is_decoder", False)
-            or encoder_hidden_states is not None
-            or encoder_attention_mask is not None
-            or past_key_values is not None
-            or cache is not None
-        ):
+        if getattr(config, "is_decoder", False) or decoder_use:
             raise NotImplementedError(
-                "fastbert runs BERT as an encoder only: decoder use (is_decoder, "
+                "fastbert runs a BERT-family model as an encoder only: decoder use (is_decoder, "
                 "encoder_hidden_states, cross-attention, cache / past_key_values) is not supported"
             )
         if output_attentions is None:
@@ -98,14 +128,17 @@ class FastBertMixin(FastBertModule):
             output_hidden_states=output_hidden_states,
             output_attentions=bool(output_attentions),
         )
-        pooled = pool(self.pooler, res.last_hidden_state) if self.pooler is not None else None
-        out = BaseModelOutputWithPoolingAndCrossAttentions(
+        return res, return_dict
+
+    def _outputs(self, res: EncoderOutput) -> ModelOutput:
+        """transformers' output class of this family's base model (BERT's and RoBERTa's: with the pooler)."""
+        pooler = getattr(self, "pooler", None)
+        return BaseModelOutputWithPoolingAndCrossAttentions(
             last_hidden_state=res.last_hidden_state,
-            pooler_output=pooled,
+            pooler_output=pool(pooler, res.last_hidden_state) if pooler is not None else None,
             hidden_states=res.hidden_states,
             attentions=res.attentions,
         )
-        return out if return_dict else out.to_tuple()
 
 
 class BertModel(FastBertMixin, hf.BertModel):
@@ -118,7 +151,29 @@ class BertModel(FastBertMixin, hf.BertModel):
         self.pad_outputs = check_pad_outputs(pad_outputs)
 
 
-_OPTIMIZED: dict[type, type] = {}
+_OPTIMIZED: dict[type, type] = {}  # a transformers class -> its subclass running on fastbert
+_MIXINS: dict[type, type] = {}  # a family's transformers base model class -> the mixin carrying its forward
+_NAMED: set[type] = set()  # fastbert's own named classes (pickled by name)
+
+
+def register_base(hf_base: type, mixin: type, fast_class: type) -> None:
+    """Make a family's transformers base model class (BertModel, RobertaModel, ...) known to optimize /
+    restore / from_hf: ``mixin`` gives it fastbert's forward, ``fast_class`` is fastbert's named subclass."""
+    _MIXINS[hf_base] = mixin
+    _OPTIMIZED[hf_base] = fast_class
+    _NAMED.add(fast_class)
+
+
+def hf_bases() -> tuple[type, ...]:
+    """The transformers base model classes fastbert runs (one per model type of the BERT family)."""
+    return tuple(_MIXINS)
+
+
+def _hf_base(cls: type) -> type | None:
+    for base in cls.__mro__:
+        if base in _MIXINS:
+            return base
+    return None
 
 
 def optimized_class(cls: type) -> type:
@@ -126,8 +181,11 @@ def optimized_class(cls: type) -> type:
     if issubclass(cls, FastBertMixin):
         return cls
     if cls not in _OPTIMIZED:
+        base = _hf_base(cls)
+        if base is None:
+            raise TypeError(f"{cls.__qualname__}: not a transformers base model of the BERT family")
         _OPTIMIZED[cls] = type(
-            cls.__name__, (FastBertMixin, cls), {"__module__": cls.__module__, "__doc__": cls.__doc__}
+            cls.__name__, (_MIXINS[base], cls), {"__module__": cls.__module__, "__doc__": cls.__doc__}
         )
     return _OPTIMIZED[cls]
 
@@ -141,9 +199,9 @@ def _new_optimized(original: type) -> nn.Module:
 def original_class(cls: type) -> type:
     """The transformers class an optimized class was made from."""
     for base in cls.__mro__:
-        if issubclass(base, hf.BertModel) and not issubclass(base, FastBertMixin):
+        if _hf_base(base) is not None and not issubclass(base, FastBertMixin):
             return base
     return hf.BertModel
 
 
-_OPTIMIZED[hf.BertModel] = BertModel
+register_base(hf.BertModel, FastBertMixin, BertModel)

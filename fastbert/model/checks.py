@@ -26,8 +26,15 @@ def check_inputs(
     token_type_ids: Tensor | None,
     position_ids: Tensor | None,
     inputs_embeds: Tensor | None,
+    embed_dim: int | None = None,
+    first_position: int = 0,
 ) -> None:
-    """TypeError/ValueError/IndexError naming the argument; run eagerly only (skipped while compiling)."""
+    """TypeError/ValueError/IndexError naming the argument; run eagerly only (skipped while compiling).
+    ``embed_dim``: the width inputs_embeds must have (hidden_size unless given: ELECTRA's embedding_size);
+    ``first_position``: the position id of the first token when position_ids are made by the model (RoBERTa's
+    padding_idx + 1)."""
+    if embed_dim is None:
+        embed_dim = config.hidden_size
     if input_ids is not None:
         if not isinstance(input_ids, Tensor):
             raise TypeError(f"input_ids: expected a torch.Tensor of token ids, got {type(input_ids).__name__}")
@@ -40,9 +47,9 @@ def check_inputs(
     else:
         if not isinstance(inputs_embeds, Tensor) or inputs_embeds.dim() != 3:
             raise ValueError("inputs_embeds: expected a tensor of shape (batch, seq_len, hidden_size)")
-        if inputs_embeds.shape[-1] != config.hidden_size:
+        if inputs_embeds.shape[-1] != embed_dim:
             raise ValueError(
-                f"inputs_embeds: expected last dim hidden_size={config.hidden_size}, "
+                f"inputs_embeds: expected last dim {embed_dim} (the embeddings' width), "
                 f"got shape {tuple(inputs_embeds.shape)}"
             )
         if not inputs_embeds.is_floating_point():
@@ -53,8 +60,9 @@ def check_inputs(
     if L == 0:
         raise ValueError(f"{name}: sequence length is 0; expected at least one position per row")
     n_pos = config.max_position_embeddings
-    if position_ids is None and L > n_pos:
-        raise ValueError(f"{name}: sequence length {L} exceeds max_position_embeddings={n_pos}")
+    if position_ids is None and L + first_position > n_pos:
+        extra = f" less the {first_position} position ids before the first token's" if first_position else ""
+        raise ValueError(f"{name}: sequence length {L} exceeds max_position_embeddings={n_pos}{extra}")
     if input_ids is not None and input_ids.numel() > 0:
         lo, hi = _min_max(input_ids)
         if lo < 0 or hi >= config.vocab_size:

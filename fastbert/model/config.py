@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..ops import reference
+from .family import bert_names, family_for
 
 __all__ = ["EncoderConfig", "validate_config", "PAD_OUTPUTS", "check_pad_outputs"]
 
@@ -23,7 +24,9 @@ def check_pad_outputs(pad_outputs: str) -> str:
 
 @dataclass
 class EncoderConfig:
-    """The BertConfig fields the encoder reads (defaults are BertConfig's)."""
+    """The BertConfig fields the encoder reads (defaults are BertConfig's), for any family of
+    fastbert/model/family.py: ``model_type`` picks it; ``from_dict`` reads a family's own field names
+    (DistilBERT's ``dim``, ``n_heads``, ``activation``, ...) into these."""
 
     vocab_size: int = 30522
     hidden_size: int = 768
@@ -40,6 +43,8 @@ class EncoderConfig:
     is_decoder: bool = False
     add_cross_attention: bool = False
     position_embedding_type: str = "absolute"
+    model_type: str = "bert"
+    embedding_size: int | None = None  # ELECTRA's embedding width when it differs from hidden_size
     extra: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -48,6 +53,13 @@ class EncoderConfig:
     @classmethod
     def from_dict(cls, d: dict) -> EncoderConfig:
         names = {f.name for f in fields(cls)} - {"extra"}
+        fam = family_for(d.get("model_type"))
+        d = dict(fam.fixed, **d)
+        for bert_name, own in fam.renames.items():
+            if own in d and bert_name not in d:
+                d[bert_name] = d.pop(own)
+        if d.get("embedding_size") == d.get("hidden_size", cls.hidden_size):
+            d["embedding_size"] = None
         return cls(**{k: v for k, v in d.items() if k in names}, extra={k: v for k, v in d.items() if k not in names})
 
     @classmethod
@@ -65,20 +77,29 @@ class EncoderConfig:
 
 
 def validate_config(config: Any) -> None:
-    """ValueError/NotImplementedError for configs the fused encoder cannot run (names the field)."""
+    """ValueError/NotImplementedError for configs the fused encoder cannot run (names the field). ``config``:
+    transformers' config of any family in fastbert/model/family.py, or an EncoderConfig."""
+    config = bert_names(config)
     H, nh = config.hidden_size, config.num_attention_heads
     if not isinstance(nh, int) or nh <= 0:
         raise ValueError(f"num_attention_heads: expected a positive integer, got {nh!r}")
     if not isinstance(H, int) or H <= 0 or H % nh != 0:
         raise ValueError(f"hidden_size: expected a positive multiple of num_attention_heads={nh}, got {H!r}")
-    if getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):
-        raise NotImplementedError(
-            "fastbert runs BERT as an encoder only: is_decoder/add_cross_attention are not "
-            "supported (use transformers' BertModel for decoder use)"
-        )
+    for name in ("is_decoder", "add_cross_attention"):
+        if getattr(config, name, False):
+            raise NotImplementedError(
+                f"{name}: fastbert runs a BERT-family model as an encoder only: is_decoder/add_cross_attention are not "
+                "supported (use transformers' own model for decoder use)"
+            )
     pet = getattr(config, "position_embedding_type", "absolute")
     if pet not in (None, "absolute"):
-        raise NotImplementedError(f"position_embedding_type: only 'absolute' is supported, got {pet!r}")
+        raise NotImplementedError(
+            f"position_embedding_type: only 'absolute' is supported, got {pet!r} (relative position embeddings "
+            "run in transformers' own model)"
+        )
+    es = getattr(config, "embedding_size", None)
+    if es is not None and (not isinstance(es, int) or es <= 0):
+        raise ValueError(f"embedding_size: expected a positive integer, got {es!r}")
     act = config.hidden_act
     if isinstance(config, EncoderConfig) and act not in reference.ACTIVATIONS:
         raise ValueError(f"hidden_act: expected one of {sorted(reference.ACTIVATIONS)}, got {act!r}")

@@ -1,7 +1,8 @@
 """The fused BERT forward, ``run(model, config, ...)``, over any module tree named like transformers'
-BertModel (``embeddings.word_embeddings``, ``encoder.layer.N.attention.self.query``, ..., ``pooler.dense``). It
-serves fastbert.model's ``Encoder`` and, through fastbert.hf, transformers' own BertModel objects. Data path
-(padding-free, see docs/design.md):
+BertModel (``embeddings.word_embeddings``, ``encoder.layer.N.attention.self.query``, ..., ``pooler.dense``) or
+like another model of the BERT family (RoBERTa, DistilBERT, ELECTRA: fastbert/model/family.py says where each
+keeps its parts and how it makes positions and token types). It serves fastbert.model's ``Encoder`` and, through
+fastbert.hf, transformers' own model objects. Data path (padding-free, see docs/design.md):
 
     pack the real tokens by the mask -> (T,) ids, positions, cu_seqlens
     x = embeddings(ids, positions, types)                                   (T, H)
@@ -32,9 +33,11 @@ from ..ops.autograd import zero_row_grad
 from ..ops.linear import linear
 from ..runtime import int8 as int8_path
 from ..runtime import layers as layer_loop
+from ..runtime.layout import layout_of, part
 from ..runtime.weights import fused_qkv, layer_parts
 from .checks import check_inputs
 from .config import check_pad_outputs
+from .family import bert_names, family_of, roberta_positions
 
 __all__ = ["run", "pool", "EncoderOutput", "set_fast_inference"]
 
@@ -80,7 +83,9 @@ def _act(config: Any, layer: nn.Module, h: Tensor, bias: Tensor | None) -> Tenso
         if bias is None:
             bias = h.new_zeros(h.shape[-1])
         return ops.bias_act(h, _like(bias, h), act)
-    fn = getattr(layer.intermediate, "intermediate_act_fn", None)
+    fn = layer
+    for name in layout_of(layer).activation.split("."):  # transformers' own activation module, if any
+        fn = getattr(fn, name, None)
     if fn is None:
         fn = act if callable(act) else None
     if fn is None:
@@ -96,14 +101,16 @@ def embed(
     inputs_embeds: Tensor | None,
     need_grad: bool,
 ) -> Tensor:
-    """LayerNorm(word + position + type) for ids/positions/types of any shape -> shape + (H,)."""
+    """LayerNorm(word + position + type) for ids/positions/types of any shape -> shape + (H,). No token type
+    table (DistilBERT): word + position. A table's padding_idx (RoBERTa's position table has one) gets no
+    gradient, as in nn.Embedding."""
     ln = emb.LayerNorm
     tt_w = emb.token_type_embeddings.weight if getattr(emb, "token_type_embeddings", None) is not None else None
+    pos = emb.position_embeddings
     if inputs_embeds is None and (not need_grad or "embeddings" in ops.DIFFERENTIABLE):
         word = zero_row_grad(emb.word_embeddings.weight, emb.word_embeddings.padding_idx)  # padding_idx, as HF
-        out, _, _ = ops.embeddings(
-            ids, positions, types, word, emb.position_embeddings.weight, tt_w, ln.weight, ln.bias, ln.eps
-        )
+        pos_w = zero_row_grad(pos.weight, pos.padding_idx)
+        out, _, _ = ops.embeddings(ids, positions, types, word, pos_w, tt_w, ln.weight, ln.bias, ln.eps)
         return out
     # Differentiable path, as HF sums (padding_idx keeps the pad id's gradient zero).
     x = inputs_embeds if inputs_embeds is not None else emb.word_embeddings(ids)
@@ -111,7 +118,7 @@ def embed(
         if types is None:
             types = torch.zeros(x.shape[:-1], dtype=torch.long, device=x.device)
         x = x + F.embedding(types, tt_w)
-    x = x + F.embedding(positions, emb.position_embeddings.weight)
+    x = x + F.embedding(positions, pos.weight, pos.padding_idx)
     return F.layer_norm(x, (x.shape[-1],), ln.weight, ln.bias, ln.eps)
 
 
@@ -188,7 +195,7 @@ def _packed_layer(
     seed = _dropout_seed() if p_attn > 0 else 0
     ctx, _ = ops.attention(qkv, _like(b, qkv), cu_seqlens, max_seqlen, nh, scale, p_attn, seed, 0)  # (T, H)
     del qkv  # free (T, 3H) before the MLP: lower peak memory
-    x = _attn_out(ctx, o_dense, o_ln, x, p_hidden, training)
+    x = _attn_out(ctx, o_dense, o_ln, x, p_hidden if layout_of(layer).attention_dropout else 0.0, training)
     del ctx
     return _mlp(config, layer, x, training, p_hidden)
 
@@ -211,7 +218,7 @@ def _padded_layer(
         mask = mask if mask.dtype == torch.bool else _like(mask, qkv)
         ctx, _ = ops.attention_masked(qkv, _like(b, qkv), mask, nh, scale, p_attn, seed, 0)  # (B, L, H)
     del qkv
-    x = _attn_out(ctx, o_dense, o_ln, x, p_hidden, training)
+    x = _attn_out(ctx, o_dense, o_ln, x, p_hidden if layout_of(layer).attention_dropout else 0.0, training)
     del ctx
     x = _mlp(config, layer, x, training, p_hidden)
     return (x, probs) if with_probs else x
@@ -248,14 +255,14 @@ def _select(hidden_sel: bool | int | Sequence[int] | None, n: int) -> set[int] |
     return {i % n for i in sel if -n <= i < n}
 
 
-def _refuse_sharded_parts(model: nn.Module) -> None:
+def _refuse_sharded_parts(model: nn.Module, layers: Sequence[nn.Module]) -> None:
     """FSDP2 gathers a sharded module's parameters in hooks around its forward(); fastbert runs its layers'
     computation without calling their forward(), so a part sharded on its own would reach the kernels as shards."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return  # no process group, no sharding: the common forward pays two calls, not an import and a scan
     from torch.distributed.fsdp import FSDPModule
 
-    if any(isinstance(part, FSDPModule) for part in (model.embeddings, *model.encoder.layer)):
+    if any(isinstance(m, FSDPModule) for m in (model.embeddings, *layers)):
         raise NotImplementedError(
             "fully_shard: a fastbert model's embeddings and layers cannot be sharded one by one (fastbert runs "
             "their computation without calling their forward(), where FSDP gathers the shards); shard the "
@@ -275,17 +282,25 @@ def run(
     output_hidden_states: bool | int | Sequence[int] = False,
     output_attentions: bool = False,
 ) -> EncoderOutput:
-    """The fused BERT forward over ``model``'s HF-named submodules; see the module docstring."""
+    """The fused forward over ``model``'s HF-named submodules (any family of fastbert/model/family.py, picked
+    by config.model_type); see the module docstring."""
+    fam = family_of(config)
+    config = bert_names(config)
+    emb = model.embeddings
+    layers = part(model, fam.layers)
+    project = model._modules.get(fam.projection) if fam.projection is not None else None
+    embed_dim = emb.LayerNorm.normalized_shape[0]
+    first_position = 0 if fam.positions == "absolute" else config.pad_token_id + 1
     if not ops.compiling():
         check_pad_outputs(pad_outputs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("input_ids: specify exactly one of input_ids or inputs_embeds")
-        check_inputs(config, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
-
-    emb = model.embeddings
-    layers = model.encoder.layer
-    if not ops.compiling():
-        _refuse_sharded_parts(model)
+        if token_type_ids is not None and not fam.token_types:
+            raise ValueError(f"token_type_ids: a {fam.name} model has no token type embeddings; pass None")
+        check_inputs(
+            config, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, embed_dim, first_position
+        )
+        _refuse_sharded_parts(model, layers)
     training = model.training
     need_grad = _params_need_grad(model) or (
         inputs_embeds is not None and inputs_embeds.requires_grad and torch.is_grad_enabled()
@@ -312,8 +327,10 @@ def run(
     if position_ids is not None:
         position_ids = position_ids.reshape(-1, L).expand(B, L)
     starts = None  # not under torch.compile: the check is data-dependent control flow
-    if attention_mask is None and position_ids is not None and not ops.compiling():
+    if attention_mask is None and position_ids is not None and fam.packed_position_ids and not ops.compiling():
         starts = packed_sequence_starts(position_ids)
+    if position_ids is None and first_position:  # RoBERTa's positions, from the ids (never packed sequences)
+        position_ids = roberta_positions(input_ids, config.pad_token_id, (B, L), device)
     if token_type_ids is not None and not token_type_ids.is_contiguous():
         token_type_ids = token_type_ids.contiguous()
 
@@ -356,12 +373,14 @@ def run(
             positions = position_ids.reshape(-1)[indices]
         types = token_type_ids.reshape(-1)[indices] if token_type_ids is not None else None
         if inputs_embeds is not None:
-            x = embed(emb, None, positions, types, inputs_embeds.reshape(B * L, H)[indices], need_grad)
+            x = embed(emb, None, positions, types, inputs_embeds.reshape(B * L, embed_dim)[indices], need_grad)
         else:
             ids = input_ids.reshape(-1)[indices]
             x = embed(emb, ids, positions, types, None, need_grad)
         if training and p_hidden > 0:
             x = F.dropout(x, p_hidden, True)
+        if project is not None:  # ELECTRA: embedding_size -> hidden_size
+            x = F.linear(x, project.weight, project.bias)
         x = _checkpoint_input(x, layers, need_grad)
 
         def unpacked(y: Tensor) -> Tensor:
@@ -423,6 +442,8 @@ def run(
         x = embed(emb, input_ids, position_ids, token_type_ids, None, need_grad)  # (B, L, H)
     if training and p_hidden > 0:
         x = F.dropout(x, p_hidden, True)
+    if project is not None:
+        x = F.linear(x, project.weight, project.bias)
     x = _checkpoint_input(x, layers, need_grad)
     minval = torch.finfo(x.dtype).min
     if attention_mask is None and starts is not None:

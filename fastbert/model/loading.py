@@ -1,4 +1,4 @@
-"""Loading an HF BERT folder (config.json + safetensors or .bin, sharded too) into an ``Encoder`` without
+"""Loading an HF folder of the BERT family (config.json + safetensors or .bin, sharded too) into an ``Encoder`` without
 importing transformers."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import os
 import torch
 
 from .config import EncoderConfig
+from .family import MODEL_TYPES, family_of
 from .modules import Encoder
 
 __all__ = ["load_encoder"]
@@ -55,26 +56,36 @@ def _read_state_dict(model_dir: str) -> tuple[dict, str]:
     raise FileNotFoundError(f"{model_dir}: no model.safetensors, pytorch_model.bin or sharded index found")
 
 
-def _hf_key(k: str) -> str:
-    if k.startswith("bert."):
-        k = k[len("bert.") :]
+def _hf_key(k: str, prefix: str) -> str:
+    """A checkpoint key as the base model names it: without the head model's prefix (``bert.``, ``roberta.``,
+    ``distilbert.``, ``electra.``), TF-era LayerNorm names mapped."""
+    if k.startswith(prefix):
+        k = k[len(prefix) :]
     return k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
 
 
 def load_encoder(
     model_dir: str, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", pad_outputs: str = "zero"
 ) -> Encoder:
-    """An eval-mode ``Encoder`` from an HF BERT folder (config.json + weights), without importing transformers.
+    """An eval-mode ``Encoder`` from an HF folder of the BERT family (config.json + weights; config.json's
+    model_type: bert, roberta, xlm-roberta, camembert, distilbert or electra), without importing transformers.
 
-    Keys may carry a ``bert.`` prefix; head keys (``cls.*``, ``classifier.*``, ...) are ignored; a missing
-    encoder weight, a shape that disagrees with config.json or a corrupt file raises an error naming the file."""
+    Keys may carry the head model's prefix (``bert.``, ``roberta.``, ...); head keys (``cls.*``,
+    ``classifier.*``, ...) are ignored; a missing encoder weight, a shape that disagrees with config.json or a
+    corrupt file raises an error naming the file."""
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"{model_dir}: model folder not found")
     config = EncoderConfig.from_json(os.path.join(model_dir, "config.json"))
+    if config.model_type not in MODEL_TYPES:
+        raise ValueError(
+            f"{os.path.join(model_dir, 'config.json')}: model_type {config.model_type!r} is not one fastbert runs "
+            f"(one of {', '.join(MODEL_TYPES)})"
+        )
     raw, path = _read_state_dict(model_dir)
     sd = {}
+    prefix = family_of(config).prefix + "."
     for k, v in raw.items():
-        sd[_hf_key(k)] = v
+        sd[_hf_key(k, prefix)] = v
     has_pooler = "pooler.dense.weight" in sd
     with torch.device("meta"):
         enc = Encoder(config, add_pooling_layer=has_pooler, pad_outputs=pad_outputs)

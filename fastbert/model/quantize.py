@@ -44,12 +44,14 @@ from .. import ops
 from ..ops import gemm
 from ..runtime.int8 import GEMMS, STATE_ATTR, Int8Layer, Int8State, int8_gemm, quantize_weight, weight_scale
 from ..runtime.weights import fused_qkv, layer_parts
+from .family import family_of
 from .forward import attention_geometry, embed
 from .gptq import gptq_codes
 from .modules import FastBertModule
 
 __all__ = ["quantize", "dequantize", "is_quantized", "base_dtype", "SMOOTH_ALPHA"]
 
+INT8_FAMILIES = ("bert", "roberta")  # the families whose layers sit at encoder.layer with no embedding projection
 SMOOTH_ALPHA = 0.5  # on all-MiniLM-L6-v2, 0.3-0.85 (also per GEMM) all gave a lower text cosine than 0.5
 
 
@@ -168,6 +170,13 @@ def quantize(
         raise ValueError("calibration_ids: expected a (batch, length) tensor of token ids")
     if not ops.has_kernel("quantize_rows", "cpu"):
         raise RuntimeError(f"quantize: the int8 kernels are not built (fastbert._C did not load: {ops.LOAD_ERROR})")
+    for m in targets:
+        fam = family_of(m.config)
+        if fam.name not in INT8_FAMILIES:
+            raise NotImplementedError(
+                f"model: int8 runs BERT and RoBERTa-family (xlm-roberta, camembert) models; model_type "
+                f"{m.config.model_type!r} ({fam.name}) runs in float32 or bfloat16"
+            )
     for m in targets:
         w = m.embeddings.word_embeddings.weight
         if w.device.type != "cpu":

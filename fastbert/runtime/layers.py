@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..ops import gemm, reference
 from . import cuda_graphs
-from .weights import fused_qkv, packed_weight
+from .weights import fused_qkv, layer_parts, packed_weight
 
 __all__ = ["LayerWeights", "layer_weights", "run_layers"]
 
@@ -45,17 +45,12 @@ def _one_layer(
     pack: Callable[[Tensor], Tensor] | None,
     cast: Callable[[nn.Module, str, Tensor | None], Tensor | None],
 ) -> None:
-    attention = layer._modules["attention"]
-    attn_out = attention._modules["output"]
-    inter = layer._modules["intermediate"]._modules["dense"]
-    out = layer._modules["output"]
-    wqkv, bqkv = fused_qkv(attention._modules["self"], False, pack)
-    o_dense, ln1 = attn_out._modules["dense"], attn_out._modules["LayerNorm"]
-    o2_dense, ln2 = out._modules["dense"], out._modules["LayerNorm"]
+    sa, o_dense, ln1, inter, o2_dense, ln2 = layer_parts(layer)  # any family's names (runtime/layout.py)
+    wqkv, bqkv = fused_qkv(sa, False, pack)
     if inter._parameters["bias"] is None:
         raise KeyError("intermediate bias")  # the kernels need it; the general path supplies zeros
     weights.tensors.append(wqkv)
-    weights.tensors.append(cast(attention._modules["self"], "bias", bqkv))
+    weights.tensors.append(cast(sa, "bias", bqkv))
     for m in (o_dense, ln1, inter, o2_dense, ln2):
         w = m._parameters["weight"]
         weights.tensors.append(packed_weight(m, w, pack) if m is not ln1 and m is not ln2 else cast(m, "weight", w))

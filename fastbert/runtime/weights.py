@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from .layout import parts, qkv_names
 
 __all__ = ["layer_parts", "fused_qkv", "packed_weight", "clear_fused_cache", "tensors_key", "key_matches"]
 
@@ -28,17 +29,10 @@ CACHE_ATTRS = ("_fastbert_fused", "_fastbert_packed", "_fastbert_packed_bias")
 
 
 def layer_parts(layer: nn.Module) -> tuple:
-    """The submodules of an HF-named BERT layer a forward reads: (self-attention, attention output dense,
-    its LayerNorm, intermediate dense, output dense, its LayerNorm)."""
-    attention = layer.attention
-    return (
-        attention.self,
-        attention.output.dense,
-        attention.output.LayerNorm,
-        layer.intermediate.dense,
-        layer.output.dense,
-        layer.output.LayerNorm,
-    )
+    """The submodules of a layer a forward reads, in any family's names (fastbert/runtime/layout.py):
+    (the module holding q/k/v, attention output dense, its LayerNorm, intermediate dense, output dense, its
+    LayerNorm)."""
+    return parts(layer)
 
 
 class _FusedCache:
@@ -112,8 +106,14 @@ def _adjacent_view(ts: Sequence[Tensor]) -> Tensor | None:
     return t0.detach().as_strided(shape, torch.empty(shape, device="meta").stride())
 
 
+def _linears(sa: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """The query, key and value Linears of an attention module (any family's names)."""
+    q, k, v = qkv_names(sa)
+    return getattr(sa, q), getattr(sa, k), getattr(sa, v)
+
+
 def _cat_bias(sa: nn.Module, like: Tensor) -> Tensor | None:
-    bs = [sa.query.bias, sa.key.bias, sa.value.bias]
+    bs = [m.bias for m in _linears(sa)]
     if all(b is None for b in bs):
         return None
     n = like.shape[0] // 3
@@ -123,16 +123,18 @@ def _cat_bias(sa: nn.Module, like: Tensor) -> Tensor | None:
 def _qkv_params(sa: nn.Module) -> tuple[tuple, tuple]:
     """(q, k, v weights), (q, k, v biases or None): through the modules' dicts where the Linears keep plain
     parameters (cheap: this runs per layer per forward), else by attribute (a parametrized weight, say)."""
+    names = qkv_names(sa)
     try:
         mods = sa._modules
-        ps = (mods["query"]._parameters, mods["key"]._parameters, mods["value"]._parameters)
+        ps = (mods[names[0]]._parameters, mods[names[1]]._parameters, mods[names[2]]._parameters)
         return (ps[0]["weight"], ps[1]["weight"], ps[2]["weight"]), (
             ps[0].get("bias"),
             ps[1].get("bias"),
             ps[2].get("bias"),
         )
     except (KeyError, AttributeError):
-        return (sa.query.weight, sa.key.weight, sa.value.weight), (sa.query.bias, sa.key.bias, sa.value.bias)
+        q, k, v = _linears(sa)
+        return (q.weight, k.weight, v.weight), (q.bias, k.bias, v.bias)
 
 
 def _cache(module: nn.Module, attr: str) -> _FusedCache:
@@ -144,13 +146,14 @@ def _cache(module: nn.Module, attr: str) -> _FusedCache:
 
 
 def fused_qkv(sa: nn.Module, need_grad: bool, pack: Callable[[Tensor], Any] | None = None) -> tuple[Any, Tensor | None]:
-    """(Wqkv (3H, H), bqkv (3H,) or None) of a self-attention module with query/key/value Linears.
+    """(Wqkv (3H, H), bqkv (3H,) or None) of a self-attention module with query/key/value Linears (or
+    DistilBERT's q_lin/k_lin/v_lin).
 
     With gradients or while compiling: torch.cat in the graph (differentiable). Otherwise a cached copy,
     rebuilt whenever a weight changes (object, storage or in-place version), or a view when the weights
     already lie side by side. With ``pack`` (inference only), the cache holds ``pack(Wqkv)`` instead of Wqkv."""
     if need_grad or ops.compiling():
-        w = torch.cat((sa.query.weight, sa.key.weight, sa.value.weight))
+        w = torch.cat([m.weight for m in _linears(sa)])
         return w, _cat_bias(sa, w)
     ws, bs = _qkv_params(sa)
     cache = _cache(sa, "_fastbert_fused")
