@@ -44,7 +44,7 @@ from .. import ops
 from ..ops import gemm
 from ..runtime.int8 import GEMMS, STATE_ATTR, Int8Layer, Int8State, int8_gemm, quantize_weight, weight_scale
 from ..runtime.weights import fused_qkv, layer_parts
-from .family import family_of
+from .family import family_of, roberta_positions
 from .forward import attention_geometry, embed
 from .gptq import gptq_codes
 from .modules import FastBertModule
@@ -63,9 +63,15 @@ def _smoothing(x_amax: Tensor, w: Tensor, alpha: float) -> Tensor:
 
 
 def _calibration_ids(config: Any, seed: int = 0, batch: int = 16, length: int = 128) -> Tensor:
+    """Random token ids, never the pad id (which also decides RoBERTa's positions, counted from pad + 1)."""
     g = torch.Generator().manual_seed(seed)
-    length = min(length, int(config.max_position_embeddings))
-    return torch.randint(1, int(config.vocab_size), (batch, length), generator=g)
+    pad, vocab = getattr(config, "pad_token_id", None), int(config.vocab_size)
+    first = 0 if pad is None or family_of(config).positions == "absolute" else pad + 1
+    length = min(length, int(config.max_position_embeddings) - first)
+    ids = torch.randint(0, vocab, (batch, length), generator=g)
+    if pad is not None:
+        ids[ids == pad] = (pad + 1) % vocab
+    return ids
 
 
 class _Inputs(NamedTuple):
@@ -88,6 +94,8 @@ def _gemm_inputs(model: nn.Module, config: Any, ids: Tensor, mask: Tensor | None
     if mask is None:
         mask = torch.ones_like(ids)
     indices, cu_seqlens, positions = ops.pack(mask != 0)
+    if family_of(config).positions == "after_padding":  # RoBERTa's, from the ids
+        positions = roberta_positions(ids, config.pad_token_id, ids.shape, ids.device).reshape(-1)[indices]
     x = embed(emb, ids.reshape(-1)[indices], positions, None, None, False).float()
     nh, scale = attention_geometry(config)
     L = ids.shape[1]
