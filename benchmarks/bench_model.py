@@ -32,7 +32,12 @@ def parse_shape(s: str):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="bert-base", help="bert-base, bert-large, minilm-l6 or an HF folder")
+    ap.add_argument(
+        "--model",
+        default="bert-base",
+        help="bert-base, bert-large, minilm-l6, roberta-base, xlm-roberta-base, distilbert-base, electra-base or an "
+        "HF folder",
+    )
     ap.add_argument("--layers", type=int, default=None, help="override num_hidden_layers (faster runs)")
     ap.add_argument("--shapes", nargs="+", default=DEFAULT_SHAPES, help="BxL[:min-max] ragged lengths")
     ap.add_argument("--impls", nargs="+", default=list(bench.IMPLS))
