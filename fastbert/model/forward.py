@@ -398,7 +398,8 @@ def run(
                 weights = layer_loop.layer_weights(layers, config.hidden_act, x, amp)
         if int8 is not None:
             x = int8_path.run_layers_int8(
-                model,
+                config,
+                layers,
                 int8,
                 x,
                 cu_seqlens,

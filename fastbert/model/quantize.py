@@ -43,15 +43,15 @@ from torch import Tensor, nn
 from .. import ops
 from ..ops import gemm
 from ..runtime.int8 import GEMMS, STATE_ATTR, Int8Layer, Int8State, int8_gemm, quantize_weight, weight_scale
+from ..runtime.layout import part
 from ..runtime.weights import fused_qkv, layer_parts
-from .family import family_of, roberta_positions
+from .family import bert_names, family_of, roberta_positions
 from .forward import attention_geometry, embed
 from .gptq import gptq_codes
 from .modules import FastBertModule
 
 __all__ = ["quantize", "dequantize", "is_quantized", "base_dtype", "SMOOTH_ALPHA"]
 
-INT8_FAMILIES = ("bert", "roberta")  # the families whose layers sit at encoder.layer with no embedding projection
 SMOOTH_ALPHA = 0.5  # on all-MiniLM-L6-v2, 0.3-0.85 (also per GEMM) all gave a lower text cosine than 0.5
 
 
@@ -90,17 +90,22 @@ def _seen(x: Tensor) -> _Inputs:
 def _gemm_inputs(model: nn.Module, config: Any, ids: Tensor, mask: Tensor | None) -> Iterator[list[_Inputs]]:
     """Per layer, in order, what the four GEMMs (QKV, attention output, FFN in, FFN out) see in a float32 forward
     of the model on ids: one layer at a time, so only one layer's Gram matrices are held."""
+    fam = family_of(config)
+    config = bert_names(config)
     emb = model.embeddings
     if mask is None:
         mask = torch.ones_like(ids)
     indices, cu_seqlens, positions = ops.pack(mask != 0)
-    if family_of(config).positions == "after_padding":  # RoBERTa's, from the ids
+    if fam.positions == "after_padding":  # RoBERTa's, from the ids
         positions = roberta_positions(ids, config.pad_token_id, ids.shape, ids.device).reshape(-1)[indices]
     x = embed(emb, ids.reshape(-1)[indices], positions, None, None, False).float()
+    if fam.projection is not None and model._modules.get(fam.projection) is not None:  # ELECTRA's
+        project = model._modules[fam.projection]
+        x = x @ project.weight.float().t() + project.bias.float()
     nh, scale = attention_geometry(config)
     L = ids.shape[1]
     act = config.hidden_act
-    for layer in model.encoder.layer:
+    for layer in part(model, fam.layers):
         sa, o_dense, ln1, inter, out_dense, ln2 = layer_parts(layer)
         w, b = fused_qkv(sa, True)
         w, b = w.float(), None if b is None else b.float()
@@ -137,7 +142,8 @@ def _build(model: nn.Module, state: Int8State) -> list[Int8Layer]:
     ids, mask = state.calibration if state.calibration is not None else (_calibration_ids(config), None)
     device = model.embeddings.word_embeddings.weight.device
     layers = []
-    for layer, seen in zip(model.encoder.layer, _gemm_inputs(model, config, ids.to(device), mask)):
+    blocks = part(model, family_of(config).layers)
+    for layer, seen in zip(blocks, _gemm_inputs(model, config, ids.to(device), mask)):
         sa, o_dense, _, inter, out_dense, _ = layer_parts(layer)
         wqkv, _ = fused_qkv(sa, True)
         ws = (wqkv, o_dense.weight, inter.weight, out_dense.weight)
@@ -178,13 +184,6 @@ def quantize(
         raise ValueError("calibration_ids: expected a (batch, length) tensor of token ids")
     if not ops.has_kernel("quantize_rows", "cpu"):
         raise RuntimeError(f"quantize: the int8 kernels are not built (fastbert._C did not load: {ops.LOAD_ERROR})")
-    for m in targets:
-        fam = family_of(m.config)
-        if fam.name not in INT8_FAMILIES:
-            raise NotImplementedError(
-                f"model: int8 runs BERT and RoBERTa-family (xlm-roberta, camembert) models; model_type "
-                f"{m.config.model_type!r} ({fam.name}) runs in float32 or bfloat16"
-            )
     for m in targets:
         w = m.embeddings.word_embeddings.weight
         if w.device.type != "cpu":

@@ -78,8 +78,8 @@ def quantize_weight(w: Tensor, s: Tensor | None = None) -> Int8Gemm:
 
 
 def encoder_parameters(model: nn.Module) -> tuple:
-    """The parameters the int8 state is derived from (its cache key)."""
-    return tuple(model.encoder.parameters()) + tuple(model.embeddings.parameters())
+    """The parameters the int8 state is derived from (its cache key): the model's own (any family's layout)."""
+    return tuple(model.parameters())
 
 
 class Int8State:
@@ -123,22 +123,21 @@ def int8_layers(model: nn.Module) -> list[Int8Layer] | None:
 
 
 def run_layers_int8(
-    model: nn.Module,
+    config: Any,
+    blocks: Sequence[nn.Module],
     layers: list[Int8Layer],
     x: Tensor,
     cu_seqlens: Tensor,
     max_seqlen: int,
     on_layer: Callable[[int, Tensor], None] | None = None,
 ) -> Tensor:
-    """The encoder layers on packed rows x (T, H) (float32 or bfloat16) with int8 GEMMs; see the module
-    docstring. on_layer(i, x) after layer i."""
-    config = model.config
+    """The encoder layers ``blocks`` on packed rows x (T, H) (float32 or bfloat16) with their int8 GEMMs
+    ``layers``; config under BertConfig's field names; see the module docstring. on_layer(i, x) after layer i."""
     nh = config.num_attention_heads
     scale = 1.0 / math.sqrt(config.hidden_size // nh)
     act = config.hidden_act
     dtype = x.dtype
     F = torch.ops.fastbert
-    blocks = model.encoder.layer
     pack = gemm.weight_packer(x)
     linear = gemm.linear_fn(x)
     # Every activation is quantized with a per-row shift (asymmetric): the GELU's output is one-sided, and the

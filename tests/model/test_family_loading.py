@@ -126,15 +126,21 @@ def test_validate_command_passes(tmp_path, capsys, family):
     assert "PASS" in out
 
 
-def test_unknown_model_type_and_int8_are_named(tmp_path, capsys):
+def test_encode_int8_on_distilbert_and_unknown_model_type(tmp_path):
+    import numpy as np
+
     save_model(tmp_path, "distilbert")
     save_tokenizer(tmp_path, "distilbert")
-    (tmp_path / "in.txt").write_text("the dog\n", encoding="utf-8")
-    code = cli.main(
-        ["encode", "--model", str(tmp_path), "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy")]
-        + ["--dtype", "int8"]
-    )
-    assert code != 0 and "model_type" in capsys.readouterr().err
+    (tmp_path / "in.txt").write_text("the dog runs\na cat\nthe river bank and the money\n", encoding="utf-8")
+    outs = {}
+    for dtype in ("float32", "int8"):
+        out = tmp_path / f"{dtype}.npy"
+        args = ["encode", "--model", str(tmp_path), "-i", str(tmp_path / "in.txt"), "-o", str(out), "--dtype", dtype]
+        assert cli.main(args) == 0
+        outs[dtype] = np.load(out)
+    f, q = outs["float32"], outs["int8"]
+    cos = (f * q).sum(1) / (np.linalg.norm(f, axis=1) * np.linalg.norm(q, axis=1))
+    assert f.shape == q.shape == (3, f.shape[1]) and cos.min() >= 0.99 and not np.array_equal(f, q)
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["model_type"] = "albert"
     (tmp_path / "config.json").write_text(json.dumps(cfg))
