@@ -40,18 +40,24 @@ def _rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, "int8"], ids=str)
 def test_memory_settles_over_varied_shapes(dtype, monkeypatch):
     """400 forwards, each of a batch shape not seen before in the run (token counts from 1 to 512, mostly new):
-    resident memory must not grow over the second 200. The loop's row buckets (gemm.bucket_rows) are turned off,
-    so every token count reaches oneDNN as a new GEMM shape: the caps on oneDNN's and ideep's primitive caches
-    (fastbert/ops/gemm.py) alone must hold memory. With their defaults of 1024 shapes each the test fails
-    (LRU_CACHE_CAPACITY=1024 ONEDNN_PRIMITIVE_CACHE_CAPACITY=1024: +105-158 MiB on our machine)."""
+    resident memory must not grow over the second 200, in float32, bfloat16 and int8. The loop's row buckets
+    (gemm.bucket_rows) are turned off, so every token count reaches oneDNN as a new GEMM shape: the caps on
+    oneDNN's and ideep's primitive caches (fastbert/ops/gemm.py) alone must hold memory. With their defaults of
+    1024 shapes each the test fails (LRU_CACHE_CAPACITY=1024 ONEDNN_PRIMITIVE_CACHE_CAPACITY=1024: +105-158 MiB
+    on our machine, float32 and bfloat16)."""
     from fastbert.ops import gemm
 
     monkeypatch.setattr(gemm, "bucket_rows", lambda t: t)
     hf = make_hf(num_hidden_layers=2, hidden_size=128, intermediate_size=256, max_position_embeddings=64)
-    fb = fastbert.from_hf(hf).to(dtype)
+    if dtype == "int8":  # torch._int_mm's GEMMs, float parts as --dtype int8 picks them
+        from fastbert.model.quantize import base_dtype
+
+        fb = fastbert.quantize(fastbert.from_hf(hf).to(base_dtype()))
+    else:
+        fb = fastbert.from_hf(hf).to(dtype)
     g = torch.Generator().manual_seed(0)
     seen, shapes = set(), []
     while len(shapes) < 400:
