@@ -113,9 +113,8 @@ def main(argv=None) -> int:
     rows = []
     for dtype in args.dtypes:  # a fresh process each: the caches are process-wide
         cmd = [sys.executable, __file__, "--one", dtype, "--layers", str(args.layers)]
-        cmd += ["--forwards", str(args.forwards), "--seed", str(args.seed)] + (
-            ["--no-buckets"] if args.no_buckets else []
-        )
+        cmd += ["--forwards", str(args.forwards), "--seed", str(args.seed), "--malloc", args.malloc]
+        cmd += ["--no-buckets"] if args.no_buckets else []
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         rows.append(json.loads(out))
         print(f"{dtype}: {rows[-1]}", flush=True)
