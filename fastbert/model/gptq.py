@@ -10,7 +10,9 @@ stored differs, at quantize time (about a second per bert-base layer), nothing a
 
 On all-MiniLM-L6-v2 with all four GEMMs in int8 it raised the mean text cosine to float32 from 0.99867 to 0.99911
 in a float emulation of the scheme (docs/notes/2026-12-low-precision.md): most of the FFN's second GEMM's error
-was its weights', after smoothing scaled some of their columns up.
+was its weights', after smoothing scaled some of their columns up. It pairs with smoothing (fastbert.quantize's
+default): without it, outlier input channels set the activations' int8 scales, their error dominates, and GPTQ,
+which treats the inputs as exact, does not help (tests/runtime/test_int8.py).
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ bfloat16), accumulating in fp32.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -42,7 +43,16 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..ops import gemm
-from ..runtime.int8 import GEMMS, STATE_ATTR, Int8Layer, Int8State, int8_gemm, quantize_weight, weight_scale
+from ..runtime.int8 import (
+    GEMMS,
+    STATE_ATTR,
+    Int8Gemm,
+    Int8Layer,
+    Int8State,
+    int8_gemm,
+    quantize_weight,
+    weight_scale,
+)
 from ..runtime.layout import part
 from ..runtime.weights import fused_qkv, layer_parts
 from .family import bert_names, family_of, roberta_positions
@@ -78,18 +88,22 @@ class _Inputs(NamedTuple):
     """What a float32 calibration forward saw at one GEMM's input X (T, K): per-channel max |x| and X^T X."""
 
     amax: Tensor
-    gram: Tensor
+    gram: Tensor | None  # only for GPTQ
 
 
-def _seen(x: Tensor) -> _Inputs:
+def _seen(x: Tensor, gram: bool) -> _Inputs:
+    if not gram:
+        return _Inputs(x.abs().amax(dim=0), None)
     xt = x.t().contiguous()
     return _Inputs(x.abs().amax(dim=0), gemm.linear_fn(xt)(xt, xt))  # X^T X on the inference loop's GEMM library
 
 
 @torch.no_grad()
-def _gemm_inputs(model: nn.Module, config: Any, ids: Tensor, mask: Tensor | None) -> Iterator[list[_Inputs]]:
+def _gemm_inputs(
+    model: nn.Module, config: Any, ids: Tensor, mask: Tensor | None, gram: bool
+) -> Iterator[list[_Inputs]]:
     """Per layer, in order, what the four GEMMs (QKV, attention output, FFN in, FFN out) see in a float32 forward
-    of the model on ids: one layer at a time, so only one layer's Gram matrices are held."""
+    of the model on ids (the Gram matrices when ``gram``): one layer at a time, so only one layer's are held."""
     fam = family_of(config)
     config = bert_names(config)
     emb = model.embeddings
@@ -101,7 +115,7 @@ def _gemm_inputs(model: nn.Module, config: Any, ids: Tensor, mask: Tensor | None
     x = embed(emb, ids.reshape(-1)[indices], positions, None, None, False).float()
     if fam.projection is not None and model._modules.get(fam.projection) is not None:  # ELECTRA's
         project = model._modules[fam.projection]
-        x = x @ project.weight.float().t() + project.bias.float()
+        x = torch.nn.functional.linear(x, project.weight.float(), _f(project.bias))
     nh, scale = attention_geometry(config)
     L = ids.shape[1]
     act = config.hidden_act
@@ -109,14 +123,14 @@ def _gemm_inputs(model: nn.Module, config: Any, ids: Tensor, mask: Tensor | None
         sa, o_dense, ln1, inter, out_dense, ln2 = layer_parts(layer)
         w, b = fused_qkv(sa, True)
         w, b = w.float(), None if b is None else b.float()
-        seen = [_seen(x)]
+        seen = [_seen(x, gram)]
         ctx, _ = ops.attention(x @ w.t(), b, cu_seqlens, L, nh, scale, 0.0, 0, 0)
-        seen.append(_seen(ctx))
+        seen.append(_seen(ctx, gram))
         y = ctx @ o_dense.weight.float().t()
         x, _, _ = ops.bias_residual_layernorm(y, _f(o_dense.bias), x, ln1.weight.float(), ln1.bias.float(), ln1.eps)
-        seen.append(_seen(x))
+        seen.append(_seen(x, gram))
         h = ops.bias_act(x @ inter.weight.float().t(), inter.bias.float(), act)
-        seen.append(_seen(h))
+        seen.append(_seen(h, gram))
         y = h @ out_dense.weight.float().t()
         x, _, _ = ops.bias_residual_layernorm(y, _f(out_dense.bias), x, ln2.weight.float(), ln2.bias.float(), ln2.eps)
         yield seen
@@ -126,8 +140,9 @@ def _f(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.float()
 
 
-def _quantize_gemm(w: Tensor, seen: _Inputs, state: Int8State):
-    """One GEMM's Int8Gemm: smoothed by what its input saw (state.smooth), its codes by GPTQ (state.gptq)."""
+def _quantize_gemm(w: Tensor, seen: _Inputs | None, state: Int8State) -> Int8Gemm:
+    """One GEMM's Int8Gemm: smoothed by what its input saw (state.smooth), its codes by GPTQ (state.gptq); seen is
+    None when neither is on."""
     s = _smoothing(seen.amax, w, SMOOTH_ALPHA) if state.smooth else None
     if not state.gptq:
         return quantize_weight(w, s)
@@ -143,7 +158,11 @@ def _build(model: nn.Module, state: Int8State) -> list[Int8Layer]:
     device = model.embeddings.word_embeddings.weight.device
     layers = []
     blocks = part(model, family_of(config).layers)
-    for layer, seen in zip(blocks, _gemm_inputs(model, config, ids.to(device), mask)):
+    if state.smooth or state.gptq:  # a calibration forward: what each GEMM's input saw
+        inputs = _gemm_inputs(model, config, ids.to(device), mask, state.gptq)
+    else:
+        inputs = itertools.repeat([None] * len(GEMMS))
+    for layer, seen in zip(blocks, inputs):
         sa, o_dense, _, inter, out_dense, _ = layer_parts(layer)
         wqkv, _ = fused_qkv(sa, True)
         ws = (wqkv, o_dense.weight, inter.weight, out_dense.weight)

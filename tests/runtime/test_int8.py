@@ -84,6 +84,26 @@ def test_smoothing_keeps_outlier_channels_accurate():
     assert float((1 - cos[False]).mean()) > 1.5 * float((1 - cos[True]).mean())
 
 
+def test_gptq_rounding_is_more_accurate_than_nearest():
+    """GPTQ-rounded weights (the default) against round-to-nearest, with smoothing (the default): the relative
+    error of the outputs of a model with outlier channels, measured 1.2e-4 against 2.6e-4. Without smoothing the
+    outliers set the activations' scales and their error dominates (GPTQ no better: 1.2e-3 against 1.0e-3); with
+    neither, no calibration forward runs and the result is still int8's."""
+    hf = _outlier_model()
+    ids, mask, _ = ragged(6, 40, hf.config.vocab_size, seed=2)
+    with torch.no_grad():
+        ref = hf(ids, attention_mask=mask).last_hidden_state
+    keep = mask.bool()
+    err = {}
+    for smooth, gptq in ((True, True), (True, False), (False, False)):
+        fb = fastbert.quantize(fastbert.from_hf(hf), smooth=smooth, gptq=gptq)
+        with torch.no_grad():
+            out = fb(ids, attention_mask=mask).last_hidden_state
+        err[smooth, gptq] = float((out[keep] - ref[keep]).norm() / ref[keep].norm())
+    assert err[True, True] < 0.75 * err[True, False], err
+    assert 0 < err[False, False] < 1e-2, err
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_int8_on_float_and_bf16_models(cpu_isa, dtype):
     hf = make_hf(num_hidden_layers=2, hidden_size=96, num_attention_heads=3, intermediate_size=200)
