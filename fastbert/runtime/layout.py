@@ -100,18 +100,17 @@ def parts(layer: nn.Module) -> tuple[nn.Module, ...]:
     output Linear, its LayerNorm, intermediate Linear, output Linear, its LayerNorm). Through the modules'
     dicts, afresh on every call (a replaced module is never stale); by attribute through a wrapper that
     forwards them (AttributeError when a part is absent)."""
-    mods = layer._modules
-    paths = _PARTS[DISTILBERT_LAYER if DISTILBERT_LAYER.marker in mods else BERT_LAYER]
+    paths = _PARTS[layout_of(layer)]
     out = []
     try:
         for names in paths:
-            m = mods[names[0]]
-            for name in names[1:]:
+            m = layer
+            for name in names:
                 m = m._modules[name]
             out.append(m)
     except KeyError:  # a wrapper that forwards attributes: by attribute (AttributeError when truly absent)
         out = []
-        for names in _PARTS[layout_of(layer)]:
+        for names in paths:
             m = layer
             for name in names:
                 m = getattr(m, name)

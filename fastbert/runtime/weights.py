@@ -21,18 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from .layout import parts, qkv_names
+from .layout import parts as layer_parts  # the six submodules a forward reads, any family's names
+from .layout import qkv_names
 
 __all__ = ["layer_parts", "fused_qkv", "packed_weight", "clear_fused_cache", "tensors_key", "key_matches"]
 
 CACHE_ATTRS = ("_fastbert_fused", "_fastbert_packed", "_fastbert_packed_bias")
-
-
-def layer_parts(layer: nn.Module) -> tuple:
-    """The submodules of a layer a forward reads, in any family's names (fastbert/runtime/layout.py):
-    (the module holding q/k/v, attention output dense, its LayerNorm, intermediate dense, output dense, its
-    LayerNorm)."""
-    return parts(layer)
 
 
 class _FusedCache:

@@ -557,3 +557,18 @@ def test_bad_arguments():
         )
     with pytest.raises(ValueError, match="dequant_bias_residual_layernorm: eps must be >= 0"):
         dbrl(acc, xs, ws, None, res, w, b, -1.0, True, None)
+
+
+def test_attention_quant_bad_arguments(gen):
+    qkv, bias, cu, mx = _packed_qkv([3, 4], 2, 16, torch.float32, gen)
+    fb = torch.ops.fastbert
+    with pytest.raises(RuntimeError, match="attention_quant: qkv must be float32 or bfloat16, got Double"):
+        fb.attention_quant(qkv.double(), bias.double(), cu, mx, 2, 0.25, None)
+    with pytest.raises(RuntimeError, match=r"attention_quant: qkv must have shape \(T, 3 \* hidden\)"):
+        fb.attention_quant(qkv[None], bias, cu, mx, 2, 0.25, None)
+    with pytest.raises(RuntimeError, match=r"attention_quant: smooth must be a float32 .* \(hidden,\) = \(32,\)"):
+        fb.attention_quant(qkv, bias, cu, mx, 2, 0.25, torch.ones(31))
+    with pytest.raises(ValueError, match=r"attention_quant: cu_seqlens\[-1\] = 7 must equal qkv.size\(0\) = T = 6"):
+        fb.attention_quant(qkv[:6], bias, cu, mx, 2, 0.25, None)
+    with pytest.raises(ValueError, match="attention_quant: num_heads must be > 0"):
+        fb.attention_quant(qkv, bias, cu, mx, 0, 0.25, None)
