@@ -9,7 +9,8 @@
 // load, the output GEMM and bias+residual+LayerNorm, the MLP's GEMM, bias+activation, GEMM, bias+residual+LayerNorm.
 // The GEMMs are x @ W^T through at::mm, or for float32/bfloat16 on CPU oneDNN's inner product when the caller asks
 // or hands a packed weight (fastbert.ops.gemm says why); the results are the per-layer path's bit for bit with the
-// same GEMM library.
+// same GEMM library, except on packed (bfloat16) weights, where the MLP's bias and activation run in the GEMM's
+// epilogue (linear_act: one bf16 rounding where the per-layer path has two).
 // Inference only: an input that requires grad under grad mode is refused (the per-layer path trains).
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -27,6 +28,12 @@ constexpr size_t kTensorsPerLayer = 12;  // see the schema's comment in csrc/fas
 using OneDnnLinearSig = Tensor(const Tensor&, const Tensor&, const OptTensor&, c10::string_view,
                                c10::List<std::optional<c10::Scalar>>, std::optional<c10::string_view>);
 
+void check_packed(const Tensor& x, const Tensor& w) {
+  TORCH_CHECK(w.scalar_type() == x.scalar_type() && w.dim() == 2 && w.size(1) == x.size(-1),
+              "encoder_layers: a packed weight of dtype ", w.scalar_type(), " and shape ", w.sizes(),
+              " cannot multiply x of dtype ", x.scalar_type(), " and shape ", x.sizes());
+}
+
 // x @ w^T (w as nn.Linear stores it, or packed into oneDNN's layout by fastbert.ops.gemm). oneDNN where it takes
 // the operands as they are (and always for a packed weight, which only oneDNN reads); anything else gets at::mm,
 // and with it at::mm's error message for a mismatched weight.
@@ -35,13 +42,42 @@ Tensor linear(const Tensor& x, const Tensor& w, bool onednn) {
   if (packed ||
       (onednn && x.device().is_cpu() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) &&
        w.scalar_type() == x.scalar_type() && w.device() == x.device() && w.dim() == 2 && w.size(1) == x.size(-1))) {
-    TORCH_CHECK(!packed || (w.scalar_type() == x.scalar_type() && w.dim() == 2 && w.size(1) == x.size(-1)),
-                "encoder_layers: a packed weight of dtype ", w.scalar_type(), " and shape ", w.sizes(),
-                " cannot multiply x of dtype ", x.scalar_type(), " and shape ", x.sizes());
+    if (packed) check_packed(x, w);
     static const auto op = op_handle<OneDnnLinearSig>("mkldnn::_linear_pointwise");
     return op.call(x, w, std::nullopt, "none", c10::List<std::optional<c10::Scalar>>(), std::nullopt);
   }
   return at::mm(x, w.t());
+}
+
+// The GEMM's own epilogue for an activation oneDNN applies to the fp32 accumulator as fastbert's kernel does
+// (attr and algorithm of mkldnn::_linear_pointwise), or nullptr: GELU (erf and tanh forms), ReLU, SiLU.
+struct PostOp {
+  const char* attr;
+  const char* algorithm;
+};
+const PostOp* onednn_post_op(c10::string_view activation) {
+  static const PostOp gelu{"gelu", "none"}, gelu_tanh{"gelu", "tanh"}, relu{"relu", ""}, silu{"swish", ""};
+  if (activation == "gelu") return &gelu;
+  if (activation == "gelu_new" || activation == "gelu_pytorch_tanh") return &gelu_tanh;
+  if (activation == "relu") return &relu;
+  if (activation == "silu" || activation == "swish") return &silu;
+  return nullptr;
+}
+
+// activation(x @ w^T + bias). On a weight packed for oneDNN (bfloat16) with an activation it has, one call: bias
+// and activation in the GEMM's epilogue on the fp32 accumulator, one rounding to bf16 (and the (T, I) product is
+// never written and read back; 6-10% of the MLP's first GEMM at MiniLM's and bert-base's widths). Elsewhere the
+// GEMM, then bias_act.
+Tensor linear_act(const Tensor& x, const Tensor& w, const Tensor& bias, c10::string_view activation, bool onednn) {
+  const PostOp* post = w.is_mkldnn() ? onednn_post_op(activation) : nullptr;
+  if (post != nullptr && bias.scalar_type() == x.scalar_type() && bias.dim() == 1 && bias.size(0) == w.size(0) &&
+      bias.device() == x.device()) {
+    static const auto op = op_handle<OneDnnLinearSig>("mkldnn::_linear_pointwise");
+    check_packed(x, w);
+    return op.call(x, w, bias, post->attr, c10::List<std::optional<c10::Scalar>>(), post->algorithm);
+  }
+  static const auto bias_act = op_handle<BiasActSig>("fastbert::bias_act");
+  return bias_act.call(linear(x, w, onednn), bias, activation);
 }
 
 Tensor required(const c10::List<OptTensor>& weights, size_t i, const char* what) {
@@ -69,7 +105,6 @@ std::vector<Tensor> encoder_layers(const Tensor& x_in, const Tensor& cu_seqlens,
                 "or torch.inference_mode()");
   }
   static const auto attention = op_handle<AttnSig>("fastbert::attention");
-  static const auto bias_act = op_handle<BiasActSig>("fastbert::bias_act");
   static const auto brln = op_handle<BrlnSig>("fastbert::bias_residual_layernorm");
 
   at::AutoDispatchBelowADInplaceOrView below;  // nothing records: straight to the kernels
@@ -86,8 +121,7 @@ std::vector<Tensor> encoder_layers(const Tensor& x_in, const Tensor& cu_seqlens,
     }
     x = std::get<0>(brln.call(y, weights.get(i + 3), x, w(4, "LayerNorm weight"), w(5, "LayerNorm bias"), eps[2 * l]));
     {
-      const Tensor h =
-          bias_act.call(linear(x, w(6, "intermediate weight"), onednn), w(7, "intermediate bias"), activation);
+      const Tensor h = linear_act(x, w(6, "intermediate weight"), w(7, "intermediate bias"), activation, onednn);
       y = linear(h, w(8, "output weight"), onednn);  // h (T, I) freed here, before the LayerNorm
     }
     x = std::get<0>(
