@@ -251,6 +251,9 @@ inline void prefetch_bytes(const void* p, int64_t bytes) {
 #ifdef CPU_CAPABILITY_AVX512
 #define FASTBERT_BF16_DOT 1
 #define FASTBERT_TARGET_BF16 __attribute__((target("avx512bf16")))
+// Inlined into their callers, which carry the same target: the per-row helpers below cost more in calls and in
+// reloading their constants than in work at head size 32 (perf, 2026-12-07).
+#define FASTBERT_INLINE inline __attribute__((always_inline))
 
 // 16 bf16 (or m < 16, the rest 0) -> fp32, + 16 bf16 of bias when given.
 FASTBERT_TARGET_BF16 inline __m512 load_bf16_f32(const c10::BFloat16* p, const c10::BFloat16* bias, int64_t m) {
@@ -267,8 +270,8 @@ FASTBERT_TARGET_BF16 inline __m512 load_bf16_f32(const c10::BFloat16* p, const c
 FASTBERT_TARGET_BF16 inline __m512i pack_bf16(__m512 lo, __m512 hi) { return (__m512i)_mm512_cvtne2ps_pbh(hi, lo); }
 
 // One row of d values: dst[0 .. dq) = bf16((src + bias) * mul), zero from d on; dq a multiple of 32.
-FASTBERT_TARGET_BF16 inline void stage_row_bf16(const c10::BFloat16* src, const c10::BFloat16* bias, float mul,
-                                                bool scaled, uint16_t* dst, int64_t d, int64_t dq) {
+FASTBERT_TARGET_BF16 FASTBERT_INLINE void stage_row_bf16(const c10::BFloat16* src, const c10::BFloat16* bias, float mul,
+                                                         bool scaled, uint16_t* dst, int64_t d, int64_t dq) {
   const __m512 vm = _mm512_set1_ps(mul);
   for (int64_t c = 0; c < dq; c += 32) {
     __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
@@ -285,8 +288,9 @@ FASTBERT_TARGET_BF16 inline void stage_row_bf16(const c10::BFloat16* src, const 
 // Two rows of V (keys j and j + 1; v1 null for a missing odd key) interleaved by key pairs:
 // dst[2c] = bf16(v0[c] + bias[c]), dst[2c + 1] = bf16(v1[c] + bias[c]) for c < dp (zero from d on); dp a multiple
 // of 16.
-FASTBERT_TARGET_BF16 inline void stage_pair_bf16(const c10::BFloat16* v0, const c10::BFloat16* v1,
-                                                 const c10::BFloat16* bias, uint16_t* dst, int64_t d, int64_t dp) {
+FASTBERT_TARGET_BF16 FASTBERT_INLINE void stage_pair_bf16(const c10::BFloat16* v0, const c10::BFloat16* v1,
+                                                          const c10::BFloat16* bias, uint16_t* dst, int64_t d,
+                                                          int64_t dp) {
   // 16 of key j then 16 of key j + 1 -> alternate: element 2l from l, 2l + 1 from 16 + l.
   alignas(64) static constexpr uint16_t kIdx[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
                                                     8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
@@ -297,6 +301,34 @@ FASTBERT_TARGET_BF16 inline void stage_pair_bf16(const c10::BFloat16* v0, const 
     const __m512 x0 = load_bf16_f32(v0 + c, bc, m);
     const __m512 x1 = v1 ? load_bf16_f32(v1 + c, bc, m) : _mm512_setzero_ps();
     _mm512_storeu_si512(dst + 2 * c, _mm512_permutexvar_epi16(idx, pack_bf16(x0, x1)));
+  }
+}
+
+// One head of one sequence staged for the dot products: Q * scale rows q0 .. q1 (dq wide), K rows (dq wide) and V
+// as key pairs (dp wide), bias added, from qkv rows 3H apart (prefetched kAhead keys ahead: too far apart for the
+// hardware prefetcher to follow on its own).
+FASTBERT_TARGET_BF16 void stage_head_bf16(const c10::BFloat16* head, int64_t H, int64_t n, int64_t q0, int64_t q1,
+                                          const c10::BFloat16* bias, float scale, uint16_t* Q2, uint16_t* K2,
+                                          uint16_t* V2, int64_t d, int64_t dq, int64_t dp) {
+  const c10::BFloat16* qb = bias;
+  const c10::BFloat16* kb = bias ? bias + H : nullptr;
+  const c10::BFloat16* vb = bias ? bias + 2 * H : nullptr;
+  const int64_t row_bytes = d * static_cast<int64_t>(sizeof(c10::BFloat16));
+  constexpr int64_t kAhead = 16;
+  for (int64_t j = 0; j < n; j += 2) {
+    for (int64_t jj = j; jj < std::min(n, j + 2); ++jj) {
+      const c10::BFloat16* row = head + jj * 3 * H;
+      if (jj + kAhead < n) {
+        const c10::BFloat16* ahead = row + kAhead * 3 * H;
+        if (jj + kAhead >= q0 && jj + kAhead < q1) prefetch_bytes(ahead, row_bytes);
+        prefetch_bytes(ahead + H, row_bytes);
+        prefetch_bytes(ahead + 2 * H, row_bytes);
+      }
+      if (jj >= q0 && jj < q1) stage_row_bf16(row, qb, scale, true, Q2 + (jj - q0) * dq, d, dq);
+      stage_row_bf16(row + H, kb, 1.f, false, K2 + jj * dq, d, dq);
+    }
+    const c10::BFloat16* v0 = head + j * 3 * H + 2 * H;
+    stage_pair_bf16(v0, j + 1 < n ? v0 + 3 * H : nullptr, vb, V2 + j * dp, d, dp);
   }
 }
 
@@ -360,8 +392,25 @@ FASTBERT_TARGET_BF16 inline __mmask16 dropout_keep16(const DropoutHash& drop, ui
 // block max, e = exp(s - m), the running max m / sum l (the row of O rescaled when m grows), dropout, and
 // P = bf16(e) into p[0 .. round_up(nk, 16)) (zero past nk), the operand of the PV dot products. The same fp32
 // steps as the kernel's generic loop, without writing the probabilities back in fp32.
-FASTBERT_TARGET_BF16 void softmax_row_dot(const float* s, int64_t nk, float& m_run, float& l_run, float* o, int64_t dp,
-                                          uint16_t* p, const DropoutHash* drop, uint32_t key, uint32_t col0) {
+// A row's running max m and sum l after a key block of max m_new and sum bsum (relative to m_new); its row of O
+// is rescaled when m grows.
+FASTBERT_TARGET_BF16 FASTBERT_INLINE void update_running(float& m_run, float& l_run, float m_new, float bsum, float* o,
+                                                         int64_t dp) {
+  if (m_run == -std::numeric_limits<float>::infinity()) {  // first kept block of this row: O and l are still 0
+    m_run = m_new;
+  } else if (m_run != m_new) {
+    const float alpha = std::exp(m_run - m_new);
+    l_run *= alpha;
+    const __m512 va = _mm512_set1_ps(alpha);
+    for (int64_t c = 0; c < dp; c += 16) _mm512_storeu_ps(o + c, _mm512_mul_ps(_mm512_loadu_ps(o + c), va));
+    m_run = m_new;
+  }
+  l_run += bsum;
+}
+
+FASTBERT_TARGET_BF16 FASTBERT_INLINE void softmax_row_dot_body(const float* s, int64_t nk, float& m_run, float& l_run,
+                                                               float* o, int64_t dp, uint16_t* p,
+                                                               const DropoutHash* drop, uint32_t key, uint32_t col0) {
   using V = Vectorized<float>;
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const __m512 vninf = _mm512_set1_ps(neg_inf);
@@ -383,17 +432,63 @@ FASTBERT_TARGET_BF16 void softmax_row_dot(const float* s, int64_t nk, float& m_r
     if (drop) k &= dropout_keep16(*drop, key, col0 + static_cast<uint32_t>(j));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_mov_ps(k, e)));
   }
-  const float bsum = _mm512_reduce_add_ps(vsum);
-  if (m_run == neg_inf) {  // first kept block of this row: O and l are still 0
-    m_run = m_new;
-  } else if (m_run != m_new) {
-    const float alpha = std::exp(m_run - m_new);
-    l_run *= alpha;
-    const __m512 va = _mm512_set1_ps(alpha);
-    for (int64_t c = 0; c < dp; c += 16) _mm512_storeu_ps(o + c, _mm512_mul_ps(_mm512_loadu_ps(o + c), va));
-    m_run = m_new;
+  update_running(m_run, l_run, m_new, _mm512_reduce_add_ps(vsum), o, dp);
+}
+
+FASTBERT_TARGET_BF16 void softmax_row_dot(const float* s, int64_t nk, float& m_run, float& l_run, float* o, int64_t dp,
+                                          uint16_t* p, const DropoutHash* drop, uint32_t key, uint32_t col0) {
+  softmax_row_dot_body(s, nk, m_run, l_run, o, dp, p, drop, key, col0);
+}
+
+// softmax_row_dot over rows 0 .. rows of a block (S rows ldS apart, P rows ldP apart) without mask or dropout, in
+// one call, kGroup rows at a time: each row's steps are a chain (max, reduce, exp, reduce), short at head size 32
+// and short rows, so the rows of a group are interleaved for the processor to overlap. The same arithmetic per
+// row as softmax_row_dot; the padding rows rows .. rows_r get P = 0.
+FASTBERT_TARGET_BF16 void softmax_rows_dot(const float* S, int64_t ldS, int64_t rows, int64_t rows_r, int64_t nk,
+                                           float* m_run, float* l_run, float* O, int64_t dp, uint16_t* P, int64_t ldP) {
+  constexpr int kGroup = 6;
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  const __m512 vninf = _mm512_set1_ps(neg_inf);
+  const int64_t nkW = round_up(nk, 16);
+  int64_t r0 = 0;
+  for (; r0 + kGroup <= rows; r0 += kGroup) {
+    __m512 vmax[kGroup];
+    for (int i = 0; i < kGroup; ++i) vmax[i] = vninf;
+    for (int64_t j = 0; j < nkW; j += 16) {
+      const __mmask16 k = tail_mask(nk - j);
+      for (int i = 0; i < kGroup; ++i)
+        vmax[i] = _mm512_max_ps(vmax[i], _mm512_mask_loadu_ps(vninf, k, S + (r0 + i) * ldS + j));
+    }
+    float m_new[kGroup];
+    bool any_empty = false;
+    for (int i = 0; i < kGroup; ++i) {
+      m_new[i] = std::max(m_run[r0 + i], _mm512_reduce_max_ps(vmax[i]));
+      any_empty |= m_new[i] == neg_inf;
+    }
+    if (any_empty) {  // a row with nothing kept (scores of -inf): row by row
+      for (int i = 0; i < kGroup; ++i)
+        softmax_row_dot_body(S + (r0 + i) * ldS, nk, m_run[r0 + i], l_run[r0 + i], O + (r0 + i) * dp, dp,
+                             P + (r0 + i) * ldP, nullptr, 0, 0);
+      continue;
+    }
+    __m512 vsum[kGroup];
+    for (int i = 0; i < kGroup; ++i) vsum[i] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < nkW; j += 16) {
+      const __mmask16 k = tail_mask(nk - j);
+      for (int i = 0; i < kGroup; ++i) {
+        const Vectorized<float> x(_mm512_mask_loadu_ps(vninf, k, S + (r0 + i) * ldS + j));
+        const __m512 e = vexp<float>(x - Vectorized<float>(m_new[i]));
+        vsum[i] = _mm512_add_ps(vsum[i], e);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(P + (r0 + i) * ldP + j),
+                            (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_mov_ps(k, e)));
+      }
+    }
+    for (int i = 0; i < kGroup; ++i)
+      update_running(m_run[r0 + i], l_run[r0 + i], m_new[i], _mm512_reduce_add_ps(vsum[i]), O + (r0 + i) * dp, dp);
   }
-  l_run += bsum;
+  for (int64_t r = r0; r < rows; ++r)
+    softmax_row_dot_body(S + r * ldS, nk, m_run[r], l_run[r], O + r * dp, dp, P + r * ldP, nullptr, 0, 0);
+  for (int64_t r = rows; r < rows_r; ++r) std::fill(P + r * ldP, P + r * ldP + nkW, uint16_t(0));
 }
 
 // dst[0 .. d) = bf16(o * inv) (o has at least round_up(d, 16) values).
@@ -519,34 +614,14 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
           const scalar_t* qb = bias_p ? bias_p + h * d : nullptr;
           const scalar_t* kb = bias_p ? bias_p + H + h * d : nullptr;
           const scalar_t* vb = bias_p ? bias_p + 2 * H + h * d : nullptr;
-          const int64_t row_bytes = d * static_cast<int64_t>(sizeof(scalar_t));
-          constexpr int64_t kAhead = 16;
           const int64_t rows_all = task.q1 - task.q0;
-          // Staging key j: prefetch the q (when staged), k and v slices of key j + kAhead.
-          auto prefetch_ahead = [&](int64_t j) {
-            if (j + kAhead >= n) return;
-            const scalar_t* ahead = qkv_p + (s0 + j + kAhead) * 3 * H + h * d;
-            if (j + kAhead >= task.q0 && j + kAhead < task.q1) prefetch_bytes(ahead, row_bytes);
-            prefetch_bytes(ahead + H, row_bytes);
-            prefetch_bytes(ahead + 2 * H, row_bytes);
-          };
 #ifdef FASTBERT_BF16_DOT
           if constexpr (kDot) {
             // bf16: Q * scale and K rows (dq = d rounded up to 32), V as key pairs; K^T as d/2 rows of bf16 pairs.
             uint16_t* Q2 = reinterpret_cast<uint16_t*>(Q);
             uint16_t* K2 = reinterpret_cast<uint16_t*>(Kr);
             uint16_t* V2 = reinterpret_cast<uint16_t*>(Vb);
-            for (int64_t j = 0; j < n; j += 2) {
-              for (int64_t jj = j; jj < std::min(n, j + 2); ++jj) {
-                prefetch_ahead(jj);
-                const scalar_t* row = qkv_p + (s0 + jj) * 3 * H + h * d;
-                if (jj >= task.q0 && jj < task.q1)
-                  stage_row_bf16(row, qb, scale, true, Q2 + (jj - task.q0) * dq, d, dq);
-                stage_row_bf16(row + H, kb, 1.f, false, K2 + jj * dq, d, dq);
-              }
-              const scalar_t* v0 = qkv_p + (s0 + j) * 3 * H + 2 * H + h * d;
-              stage_pair_bf16(v0, j + 1 < n ? v0 + 3 * H : nullptr, vb, V2 + j * dp, d, dp);
-            }
+            stage_head_bf16(qkv_p + s0 * 3 * H + h * d, H, n, task.q0, task.q1, qb, scale, Q2, K2, V2, d, dq, dp);
             std::fill(Q2 + rows_all * dq, Q2 + round_up(rows_all, kMR) * dq, uint16_t(0));
             std::fill(K2 + n * dq, K2 + nW * dq, uint16_t(0));
             // K^T as pairs: (nW, dq/2) uint32 -> (d2, nW); the transpose only moves 32-bit words.
@@ -555,6 +630,16 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
           } else
 #endif
           {
+            const int64_t row_bytes = d * static_cast<int64_t>(sizeof(scalar_t));
+            constexpr int64_t kAhead = 16;
+            // Staging key j: prefetch the q (when staged), k and v slices of key j + kAhead.
+            auto prefetch_ahead = [&](int64_t j) {
+              if (j + kAhead >= n) return;
+              const scalar_t* ahead = qkv_p + (s0 + j + kAhead) * 3 * H + h * d;
+              if (j + kAhead >= task.q0 && j + kAhead < task.q1) prefetch_bytes(ahead, row_bytes);
+              prefetch_bytes(ahead + H, row_bytes);
+              prefetch_bytes(ahead + 2 * H, row_bytes);
+            };
             for (int64_t j = 0; j < n; ++j) {
               prefetch_ahead(j);
               const scalar_t* row = qkv_p + (s0 + j) * 3 * H + h * d;
@@ -590,7 +675,16 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
               {
                 block_gemm<acc>(rows_r, nkW, d, Qb, dp, KT + j0, ldk, S, kBK, false);
               }
-              for (int64_t r = 0; r < rows_r; ++r) {
+              bool softmax_done = false;  // the bf16 dot path without mask or dropout: every row in one call
+#ifdef FASTBERT_BF16_DOT
+              if constexpr (kDot) {
+                if (P.mask_kind == 0 && !dropout) {
+                  softmax_rows_dot(S, kBK, rows, rows_r, nk, m_run, l_run, O, dp, P2, kBK);
+                  softmax_done = true;
+                }
+              }
+#endif
+              for (int64_t r = 0; r < rows_r && !softmax_done; ++r) {
                 acc* s = S + r * kBK;
                 if (r >= rows) {  // padding rows: P = 0
 #ifdef FASTBERT_BF16_DOT
