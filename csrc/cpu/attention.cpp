@@ -25,7 +25,8 @@
 //   Q * scale rows (d rounded up to 32, zero padded); K^T as (d/2, n) pairs of head dims, (k[c], k[c+1]) in
 //   one 32-bit word (K rows staged, then transposed as 32-bit words); V as key pairs, V2[j/2][c] =
 //   (v[j][c], v[j+1][c]) (VNNI layout); S = Q K^T: MR rows x NR x 16 keys, one dot product per 2 head dims;
-//   the softmax step (softmax_row_dot) writes P = bf16(e) straight from the exp, dropout's keep test vectorised
+//   the softmax step (softmax_row_dot; without mask or dropout softmax_rows_dot, six rows interleaved) writes
+//   P = bf16(e) straight from the exp, dropout's keep test vectorised
 //   (the same uint32 hash); O += P V: MR rows x NR x 16 head dims, one dot product per 2 keys.
 // Numerics: (q + bias) * scale, k + bias, v + bias and the probabilities are rounded to bf16 (RNE) before the
 // products, as a bf16 PyTorch model rounds its QKV projection's output and softmax; the statistics (max, sum,
