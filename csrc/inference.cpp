@@ -64,14 +64,14 @@ const PostOp* onednn_post_op(c10::string_view activation) {
   return nullptr;
 }
 
-// activation(x @ w^T + bias). On a weight packed for oneDNN (bfloat16) with an activation it has, one call: bias
-// and activation in the GEMM's epilogue on the fp32 accumulator, one rounding to bf16 (and the (T, I) product is
-// never written and read back; 6-10% of the MLP's first GEMM at MiniLM's and bert-base's widths). Elsewhere the
-// GEMM, then bias_act.
+// activation(x @ w^T + bias). bfloat16 on a weight packed for oneDNN, with an activation it has: one call, bias and
+// activation in the GEMM's epilogue on the fp32 accumulator, one rounding to bf16, and the (T, I) product never
+// written and read back (4-6% of GEMM + bias_act at MiniLM's widths; docs/notes/2026-12-low-precision.md).
+// float32 measured no faster that way. Elsewhere the GEMM, then bias_act.
 Tensor linear_act(const Tensor& x, const Tensor& w, const Tensor& bias, c10::string_view activation, bool onednn) {
-  const PostOp* post = w.is_mkldnn() ? onednn_post_op(activation) : nullptr;
+  const PostOp* post = w.is_mkldnn() && x.scalar_type() == at::kBFloat16 ? onednn_post_op(activation) : nullptr;
   if (post != nullptr && bias.scalar_type() == x.scalar_type() && bias.dim() == 1 && bias.size(0) == w.size(0) &&
-      bias.device() == x.device()) {
+      bias.is_contiguous() && bias.device() == x.device()) {
     static const auto op = op_handle<OneDnnLinearSig>("mkldnn::_linear_pointwise");
     check_packed(x, w);
     return op.call(x, w, bias, post->attr, c10::List<std::optional<c10::Scalar>>(), post->algorithm);

@@ -389,10 +389,6 @@ FASTBERT_TARGET_BF16 inline __mmask16 dropout_keep16(const DropoutHash& drop, ui
   return _mm512_test_epi32_mask(kept, kept);
 }
 
-// The softmax step of one row over one key block of nk keys, its mask already in s (fp32 scores, read only):
-// block max, e = exp(s - m), the running max m / sum l (the row of O rescaled when m grows), dropout, and
-// P = bf16(e) into p[0 .. round_up(nk, 16)) (zero past nk), the operand of the PV dot products. The same fp32
-// steps as the kernel's generic loop, without writing the probabilities back in fp32.
 // A row's running max m and sum l after a key block of max m_new and sum bsum (relative to m_new); its row of O
 // is rescaled when m grows.
 FASTBERT_TARGET_BF16 FASTBERT_INLINE void update_running(float& m_run, float& l_run, float m_new, float bsum, float* o,
@@ -409,6 +405,10 @@ FASTBERT_TARGET_BF16 FASTBERT_INLINE void update_running(float& m_run, float& l_
   l_run += bsum;
 }
 
+// The softmax step of one row over one key block of nk keys, its mask already in s (fp32 scores, read only):
+// block max, e = exp(s - m), the running max m / sum l (the row of O rescaled when m grows), dropout, and
+// P = bf16(e) into p[0 .. round_up(nk, 16)) (zero past nk), the operand of the PV dot products. The same fp32
+// steps as the kernel's generic loop, without writing the probabilities back in fp32.
 FASTBERT_TARGET_BF16 FASTBERT_INLINE void softmax_row_dot_body(const float* s, int64_t nk, float& m_run, float& l_run,
                                                                float* o, int64_t dp, uint16_t* p,
                                                                const DropoutHash* drop, uint32_t key, uint32_t col0) {

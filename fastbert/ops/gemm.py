@@ -23,7 +23,9 @@ fastbert before the first oneDNN call of the process for the cap to take effect.
 (4-6 ms): the row buckets keep misses to the first batch of each bucket.
 
 The results differ from torch.mm's by float32 rounding only (another summation order); the tests check the loop
-against the general path within float32 tolerance with oneDNN, and bit for bit with torch.mm.
+against the general path within float32 tolerance with oneDNN, and bit for bit with torch.mm. On packed bfloat16
+weights the loop also hands oneDNN the MLP's bias and activation, applied in the GEMM's epilogue
+(csrc/inference.cpp ``linear_act``).
 
 ``FASTBERT_CPU_GEMM=mm`` (or ``set_cpu_gemm("mm")``) keeps torch.mm; so does ``torch.backends.mkldnn.flags
 (enabled=False)`` or a build of PyTorch without oneDNN. float16/float64 have no faster oneDNN path, so they use

@@ -5,7 +5,9 @@ compiled kernel for the device and dtype; otherwise it runs ``encoder._packed_la
 same arithmetic in the same order (one QKV GEMM, attention with the bias added on load, the output GEMM and
 bias+residual+LayerNorm, the MLP's GEMM, bias+activation, GEMM, bias+residual+LayerNorm). With the same GEMM library
 (``FASTBERT_CPU_GEMM=mm``, and always on CUDA) the outputs are bit-identical; with oneDNN, the float32 CPU
-default (fastbert/ops/gemm.py), they differ by float32 rounding. tests/model/test_parity.py checks both.
+default (fastbert/ops/gemm.py), they differ by float32 rounding. tests/model/test_parity.py checks both. In bfloat16
+on weights packed for oneDNN the loop runs the MLP's bias and activation in the GEMM's epilogue (one bf16 rounding
+where the per-layer path has two): tests/runtime/test_bf16.py checks it against the reference.
 
 Why it exists: at batch sizes that keep a GPU busy for only a millisecond or two per forward, the host is the
 bottleneck: a layer is 8 op calls, each 10-35 us from Python. The loop is C++ (csrc/inference.cpp), each call a

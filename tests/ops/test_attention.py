@@ -731,21 +731,30 @@ def test_bf16_dot_path_is_taken_only_where_it_should(bf16_dot):
 @pytest.mark.parametrize("B,L", [(2, 45), (16, 20), (1, 300)])  # tasks per head, tasks of every head, two key blocks
 def test_bf16_dot_softmax_by_row_groups_matches_row_by_row(bf16_dot, B, L):
     """Without mask or dropout the softmax runs six rows at a time; with a mask, row by row. An all-true mask must
-    give the same bits, including a (sequence, head) whose scores overflow to -inf (nothing kept: zero rows,
-    lse -inf), which sends its row groups back to the row-by-row step."""
+    give the same bits, including query rows whose scores overflow to -inf (nothing kept: zero rows, lse -inf)
+    beside rows with finite scores in the same group of six, which sends that group back to the row-by-row step.
+    Two threads, so that 16 sequences take the tasks of every head."""
     nh, d = 3, 32
     H = nh * d
     qkv, b = make_qkv((B * L, 3 * H), torch.bfloat16, seed=B + L)
-    qkv[:L, :d] = 1e38  # sequence 0, head 0: q huge, k huge and negative -> every score -inf
-    qkv[:L, H : H + d] = -1e38
+    # sequence 0, head 0: every key's first dim huge and negative; the first 3 queries' first dim huge -> those
+    # rows' scores all -inf; the other queries' scores finite (the same large shift for every key)
+    qkv[:L, H] = -1e38
+    qkv[:3, 0] = 1e38
     cu = torch.arange(B + 1, dtype=torch.int32) * L
-    packed = torch.ops.fastbert.attention(qkv, b, cu, L, nh, 0.2)
     keep = torch.ones(B, 1, L, L, dtype=torch.bool)
-    masked = torch.ops.fastbert.attention_masked(qkv.view(B, L, 3 * H), b, keep, nh, 0.2)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        packed = torch.ops.fastbert.attention(qkv, b, cu, L, nh, 0.2)
+        masked = torch.ops.fastbert.attention_masked(qkv.view(B, L, 3 * H), b, keep, nh, 0.2)
+    finally:
+        torch.set_num_threads(before)
     assert torch.equal(packed[0], masked[0].reshape(B * L, H))
     assert torch.equal(packed[1], masked[1].reshape(B, nh, L).permute(1, 0, 2).reshape(nh, B * L))
-    assert torch.isneginf(packed[1][0, :L]).all() and not packed[0][:L, :d].any()
-    assert torch.isfinite(packed[1][1:]).all() and packed[0][:, d:].abs().sum() > 0
+    assert torch.isneginf(packed[1][0, :3]).all() and not packed[0][:3, :d].any()
+    assert torch.isfinite(packed[1][0, 3:]).all() and torch.isfinite(packed[1][1:]).all()
+    assert packed[0][3:, :d].abs().sum() > 0
 
 
 @needs_bf16_dot

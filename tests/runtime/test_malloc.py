@@ -14,7 +14,7 @@ glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's ma
 # A small float32 encoder over batches of varied shapes, as a job or a server sees them; prints the minor page faults
 # of the second 40 forwards. argv[1]: "tune" calls tune_malloc first. (In bf16 the MLP's activation now runs in the
 # GEMM's epilogue, one (T, I) buffer fewer per layer, and glibc's defaults fault far less: 2.9-7.0k against 2.5k
-# tuned, 2026-12-07, too close to test.)
+# tuned, 2026-12-07, too close to test; bf16's reuse is then not tested here.)
 FAULTS = r"""
 import resource, sys, torch, fastbert
 from fastbert.runtime.malloc import tune_malloc
