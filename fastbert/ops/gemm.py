@@ -149,7 +149,11 @@ def describe() -> list:
     """Lines for `fastbert info`: which library each dtype's inference-loop GEMMs use on CPU, and how."""
     lib = cpu_gemm()
     fp32 = "oneDNN inner product, plain weights" if lib == "onednn" else "torch.mm (MKL)"
-    bf16 = "oneDNN inner product, weights packed once" if lib == "onednn" else "torch.mm"
+    bf16 = (
+        "oneDNN inner product, weights packed once, the MLP's bias and activation in its epilogue"
+        if lib == "onednn"
+        else "torch.mm"
+    )
     caps = ", ".join(
         f"{v}={os.environ.get(v, 'default')}" for v in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
     )
