@@ -29,12 +29,15 @@ weights the loop also hands oneDNN the MLP's bias and activation, applied in the
 
 ``FASTBERT_CPU_GEMM=mm`` (or ``set_cpu_gemm("mm")``) keeps torch.mm; so does ``torch.backends.mkldnn.flags
 (enabled=False)`` or a build of PyTorch without oneDNN. float16/float64 have no faster oneDNN path, so they use
-torch.mm.
+torch.mm. bfloat16 needs oneDNN's bf16 kernels, which need AVX512BW/VL/DQ or AVX-NE-CONVERT: on an AVX2-only
+processor (Zen 2/3, Intel before Skylake-SP/Ice Lake client) bfloat16 GEMMs go to torch.mm, with a one-time
+RuntimeWarning (``HAS_ONEDNN_BF16``; `fastbert info` says which).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -43,6 +46,7 @@ from torch import Tensor
 __all__ = [
     "CPU_GEMMS",
     "HAS_ONEDNN",
+    "HAS_ONEDNN_BF16",
     "ONEDNN_CACHE_CAPACITY",
     "bucket_rows",
     "cpu_gemm",
@@ -95,6 +99,31 @@ _ONEDNN = _onednn_linear()
 HAS_ONEDNN = _ONEDNN is not None
 
 
+def _onednn_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 GEMMs on this processor: it needs AVX512BW/VL/DQ or AVX-NE-CONVERT (an AVX2-only
+    processor, or ONEDNN_MAX_CPU_ISA=AVX2, has none: oneDNN then refuses a bf16 inner product)."""
+    try:
+        return HAS_ONEDNN and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+HAS_ONEDNN_BF16 = _onednn_bf16()
+_warned_bf16 = False
+
+
+def _bf16_fallback_warning() -> None:
+    global _warned_bf16
+    if not _warned_bf16:
+        _warned_bf16 = True
+        warnings.warn(
+            "fastbert: this processor has no oneDNN bfloat16 GEMM (it needs AVX512BW/VL/DQ or AVX-NE-CONVERT); "
+            "bfloat16 GEMMs run through torch.mm, which may be slower than float32 here",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
 def _parse(name: str, source: str) -> str:
     if name not in CPU_GEMMS:
         raise ValueError(f"{source}={name!r}: expected {' or '.join(CPU_GEMMS)}")
@@ -135,8 +164,14 @@ def pack_onednn(w: Tensor) -> Tensor:
 
 
 def uses_onednn(x: Tensor) -> bool:
-    """Whether the inference loop's GEMMs on tensors like x go to oneDNN."""
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and cpu_gemm() == "onednn"
+    """Whether the inference loop's GEMMs on tensors like x go to oneDNN (bfloat16: where oneDNN runs it on this
+    processor; elsewhere torch.mm, with a one-time warning)."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or cpu_gemm() != "onednn":
+        return False
+    if x.dtype == torch.bfloat16 and not HAS_ONEDNN_BF16:
+        _bf16_fallback_warning()
+        return False
+    return True
 
 
 def weight_packer(x: Tensor) -> Callable[[Tensor], Tensor] | None:
@@ -149,11 +184,12 @@ def describe() -> list:
     """Lines for `fastbert info`: which library each dtype's inference-loop GEMMs use on CPU, and how."""
     lib = cpu_gemm()
     fp32 = "oneDNN inner product, plain weights" if lib == "onednn" else "torch.mm (MKL)"
-    bf16 = (
-        "oneDNN inner product, weights packed once, the MLP's bias and activation in its epilogue"
-        if lib == "onednn"
-        else "torch.mm"
-    )
+    if lib != "onednn":
+        bf16 = "torch.mm"
+    elif HAS_ONEDNN_BF16:
+        bf16 = "oneDNN inner product, weights packed once, the MLP's bias and activation in its epilogue"
+    else:
+        bf16 = "torch.mm (oneDNN has no bf16 GEMM on this processor: it needs AVX512BW/VL/DQ or AVX-NE-CONVERT)"
     caps = ", ".join(
         f"{v}={os.environ.get(v, 'default')}" for v in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
     )

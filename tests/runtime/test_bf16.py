@@ -204,3 +204,50 @@ def test_loop_on_packed_weights_matches_the_reference(activation, nh, d, inter, 
         assert a.dtype == torch.bfloat16
         err = (a.float() - b).abs()
         assert float(err.max()) <= 0.1 and float(err.mean()) <= 0.01, (float(err.max()), float(err.mean()))
+
+
+# A processor whose oneDNN has no bf16 GEMM (AVX2 only: Zen 2/3, Intel client parts before AVX-512), emulated:
+# oneDNN capped at AVX2 and fastbert's kernels on their AVX2 build, in a process of their own.
+AVX2_ONLY = r"""
+import warnings, torch, fastbert
+from fastbert.ops import gemm
+from fastbert.model.quantize import base_dtype
+from tests.helpers import make_hf, ragged
+assert not gemm.HAS_ONEDNN_BF16 and base_dtype() == torch.float32
+assert any("bfloat16 torch.mm (oneDNN has no bf16 GEMM" in line for line in gemm.describe())
+hf = make_hf(num_hidden_layers=2)
+ids, mask, _ = ragged(3, 29, hf.config.vocab_size, seed=4)
+fb = fastbert.from_hf(hf).to(torch.bfloat16)
+with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+    warnings.simplefilter("always")
+    ref = hf(ids, attention_mask=mask).last_hidden_state
+    out = fb(ids, attention_mask=mask).last_hidden_state
+    again = fb(ids, attention_mask=mask).last_hidden_state
+    q = fastbert.quantize(fastbert.from_hf(hf))
+    q_out = q(ids, attention_mask=mask).last_hidden_state
+said = [str(w.message) for w in caught if "no oneDNN bfloat16 GEMM" in str(w.message)]
+keep = mask.bool()
+cos = lambda a: float(torch.nn.functional.cosine_similarity(a[keep].float(), ref[keep], dim=-1).min())
+print(out.dtype, torch.equal(out, again), len(said), round(cos(out), 5), round(cos(q_out), 5))
+"""
+
+
+@requires_onednn
+@pytest.mark.skipif("avx2" not in fastbert.ops.supported_cpu_isas(), reason="no AVX2 build of the kernels here")
+def test_bf16_runs_where_onednn_has_no_bf16_gemm():
+    """bf16 on a processor without oneDNN bf16 GEMMs (AVX2 only) runs, on torch.mm, with one warning saying so;
+    `fastbert info` names the path; int8 keeps its float parts in float32 there."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", FASTBERT_CPU_ISA="avx2")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run(
+        [sys.executable, "-c", AVX2_ONLY], capture_output=True, text=True, env=env, cwd=root, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    dtype, same, warnings_said, cos_bf16, cos_int8 = done.stdout.split()
+    assert dtype == "torch.bfloat16" and same == "True"
+    assert warnings_said == "1"  # once per process, not per forward
+    assert float(cos_bf16) >= 0.999 and float(cos_int8) >= 0.99
