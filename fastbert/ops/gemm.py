@@ -47,6 +47,7 @@ __all__ = [
     "CPU_GEMMS",
     "HAS_ONEDNN",
     "HAS_ONEDNN_BF16",
+    "NATIVE_BF16",
     "ONEDNN_CACHE_CAPACITY",
     "bucket_rows",
     "cpu_gemm",
@@ -108,20 +109,32 @@ def _onednn_bf16() -> bool:
         return False
 
 
+def _native_bf16() -> bool:
+    """Whether the processor computes bf16 products itself (AVX512-BF16 or AMX): without them oneDNN widens bf16 to
+    fp32 for its GEMMs. Unknown (an older PyTorch): assumed so."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):
+        return True
+
+
 HAS_ONEDNN_BF16 = _onednn_bf16()
-_warned_bf16 = False
+NATIVE_BF16 = _native_bf16()
+_NO_ONEDNN_BF16 = (
+    "fastbert: this processor has no oneDNN bfloat16 GEMM (it needs AVX512BW/VL/DQ or AVX-NE-CONVERT); bfloat16 "
+    "GEMMs run through torch.mm, which may be slower than float32 here"
+)
+_NO_NATIVE_BF16 = (
+    "fastbert: this processor has no bf16 dot-product instructions (avx512_bf16, AMX); oneDNN widens bfloat16 to "
+    "float32 for its GEMMs, which may be slower than float32 here"
+)
+_warned: set = set()
 
 
-def _bf16_fallback_warning() -> None:
-    global _warned_bf16
-    if not _warned_bf16:
-        _warned_bf16 = True
-        warnings.warn(
-            "fastbert: this processor has no oneDNN bfloat16 GEMM (it needs AVX512BW/VL/DQ or AVX-NE-CONVERT); "
-            "bfloat16 GEMMs run through torch.mm, which may be slower than float32 here",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def _parse(name: str, source: str) -> str:
@@ -165,12 +178,15 @@ def pack_onednn(w: Tensor) -> Tensor:
 
 def uses_onednn(x: Tensor) -> bool:
     """Whether the inference loop's GEMMs on tensors like x go to oneDNN (bfloat16: where oneDNN runs it on this
-    processor; elsewhere torch.mm, with a one-time warning)."""
+    processor; elsewhere torch.mm, with a one-time warning, and one too where the processor has no bf16 products)."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or cpu_gemm() != "onednn":
         return False
-    if x.dtype == torch.bfloat16 and not HAS_ONEDNN_BF16:
-        _bf16_fallback_warning()
-        return False
+    if x.dtype == torch.bfloat16:
+        if not HAS_ONEDNN_BF16:
+            _warn_once(_NO_ONEDNN_BF16)
+            return False
+        if not NATIVE_BF16:
+            _warn_once(_NO_NATIVE_BF16)
     return True
 
 

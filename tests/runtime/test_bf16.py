@@ -251,3 +251,22 @@ def test_bf16_runs_where_onednn_has_no_bf16_gemm():
     assert dtype == "torch.bfloat16" and same == "True"
     assert warnings_said == "1"  # once per process, not per forward
     assert float(cos_bf16) >= 0.999 and float(cos_int8) >= 0.99
+
+
+@pytest.mark.skipif(not gemm.HAS_ONEDNN_BF16, reason="oneDNN runs no bf16 GEMM here")
+def test_bf16_on_a_processor_without_bf16_products_warns_once(monkeypatch):
+    """Where oneDNN runs bf16 only by widening it to fp32 (AVX-512 without AVX512-BF16 or AMX: Skylake-SP, Zen 3),
+    bf16 may be slower than float32: one RuntimeWarning per process says so; the GEMMs stay on oneDNN."""
+    import warnings
+
+    monkeypatch.setattr(gemm, "NATIVE_BF16", False)
+    monkeypatch.setattr(gemm, "_warned", set())
+    monkeypatch.setattr(gemm, "_choice", "onednn")
+    x = torch.zeros(2, 3, dtype=torch.bfloat16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first, second = gemm.uses_onednn(x), gemm.uses_onednn(x)
+        gemm.uses_onednn(x.float())
+    said = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(said) == 1 and "no bf16 dot-product instructions" in said[0], said
+    assert first == second == gemm.HAS_ONEDNN_BF16
