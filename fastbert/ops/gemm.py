@@ -204,6 +204,8 @@ def describe() -> list:
         bf16 = "torch.mm"
     elif HAS_ONEDNN_BF16:
         bf16 = "oneDNN inner product, weights packed once, the MLP's bias and activation in its epilogue"
+        if not NATIVE_BF16:
+            bf16 += " (widened to fp32 inside: this processor has no bf16 products, avx512_bf16 or AMX)"
     else:
         bf16 = "torch.mm (oneDNN has no bf16 GEMM on this processor: it needs AVX512BW/VL/DQ or AVX-NE-CONVERT)"
     caps = ", ".join(

@@ -270,3 +270,4 @@ def test_bf16_on_a_processor_without_bf16_products_warns_once(monkeypatch):
     said = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert len(said) == 1 and "no bf16 dot-product instructions" in said[0], said
     assert first == second == gemm.HAS_ONEDNN_BF16
+    assert any("widened to fp32 inside" in line for line in gemm.describe())  # what `fastbert info` prints
