@@ -28,6 +28,11 @@ constexpr size_t kTensorsPerLayer = 12;  // see the schema's comment in csrc/fas
 using OneDnnLinearSig = Tensor(const Tensor&, const Tensor&, const OptTensor&, c10::string_view,
                                c10::List<std::optional<c10::Scalar>>, std::optional<c10::string_view>);
 
+const c10::TypedOperatorHandle<OneDnnLinearSig>& onednn_linear() {
+  static const auto op = op_handle<OneDnnLinearSig>("mkldnn::_linear_pointwise");
+  return op;
+}
+
 void check_packed(const Tensor& x, const Tensor& w) {
   TORCH_CHECK(w.scalar_type() == x.scalar_type() && w.dim() == 2 && w.size(1) == x.size(-1),
               "encoder_layers: a packed weight of dtype ", w.scalar_type(), " and shape ", w.sizes(),
@@ -43,8 +48,7 @@ Tensor linear(const Tensor& x, const Tensor& w, bool onednn) {
       (onednn && x.device().is_cpu() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) &&
        w.scalar_type() == x.scalar_type() && w.device() == x.device() && w.dim() == 2 && w.size(1) == x.size(-1))) {
     if (packed) check_packed(x, w);
-    static const auto op = op_handle<OneDnnLinearSig>("mkldnn::_linear_pointwise");
-    return op.call(x, w, std::nullopt, "none", c10::List<std::optional<c10::Scalar>>(), std::nullopt);
+    return onednn_linear().call(x, w, std::nullopt, "none", c10::List<std::optional<c10::Scalar>>(), std::nullopt);
   }
   return at::mm(x, w.t());
 }
@@ -72,9 +76,8 @@ Tensor linear_act(const Tensor& x, const Tensor& w, const Tensor& bias, c10::str
   const PostOp* post = w.is_mkldnn() && x.scalar_type() == at::kBFloat16 ? onednn_post_op(activation) : nullptr;
   if (post != nullptr && bias.scalar_type() == x.scalar_type() && bias.dim() == 1 && bias.size(0) == w.size(0) &&
       bias.is_contiguous() && bias.device() == x.device()) {
-    static const auto op = op_handle<OneDnnLinearSig>("mkldnn::_linear_pointwise");
     check_packed(x, w);
-    return op.call(x, w, bias, post->attr, c10::List<std::optional<c10::Scalar>>(), post->algorithm);
+    return onednn_linear().call(x, w, bias, post->attr, c10::List<std::optional<c10::Scalar>>(), post->algorithm);
   }
   static const auto bias_act = op_handle<BiasActSig>("fastbert::bias_act");
   return bias_act.call(linear(x, w, onednn), bias, activation);

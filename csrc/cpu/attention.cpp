@@ -243,6 +243,17 @@ inline void prefetch_bytes(const void* p, int64_t bytes) {
   for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 3);
 }
 
+// Staging key j of a head: prefetch the k and v slices (and the q slice when with_q) of key j + kAheadKeys, whose
+// q slice starts at ahead; qkv rows are 3H apart, too far for the hardware prefetcher to follow on its own.
+constexpr int64_t kAheadKeys = 16;
+template <typename scalar_t>
+inline void prefetch_key(const scalar_t* ahead, int64_t H, int64_t d, bool with_q) {
+  const int64_t bytes = d * static_cast<int64_t>(sizeof(scalar_t));
+  if (with_q) prefetch_bytes(ahead, bytes);
+  prefetch_bytes(ahead + H, bytes);
+  prefetch_bytes(ahead + 2 * H, bytes);
+}
+
 // ---------------------------------------------------------------- bf16 dot products (AVX512-BF16)
 //
 // Compiled in the AVX-512 build only, in functions that carry target("avx512bf16") themselves (the file is not
@@ -314,17 +325,11 @@ FASTBERT_TARGET_BF16 void stage_head_bf16(const c10::BFloat16* head, int64_t H, 
   const c10::BFloat16* qb = bias;
   const c10::BFloat16* kb = bias ? bias + H : nullptr;
   const c10::BFloat16* vb = bias ? bias + 2 * H : nullptr;
-  const int64_t row_bytes = d * static_cast<int64_t>(sizeof(c10::BFloat16));
-  constexpr int64_t kAhead = 16;
   for (int64_t j = 0; j < n; j += 2) {
     for (int64_t jj = j; jj < std::min(n, j + 2); ++jj) {
       const c10::BFloat16* row = head + jj * 3 * H;
-      if (jj + kAhead < n) {
-        const c10::BFloat16* ahead = row + kAhead * 3 * H;
-        if (jj + kAhead >= q0 && jj + kAhead < q1) prefetch_bytes(ahead, row_bytes);
-        prefetch_bytes(ahead + H, row_bytes);
-        prefetch_bytes(ahead + 2 * H, row_bytes);
-      }
+      const int64_t a = jj + kAheadKeys;
+      if (a < n) prefetch_key(row + kAheadKeys * 3 * H, H, d, a >= q0 && a < q1);
       if (jj >= q0 && jj < q1) stage_row_bf16(row, qb, scale, true, Q2 + (jj - q0) * dq, d, dq);
       stage_row_bf16(row + H, kb, 1.f, false, K2 + jj * dq, d, dq);
     }
@@ -631,18 +636,9 @@ void attention_kernel(const at::Tensor& qkv, const at::Tensor& bias, const AttnP
           } else
 #endif
           {
-            const int64_t row_bytes = d * static_cast<int64_t>(sizeof(scalar_t));
-            constexpr int64_t kAhead = 16;
-            // Staging key j: prefetch the q (when staged), k and v slices of key j + kAhead.
-            auto prefetch_ahead = [&](int64_t j) {
-              if (j + kAhead >= n) return;
-              const scalar_t* ahead = qkv_p + (s0 + j + kAhead) * 3 * H + h * d;
-              if (j + kAhead >= task.q0 && j + kAhead < task.q1) prefetch_bytes(ahead, row_bytes);
-              prefetch_bytes(ahead + H, row_bytes);
-              prefetch_bytes(ahead + 2 * H, row_bytes);
-            };
             for (int64_t j = 0; j < n; ++j) {
-              prefetch_ahead(j);
+              const int64_t a = j + kAheadKeys;
+              if (a < n) prefetch_key(qkv_p + (s0 + a) * 3 * H + h * d, H, d, a >= task.q0 && a < task.q1);
               const scalar_t* row = qkv_p + (s0 + j) * 3 * H + h * d;
               if (j >= task.q0 && j < task.q1) stage_row(row, qb, scale, true, Q + (j - task.q0) * dp, d, dp);
               stage_row(row + H, kb, acc(1), false, Kr + j * dp, d, dp);
