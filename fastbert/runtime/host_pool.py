@@ -1,0 +1,71 @@
+"""The host memory pool: CPU memory of fastbert's forwards kept for the next forward, so that a job of many batch
+shapes stays flat and reuses its pages instead of faulting them in again.
+
+A forward on CPU allocates and frees buffers of 0.25-50 MB (activations, oneDNN's outputs and scratchpads) whose
+sizes change with every batch shape. glibc's heaps keep freed blocks resident wherever they fell: over 2000
+varied-shape forwards of bert-base width a process grew by -5 to +132 MB in the second half, run to run, and
+buffers above glibc's moving mmap threshold were faulted in afresh on every forward. The pool (csrc/host_pool.cpp)
+serves those sizes inside a fastbert forward from segments it maps once, best fit and split to size, merged again
+when freed: the process settles at the largest working set the job has seen (docs/performance.md has the
+figures). Allocations outside fastbert's forwards, smaller than 256 KiB or larger than 256 MiB go to PyTorch's own
+allocator as before.
+
+The cost: the pool keeps its segments mapped after the forward, as PyTorch's CUDA caching allocator does on the
+GPU. ``release()`` unmaps the wholly free ones (after a one-off large batch, say); ``stats()`` says what it holds.
+``FASTBERT_HOST_POOL=0`` in the environment (or ``set_enabled(False)``) turns it off. Where another library has
+installed a CPU allocator of higher priority, the pool stays out of the way (``stats()["active"]`` is False).
+"""
+
+from __future__ import annotations
+
+import os
+
+from torch import Tensor
+
+from .. import ops
+
+__all__ = ["enabled", "release", "scope", "set_enabled", "stats"]
+
+_ENABLED = os.environ.get("FASTBERT_HOST_POOL", "1") != "0"
+
+
+def enabled() -> bool:
+    """Whether fastbert's CPU forwards allocate from the pool."""
+    return _ENABLED and ops.HAS_EXTENSION
+
+
+def set_enabled(on: bool) -> None:
+    """Turn the pool on or off for the forwards that follow (what it holds stays until ``release()``)."""
+    global _ENABLED
+    _ENABLED = bool(on)
+
+
+class scope:
+    """Within ``with scope(x):`` this thread's CPU allocations of pool size come from the pool, if x is a CPU tensor
+    and the pool is enabled (nothing under torch.compile's tracing). Nests; the previous setting is restored."""
+
+    __slots__ = ("_on", "_was")
+
+    def __init__(self, x: Tensor | None) -> None:
+        self._on = x is not None and x.device.type == "cpu" and enabled() and not ops.compiling()
+
+    def __enter__(self) -> None:
+        if self._on:
+            self._was = ops._C.host_pool_scope(True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._on:
+            ops._C.host_pool_scope(self._was)
+
+
+def stats() -> dict:
+    """``{"active", "mapped", "allocated", "segments"}``: whether the pool is PyTorch's CPU allocator (it installs
+    itself at the first forward), the bytes of its mapped segments and of the blocks in use."""
+    if not ops.HAS_EXTENSION:
+        return {"active": False, "mapped": 0, "allocated": 0, "segments": 0}
+    return ops._C.host_pool_stats()
+
+
+def release() -> int:
+    """Unmap the pool's wholly free segments; returns the bytes given back to the system."""
+    return ops._C.host_pool_release() if ops.HAS_EXTENSION else 0
