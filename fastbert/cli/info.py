@@ -57,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
             else ("off (FASTBERT_CPU_BF16_DOT=0)" if ops.cpu_bf16_dot_supported() else "not on this processor")
         )
         lines.append(f"bfloat16 CPU attention on AVX512-BF16 dot products: {dot}")
+    from ..runtime import host_pool
+
+    lines.append(host_pool.describe())
     lines.append(
         "ops: a compiled forward kernel per device ('-': the reference runs there); backward 'kernel': the "
         "op trains on its own backward kernel"

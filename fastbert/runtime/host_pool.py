@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .. import ops
 
-__all__ = ["enabled", "release", "scope", "set_enabled", "stats"]
+__all__ = ["describe", "enabled", "release", "scope", "set_enabled", "stats"]
 
 _ENABLED = os.environ.get("FASTBERT_HOST_POOL", "1") != "0"
 
@@ -69,3 +69,16 @@ def stats() -> dict:
 def release() -> int:
     """Unmap the pool's wholly free segments; returns the bytes given back to the system."""
     return ops._C.host_pool_release() if ops.HAS_EXTENSION else 0
+
+
+def describe() -> str:
+    """A line for `fastbert info`."""
+    if not ops.HAS_EXTENSION:
+        return "host memory pool: unavailable (no compiled extension)"
+    if not enabled():
+        return "host memory pool: off (FASTBERT_HOST_POOL=0 or set_enabled(False)): forwards use PyTorch's allocator"
+    s = stats()
+    now = f"{s['mapped'] / 2**20:.0f} MiB mapped" if s["active"] else "installs itself at the first CPU forward"
+    return (
+        f"host memory pool for CPU forwards (buffers of 256 KiB-256 MiB; FASTBERT_HOST_POOL=0 turns it off): on, {now}"
+    )

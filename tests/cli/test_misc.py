@@ -36,6 +36,8 @@ def test_info_lists_build_and_every_op(capsys):
         assert cols[1] == ("yes" if fastbert.ops.KERNELS.get((name, "cpu")) else "-")
         assert cols[2] == ("yes" if fastbert.ops.KERNELS.get((name, "cuda")) else "-")
     assert "CPU GEMMs of the inference loop" in out and "bfloat16" in out
+    pool = "host memory pool for CPU forwards" if fastbert.ops.HAS_EXTENSION else "host memory pool: unavailable"
+    assert pool in out
 
 
 def test_python_m_fastbert_help_and_no_command():
