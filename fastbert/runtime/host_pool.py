@@ -42,12 +42,13 @@ def set_enabled(on: bool) -> None:
 
 class scope:
     """Within ``with scope(x):`` this thread's CPU allocations of pool size come from the pool, if x is a CPU tensor
-    and the pool is enabled (nothing under torch.compile's tracing). Nests; the previous setting is restored."""
+    and the pool is enabled (nothing under torch.compile's tracing; anything else in x is left to the forward's
+    input checks). Nests; the previous setting is restored."""
 
     __slots__ = ("_on", "_was")
 
     def __init__(self, x: Tensor | None) -> None:
-        self._on = x is not None and x.device.type == "cpu" and enabled() and not ops.compiling()
+        self._on = isinstance(x, Tensor) and x.device.type == "cpu" and enabled() and not ops.compiling()
 
     def __enter__(self) -> None:
         if self._on:
