@@ -179,7 +179,10 @@ static PyObject* py_host_pool_stats(PyObject*, PyObject*) {
 }
 
 static PyObject* py_host_pool_release(PyObject*, PyObject*) {
-  return PyLong_FromSize_t(fastbert::host_pool::release());
+  PyThreadState* state = PyEval_SaveThread();  // the pool's lock may be held by a thread that needs the GIL
+  const size_t unmapped = fastbert::host_pool::release();
+  PyEval_RestoreThread(state);
+  return PyLong_FromSize_t(unmapped);
 }
 
 static PyMethodDef methods[] = {

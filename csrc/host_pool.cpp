@@ -6,8 +6,9 @@
 // by -5 to +132 MB in its second half, run to run (docs/notes/2026-12-low-precision.md), and without glibc's moving
 // mmap threshold settling, every buffer was faulted in afresh. This is the CUDA caching allocator's design on the
 // host: large blocks carved from mmapped segments, best fit by (size, address), split when the rest is worth keeping,
-// merged with free neighbours when freed; a segment is mapped only when no free block fits, so the pool settles at
-// the largest working set the job has seen instead of creeping, and freed pages are reused without faults.
+// merged with free neighbours when freed; a segment is mapped only when no free block fits (wholly free segments
+// that together would cover it are unmapped first: exchanged, not added), so the pool settles at the largest
+// working set the job has seen instead of creeping, and freed pages are reused without faults.
 //
 // Scope: PyTorch's CPU allocator is wrapped once (c10::SetCPUAllocator); the wrapper sends an allocation here only
 // on a thread inside a fastbert forward (set_scope, from fastbert.runtime.host_pool) and only from kMinBytes to
@@ -21,6 +22,7 @@
 #include <sys/mman.h>
 
 #include <cstddef>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <unordered_map>
@@ -33,7 +35,7 @@ namespace {
 constexpr size_t kPage = 4096;
 constexpr size_t kMinBytes = 256 << 10;     // smaller: glibc's bins serve them well
 constexpr size_t kMaxBytes = size_t(256) << 20;  // larger: a one-off giant batch should not stay mapped
-constexpr size_t kSegmentRound = 2 << 20;   // segments in 2 MiB steps (transparent huge pages where enabled)
+constexpr size_t kSegmentRound = 2 << 20;   // segments in 2 MiB steps
 
 struct Block {
   char* ptr;
@@ -54,7 +56,8 @@ class Pool final : public c10::Allocator {
   void install() {
     std::call_once(installed_, [this] {
       base_ = c10::GetCPUAllocator();
-      c10::SetCPUAllocator(this, /*priority=*/1);
+      if (base_->raw_deleter() == nullptr) return;  // frees of its raw allocations could not be passed on
+      c10::SetCPUAllocator(this, /*priority=*/0);   // the default's priority: a later allocator of any priority wins
       pthread_atfork([] { instance().mutex_.lock(); }, [] { instance().mutex_.unlock(); },
                      [] { instance().mutex_.unlock(); });
     });
@@ -76,6 +79,19 @@ class Pool final : public c10::Allocator {
 
   size_t release() {
     std::lock_guard<std::mutex> lock(mutex_);
+    return unmap_idle();
+  }
+
+  static Pool& instance() {
+    static Pool* pool = new Pool();  // never destroyed: blocks may be freed during exit
+    return *pool;
+  }
+
+  static thread_local bool in_scope;
+
+ private:
+  // Unmaps the wholly free segments (a block with no neighbours spans its segment); returns the bytes. Locked.
+  size_t unmap_idle() {
     size_t unmapped = 0;
     for (auto it = free_.begin(); it != free_.end();) {
       Block* b = *it;
@@ -93,17 +109,35 @@ class Pool final : public c10::Allocator {
     return unmapped;
   }
 
-  static Pool& instance() {
-    static Pool* pool = new Pool();  // never destroyed: blocks may be freed during exit
-    return *pool;
+  size_t idle_bytes() const {
+    size_t idle = 0;
+    for (const Block* b : free_) idle += b->prev == nullptr && b->next == nullptr ? b->size : 0;
+    return idle;
   }
 
-  static thread_local bool in_scope;
+  // A new segment for `bytes`. Wholly free segments that together would cover it are unmapped first (the pool
+  // exchanges memory no request fits for memory one does, rather than growing: a run of ever larger requests
+  // would otherwise keep one segment of each size), and before a second try when mmap fails.
+  Block* map_segment(size_t bytes) {
+    const size_t size = (bytes + kSegmentRound - 1) / kSegmentRound * kSegmentRound;
+    auto b = std::make_unique<Block>(Block{nullptr, size, true, nullptr, nullptr});
+    if (idle_bytes() >= bytes) unmap_idle();
+    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED && unmap_idle() > 0)
+      p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    TORCH_CHECK(p != MAP_FAILED, "fastbert host pool: out of memory mapping ", size, " bytes");
+    b->ptr = static_cast<char*>(p);
+    stats_.mapped += size;
+    ++stats_.segments;
+    return b.release();
+  }
 
- private:
-  // A free block of at least `bytes` (best fit), split if what is left is worth a block of its own.
+  // A free block of at least `bytes` (best fit), split if what is left is worth a block of its own. What can throw
+  // (the remainder's node, the map's slot, mmap) comes before the pool's state changes.
   char* take(size_t bytes) {
     std::lock_guard<std::mutex> lock(mutex_);
+    auto rest = std::make_unique<Block>();
+    live_.reserve(live_.size() + 1);
     Block key{nullptr, bytes, true, nullptr, nullptr};
     auto it = free_.lower_bound(&key);
     Block* b;
@@ -111,19 +145,14 @@ class Pool final : public c10::Allocator {
       b = *it;
       free_.erase(it);
     } else {
-      const size_t size = (bytes + kSegmentRound - 1) / kSegmentRound * kSegmentRound;
-      void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      TORCH_CHECK(p != MAP_FAILED, "fastbert host pool: out of memory mapping ", size, " bytes");
-      b = new Block{static_cast<char*>(p), size, true, nullptr, nullptr};
-      stats_.mapped += size;
-      ++stats_.segments;
+      b = map_segment(bytes);
     }
     if (b->size - bytes >= kMinBytes) {
-      Block* rest = new Block{b->ptr + bytes, b->size - bytes, true, b, b->next};
-      if (b->next != nullptr) b->next->prev = rest;
-      b->next = rest;
+      *rest = Block{b->ptr + bytes, b->size - bytes, true, b, b->next};
+      if (b->next != nullptr) b->next->prev = rest.get();
+      b->next = rest.get();
       b->size = bytes;
-      free_.insert(rest);
+      free_.insert(rest.release());
     }
     b->free = false;
     live_.emplace(b->ptr, b);

@@ -24,9 +24,11 @@ from torch import Tensor
 
 from .. import ops
 
-__all__ = ["describe", "enabled", "release", "scope", "set_enabled", "stats"]
+__all__ = ["describe", "enabled", "outside", "release", "scope", "set_enabled", "stats"]
 
 _ENABLED = os.environ.get("FASTBERT_HOST_POOL", "1") != "0"
+if _ENABLED and ops.HAS_EXTENSION:  # install the allocator now, at import, not while other threads may allocate
+    ops._C.host_pool_scope(ops._C.host_pool_scope(True))
 
 
 def enabled() -> bool:
@@ -59,9 +61,25 @@ class scope:
             ops._C.host_pool_scope(self._was)
 
 
+class outside:
+    """Within ``with outside():`` this thread allocates through PyTorch's allocator even inside a forward: for
+    what outlives the forward by design (the weight caches of fastbert/runtime/weights.py), which would otherwise
+    pin the pool's segments for good."""
+
+    __slots__ = ("_was",)
+
+    def __enter__(self) -> None:
+        self._was = ops._C.host_pool_scope(False) if ops.HAS_EXTENSION else False
+
+    def __exit__(self, *exc: object) -> None:
+        if self._was:
+            ops._C.host_pool_scope(True)
+
+
 def stats() -> dict:
     """``{"active", "mapped", "allocated", "segments"}``: whether the pool is PyTorch's CPU allocator (it installs
-    itself at the first forward), the bytes of its mapped segments and of the blocks in use."""
+    itself when fastbert is imported, or at the first forward after ``set_enabled(True)``), the bytes of its mapped
+    segments and of the blocks in use."""
     if not ops.HAS_EXTENSION:
         return {"active": False, "mapped": 0, "allocated": 0, "segments": 0}
     return ops._C.host_pool_stats()
@@ -79,7 +97,7 @@ def describe() -> str:
     if not enabled():
         return "host memory pool: off (FASTBERT_HOST_POOL=0 or set_enabled(False)): forwards use PyTorch's allocator"
     s = stats()
-    now = f"{s['mapped'] / 2**20:.0f} MiB mapped" if s["active"] else "installs itself at the first CPU forward"
+    now = f"{s['mapped'] / 2**20:.0f} MiB mapped" if s["active"] else "not installed (another CPU allocator won)"
     return (
         f"host memory pool for CPU forwards (buffers of 256 KiB-256 MiB; FASTBERT_HOST_POOL=0 turns it off): on, {now}"
     )

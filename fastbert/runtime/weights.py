@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from . import host_pool
 from .layout import parts as layer_parts  # the six submodules a forward reads, any family's names
 from .layout import qkv_names
 
@@ -154,7 +155,7 @@ def fused_qkv(sa: nn.Module, need_grad: bool, pack: Callable[[Tensor], Any] | No
     entry = cache.entry
     if entry is not None and entry[3] is pack and key_matches(entry[0], ws + bs):
         return entry[1], entry[2]
-    with torch.no_grad():
+    with torch.no_grad(), host_pool.outside():  # the cache outlives the forward: not in its memory pool
         w = _adjacent_view(ws)
         if w is None:
             w = torch.cat([t.detach() for t in ws])
@@ -181,7 +182,7 @@ def packed_weight(module: nn.Module, w: Tensor, pack: Callable[[Tensor], Any] | 
     entry = cache.entry
     if entry is not None and entry[2] is pack and key_matches(entry[0], (w,)):
         return entry[1]
-    with torch.no_grad():
+    with torch.no_grad(), host_pool.outside():
         packed = pack(w.detach())
     cache.entry = (tensors_key((w,)), packed, pack)
     return packed

@@ -1,6 +1,7 @@
 """fastbert.runtime.host_pool (csrc/host_pool.cpp): which allocations it serves, best fit with splitting and
-merging, frees from any thread, the profiler's view, forwards unchanged by it, and memory that settles over many
-batch shapes. Each check that reads the pool's counters runs in a fresh process: the pool is process-wide."""
+merging, segments exchanged rather than added, frees from any thread, the profiler's view, forwards unchanged by
+it, weight caches kept out of it, and memory that settles over many batch shapes. Each check that reads the
+pool's counters runs in a fresh process: the pool is process-wide."""
 
 import json
 import os
@@ -63,13 +64,29 @@ with torch.profiler.profile(profile_memory=True) as prof, host_pool.scope(cpu):
 r["profiled"] = [e.nbytes() for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
 r["released"] = host_pool.release()
 r["end"] = s()
+with host_pool.scope(cpu):
+    y = torch.empty(6 * MiB, dtype=torch.uint8)           # one 6 MiB segment, then free
+    del y
+    x1, x2, x3 = (torch.empty(MiB, dtype=torch.uint8) for _ in range(3))  # carved from it in address order
+    r["carved"] = [x2.data_ptr() - x1.data_ptr(), x3.data_ptr() - x1.data_ptr(), s()["segments"]]
+    del x1, x3
+    r["partly_used_release"] = host_pool.release()         # x2 still holds the segment
+    del x2                                                 # merges with both free neighbours
+    r["merged"] = s()
+    whole = torch.empty(6 * MiB - 128 * 1024, dtype=torch.uint8)  # 128 KiB would be left: not split off
+    r["unsplit"] = s()["allocated"]
+    del whole
+    for mib in range(10, 51, 4):                           # ever larger, each freed before the next
+        t = torch.empty(mib * MiB, dtype=torch.uint8)
+        del t
+    r["growing"] = s()["mapped"]
 print(json.dumps(r))
 """
 
 
 def test_blocks_split_merge_and_free_from_any_thread():
     r = _run(BLOCKS)
-    assert r["before"] == {"active": False, "mapped": 0, "allocated": 0, "segments": 0}  # installed on first use
+    assert r["before"] == {"active": True, "mapped": 0, "allocated": 0, "segments": 0}  # installed at import
     assert r["a"] == {"active": True, "mapped": 4 * MiB, "allocated": 3 * MiB, "segments": 1}
     assert r["tiny"] == r["a"]
     assert r["b"] == {"active": True, "mapped": 4 * MiB, "allocated": 4 * MiB, "segments": 1}
@@ -81,6 +98,13 @@ def test_blocks_split_merge_and_free_from_any_thread():
     assert 2 * MiB in r["profiled"] and -2 * MiB in r["profiled"]  # torch.profiler still sees the pool's blocks
     assert r["released"] == 4 * MiB
     assert r["end"] == {"active": True, "mapped": 0, "allocated": 0, "segments": 0}
+    assert r["carved"] == [MiB, 2 * MiB, 1]
+    assert r["partly_used_release"] == 0
+    assert r["merged"] == {"active": True, "mapped": 6 * MiB, "allocated": 0, "segments": 1}
+    assert r["unsplit"] == 6 * MiB
+    # Segments no request fits are exchanged for a new one, not kept beside it: at most the largest request plus
+    # the last smaller one (10, 14, ..., 50 MiB: 630 MiB if every size kept its segment).
+    assert r["growing"] <= (50 + 46) * MiB, r["growing"]
 
 
 def _small_model(dtype):
@@ -165,7 +189,8 @@ loop(150)
 half = host_pool.stats()["mapped"], rss(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 loop(150)
 end = host_pool.stats()["mapped"], rss(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-print(json.dumps({"mapped": [half[0], end[0]], "rss": [half[1], end[1]], "faults": end[2] - half[2]}))
+print(json.dumps({"mapped": [half[0], end[0]], "rss": [half[1], end[1]], "faults": end[2] - half[2],
+                  "allocated": host_pool.stats()["allocated"]}))
 """
 
 
@@ -181,6 +206,7 @@ def test_memory_settles_and_pages_are_reused(dtype):
     glibc = _run(VARIED, dtype, pool=False)
     assert pool["mapped"][0] > 0 and pool["mapped"][1] - pool["mapped"][0] < 32 * MiB, pool
     assert pool["rss"][1] - pool["rss"][0] < 32 * MiB, pool
+    assert pool["allocated"] == 0  # nothing outlives a forward in the pool: the weight caches are kept out of it
     assert glibc["mapped"] == [0, 0]  # FASTBERT_HOST_POOL=0: never used
     if dtype == "float32":
         assert pool["faults"] < glibc["faults"] / 2, (pool, glibc)
