@@ -12,8 +12,8 @@ struct Stats {
 };
 
 // Route this thread's CPU allocations of pool size to the pool (on) or not; returns the previous setting. The
-// first call with on installs the pool as PyTorch's CPU allocator; where another allocator of higher priority is
-// installed, the pool stays out of the way and the setting stays off.
+// first call with on installs the pool as PyTorch's CPU allocator (at the default allocator's priority); where
+// another allocator replaced it or outranks it, the pool stays out of the way and the setting stays off.
 bool set_scope(bool on);
 bool active();
 Stats stats();

@@ -12,8 +12,9 @@ allocator as before.
 
 The cost: the pool keeps its segments mapped after the forward, as PyTorch's CUDA caching allocator does on the
 GPU. ``release()`` unmaps the wholly free ones (after a one-off large batch, say); ``stats()`` says what it holds.
-``FASTBERT_HOST_POOL=0`` in the environment (or ``set_enabled(False)``) turns it off. Where another library has
-installed a CPU allocator of higher priority, the pool stays out of the way (``stats()["active"]`` is False).
+``FASTBERT_HOST_POOL=0`` in the environment (or ``set_enabled(False)``) turns it off. Where another library
+installs a CPU allocator of its own (after this import, or at a higher priority), the pool stays out of the way
+(``stats()["active"]`` is False).
 """
 
 from __future__ import annotations
