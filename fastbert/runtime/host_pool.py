@@ -28,7 +28,8 @@ from .. import ops
 __all__ = ["describe", "enabled", "outside", "release", "scope", "set_enabled", "stats"]
 
 _ENABLED = os.environ.get("FASTBERT_HOST_POOL", "1") != "0"
-if _ENABLED and ops.HAS_EXTENSION:  # install the allocator now, at import, not while other threads may allocate
+if _ENABLED and ops.HAS_EXTENSION:
+    # Turning the routing on once installs the allocator: now, at import, not while other threads may allocate.
     ops._C.host_pool_scope(ops._C.host_pool_scope(True))
 
 
@@ -43,38 +44,37 @@ def set_enabled(on: bool) -> None:
     _ENABLED = bool(on)
 
 
-class scope:
-    """Within ``with scope(x):`` this thread's CPU allocations of pool size come from the pool, if x is a CPU tensor
-    and the pool is enabled (nothing under torch.compile's tracing; anything else in x is left to the forward's
-    input checks). Nests; the previous setting is restored."""
+class _Routing:
+    """A with-block in which this thread's CPU allocations of pool size go to the pool (to=True) or to PyTorch's
+    allocator (to=False); the previous setting comes back after it. to=None leaves the setting alone."""
 
-    __slots__ = ("_on", "_was")
+    __slots__ = ("_to", "_was")
 
-    def __init__(self, x: Tensor | None) -> None:
-        self._on = isinstance(x, Tensor) and x.device.type == "cpu" and enabled() and not ops.compiling()
+    def __init__(self, to: bool | None) -> None:
+        self._to = to
 
     def __enter__(self) -> None:
-        if self._on:
-            self._was = ops._C.host_pool_scope(True)
+        if self._to is not None:
+            self._was = ops._C.host_pool_scope(self._to)
 
     def __exit__(self, *exc: object) -> None:
-        if self._on:
+        if self._to is not None:
             ops._C.host_pool_scope(self._was)
 
 
-class outside:
-    """Within ``with outside():`` this thread allocates through PyTorch's allocator even inside a forward: for
-    what outlives the forward by design (the weight caches of fastbert/runtime/weights.py), which would otherwise
-    pin the pool's segments for good."""
+def scope(x: Tensor | None) -> _Routing:
+    """``with scope(x):`` routes this thread's allocations of pool size to the pool, if x is a CPU tensor and the
+    pool is enabled (nothing under torch.compile's tracing; anything else in x is left to the forward's input
+    checks). Nests."""
+    on = isinstance(x, Tensor) and x.device.type == "cpu" and enabled() and not ops.compiling()
+    return _Routing(True if on else None)
 
-    __slots__ = ("_was",)
 
-    def __enter__(self) -> None:
-        self._was = ops._C.host_pool_scope(False) if ops.HAS_EXTENSION else False
-
-    def __exit__(self, *exc: object) -> None:
-        if self._was:
-            ops._C.host_pool_scope(True)
+def outside() -> _Routing:
+    """``with outside():`` routes this thread's allocations to PyTorch's allocator even inside a forward: for what
+    outlives the forward by design (the weight caches of fastbert/runtime/weights.py), which would otherwise pin
+    the pool's segments for good."""
+    return _Routing(False if ops.HAS_EXTENSION else None)
 
 
 def stats() -> dict:
