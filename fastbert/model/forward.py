@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
-from ..ops import reference
+from ..ops import gemm, reference
 from ..ops.autograd import zero_row_grad
 from ..ops.linear import linear
 from ..runtime import host_pool
@@ -332,6 +332,8 @@ def _run(
     src = input_ids if input_ids is not None else inputs_embeds
     device = src.device
     B, L = src.shape[0], src.shape[1]
+    if device.type == "cpu" and not ops.compiling():
+        gemm.note_cpu_dtype(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else dtype)
 
     if B == 0:
         empty = torch.zeros(0, L, H, dtype=dtype, device=device)

@@ -29,9 +29,11 @@ weights the loop also hands oneDNN the MLP's bias and activation, applied in the
 
 ``FASTBERT_CPU_GEMM=mm`` (or ``set_cpu_gemm("mm")``) keeps torch.mm; so does ``torch.backends.mkldnn.flags
 (enabled=False)`` or a build of PyTorch without oneDNN. float16/float64 have no faster oneDNN path, so they use
-torch.mm. bfloat16 needs oneDNN's bf16 kernels, which need AVX512BW/VL/DQ or AVX-NE-CONVERT: on an AVX2-only
-processor (Zen 2/3, Intel before Skylake-SP/Ice Lake client) bfloat16 GEMMs go to torch.mm, with a one-time
-RuntimeWarning (``HAS_ONEDNN_BF16``; `fastbert info` says which).
+torch.mm; on a processor without float16 GEMM instructions PyTorch's float16 matmul is a reference loop, and the
+first CPU forward in float16 (weights or autocast) warns once (``note_cpu_dtype``). bfloat16 needs oneDNN's bf16
+kernels, which need AVX512BW/VL/DQ or AVX-NE-CONVERT: on an AVX2-only processor (Zen 2/3, Intel before
+Skylake-SP/Ice Lake client) bfloat16 GEMMs go to torch.mm, with a one-time RuntimeWarning (``HAS_ONEDNN_BF16``;
+`fastbert info` says which).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ __all__ = [
     "CPU_GEMMS",
     "HAS_ONEDNN",
     "HAS_ONEDNN_BF16",
+    "HAS_ONEDNN_FP16",
     "NATIVE_BF16",
     "ONEDNN_CACHE_CAPACITY",
     "bucket_rows",
@@ -118,8 +121,18 @@ def _native_bf16() -> bool:
         return True
 
 
+def _onednn_fp16() -> bool:
+    """Whether PyTorch runs float16 GEMMs on oneDNN here (AVX512-FP16, AMX-FP16 or AVX-NE-CONVERT). Elsewhere its
+    CPU float16 matmul is a reference loop: bert-base's GEMMs ran 7x slower than float32 on the AMD EPYC Zen 5."""
+    try:
+        return HAS_ONEDNN and bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 HAS_ONEDNN_BF16 = _onednn_bf16()
 NATIVE_BF16 = _native_bf16()
+HAS_ONEDNN_FP16 = _onednn_fp16()
 _NO_ONEDNN_BF16 = (
     "fastbert: this processor has no oneDNN bfloat16 GEMM (it needs AVX512BW/VL/DQ or AVX-NE-CONVERT); bfloat16 "
     "GEMMs run through torch.mm, which may be slower than float32 here"
@@ -128,6 +141,10 @@ _NO_NATIVE_BF16 = (
     "fastbert: this processor has no bf16 dot-product instructions (avx512_bf16, AMX); oneDNN widens bfloat16 to "
     "float32 for its GEMMs, which may be slower than float32 here"
 )
+_SLOW_FP16 = (
+    "fastbert: float16 on this CPU runs its GEMMs on PyTorch's reference loop (oneDNN's float16 GEMM needs "
+    "AVX512-FP16, AMX-FP16 or AVX-NE-CONVERT), several times slower than float32; use torch.bfloat16 or float32"
+)
 _warned: set = set()
 
 
@@ -135,6 +152,12 @@ def _warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
         warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def note_cpu_dtype(dtype: torch.dtype) -> None:
+    """Warn once per process where a CPU forward computes in float16 and this processor has no fast float16 GEMM."""
+    if dtype == torch.float16 and not HAS_ONEDNN_FP16:
+        _warn_once(_SLOW_FP16)
 
 
 def _parse(name: str, source: str) -> str:
@@ -208,12 +231,14 @@ def describe() -> list:
             bf16 += " (widened to fp32 inside: this processor has no bf16 products, avx512_bf16 or AMX)"
     else:
         bf16 = "torch.mm (oneDNN has no bf16 GEMM on this processor: it needs AVX512BW/VL/DQ or AVX-NE-CONVERT)"
+    fp16 = "oneDNN inside" if HAS_ONEDNN_FP16 else "a reference loop: this processor has no fp16 GEMM instructions"
     caps = ", ".join(
         f"{v}={os.environ.get(v, 'default')}" for v in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
     )
     return [
         f"CPU GEMMs of the inference loop (FASTBERT_CPU_GEMM=onednn|mm, now {lib}): float32 {fp32}; "
-        f"bfloat16 {bf16}; float16/float64 torch.mm; float32 training GEMMs (forward and gradients): "
+        f"bfloat16 {bf16}; float16 torch.mm ({fp16}); float64 torch.mm; "
+        f"float32 training GEMMs (forward and gradients): "
         f"{'oneDNN' if lib == 'onednn' else 'torch.mm (MKL)'}",
         f"oneDNN primitive caches: {caps}",
     ]

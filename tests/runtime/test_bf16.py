@@ -271,3 +271,28 @@ def test_bf16_on_a_processor_without_bf16_products_warns_once(monkeypatch):
     assert len(said) == 1 and "no bf16 dot-product instructions" in said[0], said
     assert first == second == gemm.HAS_ONEDNN_BF16
     assert any("widened to fp32 inside" in line for line in gemm.describe())  # what `fastbert info` prints
+
+
+def test_float16_on_a_cpu_without_fp16_gemms_warns_once(monkeypatch):
+    """float16 on a processor without fp16 GEMM instructions (AVX512-FP16, AMX-FP16, AVX-NE-CONVERT) runs PyTorch's
+    reference matmul, several times slower than float32: the first CPU forward in float16, by its weights or under
+    autocast, says so in one RuntimeWarning per process; float32 and bfloat16 forwards say nothing."""
+    import warnings
+
+    monkeypatch.setattr(gemm, "HAS_ONEDNN_FP16", False)
+    monkeypatch.setattr(gemm, "_warned", set())
+    hf = make_hf(hidden_size=32, num_attention_heads=2, intermediate_size=70)
+    fb = fastbert.from_hf(hf)
+    ids, mask, _ = ragged(2, 7, hf.config.vocab_size)
+    said = []
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        fb(ids, attention_mask=mask)
+        fb.to(torch.bfloat16)(ids, attention_mask=mask)
+        assert not [w for w in caught if "float16 on this CPU" in str(w.message)]
+        with torch.autocast("cpu", dtype=torch.float16):
+            fb.float()(ids, attention_mask=mask)
+        fb.half()(ids, attention_mask=mask)
+        said = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(said) == 1 and "float16 on this CPU" in said[0] and "torch.bfloat16" in said[0], said
+    assert any("float16 torch.mm (a reference loop" in line for line in gemm.describe())
