@@ -410,91 +410,75 @@ FASTBERT_TARGET_BF16 FASTBERT_INLINE void update_running(float& m_run, float& l_
   l_run += bsum;
 }
 
-// The softmax step of one row over one key block of nk keys, its mask already in s (fp32 scores, read only):
-// block max, e = exp(s - m), the running max m / sum l (the row of O rescaled when m grows), dropout, and
-// P = bf16(e) into p[0 .. round_up(nk, 16)) (zero past nk), the operand of the PV dot products. The same fp32
-// steps as the kernel's generic loop, without writing the probabilities back in fp32.
-FASTBERT_TARGET_BF16 FASTBERT_INLINE void softmax_row_dot_body(const float* s, int64_t nk, float& m_run, float& l_run,
-                                                               float* o, int64_t dp, uint16_t* p,
-                                                               const DropoutHash* drop, uint32_t key, uint32_t col0) {
-  using V = Vectorized<float>;
+// The softmax step of G rows over one key block of nk keys, their masks already in the fp32 scores (row i at
+// S + i * ldS, read only): block max, e = exp(s - m), the running max m / sum l (the row of O rescaled when m
+// grows), dropout (G = 1 only), and P = bf16(e) into P + i * ldP, round_up(nk, 16) values (zero past nk), the
+// operand of the PV dot products. The same fp32 steps as the kernel's generic loop, without writing the
+// probabilities back in fp32. Each row's steps are a chain (max, reduce, exp, reduce), short at head size 32 and
+// short rows, so G rows are interleaved for the processor to overlap; the arithmetic of a row does not depend on G.
+// Returns false, changing nothing, where G > 1 and a row has kept nothing so far (scores of -inf): the caller then
+// goes row by row.
+template <int G>
+FASTBERT_TARGET_BF16 FASTBERT_INLINE bool softmax_group_dot(const float* S, int64_t ldS, int64_t nk, float* m_run,
+                                                            float* l_run, float* O, int64_t dp, uint16_t* P,
+                                                            int64_t ldP, const DropoutHash* drop, uint32_t key,
+                                                            uint32_t col0) {
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const __m512 vninf = _mm512_set1_ps(neg_inf);
   const int64_t nkW = round_up(nk, 16);
-  __m512 vmax = vninf;
-  for (int64_t j = 0; j < nkW; j += 16)
-    vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vninf, tail_mask(nk - j), s + j));
-  const float m_new = std::max(m_run, _mm512_reduce_max_ps(vmax));
-  if (m_new == neg_inf) {  // nothing kept so far in this row
-    std::fill(p, p + nkW, uint16_t(0));
-    return;
-  }
-  const V vm(m_new);
-  __m512 vsum = _mm512_setzero_ps();
+  __m512 vmax[G];
+  for (int i = 0; i < G; ++i) vmax[i] = vninf;
   for (int64_t j = 0; j < nkW; j += 16) {
-    __mmask16 k = tail_mask(nk - j);
-    const __m512 e = vexp<float>(V(_mm512_mask_loadu_ps(vninf, k, s + j)) - vm);
-    vsum = _mm512_add_ps(vsum, e);
-    if (drop) k &= dropout_keep16(*drop, key, col0 + static_cast<uint32_t>(j));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_mov_ps(k, e)));
+    const __mmask16 k = tail_mask(nk - j);
+    for (int i = 0; i < G; ++i) vmax[i] = _mm512_max_ps(vmax[i], _mm512_mask_loadu_ps(vninf, k, S + i * ldS + j));
   }
-  update_running(m_run, l_run, m_new, _mm512_reduce_add_ps(vsum), o, dp);
+  float m_new[G];
+  for (int i = 0; i < G; ++i) {
+    m_new[i] = std::max(m_run[i], _mm512_reduce_max_ps(vmax[i]));
+    if (m_new[i] != neg_inf) continue;
+    if (G > 1) return false;
+    std::fill(P, P + nkW, uint16_t(0));  // nothing kept so far in this row
+    return true;
+  }
+  __m512 vsum[G];
+  for (int i = 0; i < G; ++i) vsum[i] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < nkW; j += 16) {
+    const __mmask16 k = tail_mask(nk - j);
+    for (int i = 0; i < G; ++i) {
+      const Vectorized<float> x(_mm512_mask_loadu_ps(vninf, k, S + i * ldS + j));
+      const __m512 e = vexp<float>(x - Vectorized<float>(m_new[i]));
+      vsum[i] = _mm512_add_ps(vsum[i], e);
+      const __mmask16 kept = drop ? k & dropout_keep16(*drop, key, col0 + static_cast<uint32_t>(j)) : k;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(P + i * ldP + j),
+                          (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_mov_ps(kept, e)));
+    }
+  }
+  for (int i = 0; i < G; ++i)
+    update_running(m_run[i], l_run[i], m_new[i], _mm512_reduce_add_ps(vsum[i]), O + i * dp, dp);
+  return true;
 }
 
+// The softmax step of one row (s, its running m and l, its row o of O, its P row p), with dropout where drop is set.
 FASTBERT_TARGET_BF16 void softmax_row_dot(const float* s, int64_t nk, float& m_run, float& l_run, float* o, int64_t dp,
                                           uint16_t* p, const DropoutHash* drop, uint32_t key, uint32_t col0) {
-  softmax_row_dot_body(s, nk, m_run, l_run, o, dp, p, drop, key, col0);
+  softmax_group_dot<1>(s, 0, nk, &m_run, &l_run, o, dp, p, 0, drop, key, col0);
 }
 
-// softmax_row_dot over rows 0 .. rows of a block (S rows ldS apart, P rows ldP apart) without mask or dropout, in
-// one call, kGroup rows at a time: each row's steps are a chain (max, reduce, exp, reduce), short at head size 32
-// and short rows, so the rows of a group are interleaved for the processor to overlap. The same arithmetic per
-// row as softmax_row_dot; the padding rows rows .. rows_r get P = 0.
+// The softmax step of rows 0 .. rows of a block (S rows ldS apart, P rows ldP apart) without mask or dropout, in
+// one call, six rows interleaved; the padding rows rows .. rows_r get P = 0.
 FASTBERT_TARGET_BF16 void softmax_rows_dot(const float* S, int64_t ldS, int64_t rows, int64_t rows_r, int64_t nk,
                                            float* m_run, float* l_run, float* O, int64_t dp, uint16_t* P, int64_t ldP) {
   constexpr int kGroup = 6;
-  const float neg_inf = -std::numeric_limits<float>::infinity();
-  const __m512 vninf = _mm512_set1_ps(neg_inf);
+  int64_t r = 0;
+  for (; r + kGroup <= rows; r += kGroup)
+    if (!softmax_group_dot<kGroup>(S + r * ldS, ldS, nk, m_run + r, l_run + r, O + r * dp, dp, P + r * ldP, ldP,
+                                   nullptr, 0, 0))
+      for (int64_t i = r; i < r + kGroup; ++i)
+        softmax_group_dot<1>(S + i * ldS, 0, nk, m_run + i, l_run + i, O + i * dp, dp, P + i * ldP, 0, nullptr, 0, 0);
+  for (; r < rows; ++r)
+    softmax_group_dot<1>(S + r * ldS, 0, nk, m_run + r, l_run + r, O + r * dp, dp, P + r * ldP, 0, nullptr, 0, 0);
   const int64_t nkW = round_up(nk, 16);
-  int64_t r0 = 0;
-  for (; r0 + kGroup <= rows; r0 += kGroup) {
-    __m512 vmax[kGroup];
-    for (int i = 0; i < kGroup; ++i) vmax[i] = vninf;
-    for (int64_t j = 0; j < nkW; j += 16) {
-      const __mmask16 k = tail_mask(nk - j);
-      for (int i = 0; i < kGroup; ++i)
-        vmax[i] = _mm512_max_ps(vmax[i], _mm512_mask_loadu_ps(vninf, k, S + (r0 + i) * ldS + j));
-    }
-    float m_new[kGroup];
-    bool any_empty = false;
-    for (int i = 0; i < kGroup; ++i) {
-      m_new[i] = std::max(m_run[r0 + i], _mm512_reduce_max_ps(vmax[i]));
-      any_empty |= m_new[i] == neg_inf;
-    }
-    if (any_empty) {  // a row with nothing kept (scores of -inf): row by row
-      for (int i = 0; i < kGroup; ++i)
-        softmax_row_dot_body(S + (r0 + i) * ldS, nk, m_run[r0 + i], l_run[r0 + i], O + (r0 + i) * dp, dp,
-                             P + (r0 + i) * ldP, nullptr, 0, 0);
-      continue;
-    }
-    __m512 vsum[kGroup];
-    for (int i = 0; i < kGroup; ++i) vsum[i] = _mm512_setzero_ps();
-    for (int64_t j = 0; j < nkW; j += 16) {
-      const __mmask16 k = tail_mask(nk - j);
-      for (int i = 0; i < kGroup; ++i) {
-        const Vectorized<float> x(_mm512_mask_loadu_ps(vninf, k, S + (r0 + i) * ldS + j));
-        const __m512 e = vexp<float>(x - Vectorized<float>(m_new[i]));
-        vsum[i] = _mm512_add_ps(vsum[i], e);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(P + (r0 + i) * ldP + j),
-                            (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_mov_ps(k, e)));
-      }
-    }
-    for (int i = 0; i < kGroup; ++i)
-      update_running(m_run[r0 + i], l_run[r0 + i], m_new[i], _mm512_reduce_add_ps(vsum[i]), O + (r0 + i) * dp, dp);
-  }
-  for (int64_t r = r0; r < rows; ++r)
-    softmax_row_dot_body(S + r * ldS, nk, m_run[r], l_run[r], O + r * dp, dp, P + r * ldP, nullptr, 0, 0);
-  for (int64_t r = rows; r < rows_r; ++r) std::fill(P + r * ldP, P + r * ldP + nkW, uint16_t(0));
+  for (; r < rows_r; ++r) std::fill(P + r * ldP, P + r * ldP + nkW, uint16_t(0));
 }
 
 // dst[0 .. d) = bf16(o * inv) (o has at least round_up(d, 16) values).
