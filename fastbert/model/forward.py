@@ -284,12 +284,15 @@ def run(
     output_attentions: bool = False,
 ) -> EncoderOutput:
     """The fused forward over ``model``'s HF-named submodules (any family of fastbert/model/family.py, picked
-    by config.model_type); see the module docstring. On CPU its buffers come from fastbert.runtime.host_pool."""
+    by config.model_type); see the module docstring. On CPU its buffers, and those of the backward pass through it,
+    come from fastbert.runtime.host_pool."""
     with host_pool.scope(input_ids if input_ids is not None else inputs_embeds):
-        return _run(
+        out = _run(
             model, config, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, pad_outputs,
             output_hidden_states, output_attentions,
         )  # fmt: skip
+    host_pool.route_backward(out.last_hidden_state)
+    return out
 
 
 def _run(

@@ -20,12 +20,14 @@ installs a CPU allocator of its own (after this import, or at a higher priority)
 from __future__ import annotations
 
 import os
+import threading
 
+import torch
 from torch import Tensor
 
 from .. import ops
 
-__all__ = ["describe", "enabled", "outside", "release", "scope", "set_enabled", "stats"]
+__all__ = ["describe", "enabled", "outside", "release", "route_backward", "scope", "set_enabled", "stats"]
 
 _ENABLED = os.environ.get("FASTBERT_HOST_POOL", "1") != "0"
 if _ENABLED and ops.HAS_EXTENSION:
@@ -62,12 +64,46 @@ class _Routing:
             ops._C.host_pool_scope(self._was)
 
 
+def _routes(x: object) -> bool:
+    return isinstance(x, Tensor) and x.device.type == "cpu" and enabled() and not ops.compiling()
+
+
 def scope(x: Tensor | None) -> _Routing:
     """``with scope(x):`` routes this thread's allocations of pool size to the pool, if x is a CPU tensor and the
     pool is enabled (nothing under torch.compile's tracing; anything else in x is left to the forward's input
     checks). Nests."""
-    on = isinstance(x, Tensor) and x.device.type == "cpu" and enabled() and not ops.compiling()
-    return _Routing(True if on else None)
+    if getattr(_backward, "task", None) not in (None, torch._C._current_graph_task_id()):
+        _settle()  # a backward pass that raised before its end (a forward recomputed inside one leaves it alone)
+    return _Routing(True if _routes(x) else None)
+
+
+_backward = threading.local()  # .task, .was: a backward pass that turned the routing on, and the routing before it
+
+
+def _settle() -> None:
+    """Give this thread back the routing it had before the backward pass that turned it on: at the pass's end, or,
+    after a pass that raised before it, at the next forward or backward."""
+    if getattr(_backward, "task", None) is not None:
+        _backward.task = None
+        ops._C.host_pool_scope(_backward.was)
+
+
+def _backward_reached(grad_outputs: object) -> None:
+    task = torch._C._current_graph_task_id()
+    if getattr(_backward, "task", None) == task:  # this pass is routed already (two forwards in one graph)
+        return
+    _settle()
+    _backward.task, _backward.was = task, ops._C.host_pool_scope(True)
+    torch.autograd.Variable._execution_engine.queue_callback(_settle)
+
+
+def route_backward(out: Tensor) -> None:
+    """Route the backward pass through ``out``, a forward's output, to the pool as well: from when autograd reaches
+    out's node to the end of that backward pass, on the thread running it (autograd runs a CPU graph's backward on
+    the thread that calls it). The gradients a training step allocates then come from the pool like the forward's
+    activations, and a run of many batch shapes stays flat in training too."""
+    if out.grad_fn is not None and _routes(out):
+        out.grad_fn.register_prehook(_backward_reached)
 
 
 def outside() -> _Routing:

@@ -1,6 +1,7 @@
 """fastbert.runtime.host_pool (csrc/host_pool.cpp): which allocations it serves, best fit with splitting and
 merging, segments exchanged rather than added, frees from any thread, the profiler's view, forwards unchanged by
-it, weight caches kept out of it, and memory that settles over many batch shapes. Each check that reads the
+it, weight caches kept out of it, the backward pass routed to it, and memory that settles over many batch shapes,
+in inference and in training. Each check that reads the
 pool's counters runs in a fresh process: the pool is process-wide."""
 
 import json
@@ -210,3 +211,98 @@ def test_memory_settles_and_pages_are_reused(dtype):
     assert glibc["mapped"] == [0, 0]  # FASTBERT_HOST_POOL=0: never used
     if dtype == "float32":
         assert pool["faults"] < glibc["faults"] / 2, (pool, glibc)
+
+
+def _routed() -> bool:
+    """Whether this thread's pool-size allocations go to the pool now."""
+    was = ops._C.host_pool_scope(False)
+    ops._C.host_pool_scope(was)
+    return was
+
+
+def test_backward_is_routed_from_the_encoder_output_to_its_end():
+    """The backward pass through a fastbert forward allocates from the pool from when autograd reaches the
+    encoder's output to the end of the pass (the embedding gradient, autograd's last step, sees it on); the
+    routing is off again after the pass, after a pass through two forwards of one graph, and, at the next forward,
+    after a pass that raised. A model's forward without gradients, or with the pool off, leaves the backward alone."""
+    hf = make_hf(fastbert.BertForSequenceClassification, hidden_size=64, num_attention_heads=4, num_labels=3)
+    model = fastbert.from_hf(hf).train()
+    seen = []
+    hook = model.bert.embeddings.word_embeddings.weight.register_hook(lambda g: seen.append(_routed()))
+    ids, y = torch.randint(5, 90, (3, 11)), torch.tensor([0, 2, 1])
+    loss = model(ids, labels=y).loss
+    assert not _routed()
+    loss.backward()
+    assert seen == [True] and not _routed()
+
+    a, b = model(ids, labels=y).loss, model(ids[:, :5], labels=y).loss  # two forwards, one backward pass
+    (a + b).backward()
+    assert seen == [True, True] and not _routed()
+
+    def fail(g):
+        raise RuntimeError("a hook that fails")
+
+    failing = model.bert.embeddings.position_embeddings.weight.register_hook(fail)
+    with pytest.raises(RuntimeError, match="a hook that fails"):
+        model(ids, labels=y).loss.backward()
+    failing.remove()
+    with torch.no_grad():
+        model(ids, labels=y)  # the next forward gives back the routing the failed pass had turned on
+    assert not _routed()
+
+    was = host_pool.enabled()
+    try:
+        host_pool.set_enabled(False)
+        model(ids, labels=y).loss.backward()
+    finally:
+        host_pool.set_enabled(was)
+    assert seen == [True, True, False]
+    hook.remove()
+
+
+# Training steps on batches of varied shapes (forward, backward, SGD step): the pool's mapped bytes and the resident
+# memory after 100 and after 200 steps, and what the pool holds after a backward and after zero_grad.
+TRAINING = r"""
+import json, torch, fastbert
+from fastbert.runtime import host_pool
+from transformers import BertConfig
+torch.manual_seed(0)
+cfg = BertConfig(vocab_size=1000, hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
+                 intermediate_size=1024, num_labels=3)
+model = fastbert.BertForSequenceClassification(cfg).train()
+opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+g = torch.Generator().manual_seed(0)
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+held = []
+def loop(n):
+    for _ in range(n):
+        B, L = int(torch.randint(1, 9, (1,), generator=g)), int(torch.randint(1, 257, (1,), generator=g))
+        lengths = torch.randint(1, L + 1, (B,), generator=g)
+        mask = (torch.arange(L)[None, :] < lengths[:, None]).long()
+        ids = torch.randint(1, 1000, (B, L), generator=g) * mask
+        model(ids, attention_mask=mask, labels=torch.randint(0, 3, (B,), generator=g)).loss.backward()
+        held.append(host_pool.stats()["allocated"])
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+loop(100)
+half = host_pool.stats()["mapped"], rss()
+loop(100)
+end = host_pool.stats()["mapped"], rss()
+print(json.dumps({"mapped": [half[0], end[0]], "rss": [half[1], end[1]], "after_backward": min(held),
+                  "after_zero_grad": host_pool.stats()["allocated"]}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+def test_training_memory_settles():
+    """Over the second 100 of 200 varied-shape training steps the pool maps less than 32 MiB more and resident
+    memory grows less than 32 MiB. The gradients come from the pool (what it holds after each backward is at least
+    the encoder's weight gradients that are pool-sized) and go back to it at zero_grad."""
+    r = _run(TRAINING)
+    assert r["mapped"][0] > 0 and r["mapped"][1] - r["mapped"][0] < 32 * MiB, r
+    assert r["rss"][1] - r["rss"][0] < 32 * MiB, r
+    pool_sized_grads = 2 * (256 * 1024 * 4) * 2  # each layer's two 256 x 1024 float32 MLP weight gradients: 1 MiB
+    assert r["after_backward"] >= pool_sized_grads, r
+    assert r["after_zero_grad"] == 0, r
