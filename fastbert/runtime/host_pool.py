@@ -7,8 +7,9 @@ varied-shape forwards of bert-base width a process grew by -5 to +132 MB in the 
 buffers above glibc's moving mmap threshold were faulted in afresh on every forward. The pool (csrc/host_pool.cpp)
 serves those sizes inside a fastbert forward from segments it maps once, best fit and split to size, merged again
 when freed: the process settles at the largest working set the job has seen (docs/performance.md has the
-figures). Allocations outside fastbert's forwards, smaller than 256 KiB or larger than 256 MiB go to PyTorch's own
-allocator as before.
+figures). The backward pass through a forward takes its buffers from the pool too (``route_backward``), so
+varied-shape training stays flat as well. Allocations outside fastbert's forwards and their backward passes,
+smaller than 256 KiB or larger than 256 MiB go to PyTorch's own allocator as before.
 
 The cost: the pool keeps its segments mapped after the forward, as PyTorch's CUDA caching allocator does on the
 GPU. ``release()`` unmaps the wholly free ones (after a one-off large batch, say); ``stats()`` says what it holds.
