@@ -8,11 +8,24 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from . import bench, encode, finetune, info, pretrain, validate
 from .common import PROG
 
 __all__ = ["build_parser", "main"]
+
+_format_warning = warnings.formatwarning
+
+
+def one_line_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    """fastbert's own warnings ("fastbert: ...") as the one line they are, without the source line under them."""
+    text = str(message)
+    if text.startswith(f"{PROG}:"):
+        return f"{text}\n"
+    return _format_warning(message, category, filename, lineno, line)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    warnings.formatwarning = one_line_warning
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -73,6 +73,8 @@ def scope(x: Tensor | None) -> _Routing:
     """``with scope(x):`` routes this thread's allocations of pool size to the pool, if x is a CPU tensor and the
     pool is enabled (nothing under torch.compile's tracing; anything else in x is left to the forward's input
     checks). Nests."""
+    if ops.compiling():
+        return _Routing(None)
     if getattr(_backward, "task", None) not in (None, torch._C._current_graph_task_id()):
         _settle()  # a backward pass that raised before its end (a forward recomputed inside one leaves it alone)
     return _Routing(True if _routes(x) else None)

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -164,3 +165,18 @@ def test_bench_argument_errors(capsys):
     assert code == 2 and "bert-huge" in err
     code, _, err = run(capsys, "bench", "--padding", "1.5")
     assert code == 2 and "--padding" in err
+
+
+def test_fastbert_warnings_print_on_one_line(monkeypatch):
+    """A command prints fastbert's own warnings (float16 on a CPU without fp16 GEMMs, bf16 without bf16 products)
+    as the one line they are; other libraries' keep Python's format, with their file and line."""
+    monkeypatch.setattr(warnings, "formatwarning", cli._format_warning)  # Python's, as before any command
+    assert warnings.formatwarning("fastbert: float16 is slow here", RuntimeWarning, "x.py", 3) != (
+        "fastbert: float16 is slow here\n"
+    )
+    assert cli.main(["info"]) == 0
+    assert warnings.formatwarning("fastbert: float16 is slow here", RuntimeWarning, "x.py", 3) == (
+        "fastbert: float16 is slow here\n"
+    )
+    other = warnings.formatwarning("another library's", UserWarning, "x.py", 3)
+    assert "x.py:3: UserWarning: another library's" in other
