@@ -105,7 +105,7 @@ def route_backward(out: Tensor) -> None:
     out's node to the end of that backward pass, on the thread running it (autograd runs a CPU graph's backward on
     the thread that calls it). The gradients a training step allocates then come from the pool like the forward's
     activations, and a run of many batch shapes stays flat in training too."""
-    if out.grad_fn is not None and _routes(out):
+    if _routes(out) and out.grad_fn is not None:  # compiling first: dynamo cannot trace grad_fn
         out.grad_fn.register_prehook(_backward_reached)
 
 
