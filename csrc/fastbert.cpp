@@ -171,6 +171,11 @@ static PyObject* py_host_pool_scope(PyObject*, PyObject* arg) {
   return PyBool_FromLong(fastbert::host_pool::set_scope(on != 0));
 }
 
+static PyObject* py_host_pool_route_backward(PyObject*, PyObject*) {
+  fastbert::host_pool::route_backward();
+  Py_RETURN_NONE;
+}
+
 static PyObject* py_host_pool_stats(PyObject*, PyObject*) {
   const auto s = fastbert::host_pool::stats();
   return Py_BuildValue("{s:O,s:n,s:n,s:n}", "active", fastbert::host_pool::active() ? Py_True : Py_False, "mapped",
@@ -197,6 +202,8 @@ static PyMethodDef methods[] = {
      "Whether this processor has avx512_bf16 (the dot-product attention kernels)."},
     {"host_pool_scope", py_host_pool_scope, METH_O,
      "Send this thread's CPU allocations of pool size to fastbert's host pool (True) or not; returns the previous."},
+    {"host_pool_route_backward", py_host_pool_route_backward, METH_NOARGS,
+     "Route this thread's pool-size CPU allocations to the host pool for the rest of the backward pass it runs."},
     {"host_pool_stats", py_host_pool_stats, METH_NOARGS, "The host pool: active, mapped, allocated (bytes), segments."},
     {"host_pool_release", py_host_pool_release, METH_NOARGS,
      "Unmap the host pool's wholly free segments; returns the bytes unmapped."},

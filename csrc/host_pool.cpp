@@ -11,8 +11,10 @@
 // working set the job has seen instead of creeping, and freed pages are reused without faults.
 //
 // Scope: PyTorch's CPU allocator is wrapped once (c10::SetCPUAllocator); the wrapper sends an allocation here only
-// on a thread inside a fastbert forward (set_scope, from fastbert.runtime.host_pool) and only from kMinBytes to
-// kMaxBytes; everything else goes to the allocator it wrapped, unchanged. Blocks are freed from any thread (a
+// on a thread inside a fastbert forward (set_scope, from fastbert.runtime.host_pool) or inside the autograd pass that
+// reached one's output (route_backward: while the thread runs that graph task, so the routing cannot outlive the
+// pass, even one that raises), and only from kMinBytes to kMaxBytes; everything else goes to the allocator it
+// wrapped, unchanged. Blocks are freed from any thread (a
 // forward's output outlives it). ideep allocates through c10's raw_allocate, which needs data == context: so the
 // deleter finds the block by address. release() unmaps wholly free segments.
 #include <c10/core/Allocator.h>
@@ -20,6 +22,7 @@
 #include <c10/util/Exception.h>
 #include <pthread.h>
 #include <sys/mman.h>
+#include <torch/csrc/autograd/graph_task.h>
 
 #include <cstddef>
 #include <memory>
@@ -65,7 +68,7 @@ class Pool final : public c10::Allocator {
   bool active() const { return c10::GetCPUAllocator() == this; }
 
   c10::DataPtr allocate(size_t n) override {
-    if (!in_scope || n < kMinBytes || n > kMaxBytes) return base_->allocate(n);
+    if (n < kMinBytes || n > kMaxBytes || !routed()) return base_->allocate(n);
     char* p = take((n + kPage - 1) / kPage * kPage);
     return {p, p, &Pool::free_any, c10::Device(c10::kCPU)};
   }
@@ -88,6 +91,11 @@ class Pool final : public c10::Allocator {
   }
 
   static thread_local bool in_scope;
+  static thread_local int backward_task;  // the autograd graph task routed here, or -1
+
+  static bool routed() {
+    return in_scope || (backward_task >= 0 && backward_task == torch::autograd::get_current_graph_task_id());
+  }
 
  private:
   // Unmaps the wholly free segments (a block with no neighbours spans its segment); returns the bytes. Locked.
@@ -204,6 +212,7 @@ class Pool final : public c10::Allocator {
 };
 
 thread_local bool Pool::in_scope = false;
+thread_local int Pool::backward_task = -1;
 
 }  // namespace
 
@@ -213,6 +222,10 @@ bool set_scope(bool on) {
   const bool was = Pool::in_scope;
   Pool::in_scope = on && pool.active();
   return was;
+}
+
+void route_backward() {
+  if (Pool::instance().active()) Pool::backward_task = torch::autograd::get_current_graph_task_id();
 }
 
 bool active() { return Pool::instance().active(); }

@@ -15,6 +15,9 @@ struct Stats {
 // first call with on installs the pool as PyTorch's CPU allocator (at the default allocator's priority); where
 // another allocator replaced it or outranks it, the pool stays out of the way and the setting stays off.
 bool set_scope(bool on);
+// Route this thread's CPU allocations of pool size to the pool for the rest of the autograd graph task it is running
+// (a backward pass; nothing outside one), on top of set_scope.
+void route_backward();
 bool active();
 Stats stats();
 size_t release();  // unmap wholly free segments; returns the bytes unmapped

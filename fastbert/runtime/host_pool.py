@@ -21,9 +21,7 @@ installs a CPU allocator of its own (after this import, or at a higher priority)
 from __future__ import annotations
 
 import os
-import threading
 
-import torch
 from torch import Tensor
 
 from .. import ops
@@ -73,38 +71,21 @@ def scope(x: Tensor | None) -> _Routing:
     """``with scope(x):`` routes this thread's allocations of pool size to the pool, if x is a CPU tensor and the
     pool is enabled (nothing under torch.compile's tracing; anything else in x is left to the forward's input
     checks). Nests."""
-    if ops.compiling():
-        return _Routing(None)
-    if getattr(_backward, "task", None) not in (None, torch._C._current_graph_task_id()):
-        _settle()  # a backward pass that raised before its end (a forward recomputed inside one leaves it alone)
     return _Routing(True if _routes(x) else None)
 
 
-_backward = threading.local()  # .task, .was: a backward pass that turned the routing on, and the routing before it
-
-
-def _settle() -> None:
-    """Give this thread back the routing it had before the backward pass that turned it on: at the pass's end, or,
-    after a pass that raised before it, at the next forward or backward."""
-    if getattr(_backward, "task", None) is not None:
-        _backward.task = None
-        ops._C.host_pool_scope(_backward.was)
-
-
 def _backward_reached(grad_outputs: object) -> None:
-    task = torch._C._current_graph_task_id()
-    if getattr(_backward, "task", None) == task:  # this pass is routed already (two forwards in one graph)
-        return
-    _settle()
-    _backward.task, _backward.was = task, ops._C.host_pool_scope(True)
-    torch.autograd.Variable._execution_engine.queue_callback(_settle)
+    if enabled():
+        ops._C.host_pool_route_backward()
 
 
 def route_backward(out: Tensor) -> None:
     """Route the backward pass through ``out``, a forward's output, to the pool as well: from when autograd reaches
-    out's node to the end of that backward pass, on the thread running it (autograd runs a CPU graph's backward on
-    the thread that calls it). The gradients a training step allocates then come from the pool like the forward's
-    activations, and a run of many batch shapes stays flat in training too."""
+    out's node to the end of that pass, on the thread running it (csrc/host_pool.cpp compares the graph task it runs
+    at each allocation, so the routing ends with the pass, even one that raises). The gradients a training step
+    allocates then come from the pool like the forward's activations, and a run of many batch shapes stays flat in
+    training too. A parameter's gradient stays in the pool while it is kept: ``zero_grad()`` (set_to_none, PyTorch's
+    default) hands it back every step."""
     if _routes(out) and out.grad_fn is not None:  # compiling first: dynamo cannot trace grad_fn
         out.grad_fn.register_prehook(_backward_reached)
 

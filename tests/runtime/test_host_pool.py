@@ -215,16 +215,16 @@ def test_memory_settles_and_pages_are_reused(dtype):
 
 def _routed() -> bool:
     """Whether this thread's pool-size allocations go to the pool now."""
-    was = ops._C.host_pool_scope(False)
-    ops._C.host_pool_scope(was)
-    return was
+    before = host_pool.stats()["allocated"]
+    probe = torch.empty(MiB, dtype=torch.uint8)
+    return host_pool.stats()["allocated"] >= before + probe.numel()
 
 
 def test_backward_is_routed_from_the_encoder_output_to_its_end():
     """The backward pass through a fastbert forward allocates from the pool from when autograd reaches the
-    encoder's output to the end of the pass (the embedding gradient, autograd's last step, sees it on); the
-    routing is off again after the pass, after a pass through two forwards of one graph, and, at the next forward,
-    after a pass that raised. A model's forward without gradients, or with the pool off, leaves the backward alone."""
+    encoder's output to the end of the pass (the embedding gradient, autograd's last step, sees it on), on the
+    thread that runs the pass; the routing ends with the pass, after two forwards in one graph and after a pass that
+    raised too. The pool turned off between forward and backward leaves the backward alone."""
     hf = make_hf(fastbert.BertForSequenceClassification, hidden_size=64, num_attention_heads=4, num_labels=3)
     model = fastbert.from_hf(hf).train()
     seen = []
@@ -239,6 +239,12 @@ def test_backward_is_routed_from_the_encoder_output_to_its_end():
     (a + b).backward()
     assert seen == [True, True] and not _routed()
 
+    loss = model(ids, labels=y).loss
+    t = threading.Thread(target=loss.backward)  # the pass runs on another thread
+    t.start()
+    t.join()
+    assert seen == [True, True, True] and not _routed()
+
     def fail(g):
         raise RuntimeError("a hook that fails")
 
@@ -246,17 +252,16 @@ def test_backward_is_routed_from_the_encoder_output_to_its_end():
     with pytest.raises(RuntimeError, match="a hook that fails"):
         model(ids, labels=y).loss.backward()
     failing.remove()
-    with torch.no_grad():
-        model(ids, labels=y)  # the next forward gives back the routing the failed pass had turned on
     assert not _routed()
 
     was = host_pool.enabled()
+    loss = model(ids, labels=y).loss
     try:
         host_pool.set_enabled(False)
-        model(ids, labels=y).loss.backward()
+        loss.backward()
     finally:
         host_pool.set_enabled(was)
-    assert seen == [True, True, False]
+    assert seen[-1] is False
     hook.remove()
 
 
