@@ -14,9 +14,9 @@
 // on a thread inside a fastbert forward (set_scope, from fastbert.runtime.host_pool) or inside the autograd pass that
 // reached one's output (route_backward: while the thread runs that graph task, so the routing cannot outlive the
 // pass, even one that raises), and only from kMinBytes to kMaxBytes; everything else goes to the allocator it
-// wrapped, unchanged. Blocks are freed from any thread (a
-// forward's output outlives it). ideep allocates through c10's raw_allocate, which needs data == context: so the
-// deleter finds the block by address. release() unmaps wholly free segments.
+// wrapped, unchanged. Blocks are freed from any thread (a forward's output outlives it). ideep allocates through
+// c10's raw_allocate, which needs data == context: so the deleter finds the block by address. release() unmaps
+// wholly free segments.
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/util/Exception.h>
