@@ -1,8 +1,8 @@
 """fastbert.runtime.host_pool (csrc/host_pool.cpp): which allocations it serves, best fit with splitting and
 merging, segments exchanged rather than added, frees from any thread, the profiler's view, forwards unchanged by
 it, weight caches kept out of it, the backward pass routed to it, and memory that settles over many batch shapes,
-in inference and in training. Each check that reads the
-pool's counters runs in a fresh process: the pool is process-wide."""
+in inference and in training. Each check that reads the pool's counters runs in a fresh process: the pool is
+process-wide."""
 
 import json
 import os
